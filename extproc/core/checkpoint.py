@@ -1,0 +1,93 @@
+"""C2SP tlog-checkpoint bodies (c2sp.org/tlog-checkpoint) and our extension lines.
+
+    <origin>\\n<tree size>\\n<base64 root hash>\\n[extension lines]
+
+Extension lines written by this project (documented in docs/FORMAT.md):
+
+    time <unix milliseconds>     when the writer signed the checkpoint
+    writer <hex id>              random id of the writer process run
+    final                        the writer shut down cleanly at this size
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+
+from extproc.core.merkle import HASH_SIZE
+from extproc.core.note import Signer, Verifier, sign_note, verify_note
+from extproc.errors import VerificationError
+
+_SIZE_RE = re.compile(r"0|[1-9][0-9]{0,19}")
+_TIME_RE = re.compile(r"time ([0-9]{1,16})")
+_WRITER_RE = re.compile(r"writer ([0-9a-f]{1,64})")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root_hash: bytes
+    extensions: tuple[str, ...] = field(default=())
+
+    def to_text(self) -> str:
+        lines = [self.origin, str(self.size), base64.b64encode(self.root_hash).decode()]
+        lines.extend(self.extensions)
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> Checkpoint:
+        if not text.endswith("\n"):
+            raise VerificationError("checkpoint must end with a newline")
+        lines = text[:-1].split("\n")
+        if len(lines) < 3:
+            raise VerificationError("checkpoint needs origin, size and root hash lines")
+        origin, size_text, root_text, *extensions = lines
+        if not origin:
+            raise VerificationError("checkpoint origin is empty")
+        if not _SIZE_RE.fullmatch(size_text):
+            raise VerificationError(f"checkpoint tree size {size_text!r} is not a decimal number")
+        try:
+            root = base64.b64decode(root_text, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise VerificationError("checkpoint root hash is not base64") from e
+        if len(root) != HASH_SIZE:
+            raise VerificationError("checkpoint root hash is not 32 bytes")
+        if any(not line for line in extensions):
+            raise VerificationError("checkpoint has an empty extension line")
+        return cls(origin, int(size_text), root, tuple(extensions))
+
+    # Our extension lines, read leniently: unknown ones are kept, not rejected.
+    @property
+    def timestamp_ms(self) -> int | None:
+        for line in self.extensions:
+            if m := _TIME_RE.fullmatch(line):
+                return int(m.group(1))
+        return None
+
+    @property
+    def writer(self) -> str | None:
+        for line in self.extensions:
+            if m := _WRITER_RE.fullmatch(line):
+                return m.group(1)
+        return None
+
+    @property
+    def final(self) -> bool:
+        return "final" in self.extensions
+
+
+def make_extensions(timestamp_ms: int, writer: str, *, final: bool = False) -> tuple[str, ...]:
+    ext = (f"time {timestamp_ms}", f"writer {writer}")
+    return (*ext, "final") if final else ext
+
+
+def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> bytes:
+    return sign_note(checkpoint.to_text(), signer).encode()
+
+
+def open_checkpoint(data: bytes, verifier: Verifier) -> Checkpoint:
+    """Verify the signature on a checkpoint note and parse its body."""
+    return Checkpoint.from_text(verify_note(data, verifier))

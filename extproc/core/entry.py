@@ -1,0 +1,77 @@
+"""Audit entry encoding (docs/FORMAT.md).
+
+An entry is one JSON object on one line: sorted keys, compact separators,
+UTF-8, no trailing newline in the hashed bytes. The stored bytes are what is
+hashed; a verifier never re-serialises them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from extproc.errors import VerificationError
+
+FORMAT_VERSION = 1
+MAX_ENTRY_BYTES = 64 * 1024 - 1  # DESIGN.md: entries stay under 64 KiB
+# Room left for v/seq/prev/ts and the truncation notes when shrinking.
+_SHRINK_TARGET = MAX_ENTRY_BYTES - 2048
+DROPPED = "[dropped: entry size limit]"
+
+# orjson sorts keys and writes compact JSON; it rejects NaN and non-str keys,
+# which keeps the encoding deterministic.
+_OPTIONS = orjson.OPT_SORT_KEYS
+
+
+def encode(fields: dict[str, Any]) -> bytes:
+    """Deterministic bytes of an entry (fields must already hold v, seq, prev)."""
+    return orjson.dumps(fields, option=_OPTIONS)
+
+
+def fit(fields: dict[str, Any]) -> dict[str, Any]:
+    """Shrink an entry in place until it encodes under the size limit.
+
+    Largest header values go first; each removal is named in `trunc`, so the
+    entry says what it lost. Called before seq/prev are assigned.
+    """
+    if len(encode(fields)) <= _SHRINK_TARGET:
+        return fields
+    trunc: list[str] = fields.setdefault("trunc", [])
+    candidates: list[tuple[int, str, dict[str, Any], str]] = []
+    for section in ("req", "resp"):
+        headers = fields.get(section, {}).get("headers", {})
+        for name, value in headers.items():
+            candidates.append((len(encode(value)), f"{section}.headers.{name}", headers, name))
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    for _, path, headers, name in candidates:
+        headers[name] = DROPPED
+        trunc.append(path)
+        if len(encode(fields)) <= _SHRINK_TARGET:
+            return fields
+    # Still too big: header names or request line fields. Drop all headers.
+    for section in ("req", "resp"):
+        if "headers" in fields.get(section, {}):
+            fields[section]["headers"] = {}
+            trunc.append(f"{section}.headers")
+    for name in ("path", "query", "authority"):
+        req = fields.get("req", {})
+        if isinstance(req.get(name), str) and len(req[name]) > 1024:
+            req[name] = req[name][:1024]
+            trunc.append(f"req.{name}")
+    return fields
+
+
+def parse(line: bytes) -> dict[str, Any]:
+    """Decode one stored entry line, checking only the chain fields."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise VerificationError(f"entry is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise VerificationError("entry is not a JSON object")
+    if obj.get("v") != FORMAT_VERSION:
+        raise VerificationError(f"entry format version {obj.get('v')!r} is not {FORMAT_VERSION}")
+    if not isinstance(obj.get("seq"), int) or not isinstance(obj.get("prev"), str):
+        raise VerificationError("entry lacks an integer seq or a string prev")
+    return obj

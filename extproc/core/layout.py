@@ -1,0 +1,83 @@
+"""Object key layout under s3://<bucket>/<prefix>/ (DESIGN.md, fixed contract).
+
+    logs/<log id>/entries/<first seq:020d>-<last seq:020d>.jsonl[.gz]
+    logs/<log id>/checkpoints/<tree size:020d>
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from extproc.errors import ConfigError
+
+LOG_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_BUNDLE_RE = re.compile(r"([0-9]{20})-([0-9]{20})\.jsonl(\.gz)?")
+_CHECKPOINT_RE = re.compile(r"[0-9]{20}")
+
+
+def validate_log_id(log_id: str) -> str:
+    if not LOG_ID_RE.fullmatch(log_id) or log_id in (".", ".."):
+        raise ConfigError(f"invalid log id {log_id!r}: must match [A-Za-z0-9._-]{{1,128}}")
+    return log_id
+
+
+def join(prefix: str, key: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/{key}" if prefix else key
+
+
+def logs_prefix(prefix: str) -> str:
+    return join(prefix, "logs/")
+
+
+def log_prefix(prefix: str, log_id: str) -> str:
+    return join(prefix, f"logs/{log_id}/")
+
+
+def bundle_key(prefix: str, log_id: str, first: int, last: int, *, gzip: bool = False) -> str:
+    ext = ".jsonl.gz" if gzip else ".jsonl"
+    return join(prefix, f"logs/{log_id}/entries/{first:020d}-{last:020d}{ext}")
+
+
+def checkpoint_key(prefix: str, log_id: str, size: int) -> str:
+    return join(prefix, f"logs/{log_id}/checkpoints/{size:020d}")
+
+
+def origin_for(origin_prefix: str, log_id: str) -> str:
+    return f"{origin_prefix.rstrip('/')}/{log_id}"
+
+
+@dataclass(frozen=True)
+class BundleName:
+    first: int
+    last: int
+    gzip: bool
+
+
+@dataclass(frozen=True)
+class ObjectName:
+    """What a key under `logs/` means: a bundle, a checkpoint, or unknown."""
+
+    log_id: str
+    kind: str  # "bundle" | "checkpoint" | "unknown"
+    bundle: BundleName | None = None
+    size: int | None = None
+
+
+def parse_key(prefix: str, key: str) -> ObjectName | None:
+    """Classify `key`; None if it is not under <prefix>/logs/<log id>/."""
+    base = logs_prefix(prefix)
+    if not key.startswith(base):
+        return None
+    log_id, _, rest = key[len(base) :].partition("/")
+    if not LOG_ID_RE.fullmatch(log_id):
+        return None
+    folder, _, name = rest.partition("/")
+    if folder == "entries" and (m := _BUNDLE_RE.fullmatch(name)):
+        first, last = int(m.group(1)), int(m.group(2))
+        if first <= last:
+            return ObjectName(log_id, "bundle", bundle=BundleName(first, last, bool(m.group(3))))
+    if folder == "checkpoints" and _CHECKPOINT_RE.fullmatch(name):
+        return ObjectName(log_id, "checkpoint", size=int(name))
+    return ObjectName(log_id, "unknown")

@@ -1,0 +1,172 @@
+"""Verification of one log from its objects: pure logic, no I/O, no clock.
+
+The auditor (extproc/auditor.py) lists and fetches objects and feeds them
+here; this module decides what is wrong. Tampering never raises: it becomes
+a Finding that names the log, the object and what is wrong, so one run
+reports every problem it can see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from extproc.core import entry
+from extproc.core.checkpoint import Checkpoint, open_checkpoint
+from extproc.core.layout import BundleName
+from extproc.core.merkle import CompactRange, leaf_hash
+from extproc.core.note import Verifier
+from extproc.errors import VerificationError
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    log_id: str
+    key: str  # the object concerned, "" for the log as a whole
+    message: str
+    severity: str = ERROR
+
+    def __str__(self) -> str:
+        where = f"{self.key}: " if self.key else ""
+        return f"{self.severity}: log {self.log_id}: {where}{self.message}"
+
+
+@dataclass
+class LogReport:
+    log_id: str
+    entries: int = 0  # entries read, contiguous from seq 0
+    bundles: int = 0
+    checkpoints: int = 0  # valid signed checkpoints
+    latest: Checkpoint | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+
+class LogChecker:
+    """Checks one log. Call add_checkpoint for every checkpoint first, then
+    add_bundle for every bundle in order of first seq, then finish()."""
+
+    def __init__(self, log_id: str, verifier: Verifier, origin_prefix: str | None = None) -> None:
+        self.log_id = log_id
+        self.verifier = verifier
+        self.origin_prefix = origin_prefix
+        self.report = LogReport(log_id)
+        self._checkpoints: dict[int, tuple[str, Checkpoint]] = {}
+        self._tree = CompactRange()
+        self._prev = ""
+        self._gap = False
+
+    def _find(self, key: str, message: str, severity: str = ERROR) -> None:
+        self.report.findings.append(Finding(self.log_id, key, message, severity))
+
+    def add_unknown(self, key: str) -> None:
+        self._find(key, "object is not part of the log layout (not written by the log)")
+
+    def add_retention_missing(self, key: str) -> None:
+        self._find(key, "object has no Object Lock retention")
+
+    def add_checkpoint(self, key: str, size: int, data: bytes) -> None:
+        try:
+            cp = open_checkpoint(data, self.verifier)
+        except VerificationError as e:
+            self._find(key, f"checkpoint does not verify: {e}")
+            return
+        expected = f"/{self.log_id}"
+        if self.origin_prefix is not None:
+            if cp.origin != f"{self.origin_prefix.rstrip('/')}/{self.log_id}":
+                self._find(key, f"checkpoint origin {cp.origin!r} is not this log's")
+                return
+        elif not cp.origin.endswith(expected):
+            self._find(key, f"checkpoint origin {cp.origin!r} does not name log {self.log_id}")
+            return
+        if cp.size != size:
+            self._find(key, f"checkpoint says tree size {cp.size}, its name says {size}")
+            return
+        self._checkpoints[size] = (key, cp)
+        self.report.checkpoints += 1
+        if self.report.latest is None or cp.size > self.report.latest.size:
+            self.report.latest = cp
+        if size == 0:
+            self._check_root(0)
+
+    def add_bundle(self, key: str, name: BundleName, lines_data: bytes) -> None:
+        """`lines_data`: the bundle's newline-terminated lines (decompressed)."""
+        report = self.report
+        report.bundles += 1
+        if self._gap:
+            return
+        if name.first < report.entries:
+            self._find(key, f"bundle overlaps entries already read (log is at {report.entries})")
+            return
+        if name.first > report.entries:
+            self._find(
+                "", f"entries {report.entries}..{name.first - 1} are missing (no bundle holds them)"
+            )
+            self._gap = True
+            return
+        if not lines_data.endswith(b"\n"):
+            self._find(key, "bundle does not end with a newline")
+        lines = lines_data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        expected_count = name.last - name.first + 1
+        if len(lines) != expected_count:
+            self._find(key, f"bundle holds {len(lines)} entries, its name says {expected_count}")
+        tree = self._tree
+        checkpoints = self._checkpoints
+        prev = self._prev
+        seq = report.entries
+        for line in lines:
+            try:
+                fields = entry.parse(line)
+            except VerificationError as e:
+                self._find(key, f"entry {seq}: {e}")
+            else:
+                if fields["seq"] != seq:
+                    self._find(key, f"entry {seq}: seq field says {fields['seq']}")
+                if fields["prev"] != prev:
+                    self._find(key, f"entry {seq}: prev hash mismatch (hash chain broken)")
+            leaf = leaf_hash(line)
+            tree.append(leaf)
+            prev = leaf.hex()
+            seq += 1
+            if seq in checkpoints:
+                self._check_root(seq)
+        self._prev = prev
+        report.entries = seq
+
+    def _check_root(self, size: int) -> None:
+        key, cp = self._checkpoints[size]
+        if self._tree.root() != cp.root_hash:
+            self._find(
+                key,
+                f"root hash does not match the entries (signed tree size {size}): "
+                "entries were changed, removed, reordered or inserted",
+            )
+
+    def finish(self) -> LogReport:
+        report = self.report
+        for size, (key, _) in sorted(self._checkpoints.items()):
+            if size > report.entries:
+                self._find(
+                    key,
+                    f"checkpoint covers {size} entries but only {report.entries} can be "
+                    "read in order: entries are missing",
+                )
+        latest = report.latest
+        if latest is None:
+            if report.entries or report.bundles:
+                self._find("", "no valid signed checkpoint: nothing here can be trusted")
+        elif report.entries > latest.size and not self._gap:
+            self._find(
+                "",
+                f"entries {latest.size}..{report.entries - 1} are not covered by a signed "
+                "checkpoint yet (writer crashed or still running)",
+                WARNING,
+            )
+        return report

@@ -1,0 +1,186 @@
+"""The Envoy configuration of the ext_proc filter, from one source.
+
+envoy/*.yaml in the repository are rendered from here (scripts/render_envoy.py;
+a test fails if they drift), and the demo and tests render the same config
+with their own ports. Tuned per DESIGN.md's measured pitfalls: circuit
+breakers far above Envoy's default of 1024 requests, a short deferred close in
+observe mode, per-message timeout that fails closed in enforce mode.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from extproc.server.capture import REQUEST_ATTRIBUTES
+
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+EXT_PROC_CLUSTER = "extproc_audit"
+_TYPE = "type.googleapis.com/"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def ext_proc_filter(mode: str = "enforce", cluster: str = EXT_PROC_CLUSTER) -> dict[str, Any]:
+    """The HTTP filter entry (name + typed_config) for an http_connection_manager."""
+    observe = mode == "observe"
+    config: dict[str, Any] = {
+        "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+        # Enforce: fail closed. Observe: the audit server must never block traffic.
+        "failure_mode_allow": observe,
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "response_header_mode": "SEND",
+            "request_body_mode": "NONE",
+            "response_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+        # The WAL's group commit answers in ~1 ms; a stalled log must not
+        # hold requests for long: past this Envoy fails the request.
+        "message_timeout": "1s",
+        "request_attributes": list(REQUEST_ATTRIBUTES),
+        # We never mutate headers: spare Envoy the route cache recomputation.
+        "disable_clear_route_cache": True,
+        "observability_mode": observe,
+    }
+    if observe:
+        # Envoy keeps each stream this long after the filter ends; with the
+        # default 5 s the circuit breaker fills at ~200 req/s (DESIGN.md).
+        config["deferred_close_timeout"] = "0.2s"
+    return {"name": EXT_PROC_FILTER, "typed_config": config}
+
+
+def ext_proc_cluster(endpoint: Endpoint, name: str = EXT_PROC_CLUSTER) -> dict[str, Any]:
+    limits = {
+        "priority": "DEFAULT",
+        "max_connections": 1024,
+        "max_pending_requests": 65536,
+        "max_requests": 65536,
+        "max_retries": 3,
+    }
+    return {
+        "name": name,
+        "type": "STATIC" if endpoint.is_ip else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # More than this many concurrent streams opens another
+                        # connection, which spreads load over server workers.
+                        "max_concurrent_streams": 100,
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+            }
+        },
+        "circuit_breakers": {"thresholds": [limits, {**limits, "priority": "HIGH"}]},
+        "load_assignment": _load_assignment(name, endpoint),
+    }
+
+
+def _load_assignment(name: str, endpoint: Endpoint) -> dict[str, Any]:
+    address = {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
+    return {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+    }
+
+
+def bootstrap(
+    *,
+    listen: Endpoint,
+    ext_proc: Endpoint,
+    upstream: Endpoint | None,
+    admin: Endpoint,
+    mode: str = "enforce",
+    node_id: str = "extproc-audit-demo",
+) -> dict[str, Any]:
+    """A complete Envoy bootstrap: one listener, ext_proc, then the router.
+
+    `upstream=None` answers every request with a direct_response (benchmarks).
+    """
+    if upstream is None:
+        route: dict[str, Any] = {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+        }
+    else:
+        route = {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "15s"}}
+    hcm = {
+        "@type": _TYPE
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress_http",
+        "generate_request_id": True,
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
+        },
+        "http_filters": [
+            ext_proc_filter(mode),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    clusters = [ext_proc_cluster(ext_proc)]
+    if upstream is not None:
+        clusters.append(
+            {
+                "name": "app",
+                "type": "STATIC" if upstream.is_ip else "STRICT_DNS",
+                "connect_timeout": "1s",
+                "load_assignment": _load_assignment("app", upstream),
+            }
+        )
+    return {
+        "node": {"id": node_id, "cluster": "extproc-audit"},
+        "admin": {
+            "address": {"socket_address": {"address": admin.host, "port_value": admin.port}}
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {
+                        "socket_address": {"address": listen.host, "port_value": listen.port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+def to_yaml(config: dict[str, Any], header: str = "") -> str:
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    return header + body

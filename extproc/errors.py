@@ -1,0 +1,63 @@
+"""One root error, two branches: tampering found vs. infrastructure trouble.
+
+The CLI catches `AuditError` once and maps the branch to an exit code
+(tampering -> 1, infrastructure/usage -> 2).
+"""
+
+from __future__ import annotations
+
+
+class AuditError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+# --- Tampering: the data is not what an honest writer produced. ---------------
+
+
+class VerificationError(AuditError):
+    """Something published or presented does not verify."""
+
+
+class InconsistencyError(VerificationError):
+    """Two views of a log cannot both be true (fork, rewrite)."""
+
+
+class RollbackError(InconsistencyError):
+    """A log got smaller than a size already seen."""
+
+
+class ForkError(InconsistencyError):
+    """Another writer put different bytes where this writer must write."""
+
+
+# --- Infrastructure and configuration. ------------------------------------------
+
+
+class ConfigError(AuditError):
+    """Bad configuration or command-line usage."""
+
+
+class StorageError(AuditError):
+    """An object store or the WAL failed; names bucket/key or path."""
+
+
+class ObjectExistsError(StorageError):
+    """A write-once put found an object already at that key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object already exists: {key}")
+        self.key = key
+
+
+class ObjectNotFoundError(StorageError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object not found: {key}")
+        self.key = key
+
+
+class BackpressureError(AuditError):
+    """The log cannot take more right now; the request must be denied (503)."""
+
+
+class WALCorruptionError(StorageError):
+    """The WAL holds data that does not chain; refusing to guess."""

@@ -1,0 +1,43 @@
+"""Signing key files: one line, the note signer key string, mode 0600."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from extproc.core.note import Signer
+from extproc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def write_signer(path: Path, signer: Signer, *, overwrite: bool = False) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError as e:
+        raise ConfigError(f"{path} already exists; refusing to overwrite a signing key") from e
+    except OSError as e:
+        raise ConfigError(f"cannot create key file {path}: {e.strerror}") from e
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(signer.to_text() + "\n")
+
+
+def load_signer(path: Path) -> Signer:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise ConfigError(f"signing key {path} not found (create one with `keygen`)") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read signing key {path}: {e.strerror}") from e
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("signing key %s is readable by group or others; chmod 600 it", path)
+    try:
+        return Signer.from_text(text)
+    except ConfigError as e:
+        raise ConfigError(f"signing key {path}: {e}") from None

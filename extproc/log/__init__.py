@@ -1,0 +1,1 @@
+"""The log's lifecycle: sequence + WAL (appender), publish (publisher)."""

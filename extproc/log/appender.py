@@ -1,0 +1,242 @@
+"""The appender: assigns seq and prev, encodes, and group-commits to the WAL.
+
+Everything here runs on the event loop thread except the WAL write+fsync,
+which runs on one dedicated thread, one batch at a time: requests that arrive
+while a batch is on disk form the next batch (group commit). The hot path is
+encode + one SHA-256 + a list append; no lock, no per-request thread hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from extproc import metrics
+from extproc.core import entry
+from extproc.core.merkle import leaf_hash
+from extproc.errors import AuditError, BackpressureError
+from extproc.log.wal import WAL, Recovered, TreeState
+
+log = logging.getLogger(__name__)
+
+
+def utc_timestamp(now: float) -> str:
+    """RFC 3339 UTC with microseconds, the `ts` field of every entry."""
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Durable:
+    """An entry that is on disk and waits to be published."""
+
+    line: bytes
+    leaf: bytes
+    appended_at: float  # monotonic, for the publisher's age trigger
+
+
+class AuditLog:
+    def __init__(
+        self,
+        wal: WAL,
+        recovered: Recovered,
+        *,
+        max_backlog_bytes: int = 128 << 20,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._wal = wal
+        self._wall_clock = wall_clock
+        self.max_backlog_bytes = max_backlog_bytes
+        self.published = recovered.published
+        # Durable, not yet published entries: what the publisher takes from.
+        self.unpublished: deque[Durable] = deque(
+            Durable(line, leaf, time.monotonic())
+            for line, leaf in zip(recovered.lines, recovered.leaves, strict=True)
+        )
+        self._unpublished_bytes = sum(len(d.line) for d in self.unpublished)
+        self.durable_size = recovered.size
+        self._size = recovered.size  # next seq to assign
+        self._prev = recovered.last_leaf.hex()
+        self._pending: list[bytes] = []
+        self._pending_leaves: list[bytes] = []
+        self._pending_bytes = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._flushing = False
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal")
+        self._refusal: str | None = None  # set when the log must refuse appends
+        self.durable_event = asyncio.Event()
+        metrics.LOG_SIZE.set(self.durable_size)
+
+    # --- appending ------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Entries sequenced (durable or on their way to disk)."""
+        return self._size
+
+    def refuse(self, reason: str) -> None:
+        """Stop taking entries for good (fork detected, WAL broken)."""
+        if self._refusal is None:
+            self._refusal = reason
+            log.critical("audit log refuses new entries: %s", reason)
+
+    @property
+    def refusal(self) -> str | None:
+        return self._refusal
+
+    def append_nowait(self, fields: dict[str, Any]) -> int:
+        """Sequence an entry; it becomes durable with the next group commit.
+
+        Raises BackpressureError when the log cannot take it. `fields` is
+        completed in place with v, seq, prev and ts.
+        """
+        if self._refusal is not None:
+            raise BackpressureError(self._refusal)
+        if self._unpublished_bytes + self._pending_bytes > self.max_backlog_bytes:
+            metrics.BACKPRESSURE.labels("backlog").inc()
+            raise BackpressureError(
+                f"backlog over its bound ({self.max_backlog_bytes} bytes not yet published)"
+            )
+        seq = self._size
+        fields["v"] = entry.FORMAT_VERSION
+        fields["seq"] = seq
+        fields["prev"] = self._prev
+        fields["ts"] = utc_timestamp(self._wall_clock())
+        line = entry.encode(fields)
+        leaf = leaf_hash(line)
+        self._prev = leaf.hex()
+        self._size = seq + 1
+        self._pending.append(line)
+        self._pending_leaves.append(leaf)
+        self._pending_bytes += len(line)
+        if not self._flushing:
+            self._start_flush()
+        return seq
+
+    async def append(self, fields: dict[str, Any]) -> int:
+        """Sequence an entry and return its seq once it is durable (fsync'd)."""
+        seq = self.append_nowait(fields)
+        await self.wait_durable(seq)
+        return seq
+
+    async def wait_durable(self, seq: int) -> None:
+        if seq < self.durable_size:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        await future
+
+    # --- group commit -------------------------------------------------------------
+
+    def _start_flush(self) -> None:
+        lines, leaves = self._pending, self._pending_leaves
+        first = self._size - len(lines)
+        self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
+        self._flushing = True
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        future = loop.run_in_executor(self._executor, self._wal.write_batch, lines, first)
+        future.add_done_callback(
+            lambda f: self._flush_done(f, lines, leaves, first, time.perf_counter() - started)
+        )
+
+    def _flush_done(
+        self,
+        future: asyncio.Future[None],
+        lines: list[bytes],
+        leaves: list[bytes],
+        first: int,
+        seconds: float,
+    ) -> None:
+        self._flushing = False
+        error = future.exception()
+        if error is None:
+            metrics.WAL_COMMIT_SECONDS.observe(seconds)
+            metrics.WAL_BATCH_ENTRIES.observe(len(lines))
+            now = time.monotonic()
+            for line, leaf in zip(lines, leaves, strict=True):
+                self.unpublished.append(Durable(line, leaf, now))
+                self._unpublished_bytes += len(line)
+            self.durable_size = first + len(lines)
+            metrics.LOG_SIZE.set(self.durable_size)
+            self._wake_waiters(self.durable_size, None)
+            self.durable_event.set()
+            if self._pending:
+                self._start_flush()
+            return
+        # The batch is not on disk (the WAL cut it off). Everything sequenced
+        # after it chains from it, so it all goes too: its requests are denied,
+        # none were forwarded. The log continues from the last durable entry.
+        metrics.BACKPRESSURE.labels("wal").inc(self._size - first)
+        log.error("WAL write failed, denying %d entries: %s", self._size - first, error)
+        self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
+        self._size = first
+        self._prev = self._last_durable_leaf()
+        reason = str(error) if isinstance(error, AuditError) else f"WAL write failed: {error}"
+        self._wake_waiters(None, BackpressureError(reason))
+        if not self._wal_recoverable(error):
+            self.refuse(f"WAL cannot be written: {error}")
+
+    def _last_durable_leaf(self) -> str:
+        if self.unpublished:
+            return self.unpublished[-1].leaf.hex()
+        return self.published.last_leaf.hex()
+
+    @staticmethod
+    def _wal_recoverable(error: BaseException) -> bool:
+        # A failed write that the WAL could cut off leaves it consistent; a
+        # failure to cut it off (raised as a bare OSError) does not.
+        return isinstance(error, AuditError)
+
+    def _wake_waiters(self, durable: int | None, error: BaseException | None) -> None:
+        waiters = self._waiters
+        while waiters and (durable is None or waiters[0][0] < durable):
+            _, future = waiters.popleft()
+            if future.done():  # the request was cancelled meanwhile
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    async def flush(self) -> None:
+        """Wait until everything sequenced so far is durable (or failed)."""
+        if self._size > self.durable_size:
+            try:
+                await self.wait_durable(self._size - 1)
+            except BackpressureError:
+                pass
+
+    # --- publication hand-off -------------------------------------------------------
+
+    def take(self, max_entries: int, max_bytes: int) -> list[Durable]:
+        """The oldest unpublished durable entries (not removed until `published`)."""
+        out: list[Durable] = []
+        size = 0
+        for d in self.unpublished:
+            if out and (len(out) >= max_entries or size + len(d.line) > max_bytes):
+                break
+            out.append(d)
+            size += len(d.line)
+        return out
+
+    def mark_published(self, state: TreeState, count: int) -> None:
+        """Drop `count` entries now covered by a checkpoint at `state.size`."""
+        for _ in range(count):
+            self._unpublished_bytes -= len(self.unpublished.popleft().line)
+        self.published = state
+        metrics.PUBLISHED_SIZE.set(state.size)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._unpublished_bytes + self._pending_bytes
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._wal.close()

@@ -1,0 +1,330 @@
+"""Write-ahead log: append-only segment files plus a small published-state file.
+
+Layout of a WAL directory (one per log id):
+
+    LOCK                          flock'd by the one writer process
+    segment-<first seq:020d>.wal  entry lines, "\\n"-terminated, in seq order
+    published.json                tree state at the last published checkpoint
+
+A line is acknowledged only after the write and fsync that contain it
+returned. On recovery a torn or garbled tail (never acknowledged) is cut off;
+damage followed by valid lines is corruption and stops the start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from extproc.core import entry
+from extproc.core.merkle import CompactRange, leaf_hash
+from extproc.errors import StorageError, VerificationError, WALCorruptionError
+
+log = logging.getLogger(__name__)
+
+SEGMENT_PREFIX = "segment-"
+SEGMENT_SUFFIX = ".wal"
+STATE_FILE = "published.json"
+LOCK_FILE = "LOCK"
+
+
+@dataclass
+class TreeState:
+    """The tree at a size: its compact range and the last leaf hash (next prev)."""
+
+    size: int = 0
+    range_hashes: tuple[bytes, ...] = ()
+    last_leaf: bytes = b""
+
+    def compact_range(self) -> CompactRange:
+        return CompactRange(self.size, self.range_hashes)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "size": self.size,
+                "range": [h.hex() for h in self.range_hashes],
+                "last": self.last_leaf.hex(),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TreeState:
+        try:
+            obj = orjson.loads(data)
+            state = cls(
+                int(obj["size"]),
+                tuple(bytes.fromhex(h) for h in obj["range"]),
+                bytes.fromhex(obj["last"]),
+            )
+            state.compact_range()  # validates hash count against size
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise WALCorruptionError(f"{STATE_FILE} is unreadable: {e}") from e
+        return state
+
+
+@dataclass
+class Recovered:
+    published: TreeState
+    # Entries after the published size, in seq order, with their leaf hashes.
+    lines: list[bytes] = field(default_factory=list)
+    leaves: list[bytes] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.published.size + len(self.lines)
+
+    @property
+    def last_leaf(self) -> bytes:
+        return self.leaves[-1] if self.leaves else self.published.last_leaf
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _segment_name(first_seq: int) -> str:
+    return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+class WAL:
+    """One log's WAL directory. Methods are blocking: call them off the event loop.
+
+    Only one batch write runs at a time (the appender guarantees it), so the
+    class needs no locking of its own.
+    """
+
+    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20) -> None:
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self._file: IO[bytes] | None = None
+        self._file_size = 0
+        self._lock_fd: int | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            self.close()
+            raise StorageError(
+                f"WAL {self.dir} is locked by another process: one writer per log"
+            ) from e
+        except OSError as e:
+            self.close()
+            raise StorageError(f"cannot open WAL {self.dir}: {e.strerror}") from e
+
+    # --- recovery -----------------------------------------------------------------
+
+    def segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for p in self.dir.iterdir():
+            name = p.name
+            if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX):
+                digits = name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)]
+                if len(digits) == 20 and digits.isdigit():
+                    found.append((int(digits), p))
+        return sorted(found)
+
+    def recover(self) -> Recovered:
+        """Read the WAL back: published state plus every entry after it."""
+        state_path = self.dir / STATE_FILE
+        published = TreeState()
+        if state_path.exists():
+            published = TreeState.from_bytes(state_path.read_bytes())
+        recovered = Recovered(published)
+        segments = self.segments()
+        if not segments:
+            if published.size:
+                raise WALCorruptionError(
+                    f"WAL {self.dir}: {STATE_FILE} says {published.size} entries were "
+                    "published but no segment is left"
+                )
+            return recovered
+        if segments[0][0] > published.size:
+            raise WALCorruptionError(
+                f"WAL {self.dir}: entries {published.size}..{segments[0][0] - 1} are missing "
+                f"(oldest segment starts at {segments[0][0]})"
+            )
+        expected_seq = segments[0][0]
+        prev = b""
+        for index, (first, path) in enumerate(segments):
+            if first != expected_seq:
+                raise WALCorruptionError(
+                    f"WAL {self.dir}: segment {path.name} starts at {first}, expected {expected_seq}"
+                )
+            is_last = index == len(segments) - 1
+            expected_seq, prev = self._replay(path, first, prev, recovered, is_last)
+        if expected_seq < published.size:
+            raise WALCorruptionError(
+                f"WAL {self.dir}: holds entries up to {expected_seq}, "
+                f"but {published.size} were published"
+            )
+        return recovered
+
+    def _replay(
+        self, path: Path, seq: int, prev: bytes, out: Recovered, is_last: bool
+    ) -> tuple[int, bytes]:
+        data = path.read_bytes()
+        pos = 0
+        published = out.published
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            line = data[pos:end] if end >= 0 else data[pos:]
+            problem = None
+            if end < 0:
+                problem = "torn last line"
+            else:
+                try:
+                    fields = entry.parse(line)
+                except VerificationError as e:
+                    problem = str(e)
+                else:
+                    expected_prev = prev if prev or seq == 0 else None
+                    if seq == published.size and published.size:
+                        expected_prev = published.last_leaf
+                    if fields["seq"] != seq:
+                        problem = f"seq {fields['seq']} where {seq} was expected"
+                    elif expected_prev is not None and fields["prev"] != expected_prev.hex():
+                        problem = f"entry {seq} prev hash does not chain"
+            if problem is not None:
+                if is_last and not self._valid_line_after(data, pos):
+                    log.warning(
+                        "WAL %s: cutting unacknowledged tail at entry %d (%s)",
+                        path.name, seq, problem,
+                    )
+                    self._truncate(path, pos)
+                    return seq, prev
+                raise WALCorruptionError(f"WAL {path}: entry {seq}: {problem}")
+            leaf = leaf_hash(line)
+            if seq >= published.size:
+                out.lines.append(line)
+                out.leaves.append(leaf)
+            prev = leaf
+            seq += 1
+            pos = end + 1
+        return seq, prev
+
+    @staticmethod
+    def _valid_line_after(data: bytes, pos: int) -> bool:
+        """Is there a complete, parseable entry after the damaged one at `pos`?"""
+        end = data.find(b"\n", pos)
+        while end >= 0:
+            start, end = end + 1, data.find(b"\n", end + 1)
+            if end < 0:
+                return False
+            try:
+                entry.parse(data[start:end])
+            except VerificationError:
+                continue
+            return True
+        return False
+
+    @staticmethod
+    def _truncate(path: Path, size: int) -> None:
+        with path.open("r+b") as f:
+            f.truncate(size)
+            os.fsync(f.fileno())
+
+    # --- appending ------------------------------------------------------------------
+
+    def write_batch(self, lines: list[bytes], first_seq: int) -> None:
+        """Append entry lines and fsync: the group commit. On error, undo the partial write."""
+        if self._file is None or self._file_size >= self.segment_bytes:
+            try:
+                self._open_segment(first_seq)
+            except OSError as e:
+                raise StorageError(f"cannot open a WAL segment in {self.dir}: {e.strerror}") from e
+        f = self._file
+        assert f is not None
+        start = self._file_size
+        data = b"\n".join(lines) + b"\n"
+        try:
+            f.write(data)
+            f.flush()
+            os.fdatasync(f.fileno())
+        except OSError as e:
+            self._undo(start)
+            raise StorageError(f"WAL write failed in {self.dir}: {e.strerror or e}") from e
+        self._file_size = start + len(data)
+
+    def _undo(self, size: int) -> None:
+        """Cut a failed batch off so the file ends at the last durable entry."""
+        f = self._file
+        self._file = None  # reopen on the next batch, whatever happens here
+        if f is None:
+            return
+        try:
+            f.truncate(size)
+            os.fsync(f.fileno())
+        except OSError:
+            log.exception("WAL %s: could not cut off a failed write", self.dir)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()
+
+    def _open_segment(self, first_seq: int) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        segments = self.segments()
+        if segments:
+            # The newest segment ends right before first_seq: keep filling it
+            # (after a restart, or after a failed write cut it back) until full.
+            newest = segments[-1][1]
+            size = newest.stat().st_size
+            if size < self.segment_bytes:
+                self._file = newest.open("ab")
+                self._file_size = size
+                return
+        path = self.dir / _segment_name(first_seq)
+        try:
+            self._file = path.open("xb")
+        except FileExistsError as e:
+            raise WALCorruptionError(f"WAL segment {path} already exists") from e
+        self._file_size = 0
+        _fsync_dir(self.dir)
+
+    # --- publication ------------------------------------------------------------------
+
+    def save_published(self, state: TreeState) -> None:
+        """Record the published tree state atomically, then drop covered segments."""
+        tmp = self.dir / (STATE_FILE + ".tmp")
+        try:
+            with tmp.open("wb") as f:
+                f.write(state.to_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.dir / STATE_FILE)
+            _fsync_dir(self.dir)
+        except OSError as e:
+            raise StorageError(f"cannot write {STATE_FILE} in {self.dir}: {e.strerror}") from e
+        self._prune(state.size)
+
+    def _prune(self, published_size: int) -> None:
+        segments = self.segments()
+        # A segment can go once the next one starts at or below the published size.
+        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+            if next_first <= published_size:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

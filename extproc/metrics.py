@@ -1,0 +1,55 @@
+"""Prometheus metrics: every loss, denial and delay is visible here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+STREAMS = Counter(
+    "extproc_audit_streams_total", "ext_proc streams handled, by mode", ["mode"]
+)
+ENTRIES = Counter(
+    "extproc_audit_entries_total", "Entries appended to the log, by kind", ["kind"]
+)
+DENIED = Counter(
+    "extproc_audit_denied_total",
+    "Requests denied with 503 because the log could not take their entry (enforce mode)",
+)
+DROPPED = Counter(
+    "extproc_audit_dropped_total",
+    "Observe-mode exchanges or outcome entries not logged, by reason",
+    ["reason"],
+)
+BACKPRESSURE = Counter(
+    "extproc_audit_backpressure_total",
+    "Entries refused by the log, by cause (backlog, wal)",
+    ["cause"],
+)
+STREAM_ERRORS = Counter(
+    "extproc_audit_stream_errors_total",
+    "ext_proc streams ended with a gRPC error status, by code",
+    ["code"],
+)
+WAL_COMMIT_SECONDS = Histogram(
+    "extproc_audit_wal_commit_seconds",
+    "Time of one WAL group commit (write + fsync)",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+)
+WAL_BATCH_ENTRIES = Histogram(
+    "extproc_audit_wal_batch_entries",
+    "Entries per WAL group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
+)
+LOG_SIZE = Gauge("extproc_audit_log_size", "Durable entries in the log (tree size in the WAL)")
+PUBLISHED_SIZE = Gauge(
+    "extproc_audit_published_size", "Tree size of the latest published checkpoint"
+)
+PUBLISH_ERRORS = Counter(
+    "extproc_audit_publish_errors_total", "Failed object store writes (retried)"
+)
+OBJECTS_WRITTEN = Counter(
+    "extproc_audit_objects_written_total", "Objects written to the store, by kind", ["kind"]
+)
+FENCED = Gauge(
+    "extproc_audit_fenced",
+    "1 when publishing stopped because another writer's object was found (fork)",
+)

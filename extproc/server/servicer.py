@@ -1,0 +1,223 @@
+"""The ext_proc servicer: capture and back-pressure only.
+
+Enforce mode (Envoy waits for each reply): the request entry is appended and
+the CONTINUE reply is sent only once the entry is durable; if the log cannot
+take it, Envoy gets an ImmediateResponse 503 and the request never reaches
+upstream. The response entry is durable before the response goes on, too.
+
+Observe mode (Envoy `observability_mode: true`): never replies, never waits;
+one `exchange` entry per stream, appended without waiting for the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+
+from extproc import metrics
+from extproc.core import entry
+from extproc.errors import BackpressureError
+from extproc.log.appender import AuditLog
+from extproc.server.capture import Capturer
+
+log = logging.getLogger(__name__)
+
+MODES = ("enforce", "observe")
+
+_CONTINUE_REQUEST = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+_CONTINUE_RESPONSE = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+DENY_DETAILS = "audit_log_unavailable"
+_DENY = pb.ProcessingResponse(
+    immediate_response=pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        body=b"audit log unavailable\n",
+        details=DENY_DETAILS,
+        headers=pb.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key="content-type", raw_value=b"text/plain")
+                )
+            ]
+        ),
+    )
+)
+_UNSUPPORTED = {
+    "request_body": "request_body_mode: NONE",
+    "response_body": "response_body_mode: NONE",
+    "request_trailers": "request_trailer_mode: SKIP",
+    "response_trailers": "response_trailer_mode: SKIP",
+}
+
+
+class _RateLimitedLog:
+    """At most one log line per interval for a repeating condition."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last = 0.0
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        suffix = f" ({self._suppressed} more since last report)" if self._suppressed else ""
+        log.warning(msg + suffix, *args)
+        self._last, self._suppressed = now, 0
+
+
+class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, audit_log: AuditLog, capturer: Capturer, mode: str = "enforce") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.log = audit_log
+        self.capturer = capturer
+        self.mode = mode
+        self._denials = _RateLimitedLog()
+        self._drops = _RateLimitedLog()
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        metrics.STREAMS.labels(self.mode).inc()
+        try:
+            if self.mode == "observe":
+                await self._observe(request_iterator, context)
+                return
+            async for reply in self._enforce(request_iterator, context):
+                yield reply
+        except _StreamError as e:
+            metrics.STREAM_ERRORS.labels(e.code.name).inc()
+            await context.abort(e.code, e.details)
+        except Exception as e:
+            # Never echo the exception text: it could carry request data.
+            metrics.STREAM_ERRORS.labels("INTERNAL").inc()
+            log.error(
+                "ext_proc stream failed: %s\n%s",
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
+
+    async def _enforce(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        request_seq: int | None = None
+        rid = ""
+        answered = False
+        try:
+            async for msg in request_iterator:
+                which = msg.WhichOneof("request")
+                if which == "request_headers":
+                    if request_seq is not None:
+                        raise _StreamError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "request_headers received twice on one stream",
+                        )
+                    fields = self.capturer.request(msg)
+                    fields["kind"] = "request"
+                    rid = fields["rid"]
+                    try:
+                        request_seq = await self.log.append(entry.fit(fields))
+                    except BackpressureError as e:
+                        metrics.DENIED.inc()
+                        self._denials.warning("denying request (503): %s", e)
+                        yield _DENY
+                        return
+                    metrics.ENTRIES.labels("request").inc()
+                    yield _CONTINUE_REQUEST
+                elif which == "response_headers":
+                    if request_seq is None:
+                        raise _StreamError(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            "response_headers before request_headers",
+                        )
+                    fields = self.capturer.response(msg)
+                    fields.update(kind="response", ref=request_seq, rid=rid)
+                    answered = True
+                    try:
+                        await self.log.append(entry.fit(fields))
+                        metrics.ENTRIES.labels("response").inc()
+                    except BackpressureError as e:
+                        # The request already happened upstream; holding back its
+                        # response would not undo it. Count the missing outcome.
+                        metrics.DROPPED.labels("backpressure").inc()
+                        self._drops.warning("response entry not logged: %s", e)
+                    yield _CONTINUE_RESPONSE
+                else:
+                    raise _unsupported(which)
+        finally:
+            if request_seq is not None and not answered:
+                # Client gone or upstream reset before response headers: say so.
+                self._append_nowait(
+                    {"kind": "response", "ref": request_seq, "rid": rid, "outcome": "aborted"}
+                )
+
+    async def _observe(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        fields: dict[str, Any] | None = None
+        try:
+            async for msg in request_iterator:
+                which = msg.WhichOneof("request")
+                if which == "request_headers":
+                    if fields is not None:
+                        raise _StreamError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "request_headers received twice on one stream",
+                        )
+                    fields = self.capturer.request(msg)
+                    fields["kind"] = "exchange"
+                elif which == "response_headers":
+                    if fields is None:
+                        raise _StreamError(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            "response_headers before request_headers",
+                        )
+                    response = self.capturer.response(msg)
+                    if "trunc" in response:
+                        fields.setdefault("trunc", []).extend(response.pop("trunc"))
+                    fields.update(response)
+                    self._append_nowait(fields)
+                    fields = None
+                else:
+                    raise _unsupported(which)
+        finally:
+            if fields is not None:
+                fields["outcome"] = "no_response"
+                self._append_nowait(fields)
+
+    def _append_nowait(self, fields: dict[str, Any]) -> None:
+        try:
+            self.log.append_nowait(entry.fit(fields))
+        except BackpressureError as e:
+            metrics.DROPPED.labels("backpressure").inc()
+            self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
+            return
+        metrics.ENTRIES.labels(fields["kind"]).inc()
+
+
+class _StreamError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _unsupported(which: str | None) -> _StreamError:
+    if which in _UNSUPPORTED:
+        return _StreamError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{which} is not audited; set processing_mode {_UNSUPPORTED[which]}",
+        )
+    return _StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected ext_proc message: {which}")

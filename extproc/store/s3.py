@@ -1,0 +1,210 @@
+"""S3 store with Object Lock: every object written once, retained, checksummed.
+
+The endpoint comes from boto3's standard configuration (AWS_ENDPOINT_URL,
+AWS_ENDPOINT_URL_S3, profiles), so AWS, MinIO, LocalStack and moto all work.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from extproc.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StorageError
+from extproc.store.base import ObjectInfo, Retention, RetentionPolicy
+
+# S3 answers a lost If-None-Match race with 412, or 409 while a conflicting
+# upload is still in flight.
+_EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def s3_client() -> Any:
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    config = Config(
+        region_name=region,
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=20,
+        # Checksums only where we ask for them (we send SHA-256 ourselves).
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.client("s3", config=config)
+
+
+class S3Store:
+    supports_retention = True
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._s3 = client if client is not None else s3_client()
+
+    def _error(self, action: str, key: str, e: Exception) -> StorageError:
+        detail = _code(e) if isinstance(e, ClientError) else type(e).__name__
+        return StorageError(f"s3 {action} s3://{self.bucket}/{key} failed: {detail}: {e}")
+
+    def lock_configuration(self) -> dict[str, Any] | None:
+        try:
+            response = self._s3.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as e:
+            code = _code(e)
+            if code == "ObjectLockConfigurationNotFoundError":
+                return None
+            if code in ("NoSuchBucket", "404"):
+                raise ConfigError(f"bucket {self.bucket} does not exist") from e
+            raise self._error("get-object-lock-configuration", "", e) from e
+        except BotoCoreError as e:
+            raise self._error("get-object-lock-configuration", "", e) from e
+        config: dict[str, Any] = response.get("ObjectLockConfiguration", {})
+        return config if config.get("ObjectLockEnabled") == "Enabled" else None
+
+    def check_writable(self, *, require_lock: bool) -> RetentionPolicy | None:
+        """Refuse a bucket without Object Lock; return its default retention rule."""
+        config = self.lock_configuration()
+        if config is None:
+            if require_lock:
+                raise ConfigError(
+                    f"bucket {self.bucket} has no Object Lock: published logs could be "
+                    "overwritten or deleted. Create it with `extproc-audit init-bucket "
+                    f"s3://{self.bucket}`, or pass --allow-no-object-lock for development"
+                )
+            return None
+        rule = config.get("Rule", {}).get("DefaultRetention")
+        if not rule:
+            return None
+        days = int(rule.get("Days") or 365 * rule.get("Years", 0))
+        return RetentionPolicy(str(rule["Mode"]), days)
+
+    def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "IfNoneMatch": "*",
+            "ChecksumAlgorithm": "SHA256",
+            "ChecksumSHA256": checksum,
+        }
+        if key.endswith(".jsonl"):
+            args["ContentType"] = "application/x-ndjson"
+        elif key.endswith(".gz"):
+            args["ContentType"] = "application/gzip"
+        else:
+            args["ContentType"] = "text/plain; charset=utf-8"
+        if retention is not None:
+            args["ObjectLockMode"] = retention.mode
+            args["ObjectLockRetainUntilDate"] = retention.until
+        try:
+            self._s3.put_object(**args)
+        except ClientError as e:
+            if _code(e) in _EXISTS_CODES:
+                raise ObjectExistsError(key) from e
+            raise self._error("put", key, e) from e
+        except BotoCoreError as e:
+            raise self._error("put", key, e) from e
+
+    def get(self, key: str) -> bytes:
+        try:
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if _code(e) in _MISSING_CODES:
+                raise ObjectNotFoundError(key) from e
+            raise self._error("get", key, e) from e
+        except BotoCoreError as e:
+            raise self._error("get", key, e) from e
+        return body
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]))
+        except ClientError as e:
+            if _code(e) == "NoSuchBucket":
+                raise ConfigError(f"bucket {self.bucket} does not exist") from e
+            raise self._error("list", prefix, e) from e
+        except BotoCoreError as e:
+            raise self._error("list", prefix, e) from e
+
+    def retention(self, key: str) -> Retention | None:
+        # head_object, not get_object_retention: it works on every S3 API we
+        # test against (moto's get_object_retention is broken).
+        try:
+            head = self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in _MISSING_CODES:
+                raise ObjectNotFoundError(key) from e
+            raise self._error("head", key, e) from e
+        except BotoCoreError as e:
+            raise self._error("head", key, e) from e
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        if not mode or not until:
+            return None
+        return Retention(str(mode), until)
+
+    def bucket_exists(self) -> bool:
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise self._error("head-bucket", "", e) from e
+        except BotoCoreError as e:
+            raise self._error("head-bucket", "", e) from e
+        return True
+
+    def create_locked_bucket(self, mode: str, days: int) -> bool:
+        """Create the bucket with Object Lock and a default retention; True if created.
+
+        Idempotent on a bucket that already has Object Lock (its default
+        retention is set to the one asked for).
+        """
+        created = False
+        # Look first: us-east-1 answers CreateBucket on an existing bucket with
+        # success, and some S3 servers would then switch Object Lock on.
+        if not self.bucket_exists():
+            args: dict[str, Any] = {"Bucket": self.bucket, "ObjectLockEnabledForBucket": True}
+            region = self._s3.meta.region_name
+            if region and region != "us-east-1":
+                args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            try:
+                self._s3.create_bucket(**args)
+            except ClientError as e:
+                if _code(e) == "BucketAlreadyExists":
+                    raise ConfigError(
+                        f"bucket name {self.bucket} is taken by another account"
+                    ) from e
+                raise self._error("create-bucket", "", e) from e
+            except BotoCoreError as e:
+                raise self._error("create-bucket", "", e) from e
+            created = True
+        if self.lock_configuration() is None:
+            raise ConfigError(
+                f"bucket {self.bucket} exists without Object Lock; an audit log needs "
+                "a bucket created with Object Lock (choose a new bucket name)"
+            )
+        try:
+            self._s3.put_object_lock_configuration(
+                Bucket=self.bucket,
+                ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": mode, "Days": days}},
+                },
+            )
+        except (ClientError, BotoCoreError) as e:
+            raise self._error("put-object-lock-configuration", "", e) from e
+        return created
