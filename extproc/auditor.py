@@ -96,6 +96,8 @@ def verify_store(
 
 
 def all_ok(reports: list[LogReport], general: list[Finding]) -> bool:
-    return bool(reports) and all(r.ok for r in reports) and not any(
-        f.severity == ERROR for f in general
+    return (
+        bool(reports)
+        and all(r.ok for r in reports)
+        and not any(f.severity == ERROR for f in general)
     )

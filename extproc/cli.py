@@ -46,56 +46,126 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Run the ext_proc gRPC audit server. Every option can also be set "
         f"from the environment as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}STORE).",
     )
-    p.add_argument("--store", default=_env("store"),
-                   help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) or a directory")
+    p.add_argument(
+        "--store",
+        default=_env("store"),
+        help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) or a directory",
+    )
     p.add_argument("--key", type=Path, default=_env("key"), help="signing key file (keygen)")
-    p.add_argument("--listen", default=_env("listen", "0.0.0.0:50051"),  # noqa: S104
-                   help="gRPC listen address (default %(default)s)")
-    p.add_argument("--log-id", default=_env("log_id", _default_log_id()),
-                   help="this writer's log id, one per process (default: hostname, %(default)s)")
-    p.add_argument("--wal-dir", type=Path, default=Path(_env("wal_dir", "extproc-wal") or ""),
-                   help="write-ahead log directory (default %(default)s)")
-    p.add_argument("--mode", choices=("enforce", "observe"), default=_env("mode", "enforce"),
-                   help="enforce: forward only once logged (default); observe: never block")
-    p.add_argument("--origin-prefix", default=_env("origin_prefix", "extproc-audit"),
-                   help="checkpoint origin is <origin prefix>/<log id> (default %(default)s)")
-    p.add_argument("--metrics-listen", default=_env("metrics_listen", "0.0.0.0:9464"),  # noqa: S104
-                   help="Prometheus metrics address, or 'off' (default %(default)s)")
-    p.add_argument("--bundle-max-entries", type=int,
-                   default=int(_env("bundle_max_entries", "10000") or 0),
-                   help="seal a bundle at this many entries (default %(default)s)")
-    p.add_argument("--bundle-max-bytes", type=int,
-                   default=int(_env("bundle_max_bytes", str(16 << 20)) or 0),
-                   help="seal a bundle at this many bytes (default %(default)s)")
-    p.add_argument("--bundle-max-age", type=float,
-                   default=float(_env("bundle_max_age", "0.5") or 0),
-                   help="seal a bundle when its oldest entry is this old, seconds (default %(default)s)")
-    p.add_argument("--gzip", action="store_true", default=_env_flag("gzip"),
-                   help="write bundles as .jsonl.gz")
-    p.add_argument("--retention-days", type=int,
-                   default=int(v) if (v := _env("retention_days")) else None,
-                   help="Object Lock retention per object (default: the bucket's default rule)")
-    p.add_argument("--retention-mode", choices=("COMPLIANCE", "GOVERNANCE"),
-                   default=_env("retention_mode", "COMPLIANCE"))
-    p.add_argument("--allow-no-object-lock", action="store_true",
-                   default=_env_flag("allow_no_object_lock"),
-                   help="development only: accept a bucket without Object Lock")
-    p.add_argument("--max-backlog-bytes", type=int,
-                   default=int(_env("max_backlog_bytes", str(128 << 20)) or 0),
-                   help="deny (enforce) or drop (observe) past this many unpublished bytes")
-    p.add_argument("--drain-timeout", type=float, default=float(_env("drain_timeout", "20") or 0),
-                   help="seconds to drain streams and publish on SIGTERM (default %(default)s)")
-    p.add_argument("--redact-header", action="append", default=None, metavar="NAME",
-                   help="also redact this header (repeatable; env: comma-separated)")
-    p.add_argument("--redact-query-param", action="append", default=None, metavar="NAME",
-                   help="also redact this query parameter's value (repeatable)")
-    p.add_argument("--query-mode", choices=QUERY_MODES, default=_env("query_mode", "sensitive"),
-                   help="query strings: redact sensitive params (default), all values, keep, drop")
-    p.add_argument("--hmac-key-file", type=Path, default=_env("hmac_key_file"),
-                   help="replace secrets by HMAC-SHA256 under this key instead of [redacted]")
-    p.add_argument("--max-value-bytes", type=int,
-                   default=int(_env("max_value_bytes", "2048") or 0),
-                   help="truncate header values longer than this (default %(default)s)")
+    p.add_argument(
+        "--listen",
+        default=_env("listen", "0.0.0.0:50051"),
+        help="gRPC listen address (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-id",
+        default=_env("log_id", _default_log_id()),
+        help="this writer's log id, one per process (default: hostname, %(default)s)",
+    )
+    p.add_argument(
+        "--wal-dir",
+        type=Path,
+        default=Path(_env("wal_dir", "extproc-wal") or ""),
+        help="write-ahead log directory (default %(default)s)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("enforce", "observe"),
+        default=_env("mode", "enforce"),
+        help="enforce: forward only once logged (default); observe: never block",
+    )
+    p.add_argument(
+        "--origin-prefix",
+        default=_env("origin_prefix", "extproc-audit"),
+        help="checkpoint origin is <origin prefix>/<log id> (default %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default=_env("metrics_listen", "0.0.0.0:9464"),
+        help="Prometheus metrics address, or 'off' (default %(default)s)",
+    )
+    p.add_argument(
+        "--bundle-max-entries",
+        type=int,
+        default=int(_env("bundle_max_entries", "10000") or 0),
+        help="seal a bundle at this many entries (default %(default)s)",
+    )
+    p.add_argument(
+        "--bundle-max-bytes",
+        type=int,
+        default=int(_env("bundle_max_bytes", str(16 << 20)) or 0),
+        help="seal a bundle at this many bytes (default %(default)s)",
+    )
+    p.add_argument(
+        "--bundle-max-age",
+        type=float,
+        default=float(_env("bundle_max_age", "0.5") or 0),
+        help="seal a bundle once its oldest entry is this many seconds old (default %(default)s)",
+    )
+    p.add_argument(
+        "--gzip", action="store_true", default=_env_flag("gzip"), help="write bundles as .jsonl.gz"
+    )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        default=int(v) if (v := _env("retention_days")) else None,
+        help="Object Lock retention per object (default: the bucket's default rule)",
+    )
+    p.add_argument(
+        "--retention-mode",
+        choices=("COMPLIANCE", "GOVERNANCE"),
+        default=_env("retention_mode", "COMPLIANCE"),
+    )
+    p.add_argument(
+        "--allow-no-object-lock",
+        action="store_true",
+        default=_env_flag("allow_no_object_lock"),
+        help="development only: accept a bucket without Object Lock",
+    )
+    p.add_argument(
+        "--max-backlog-bytes",
+        type=int,
+        default=int(_env("max_backlog_bytes", str(128 << 20)) or 0),
+        help="deny (enforce) or drop (observe) past this many unpublished bytes",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(_env("drain_timeout", "20") or 0),
+        help="seconds to drain streams and publish on SIGTERM (default %(default)s)",
+    )
+    p.add_argument(
+        "--redact-header",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also redact this header (repeatable; env: comma-separated)",
+    )
+    p.add_argument(
+        "--redact-query-param",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also redact this query parameter's value (repeatable)",
+    )
+    p.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default=_env("query_mode", "sensitive"),
+        help="query strings: redact sensitive params (default), all values, keep, drop",
+    )
+    p.add_argument(
+        "--hmac-key-file",
+        type=Path,
+        default=_env("hmac_key_file"),
+        help="replace secrets by HMAC-SHA256 under this key instead of [redacted]",
+    )
+    p.add_argument(
+        "--max-value-bytes",
+        type=int,
+        default=int(_env("max_value_bytes", "2048") or 0),
+        help="truncate header values longer than this (default %(default)s)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -121,17 +191,27 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="verify every log under a store URL")
     p.add_argument("url", help="s3://bucket/prefix or a directory")
     p.add_argument("--vkey", required=True, help="verifier key string, or @FILE holding it")
-    p.add_argument("--origin-prefix", default=None,
-                   help="require checkpoint origins to be <origin prefix>/<log id>")
+    p.add_argument(
+        "--origin-prefix",
+        default=None,
+        help="require checkpoint origins to be <origin prefix>/<log id>",
+    )
     p.add_argument("--parallel", type=int, default=8, help="logs verified at once")
     p.add_argument("-q", "--quiet", action="store_true", help="print findings and summary only")
 
     p = sub.add_parser("demo", help="run Envoy + audit server + app locally and verify the log")
     p.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")
-    p.add_argument("--store", default=None,
-                   help="s3://bucket/prefix (AWS_ENDPOINT_URL) instead of a local directory")
-    p.add_argument("--workdir", type=Path, default=Path("extproc-demo"),
-                   help="where the demo keeps its key, WAL and local store (default %(default)s)")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="s3://bucket/prefix (AWS_ENDPOINT_URL) instead of a local directory",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("extproc-demo"),
+        help="where the demo keeps its key, WAL and local store (default %(default)s)",
+    )
     p.add_argument("--mode", choices=("enforce", "observe"), default="enforce")
     p.add_argument("--concurrency", type=int, default=8, help="client connections")
     return parser
@@ -162,7 +242,7 @@ def _cmd_init_bucket(args: argparse.Namespace) -> int:
 
     if not args.url.startswith("s3://"):
         raise ConfigError("init-bucket needs an s3://BUCKET URL")
-    bucket = args.url[len("s3://"):].split("/", 1)[0]
+    bucket = args.url[len("s3://") :].split("/", 1)[0]
     if args.retention_days < 1:
         raise ConfigError("--retention-days must be at least 1")
     created = S3Store(bucket).create_locked_bucket(args.mode, args.retention_days)

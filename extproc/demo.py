@@ -61,9 +61,9 @@ class UpstreamApp:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _answer  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -180,9 +180,20 @@ def run_demo(
     grpc_port, metrics_port = processes.free_port(), processes.free_port()
     envoy_port, admin_port = processes.free_port(), processes.free_port()
     server_args += [
-        "--store", store_url, "--key", str(workdir / "signing.key"),
-        "--listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
-        "--log-id", DEMO_LOG_ID, "--wal-dir", str(workdir / "wal"), "--mode", mode,
+        "--store",
+        store_url,
+        "--key",
+        str(workdir / "signing.key"),
+        "--listen",
+        f"127.0.0.1:{grpc_port}",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        "--log-id",
+        DEMO_LOG_ID,
+        "--wal-dir",
+        str(workdir / "wal"),
+        "--mode",
+        mode,
     ]
     print(f"demo: {requests} requests through Envoy -> ext_proc audit server ({mode} mode)")
     started = time.monotonic()
@@ -225,18 +236,25 @@ def run_demo(
     elapsed = time.monotonic() - started
     ok_responses = sum(n for s, n in result.statuses.items() if 200 <= s < 300)
     print()
-    print(f"requests sent        {requests} ({ok_responses} 2xx, "
-          f"{sum(result.statuses.values()) - ok_responses} other, {result.errors} errors)"
-          f" in {elapsed:.1f}s")
+    print(
+        f"requests sent        {requests} ({ok_responses} 2xx, "
+        f"{sum(result.statuses.values()) - ok_responses} other, {result.errors} errors)"
+        f" in {elapsed:.1f}s"
+    )
     print(f"reached the app      {app.total}")
     if demo_report is not None:
         latest = demo_report.latest
-        print(f"entries in the log   {demo_report.entries} "
-              f"(one request and one response entry per exchange, across all demo runs)")
-        print(f"checkpoints          {demo_report.checkpoints}, latest tree size "
-              f"{latest.size if latest else 0}")
-    print(f"envoy ext_proc stats streams_started={stats.get('http.ingress_http.ext_proc.streams_started', 0)} "
-          f"failed={stats.get('http.ingress_http.ext_proc.streams_failed', 0)}")
+        print(
+            f"entries in the log   {demo_report.entries} "
+            f"(one request and one response entry per exchange, across all demo runs)"
+        )
+        print(
+            f"checkpoints          {demo_report.checkpoints}, latest tree size "
+            f"{latest.size if latest else 0}"
+        )
+    started_streams = stats.get("http.ingress_http.ext_proc.streams_started", 0)
+    failed_streams = stats.get("http.ingress_http.ext_proc.streams_failed", 0)
+    print(f"envoy ext_proc       streams started {started_streams}, failed {failed_streams}")
     for finding in general + [f for r in reports for f in r.findings]:
         print(f"  {finding}")
     print(f"verification         {'VALID' if ok else 'INVALID'}")

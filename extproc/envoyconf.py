@@ -154,9 +154,7 @@ def bootstrap(
         )
     return {
         "node": {"id": node_id, "cluster": "extproc-audit"},
-        "admin": {
-            "address": {"socket_address": {"address": admin.host, "port_value": admin.port}}
-        },
+        "admin": {"address": {"socket_address": {"address": admin.host, "port_value": admin.port}}},
         "static_resources": {
             "listeners": [
                 {

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-STREAMS = Counter(
-    "extproc_audit_streams_total", "ext_proc streams handled, by mode", ["mode"]
-)
-ENTRIES = Counter(
-    "extproc_audit_entries_total", "Entries appended to the log, by kind", ["kind"]
-)
+STREAMS = Counter("extproc_audit_streams_total", "ext_proc streams handled, by mode", ["mode"])
+ENTRIES = Counter("extproc_audit_entries_total", "Entries appended to the log, by kind", ["kind"])
 DENIED = Counter(
     "extproc_audit_denied_total",
     "Requests denied with 503 because the log could not take their entry (enforce mode)",

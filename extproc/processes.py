@@ -38,10 +38,20 @@ def envoy_binary() -> str:
     return found
 
 
-def start_envoy(config: Path, log_file: IO[bytes], *, concurrency: int = 1) -> subprocess.Popen[bytes]:
+def start_envoy(
+    config: Path, log_file: IO[bytes], *, concurrency: int = 1
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [envoy_binary(), "-c", str(config), "--concurrency", str(concurrency),
-         "--log-level", "warning", "--disable-hot-restart"],
+        [
+            envoy_binary(),
+            "-c",
+            str(config),
+            "--concurrency",
+            str(concurrency),
+            "--log-level",
+            "warning",
+            "--disable-hot-restart",
+        ],
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
@@ -55,8 +65,9 @@ def start_server(args: list[str], log_file: IO[bytes]) -> subprocess.Popen[bytes
     )
 
 
-def wait_until(check: object, what: str, proc: subprocess.Popen[bytes] | None = None,
-               timeout: float = 30.0) -> None:
+def wait_until(
+    check: object, what: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0
+) -> None:
     assert callable(check)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

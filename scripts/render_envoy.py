@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Render envoy/*.yaml from extproc.envoyconf (the one source of the filter config).
 
-    python scripts/render_envoy.py          # write the files
-    python scripts/render_envoy.py --check  # exit 1 if a file is out of date
+python scripts/render_envoy.py          # write the files
+python scripts/render_envoy.py --check  # exit 1 if a file is out of date
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     for path in stale:
-        print(f"{path.relative_to(ROOT)} is out of date: run scripts/render_envoy.py", file=sys.stderr)
+        print(f"{path.relative_to(ROOT)} is stale: run scripts/render_envoy.py", file=sys.stderr)
     return 1 if stale else 0
 
 

@@ -1,7 +1,7 @@
 """Object key layout under s3://<bucket>/<prefix>/ (DESIGN.md, fixed contract).
 
-    logs/<log id>/entries/<first seq:020d>-<last seq:020d>.jsonl[.gz]
-    logs/<log id>/checkpoints/<tree size:020d>
+logs/<log id>/entries/<first seq:020d>-<last seq:020d>.jsonl[.gz]
+logs/<log id>/checkpoints/<tree size:020d>
 """
 
 from __future__ import annotations

@@ -106,7 +106,9 @@ class RedactionPolicy:
         out = []
         for part in query.split("&"):
             name, sep, value = part.partition("=")
-            sensitive = self.query_mode == "all" or unquote(name).lower() in self.redact_query_params
+            sensitive = (
+                self.query_mode == "all" or unquote(name).lower() in self.redact_query_params
+            )
             out.append(f"{name}={self.secret(value)}" if sep and sensitive else part)
         return "&".join(out)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections import deque
@@ -208,10 +209,8 @@ class AuditLog:
     async def flush(self) -> None:
         """Wait until everything sequenced so far is durable (or failed)."""
         if self._size > self.durable_size:
-            try:
+            with contextlib.suppress(BackpressureError):  # failed batches are denied, not lost
                 await self.wait_durable(self._size - 1)
-            except BackpressureError:
-                pass
 
     # --- publication hand-off -------------------------------------------------------
 

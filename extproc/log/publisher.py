@@ -160,7 +160,10 @@ class Publisher:
         self.reconciled = True
         log.info(
             "log %s: resuming at size %d (%d published, %d to publish)",
-            cfg.log_id, wal_size, self.log.published.size, wal_size - self.log.published.size,
+            cfg.log_id,
+            wal_size,
+            self.log.published.size,
+            wal_size - self.log.published.size,
         )
 
     async def _adopt_checkpoint(self, size: int) -> None:
@@ -216,7 +219,7 @@ class Publisher:
                 self._prefix, self.config.log_id, first, last, gzip=self.config.gzip
             )
             data = bundle_bytes([d.line for d in batch], compress=self.config.gzip)
-            await self._put(key, data, "bundle", lambda existing, d=data: existing == d)
+            await self._put(key, data, "bundle", data.__eq__)
             self.tree.extend(d.leaf for d in batch)
             self.last_leaf = batch[-1].leaf
         if self.tree.size > self.log.published.size:
@@ -242,7 +245,9 @@ class Publisher:
         except VerificationError:
             return False
         return (theirs.origin, theirs.size, theirs.root_hash) == (
-            ours.origin, ours.size, ours.root_hash,
+            ours.origin,
+            ours.size,
+            ours.root_hash,
         )
 
     async def _record_published(self, count: int) -> None:
@@ -250,9 +255,7 @@ class Publisher:
         await asyncio.to_thread(self.wal.save_published, state)
         self.log.mark_published(state, count)
 
-    async def _put(
-        self, key: str, data: bytes, kind: str, same: Callable[[bytes], bool]
-    ) -> None:
+    async def _put(self, key: str, data: bytes, kind: str, same: Callable[[bytes], bool]) -> None:
         """Write once, retrying store errors with capped exponential backoff."""
         attempt = 0
         while True:
@@ -279,8 +282,9 @@ class Publisher:
                 metrics.PUBLISH_ERRORS.inc()
                 delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
                 delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-                log.warning("publish %s failed (attempt %d), retrying in %.1fs: %s",
-                            key, attempt, delay, e)
+                log.warning(
+                    "publish %s failed (attempt %d), retrying in %.1fs: %s", key, attempt, delay, e
+                )
                 await asyncio.sleep(delay)
                 continue
             metrics.OBJECTS_WRITTEN.labels(kind).inc()
@@ -306,8 +310,7 @@ class Publisher:
                 except StorageError as e:
                     attempt += 1
                     delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
-                    log.warning("store not reachable at startup, retrying in %.1fs: %s",
-                                delay, e)
+                    log.warning("store not reachable at startup, retrying in %.1fs: %s", delay, e)
                     await asyncio.sleep(delay)
             event = self.log.durable_event
             while not self._stopping:

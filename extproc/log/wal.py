@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -161,7 +162,8 @@ class WAL:
         for index, (first, path) in enumerate(segments):
             if first != expected_seq:
                 raise WALCorruptionError(
-                    f"WAL {self.dir}: segment {path.name} starts at {first}, expected {expected_seq}"
+                    f"WAL {self.dir}: segment {path.name} starts at {first}, "
+                    f"expected {expected_seq}"
                 )
             is_last = index == len(segments) - 1
             expected_seq, prev = self._replay(path, first, prev, recovered, is_last)
@@ -201,7 +203,9 @@ class WAL:
                 if is_last and not self._valid_line_after(data, pos):
                     log.warning(
                         "WAL %s: cutting unacknowledged tail at entry %d (%s)",
-                        path.name, seq, problem,
+                        path.name,
+                        seq,
+                        problem,
                     )
                     self._truncate(path, pos)
                     return seq, prev
@@ -315,7 +319,7 @@ class WAL:
     def _prune(self, published_size: int) -> None:
         segments = self.segments()
         # A segment can go once the next one starts at or below the published size.
-        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+        for (_, path), (next_first, _) in itertools.pairwise(segments):
             if next_first <= published_size:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

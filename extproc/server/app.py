@@ -35,12 +35,12 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 class ServeConfig:
     store: str
     key: Path
-    listen: str = "0.0.0.0:50051"  # noqa: S104 - a sidecar-facing server listens on the pod IP
+    listen: str = "0.0.0.0:50051"
     log_id: str = "default"
     wal_dir: Path = Path("extproc-wal")
     mode: str = "enforce"
     origin_prefix: str = "extproc-audit"
-    metrics_listen: str = "0.0.0.0:9464"  # noqa: S104
+    metrics_listen: str = "0.0.0.0:9464"
     bundle_max_entries: int = 10_000
     bundle_max_bytes: int = 16 << 20
     bundle_max_age: float = 0.5
@@ -71,7 +71,8 @@ class AuditServer:
         self.writer_id = secrets.token_hex(8)
         self.port = 0
         self._stop = asyncio.Event()
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _retention(self) -> RetentionPolicy | None:
         cfg = self.config
@@ -87,6 +88,15 @@ class AuditServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _fenced(self, reason: str) -> None:
+        # Keep answering (with 503s) so Envoy fails closed, but tell the
+        # orchestrator this instance is not healthy.
+        self._tasks.add(
+            asyncio.get_running_loop().create_task(
+                self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            )
+        )
 
     async def _set_health(self, status: int) -> None:
         for service in ("", EXT_PROC_SERVICE):
@@ -118,9 +128,7 @@ class AuditServer:
                 retention=retention,
             ),
             writer_id=self.writer_id,
-            on_fenced=lambda _: loop.create_task(
-                self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            ),
+            on_fenced=self._fenced,
         )
         server = grpc.aio.server()
         pb_grpc.add_ExternalProcessorServicer_to_server(
@@ -148,7 +156,12 @@ class AuditServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving ext_proc (%s mode) on %s:%d, log %s, size %d, store %s, wal %s",
-            cfg.mode, host, self.port, cfg.log_id, audit_log.size, self.store.url,
+            cfg.mode,
+            host,
+            self.port,
+            cfg.log_id,
+            audit_log.size,
+            self.store.url,
             wal.dir,
         )
         await self._stop.wait()
@@ -171,14 +184,16 @@ class AuditServer:
             await asyncio.wait_for(publisher.close(), cfg.drain_timeout)
             log.info(
                 "final checkpoint published: log %s size %d",
-                cfg.log_id, audit_log.published.size,
+                cfg.log_id,
+                audit_log.published.size,
             )
         except (TimeoutError, AuditError) as e:
             status = 1
-            log.error(
+            log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
                 "final publication incomplete (%s): %d entries stay in WAL %s and are "
                 "published on the next start",
-                e or "store unreachable", audit_log.durable_size - audit_log.published.size,
+                e or "store unreachable",
+                audit_log.durable_size - audit_log.published.size,
                 wal.dir,
             )
         finally:

@@ -6,6 +6,7 @@ copies of values that are not stored.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from extproc.core.redact import RedactionPolicy
@@ -34,8 +35,6 @@ def _decode(raw: bytes, value: str) -> str | dict[str, str]:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        import base64
-
         return {"b64": base64.b64encode(raw).decode()}
 
 
@@ -81,7 +80,10 @@ class Capturer:
                     trunc.append(f"{section}.headers.{name}")
             if name in headers:
                 previous = headers[name]
-                headers[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+                if isinstance(previous, list):
+                    previous.append(value)
+                else:
+                    headers[name] = [previous, value]
             else:
                 headers[name] = value
         return pseudo, headers
@@ -166,7 +168,9 @@ def xfcc_uris(xfcc: str) -> list[str]:
 
 
 def _split_unquoted(text: str, sep: str) -> list[str]:
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

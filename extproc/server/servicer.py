@@ -86,8 +86,8 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._denials = _RateLimitedLog()
         self._drops = _RateLimitedLog()
 
-    async def Process(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    async def Process(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         metrics.STREAMS.labels(self.mode).inc()
         try:
@@ -102,7 +102,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         except Exception as e:
             # Never echo the exception text: it could carry request data.
             metrics.STREAM_ERRORS.labels("INTERNAL").inc()
-            log.error(
+            log.error(  # noqa: TRY400 - logs the traceback without the message on purpose
                 "ext_proc stream failed: %s\n%s",
                 type(e).__name__,
                 "".join(traceback.format_tb(e.__traceback__)),
@@ -110,7 +110,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
 
     async def _enforce(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         request_seq: int | None = None
         rid = ""
@@ -164,7 +164,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 )
 
     async def _observe(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         fields: dict[str, Any] | None = None
         try:

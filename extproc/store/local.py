@@ -48,12 +48,12 @@ class LocalStore:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp, 0o444)
+                Path(tmp).chmod(0o444)
                 # link() fails if the name exists: an atomic create-once.
                 os.link(tmp, path)
             finally:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+                    Path(tmp).unlink()
             dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dir_fd)
