@@ -52,7 +52,7 @@ class Verifier:
     @classmethod
     def from_text(cls, vkey: str) -> Verifier:
         """Parse `<name>+<hex key id>+<base64(0x01 || public key)>`."""
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)  # base64 key data may contain "+"
         if len(parts) != 3:
             raise ConfigError("verifier key must look like <name>+<keyid>+<base64 key>")
         name, hex_id, b64 = parts
@@ -101,7 +101,7 @@ class Signer:
         text = skey.strip()
         if not text.startswith(_PRIVATE_KEY_PREFIX):
             raise ConfigError("signing key must start with PRIVATE+KEY+")
-        parts = text[len(_PRIVATE_KEY_PREFIX) :].split("+")
+        parts = text[len(_PRIVATE_KEY_PREFIX) :].split("+", 2)
         if len(parts) != 3:
             raise ConfigError("signing key must look like PRIVATE+KEY+<name>+<keyid>+<base64>")
         name, hex_id, b64 = parts

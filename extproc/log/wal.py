@@ -184,6 +184,7 @@ class WAL:
             end = data.find(b"\n", pos)
             line = data[pos:end] if end >= 0 else data[pos:]
             problem = None
+            whole_entry = False
             if end < 0:
                 problem = "torn last line"
             else:
@@ -192,6 +193,7 @@ class WAL:
                 except VerificationError as e:
                     problem = str(e)
                 else:
+                    whole_entry = True
                     expected_prev = prev if prev or seq == 0 else None
                     if seq == published.size and published.size:
                         expected_prev = published.last_leaf
@@ -200,7 +202,9 @@ class WAL:
                     elif expected_prev is not None and fields["prev"] != expected_prev.hex():
                         problem = f"entry {seq} prev hash does not chain"
             if problem is not None:
-                if is_last and not self._valid_line_after(data, pos):
+                # A crash tears or garbles the tail; it never leaves a whole entry
+                # that does not chain. Cutting one would drop acknowledged entries.
+                if is_last and not whole_entry and not self._valid_line_after(data, pos):
                     log.warning(
                         "WAL %s: cutting unacknowledged tail at entry %d (%s)",
                         path.name,

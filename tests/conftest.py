@@ -1,0 +1,232 @@
+"""Real components for the tests: moto's S3 server, Envoy, the audit server.
+
+Every process a test starts is stopped by a finalizer, also when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from extproc import processes
+from extproc.core import layout
+from extproc.core.note import Signer
+from extproc.demo import ClientResult, UpstreamApp, send_requests
+from extproc.envoyconf import Endpoint, bootstrap, to_yaml
+from extproc.keys import write_signer
+from extproc.log.publisher import bundle_lines
+from extproc.store import open_store
+
+
+@dataclass
+class MotoServer:
+    endpoint: str
+    port: int
+    server: Any
+
+    def s3(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def new_bucket(self, *, lock: bool = True, days: int = 1) -> str:
+        bucket = f"audit-{uuid.uuid4().hex[:12]}"
+        s3 = self.s3()
+        s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=lock)
+        if lock:
+            s3.put_object_lock_configuration(
+                Bucket=bucket,
+                ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": days}},
+                },
+            )
+        return bucket
+
+
+def start_moto(port: int) -> Any:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """moto's S3 API server on a loopback port, shared by the session."""
+    port = processes.free_port()
+    server = start_moto(port)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield MotoServer(endpoint, port, server)
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    signer = Signer.generate("test-audit")
+    write_signer(tmp_path / "signing.key", signer)
+    return signer
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line, in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "extproc", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@dataclass
+class AuditStack:
+    """Upstream app <- Envoy (ext_proc filter) -> audit server, on loopback ports."""
+
+    workdir: Path
+    store_url: str
+    mode: str = "enforce"
+    log_id: str = "e2e"
+    extra_args: list[str] = field(default_factory=list)
+    server: subprocess.Popen[bytes] | None = None
+    envoy: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.grpc_port = processes.free_port()
+        self.envoy_port = processes.free_port()
+        self.admin_port = processes.free_port()
+        self.app = UpstreamApp().__enter__()
+        self._logs: list[Any] = []
+
+    @property
+    def key_path(self) -> Path:
+        return self.workdir / "signing.key"
+
+    def start_server(self) -> None:
+        log = (self.workdir / "server.log").open("ab")
+        self._logs.append(log)
+        args = [
+            "--store", self.store_url, "--key", str(self.key_path),
+            "--listen", f"127.0.0.1:{self.grpc_port}", "--metrics-listen", "off",
+            "--log-id", self.log_id, "--wal-dir", str(self.workdir / "wal"),
+            "--mode", self.mode, "--bundle-max-age", "0.2", "--drain-timeout", "10",
+            *self.extra_args,
+        ]  # fmt: skip
+        self.server = processes.start_server(args, log)
+        processes.wait_until(
+            lambda: processes.grpc_serving(f"127.0.0.1:{self.grpc_port}"),
+            f"audit server (see {self.workdir / 'server.log'})",
+            self.server,
+        )
+
+    def start_envoy(self) -> None:
+        config = bootstrap(
+            listen=Endpoint("127.0.0.1", self.envoy_port),
+            ext_proc=Endpoint("127.0.0.1", self.grpc_port),
+            upstream=Endpoint("127.0.0.1", self.app.port),
+            admin=Endpoint("127.0.0.1", self.admin_port),
+            mode=self.mode,
+            node_id="e2e-node",
+        )
+        path = self.workdir / "envoy.yaml"
+        path.write_text(to_yaml(config))
+        log = (self.workdir / "envoy.log").open("ab")
+        self._logs.append(log)
+        self.envoy = processes.start_envoy(path, log)
+        processes.wait_until(lambda: processes.envoy_ready(self.admin_port), "envoy", self.envoy)
+
+    def start(self) -> AuditStack:
+        self.start_server()
+        self.start_envoy()
+        return self
+
+    def send(self, count: int, concurrency: int = 4) -> ClientResult:
+        return send_requests(self.envoy_port, count, concurrency)
+
+    def stop_server(self, sig: int = signal.SIGTERM) -> int:
+        assert self.server is not None
+        status = processes.stop(self.server, sig=sig)
+        self.server = None
+        return status
+
+    def server_log(self) -> str:
+        return (self.workdir / "server.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for proc in (self.envoy, self.server):
+            if proc is not None:
+                processes.stop(proc, sig=signal.SIGKILL)
+        self.envoy = self.server = None
+        self.app.__exit__(None, None, None)
+        for log in self._logs:
+            log.close()
+
+
+@contextmanager
+def stack_factory(base: Path) -> Iterator[Any]:
+    """make(store_url=None, **options) -> AuditStack; all closed on exit."""
+    stacks: list[AuditStack] = []
+
+    def make(store_url: str | None = None, **kwargs: Any) -> AuditStack:
+        workdir = base / f"stack{len(stacks)}"
+        workdir.mkdir()
+        write_signer(workdir / "signing.key", Signer.generate("e2e-audit"))
+        stack = AuditStack(workdir, store_url or str(workdir / "store"), **kwargs)
+        stacks.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.close()
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[Any]:
+    with stack_factory(tmp_path) as make:
+        yield make
+
+
+def read_entries(store_url: str, log_id: str) -> list[dict[str, Any]]:
+    """Every published entry of a log, in bundle order."""
+    store = open_store(store_url)
+    entries = []
+    for obj in store.list(layout.log_prefix(store.prefix, log_id) + "entries/"):
+        name = layout.parse_key(store.prefix, obj.key)
+        assert name is not None and name.bundle is not None
+        data = bundle_lines(store.get(obj.key), compressed=name.bundle.gzip)
+        entries.extend(json.loads(line) for line in data.splitlines())
+    return entries
+
+
+def all_bundle_bytes(store_url: str) -> bytes:
+    store = open_store(store_url)
+    return b"".join(store.get(o.key) for o in store.list(layout.logs_prefix(store.prefix)))

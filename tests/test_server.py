@@ -1,0 +1,121 @@
+"""The audit server over real gRPC: hostile or broken ext_proc streams get a
+clear status and never disturb other streams; health follows the lifecycle."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import AuditStack, read_entries
+
+METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+
+def _headers(**pairs: str) -> pb.HttpHeaders:
+    return pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(key=k.replace("_", "-"), raw_value=v.encode())
+                for k, v in pairs.items()
+            ]
+        ),
+        end_of_stream=True,
+    )
+
+
+def request_headers(path: str = "/x", rid: str = "r-1") -> pb.ProcessingRequest:
+    h = _headers(**{":method": "GET", ":path": path, ":scheme": "http", ":authority": "svc"})
+    h.headers.headers.append(base_pb2.HeaderValue(key="x-request-id", raw_value=rid.encode()))
+    return pb.ProcessingRequest(request_headers=h)
+
+
+def response_headers(status: str = "200") -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_headers=_headers(**{":status": status}))
+
+
+@pytest.fixture
+def server(make_stack: Any) -> Iterator[AuditStack]:
+    stack = make_stack()
+    stack.start_server()
+    yield stack
+
+
+@pytest.fixture
+def stub(server: AuditStack) -> Iterator[Any]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        yield pb_grpc.ExternalProcessorStub(channel)
+
+
+def _exchange(stub: Any, messages: list[pb.ProcessingRequest]) -> list[pb.ProcessingResponse]:
+    return list(stub.Process(iter(messages), timeout=10))
+
+
+def test_valid_exchange_is_continued_after_logging(stub: Any, server: AuditStack) -> None:
+    replies = _exchange(stub, [request_headers(rid="good-1"), response_headers("204")])
+    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "response_headers"]
+    assert server.stop_server() == 0
+    entries = read_entries(server.store_url, server.log_id)
+    assert [(e["kind"], e["rid"]) for e in entries] == [
+        ("request", "good-1"),
+        ("response", "good-1"),
+    ]
+    assert entries[1]["resp"]["status"] == 204
+
+
+HOSTILE = {
+    "response_before_request": ([response_headers()], grpc.StatusCode.FAILED_PRECONDITION),
+    "request_headers_twice": (
+        [request_headers(), request_headers()],
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "body_not_configured": (
+        [request_headers(), pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x"))],
+        grpc.StatusCode.UNIMPLEMENTED,
+    ),
+    "empty_message": ([pb.ProcessingRequest()], grpc.StatusCode.INVALID_ARGUMENT),
+}
+
+
+@pytest.mark.parametrize(("messages", "code"), HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_stream_gets_a_status_and_others_are_unaffected(
+    stub: Any, server: AuditStack, messages: list[Any], code: grpc.StatusCode
+) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        good = [
+            pool.submit(_exchange, stub, [request_headers(rid=f"ok-{i}"), response_headers()])
+            for i in range(20)
+        ]
+        with pytest.raises(grpc.RpcError) as failure:
+            _exchange(stub, messages)
+        assert all(len(f.result()) == 2 for f in good)
+    assert failure.value.code() == code
+    assert failure.value.details()  # a message a human can act on
+    assert len(_exchange(stub, [request_headers(), response_headers()])) == 2
+
+
+def test_undecodable_bytes_end_the_stream_not_the_server(server: AuditStack, stub: Any) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        raw = channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as failure:
+            list(raw(iter([b"\xff\xff\xff\xff garbage"]), timeout=10))
+    assert failure.value.code() != grpc.StatusCode.OK
+    assert len(_exchange(stub, [request_headers(), response_headers()])) == 2
+
+
+def test_health_serving_then_exit_zero_on_sigterm(server: AuditStack) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert server.stop_server(signal.SIGTERM) == 0
+    assert "final checkpoint published" in server.server_log()
