@@ -23,6 +23,7 @@ from extproc.store.base import ObjectStore
 class LogObjects:
     checkpoints: list[tuple[str, int]] = field(default_factory=list)
     bundles: list[tuple[str, layout.BundleName]] = field(default_factory=list)
+    claims: list[tuple[str, int]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
 
 
@@ -38,6 +39,8 @@ def list_logs(store: ObjectStore) -> tuple[dict[str, LogObjects], list[str]]:
             logs[name.log_id].checkpoints.append((obj.key, name.size))
         elif name.kind == "bundle" and name.bundle is not None:
             logs[name.log_id].bundles.append((obj.key, name.bundle))
+        elif name.kind == "claim" and name.size is not None:
+            logs[name.log_id].claims.append((obj.key, name.size))
         else:
             logs[name.log_id].unknown.append(obj.key)
     return dict(logs), stray
@@ -52,7 +55,7 @@ def verify_log(
     on_entries: Callable[[int], None] | None = None,
 ) -> LogReport:
     checker = LogChecker(log_id, verifier, origin_prefix)
-    keys = [k for k, _ in objects.checkpoints] + [k for k, _ in objects.bundles]
+    keys = [k for k, _ in objects.checkpoints + objects.claims] + [k for k, _ in objects.bundles]
     for key in objects.unknown:
         checker.add_unknown(key)
     for key, size in objects.checkpoints:
@@ -60,6 +63,11 @@ def verify_log(
             checker.add_checkpoint(key, size, store.get(key))
         except ObjectNotFoundError:
             checker.add_unknown(key)  # listed, then gone: report it, keep going
+    for key, first in objects.claims:
+        try:
+            checker.add_claim(key, first, store.get(key))
+        except ObjectNotFoundError:
+            checker.add_unknown(key)
     for key, name in sorted(objects.bundles, key=lambda b: (b[1].first, b[1].last)):
         try:
             data = bundle_lines(store.get(key), compressed=name.gzip)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from extproc import __version__
-from extproc.errors import AuditError, ConfigError, VerificationError
+from extproc.errors import AuditError, ConfigError, ForkError, VerificationError
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 ENV_PREFIX = "EXTPROC_AUDIT_"
@@ -374,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
+    except ForkError as e:  # a writer's refusal to fork is an operational error
+        print(f"extproc-audit: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except VerificationError as e:
         print(f"extproc-audit: invalid: {e}", file=sys.stderr)
         return EXIT_INVALID

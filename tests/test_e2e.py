@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from extproc import processes
 from extproc.core import layout
 from extproc.demo import _WORKLOAD
 from extproc.store import open_store
@@ -43,13 +44,17 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
 
     verify = run_cli("verify", store_url, "--vkey", _vkey(stack))
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert f"{2 * n} entries" in verify.stdout
+    total = 2 * n + 2  # a request and a response entry each, plus the writer's start and stop
+    assert f"{total} entries" in verify.stdout
 
     entries = read_entries(store_url, stack.log_id)
+    writer = [e for e in entries if e["kind"] == "writer"]
+    assert [e["event"] for e in writer] == ["start", "stop"]
+    assert entries[0] == writer[0] and entries[-1] == writer[1]
     requests = {e["rid"]: e for e in entries if e["kind"] == "request"}
     responses = {e["rid"]: e for e in entries if e["kind"] == "response"}
     assert set(requests) == set(result.request_ids) == set(responses)
-    assert [e["seq"] for e in entries] == list(range(2 * n))
+    assert [e["seq"] for e in entries] == list(range(total))
     for e in requests.values():
         assert e["node"] == "e2e-node"
         assert e["src"]["address"].startswith("127.0.0.1:")
@@ -78,7 +83,7 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
     s3 = moto.s3()
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     last = max(k for k in keys if "/checkpoints/" in k)
-    assert last.endswith(f"{2 * n:020d}")
+    assert last.endswith(f"{total:020d}")
     body = s3.get_object(Bucket=bucket, Key=last)["Body"].read().decode()
     assert "\nfinal\n" in body
     for key in keys:  # every object carries Object Lock retention
@@ -94,9 +99,10 @@ def test_observe_mode_logs_one_exchange_entry_per_request(make_stack: Any) -> No
     assert sum(result.statuses.values()) == n
     assert stack.stop_server() == 0, stack.server_log()
     entries = read_entries(stack.store_url, stack.log_id)
-    assert {e["kind"] for e in entries} == {"exchange"}
-    assert {e["rid"] for e in entries} == set(result.request_ids)
-    assert all(e["resp"]["status"] in (200, 201) for e in entries)
+    exchanges = [e for e in entries if e["kind"] != "writer"]
+    assert {e["kind"] for e in exchanges} == {"exchange"}
+    assert {e["rid"] for e in exchanges} == set(result.request_ids)
+    assert all(e["resp"]["status"] in (200, 201) for e in exchanges)
     verify = run_cli("verify", stack.store_url, "--vkey", _vkey(stack))
     assert verify.returncode == 0, verify.stdout
 
@@ -180,8 +186,33 @@ def test_published_layout_matches_the_contract(make_stack: Any) -> None:
     store = open_store(stack.store_url)
     names = [layout.parse_key("", o.key) for o in store.list("logs/")]
     assert names and all(n is not None and n.log_id == stack.log_id for n in names)
-    assert {n.kind for n in names if n} == {"bundle", "checkpoint"}
+    assert {n.kind for n in names if n} == {"bundle", "checkpoint", "claim"}
+    claims = sorted(n.size for n in names if n and n.kind == "claim")
     bundles = sorted((n.bundle.first, n.bundle.last) for n in names if n and n.bundle)
     assert bundles[0][0] == 0
     for (_, last), (first, _) in itertools.pairwise(bundles):
         assert first == last + 1  # contiguous, non-overlapping
+    assert claims == [first for first, _ in bundles]  # one claim per bundle
+
+
+def test_second_writer_on_same_log_id_is_stopped_not_forked(make_stack: Any) -> None:
+    """Two servers, one log id, separate WALs (a misconfiguration): never a fork."""
+    first = make_stack(log_id="shared").start()
+    first.send(5, concurrency=1)
+    second = make_stack(store_url=first.store_url, log_id="shared")
+    # While the first runs: the second starts from an empty WAL, finds the log
+    # ahead of it, and refuses to start.
+    second_log = second.workdir / "server.log"
+    with second_log.open("ab") as log:
+        proc = processes.start_server(
+            ["--store", first.store_url, "--key", str(first.key_path),
+             "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--log-id", "shared",
+             "--wal-dir", str(second.workdir / "wal")],
+            log,
+        )  # fmt: skip
+        assert proc.wait(30) == 2
+    assert "another writer uses this log id" in second_log.read_text()
+    first.send(5, concurrency=1)
+    assert first.stop_server() == 0
+    verify = run_cli("verify", first.store_url, "--vkey", _vkey(first))
+    assert verify.returncode == 0, verify.stdout

@@ -63,7 +63,7 @@ def test_valid_exchange_is_continued_after_logging(stub: Any, server: AuditStack
     replies = _exchange(stub, [request_headers(rid="good-1"), response_headers("204")])
     assert [r.WhichOneof("response") for r in replies] == ["request_headers", "response_headers"]
     assert server.stop_server() == 0
-    entries = read_entries(server.store_url, server.log_id)
+    entries = [e for e in read_entries(server.store_url, server.log_id) if e["kind"] != "writer"]
     assert [(e["kind"], e["rid"]) for e in entries] == [
         ("request", "good-1"),
         ("response", "good-1"),

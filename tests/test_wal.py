@@ -6,8 +6,10 @@ hashes), so recovery checks the same chain the auditor will.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -112,7 +114,7 @@ def test_entries_survive_restart_across_segments(wal_dir: Path) -> None:
     assert recovered.size == 20
     assert recovered.last_leaf == leaves[-1]
     # Appending after the restart continues the chain; the next recovery sees it all.
-    more, more_leaves = chain(5, 20, leaves[-1])
+    more, _ = chain(5, 20, leaves[-1])
     write_all(wal, more, batch=2, start=20)
     wal.close()
     wal, got = recover(wal_dir)
@@ -146,7 +148,7 @@ TORN_TAILS = {
 
 
 @pytest.mark.parametrize("tail", TORN_TAILS.values(), ids=TORN_TAILS.keys())
-def test_torn_tail_is_cut_on_recovery(wal_dir: Path, tail) -> None:  # type: ignore[no-untyped-def]
+def test_torn_tail_is_cut_on_recovery(wal_dir: Path, tail: Callable[[bytes], bytes]) -> None:
     lines, leaves = written_wal(wal_dir, 20)
     last = segment_paths(wal_dir)[-1]
     clean = last.read_bytes()
@@ -222,7 +224,9 @@ TAMPERED_LAST_LINES = {
 
 
 @pytest.mark.parametrize("tamper", TAMPERED_LAST_LINES.values(), ids=TAMPERED_LAST_LINES.keys())
-def test_complete_entry_that_does_not_fit_at_tail_is_corruption(wal_dir: Path, tamper) -> None:  # type: ignore[no-untyped-def]
+def test_complete_entry_that_does_not_fit_at_tail_is_corruption(
+    wal_dir: Path, tamper: Callable[[bytes], bytes]
+) -> None:
     # A crash tears a line or leaves garbage; it never writes a whole, well-formed
     # entry with the wrong seq or prev. Cutting such a line would silently drop
     # acknowledged entries, so recovery stops instead.
@@ -252,7 +256,7 @@ def test_damage_in_older_segment_is_corruption(wal_dir: Path, how: str) -> None:
 
 
 def test_prev_chain_break_is_corruption(wal_dir: Path) -> None:
-    lines, leaves = chain(10)
+    lines, _ = chain(10)
     # Entry 5 is re-chained to a forged predecessor; 6.. chain to the forged 5.
     forged, _ = chain(5, 5, leaf_hash(b"forged"))
     wal = WAL(wal_dir)
@@ -313,7 +317,7 @@ def test_all_segments_gone_after_publication_is_corruption(wal_dir: Path) -> Non
 
 def test_published_beyond_wal_is_corruption(wal_dir: Path) -> None:
     _, leaves = written_wal(wal_dir, 20)
-    extra, extra_leaves = chain(5, 20, leaves[-1])
+    _, extra_leaves = chain(5, 20, leaves[-1])
     (wal_dir / STATE_FILE).write_bytes(state_at(leaves + extra_leaves, 25).to_bytes())
     wal = WAL(wal_dir)
     with pytest.raises(WALCorruptionError, match="25 were published"):
@@ -344,7 +348,9 @@ def test_pruned_wal_recovers_from_published_state(wal_dir: Path, published: int)
     wal.save_published(state_at(leaves, published))
     after = [int(p.name[8:28]) for p in segment_paths(wal_dir)]
     # Only segments wholly below the published size go; the newest always stays.
-    assert after == [f for i, f in enumerate(before) if i + 1 >= len(before) or before[i + 1] > published]
+    assert after == [
+        f for i, f in enumerate(before) if i + 1 >= len(before) or before[i + 1] > published
+    ]
     assert after[0] <= published
     # The writer keeps going in the same process after pruning.
     more, more_leaves = chain(4, 20, leaves[-1])
@@ -418,3 +424,51 @@ def test_unusable_wal_directory_is_storage_error(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(StorageError, match="cannot open WAL"):
         WAL(blocker / "wal")
+
+
+# --- disk full --------------------------------------------------------------------------
+
+_DISK_FULL_SCRIPT = """
+import json, resource, signal, sys
+from pathlib import Path
+from extproc.errors import StorageError
+from extproc.log.wal import WAL
+from tests.test_wal import chain
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+wal = WAL(Path(sys.argv[1]), segment_bytes=1 << 20)
+lines, _ = chain(60)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4000, hard))  # the disk fills up
+durable, errors = 0, []
+for first in range(0, 60, 3):
+    try:
+        wal.write_batch(lines[first : first + 3], first)
+    except StorageError as e:
+        errors.append(type(e).__name__)
+        break
+    durable = first + 3
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is freed
+wal.write_batch(lines[durable:], durable)  # the log goes on from the last durable entry
+wal.close()
+wal = WAL(Path(sys.argv[1]))
+print(json.dumps({"errors": errors, "durable": durable, "ok": wal.recover().lines == lines}))
+"""
+
+
+def test_disk_full_batch_is_cut_and_log_continues(wal_dir: Path) -> None:
+    # RLIMIT_FSIZE makes writes past a size fail like a full disk, in a child
+    # process so the limit cannot touch the test runner.
+    result = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL_SCRIPT, str(wal_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["errors"] == ["StorageError"]
+    assert 0 < outcome["durable"] < 60
+    assert outcome["ok"]

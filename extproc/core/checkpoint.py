@@ -21,6 +21,7 @@ from extproc.core.note import Signer, Verifier, sign_note, verify_note
 from extproc.errors import VerificationError
 
 _SIZE_RE = re.compile(r"0|[1-9][0-9]{0,19}")
+_MAX_TREE_SIZE = (1 << 64) - 1  # RFC 9162 tree_size is a uint64
 _TIME_RE = re.compile(r"time ([0-9]{1,16})")
 _WRITER_RE = re.compile(r"writer ([0-9a-f]{1,64})")
 
@@ -49,6 +50,8 @@ class Checkpoint:
             raise VerificationError("checkpoint origin is empty")
         if not _SIZE_RE.fullmatch(size_text):
             raise VerificationError(f"checkpoint tree size {size_text!r} is not a decimal number")
+        if int(size_text) > _MAX_TREE_SIZE:
+            raise VerificationError(f"checkpoint tree size {size_text} does not fit in 64 bits")
         try:
             root = base64.b64decode(root_text, validate=True)
         except (binascii.Error, ValueError) as e:

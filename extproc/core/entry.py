@@ -53,6 +53,9 @@ def fit(fields: dict[str, Any]) -> dict[str, Any]:
     for section in ("req", "resp"):
         if "headers" in fields.get(section, {}):
             fields[section]["headers"] = {}
+            # One note for the whole map: per-header notes repeat every (maybe huge) name.
+            per_header = f"{section}.headers."
+            trunc[:] = [path for path in trunc if not path.startswith(per_header)]
             trunc.append(f"{section}.headers")
     for name in ("path", "query", "authority"):
         req = fields.get("req", {})
@@ -60,6 +63,13 @@ def fit(fields: dict[str, Any]) -> dict[str, Any]:
             req[name] = req[name][:1024]
             trunc.append(f"req.{name}")
     return fields
+
+
+def writer_event(event: str, writer: str, **details: Any) -> dict[str, Any]:
+    """Fields of a `writer` entry: the log records its own start and clean stop,
+    so an auditor can tell "no traffic" from "writer down" and a clean shutdown
+    always ends with a new entry under a final checkpoint."""
+    return {"kind": "writer", "event": event, "writer": writer, **details}
 
 
 def parse(line: bytes) -> dict[str, Any]:

@@ -2,6 +2,14 @@
 
 logs/<log id>/entries/<first seq:020d>-<last seq:020d>.jsonl[.gz]
 logs/<log id>/checkpoints/<tree size:020d>
+
+Added by this project (docs/FORMAT.md):
+
+logs/<log id>/claims/<first seq:020d>     which bundle starts at first seq
+
+Bundle keys name a range, so two writers cutting different ranges would never
+collide on them; the claim key depends on the start alone, so the second
+writer to reach a position always collides with the first.
 """
 
 from __future__ import annotations
@@ -16,8 +24,12 @@ _BUNDLE_RE = re.compile(r"([0-9]{20})-([0-9]{20})\.jsonl(\.gz)?")
 _CHECKPOINT_RE = re.compile(r"[0-9]{20}")
 
 
+def _is_log_id(log_id: str) -> bool:
+    return bool(LOG_ID_RE.fullmatch(log_id)) and log_id not in (".", "..")
+
+
 def validate_log_id(log_id: str) -> str:
-    if not LOG_ID_RE.fullmatch(log_id) or log_id in (".", ".."):
+    if not _is_log_id(log_id):
         raise ConfigError(f"invalid log id {log_id!r}: must match [A-Za-z0-9._-]{{1,128}}")
     return log_id
 
@@ -44,6 +56,10 @@ def checkpoint_key(prefix: str, log_id: str, size: int) -> str:
     return join(prefix, f"logs/{log_id}/checkpoints/{size:020d}")
 
 
+def claim_key(prefix: str, log_id: str, first: int) -> str:
+    return join(prefix, f"logs/{log_id}/claims/{first:020d}")
+
+
 def origin_for(origin_prefix: str, log_id: str) -> str:
     return f"{origin_prefix.rstrip('/')}/{log_id}"
 
@@ -60,9 +76,9 @@ class ObjectName:
     """What a key under `logs/` means: a bundle, a checkpoint, or unknown."""
 
     log_id: str
-    kind: str  # "bundle" | "checkpoint" | "unknown"
+    kind: str  # "bundle" | "checkpoint" | "claim" | "unknown"
     bundle: BundleName | None = None
-    size: int | None = None
+    size: int | None = None  # tree size of a checkpoint; first seq of a claim
 
 
 def parse_key(prefix: str, key: str) -> ObjectName | None:
@@ -71,7 +87,7 @@ def parse_key(prefix: str, key: str) -> ObjectName | None:
     if not key.startswith(base):
         return None
     log_id, _, rest = key[len(base) :].partition("/")
-    if not LOG_ID_RE.fullmatch(log_id):
+    if not _is_log_id(log_id):
         return None
     folder, _, name = rest.partition("/")
     if folder == "entries" and (m := _BUNDLE_RE.fullmatch(name)):
@@ -80,4 +96,6 @@ def parse_key(prefix: str, key: str) -> ObjectName | None:
             return ObjectName(log_id, "bundle", bundle=BundleName(first, last, bool(m.group(3))))
     if folder == "checkpoints" and _CHECKPOINT_RE.fullmatch(name):
         return ObjectName(log_id, "checkpoint", size=int(name))
+    if folder == "claims" and _CHECKPOINT_RE.fullmatch(name):
+        return ObjectName(log_id, "claim", size=int(name))
     return ObjectName(log_id, "unknown")

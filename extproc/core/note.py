@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -24,6 +25,8 @@ ALG_ED25519 = 0x01  # c2sp.org/signed-note: signature type 0x01 is Ed25519
 SIGNATURE_PREFIX = "\u2014 "  # "— ", em dash and space, starts every signature line
 _PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
 _MAX_NOTE_BYTES = 1 << 20
+_MAX_SIGNATURES = 100  # as golang.org/x/mod/sumdb/note
+_KEY_ID_RE = re.compile(r"[0-9a-fA-F]{8}")
 
 
 def key_id(name: str, public_key: bytes) -> bytes:
@@ -60,11 +63,10 @@ class Verifier:
         data = _b64decode(b64, "verifier key")
         if len(data) != 33 or data[0] != ALG_ED25519:
             raise ConfigError("verifier key is not an Ed25519 (type 0x01) key")
-        try:
-            kid = bytes.fromhex(hex_id)
-        except ValueError as e:
-            raise ConfigError("verifier key id is not hex") from e
-        if len(kid) != 4 or kid != key_id(name, data[1:]):
+        if not _KEY_ID_RE.fullmatch(hex_id):
+            raise ConfigError("verifier key id must be 8 hex digits")
+        kid = bytes.fromhex(hex_id)
+        if kid != key_id(name, data[1:]):
             raise ConfigError("verifier key id does not match its name and key")
         return cls(name, kid, Ed25519PublicKey.from_public_bytes(data[1:]))
 
@@ -174,7 +176,10 @@ def parse_note(note: str | bytes) -> tuple[str, list[NoteSignature]]:
     if not block.endswith("\n"):
         raise VerificationError("malformed signed note: signature block must end with a newline")
     signatures = []
-    for line in block[:-1].split("\n"):
+    lines = block[:-1].split("\n")
+    if len(lines) > _MAX_SIGNATURES:
+        raise VerificationError("malformed signed note: too many signatures")
+    for line in lines:
         if not line.startswith(SIGNATURE_PREFIX):
             raise VerificationError("malformed signed note: bad signature line")
         name, _, b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from extproc.core import entry
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
+from extproc.core.claim import Claim
 from extproc.core.layout import BundleName
 from extproc.core.merkle import CompactRange, leaf_hash
 from extproc.core.note import Verifier
@@ -48,8 +49,9 @@ class LogReport:
 
 
 class LogChecker:
-    """Checks one log. Call add_checkpoint for every checkpoint first, then
-    add_bundle for every bundle in order of first seq, then finish()."""
+    """Checks one log. Call add_checkpoint and add_claim for every checkpoint
+    and claim first, then add_bundle for every bundle in order of first seq,
+    then finish()."""
 
     def __init__(self, log_id: str, verifier: Verifier, origin_prefix: str | None = None) -> None:
         self.log_id = log_id
@@ -57,6 +59,7 @@ class LogChecker:
         self.origin_prefix = origin_prefix
         self.report = LogReport(log_id)
         self._checkpoints: dict[int, tuple[str, Checkpoint]] = {}
+        self._claims: dict[int, tuple[str, Claim]] = {}
         self._tree = CompactRange()
         self._prev = ""
         self._gap = False
@@ -94,10 +97,35 @@ class LogChecker:
         if size == 0:
             self._check_root(0)
 
+    def add_claim(self, key: str, first: int, data: bytes) -> None:
+        try:
+            claim = Claim.from_bytes(data)
+        except VerificationError as e:
+            self._find(key, f"claim is malformed: {e}")
+            return
+        if claim.first != first:
+            self._find(
+                key, f"claim names a bundle starting at {claim.first}, its name says {first}"
+            )
+            return
+        self._claims[first] = (key, claim)
+
+    def _check_claim(self, key: str, name: BundleName, lines_data: bytes) -> None:
+        claim_key, claim = self._claims.pop(name.first, ("", None))
+        if claim is None:
+            self._find(key, "bundle has no claim (not written by a writer of this log)")
+        elif claim.last != name.last or not claim.matches(name.first, lines_data):
+            self._find(
+                key,
+                f"bundle contradicts its claim {claim_key} (writer {claim.writer or '?'}): "
+                "two writers on one log id",
+            )
+
     def add_bundle(self, key: str, name: BundleName, lines_data: bytes) -> None:
         """`lines_data`: the bundle's newline-terminated lines (decompressed)."""
         report = self.report
         report.bundles += 1
+        self._check_claim(key, name, lines_data)
         if self._gap:
             return
         if name.first < report.entries:
@@ -151,6 +179,16 @@ class LogChecker:
 
     def finish(self) -> LogReport:
         report = self.report
+        for first, (key, claim) in sorted(self._claims.items()):
+            if first >= report.entries and not self._gap:
+                self._find(
+                    key,
+                    f"claim for entries {first}..{claim.last} whose bundle is not written "
+                    "(writer stopped between claim and bundle)",
+                    WARNING,
+                )
+            else:
+                self._find(key, "claim whose bundle is missing or has another range")
         for size, (key, _) in sorted(self._checkpoints.items()):
             if size > report.entries:
                 self._find(

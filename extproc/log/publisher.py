@@ -20,11 +20,13 @@ from datetime import UTC, datetime
 from itertools import islice
 
 from extproc import metrics
-from extproc.core import layout
+from extproc.core import entry, layout
 from extproc.core.checkpoint import Checkpoint, make_extensions, open_checkpoint, sign_checkpoint
+from extproc.core.claim import Claim
 from extproc.core.merkle import CompactRange
 from extproc.core.note import Signer
 from extproc.errors import (
+    BackpressureError,
     ForkError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -205,7 +207,9 @@ class Publisher:
         """Seconds until the next bundle is due; 0 if now; None if nothing waits."""
         waiting = len(self.log.unpublished) - (self.bundled - self.log.published.size)
         if waiting <= 0:
-            return None
+            # Bundled but not yet under a checkpoint (adopted at startup, or the
+            # last checkpoint failed): the checkpoint is due now.
+            return 0.0 if self.bundled > self.log.published.size else None
         if waiting >= self.config.bundle_max_entries:
             return 0.0
         oldest = self.log.unpublished[self.bundled - self.log.published.size]
@@ -214,6 +218,7 @@ class Publisher:
     async def publish(self, *, final: bool = False) -> None:
         """Bundle every durable entry due (all of them if final), then sign a checkpoint."""
         while (batch := self._unbundled()) and (final or self.due_in() == 0.0):
+            batch = await self._claim(batch)
             first, last = self.bundled, self.bundled + len(batch) - 1
             key = layout.bundle_key(
                 self._prefix, self.config.log_id, first, last, gzip=self.config.gzip
@@ -224,6 +229,37 @@ class Publisher:
             self.last_leaf = batch[-1].leaf
         if self.tree.size > self.log.published.size:
             await self._checkpoint(final=final)
+
+    async def _claim(self, batch: list[Durable]) -> list[Durable]:
+        """Claim the position of the next bundle; return the entries it must hold.
+
+        A claim already there is ours if it describes entries of this WAL (a
+        crash between claim and bundle): then exactly that range is written.
+        Anything else is another writer on this log id: ForkError.
+        """
+        first = self.bundled
+        lines = bundle_bytes([d.line for d in batch], compress=False)
+        claim = Claim.for_lines(first, lines, len(batch), self.writer_id)
+        key = layout.claim_key(self._prefix, self.config.log_id, first)
+        adopted: list[list[Durable]] = []
+
+        def ours(existing: bytes) -> bool:
+            try:
+                theirs = Claim.from_bytes(existing)
+            except VerificationError:
+                return False
+            offset = first - self.log.published.size
+            count = theirs.last - first + 1
+            entries = list(islice(self.log.unpublished, offset, offset + count))
+            if len(entries) != count:
+                return False
+            if not theirs.matches(first, bundle_bytes([d.line for d in entries], compress=False)):
+                return False
+            adopted.append(entries)
+            return True
+
+        await self._put(key, claim.to_bytes(), "claim", ours)
+        return adopted[0] if adopted else batch
 
     async def _checkpoint(self, *, final: bool) -> None:
         size, root = self.tree.size, self.tree.root()
@@ -270,6 +306,11 @@ class Publisher:
                     existing = await asyncio.to_thread(self.store.get, key)
                 except ObjectNotFoundError:
                     existing = None
+                except StorageError as e:
+                    # Cannot read it back to compare now: retry the write later.
+                    attempt += 1
+                    await self._backoff(key, attempt, e)
+                    continue
                 if existing is not None and same(existing):
                     log.info("%s already written by an earlier attempt of ours", key)
                     return
@@ -279,16 +320,19 @@ class Publisher:
                 ) from None
             except StorageError as e:
                 attempt += 1
-                metrics.PUBLISH_ERRORS.inc()
-                delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
-                delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-                log.warning(
-                    "publish %s failed (attempt %d), retrying in %.1fs: %s", key, attempt, delay, e
-                )
-                await asyncio.sleep(delay)
+                await self._backoff(key, attempt, e)
                 continue
             metrics.OBJECTS_WRITTEN.labels(kind).inc()
             return
+
+    async def _backoff(self, what: str, attempt: int, error: StorageError) -> None:
+        metrics.PUBLISH_ERRORS.inc()
+        delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
+        delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+        log.warning(
+            "publish %s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, error
+        )
+        await asyncio.sleep(delay)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -313,6 +357,7 @@ class Publisher:
                     log.warning("store not reachable at startup, retrying in %.1fs: %s", delay, e)
                     await asyncio.sleep(delay)
             event = self.log.durable_event
+            attempt = 0
             while not self._stopping:
                 due = self.due_in()
                 if due is None or due > 0:
@@ -320,7 +365,15 @@ class Publisher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(), due)
                     continue
-                await self.publish()
+                try:
+                    await self.publish()
+                except StorageError as e:
+                    # The local WAL state could not be saved: the objects are
+                    # written once, so trying the publication again is safe.
+                    attempt += 1
+                    await self._backoff(f"log {self.config.log_id}", attempt, e)
+                else:
+                    attempt = 0
         except ForkError as e:
             self._fence(str(e))
 
@@ -330,11 +383,13 @@ class Publisher:
         self.log.durable_event.set()
 
     async def close(self) -> None:
-        """Final publication: every durable entry, under a checkpoint marked final."""
+        """Record the clean stop in the log, publish everything under a final checkpoint."""
         if self.fenced is not None:
             raise ForkError(self.fenced)
         if not self.reconciled:
             await self.reconcile()
+        with contextlib.suppress(BackpressureError):  # a refusing log still publishes
+            await self.log.append(entry.writer_event("stop", self.writer_id))
         try:
             await self.publish(final=True)
         except ForkError as e:

@@ -95,6 +95,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(f: IO[bytes], data: bytes) -> None:
+    # Segments are unbuffered: a failed write leaves nothing in a buffer that a
+    # later truncate or close would flush back into the file.
+    view = memoryview(data)
+    while view:
+        written = f.write(view)
+        if not written:
+            raise OSError("write made no progress")
+        view = view[written:]
+
+
 def _segment_name(first_seq: int) -> str:
     return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
 
@@ -258,8 +269,7 @@ class WAL:
         start = self._file_size
         data = b"\n".join(lines) + b"\n"
         try:
-            f.write(data)
-            f.flush()
+            _write_all(f, data)
             os.fdatasync(f.fileno())
         except OSError as e:
             self._undo(start)
@@ -293,12 +303,12 @@ class WAL:
             newest = segments[-1][1]
             size = newest.stat().st_size
             if size < self.segment_bytes:
-                self._file = newest.open("ab")
+                self._file = newest.open("ab", buffering=0)
                 self._file_size = size
                 return
         path = self.dir / _segment_name(first_seq)
         try:
-            self._file = path.open("xb")
+            self._file = path.open("xb", buffering=0)
         except FileExistsError as e:
             raise WALCorruptionError(f"WAL segment {path} already exists") from e
         self._file_size = 0

@@ -14,10 +14,10 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc import metrics
-from extproc.core import layout
+from extproc import __version__, metrics
+from extproc.core import entry, layout
 from extproc.core.redact import RedactionPolicy
-from extproc.errors import AuditError, ConfigError
+from extproc.errors import AuditError, ConfigError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
@@ -129,6 +129,18 @@ class AuditServer:
             ),
             writer_id=self.writer_id,
             on_fenced=self._fenced,
+        )
+        try:
+            # Before serving: a store that holds what this WAL did not write means
+            # another writer on this log id. Refuse to start rather than fork.
+            await publisher.reconcile()
+        except StorageError as e:
+            log.warning("store not reachable at startup (%s); publishing will retry", e)
+        except BaseException:
+            audit_log.close()
+            raise
+        audit_log.append_nowait(
+            entry.writer_event("start", self.writer_id, version=__version__, mode=cfg.mode)
         )
         server = grpc.aio.server()
         pb_grpc.add_ExternalProcessorServicer_to_server(

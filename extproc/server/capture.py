@@ -78,6 +78,9 @@ class Capturer:
                 value, cut = policy.truncate(value)
                 if cut:
                     trunc.append(f"{section}.headers.{name}")
+            elif name in policy.redact_headers:
+                # Not UTF-8 but still a secret: never store its bytes, not even as b64.
+                value = policy.secret(h.raw_value.decode("utf-8", "surrogateescape"))
             if name in headers:
                 previous = headers[name]
                 if isinstance(previous, list):
@@ -128,7 +131,10 @@ class Capturer:
                 src["principal"] = uris[-1]
         fields: dict[str, Any] = {"req": req, "src": src}
         rid = attrs.get("request.id") or headers.get(REQUEST_ID)
-        fields["rid"] = rid if isinstance(rid, str) else ""
+        # request.id is the client's x-request-id on internal traffic: bound it.
+        fields["rid"], cut = self.policy.truncate(rid if isinstance(rid, str) else "")
+        if cut:
+            trunc.append("rid")
         if address := attrs.get("destination.address"):
             fields["dst"] = {"address": address}
         if node := attrs.get("xds.node.id"):

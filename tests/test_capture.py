@@ -1,0 +1,472 @@
+"""Capture and redaction: what a hostile or careless request can put in the log.
+
+Messages are real Envoy ext_proc protobufs (header values in raw_value bytes,
+attributes in the ext_proc Struct), as Envoy sends them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
+
+from extproc.core import entry
+from extproc.core.redact import DEFAULT_REDACT_HEADERS, REDACTED, RedactionPolicy
+from extproc.server.capture import ATTR_NAMESPACE, Capturer, xfcc_uris
+
+Header = tuple[str, str | bytes]
+
+
+def header_map(headers: Sequence[Header]) -> base_pb2.HeaderMap:
+    return base_pb2.HeaderMap(
+        headers=[
+            base_pb2.HeaderValue(key=k, raw_value=v if isinstance(v, bytes) else v.encode())
+            for k, v in headers
+        ]
+    )
+
+
+def request_msg(
+    headers: Sequence[Header] = (),
+    *,
+    path: str | bytes = "/api/items",
+    attributes: dict[str, Any] | None = None,
+) -> pb.ProcessingRequest:
+    pseudo: list[Header] = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "api.example"),
+        (":path", path),
+    ]
+    msg = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(headers=header_map(pseudo + list(headers)))
+    )
+    if attributes is not None:
+        attrs = struct_pb2.Struct()
+        attrs.update(attributes)
+        msg.attributes[ATTR_NAMESPACE].CopyFrom(attrs)
+    return msg
+
+
+def response_msg(status: str, headers: Sequence[Header] = ()) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(
+            headers=header_map([(":status", status), *headers]),
+        )
+    )
+
+
+def capture(
+    headers: list[Header], policy: RedactionPolicy | None = None, **kw: Any
+) -> dict[str, Any]:
+    return Capturer(policy or RedactionPolicy()).request(request_msg(headers, **kw))
+
+
+def sealed(fields: dict[str, Any]) -> bytes:
+    """The entry as the appender stores it: fitted, then v/seq/prev/ts added."""
+    fitted = entry.fit(fields)
+    fitted.update(
+        v=entry.FORMAT_VERSION, seq=123456789, prev="ab" * 32, ts="2026-01-01T00:00:00.000000Z"
+    )
+    return entry.encode(fitted)
+
+
+# --- redaction of credentials ------------------------------------------------------------
+
+
+REDACTED_HEADERS = [
+    (
+        "authorization",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl",
+        "Bearer [redacted]",
+    ),
+    ("authorization", "Basic dXNlcjpodW50ZXIy", "Basic [redacted]"),
+    (
+        "authorization",
+        "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20260101/us-east-1/s3/aws4_request, "
+        "Signature=f00d",
+        "AWS4-HMAC-SHA256 [redacted]",
+    ),
+    ("authorization", "rawtokenwithoutscheme", REDACTED),
+    ("authorization", "{not-a-scheme} tok3n", REDACTED),
+    ("proxy-authorization", "Basic cHJveHk6c2VjcmV0", "Basic [redacted]"),
+    ("cookie", "session=s3cr3t-sess; theme=dark", "session=[redacted]; theme=[redacted]"),
+    ("cookie", "lonevalue; sid=abc=def", "[redacted]; sid=[redacted]"),
+    ("x-api-key", "k-live-123456", REDACTED),
+    ("x-auth-token", "tok-98765", REDACTED),
+    ("x-amz-security-token", "FwoGZXIvYXdzEXAMPLE", REDACTED),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "stored"), REDACTED_HEADERS)
+def test_credential_headers_are_redacted(name: str, value: str, stored: str) -> None:
+    fields = capture([(name, value), ("user-agent", "curl/8.5")])
+    assert fields["req"]["headers"][name] == stored
+    assert fields["req"]["headers"]["user-agent"] == "curl/8.5"  # the rest stays
+
+
+def test_set_cookie_keeps_only_the_cookie_name() -> None:
+    msg = response_msg("200", [("set-cookie", "sid=s3cr3t-value; Path=/; HttpOnly; Secure")])
+    fields = Capturer(RedactionPolicy()).response(msg)
+    assert fields["resp"] == {"status": 200, "headers": {"set-cookie": "sid=[redacted]"}}
+
+
+def test_configured_headers_are_redacted_too() -> None:
+    policy = RedactionPolicy(redact_headers=DEFAULT_REDACT_HEADERS | {"x-tenant-secret"})
+    fields = capture([("x-tenant-secret", "tenant-pw"), ("x-tenant-id", "t-1")], policy)
+    assert fields["req"]["headers"] == {"x-tenant-secret": REDACTED, "x-tenant-id": "t-1"}
+
+
+def test_repeated_secret_headers_are_each_redacted() -> None:
+    fields = capture(
+        [("cookie", "a=1"), ("cookie", "b=2"), ("x-api-key", "k1"), ("x-api-key", "k2")]
+    )
+    headers = fields["req"]["headers"]
+    assert headers["cookie"] == ["a=[redacted]", "b=[redacted]"]
+    assert headers["x-api-key"] == [REDACTED, REDACTED]
+
+
+def test_non_utf8_secret_is_not_stored_as_base64() -> None:
+    # A Latin-1 byte in a cookie or token must not smuggle the raw value into
+    # the log through the {"b64": ...} form used for other binary headers.
+    raw = b"session=s3cr3t-\xe9t\xe9; theme=dark"
+    fields = capture([("cookie", raw), ("authorization", b"Bearer tok\xff3n-secret")])
+    encoded = sealed(fields)
+    for secret in (b"s3cr3t", b"tok\xff3n", base64.b64encode(raw)):
+        assert secret not in encoded
+    assert b"b64" not in encoded
+    assert fields["req"]["headers"]["cookie"] == REDACTED
+    assert fields["req"]["headers"]["authorization"] == REDACTED
+
+
+# --- keyed hashes -------------------------------------------------------------------------
+
+
+HMAC_KEY = b"k" * 32
+
+
+def hmac_of(value: str, key: bytes = HMAC_KEY) -> str:
+    return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def test_hmac_equal_secrets_give_equal_markers() -> None:
+    policy = RedactionPolicy(hmac_key=HMAC_KEY)
+    one = capture([("authorization", "Bearer tokA"), ("cookie", "sid=tokA")], policy)
+    two = capture([("authorization", "Bearer tokA"), ("cookie", "sid=tokA")], policy)
+    assert one["req"]["headers"] == two["req"]["headers"]
+    assert one["req"]["headers"]["authorization"] == "Bearer " + hmac_of("tokA")
+    # Only the credentials are hashed, so the same token matches across headers.
+    assert one["req"]["headers"]["cookie"] == "sid=" + hmac_of("tokA")
+
+
+def test_hmac_different_secrets_give_different_markers() -> None:
+    policy = RedactionPolicy(hmac_key=HMAC_KEY)
+    one = capture([("authorization", "Bearer tokA")], policy)["req"]["headers"]
+    two = capture([("authorization", "Bearer tokB")], policy)["req"]["headers"]
+    assert one != two
+
+
+def test_hmac_markers_depend_on_the_key() -> None:
+    one = capture([("x-api-key", "same")], RedactionPolicy(hmac_key=b"a" * 32))
+    two = capture([("x-api-key", "same")], RedactionPolicy(hmac_key=b"b" * 32))
+    assert one["req"]["headers"]["x-api-key"] != two["req"]["headers"]["x-api-key"]
+
+
+def test_hmac_key_and_secrets_never_reach_the_entry() -> None:
+    key = b"hmac-key-material-0123456789abcdef"
+    policy = RedactionPolicy(hmac_key=key)
+    fields = capture(
+        [("authorization", "Bearer super-secret-bearer"), ("cookie", "sid=super-secret-cookie")],
+        policy,
+        path="/cb?code=super-secret-code&state=ok",
+    )
+    encoded = sealed(fields)
+    for secret in (key, key.hex().encode(), b"super-secret"):
+        assert secret not in encoded
+    assert key.decode() not in repr(policy)
+
+
+# --- query strings --------------------------------------------------------------------------
+
+
+QUERY = "/search?q=shoes&token=abc123&API_KEY=k9&%74oken=enc0ded&flag&page=2"
+QUERY_MODES = [
+    (
+        "sensitive",
+        "q=shoes&token=[redacted]&API_KEY=[redacted]&%74oken=[redacted]&flag&page=2",
+    ),
+    (
+        "all",
+        "q=[redacted]&token=[redacted]&API_KEY=[redacted]&%74oken=[redacted]&flag&page=[redacted]",
+    ),
+    ("keep", QUERY.split("?", 1)[1]),
+    ("drop", None),
+]
+
+
+@pytest.mark.parametrize(("mode", "stored"), QUERY_MODES)
+def test_query_modes(mode: str, stored: str | None) -> None:
+    fields = capture([], RedactionPolicy(query_mode=mode), path=QUERY)
+    assert fields["req"]["path"] == "/search"
+    assert fields["req"].get("query") == stored
+    if mode != "keep":
+        assert b"abc123" not in sealed(fields)
+
+
+def test_unknown_query_mode_is_rejected() -> None:
+    with pytest.raises(ValueError, match="query mode"):
+        RedactionPolicy(query_mode="some")
+
+
+def test_path_without_query_has_no_query_field() -> None:
+    assert "query" not in capture([], path="/plain")["req"]
+
+
+def test_configured_query_param_is_redacted() -> None:
+    policy = RedactionPolicy(redact_query_params=frozenset({"tenant_pin"}))
+    fields = capture([], policy, path="/x?tenant_pin=4711&token=kept-now")
+    assert fields["req"]["query"] == "tenant_pin=[redacted]&token=kept-now"
+
+
+# --- odd bytes, sizes and repeats -----------------------------------------------------------
+
+
+def test_non_utf8_header_is_stored_as_base64() -> None:
+    raw = b"caf\xe9 \xff\xfe"
+    fields = capture([("x-legacy", raw)])
+    assert fields["req"]["headers"]["x-legacy"] == {"b64": base64.b64encode(raw).decode()}
+    sealed(fields)  # and it still encodes
+
+
+def test_non_utf8_pseudo_header_does_not_break_capture() -> None:
+    fields = capture([], path=b"/caf\xe9")
+    assert fields["req"]["path"] == ""
+    sealed(fields)
+
+
+def test_oversized_value_is_truncated_with_marker() -> None:
+    policy = RedactionPolicy(max_value_bytes=100)
+    fields = capture([("x-big", "a" * 5000), ("x-small", "b" * 100)], policy)
+    headers = fields["req"]["headers"]
+    assert headers["x-big"] == "a" * 100 + "...[truncated 4900 bytes]"
+    assert headers["x-small"] == "b" * 100
+    assert fields["trunc"] == ["req.headers.x-big"]
+
+
+def test_truncation_never_splits_a_utf8_character() -> None:
+    policy = RedactionPolicy(max_value_bytes=101)
+    value = "é" * 200  # 2 bytes each: byte 101 is the middle of a character
+    stored = capture([("x-name", value)], policy)["req"]["headers"]["x-name"]
+    kept = stored.split("...[truncated")[0]
+    assert kept == "é" * 50
+    assert stored.endswith(f"...[truncated {400 - 100} bytes]")
+
+
+def test_oversized_path_query_and_authority_are_truncated() -> None:
+    policy = RedactionPolicy(max_value_bytes=64, query_mode="keep")
+    msg = request_msg([], path="/" + "p" * 200 + "?" + "q=" + "v" * 200)
+    msg.request_headers.headers.headers[2].raw_value = b"h" * 200 + b".example"
+    fields = Capturer(policy).request(msg)
+    assert sorted(fields["trunc"]) == ["req.authority", "req.path", "req.query"]
+    for name in ("path", "query", "authority"):
+        assert "...[truncated" in fields["req"][name]
+
+
+def test_oversized_response_header_is_named_in_trunc() -> None:
+    policy = RedactionPolicy(max_value_bytes=10)
+    fields = Capturer(policy).response(response_msg("503", [("x-trace", "t" * 50)]))
+    assert fields["trunc"] == ["resp.headers.x-trace"]
+    assert fields["resp"]["status"] == 503
+
+
+@pytest.mark.parametrize("status", ["", "abc", "20x"])
+def test_unparseable_status_is_null(status: str) -> None:
+    assert Capturer(RedactionPolicy()).response(response_msg(status))["resp"]["status"] is None
+
+
+def test_repeated_headers_become_lists_in_order() -> None:
+    fields = capture(
+        [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("accept", "*/*"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-for", b"\xff"),
+        ]
+    )
+    assert fields["req"]["headers"]["x-forwarded-for"] == ["10.0.0.1", "10.0.0.2", {"b64": "/w=="}]
+    assert fields["req"]["headers"]["accept"] == "*/*"
+
+
+# --- identities and Envoy attributes --------------------------------------------------------
+
+
+XFCC_CASES = [
+    ("By=spiffe://cluster.local/ns/b/sa/api;Hash=ab12;URI=spiffe://cluster.local/ns/a/sa/web",
+     "spiffe://cluster.local/ns/a/sa/web"),
+    ("URI=spiffe://hop/one,By=x;URI=spiffe://hop/two", "spiffe://hop/two"),
+    ('Subject="CN=web,O=Example, Inc";URI="spiffe://quoted/id"', "spiffe://quoted/id"),
+    ('Hash=ab;Subject="a;URI=spiffe://inside-quotes"', None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("xfcc", "principal"), XFCC_CASES)
+def test_xfcc_uri_becomes_source_principal(xfcc: str, principal: str | None) -> None:
+    fields = capture([("x-forwarded-client-cert", xfcc)])
+    assert fields["src"].get("principal") == principal
+
+
+def test_xfcc_uris_in_hop_order() -> None:
+    assert xfcc_uris("URI=a,URI=b;By=c,Hash=d") == ["a", "b"]
+
+
+def test_mtls_attribute_wins_over_xfcc_header() -> None:
+    fields = capture(
+        [("x-forwarded-client-cert", "URI=spiffe://claimed/by-header")],
+        attributes={"source.principal": "spiffe://cluster.local/ns/a/sa/real"},
+    )
+    assert fields["src"]["principal"] == "spiffe://cluster.local/ns/a/sa/real"
+
+
+def test_envoy_attributes_are_mapped() -> None:
+    fields = capture(
+        [("x-request-id", "header-rid")],
+        attributes={
+            "source.address": "10.1.2.3:51234",
+            "destination.address": "10.9.8.7:8080",
+            "request.id": "attr-rid-1",
+            "request.protocol": "HTTP/2",
+            "xds.node.id": "sidecar~10.9.8.7~web-0.default~default.svc.cluster.local",
+            "connection.uri_san_peer_certificate": "spiffe://cluster.local/ns/a/sa/web",
+            "some.other": 42,
+        },
+    )
+    assert fields["src"] == {
+        "address": "10.1.2.3:51234",
+        "san": "spiffe://cluster.local/ns/a/sa/web",
+    }
+    assert fields["dst"] == {"address": "10.9.8.7:8080"}
+    assert fields["rid"] == "attr-rid-1"
+    assert fields["req"]["protocol"] == "HTTP/2"
+    assert fields["node"] == "sidecar~10.9.8.7~web-0.default~default.svc.cluster.local"
+    assert b"some.other" not in sealed(fields)
+
+
+def test_request_id_falls_back_to_header() -> None:
+    assert capture([("x-request-id", "hdr-1")])["rid"] == "hdr-1"
+    assert capture([])["rid"] == ""
+    assert capture([("x-request-id", "a"), ("x-request-id", "b")])["rid"] == ""
+
+
+def test_missing_attributes_leave_fields_absent() -> None:
+    fields = capture([])
+    assert fields["src"] == {}
+    assert "dst" not in fields and "node" not in fields and "protocol" not in fields["req"]
+
+
+# --- the entry size limit --------------------------------------------------------------------
+
+
+def _many_headers(count: int, size: int, prefix: str = "x-h") -> list[Header]:
+    return [(f"{prefix}{i:03d}", chr(ord("a") + i % 26) * size) for i in range(count)]
+
+
+@pytest.mark.parametrize("max_value_bytes", [2048, 16 * 1024], ids=["default-cut", "no-cut"])
+def test_entry_fits_limit_with_100_headers_of_8kib(max_value_bytes: int) -> None:
+    policy = RedactionPolicy(max_value_bytes=max_value_bytes)
+    fields = capture(_many_headers(100, 8 * 1024), policy)
+    encoded = sealed(fields)
+    assert len(encoded) <= entry.MAX_ENTRY_BYTES
+    dropped = [n for n, v in fields["req"]["headers"].items() if v == entry.DROPPED]
+    assert dropped
+    for name in dropped:
+        assert f"req.headers.{name}" in fields["trunc"]
+    entry.parse(encoded)
+
+
+def test_exchange_entry_fits_limit_with_big_request_and_response() -> None:
+    # Observe mode: one entry carries both halves.
+    capturer = Capturer(RedactionPolicy())
+    fields = capturer.request(request_msg(_many_headers(100, 8 * 1024)))
+    response = capturer.response(response_msg("200", _many_headers(100, 8 * 1024, "x-r")))
+    fields.setdefault("trunc", []).extend(response.pop("trunc"))
+    fields.update(response)
+    encoded = sealed(fields)
+    assert len(encoded) <= entry.MAX_ENTRY_BYTES
+    assert any(p.startswith("resp.headers.") for p in fields["trunc"])
+
+
+def test_entry_fits_limit_with_hostile_request_id() -> None:
+    # Envoy's request.id is the client's x-request-id on internal traffic.
+    huge = "r" * 200_000
+    fields = capture([("x-request-id", huge)], attributes={"request.id": huge})
+    assert len(sealed(fields)) <= entry.MAX_ENTRY_BYTES
+    assert "rid" in fields["trunc"]
+
+
+def test_entry_fits_limit_with_huge_header_names() -> None:
+    # Within Envoy's default 60 KiB per header block, but both halves of an
+    # observe-mode exchange together: the names alone exceed the limit.
+    def big_names(prefix: str) -> list[Header]:
+        return [(f"{prefix}{i}-" + "n" * 8 * 1024, "v") for i in range(7)]
+
+    capturer = Capturer(RedactionPolicy())
+    fields = capturer.request(request_msg(big_names("x-q")))
+    fields.update(capturer.response(response_msg("200", big_names("x-r"))))
+    assert len(sealed(fields)) <= entry.MAX_ENTRY_BYTES
+    assert fields["req"]["headers"] == {} or fields["resp"]["headers"] == {}
+    assert len(fields["trunc"]) <= 4
+
+
+def test_small_entry_is_not_touched_by_fit() -> None:
+    fields = capture([("accept", "*/*")])
+    before = entry.encode(fields)
+    assert entry.encode(entry.fit(fields)) == before
+    assert "trunc" not in fields
+
+
+# --- the whole picture: no secret byte anywhere -----------------------------------------------
+
+
+SECRETS = {
+    "authorization": "Bearer SECRET-bearer-0001",
+    "proxy-authorization": "Basic SECRET-proxy-0002",
+    "cookie": "session=SECRET-cookie-0003; csrf=SECRET-csrf-0004",
+    "x-api-key": "SECRET-apikey-0005",
+    "x-auth-token": "SECRET-auth-0006",
+    "x-amz-security-token": "SECRET-amz-0007",
+    "x-custom-secret": "SECRET-custom-0008",
+}
+
+
+@pytest.mark.parametrize("hmac_key", [None, b"K" * 32], ids=["marker", "hmac"])
+def test_secrets_never_appear_in_encoded_entry(hmac_key: bytes | None) -> None:
+    policy = RedactionPolicy(
+        redact_headers=DEFAULT_REDACT_HEADERS | {"x-custom-secret"}, hmac_key=hmac_key
+    )
+    capturer = Capturer(policy)
+    headers: list[Header] = list(SECRETS.items())
+    headers += [("authorization", "Bearer SECRET-second-0009"), ("cookie", "x=SECRET-again-0010")]
+    fields = capturer.request(
+        request_msg(
+            headers + _many_headers(30, 4000),
+            path="/login?user=bob&password=SECRET-pw-0011&access_token=SECRET-at-0012",
+        )
+    )
+    response = capturer.response(
+        response_msg("302", [("set-cookie", "session=SECRET-setcookie-0013; HttpOnly")])
+    )
+    fields.setdefault("trunc", []).extend(response.pop("trunc", []))
+    fields.update(response)
+    encoded = sealed(fields)
+    assert b"SECRET" not in encoded
+    if hmac_key is not None:
+        assert hmac_key not in encoded
+    # The non-secret context survived.
+    assert b"Bearer " in encoded and b"session=" in encoded and b"user=bob" in encoded
