@@ -246,7 +246,8 @@ def run_demo(
         latest = demo_report.latest
         print(
             f"entries in the log   {demo_report.entries} "
-            f"(one request and one response entry per exchange, across all demo runs)"
+            "(a request and a response entry per exchange, plus the writer's start "
+            "and stop entries, over all demo runs)"
         )
         print(
             f"checkpoints          {demo_report.checkpoints}, latest tree size "

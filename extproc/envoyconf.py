@@ -108,7 +108,7 @@ def _load_assignment(name: str, endpoint: Endpoint) -> dict[str, Any]:
 def bootstrap(
     *,
     listen: Endpoint,
-    ext_proc: Endpoint,
+    ext_proc: Endpoint | None,
     upstream: Endpoint | None,
     admin: Endpoint,
     mode: str = "enforce",
@@ -116,7 +116,8 @@ def bootstrap(
 ) -> dict[str, Any]:
     """A complete Envoy bootstrap: one listener, ext_proc, then the router.
 
-    `upstream=None` answers every request with a direct_response (benchmarks).
+    `upstream=None` answers every request with a direct_response and
+    `ext_proc=None` leaves the filter out (benchmark baselines).
     """
     if upstream is None:
         route: dict[str, Any] = {
@@ -135,14 +136,14 @@ def bootstrap(
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
         },
         "http_filters": [
-            ext_proc_filter(mode),
+            *([ext_proc_filter(mode)] if ext_proc is not None else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
             },
         ],
     }
-    clusters = [ext_proc_cluster(ext_proc)]
+    clusters = [ext_proc_cluster(ext_proc)] if ext_proc is not None else []
     if upstream is not None:
         clusters.append(
             {

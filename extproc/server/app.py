@@ -71,7 +71,7 @@ class AuditServer:
         self.writer_id = secrets.token_hex(8)
         self.port = 0
         self._stop = asyncio.Event()
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = health.aio.HealthServicer()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _retention(self) -> RetentionPolicy | None:
