@@ -31,7 +31,7 @@ class NoopProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, observe: bool) -> None:
         self.observe = observe
 
-    async def Process(  # noqa: N802 - gRPC method name
+    async def Process(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         async for msg in request_iterator:
