@@ -53,8 +53,10 @@ def verify_log(
     verifier: Verifier,
     origin_prefix: str | None = None,
     on_entries: Callable[[int], None] | None = None,
+    *,
+    deep: bool = False,
 ) -> LogReport:
-    checker = LogChecker(log_id, verifier, origin_prefix)
+    checker = LogChecker(log_id, verifier, origin_prefix, deep=deep)
     keys = [k for k, _ in objects.checkpoints + objects.claims] + [k for k, _ in objects.bundles]
     for key in objects.unknown:
         checker.add_unknown(key)
@@ -90,13 +92,14 @@ def verify_store(
     origin_prefix: str | None = None,
     *,
     parallel: int = 8,
+    deep: bool = False,
 ) -> tuple[list[LogReport], list[Finding]]:
     """Verify every log under the store's prefix, several logs at a time."""
     logs, stray = list_logs(store)
     general = [Finding("-", key, "object under logs/ with an invalid log id") for key in stray]
     with ThreadPoolExecutor(max(1, parallel)) as pool:
         futures = [
-            pool.submit(verify_log, store, log_id, objects, verifier, origin_prefix)
+            pool.submit(verify_log, store, log_id, objects, verifier, origin_prefix, deep=deep)
             for log_id, objects in sorted(logs.items())
         ]
         reports = [f.result() for f in futures]

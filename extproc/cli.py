@@ -129,6 +129,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="deny (enforce) or drop (observe) past this many unpublished bytes",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("workers", "1") or 1),
+        help="writer processes sharing the listen port, each with its own log id "
+        "<log-id>-w<i> and metrics port +i (default %(default)s)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=float(_env("drain_timeout", "20") or 0),
@@ -197,6 +204,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="require checkpoint origins to be <origin prefix>/<log id>",
     )
     p.add_argument("--parallel", type=int, default=8, help="logs verified at once")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="parse every entry as JSON (default: only where the quick chain check needs it)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print findings and summary only")
 
     p = sub.add_parser("demo", help="run Envoy + audit server + app locally and verify the log")
@@ -305,6 +317,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     if config.bundle_max_entries < 1 or config.bundle_max_age <= 0:
         raise ConfigError("--bundle-max-entries and --bundle-max-age must be positive")
+    if args.workers > 1:
+        from extproc.server.workers import run_workers
+
+        if config.listen.endswith(":0"):
+            raise ConfigError("--workers needs a fixed --listen port (workers share it)")
+        return run_workers(config, args.workers)
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
     return serve(config)
 
 
@@ -315,7 +335,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     verifier = Verifier.from_text(_read_vkey(args.vkey))
     store = open_store(args.url)
-    reports, general = verify_store(store, verifier, args.origin_prefix, parallel=args.parallel)
+    reports, general = verify_store(
+        store, verifier, args.origin_prefix, parallel=args.parallel, deep=args.deep
+    )
     for finding in general:
         print(finding)
     for report in reports:

@@ -84,9 +84,11 @@ def ext_proc_cluster(endpoint: Endpoint, name: str = EXT_PROC_CLUSTER) -> dict[s
                 "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {
-                        # More than this many concurrent streams opens another
-                        # connection, which spreads load over server workers.
-                        "max_concurrent_streams": 100,
+                        # Past this many concurrent streams Envoy opens another
+                        # connection; the kernel spreads connections over
+                        # `serve --workers` processes (SO_REUSEPORT), so a low
+                        # cap is what spreads the load.
+                        "max_concurrent_streams": 8,
                         "connection_keepalive": {"interval": "30s", "timeout": "5s"},
                     }
                 },

@@ -351,7 +351,7 @@ def test_envoy_attributes_are_mapped() -> None:
         "address": "10.1.2.3:51234",
         "san": "spiffe://cluster.local/ns/a/sa/web",
     }
-    assert fields["dst"] == {"address": "10.9.8.7:8080"}
+    assert fields["dst"] == "10.9.8.7:8080"
     assert fields["rid"] == "attr-rid-1"
     assert fields["req"]["protocol"] == "HTTP/2"
     assert fields["node"] == "sidecar~10.9.8.7~web-0.default~default.svc.cluster.local"

@@ -22,7 +22,7 @@ from extproc.auditor import all_ok, verify_store
 from extproc.core import entry, layout
 from extproc.core.checkpoint import Checkpoint, make_extensions, open_checkpoint, sign_checkpoint
 from extproc.core.claim import Claim
-from extproc.core.merkle import root_of
+from extproc.core.merkle import leaf_hash, root_of
 from extproc.core.note import Signer
 from extproc.core.verify import LogReport
 from extproc.errors import BackpressureError, ForkError, StorageError
@@ -709,7 +709,8 @@ def test_other_writers_overlapping_bundle_fences_the_log(tmp_path: Path, signer:
         await w.publisher.publish()
         theirs = other_writer_bundle(5, 3)
         store.put_once(
-            layout.claim_key(PREFIX, LOG_ID, 5), Claim.for_lines(5, theirs, 3, "other").to_bytes(),
+            layout.claim_key(PREFIX, LOG_ID, 5),
+            Claim(5, 7, leaf_hash(theirs.splitlines()[-1]).hex(), "other").to_bytes(),
             None,
         )  # fmt: skip
         store.put_once(layout.bundle_key(PREFIX, LOG_ID, 5, 7), theirs, None)

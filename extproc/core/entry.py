@@ -33,7 +33,7 @@ def fit(fields: dict[str, Any]) -> dict[str, Any]:
     """Shrink an entry in place until it encodes under the size limit.
 
     Largest header values go first; each removal is named in `trunc`, so the
-    entry says what it lost. Called before seq/prev are assigned.
+    entry says what it lost. The target leaves room for v/seq/prev/ts.
     """
     if len(encode(fields)) <= _SHRINK_TARGET:
         return fields

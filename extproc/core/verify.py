@@ -8,18 +8,44 @@ reports every problem it can see.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from extproc.core import entry
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
 from extproc.core.claim import Claim
 from extproc.core.layout import BundleName
-from extproc.core.merkle import CompactRange, leaf_hash
+from extproc.core.merkle import LEAF_PREFIX, CompactRange
 from extproc.core.note import Verifier
 from extproc.errors import VerificationError
 
 ERROR = "error"
 WARNING = "warning"
+
+
+def _chain_fields_match(line: bytes, seq: int, prev: str) -> bool:
+    """Quick check of an entry's top-level `prev` and `seq` without parsing it.
+
+    In the writers' encoding (sorted keys, compact), every top-level key
+    before "prev" holds a plain string, so the first `"prev":"` follows no
+    `{` or `[` but the opening one: it is the top-level key. Inside a JSON
+    string a quote is escaped, so `"prev":"` cannot start inside a value.
+    Anything else (another key order, a nested object first, a wrong value)
+    returns False and gets the full parse, which decides. A false True needs
+    a writer that put a nested `"seq":<n>,` where the top-level seq is wrong:
+    a writer bug, not a change after signing (that breaks the root).
+    `verify --deep` parses every entry instead.
+    """
+    at = line.find(b'"prev":"')
+    if at < 0 or line[:1] != b"{" or line.find(b"{", 1, at) >= 0 or line.find(b"[", 1, at) >= 0:
+        return False
+    value = at + 8
+    end = value + len(prev)
+    return (
+        line[value:end] == prev.encode()
+        and line[end : end + 1] == b'"'
+        and b',"seq":%d,' % seq in line
+    )
 
 
 @dataclass(frozen=True)
@@ -53,8 +79,16 @@ class LogChecker:
     and claim first, then add_bundle for every bundle in order of first seq,
     then finish()."""
 
-    def __init__(self, log_id: str, verifier: Verifier, origin_prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        log_id: str,
+        verifier: Verifier,
+        origin_prefix: str | None = None,
+        *,
+        deep: bool = False,
+    ) -> None:
         self.log_id = log_id
+        self.deep = deep  # parse every entry as JSON, not only where the quick check fails
         self.verifier = verifier
         self.origin_prefix = origin_prefix
         self.report = LogReport(log_id)
@@ -110,11 +144,11 @@ class LogChecker:
             return
         self._claims[first] = (key, claim)
 
-    def _check_claim(self, key: str, name: BundleName, lines_data: bytes) -> None:
+    def _check_claim(self, key: str, name: BundleName, last_leaf: bytes) -> None:
         claim_key, claim = self._claims.pop(name.first, ("", None))
         if claim is None:
             self._find(key, "bundle has no claim (not written by a writer of this log)")
-        elif claim.last != name.last or not claim.matches(name.first, lines_data):
+        elif not claim.matches(name.first, name.last, last_leaf):
             self._find(
                 key,
                 f"bundle contradicts its claim {claim_key} (writer {claim.writer or '?'}): "
@@ -125,8 +159,8 @@ class LogChecker:
         """`lines_data`: the bundle's newline-terminated lines (decompressed)."""
         report = self.report
         report.bundles += 1
-        self._check_claim(key, name, lines_data)
         if self._gap:
+            self._claims.pop(name.first, None)
             return
         if name.first < report.entries:
             self._find(key, f"bundle overlaps entries already read (log is at {report.entries})")
@@ -145,28 +179,37 @@ class LogChecker:
         expected_count = name.last - name.first + 1
         if len(lines) != expected_count:
             self._find(key, f"bundle holds {len(lines)} entries, its name says {expected_count}")
-        tree = self._tree
-        checkpoints = self._checkpoints
-        prev = self._prev
-        seq = report.entries
-        for line in lines:
-            try:
-                fields = entry.parse(line)
-            except VerificationError as e:
-                self._find(key, f"entry {seq}: {e}")
-            else:
-                if fields["seq"] != seq:
-                    self._find(key, f"entry {seq}: seq field says {fields['seq']}")
-                if fields["prev"] != prev:
-                    self._find(key, f"entry {seq}: prev hash mismatch (hash chain broken)")
-            leaf = leaf_hash(line)
-            tree.append(leaf)
-            prev = leaf.hex()
-            seq += 1
-            if seq in checkpoints:
-                self._check_root(seq)
-        self._prev = prev
-        report.entries = seq
+        first = report.entries
+        sha256 = hashlib.sha256
+        leaves = [sha256(LEAF_PREFIX + line).digest() for line in lines]
+        self._check_claim(key, name, leaves[-1] if leaves else b"")
+        prevs = [self._prev, *(leaf.hex() for leaf in leaves[:-1])] if leaves else []
+        deep = self.deep
+        for offset, (line, prev) in enumerate(zip(lines, prevs, strict=True)):
+            if deep or not _chain_fields_match(line, first + offset, prev):
+                self._check_entry(key, line, first + offset, prev)
+        # Extend the tree up to each checkpoint inside this bundle, then check it.
+        tree, done = self._tree, 0
+        for size in sorted(s for s in self._checkpoints if first < s <= first + len(leaves)):
+            tree.extend(leaves[done : size - first])
+            done = size - first
+            self._check_root(size)
+        tree.extend(leaves[done:])
+        if leaves:
+            self._prev = leaves[-1].hex()
+        report.entries = first + len(leaves)
+
+    def _check_entry(self, key: str, line: bytes, seq: int, prev: str) -> None:
+        """The full JSON parse of one entry, with findings that say what is wrong."""
+        try:
+            fields = entry.parse(line)
+        except VerificationError as e:
+            self._find(key, f"entry {seq}: {e}")
+            return
+        if fields["seq"] != seq:
+            self._find(key, f"entry {seq}: seq field says {fields['seq']}")
+        if fields["prev"] != prev:
+            self._find(key, f"entry {seq}: prev hash mismatch (hash chain broken)")
 
     def _check_root(self, size: int) -> None:
         key, cp = self._checkpoints[size]

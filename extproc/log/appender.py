@@ -1,36 +1,58 @@
 """The appender: assigns seq and prev, encodes, and group-commits to the WAL.
 
-Everything here runs on the event loop thread except the WAL write+fsync,
-which runs on one dedicated thread, one batch at a time: requests that arrive
-while a batch is on disk form the next batch (group commit). The hot path is
-encode + one SHA-256 + a list append; no lock, no per-request thread hand-off.
+Everything here runs on the event loop thread. A batch is written into the
+page cache inline and made durable by the syncer helper process (fdatasync),
+one batch at a time: entries that arrive while a batch is being synced form
+the next batch (group commit). The hot path is encode + one SHA-256 + a list
+append; no lock, no thread, no per-request hand-off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from extproc import metrics
 from extproc.core import entry
 from extproc.core.merkle import leaf_hash
 from extproc.errors import AuditError, BackpressureError
+from extproc.log.syncer import Syncer
 from extproc.log.wal import WAL, Recovered, TreeState
 
 log = logging.getLogger(__name__)
 
 
-def utc_timestamp(now: float) -> str:
-    """RFC 3339 UTC with microseconds, the `ts` field of every entry."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class _UtcTimestamp:
+    """RFC 3339 UTC with microseconds, the `ts` field of every entry.
+
+    strftime runs once per second, not per entry: it was the hot path's
+    single most expensive call.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, now: float) -> str:
+        # Rounded as datetime.fromtimestamp rounds, so both give the same text.
+        frac, whole = math.modf(now)
+        second, micro = int(whole), round(frac * 1_000_000)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{micro:06d}Z"
+
+
+utc_timestamp = _UtcTimestamp()
 
 
 @dataclass(frozen=True)
@@ -69,9 +91,13 @@ class AuditLog:
         self._pending_bytes = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._flushing = False
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal")
+        self._syncer = Syncer(str(wal.dir), self._sync_done)
+        # The batch being synced: lines, leaf hashes, first seq, undo offset, start time.
+        self._in_flight: tuple[list[bytes], list[bytes], int, int, float] | None = None
         self._refusal: str | None = None  # set when the log must refuse appends
+        self._last_error = ""
         self.durable_event = asyncio.Event()
+        self.wake_threshold = 1  # the publisher sets its bundle size here
         metrics.LOG_SIZE.set(self.durable_size)
 
     # --- appending ------------------------------------------------------------
@@ -110,6 +136,8 @@ class AuditLog:
         fields["prev"] = self._prev
         fields["ts"] = utc_timestamp(self._wall_clock())
         line = entry.encode(fields)
+        if len(line) > entry.MAX_ENTRY_BYTES:  # rare: shrink, say so in `trunc`
+            line = entry.encode(entry.fit(fields))
         leaf = leaf_hash(line)
         self._prev = leaf.hex()
         self._size = seq + 1
@@ -118,6 +146,8 @@ class AuditLog:
         self._pending_bytes += len(line)
         if not self._flushing:
             self._start_flush()
+            if seq >= self._size:  # the write failed at once and was rolled back
+                raise BackpressureError(self._last_error)
         return seq
 
     async def append(self, fields: dict[str, Any]) -> int:
@@ -139,61 +169,69 @@ class AuditLog:
         lines, leaves = self._pending, self._pending_leaves
         first = self._size - len(lines)
         self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
-        self._flushing = True
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        future = loop.run_in_executor(self._executor, self._wal.write_batch, lines, first)
-        future.add_done_callback(
-            lambda f: self._flush_done(f, lines, leaves, first, time.perf_counter() - started)
-        )
+        try:
+            undo = self._wal.write(lines, first)
+        except AuditError as e:
+            self._deny_from(first, e)
+            return
+        self._flushing = True
+        self._in_flight = (lines, leaves, first, undo, started)
+        if self._wal.sync_enabled:
+            self._syncer.sync(self._wal.fileno(), self._wal.generation)
+        else:
+            asyncio.get_running_loop().call_soon(self._sync_done, None)
 
-    def _flush_done(
-        self,
-        future: asyncio.Future[None],
-        lines: list[bytes],
-        leaves: list[bytes],
-        first: int,
-        seconds: float,
-    ) -> None:
+    def _sync_done(self, error: str | None) -> None:
+        assert self._in_flight is not None
+        lines, leaves, first, undo, started = self._in_flight
+        self._in_flight = None
         self._flushing = False
-        error = future.exception()
         if error is None:
-            metrics.WAL_COMMIT_SECONDS.observe(seconds)
+            metrics.WAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.WAL_BATCH_ENTRIES.observe(len(lines))
             now = time.monotonic()
             for line, leaf in zip(lines, leaves, strict=True):
                 self.unpublished.append(Durable(line, leaf, now))
                 self._unpublished_bytes += len(line)
+            before = self.durable_size - self.published.size
             self.durable_size = first + len(lines)
+            after = self.durable_size - self.published.size
+            # Wake the publisher only when there is news for it: the first
+            # entry to publish (age trigger starts) or a full bundle (count).
+            if before == 0 or before < self.wake_threshold <= after:
+                self.durable_event.set()
             metrics.LOG_SIZE.set(self.durable_size)
             self._wake_waiters(self.durable_size, None)
-            self.durable_event.set()
             if self._pending:
                 self._start_flush()
             return
-        # The batch is not on disk (the WAL cut it off). Everything sequenced
-        # after it chains from it, so it all goes too: its requests are denied,
-        # none were forwarded. The log continues from the last durable entry.
-        metrics.BACKPRESSURE.labels("wal").inc(self._size - first)
-        log.error("WAL write failed, denying %d entries: %s", self._size - first, error)
+        try:
+            self._wal.undo(undo)
+        except OSError as e:
+            self.refuse(f"WAL cannot be cut back after a failed sync: {e}")
+        self._deny_from(first, BackpressureError(f"WAL sync failed: {error}"))
+
+    def _deny_from(self, first: int, error: AuditError) -> None:
+        """The batch at `first` is not on disk (the WAL cut it off).
+
+        Everything sequenced after it chains from it, so it all goes too: its
+        requests are denied, none were forwarded. The log continues from the
+        last durable entry.
+        """
+        denied = self._size - first
+        metrics.BACKPRESSURE.labels("wal").inc(denied)
+        log.error("WAL write failed, denying %d entries: %s", denied, error)
         self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
         self._size = first
         self._prev = self._last_durable_leaf()
-        reason = str(error) if isinstance(error, AuditError) else f"WAL write failed: {error}"
-        self._wake_waiters(None, BackpressureError(reason))
-        if not self._wal_recoverable(error):
-            self.refuse(f"WAL cannot be written: {error}")
+        self._last_error = f"WAL write failed: {error}"
+        self._wake_waiters(None, BackpressureError(self._last_error))
 
     def _last_durable_leaf(self) -> str:
         if self.unpublished:
             return self.unpublished[-1].leaf.hex()
         return self.published.last_leaf.hex()
-
-    @staticmethod
-    def _wal_recoverable(error: BaseException) -> bool:
-        # A failed write that the WAL could cut off leaves it consistent; a
-        # failure to cut it off (raised as a bare OSError) does not.
-        return isinstance(error, AuditError)
 
     def _wake_waiters(self, durable: int | None, error: BaseException | None) -> None:
         waiters = self._waiters
@@ -237,5 +275,5 @@ class AuditLog:
         return self._unpublished_bytes + self._pending_bytes
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._syncer.close()
         self._wal.close()

@@ -96,6 +96,7 @@ class Publisher:
         self.checkpoints_written = 0
         self._prefix = store.prefix
         self._stopping = False
+        audit_log.wake_threshold = config.bundle_max_entries
 
     # --- where things are -------------------------------------------------------------
 
@@ -238,8 +239,7 @@ class Publisher:
         Anything else is another writer on this log id: ForkError.
         """
         first = self.bundled
-        lines = bundle_bytes([d.line for d in batch], compress=False)
-        claim = Claim.for_lines(first, lines, len(batch), self.writer_id)
+        claim = Claim(first, first + len(batch) - 1, batch[-1].leaf.hex(), self.writer_id)
         key = layout.claim_key(self._prefix, self.config.log_id, first)
         adopted: list[list[Durable]] = []
 
@@ -251,9 +251,7 @@ class Publisher:
             offset = first - self.log.published.size
             count = theirs.last - first + 1
             entries = list(islice(self.log.unpublished, offset, offset + count))
-            if len(entries) != count:
-                return False
-            if not theirs.matches(first, bundle_bytes([d.line for d in entries], compress=False)):
+            if len(entries) != count or not theirs.matches(first, theirs.last, entries[-1].leaf):
                 return False
             adopted.append(entries)
             return True

@@ -123,7 +123,11 @@ class WAL:
         self.dir = directory
         self.segment_bytes = segment_bytes
         # sync=False only for benchmarks measuring the cost of fdatasync itself.
-        self.sync = sync
+        self.sync_enabled = sync
+        # Set when a write created a segment: its directory entry needs an fsync.
+        self.new_segment = False
+        # Bumped whenever a segment file is (re)opened: the syncer needs the new fd.
+        self.generation = 0
         self._file: IO[bytes] | None = None
         self._file_size = 0
         self._lock_fd: int | None = None
@@ -262,7 +266,24 @@ class WAL:
     # --- appending ------------------------------------------------------------------
 
     def write_batch(self, lines: list[bytes], first_seq: int) -> None:
-        """Append entry lines and fsync: the group commit. On error, undo the partial write."""
+        """Append entry lines and make them durable, all in this thread."""
+        undo = self.write(lines, first_seq)
+        try:
+            if self.new_segment:
+                _fsync_dir(self.dir)
+                self.new_segment = False
+            self.sync()
+        except OSError as e:
+            self.undo(undo)
+            raise StorageError(f"WAL sync failed in {self.dir}: {e.strerror or e}") from e
+
+    def write(self, lines: list[bytes], first_seq: int) -> int:
+        """Append entry lines to the page cache, no fsync; return the undo offset.
+
+        The group commit calls this on the event loop thread (a memory copy)
+        and leaves the disk wait to the syncer process. On error the partial
+        write is cut off and StorageError raised.
+        """
         if self._file is None or self._file_size >= self.segment_bytes:
             try:
                 self._open_segment(first_seq)
@@ -274,12 +295,25 @@ class WAL:
         data = b"\n".join(lines) + b"\n"
         try:
             _write_all(f, data)
-            if self.sync:
-                os.fdatasync(f.fileno())
         except OSError as e:
-            self._undo(start)
+            self.undo(start)
             raise StorageError(f"WAL write failed in {self.dir}: {e.strerror or e}") from e
         self._file_size = start + len(data)
+        return start
+
+    def fileno(self) -> int:
+        """The current segment's file descriptor (valid after a write)."""
+        assert self._file is not None
+        return self._file.fileno()
+
+    def sync(self) -> None:
+        if self.sync_enabled and self._file is not None:
+            os.fdatasync(self._file.fileno())
+
+    def undo(self, size: int) -> None:
+        """Cut the current segment back to `size` (a write or its sync failed)."""
+        self._undo(size)
+        self._file_size = size
 
     def _undo(self, size: int) -> None:
         """Cut a failed batch off so the file ends at the last durable entry."""
@@ -310,6 +344,7 @@ class WAL:
             if size < self.segment_bytes:
                 self._file = newest.open("ab", buffering=0)
                 self._file_size = size
+                self.generation += 1
                 return
         path = self.dir / _segment_name(first_seq)
         try:
@@ -317,7 +352,8 @@ class WAL:
         except FileExistsError as e:
             raise WALCorruptionError(f"WAL segment {path} already exists") from e
         self._file_size = 0
-        _fsync_dir(self.dir)
+        self.new_segment = True
+        self.generation += 1
 
     # --- publication ------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ class ServeConfig:
     allow_no_object_lock: bool = False
     max_backlog_bytes: int = 128 << 20
     drain_timeout: float = 20.0
+    reuse_port: bool = False  # set for `--workers`: several processes share the port
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
 
 
@@ -142,7 +143,9 @@ class AuditServer:
         audit_log.append_nowait(
             entry.writer_event("start", self.writer_id, version=__version__, mode=cfg.mode)
         )
-        server = grpc.aio.server()
+        # SO_REUSEPORT only when asked: otherwise a second server on the same
+        # port would silently share it instead of failing to start.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
         pb_grpc.add_ExternalProcessorServicer_to_server(
             AuditServicer(audit_log, Capturer(cfg.redaction), cfg.mode), server
         )

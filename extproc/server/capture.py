@@ -136,7 +136,9 @@ class Capturer:
         if cut:
             trunc.append("rid")
         if address := attrs.get("destination.address"):
-            fields["dst"] = {"address": address}
+            # A plain string: top-level keys sorting before "prev" hold no objects
+            # (the verifier's quick chain check relies on it, see core/verify.py).
+            fields["dst"] = address
         if node := attrs.get("xds.node.id"):
             fields["node"] = node
         if trunc:

@@ -3,7 +3,8 @@
 Enforce mode (Envoy waits for each reply): the request entry is appended and
 the CONTINUE reply is sent only once the entry is durable; if the log cannot
 take it, Envoy gets an ImmediateResponse 503 and the request never reaches
-upstream. The response entry is durable before the response goes on, too.
+upstream. The response entry joins the next group commit without holding the
+response back (the request has already happened).
 
 Observe mode (Envoy `observability_mode: true`): never replies, never waits;
 one `exchange` entry per stream, appended without waiting for the disk.
@@ -24,7 +25,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
 from extproc import metrics
-from extproc.core import entry
 from extproc.errors import BackpressureError
 from extproc.log.appender import AuditLog
 from extproc.server.capture import Capturer
@@ -85,37 +85,23 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.mode = mode
         self._denials = _RateLimitedLog()
         self._drops = _RateLimitedLog()
+        self._streams = metrics.STREAMS.labels(mode)
+        self._requests = metrics.ENTRIES.labels("request")
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        metrics.STREAMS.labels(self.mode).inc()
-        try:
-            if self.mode == "observe":
-                await self._observe(request_iterator, context)
-                return
-            async for reply in self._enforce(request_iterator, context):
-                yield reply
-        except _StreamError as e:
-            metrics.STREAM_ERRORS.labels(e.code.name).inc()
-            await context.abort(e.code, e.details)
-        except Exception as e:
-            # Never echo the exception text: it could carry request data.
-            metrics.STREAM_ERRORS.labels("INTERNAL").inc()
-            log.error(  # noqa: TRY400 - logs the traceback without the message on purpose
-                "ext_proc stream failed: %s\n%s",
-                type(e).__name__,
-                "".join(traceback.format_tb(e.__traceback__)),
-            )
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
-
-    async def _enforce(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
+        # One generator, no nested ones: every suspension of a grpc.aio handler
+        # costs (docs/PERFORMANCE.md), so the hot path has exactly one await of
+        # its own, the request entry's durability.
+        self._streams.inc()
         request_seq: int | None = None
         rid = ""
         answered = False
         try:
+            if self.mode == "observe":
+                await self._observe(request_iterator)
+                return
             async for msg in request_iterator:
                 which = msg.WhichOneof("request")
                 if which == "request_headers":
@@ -128,13 +114,13 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     fields["kind"] = "request"
                     rid = fields["rid"]
                     try:
-                        request_seq = await self.log.append(entry.fit(fields))
+                        request_seq = await self.log.append(fields)
                     except BackpressureError as e:
                         metrics.DENIED.inc()
                         self._denials.warning("denying request (503): %s", e)
                         yield _DENY
                         return
-                    metrics.ENTRIES.labels("request").inc()
+                    self._requests.inc()
                     yield _CONTINUE_REQUEST
                 elif which == "response_headers":
                     if request_seq is None:
@@ -145,17 +131,25 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     fields = self.capturer.response(msg)
                     fields.update(kind="response", ref=request_seq, rid=rid)
                     answered = True
-                    try:
-                        await self.log.append(entry.fit(fields))
-                        metrics.ENTRIES.labels("response").inc()
-                    except BackpressureError as e:
-                        # The request already happened upstream; holding back its
-                        # response would not undo it. Count the missing outcome.
-                        metrics.DROPPED.labels("backpressure").inc()
-                        self._drops.warning("response entry not logged: %s", e)
+                    # Not awaited: the request already happened upstream, and
+                    # holding its response back would not undo it. The entry is
+                    # durable with the next group commit (well under 1 ms).
+                    self._append_nowait(fields)
                     yield _CONTINUE_RESPONSE
                 else:
                     raise _unsupported(which)
+        except _StreamError as e:
+            metrics.STREAM_ERRORS.labels(e.code.name).inc()
+            await context.abort(e.code, e.details)
+        except Exception as e:
+            # Never echo the exception text: it could carry request data.
+            metrics.STREAM_ERRORS.labels("INTERNAL").inc()
+            log.error(  # noqa: TRY400 - logs the traceback without the message on purpose
+                "ext_proc stream failed: %s\n%s",
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
         finally:
             if request_seq is not None and not answered:
                 # Client gone or upstream reset before response headers: say so.
@@ -163,9 +157,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     {"kind": "response", "ref": request_seq, "rid": rid, "outcome": "aborted"}
                 )
 
-    async def _observe(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
+    async def _observe(self, request_iterator: AsyncIterator[Any]) -> None:
         fields: dict[str, Any] | None = None
         try:
             async for msg in request_iterator:
@@ -199,7 +191,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     def _append_nowait(self, fields: dict[str, Any]) -> None:
         try:
-            self.log.append_nowait(entry.fit(fields))
+            self.log.append_nowait(fields)
         except BackpressureError as e:
             metrics.DROPPED.labels("backpressure").inc()
             self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
