@@ -22,7 +22,7 @@ from typing import Any
 from extproc import metrics
 from extproc.core import entry
 from extproc.core.merkle import leaf_hash
-from extproc.errors import AuditError, BackpressureError
+from extproc.errors import AuditError, BackpressureError, StorageError
 from extproc.log.syncer import Syncer
 from extproc.log.wal import WAL, Recovered, TreeState
 
@@ -89,6 +89,7 @@ class AuditLog:
         self._pending: list[bytes] = []
         self._pending_leaves: list[bytes] = []
         self._pending_bytes = 0
+        self._in_flight_bytes = 0  # the batch being synced
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._flushing = False
         self._syncer = Syncer(str(wal.dir), self._sync_done)
@@ -125,7 +126,7 @@ class AuditLog:
         """
         if self._refusal is not None:
             raise BackpressureError(self._refusal)
-        if self._unpublished_bytes + self._pending_bytes > self.max_backlog_bytes:
+        if self.backlog_bytes > self.max_backlog_bytes:
             metrics.BACKPRESSURE.labels("backlog").inc()
             raise BackpressureError(
                 f"backlog over its bound ({self.max_backlog_bytes} bytes not yet published)"
@@ -168,6 +169,7 @@ class AuditLog:
     def _start_flush(self) -> None:
         lines, leaves = self._pending, self._pending_leaves
         first = self._size - len(lines)
+        in_flight_bytes = self._pending_bytes
         self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
         started = time.perf_counter()
         try:
@@ -175,8 +177,15 @@ class AuditLog:
         except AuditError as e:
             self._deny_from(first, e)
             return
+        except OSError as e:
+            # The WAL could not cut the failed write off: the segment may end
+            # in half a batch, so nothing may be chained after it.
+            self.refuse(f"WAL cannot be written: {e}")
+            self._deny_from(first, StorageError(f"failed write not cut off: {e}"))
+            return
         self._flushing = True
         self._in_flight = (lines, leaves, first, undo, started)
+        self._in_flight_bytes = in_flight_bytes
         if self._wal.sync_enabled:
             self._syncer.sync(self._wal.fileno(), self._wal.generation)
         else:
@@ -186,6 +195,7 @@ class AuditLog:
         assert self._in_flight is not None
         lines, leaves, first, undo, started = self._in_flight
         self._in_flight = None
+        self._in_flight_bytes = 0
         self._flushing = False
         if error is None:
             metrics.WAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
@@ -210,7 +220,7 @@ class AuditLog:
             self._wal.undo(undo)
         except OSError as e:
             self.refuse(f"WAL cannot be cut back after a failed sync: {e}")
-        self._deny_from(first, BackpressureError(f"WAL sync failed: {error}"))
+        self._deny_from(first, BackpressureError(error))
 
     def _deny_from(self, first: int, error: AuditError) -> None:
         """The batch at `first` is not on disk (the WAL cut it off).
@@ -221,11 +231,11 @@ class AuditLog:
         """
         denied = self._size - first
         metrics.BACKPRESSURE.labels("wal").inc(denied)
-        log.error("WAL write failed, denying %d entries: %s", denied, error)
+        log.error("WAL commit failed, denying %d entries: %s", denied, error)
         self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
         self._size = first
         self._prev = self._last_durable_leaf()
-        self._last_error = f"WAL write failed: {error}"
+        self._last_error = f"WAL commit failed: {error}"
         self._wake_waiters(None, BackpressureError(self._last_error))
 
     def _last_durable_leaf(self) -> str:
@@ -272,8 +282,11 @@ class AuditLog:
 
     @property
     def backlog_bytes(self) -> int:
-        return self._unpublished_bytes + self._pending_bytes
+        return self._unpublished_bytes + self._in_flight_bytes + self._pending_bytes
 
     def close(self) -> None:
+        # Anyone still waiting (error paths only: the server flushes first) is
+        # told the entry is not durable rather than left hanging.
+        self._wake_waiters(None, BackpressureError("audit log closed"))
         self._syncer.close()
         self._wal.close()

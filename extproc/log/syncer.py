@@ -67,16 +67,21 @@ class Syncer:
 
     def _start(self) -> None:
         parent, child = socket.socketpair()
-        dir_fd = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _HELPER, str(child.fileno()), str(dir_fd)],
-                pass_fds=(child.fileno(), dir_fd),
-                stdin=subprocess.DEVNULL,
-            )
+            dir_fd = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _HELPER, str(child.fileno()), str(dir_fd)],
+                    pass_fds=(child.fileno(), dir_fd),
+                    stdin=subprocess.DEVNULL,
+                )
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            parent.close()
+            raise
         finally:
             child.close()
-            os.close(dir_fd)
         parent.setblocking(False)
         self._sock = parent
         self._loop = asyncio.get_running_loop()
@@ -86,18 +91,28 @@ class Syncer:
     def sync(self, fd: int, generation: int) -> None:
         """Request an fdatasync of `fd`; on_done(None | error) follows on the loop."""
         assert not self.in_flight
+        self.in_flight = True
+        try:
+            try:
+                self._send(fd, generation)
+            except OSError:
+                # The helper died while idle and the loop has not seen its
+                # socket close yet: the request reached nobody, so a new
+                # helper can take it instead of the batch being failed.
+                self._stop()
+                self._send(fd, generation)
+        except OSError as e:  # no helper can be started or reached
+            self._fail(f"WAL syncer unreachable: {e}")
+
+    def _send(self, fd: int, generation: int) -> None:
         if self._sock is None:
             self._start()
         assert self._sock is not None
-        self.in_flight = True
-        try:
-            if generation != self._fd_generation:
-                socket.send_fds(self._sock, [b"S"], [fd])
-                self._fd_generation = generation
-            else:
-                self._sock.send(b"S")
-        except OSError as e:
-            self._fail(f"WAL syncer unreachable: {e}")
+        if generation != self._fd_generation:
+            socket.send_fds(self._sock, [b"S"], [fd])
+            self._fd_generation = generation
+        else:
+            self._sock.send(b"S")
 
     def _readable(self) -> None:
         assert self._sock is not None

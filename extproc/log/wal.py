@@ -111,7 +111,11 @@ def _segment_name(first_seq: int) -> str:
 
 
 class WAL:
-    """One log's WAL directory. Methods are blocking: call them off the event loop.
+    """One log's WAL directory.
+
+    `write` and `undo` run on the event loop thread (page-cache copies and a
+    rare truncate); everything else blocks on the disk and runs at startup or
+    in a worker thread.
 
     Only one batch write runs at a time (the appender guarantees it), so the
     class needs no locking of its own.
