@@ -52,6 +52,23 @@ from extproc.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXT_PROC_STATS = "http.ingress_http.ext_proc."
+CLUSTER_STATS = "cluster.extproc_audit."
+# Envoy counters that show where exchanges went (or got lost) on the way.
+SHOWN_STATS = {
+    "streams_started",
+    "streams_closed",
+    "streams_failed",
+    "stream_msgs_sent",
+    "stream_msgs_received",
+    "failure_mode_allowed",
+    "message_timeouts",
+    "upstream_rq_total",
+    "upstream_rq_tx_reset",
+    "upstream_rq_rx_reset",
+    "upstream_rq_cancelled",
+    "upstream_rq_pending_overflow",
+    "upstream_cx_total",
+}
 FIXED_RATE = 1000
 
 
@@ -189,6 +206,7 @@ class CaseResult:
     lost: int | None = None
     envoy_ext_proc: dict[str, int] = field(default_factory=dict)
     workers: int = 1
+    lost_by_phase: dict[str, int] = field(default_factory=dict)
 
 
 class Bench:
@@ -242,9 +260,35 @@ class Bench:
         store: str = "",
         workers: int = 1,
     ) -> CaseResult:
+        """Saturation then fixed rate; with a store, each phase on a fresh log so
+        that the loss of each is counted against its own verified log."""
         result = CaseResult(name, workers=workers)
+        phases = ("saturation", "fixed") if store else ("both",)
+        cpu, requests = 0.0, 0
+        for phase in phases:
+            phase_store = f"{store}-{phase}" if store else ""
+            args = [a.replace(store, phase_store) for a in server] if server and store else server
+            ok, phase_cpu, phase_requests = self._run_phase(
+                result, f"{name}-{phase}", args, mode, phase
+            )
+            cpu += phase_cpu
+            requests += phase_requests
+            result.sent_ok += ok
+            if store:
+                count = self.count_logged(phase_store)
+                lost = max(0, ok - count)
+                result.logged = (result.logged or 0) + count
+                result.lost = (result.lost or 0) + lost
+                result.lost_by_phase[phase] = lost
+        if server is not None:
+            result.cpu_per_1k = cpu / max(requests, 1) * 1000
+        return result
+
+    def _run_phase(
+        self, result: CaseResult, label: str, server: list[str] | None, mode: str, phase: str
+    ) -> tuple[int, float, int]:
         grpc_port, envoy_port, admin_port = (processes.free_port() for _ in range(3))
-        case_dir = self.work / re.sub(r"\W+", "-", name)
+        case_dir = self.work / re.sub(r"\W+", "-", label)
         case_dir.mkdir()
         config = bootstrap(
             listen=Endpoint("127.0.0.1", envoy_port),
@@ -254,6 +298,8 @@ class Bench:
             mode=mode,
         )
         (case_dir / "envoy.yaml").write_text(to_yaml(config))
+        ok = requests = 0
+        cpu = 0.0
         with (
             (case_dir / "server.log").open("wb") as slog,
             (case_dir / "envoy.log").open("wb") as elog,
@@ -265,31 +311,39 @@ class Bench:
                     [sys.executable, *args], stdout=slog, stderr=subprocess.STDOUT
                 )
                 processes.wait_until(
-                    lambda: processes.grpc_serving(f"127.0.0.1:{grpc_port}"), name, proc
+                    lambda: processes.grpc_serving(f"127.0.0.1:{grpc_port}"), label, proc
                 )
             envoy = processes.start_envoy(case_dir / "envoy.yaml", elog)
             try:
                 processes.wait_until(lambda: processes.envoy_ready(admin_port), "envoy", envoy)
                 pids = [proc.pid, *descendants(proc.pid)] if proc is not None else []
-                warm = run_wrk(envoy_port, self.warmup)
+                if phase in ("saturation", "both"):
+                    ok += run_wrk(envoy_port, self.warmup).ok
                 cpu0 = cpu_seconds(pids)
-                result.saturation = run_wrk(envoy_port, self.seconds)
-                result.fixed = run_hey(envoy_port, self.seconds)
+                if phase in ("saturation", "both"):
+                    result.saturation = run_wrk(envoy_port, self.seconds)
+                    ok += result.saturation.ok
+                    requests += result.saturation.requests
+                if phase in ("fixed", "both"):
+                    result.fixed = run_hey(envoy_port, self.seconds)
+                    ok += result.fixed.ok
+                    requests += result.fixed.requests
                 if proc is not None:
-                    done = result.saturation.requests + result.fixed.requests
-                    result.cpu_per_1k = (cpu_seconds(pids) - cpu0) / max(done, 1) * 1000
-                    result.rss_mb = rss_mb(pids)
-                result.sent_ok = warm.ok + result.saturation.ok + result.fixed.ok
-                stats = processes.envoy_stats(admin_port, EXT_PROC_STATS)
-                result.envoy_ext_proc = {k[len(EXT_PROC_STATS) :]: v for k, v in stats.items() if v}
+                    cpu = cpu_seconds(pids) - cpu0
+                    result.rss_mb = max(result.rss_mb or 0.0, rss_mb(pids))
+                for prefix in (EXT_PROC_STATS, CLUSTER_STATS):
+                    stats = processes.envoy_stats(admin_port, prefix)
+                    for key, value in stats.items():
+                        if value and key.rsplit(".", 1)[-1] in SHOWN_STATS:
+                            short = key.rsplit(".", 1)[-1]
+                            result.envoy_ext_proc[short] = (
+                                result.envoy_ext_proc.get(short, 0) + value
+                            )
             finally:
                 processes.stop(envoy)
                 if proc is not None:
                     processes.stop(proc, timeout=120)
-        if store:
-            result.logged = self.count_logged(store)
-            result.lost = max(0, result.sent_ok - result.logged)
-        return result
+        return ok, cpu, requests
 
     def count_logged(self, store_url: str) -> int:
         """HTTP exchanges in the verified published log (all its logs, all workers).
@@ -525,9 +579,15 @@ def print_table(results: list[CaseResult], floor: CaseResult) -> None:
         "server CPU seconds per 1000 requests; lost: 2xx without an entry in the verified log)"
     )
     for r in results:
+        if r.lost_by_phase:
+            print(
+                f"  lost, {r.name}: at saturation {r.lost_by_phase.get('saturation', 0)}, "
+                f"at {FIXED_RATE} req/s {r.lost_by_phase.get('fixed', 0)}"
+            )
+    for r in results:
         if r.envoy_ext_proc:
             stats = ", ".join(f"{k}={v}" for k, v in sorted(r.envoy_ext_proc.items()))
-            print(f"  envoy ext_proc stats, {r.name}: {stats}")
+            print(f"  envoy stats, {r.name}: {stats}")
 
 
 def main() -> int:

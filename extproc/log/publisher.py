@@ -15,9 +15,11 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
+from typing import Any, TypeVar
 
 from extproc import metrics
 from extproc.core import entry, layout
@@ -38,6 +40,7 @@ from extproc.log.wal import WAL, TreeState
 from extproc.store.base import ObjectStore, RetentionPolicy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,13 @@ class Publisher:
         self._prefix = store.prefix
         self._stopping = False
         audit_log.wake_threshold = config.bundle_max_entries
+        # Store and state-file calls block: a small pool of our own, not the
+        # loop's default executor, keeps the thread (and malloc arena) count
+        # flat over days of uptime.
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="publish")
+
+    def _io(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # --- where things are -------------------------------------------------------------
 
@@ -129,7 +139,7 @@ class Publisher:
         go on (ForkError) if the store holds something this WAL did not write.
         """
         cfg = self.config
-        objects = await asyncio.to_thread(
+        objects = await self._io(
             lambda: list(self.store.list(layout.log_prefix(self._prefix, cfg.log_id)))
         )
         checkpoints: list[int] = []
@@ -172,7 +182,7 @@ class Publisher:
     async def _adopt_checkpoint(self, size: int) -> None:
         """A checkpoint this writer put before a crash: check it, then record it."""
         key = layout.checkpoint_key(self._prefix, self.config.log_id, size)
-        data = await asyncio.to_thread(self.store.get, key)
+        data = await self._io(self.store.get, key)
         try:
             cp = open_checkpoint(data, self.signer.verifier())
         except VerificationError as e:
@@ -194,7 +204,7 @@ class Publisher:
         if bundle.first != self.bundled or offset + count > len(self.log.unpublished):
             raise ForkError(f"{key}: bundle does not continue this WAL's log at {self.bundled}")
         entries = list(islice(self.log.unpublished, offset, offset + count))
-        data = await asyncio.to_thread(self.store.get, key)
+        data = await self._io(self.store.get, key)
         if bundle_lines(data, compressed=bundle.gzip) != bundle_bytes(
             [d.line for d in entries], compress=False
         ):
@@ -286,7 +296,7 @@ class Publisher:
 
     async def _record_published(self, count: int) -> None:
         state = TreeState(self.tree.size, self.tree.hashes, self.last_leaf)
-        await asyncio.to_thread(self.wal.save_published, state)
+        await self._io(self.wal.save_published, state)
         self.log.mark_published(state, count)
 
     async def _put(self, key: str, data: bytes, kind: str, same: Callable[[bytes], bool]) -> None:
@@ -297,11 +307,11 @@ class Publisher:
                 retention = None
                 if self.config.retention is not None:
                     retention = self.config.retention.until(datetime.now(UTC))
-                await asyncio.to_thread(self.store.put_once, key, data, retention)
+                await self._io(self.store.put_once, key, data, retention)
             except ObjectExistsError:
                 # Our own earlier attempt (a timeout that did succeed) or a fork.
                 try:
-                    existing = await asyncio.to_thread(self.store.get, key)
+                    existing = await self._io(self.store.get, key)
                 except ObjectNotFoundError:
                     existing = None
                 except StorageError as e:
@@ -393,3 +403,5 @@ class Publisher:
         except ForkError as e:
             self._fence(str(e))
             raise
+        finally:
+            self._pool.shutdown(wait=False)
