@@ -39,6 +39,7 @@ def _default_log_id() -> str:
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from extproc.core.redact import QUERY_MODES
+    from extproc.server.capture import DEFAULT_RESPONSE_HEADERS
 
     p = sub.add_parser(
         "serve",
@@ -127,6 +128,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=int,
         default=int(_env("max_backlog_bytes", str(128 << 20)) or 0),
         help="deny (enforce) or drop (observe) past this many unpublished bytes",
+    )
+    p.add_argument(
+        "--response-headers",
+        default=_env("response_headers", ",".join(sorted(DEFAULT_RESPONSE_HEADERS))),
+        help="response headers to record, comma-separated, or '*' for all (default %(default)s)",
     )
     p.add_argument(
         "--workers",
@@ -295,6 +301,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         hmac_key=hmac_key,
         max_value_bytes=args.max_value_bytes,
     )
+    response_headers = None
+    if args.response_headers.strip() != "*":
+        response_headers = frozenset(
+            h.strip().lower() for h in args.response_headers.split(",") if h.strip()
+        )
     config = ServeConfig(
         store=args.store,
         key=Path(args.key),
@@ -314,6 +325,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_backlog_bytes=args.max_backlog_bytes,
         drain_timeout=args.drain_timeout,
         redaction=policy,
+        response_headers=response_headers,
     )
     if config.bundle_max_entries < 1 or config.bundle_max_age <= 0:
         raise ConfigError("--bundle-max-entries and --bundle-max-age must be positive")

@@ -368,10 +368,10 @@ class Bench:
                 count += data.count(b'"kind":"request"') + data.count(b'"kind":"exchange"')
         return count
 
-    def soak(self, seconds: float, store: str) -> dict[str, float]:
-        """Fixed-rate load on C; server RSS at minute 1 and at the end."""
+    def soak(self, seconds: float, store: str, *, noop: bool = False) -> dict[str, float]:
+        """Fixed-rate load on C (or on B); server RSS at minute 1 and at the end."""
         grpc_port, envoy_port, admin_port = (processes.free_port() for _ in range(3))
-        case_dir = self.work / "soak"
+        case_dir = self.work / ("soak-noop" if noop else "soak")
         case_dir.mkdir()
         config = bootstrap(
             listen=Endpoint("127.0.0.1", envoy_port),
@@ -380,7 +380,12 @@ class Bench:
             admin=Endpoint("127.0.0.1", admin_port),
         )
         (case_dir / "envoy.yaml").write_text(to_yaml(config))
-        args = [a.format(port=grpc_port, dir=case_dir) for a in self.audit_server("enforce", store)]
+        server = (
+            [str(ROOT / "benchmarks" / "noop_extproc.py"), "--listen", "127.0.0.1:{port}"]
+            if noop
+            else self.audit_server("enforce", store)
+        )
+        args = [a.format(port=grpc_port, dir=case_dir) for a in server]
         samples: dict[str, float] = {}
         with (
             (case_dir / "server.log").open("wb") as slog,
@@ -687,15 +692,18 @@ def main() -> int:
                 f"({verify_rate / sha_rate:.2f}x of plain SHA-256 over the same lines, "
                 f"{sha_rate:,.0f}/s)"
             )
-            soak_result = None
+            soak_result: dict[str, dict[str, float]] | None = None
             if soak:
-                print(f"\nsoak: {soak:.0f} s at {FIXED_RATE} req/s on C...", flush=True)
-                soak_result = bench.soak(soak, s3 + "-soak")
-                marks = [v for k, v in soak_result.items() if k.startswith("rss")]
-                print(
-                    f"  server RSS {marks[0]:.0f} MB at 60 s, {marks[1]:.0f} MB at "
-                    f"{soak:.0f} s: {soak_result['growth'] * 100:+.1f}%"
-                )
+                soak_result = {}
+                for label, noop_soak in (("B no-op", True), ("C audit", False)):
+                    print(f"\nsoak: {soak:.0f} s at {FIXED_RATE} req/s on {label}...", flush=True)
+                    result = bench.soak(soak, s3 + "-soak", noop=noop_soak)
+                    marks = [v for k, v in result.items() if k.startswith("rss")]
+                    print(
+                        f"  {label} server RSS {marks[0]:.0f} MB at 60 s, {marks[1]:.0f} MB at "
+                        f"{soak:.0f} s: {result['growth'] * 100:+.1f}%"
+                    )
+                    soak_result[label] = result
         finally:
             bench.close()
     if args.json:

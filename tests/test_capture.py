@@ -281,7 +281,9 @@ def test_oversized_path_query_and_authority_are_truncated() -> None:
 
 def test_oversized_response_header_is_named_in_trunc() -> None:
     policy = RedactionPolicy(max_value_bytes=10)
-    fields = Capturer(policy).response(response_msg("503", [("x-trace", "t" * 50)]))
+    fields = Capturer(policy, response_headers=None).response(
+        response_msg("503", [("x-trace", "t" * 50)])
+    )
     assert fields["trunc"] == ["resp.headers.x-trace"]
     assert fields["resp"]["status"] == 503
 
@@ -392,7 +394,7 @@ def test_entry_fits_limit_with_100_headers_of_8kib(max_value_bytes: int) -> None
 
 def test_exchange_entry_fits_limit_with_big_request_and_response() -> None:
     # Observe mode: one entry carries both halves.
-    capturer = Capturer(RedactionPolicy())
+    capturer = Capturer(RedactionPolicy(), response_headers=None)
     fields = capturer.request(request_msg(_many_headers(100, 8 * 1024)))
     response = capturer.response(response_msg("200", _many_headers(100, 8 * 1024, "x-r")))
     fields.setdefault("trunc", []).extend(response.pop("trunc"))
@@ -416,7 +418,7 @@ def test_entry_fits_limit_with_huge_header_names() -> None:
     def big_names(prefix: str) -> list[Header]:
         return [(f"{prefix}{i}-" + "n" * 8 * 1024, "v") for i in range(7)]
 
-    capturer = Capturer(RedactionPolicy())
+    capturer = Capturer(RedactionPolicy(), response_headers=None)
     fields = capturer.request(request_msg(big_names("x-q")))
     fields.update(capturer.response(response_msg("200", big_names("x-r"))))
     assert len(sealed(fields)) <= entry.MAX_ENTRY_BYTES
@@ -470,3 +472,15 @@ def test_secrets_never_appear_in_encoded_entry(hmac_key: bytes | None) -> None:
         assert hmac_key not in encoded
     # The non-secret context survived.
     assert b"Bearer " in encoded and b"session=" in encoded and b"user=bob" in encoded
+
+
+def test_default_response_capture_keeps_status_and_listed_headers_only() -> None:
+    msg = response_msg(
+        "302",
+        [("location", "/login"), ("x-internal-trace", "abc"), ("set-cookie", "sid=SECRET; Path=/")],
+    )
+    resp = Capturer(RedactionPolicy()).response(msg)["resp"]
+    assert resp["status"] == 302
+    assert resp["headers"] == {"location": "/login", "set-cookie": "sid=[redacted]"}
+    everything = Capturer(RedactionPolicy(), response_headers=None).response(msg)["resp"]
+    assert everything["headers"]["x-internal-trace"] == "abc"

@@ -216,3 +216,23 @@ def test_second_writer_on_same_log_id_is_stopped_not_forked(make_stack: Any) -> 
     assert first.stop_server() == 0
     verify = run_cli("verify", first.store_url, "--vkey", _vkey(first))
     assert verify.returncode == 0, verify.stdout
+
+
+def test_workers_share_one_port_each_with_its_own_log(make_stack: Any) -> None:
+    """`serve --workers 2`: one port, two writers, two logs that each verify."""
+    stack = make_stack(log_id="pod", extra_args=["--workers", "2"]).start()
+    result = stack.send(40, concurrency=8)
+    assert len(result.request_ids) == 40
+    assert stack.stop_server() == 0, stack.server_log()
+    verify = run_cli("verify", stack.store_url, "--vkey", _vkey(stack))
+    assert verify.returncode == 0, verify.stdout
+    store = open_store(stack.store_url)
+    logs = {layout.parse_key("", o.key).log_id for o in store.list("logs/")}  # type: ignore[union-attr]
+    assert logs == {"pod-w0", "pod-w1"}
+    requests = [
+        e
+        for log_id in logs
+        for e in read_entries(stack.store_url, log_id)
+        if e["kind"] == "request"
+    ]
+    assert sorted(e["rid"] for e in requests) == sorted(result.request_ids)

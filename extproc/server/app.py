@@ -22,7 +22,7 @@ from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL
-from extproc.server.capture import Capturer
+from extproc.server.capture import DEFAULT_RESPONSE_HEADERS, Capturer
 from extproc.server.servicer import AuditServicer
 from extproc.store import RetentionPolicy, open_store
 
@@ -52,6 +52,7 @@ class ServeConfig:
     drain_timeout: float = 20.0
     reuse_port: bool = False  # set for `--workers`: several processes share the port
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
+    response_headers: frozenset[str] | None = DEFAULT_RESPONSE_HEADERS  # None: all
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -147,7 +148,8 @@ class AuditServer:
         # port would silently share it instead of failing to start.
         server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
         pb_grpc.add_ExternalProcessorServicer_to_server(
-            AuditServicer(audit_log, Capturer(cfg.redaction), cfg.mode), server
+            AuditServicer(audit_log, Capturer(cfg.redaction, cfg.response_headers), cfg.mode),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         host, port = _split_host_port(cfg.listen, "--listen")

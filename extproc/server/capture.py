@@ -25,6 +25,9 @@ REQUEST_ATTRIBUTES = (
 )
 _SOURCE_ATTRS = (("source.principal", "principal"), ("connection.uri_san_peer_certificate", "san"))
 XFCC = "x-forwarded-client-cert"
+DEFAULT_RESPONSE_HEADERS = frozenset(
+    {"content-type", "content-length", "location", "set-cookie", "www-authenticate"}
+)
 REQUEST_ID = "x-request-id"
 
 
@@ -57,11 +60,22 @@ def _attributes(msg: Any) -> dict[str, Any]:
 class Capturer:
     """Builds entry fields from header maps under a redaction policy."""
 
-    def __init__(self, policy: RedactionPolicy) -> None:
+    def __init__(
+        self,
+        policy: RedactionPolicy,
+        response_headers: frozenset[str] | None = DEFAULT_RESPONSE_HEADERS,
+    ) -> None:
         self.policy = policy
+        # Response headers worth keeping (None: all). Fewer headers, less work
+        # on the hot path; the status is always kept.
+        self.response_headers = response_headers
 
     def headers(
-        self, header_map: Any, section: str, trunc: list[str]
+        self,
+        header_map: Any,
+        section: str,
+        trunc: list[str],
+        keep: frozenset[str] | None = None,
     ) -> tuple[dict[str, str], dict[str, Any]]:
         """Split a HeaderMap into pseudo-headers and redacted, truncated headers."""
         policy = self.policy
@@ -69,6 +83,8 @@ class Capturer:
         headers: dict[str, Any] = {}
         for h in header_map.headers:
             name = h.key
+            if keep is not None and name not in keep and not name.startswith(":"):
+                continue
             value = _decode(h.raw_value, h.value)
             if name.startswith(":"):
                 pseudo[name] = value if isinstance(value, str) else ""
@@ -148,7 +164,9 @@ class Capturer:
     def response(self, msg: Any) -> dict[str, Any]:
         """Fields of the response part, from a response_headers message."""
         trunc: list[str] = []
-        pseudo, headers = self.headers(msg.response_headers.headers, "resp", trunc)
+        pseudo, headers = self.headers(
+            msg.response_headers.headers, "resp", trunc, self.response_headers
+        )
         status_text = pseudo.get(":status", "")
         resp: dict[str, Any] = {
             "status": int(status_text) if status_text.isdigit() else None,

@@ -87,6 +87,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._drops = _RateLimitedLog()
         self._streams = metrics.STREAMS.labels(mode)
         self._requests = metrics.ENTRIES.labels("request")
+        self._entries: dict[str, Any] = {}  # label children, bound once
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -196,7 +197,10 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             metrics.DROPPED.labels("backpressure").inc()
             self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
             return
-        metrics.ENTRIES.labels(fields["kind"]).inc()
+        counter = self._entries.get(fields["kind"])
+        if counter is None:
+            counter = self._entries[fields["kind"]] = metrics.ENTRIES.labels(fields["kind"])
+        counter.inc()
 
 
 class _StreamError(Exception):
