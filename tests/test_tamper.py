@@ -210,3 +210,13 @@ def test_empty_store_does_not_verify(tmp_path: Path, pristine: Pristine) -> None
     result = run_cli("verify", str(tmp_path), "--vkey", pristine.vkey)
     assert result.returncode == 1
     assert "no logs found" in result.stdout
+
+
+def test_deep_verification_parses_every_entry(pristine: Pristine, tmp_path: Path) -> None:
+    assert run_cli("verify", str(pristine.root), "--vkey", pristine.vkey, "--deep").returncode == 0
+    root = tmp_path / "store"
+    shutil.copytree(pristine.root, root)
+    _forge_entry(_local_bucket(root), pristine)
+    result = run_cli("verify", str(root), "--vkey", pristine.vkey, "--deep")
+    assert result.returncode == 1
+    assert "root hash does not match" in result.stdout

@@ -1,0 +1,73 @@
+"""The verifier's quick chain check against entries built to fool it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from extproc.core import entry
+from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
+from extproc.core.claim import Claim
+from extproc.core.layout import BundleName
+from extproc.core.merkle import CompactRange, leaf_hash
+from extproc.core.note import Signer
+from extproc.core.verify import LogChecker
+
+SIGNER = Signer.generate("verify-test")
+
+
+def _log(entries: list[dict[str, Any]]) -> tuple[bytes, bytes, bytes]:
+    """One bundle, its claim and a checkpoint over exactly these entries."""
+    lines, tree, prev = [], CompactRange(), ""
+    for seq, fields in enumerate(entries):
+        fields = {"v": 1, "seq": seq, "prev": prev, **fields}
+        line = entry.encode(fields)
+        leaf = leaf_hash(line)
+        tree.append(leaf)
+        prev = leaf.hex()
+        lines.append(line)
+    cp = Checkpoint("test/log", len(lines), tree.root(), make_extensions(1, "ab"))
+    claim = Claim(0, len(lines) - 1, prev, "ab").to_bytes()
+    return b"\n".join(lines) + b"\n", claim, sign_checkpoint(cp, SIGNER)
+
+
+def _check(data: bytes, claim: bytes, cp: bytes, count: int, *, deep: bool) -> list[str]:
+    checker = LogChecker("log", SIGNER.verifier())
+    checker.deep = deep
+    checker.add_checkpoint("cp", count, cp)
+    checker.add_claim("claim", 0, claim)
+    checker.add_bundle("bundle", BundleName(0, count - 1, False), data)
+    return [f.message for f in checker.finish().findings]
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["quick", "deep"])
+def test_writer_encoding_verifies(deep: bool) -> None:
+    data, claim, cp = _log([{"kind": "request", "rid": str(i)} for i in range(5)])
+    assert _check(data, claim, cp, 5, deep=deep) == []
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["quick", "deep"])
+def test_nested_object_before_prev_falls_back_to_full_parse(deep: bool) -> None:
+    # "a" sorts before "prev" and holds an object: the quick check must not
+    # trust the first "prev" it sees, the full parse decides (and accepts).
+    data, claim, cp = _log([{"a": {"prev": "decoy"}, "kind": "request"} for _ in range(3)])
+    assert _check(data, claim, cp, 3, deep=deep) == []
+
+
+def test_decoy_prev_in_nested_object_does_not_hide_a_broken_chain() -> None:
+    # A signed log whose top-level prev is wrong while a nested object earlier
+    # on the line carries the right value: the chain break is still found.
+    good, _, _ = _log([{"kind": "request"}, {"kind": "request"}])
+    first = good.split(b"\n")[0]
+    right = leaf_hash(first).hex()
+    bad = entry.encode(
+        {"a": {"prev": right}, "kind": "request", "prev": "00" * 32, "seq": 1, "v": 1}
+    )
+    data = first + b"\n" + bad + b"\n"
+    tree = CompactRange()
+    tree.extend([leaf_hash(first), leaf_hash(bad)])
+    cp = sign_checkpoint(Checkpoint("test/log", 2, tree.root(), make_extensions(1, "ab")), SIGNER)
+    claim = Claim(0, 1, leaf_hash(bad).hex(), "ab").to_bytes()
+    findings = _check(data, claim, cp, 2, deep=False)
+    assert any("prev hash mismatch" in f for f in findings), findings
