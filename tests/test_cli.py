@@ -99,3 +99,24 @@ def test_invalid_log_id_is_rejected(tmp_path: Path) -> None:
                      "--log-id", "bad/id", "--metrics-listen", "off")  # fmt: skip
     assert result.returncode == 2
     assert "invalid log id" in result.stderr
+
+
+@pytest.mark.s3
+def test_verify_missing_bucket_is_an_infrastructure_error(moto: MotoServer) -> None:
+    result = run_cli("verify", "s3://no-such-audit-bucket/x", "--vkey", VKEY)
+    assert result.returncode == 2
+    assert "bucket no-such-audit-bucket does not exist" in result.stderr
+
+
+@pytest.mark.s3
+def test_write_once_put_collides_on_s3(moto: MotoServer) -> None:
+    from extproc.errors import ObjectExistsError, ObjectNotFoundError
+    from extproc.store.s3 import S3Store
+
+    store = S3Store(moto.new_bucket(), "p")
+    store.put_once("p/a", b"first", None)
+    with pytest.raises(ObjectExistsError):
+        store.put_once("p/a", b"second", None)
+    assert store.get("p/a") == b"first"
+    with pytest.raises(ObjectNotFoundError):
+        store.get("p/missing")

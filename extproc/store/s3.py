@@ -10,6 +10,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -55,6 +56,23 @@ class S3Store:
     def _error(self, action: str, key: str, e: Exception) -> StorageError:
         detail = _code(e) if isinstance(e, ClientError) else type(e).__name__
         return StorageError(f"s3 {action} s3://{self.bucket}/{key} failed: {detail}: {e}")
+
+    @contextmanager
+    def _errors(self, action: str, key: str) -> Iterator[None]:
+        """Turn botocore errors into ours; none escapes, each names bucket and key."""
+        try:
+            yield
+        except ClientError as e:
+            code = _code(e)
+            if action == "put" and code in _EXISTS_CODES:
+                raise ObjectExistsError(key) from e
+            if action in ("get", "head") and code in _MISSING_CODES:
+                raise ObjectNotFoundError(key) from e
+            if code == "NoSuchBucket":
+                raise ConfigError(f"bucket {self.bucket} does not exist") from e
+            raise self._error(action, key, e) from e
+        except BotoCoreError as e:
+            raise self._error(action, key, e) from e
 
     def lock_configuration(self) -> dict[str, Any] | None:
         try:
@@ -107,50 +125,26 @@ class S3Store:
         if retention is not None:
             args["ObjectLockMode"] = retention.mode
             args["ObjectLockRetainUntilDate"] = retention.until
-        try:
+        with self._errors("put", key):
             self._s3.put_object(**args)
-        except ClientError as e:
-            if _code(e) in _EXISTS_CODES:
-                raise ObjectExistsError(key) from e
-            raise self._error("put", key, e) from e
-        except BotoCoreError as e:
-            raise self._error("put", key, e) from e
 
     def get(self, key: str) -> bytes:
-        try:
+        with self._errors("get", key):
             body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as e:
-            if _code(e) in _MISSING_CODES:
-                raise ObjectNotFoundError(key) from e
-            raise self._error("get", key, e) from e
-        except BotoCoreError as e:
-            raise self._error("get", key, e) from e
         return body
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        try:
+        with self._errors("list", prefix):
             paginator = self._s3.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"], int(obj["Size"]))
-        except ClientError as e:
-            if _code(e) == "NoSuchBucket":
-                raise ConfigError(f"bucket {self.bucket} does not exist") from e
-            raise self._error("list", prefix, e) from e
-        except BotoCoreError as e:
-            raise self._error("list", prefix, e) from e
 
     def retention(self, key: str) -> Retention | None:
         # head_object, not get_object_retention: it works on every S3 API we
         # test against (moto's get_object_retention is broken).
-        try:
+        with self._errors("head", key):
             head = self._s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if _code(e) in _MISSING_CODES:
-                raise ObjectNotFoundError(key) from e
-            raise self._error("head", key, e) from e
-        except BotoCoreError as e:
-            raise self._error("head", key, e) from e
         mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
         if not mode or not until:
             return None
