@@ -164,7 +164,10 @@ def test_sigkill_loses_no_acknowledged_entry(make_stack: Any) -> None:
     worker.join()
     acknowledged = set(results[0].request_ids)
     assert acknowledged, "no request completed before the kill"
-    assert stack.app.total == len(acknowledged)  # nothing reached upstream unacknowledged
+    # A request can reach upstream and still fail for the client (the server
+    # died between its request and response phases); it is logged all the same.
+    reached_upstream = set(stack.app.request_ids)
+    assert acknowledged <= reached_upstream
 
     stack.start_server()  # same WAL: the log resumes
     again = stack.send(10, concurrency=1)
@@ -177,6 +180,7 @@ def test_sigkill_loses_no_acknowledged_entry(make_stack: Any) -> None:
     assert [e["seq"] for e in entries] == list(range(len(entries)))
     logged = {e["rid"] for e in entries if e["kind"] == "request"}
     assert acknowledged | set(again.request_ids) <= logged
+    assert reached_upstream <= logged  # nothing reached upstream without a durable entry
 
 
 def test_published_layout_matches_the_contract(make_stack: Any) -> None:
