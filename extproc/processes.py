@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -66,9 +67,12 @@ def start_server(args: list[str], log_file: IO[bytes]) -> subprocess.Popen[bytes
 
 
 def wait_until(
-    check: object, what: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0
+    check: Callable[[], object],
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 30.0,
 ) -> None:
-    assert callable(check)
+    """Poll `check` until it returns true; fail if `proc` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

@@ -262,17 +262,6 @@ class AuditLog:
 
     # --- publication hand-off -------------------------------------------------------
 
-    def take(self, max_entries: int, max_bytes: int) -> list[Durable]:
-        """The oldest unpublished durable entries (not removed until `published`)."""
-        out: list[Durable] = []
-        size = 0
-        for d in self.unpublished:
-            if out and (len(out) >= max_entries or size + len(d.line) > max_bytes):
-                break
-            out.append(d)
-            size += len(d.line)
-        return out
-
     def mark_published(self, state: TreeState, count: int) -> None:
         """Drop `count` entries now covered by a checkpoint at `state.size`."""
         for _ in range(count):

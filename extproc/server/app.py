@@ -14,7 +14,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc import __version__, metrics
+from extproc import __version__
 from extproc.core import entry, layout
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import AuditError, ConfigError, StorageError
@@ -215,7 +215,6 @@ class AuditServer:
             )
         finally:
             audit_log.close()
-        metrics.FENCED.set(1 if publisher.fenced else 0)
         return status
 
 
