@@ -41,3 +41,34 @@ def load_signer(path: Path) -> Signer:
         return Signer.from_text(text)
     except ConfigError as e:
         raise ConfigError(f"signing key {path}: {e}") from None
+
+
+def ensure_signer(path: Path, name: str) -> tuple[Signer, bool]:
+    """The signer at `path`, created with `name` if the file does not exist yet.
+
+    For containers that generate their key into a volume on first start and
+    must keep it across restarts: an existing key is loaded, never replaced.
+    Returns (signer, created).
+    """
+    if path.exists():
+        return load_signer(path), False
+    signer = Signer.generate(name)
+    try:
+        write_signer(path, signer)
+    except ConfigError:
+        if path.exists():  # lost a race with another first start: use its key
+            return load_signer(path), False
+        raise
+    return signer, True
+
+
+def write_verifier_key(path: Path, signer: Signer) -> None:
+    """Write the public verifier key string (world-readable: it is public)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(signer.verifier().to_text() + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except OSError as e:
+        raise ConfigError(f"cannot write verifier key {path}: {e.strerror}") from e
