@@ -29,13 +29,17 @@ def write_signer(path: Path, signer: Signer, *, overwrite: bool = False) -> None
 
 def load_signer(path: Path) -> Signer:
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
         text = path.read_text()
     except FileNotFoundError as e:
         raise ConfigError(f"signing key {path} not found (create one with `keygen`)") from e
     except OSError as e:
         raise ConfigError(f"cannot read signing key {path}: {e.strerror}") from e
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning("signing key %s is writable by group or others; chmod 600 it", path)
+    elif st.st_uid == os.getuid() and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        # Only for our own files: a mounted Kubernetes Secret is root-owned and
+        # group-readable (fsGroup) by design, and we could not chmod it anyway.
         log.warning("signing key %s is readable by group or others; chmod 600 it", path)
     try:
         return Signer.from_text(text)
