@@ -1,0 +1,329 @@
+"""Inclusion and consistency proofs built from a log's published objects.
+
+Reads only what the auditor reads (bundles and signed checkpoints in the
+store), so a proof can be made by anyone with read access, offline from the
+writer. I/O lives here; proofs come from extproc.core.merkle and are checked
+with its verify_* before they are handed out.
+
+Cost: a proof against a checkpoint of size n needs the leaf hashes of all n
+entries (RFC 9162 proofs hash whole subtrees), so every bundle up to n is
+read once: O(n) reading, 32 bytes of memory per entry. Bundles are streamed
+one at a time; only their leaf hashes are kept, in a bounded LRU cache that
+the live proof API shares between requests (published bundles never change,
+so a cached leaf list never goes stale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import orjson
+
+from extproc.core import entry as entry_format
+from extproc.core import layout
+from extproc.core.checkpoint import Checkpoint, open_checkpoint
+from extproc.core.merkle import (
+    LEAF_PREFIX,
+    consistency_proof,
+    inclusion_proof,
+    root_of,
+    verify_consistency,
+    verify_inclusion,
+)
+from extproc.core.note import Verifier, parse_note
+from extproc.core.tlogproof import TlogProof
+from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
+from extproc.log.publisher import bundle_lines
+from extproc.store.base import ObjectStore
+
+DEFAULT_CACHE_LEAVES = 1 << 20  # 32 MiB of leaf hashes
+
+
+class EntryNotFoundError(ConfigError):
+    """The asked-for entry, size or log is not (yet) published in the store."""
+
+
+@dataclass(frozen=True)
+class Inclusion:
+    """Entry `index` with its inclusion proof under `checkpoint` (signed note `note`)."""
+
+    log_id: str
+    index: int
+    entry: bytes
+    hashes: tuple[bytes, ...]
+    checkpoint: Checkpoint
+    note: bytes
+
+    def to_proof(self) -> TlogProof:
+        return TlogProof(self.index, self.hashes, self.note, self.entry)
+
+
+@dataclass(frozen=True)
+class Consistency:
+    log_id: str
+    first: int
+    second: int
+    hashes: tuple[bytes, ...]
+    first_note: bytes | None  # signed checkpoints at those sizes, where published
+    second_note: bytes | None
+
+
+@dataclass
+class _LogObjects:
+    checkpoints: list[int] = field(default_factory=list)
+    bundles: list[tuple[str, layout.BundleName]] = field(default_factory=list)
+
+
+class LeafCache:
+    """LRU of per-bundle leaf hashes, bounded by the total number of leaves."""
+
+    def __init__(self, max_leaves: int = DEFAULT_CACHE_LEAVES) -> None:
+        self.max_leaves = max_leaves
+        self._items: OrderedDict[str, list[bytes]] = OrderedDict()
+        self._leaves = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> list[bytes] | None:
+        with self._lock:
+            leaves = self._items.get(key)
+            if leaves is not None:
+                self._items.move_to_end(key)
+            return leaves
+
+    def put(self, key: str, leaves: list[bytes]) -> None:
+        if len(leaves) > self.max_leaves:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = leaves
+            self._leaves += len(leaves)
+            while self._leaves > self.max_leaves:
+                _, old = self._items.popitem(last=False)
+                self._leaves -= len(old)
+
+
+def _lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+class Prover:
+    """Proofs for one log id in one store.
+
+    `verifier`: checkpoints that do not verify under it are skipped. Without
+    one (`prove` without --vkey) checkpoints are only parsed; the proof still
+    recomputes the root from the entries, and check-proof verifies the
+    signature.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        log_id: str,
+        verifier: Verifier | None = None,
+        cache: LeafCache | None = None,
+    ) -> None:
+        self.store = store
+        self.log_id = layout.validate_log_id(log_id)
+        self.verifier = verifier
+        self.cache = cache if cache is not None else LeafCache()
+
+    # --- objects --------------------------------------------------------------------
+
+    def _objects(self) -> _LogObjects:
+        objects = _LogObjects()
+        prefix = self.store.prefix
+        for obj in self.store.list(layout.log_prefix(prefix, self.log_id)):
+            name = layout.parse_key(prefix, obj.key)
+            if name is None or name.log_id != self.log_id:
+                continue
+            if name.kind == "checkpoint" and name.size is not None:
+                objects.checkpoints.append(name.size)
+            elif name.kind == "bundle" and name.bundle is not None:
+                objects.bundles.append((obj.key, name.bundle))
+        if not objects.checkpoints and not objects.bundles:
+            raise EntryNotFoundError(f"log {self.log_id} not found in {self.store.url}")
+        objects.checkpoints.sort()
+        objects.bundles.sort(key=lambda b: (b[1].first, b[1].last))
+        return objects
+
+    def _bundle_lines(self, key: str, name: layout.BundleName) -> list[bytes]:
+        lines = _lines(bundle_lines(self.store.get(key), compressed=name.gzip))
+        if len(lines) != name.last - name.first + 1:
+            raise VerificationError(f"{key}: bundle holds {len(lines)} entries, its name disagrees")
+        return lines
+
+    def _bundle_leaves(self, key: str, name: layout.BundleName) -> list[bytes]:
+        leaves = self.cache.get(key)
+        if leaves is None:
+            sha256 = hashlib.sha256
+            leaves = [sha256(LEAF_PREFIX + line).digest() for line in self._bundle_lines(key, name)]
+            self.cache.put(key, leaves)
+        return leaves
+
+    def _leaves(self, objects: _LogObjects, size: int) -> list[bytes]:
+        """Leaf hashes of entries [0, size), streamed bundle by bundle."""
+        leaves: list[bytes] = []
+        for key, name in objects.bundles:
+            if len(leaves) >= size:
+                break
+            if name.first != len(leaves):
+                raise VerificationError(
+                    f"log {self.log_id}: bundle {key} starts at {name.first}, expected "
+                    f"{len(leaves)} (missing or overlapping bundles; run verify)"
+                )
+            leaves.extend(self._bundle_leaves(key, name))
+        if len(leaves) < size:
+            raise VerificationError(
+                f"log {self.log_id}: checkpoint size {size} but only {len(leaves)} entries "
+                "published (run verify)"
+            )
+        return leaves[:size]
+
+    def _open(self, size: int) -> tuple[Checkpoint, bytes] | None:
+        """The checkpoint at `size` if it is usable: verifies (or parses) and names its size."""
+        key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
+        try:
+            note = self.store.get(key)
+        except ObjectNotFoundError:
+            return None
+        try:
+            if self.verifier is not None:
+                cp = open_checkpoint(note, self.verifier)
+            else:
+                cp = Checkpoint.from_text(parse_note(note)[0])
+        except VerificationError:
+            return None
+        if cp.size != size or not cp.origin.endswith(f"/{self.log_id}"):
+            return None
+        return cp, note
+
+    def _checkpoint(
+        self, objects: _LogObjects, at_least: int, tree_size: int | None
+    ) -> tuple[Checkpoint, bytes]:
+        if tree_size is not None:
+            found = self._open(tree_size) if tree_size in objects.checkpoints else None
+            if found is None:
+                raise EntryNotFoundError(
+                    f"log {self.log_id}: no valid signed checkpoint of size {tree_size}"
+                )
+            if tree_size < at_least:
+                raise EntryNotFoundError(
+                    f"log {self.log_id}: checkpoint size {tree_size} does not cover entry "
+                    f"{at_least - 1}"
+                )
+            return found
+        for size in reversed(objects.checkpoints):
+            if size < at_least:
+                break
+            if (found := self._open(size)) is not None:
+                return found
+        what = f"covers entry {at_least - 1}" if at_least else "is published"
+        raise EntryNotFoundError(f"log {self.log_id}: no valid signed checkpoint {what} yet")
+
+    # --- finding an entry -------------------------------------------------------------
+
+    def _entry_by_seq(self, objects: _LogObjects, seq: int) -> bytes:
+        for key, name in objects.bundles:
+            if name.first <= seq <= name.last:
+                return self._bundle_lines(key, name)[seq - name.first]
+        raise EntryNotFoundError(f"log {self.log_id}: entry {seq} is not published")
+
+    def _entry_by_request_id(self, objects: _LogObjects, rid: str) -> tuple[int, bytes]:
+        """The first entry (the request's own, before its response) with this `rid`.
+
+        Scans bundles newest first, since receipts are usually recent, then
+        takes the lowest seq in the first bundle that has any match. Cost: one
+        read per bundle newer than the entry.
+        """
+        # The writer encodes `rid` with orjson, so its bytes appear exactly so;
+        # the substring test only skips lines, the parse decides.
+        needle = b'"rid":' + orjson.dumps(rid)
+        for key, name in reversed(objects.bundles):
+            hits = [
+                (name.first + i, line)
+                for i, line in enumerate(self._bundle_lines(key, name))
+                if needle in line and entry_format.parse(line).get("rid") == rid
+            ]
+            if hits:
+                return hits[0]
+        raise EntryNotFoundError(f"log {self.log_id}: no published entry has request id {rid!r}")
+
+    # --- proofs -----------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> tuple[Checkpoint, bytes]:
+        """The newest valid signed checkpoint (checkpoint, signed note bytes)."""
+        return self._checkpoint(self._objects(), 0, None)
+
+    def inclusion(
+        self,
+        *,
+        seq: int | None = None,
+        request_id: str | None = None,
+        tree_size: int | None = None,
+    ) -> Inclusion:
+        """Entry `seq` (or the entry with `request_id`) proven under the newest
+        valid checkpoint covering it, or the one of `tree_size`."""
+        if (seq is None) == (request_id is None):
+            raise ConfigError("name the entry by seq or by request id (one of them)")
+        objects = self._objects()
+        if request_id is not None:
+            seq, data = self._entry_by_request_id(objects, request_id)
+        else:
+            assert seq is not None
+            if seq < 0:
+                raise ConfigError("seq must not be negative")
+            data = self._entry_by_seq(objects, seq)
+        cp, note = self._checkpoint(objects, seq + 1, tree_size)
+        leaves = self._leaves(objects, cp.size)
+        if root_of(leaves) != cp.root_hash:
+            raise VerificationError(
+                f"log {self.log_id}: published entries do not match the signed root of "
+                f"size {cp.size} (run verify)"
+            )
+        hashes = tuple(inclusion_proof(leaves, seq))
+        # The entry we return must be the leaf we prove.
+        verify_inclusion(
+            hashlib.sha256(LEAF_PREFIX + data).digest(), seq, cp.size, hashes, cp.root_hash
+        )
+        return Inclusion(self.log_id, seq, data, hashes, cp, note)
+
+    def consistency(self, first: int, second: int | None = None) -> Consistency:
+        """Proof that the tree of size `first` is a prefix of the tree of size
+        `second` (default: the newest valid checkpoint's size)."""
+        objects = self._objects()
+        latest = self._checkpoint(objects, 0, None)[0]
+        if second is None:
+            second = latest.size
+        if not 0 <= first <= second:
+            raise ConfigError(f"need 0 <= first <= second, got {first} and {second}")
+        if second > latest.size:
+            raise EntryNotFoundError(
+                f"log {self.log_id}: tree size {second} is not published yet "
+                f"(newest signed size {latest.size})"
+            )
+        leaves = self._leaves(objects, latest.size)
+        if root_of(leaves) != latest.root_hash:
+            raise VerificationError(
+                f"log {self.log_id}: published entries do not match the signed root of "
+                f"size {latest.size} (run verify)"
+            )
+        leaves = leaves[:second]
+        hashes = tuple(consistency_proof(leaves, first))
+        verify_consistency(first, second, root_of(leaves[:first]), root_of(leaves), hashes)
+        first_cp = self._open(first) if first in objects.checkpoints else None
+        second_cp = self._open(second) if second in objects.checkpoints else None
+        return Consistency(
+            self.log_id,
+            first,
+            second,
+            hashes,
+            first_cp[1] if first_cp else None,
+            second_cp[1] if second_cp else None,
+        )
