@@ -2,21 +2,44 @@
 
 Needs only read access to the store and the verifier key. I/O lives here;
 every decision is made by extproc.core.verify.
+
+On a versioned store (S3; Object Lock needs versioning) the auditor lists
+versions, not just current objects: an overwrite or a delete leaves the
+original version in place, so every key with more than one version or a
+delete marker is a finding, and the original (oldest) version is what gets
+verified. See docs/AUDITING.md for the threat model.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import os
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 from extproc.core import layout
+from extproc.core.checkpoint import open_checkpoint
 from extproc.core.note import Verifier
-from extproc.core.verify import ERROR, Finding, LogChecker, LogReport
-from extproc.errors import ObjectNotFoundError, VerificationError
+from extproc.core.state import AuditState, LogState
+from extproc.core.verify import (
+    ERROR,
+    Finding,
+    LogChecker,
+    LogReport,
+    check_against_state,
+    log_status,
+)
+from extproc.errors import ObjectNotFoundError, StorageError, VerificationError
 from extproc.log.publisher import bundle_lines
-from extproc.store.base import ObjectStore
+from extproc.store.base import ObjectStore, ObjectVersion, is_versioned
+
+DAY_S = 86400
 
 
 @dataclass
@@ -25,25 +48,140 @@ class LogObjects:
     bundles: list[tuple[str, layout.BundleName]] = field(default_factory=list)
     claims: list[tuple[str, int]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    # Versioned stores: key -> the original (oldest) version, which is what is read.
+    originals: dict[str, ObjectVersion] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # key -> size as listed
+    # Findings about versions (overwrites, delete markers), found while listing.
+    version_findings: list[Finding] = field(default_factory=list)
+
+
+def _add(logs: dict[str, LogObjects], stray: list[str], store: ObjectStore, key: str) -> str:
+    """File one key under its log; returns the log id ("" for a stray key)."""
+    name = layout.parse_key(store.prefix, key)
+    if name is None:
+        stray.append(key)
+        return ""
+    objects = logs[name.log_id]
+    if name.kind == "checkpoint" and name.size is not None:
+        objects.checkpoints.append((key, name.size))
+    elif name.kind == "bundle" and name.bundle is not None:
+        objects.bundles.append((key, name.bundle))
+    elif name.kind == "claim" and name.size is not None:
+        objects.claims.append((key, name.size))
+    else:
+        objects.unknown.append(key)
+    return name.log_id
 
 
 def list_logs(store: ObjectStore) -> tuple[dict[str, LogObjects], list[str]]:
-    """Group every object under <prefix>/logs/ by log id; also return stray keys."""
+    """Group every object under <prefix>/logs/ by log id; also return stray keys.
+
+    On a versioned store, keys are listed from their versions: a key hidden by
+    a delete marker is still there (its original is verified), and every
+    extra version or delete marker becomes a finding of its log.
+    """
     logs: dict[str, LogObjects] = defaultdict(LogObjects)
     stray: list[str] = []
-    for obj in store.list(layout.logs_prefix(store.prefix)):
-        name = layout.parse_key(store.prefix, obj.key)
-        if name is None:
-            stray.append(obj.key)
-        elif name.kind == "checkpoint" and name.size is not None:
-            logs[name.log_id].checkpoints.append((obj.key, name.size))
-        elif name.kind == "bundle" and name.bundle is not None:
-            logs[name.log_id].bundles.append((obj.key, name.bundle))
-        elif name.kind == "claim" and name.size is not None:
-            logs[name.log_id].claims.append((obj.key, name.size))
-        else:
-            logs[name.log_id].unknown.append(obj.key)
+    prefix = layout.logs_prefix(store.prefix)
+    if not is_versioned(store):
+        for obj in store.list(prefix):
+            if log_id := _add(logs, stray, store, obj.key):
+                logs[log_id].sizes[obj.key] = obj.size
+        return dict(logs), stray
+    by_key: dict[str, list[ObjectVersion]] = defaultdict(list)
+    for version in store.versions(prefix):  # type: ignore[attr-defined]
+        by_key[version.key].append(version)
+    for key, versions in sorted(by_key.items()):
+        real = [v for v in versions if not v.delete_marker]
+        markers = [v for v in versions if v.delete_marker]
+        log_id = _add(logs, stray, store, key)
+        if not log_id:
+            continue
+        objects = logs[log_id]
+        if not real:
+            objects.version_findings.append(
+                Finding(
+                    log_id, key, f"delete marker on a key the log never wrote: {_vlist(markers)}"
+                )
+            )
+            _forget(objects, key)
+            continue
+        objects.originals[key] = real[0]
+        objects.sizes[key] = real[0].size
+        if len(real) > 1:
+            objects.version_findings.append(
+                Finding(
+                    log_id,
+                    key,
+                    f"object overwritten after publication: original {_vlist(real[:1])}, "
+                    f"later {_vlist(real[1:])} (verifying the original)",
+                )
+            )
+        if markers:
+            objects.version_findings.append(
+                Finding(
+                    log_id,
+                    key,
+                    f"object deleted after publication: delete marker {_vlist(markers)} "
+                    "(verifying the original)",
+                )
+            )
     return dict(logs), stray
+
+
+def _forget(objects: LogObjects, key: str) -> None:
+    objects.checkpoints = [c for c in objects.checkpoints if c[0] != key]
+    objects.bundles = [b for b in objects.bundles if b[0] != key]
+    objects.claims = [c for c in objects.claims if c[0] != key]
+    objects.unknown = [u for u in objects.unknown if u != key]
+
+
+def _vlist(versions: list[ObjectVersion]) -> str:
+    return ", ".join(
+        f"{v.version_id} at {v.last_modified.isoformat() if v.last_modified else '?'}"
+        for v in versions
+    )
+
+
+@dataclass
+class AuditOptions:
+    """Everything a run can be asked for beyond the store and the key."""
+
+    origin_prefix: str | None = None
+    deep: bool = False
+    parallel: int = 8
+    state: AuditState | None = None  # previous run's state: verify incrementally
+    full: bool = False  # ignore the state's frontier, re-read everything (still compare)
+    min_retention_days: float | None = None
+    gap_threshold_s: float = 300.0
+    since_ms: int | None = None
+    until_ms: int | None = None
+    now_ms: int | None = None  # the clock, passed in (default: now)
+    on_total: Callable[[int], None] | None = None  # entries this run will hash
+    on_entries: Callable[[int], None] | None = None  # entries hashed so far (delta)
+
+
+@dataclass
+class AuditResult:
+    reports: list[LogReport]  # the logs to show (--since/--until may leave some out)
+    general: list[Finding]
+    state: AuditState  # the state to save if the run is valid
+    ok: bool  # every log verified (shown or not)
+    logs: int  # logs verified
+
+
+def _fingerprint(objects: LogObjects, key: str) -> str:
+    original = objects.originals.get(key)
+    return f"{objects.sizes.get(key, 0)}:{original.version_id if original else ''}"
+
+
+def _below(objects: LogObjects, base: int) -> list[str]:
+    """Keys wholly inside the first `base` entries (checked by an earlier run)."""
+    return (
+        [k for k, size in objects.checkpoints if size <= base]
+        + [k for k, first in objects.claims if first < base]
+        + [k for k, name in objects.bundles if name.last < base]
+    )
 
 
 def verify_log(
@@ -55,35 +193,142 @@ def verify_log(
     on_entries: Callable[[int], None] | None = None,
     *,
     deep: bool = False,
+    prior: LogState | None = None,
+    min_retention_days: float | None = None,
 ) -> LogReport:
+    """Verify one log; with `prior`, resume from the tree an earlier run verified."""
     checker = LogChecker(log_id, verifier, origin_prefix, deep=deep)
-    keys = [k for k, _ in objects.checkpoints + objects.claims] + [k for k, _ in objects.bundles]
+    versioned = is_versioned(store)
+
+    def read(key: str) -> bytes:
+        original = objects.originals.get(key)
+        if versioned and original is not None:
+            return store.get_version(key, original.version_id)  # type: ignore[attr-defined, no-any-return]
+        return store.get(key)
+
+    base = 0
+    if prior is not None:
+        base = prior.size
+        checker.resume(prior.tree(), prior.last_leaf)
+        _compare_old_objects(checker, objects, prior)
+    checker.report.findings.extend(objects.version_findings)
     for key in objects.unknown:
         checker.add_unknown(key)
-    for key, size in objects.checkpoints:
+    checkpoints = sorted(objects.checkpoints, key=lambda c: c[1])
+    if base:
+        # Only checkpoints from the verified size on; if none is left, the
+        # largest one there is (the evidence of a rollback).
+        newer = [c for c in checkpoints if c[1] >= base]
+        checkpoints = newer or checkpoints[-1:]
+    for key, size in checkpoints:
         try:
-            checker.add_checkpoint(key, size, store.get(key))
+            checker.add_checkpoint(key, size, read(key))
         except ObjectNotFoundError:
             checker.add_unknown(key)  # listed, then gone: report it, keep going
     for key, first in objects.claims:
+        if first < base:
+            continue
         try:
-            checker.add_claim(key, first, store.get(key))
+            checker.add_claim(key, first, read(key))
         except ObjectNotFoundError:
             checker.add_unknown(key)
     for key, name in sorted(objects.bundles, key=lambda b: (b[1].first, b[1].last)):
+        if name.last < base:
+            checker.add_bundle(key, name, b"")  # counted, not read
+            continue
         try:
-            data = bundle_lines(store.get(key), compressed=name.gzip)
+            data = bundle_lines(read(key), compressed=name.gzip)
         except VerificationError as e:
             checker.report.findings.append(Finding(log_id, key, str(e)))
             data = b""
+        except ObjectNotFoundError:
+            checker.add_unknown(key)
+            continue
         checker.add_bundle(key, name, data)
         if on_entries is not None:
             on_entries(name.last - name.first + 1)
     if store.supports_retention:
+        below = set(_below(objects, base)) if base else set()
+        keys = [k for k, _ in objects.checkpoints + objects.claims] + [
+            k for k, _ in objects.bundles
+        ]
         for key in keys:
-            if store.retention(key) is None:
-                checker.add_retention_missing(key)
-    return checker.finish()
+            if key not in below:  # older objects: checked when they were new
+                _check_retention(store, checker, key, objects, min_retention_days)
+    report = checker.finish()
+    if prior is not None:
+        report.findings.extend(
+            check_against_state(
+                log_id,
+                prior.size,
+                prior.root_hash,
+                prior.checkpoint,
+                report.latest,
+                report.latest_note,
+            )
+        )
+    return report
+
+
+def _compare_old_objects(checker: LogChecker, objects: LogObjects, prior: LogState) -> None:
+    """Objects below the verified size are compared with the state, not re-read."""
+    listed = set(_below(objects, prior.size))
+    for key in sorted(listed):
+        seen = prior.objects.get(key)
+        if seen is None:
+            checker.report.findings.append(
+                Finding(
+                    checker.log_id,
+                    key,
+                    "object appeared below the verified tree size "
+                    "since the last verified run (inserted)",
+                )
+            )
+        elif seen != _fingerprint(objects, key):
+            checker.report.findings.append(
+                Finding(
+                    checker.log_id,
+                    key,
+                    f"object changed since the last verified run "
+                    f"(was {seen}, now {_fingerprint(objects, key)})",
+                )
+            )
+    for key in sorted(set(prior.objects) - listed):
+        checker.report.findings.append(
+            Finding(checker.log_id, key, "object verified in the last run is gone (deleted)")
+        )
+
+
+def _check_retention(
+    store: ObjectStore,
+    checker: LogChecker,
+    key: str,
+    objects: LogObjects,
+    min_days: float | None,
+) -> None:
+    original = objects.originals.get(key)
+    if is_versioned(store):
+        try:
+            info = store.lock_info(key, original.version_id if original else None)  # type: ignore[attr-defined]
+        except ObjectNotFoundError:
+            return  # reported as missing already
+        retention, written = info.retention, info.last_modified
+    else:
+        retention, written = store.retention(key), None
+    if retention is None:
+        checker.add_retention_missing(key)
+        return
+    if min_days is not None and written is not None:
+        days = (retention.until - written).total_seconds() / DAY_S
+        if days < min_days - 1 / 24:  # an hour of slack for clock skew and rounding
+            checker.report.findings.append(
+                Finding(
+                    checker.log_id,
+                    key,
+                    f"object retained {days:.1f} days ({retention.mode} until "
+                    f"{retention.until.isoformat()}), less than the required {min_days:g}",
+                )
+            )
 
 
 def verify_store(
@@ -95,15 +340,154 @@ def verify_store(
     deep: bool = False,
 ) -> tuple[list[LogReport], list[Finding]]:
     """Verify every log under the store's prefix, several logs at a time."""
+    result = audit_store(
+        store, verifier, AuditOptions(origin_prefix=origin_prefix, parallel=parallel, deep=deep)
+    )
+    return result.reports, result.general
+
+
+def default_min_retention_days(store: ObjectStore) -> float | None:
+    """The bucket's default retention (days), if the store has one and it is readable."""
+    check = getattr(store, "lock_configuration", None)
+    if check is None:
+        return None
+    try:
+        config = check()
+    except StorageError:
+        return None
+    rule = (config or {}).get("Rule", {}).get("DefaultRetention")
+    if not rule:
+        return None
+    return float(rule.get("Days") or 365 * rule.get("Years", 0)) or None
+
+
+def audit_store(store: ObjectStore, verifier: Verifier, options: AuditOptions) -> AuditResult:
+    """Verify every log, incrementally from `options.state`; return reports and the new state."""
+    now_ms = options.now_ms
+    if now_ms is None:
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
     logs, stray = list_logs(store)
     general = [Finding("-", key, "object under logs/ with an invalid log id") for key in stray]
-    with ThreadPoolExecutor(max(1, parallel)) as pool:
-        futures = [
-            pool.submit(verify_log, store, log_id, objects, verifier, origin_prefix, deep=deep)
-            for log_id, objects in sorted(logs.items())
-        ]
-        reports = [f.result() for f in futures]
-    return reports, general
+    prior_state = options.state or AuditState()
+    for log_id in sorted(set(prior_state.logs) - set(logs)):
+        general.append(
+            Finding(log_id, "", "log verified in the last run has no objects any more (deleted)")
+        )
+    priors = {log_id: prior_state.logs.get(log_id) if not options.full else None for log_id in logs}
+    if options.on_total is not None:
+        total = 0
+        for log_id, objects in logs.items():
+            prior = priors[log_id]
+            base = prior.size if prior is not None else 0
+            total += sum(n.last - n.first + 1 for _, n in objects.bundles if n.last >= base)
+        options.on_total(total)
+
+    def one(log_id: str) -> LogReport:
+        objects = logs[log_id]
+        report = verify_log(
+            store,
+            log_id,
+            objects,
+            verifier,
+            options.origin_prefix,
+            options.on_entries,
+            deep=options.deep,
+            prior=priors[log_id],
+            min_retention_days=options.min_retention_days,
+        )
+        old = prior_state.logs.get(log_id)
+        if options.full and old is not None:
+            # --full re-reads everything but still holds the log to what was verified.
+            report.findings.extend(
+                check_against_state(
+                    log_id,
+                    old.size,
+                    old.root_hash,
+                    old.checkpoint,
+                    report.latest,
+                    report.latest_note,
+                )
+            )
+        checkpoints = list(report.valid)
+        if old is not None:
+            with contextlib.suppress(VerificationError):
+                checkpoints.append(open_checkpoint(old.checkpoint.encode(), verifier))
+        report.status = log_status(
+            checkpoints,
+            now_ms,
+            int(options.gap_threshold_s * 1000),
+            options.since_ms,
+            options.until_ms,
+        )
+        return report
+
+    with ThreadPoolExecutor(max(1, options.parallel)) as pool:
+        reports = list(pool.map(one, sorted(logs)))
+    state = _next_state(prior_state, reports, logs, now_ms)
+    ok = all_ok(reports, general)
+    shown = reports
+    if options.since_ms is not None or options.until_ms is not None:
+        # The window selects what is reported; hashing still covered every
+        # log (a tree is cumulative), and an invalid log is always shown.
+        shown = [r for r in reports if r.status is None or r.status.in_window or not r.ok]
+    return AuditResult(shown, general, state, ok, len(reports))
+
+
+def _next_state(
+    prior: AuditState, reports: list[LogReport], logs: dict[str, LogObjects], now_ms: int
+) -> AuditState:
+    """The state after this run: every valid log advanced to its latest checkpoint."""
+    state = AuditState(dict(prior.logs))
+    verified_at = datetime.fromtimestamp(now_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    for report in reports:
+        latest = report.latest
+        if latest is None or not report.ok:
+            continue
+        frontier = report.frontier
+        if frontier is None:
+            continue
+        tree, last_leaf = frontier
+        objects = logs[report.log_id]
+        state.logs[report.log_id] = LogState(
+            origin=latest.origin,
+            size=latest.size,
+            root_hash=latest.root_hash,
+            checkpoint=report.latest_note,
+            frontier=tree.hashes,
+            last_leaf=last_leaf,
+            verified_at=verified_at,
+            objects={k: _fingerprint(objects, k) for k in _below(objects, latest.size)},
+        )
+    return state
+
+
+def load_state(path: Path) -> AuditState:
+    """Read a state file; a missing file is an empty state (trust on first use)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return AuditState()
+    except OSError as e:
+        raise StorageError(f"cannot read state file {path}: {e.strerror}") from e
+    return AuditState.from_bytes(data)
+
+
+def save_state(path: Path, state: AuditState) -> None:
+    """Replace the state file atomically (temp file, fsync, rename)."""
+    directory = path.parent if str(path.parent) else Path()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(state.to_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+            Path(tmp).replace(path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                Path(tmp).unlink()
+    except OSError as e:
+        raise StorageError(f"cannot write state file {path}: {e.strerror}") from e
 
 
 def all_ok(reports: list[LogReport], general: list[Finding]) -> bool:
@@ -112,3 +496,90 @@ def all_ok(reports: list[LogReport], general: list[Finding]) -> bool:
         and all(r.ok for r in reports)
         and not any(f.severity == ERROR for f in general)
     )
+
+
+def parse_time_ms(text: str) -> int:
+    """--since/--until: RFC 3339 (`2026-11-26T16:00:00Z`) or a date (UTC midnight)."""
+    from extproc.errors import ConfigError
+
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as e:
+        raise ConfigError(f"not an RFC 3339 time or a date: {text!r}") from e
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _finding_json(f: Finding) -> dict[str, object]:
+    doc: dict[str, object] = {"severity": f.severity, "key": f.key, "message": f.message}
+    if f.evidence:
+        doc["evidence"] = list(f.evidence)
+    return doc
+
+
+def result_to_json(
+    result: AuditResult, store_url: str, retention_checked: bool
+) -> dict[str, object]:
+    """The `verify --format json` document (schema in docs/AUDITING.md)."""
+    logs = []
+    for r in result.reports:
+        status = r.status
+        latest = r.latest
+        logs.append(
+            {
+                "log_id": r.log_id,
+                "ok": r.ok,
+                "entries": r.entries,
+                "rehashed": r.rehashed,
+                "resumed_from": r.resumed_from,
+                "bundles": r.bundles,
+                "checkpoints": r.checkpoints,
+                "latest": None
+                if latest is None
+                else {
+                    "origin": latest.origin,
+                    "size": latest.size,
+                    "root": base64.b64encode(latest.root_hash).decode(),
+                    "time": _iso(latest.timestamp_ms),
+                    "writer": latest.writer,
+                    "final": latest.final,
+                    "note": r.latest_note,
+                },
+                "status": None
+                if status is None
+                else {
+                    "state": status.state,
+                    "newest": _iso(status.newest_ms),
+                    "age_seconds": status.age_s,
+                    "writers": status.writers,
+                    "gaps": [
+                        {
+                            "kind": g.kind,
+                            "start": _iso(g.start_ms),
+                            "end": _iso(g.end_ms),
+                            "seconds": g.seconds,
+                            "writer": g.writer,
+                        }
+                        for g in status.gaps
+                    ],
+                },
+                "findings": [_finding_json(f) for f in r.findings],
+            }
+        )
+    return {
+        "version": 1,
+        "store": store_url,
+        "valid": result.ok,
+        "logs_verified": result.logs,
+        "entries": sum(r.entries for r in result.reports),
+        "retention_checked": retention_checked,
+        "findings": [{"log_id": f.log_id, **_finding_json(f)} for f in result.general],
+        "logs": logs,
+    }

@@ -2,14 +2,20 @@
 
 One real log is produced once (Envoy + audit server), then each attack is
 applied to a fresh copy, on the local store and on moto's S3 server, and the
-real CLI must exit 1 naming what is wrong.
+real CLI must exit 1 naming what is wrong. On S3 (versioned, as Object Lock
+requires) an overwrite or a delete leaves the original version: the finding
+is the new version or the delete marker, and the original still verifies.
+A state file (`--state`) adds the attacks across runs: rollback and fork.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,8 @@ import pytest
 
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, sign_checkpoint
+from extproc.core.claim import Claim
+from extproc.core.merkle import CompactRange, leaf_hash
 from extproc.core.note import Signer, verify_note
 from extproc.keys import load_signer
 from tests.conftest import MotoServer, run_cli, stack_factory
@@ -120,15 +128,33 @@ def _checkpoint_renamed(b: Bucket, p: Pristine) -> str:
     return "its name says"
 
 
+def _insert_bundle(b: Bucket, p: Pristine) -> str:
+    # A validly named bundle that duplicates entries already in the log.
+    key = p.keys("bundle")[1]
+    name = layout.parse_key("", key)
+    assert name is not None and name.bundle is not None
+    b.write(layout.bundle_key("", p.log_id, name.bundle.first, name.bundle.last + 1), b.read(key))
+    return "overlaps entries already read"
+
+
+@dataclass(frozen=True)
+class Attack:
+    run: Callable[[Bucket, Pristine], str]  # returns the finding expected on a plain store
+    # On S3 the original version stays: what the auditor says instead (None: same).
+    on_s3: str | None = None
+
+
+OVERWRITTEN, DELETED = "object overwritten after publication", "object deleted after publication"
 ATTACKS = {
-    "bundle_byte_changed": _flip_byte,
-    "bundle_deleted": _delete_bundle,
-    "checkpoint_signed_by_another_key": _resign_checkpoint,
-    "bundles_swapped": _swap_bundles,
-    "entry_removed_from_bundle": _drop_entry,
-    "entry_rewritten": _forge_entry,
-    "foreign_object_under_log": _stray_object,
-    "checkpoint_replayed_under_other_size": _checkpoint_renamed,
+    "bundle_byte_changed": Attack(_flip_byte, OVERWRITTEN),
+    "bundle_deleted": Attack(_delete_bundle, DELETED),
+    "checkpoint_signed_by_another_key": Attack(_resign_checkpoint, OVERWRITTEN),
+    "bundles_swapped": Attack(_swap_bundles, OVERWRITTEN),
+    "entry_removed_from_bundle": Attack(_drop_entry, OVERWRITTEN),
+    "entry_rewritten": Attack(_forge_entry, OVERWRITTEN),
+    "foreign_object_under_log": Attack(_stray_object),
+    "checkpoint_replayed_under_other_size": Attack(_checkpoint_renamed),
+    "bundle_inserted": Attack(_insert_bundle),
 }
 
 
@@ -142,17 +168,43 @@ def _local_bucket(root: Path) -> Bucket:
     return Bucket(lambda k: (root / k).read_bytes(), write, lambda k: (root / k).unlink())
 
 
+def _upload(moto: MotoServer, root: Path, *, days: int = 1) -> tuple[str, Any, str]:
+    """A copy of a local store in a fresh Object Lock bucket: (bucket, client, url)."""
+    bucket = moto.new_bucket(days=days)
+    s3 = moto.s3()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            key = "audit/" + path.relative_to(root).as_posix()
+            s3.put_object(
+                Bucket=bucket, Key=key, Body=path.read_bytes(), ChecksumAlgorithm="SHA256"
+            )
+    return bucket, s3, f"s3://{bucket}/audit"
+
+
+def _s3_bucket(s3: Any, bucket: str) -> Bucket:
+    # moto does not enforce Object Lock, so it stands in for an attacker who
+    # writes over keys (a new version) or deletes them (a delete marker): what
+    # PutObject/DeleteObject permission allows even on a COMPLIANCE bucket.
+    return Bucket(
+        lambda k: s3.get_object(Bucket=bucket, Key="audit/" + k)["Body"].read(),
+        lambda k, d: s3.put_object(Bucket=bucket, Key="audit/" + k, Body=d,
+                                   ChecksumAlgorithm="SHA256"),
+        lambda k: s3.delete_object(Bucket=bucket, Key="audit/" + k),
+    )  # fmt: skip
+
+
 def test_pristine_log_verifies(pristine: Pristine) -> None:
     result = run_cli("verify", str(pristine.root), "--vkey", pristine.vkey)
     assert result.returncode == 0, result.stdout
     assert "VALID" in result.stdout
+    assert "status: closed" in result.stdout  # SIGTERM left a final checkpoint
 
 
 @pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
-def test_tampering_detected_local(attack: Any, pristine: Pristine, tmp_path: Path) -> None:
+def test_tampering_detected_local(attack: Attack, pristine: Pristine, tmp_path: Path) -> None:
     root = tmp_path / "store"
     shutil.copytree(pristine.root, root)
-    expected = attack(_local_bucket(root), pristine)
+    expected = attack.run(_local_bucket(root), pristine)
     result = run_cli("verify", str(root), "--vkey", pristine.vkey)
     assert result.returncode == 1, result.stdout
     assert expected in result.stdout
@@ -161,29 +213,66 @@ def test_tampering_detected_local(attack: Any, pristine: Pristine, tmp_path: Pat
 
 @pytest.mark.s3
 @pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
-def test_tampering_detected_s3(attack: Any, pristine: Pristine, moto: MotoServer) -> None:
-    bucket = moto.new_bucket()
-    s3 = moto.s3()
-    for path in sorted(pristine.root.rglob("*")):
-        if path.is_file():
-            key = "audit/" + path.relative_to(pristine.root).as_posix()
-            s3.put_object(
-                Bucket=bucket, Key=key, Body=path.read_bytes(), ChecksumAlgorithm="SHA256"
-            )
-    url = f"s3://{bucket}/audit"
+def test_tampering_detected_s3(attack: Attack, pristine: Pristine, moto: MotoServer) -> None:
+    bucket, s3, url = _upload(moto, pristine.root)
     assert run_cli("verify", url, "--vkey", pristine.vkey).returncode == 0
-    # moto does not enforce Object Lock, so it stands in for a bucket whose
-    # lock was bypassed (GOVERNANCE bypass, or a misconfigured bucket).
-    b = Bucket(
-        lambda k: s3.get_object(Bucket=bucket, Key="audit/" + k)["Body"].read(),
-        lambda k, d: s3.put_object(Bucket=bucket, Key="audit/" + k, Body=d,
-                                   ChecksumAlgorithm="SHA256"),
-        lambda k: s3.delete_object(Bucket=bucket, Key="audit/" + k),
-    )  # fmt: skip
-    expected = attack(b, pristine)
+    expected = attack.run(_s3_bucket(s3, bucket), pristine)
+    result = run_cli("verify", url, "--vkey", pristine.vkey, "--format", "json")
+    assert result.returncode == 1, result.stdout
+    doc = json.loads(result.stdout)
+    messages = [f["message"] for log in doc["logs"] for f in log["findings"]]
+    messages += [f["message"] for f in doc["findings"]]
+    assert any((attack.on_s3 or expected) in m for m in messages), messages
+    if attack.on_s3 is not None:
+        # The original versions are what got verified: the log itself is intact.
+        assert not any("root hash does not match" in m for m in messages), messages
+
+
+@pytest.mark.s3
+def test_new_version_over_checkpoint_names_both_versions_s3(
+    pristine: Pristine, moto: MotoServer
+) -> None:
+    bucket, s3, url = _upload(moto, pristine.root)
+    key = pristine.keys("checkpoint")[-1]
+    _resign_checkpoint(_s3_bucket(s3, bucket), pristine)
+    versions = s3.list_object_versions(Bucket=bucket, Prefix="audit/" + key)["Versions"]
+    assert len(versions) == 2
+    result = run_cli("verify", url, "--vkey", pristine.vkey)
+    assert result.returncode == 1
+    line = next(x for x in result.stdout.splitlines() if OVERWRITTEN in x)
+    assert all(v["VersionId"] in line for v in versions), line
+    assert "checkpoint does not verify" not in result.stdout  # the original was read
+
+
+@pytest.mark.s3
+def test_delete_marker_on_bundle_still_verifies_original_s3(
+    pristine: Pristine, moto: MotoServer
+) -> None:
+    bucket, s3, url = _upload(moto, pristine.root)
+    s3.delete_object(Bucket=bucket, Key="audit/" + pristine.keys("bundle")[1])
+    result = run_cli("verify", url, "--vkey", pristine.vkey)
+    assert result.returncode == 1
+    assert DELETED in result.stdout
+    assert "are missing" not in result.stdout  # the hidden original was read
+
+
+@pytest.mark.s3
+def test_short_retention_is_a_finding_s3(pristine: Pristine, moto: MotoServer) -> None:
+    bucket, s3, url = _upload(moto, pristine.root, days=30)
+    assert run_cli("verify", url, "--vkey", pristine.vkey).returncode == 0
+    # Shortened retention (moto does not refuse it; a GOVERNANCE bypass would).
+    key = "audit/" + pristine.keys("bundle")[0]
+    s3.put_object_retention(
+        Bucket=bucket,
+        Key=key,
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": datetime.now(UTC) + timedelta(days=2)},
+        BypassGovernanceRetention=True,
+    )
     result = run_cli("verify", url, "--vkey", pristine.vkey)
     assert result.returncode == 1, result.stdout
-    assert expected in result.stdout
+    assert "less than the required 30" in result.stdout
+    explicit = run_cli("verify", url, "--vkey", pristine.vkey, "--min-retention-days", "1")
+    assert explicit.returncode == 0, explicit.stdout
 
 
 @pytest.mark.s3
@@ -220,3 +309,159 @@ def test_deep_verification_parses_every_entry(pristine: Pristine, tmp_path: Path
     result = run_cli("verify", str(root), "--vkey", pristine.vkey, "--deep")
     assert result.returncode == 1
     assert "root hash does not match" in result.stdout
+
+
+# --- Across runs: the state file (trust on first use, then incremental) --------
+
+
+def _sizes(p: Pristine) -> list[int]:
+    return [int(k.rsplit("/", 1)[1]) for k in p.keys("checkpoint")]
+
+
+def _truncated(p: Pristine, dest: Path, size: int) -> Path:
+    """The store as it was when the checkpoint at `size` was the latest."""
+
+    def keep(path: Path) -> bool:
+        name = layout.parse_key("", path.relative_to(p.root).as_posix())
+        assert name is not None
+        if name.kind == "checkpoint":
+            return name.size is not None and name.size <= size
+        if name.kind == "claim":
+            return name.size is not None and name.size < size
+        return name.bundle is not None and name.bundle.last < size
+
+    for path in p.root.rglob("*"):
+        if path.is_file() and keep(path):
+            target = dest / path.relative_to(p.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    return dest
+
+
+def _forked(p: Pristine, dest: Path) -> Path:
+    """Another log of the same size, signed with the real key (the key leaked):
+    the last entry rewritten, its claim and the latest checkpoint redone."""
+    shutil.copytree(p.root, dest)
+    b = _local_bucket(dest)
+    last_bundle = p.keys("bundle")[-1]
+    lines = b.read(last_bundle).splitlines(keepends=True)
+    lines[-1] = lines[-1].replace(b'"stop"', b'"stap"')
+    assert b'"stap"' in lines[-1]
+    b.write(last_bundle, b"".join(lines))
+    leaves = [leaf_hash(line.rstrip(b"\n")) for k in p.keys("bundle")
+              for line in b.read(k).splitlines(keepends=True)]  # fmt: skip
+    tree = CompactRange()
+    tree.extend(leaves)
+    name = layout.parse_key("", last_bundle)
+    assert name is not None and name.bundle is not None
+    claim_key = layout.claim_key("", p.log_id, name.bundle.first)
+    old_claim = Claim.from_bytes(b.read(claim_key))
+    b.write(claim_key, Claim(old_claim.first, old_claim.last, leaves[-1].hex(),
+                             old_claim.writer).to_bytes())  # fmt: skip
+    cp_key = p.keys("checkpoint")[-1]
+    cp = Checkpoint.from_text(verify_note(b.read(cp_key), p.signer.verifier()))
+    assert cp.size == len(leaves)
+    b.write(cp_key, sign_checkpoint(Checkpoint(cp.origin, cp.size, tree.root(), cp.extensions),
+                                    p.signer))  # fmt: skip
+    return dest
+
+
+def _verify_state(url: str, p: Pristine, state: Path, *extra: str) -> Any:
+    return run_cli("verify", url, "--vkey", p.vkey, "--state", str(state), *extra)
+
+
+def test_incremental_run_rehashes_only_new_entries(pristine: Pristine, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    mid = _sizes(pristine)[len(_sizes(pristine)) // 2]
+    old = _truncated(pristine, tmp_path / "old", mid)
+    first = _verify_state(str(old), pristine, state)
+    assert first.returncode == 0, first.stdout
+    record = json.loads(state.read_text())["logs"][pristine.log_id]
+    assert record["size"] == mid
+    assert (
+        base64.b64decode(record["root"])
+        == Checkpoint.from_text(
+            verify_note(record["checkpoint"].encode(), pristine.signer.verifier())
+        ).root_hash
+    )
+    second = _verify_state(str(pristine.root), pristine, state, "--format", "json")
+    assert second.returncode == 0, second.stdout
+    log = json.loads(second.stdout)["logs"][0]
+    total = _sizes(pristine)[-1]
+    assert (log["resumed_from"], log["rehashed"], log["entries"]) == (mid, total - mid, total)
+    assert json.loads(state.read_text())["logs"][pristine.log_id]["size"] == total
+    # A third run has nothing new to hash and still verifies.
+    third = _verify_state(str(pristine.root), pristine, state, "--format", "json")
+    assert json.loads(third.stdout)["logs"][0]["rehashed"] == 0
+
+
+def test_checkpoint_rollback_against_state_detected(pristine: Pristine, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    assert _verify_state(str(pristine.root), pristine, state).returncode == 0
+    saved = state.read_bytes()
+    older = _truncated(pristine, tmp_path / "older", _sizes(pristine)[-2])
+    result = _verify_state(str(older), pristine, state)
+    assert result.returncode == 1, result.stdout
+    assert "rollback: latest checkpoint has tree size" in result.stdout
+    assert result.stdout.count("evidence:") == 2  # both signed checkpoints shown
+    assert state.read_bytes() == saved  # an invalid run never moves the state
+
+
+def test_fork_against_state_detected(pristine: Pristine, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    fork = _forked(pristine, tmp_path / "fork")
+    assert _verify_state(str(fork), pristine, state).returncode == 0  # self-consistent
+    result = _verify_state(str(pristine.root), pristine, state, "--format", "json")
+    assert result.returncode == 1, result.stdout
+    findings = json.loads(result.stdout)["logs"][0]["findings"]
+    fork_finding = next(f for f in findings if f["message"].startswith("fork:"))
+    assert len(fork_finding["evidence"]) == 2
+    assert fork_finding["evidence"][0] != fork_finding["evidence"][1]
+
+
+def test_old_bundle_replaced_after_state_detected(pristine: Pristine, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    root = tmp_path / "store"
+    shutil.copytree(pristine.root, root)
+    assert _verify_state(str(root), pristine, state).returncode == 0
+    _drop_entry(_local_bucket(root), pristine)  # below the verified size: not re-read
+    result = _verify_state(str(root), pristine, state)
+    assert result.returncode == 1, result.stdout
+    assert "object changed since the last verified run" in result.stdout
+    full = _verify_state(str(root), pristine, state, "--full")
+    assert "entries, its name says" in full.stdout  # --full re-reads and finds the detail
+
+
+@pytest.mark.s3
+def test_rollback_and_fork_against_state_detected_s3(
+    pristine: Pristine, moto: MotoServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    _, _, url = _upload(moto, pristine.root)
+    assert _verify_state(url, pristine, state).returncode == 0
+    _, _, older = _upload(moto, _truncated(pristine, tmp_path / "older", _sizes(pristine)[-2]))
+    assert "rollback:" in _verify_state(older, pristine, state).stdout
+    _, _, forked = _upload(moto, _forked(pristine, tmp_path / "fork"))
+    result = _verify_state(forked, pristine, state)
+    assert result.returncode == 1
+    assert "fork: checkpoint at tree size" in result.stdout
+
+
+def test_since_until_select_logs_active_in_window(pristine: Pristine) -> None:
+    before = run_cli("verify", str(pristine.root), "--vkey", pristine.vkey, "--until", "2001-01-01")
+    assert before.returncode == 0, before.stdout
+    assert "no log was active" in before.stdout
+    now = run_cli("verify", str(pristine.root), "--vkey", pristine.vkey, "--since", "2001-01-01")
+    assert f"log {pristine.log_id}: OK" in now.stdout
+
+
+def test_json_output_schema(pristine: Pristine) -> None:
+    result = run_cli("verify", str(pristine.root), "--vkey", pristine.vkey, "--format", "json")
+    assert result.returncode == 0
+    doc = json.loads(result.stdout)
+    assert doc["valid"] is True and doc["logs_verified"] == 1
+    log = doc["logs"][0]
+    assert log["status"]["state"] == "closed"
+    assert log["latest"]["final"] is True
+    assert log["latest"]["size"] == log["entries"] == _sizes(pristine)[-1]
+    assert log["findings"] == []

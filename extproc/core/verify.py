@@ -9,6 +9,7 @@ reports every problem it can see.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 
 from extproc.core import entry
@@ -54,6 +55,9 @@ class Finding:
     key: str  # the object concerned, "" for the log as a whole
     message: str
     severity: str = ERROR
+    # What proves it, for findings that compare two views (fork, rollback):
+    # the signed notes as published, so they can be shown to a third party.
+    evidence: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         where = f"{self.key}: " if self.key else ""
@@ -68,6 +72,14 @@ class LogReport:
     checkpoints: int = 0  # valid signed checkpoints
     latest: Checkpoint | None = None
     findings: list[Finding] = field(default_factory=list)
+    rehashed: int = 0  # entries hashed by this run (the rest came from the state file)
+    resumed_from: int = 0  # tree size the run resumed at (0: from scratch)
+    valid: list[Checkpoint] = field(default_factory=list)  # every valid checkpoint read
+    latest_note: str = ""  # the latest checkpoint's signed note text
+    status: LogStatus | None = None
+    # Frontier and last leaf hex at the latest checkpoint, if its root matched:
+    # what the state file keeps so that the next run can resume.
+    frontier: tuple[CompactRange, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,6 +109,23 @@ class LogChecker:
         self._tree = CompactRange()
         self._prev = ""
         self._gap = False
+        self._base = 0  # entries below this were verified by an earlier run
+        # tree size -> (frontier, last leaf hex) at each checkpoint whose root matched
+        self._verified: dict[int, tuple[CompactRange, str]] = {0: (CompactRange(), "")}
+
+    def resume(self, tree: CompactRange, last_leaf: str) -> None:
+        """Start from a tree an earlier run verified (the state file's frontier).
+
+        Call before anything else. Bundles wholly below `tree.size` are then
+        counted but not read; checkpoints below it are checked for signature
+        and origin only (their roots were checked by that earlier run).
+        """
+        self._tree = tree.copy()
+        self._prev = last_leaf
+        self._base = tree.size
+        self.report.entries = tree.size
+        self.report.resumed_from = tree.size
+        self._verified = {tree.size: (tree.copy(), last_leaf)}
 
     def _find(self, key: str, message: str, severity: str = ERROR) -> None:
         self.report.findings.append(Finding(self.log_id, key, message, severity))
@@ -109,6 +138,7 @@ class LogChecker:
 
     def add_checkpoint(self, key: str, size: int, data: bytes) -> None:
         try:
+            note = data.decode("utf-8", "replace")
             cp = open_checkpoint(data, self.verifier)
         except VerificationError as e:
             self._find(key, f"checkpoint does not verify: {e}")
@@ -124,18 +154,24 @@ class LogChecker:
         if cp.size != size:
             self._find(key, f"checkpoint says tree size {cp.size}, its name says {size}")
             return
-        self._checkpoints[size] = (key, cp)
         self.report.checkpoints += 1
+        self.report.valid.append(cp)
         if self.report.latest is None or cp.size > self.report.latest.size:
             self.report.latest = cp
-        if size == 0:
-            self._check_root(0)
+            self.report.latest_note = note
+        if size < self._base:
+            return  # its root was checked when the entries below the base were read
+        self._checkpoints[size] = (key, cp)
+        if size == self._base:
+            self._check_root(size)
 
     def add_claim(self, key: str, first: int, data: bytes) -> None:
         try:
             claim = Claim.from_bytes(data)
         except VerificationError as e:
             self._find(key, f"claim is malformed: {e}")
+            return
+        if first < self._base:
             return
         if claim.first != first:
             self._find(
@@ -159,6 +195,8 @@ class LogChecker:
         """`lines_data`: the bundle's newline-terminated lines (decompressed)."""
         report = self.report
         report.bundles += 1
+        if name.last < self._base:
+            return  # verified by an earlier run
         if self._gap:
             self._claims.pop(name.first, None)
             return
@@ -193,11 +231,13 @@ class LogChecker:
         for size in sorted(s for s in self._checkpoints if first < s <= first + len(leaves)):
             tree.extend(leaves[done : size - first])
             done = size - first
-            self._check_root(size)
+            if self._check_root(size) and size == max(self._checkpoints):
+                self._verified[size] = (tree.copy(), leaves[done - 1].hex())
         tree.extend(leaves[done:])
         if leaves:
             self._prev = leaves[-1].hex()
         report.entries = first + len(leaves)
+        report.rehashed += len(leaves)
 
     def _check_entry(self, key: str, line: bytes, seq: int, prev: str) -> None:
         """The full JSON parse of one entry, with findings that say what is wrong."""
@@ -211,14 +251,24 @@ class LogChecker:
         if fields["prev"] != prev:
             self._find(key, f"entry {seq}: prev hash mismatch (hash chain broken)")
 
-    def _check_root(self, size: int) -> None:
+    def _check_root(self, size: int) -> bool:
         key, cp = self._checkpoints[size]
-        if self._tree.root() != cp.root_hash:
+        if self._tree.root() == cp.root_hash:
+            return True
+        if self._base and size >= self._base:
+            self._find(
+                key,
+                f"root hash does not match the entries (signed tree size {size}): "
+                f"not consistent with the tree of size {self._base} verified earlier "
+                "(entries changed, or a fork)",
+            )
+        else:
             self._find(
                 key,
                 f"root hash does not match the entries (signed tree size {size}): "
                 "entries were changed, removed, reordered or inserted",
             )
+        return False
 
     def finish(self) -> LogReport:
         report = self.report
@@ -240,6 +290,8 @@ class LogChecker:
                     "read in order: entries are missing",
                 )
         latest = report.latest
+        if latest is not None:
+            report.frontier = self._verified.get(latest.size)
         if latest is None:
             if report.entries or report.bundles:
                 self._find("", "no valid signed checkpoint: nothing here can be trusted")
@@ -251,3 +303,128 @@ class LogChecker:
                 WARNING,
             )
         return report
+
+
+def check_against_state(
+    log_id: str,
+    prior_size: int,
+    prior_root: bytes,
+    prior_note: str,
+    latest: Checkpoint | None,
+    latest_note: str,
+) -> list[Finding]:
+    """Compare the latest checkpoint with the one a previous run verified.
+
+    A smaller tree is a rollback, the same size with another root a fork;
+    both findings carry the two signed notes. A larger tree is checked by
+    extending the verified frontier (LogChecker.resume), not here.
+    """
+    if latest is None:
+        return []
+    evidence = (prior_note, latest_note)
+    if latest.size < prior_size:
+        return [
+            Finding(
+                log_id,
+                "",
+                f"rollback: latest checkpoint has tree size {latest.size}, smaller than "
+                f"size {prior_size} verified earlier (state file)",
+                ERROR,
+                evidence,
+            )
+        ]
+    if latest.size == prior_size and latest.root_hash != prior_root:
+        return [
+            Finding(
+                log_id,
+                "",
+                f"fork: checkpoint at tree size {prior_size} has another root than the one "
+                "verified earlier (state file): two versions of the log are signed",
+                ERROR,
+                evidence,
+            )
+        ]
+    return []
+
+
+# --- Log status: closed or open, age, and gaps in publication ------------------
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stretch of time in which the log published nothing.
+
+    kind: `quiet` (one writer run, no checkpoint for longer than the
+    threshold: no traffic, or the writer hung; the log cannot tell which),
+    `stopped` (the writer shut down cleanly, the next run started later),
+    `crash` (a writer run ended without a final checkpoint; the next run
+    started at most `end_ms`).
+    """
+
+    start_ms: int
+    end_ms: int
+    kind: str
+    writer: str  # the writer run before the gap
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_ms - self.start_ms) / 1000
+
+
+@dataclass
+class LogStatus:
+    state: str  # closed (newest checkpoint is final) | open | empty
+    newest_ms: int | None = None  # `time` of the newest checkpoint
+    age_s: float | None = None  # now - newest_ms
+    writers: list[str] = field(default_factory=list)  # writer runs, in log order
+    gaps: list[Gap] = field(default_factory=list)
+    in_window: bool = True  # the log was active during --since/--until
+
+
+def log_status(
+    checkpoints: list[Checkpoint],
+    now_ms: int,
+    gap_threshold_ms: int,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> LogStatus:
+    """Status of one log from its valid checkpoints (pure: the caller passes the clock).
+
+    Only checkpoints with a `time` line count for times. Gaps are reported
+    when they overlap [since, until]; the log is `in_window` if its span of
+    checkpoint times (up to now while open) overlaps the window.
+    """
+    ordered = sorted(checkpoints, key=lambda c: (c.size, c.timestamp_ms or 0))
+    if not ordered:
+        return LogStatus("empty", in_window=since_ms is None and until_ms is None)
+    newest = ordered[-1]
+    status = LogStatus("closed" if newest.final else "open")
+    timed = [c for c in ordered if c.timestamp_ms is not None]
+    if timed:
+        status.newest_ms = max(c.timestamp_ms or 0 for c in timed)
+        status.age_s = max(0, now_ms - status.newest_ms) / 1000
+    for cp in ordered:
+        if cp.writer and (not status.writers or status.writers[-1] != cp.writer):
+            status.writers.append(cp.writer)
+    for a, b in itertools.pairwise(timed):
+        t0, t1 = a.timestamp_ms or 0, b.timestamp_ms or 0
+        if a.writer != b.writer:
+            kind = "stopped" if a.final else "crash"
+        elif t1 - t0 > gap_threshold_ms:
+            kind = "quiet"
+        else:
+            continue
+        if kind == "stopped" and t1 - t0 <= gap_threshold_ms:
+            continue  # a quick clean restart is not a gap worth reporting
+        status.gaps.append(Gap(t0, t1, kind, a.writer or ""))
+    if timed and status.state == "open" and now_ms - (status.newest_ms or 0) > gap_threshold_ms:
+        # Still open and silent up to now: quiet, hung, or crashed without a final.
+        status.gaps.append(Gap(status.newest_ms or 0, now_ms, "quiet", newest.writer or ""))
+    lo = since_ms if since_ms is not None else -1
+    hi = until_ms if until_ms is not None else 1 << 62
+    status.gaps = [g for g in status.gaps if g.end_ms >= lo and g.start_ms <= hi]
+    if timed:
+        first = min(c.timestamp_ms or 0 for c in timed)
+        last = now_ms if status.state == "open" else status.newest_ms or 0
+        status.in_window = first <= hi and last >= lo
+    return status

@@ -62,3 +62,51 @@ class ObjectStore(Protocol):
     def retention(self, key: str) -> Retention | None:
         """The Object Lock retention of `key` (None: none)."""
         ...
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of a key in a versioned store (S3 with versioning, as Object Lock needs).
+
+    A write-once log has exactly one version per key; a second version or a
+    delete marker is someone writing over or hiding a published object.
+    """
+
+    key: str
+    version_id: str
+    last_modified: datetime | None
+    size: int = 0
+    etag: str = ""
+    delete_marker: bool = False
+    is_latest: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectLockInfo:
+    """What HEAD says about one object version: its retention and when it was written."""
+
+    retention: Retention | None
+    last_modified: datetime | None
+
+
+class VersionedStore(ObjectStore, Protocol):
+    """A store that keeps every version of a key (S3); the auditor reads the oldest."""
+
+    supports_versions: bool
+
+    def versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """Every version and delete marker under `prefix`, oldest first per key."""
+        ...
+
+    def get_version(self, key: str, version_id: str) -> bytes:
+        """Read one version of `key`; raise ObjectNotFoundError if absent."""
+        ...
+
+    def lock_info(self, key: str, version_id: str | None = None) -> ObjectLockInfo:
+        """Retention and write time of one version (the current one if None)."""
+        ...
+
+
+def is_versioned(store: ObjectStore) -> bool:
+    """True if `store` lists versions and delete markers (see VersionedStore)."""
+    return bool(getattr(store, "supports_versions", False))

@@ -18,6 +18,7 @@ from extproc.store.base import ObjectInfo, Retention, RetentionPolicy
 
 class LocalStore:
     supports_retention = False
+    supports_versions = False  # a directory keeps one version: a rewrite leaves no trace
 
     def __init__(self, root: Path, prefix: str = "") -> None:
         self.root = root

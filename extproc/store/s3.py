@@ -18,7 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from extproc.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StorageError
-from extproc.store.base import ObjectInfo, Retention, RetentionPolicy
+from extproc.store.base import ObjectInfo, ObjectLockInfo, ObjectVersion, Retention, RetentionPolicy
 
 # S3 answers a lost If-None-Match race with 412, or 409 while a conflicting
 # upload is still in flight.
@@ -46,6 +46,7 @@ def s3_client() -> Any:
 
 class S3Store:
     supports_retention = True
+    supports_versions = True
 
     def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
         self.bucket = bucket
@@ -149,6 +150,63 @@ class S3Store:
         if not mode or not until:
             return None
         return Retention(str(mode), until)
+
+    def versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """Every version and delete marker under `prefix`, oldest first per key.
+
+        S3 lists a key's versions newest first; that order, not LastModified
+        (which ties at one-second resolution on some servers), decides which
+        version is the original.
+        """
+        found: dict[str, list[ObjectVersion]] = {}
+        with self._errors("list-versions", prefix):
+            paginator = self._s3.get_paginator("list_object_versions")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for v in page.get("Versions", []):
+                    found.setdefault(v["Key"], []).append(
+                        ObjectVersion(
+                            v["Key"],
+                            str(v.get("VersionId") or "null"),
+                            v.get("LastModified"),
+                            int(v.get("Size", 0)),
+                            str(v.get("ETag", "")),
+                            is_latest=bool(v.get("IsLatest")),
+                        )
+                    )
+                for m in page.get("DeleteMarkers", []):
+                    found.setdefault(m["Key"], []).append(
+                        ObjectVersion(
+                            m["Key"],
+                            str(m.get("VersionId") or "null"),
+                            m.get("LastModified"),
+                            delete_marker=True,
+                            is_latest=bool(m.get("IsLatest")),
+                        )
+                    )
+        for key in sorted(found):
+            listed = found[key]
+            real = [v for v in listed if not v.delete_marker][::-1]  # oldest first
+            markers = [v for v in listed if v.delete_marker]
+            yield from real
+            yield from sorted(markers, key=lambda m: (m.last_modified is None, m.last_modified))
+
+    def get_version(self, key: str, version_id: str) -> bytes:
+        with self._errors("get", key):
+            response = self._s3.get_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            body: bytes = response["Body"].read()
+        return body
+
+    def lock_info(self, key: str, version_id: str | None = None) -> ObjectLockInfo:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        # "null" is the one version of an unversioned bucket (no Object Lock):
+        # HEAD it plainly, some S3 servers refuse versionId=null there.
+        if version_id is not None and version_id != "null":
+            args["VersionId"] = version_id
+        with self._errors("head", key):
+            head = self._s3.head_object(**args)
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        retention = Retention(str(mode), until) if mode and until else None
+        return ObjectLockInfo(retention, head.get("LastModified"))
 
     def bucket_exists(self) -> bool:
         try:
