@@ -1,0 +1,434 @@
+"""Search published bundles for entries, verifying the log as it is read.
+
+Streams: one bundle (at most --bundle-max-bytes, 16 MiB by default) per
+fetch in flight, plus a bounded map of request entries waiting for their
+response, so memory does not grow with the log. Matching rules are in
+docs/SEARCH.md; every decision about validity is made by
+extproc.core.verify.LogChecker, exactly as `verify` makes it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+
+from extproc.auditor import LogObjects, list_logs
+from extproc.core import layout
+from extproc.core.note import Verifier
+from extproc.core.verify import Finding, LogChecker, LogReport
+from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
+from extproc.log.publisher import bundle_lines
+from extproc.store.base import ObjectStore
+
+# Request entries kept while their `response` entry has not been read. In
+# enforce mode a response follows its request within the request's lifetime,
+# so this covers ~100k requests in flight; past it the oldest is forgotten and
+# its response can no longer be matched on request fields (docs/SEARCH.md).
+MAX_PENDING_REQUESTS = 100_000
+
+_TS_KEY = b'"ts":"'
+_TS_LEN = len("2026-11-26T16:34:36.572195Z")  # FORMAT.md: RFC 3339 UTC, microseconds
+_STATUS_RE = re.compile(r"([1-5])xx|([1-5][0-9][0-9])")
+
+
+def parse_time(value: str) -> str:
+    """An RFC 3339 time or a YYYY-MM-DD date (UTC midnight), in the entries' `ts` form.
+
+    Entries store `ts` as fixed-width UTC with microseconds, so bounds in the
+    same form compare as strings.
+    """
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            d = date.fromisoformat(text)
+            moment = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        else:
+            moment = datetime.fromisoformat(text.replace("z", "Z"))
+            if moment.tzinfo is None:
+                raise ConfigError(f"time {value!r} has no time zone: add Z or an offset")
+    except ValueError as e:
+        raise ConfigError(f"time {value!r} is not RFC 3339 or YYYY-MM-DD") from e
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_status(value: str) -> frozenset[int]:
+    """`500`, `5xx`, or a comma-separated list of them, as the set of statuses."""
+    statuses: set[int] = set()
+    for part in value.split(","):
+        m = _STATUS_RE.fullmatch(part.strip().lower())
+        if m is None:
+            raise ConfigError(f"status {part.strip()!r} is not a code like 404 or a class like 5xx")
+        if m.group(1):
+            base = int(m.group(1)) * 100
+            statuses.update(range(base, base + 100))
+        else:
+            statuses.add(int(m.group(2)))
+    return frozenset(statuses)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What to look for; every filter given must hold (docs/SEARCH.md)."""
+
+    since: str | None = None  # inclusive, in `ts` form (parse_time)
+    until: str | None = None  # exclusive
+    principal: str | None = None  # fnmatch glob on src.principal, case-sensitive
+    path: str | None = None  # fnmatch glob on req.path, case-sensitive
+    status: frozenset[int] | None = None  # resp.status in this set
+    request_id: str | None = None  # rid, exact
+    join: bool = False  # with --status: print the matching response's request entry too
+
+    @property
+    def request_side(self) -> bool:
+        return self.principal is not None or self.path is not None
+
+    def request_ok(self, fields: dict[str, Any]) -> bool:
+        """The request-side filters on a request (or exchange) entry's fields."""
+        if self.path is not None:
+            path = _get(fields, "req", "path")
+            if not isinstance(path, str) or not fnmatch.fnmatchcase(path, self.path):
+                return False
+        if self.principal is not None:
+            principal = _get(fields, "src", "principal")
+            if not isinstance(principal, str) or not fnmatch.fnmatchcase(principal, self.principal):
+                return False
+        return True
+
+    def response_ok(self, fields: dict[str, Any]) -> bool:
+        if self.status is None:
+            return True
+        return _get(fields, "resp", "status") in self.status
+
+    def entry_ok(self, fields: dict[str, Any]) -> bool:
+        """Filters on the entry's own fields: time and request id."""
+        ts = fields.get("ts")
+        if not isinstance(ts, str):
+            return self.since is None and self.until is None
+        if (self.since is not None and ts < self.since) or (
+            self.until is not None and ts >= self.until
+        ):
+            return False
+        return self.request_id is None or fields.get("rid") == self.request_id
+
+
+def _get(fields: dict[str, Any], section: str, name: str) -> Any:
+    part = fields.get(section)
+    return part.get(name) if isinstance(part, dict) else None
+
+
+def _ts_of(line: bytes) -> bytes | None:
+    """The top-level `ts` without parsing: keys are sorted, and only `v`,
+    `version` and `writer` (plain values) sort after `ts`, so the last
+    `"ts":"` is the top-level one (an escaped quote cannot form it)."""
+    at = line.rfind(_TS_KEY)
+    if at < 0:
+        return None
+    value = line[at + len(_TS_KEY) : at + len(_TS_KEY) + _TS_LEN]
+    return (
+        value
+        if line[at + len(_TS_KEY) + _TS_LEN : at + len(_TS_KEY) + _TS_LEN + 1] == b'"'
+        else None
+    )
+
+
+@dataclass(frozen=True)
+class Match:
+    """One entry to print: the exact stored line and its parsed fields.
+
+    `request` is the request entry a `response` refers to, when it was read
+    (for a table row's method, path and principal); `context` is True for a
+    request printed only because --join asked for its matching response's
+    request.
+    """
+
+    log_id: str
+    line: bytes
+    fields: dict[str, Any]
+    request: dict[str, Any] | None = None
+    context: bool = False
+
+
+@dataclass
+class SearchStats:
+    logs: int = 0
+    bundles: int = 0
+    bundles_skipped: int = 0  # not scanned: outside the time window (still verified)
+    entries_scanned: int = 0
+    matches: int = 0
+    reports: list[LogReport] = field(default_factory=list)
+    general: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    fields: dict[str, Any]
+    line: bytes
+
+
+class _LogScan:
+    """Matches entries of one log, in order; holds the pending-request map."""
+
+    def __init__(self, log_id: str, filters: Filters, keep_requests: bool) -> None:
+        self.log_id = log_id
+        self.filters = filters
+        self.keep_requests = keep_requests
+        self.pending: dict[int, _Pending] = {}
+        f = filters
+        self._rid_needle = (
+            b'"rid":' + orjson.dumps(f.request_id) if f.request_id is not None else None
+        )
+        self._since = f.since.encode() if f.since else None
+        self._until = f.until.encode() if f.until else None
+
+    def outside_window(self, ts: bytes | None) -> bool:
+        if ts is None:
+            return False  # let the parse decide
+        return (self._since is not None and ts < self._since) or (
+            self._until is not None and ts >= self._until
+        )
+
+    def scan(self, lines: Sequence[bytes]) -> Iterator[Match]:
+        filters, keep, pending = self.filters, self.keep_requests, self.pending
+        needle = self._rid_needle
+        timed = self._since is not None or self._until is not None
+        loads = orjson.loads
+        for line in lines:
+            if needle is not None and needle not in line:
+                continue  # cheap: the rid is not even there (a request and its
+                # response carry the same rid, so no join is lost)
+            if timed and not keep and self.outside_window(_ts_of(line)):
+                continue
+            try:
+                fields = loads(line)
+            except orjson.JSONDecodeError:
+                continue  # not an entry: verification reports it
+            if not isinstance(fields, dict):
+                continue
+            kind = fields.get("kind")
+            if kind == "request":
+                req_ok = filters.request_ok(fields)
+                if keep:
+                    seq = fields.get("seq")
+                    if isinstance(seq, int) and req_ok:
+                        pending[seq] = _Pending(fields, line)
+                        if len(pending) > MAX_PENDING_REQUESTS:
+                            del pending[next(iter(pending))]
+                if req_ok and filters.status is None and filters.entry_ok(fields):
+                    yield Match(self.log_id, line, fields)
+            elif kind == "response":
+                ref = fields.get("ref")
+                request = pending.pop(ref, None) if keep and isinstance(ref, int) else None
+                if filters.request_side and request is None:
+                    continue  # its request did not match, or was forgotten
+                if filters.response_ok(fields) and filters.entry_ok(fields):
+                    req_fields = request.fields if request else None
+                    if request is not None and filters.join and filters.status is not None:
+                        yield Match(self.log_id, request.line, request.fields, context=True)
+                    yield Match(self.log_id, line, fields, req_fields)
+            elif kind == "exchange":
+                if (
+                    filters.request_ok(fields)
+                    and filters.response_ok(fields)
+                    and filters.entry_ok(fields)
+                ):
+                    yield Match(self.log_id, line, fields)
+            elif not filters.request_side and filters.status is None and filters.entry_ok(fields):
+                yield Match(self.log_id, line, fields)  # writer entries, future kinds
+
+
+class StoreSearch:
+    """Searches every log under a store (or the given log ids), in log id order.
+
+    With a verifier, every object of each searched log is checked as by
+    `verify` (signatures, claims, hash chain, Merkle roots; not Object Lock
+    retention), and the reports are in `stats.reports` once `matches()` is
+    exhausted. Without one, nothing is hashed, and bundles whose first and
+    last entries lie outside the time window are not scanned.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        filters: Filters,
+        *,
+        verifier: Verifier | None = None,
+        origin_prefix: str | None = None,
+        log_ids: Sequence[str] = (),
+        prefetch: int = 4,
+        keep_requests: bool = False,
+    ) -> None:
+        self.store = store
+        self.filters = filters
+        self.verifier = verifier
+        self.origin_prefix = origin_prefix
+        self.log_ids = list(log_ids)
+        self.prefetch = max(1, prefetch)
+        # The map is needed to match a response on its request's fields, to
+        # print a request with --join, or to show a response's path in a table.
+        self.keep_requests = keep_requests or filters.request_side or filters.join
+        self.stats = SearchStats()
+        self._selected: list[tuple[str, LogObjects]] | None = None
+
+    def select_logs(self) -> list[str]:
+        """List the store once and return the log ids that will be searched, in order."""
+        if self._selected is None:
+            logs, stray = list_logs(self.store)
+            self.stats.general = [
+                Finding("-", key, "object under logs/ with an invalid log id") for key in stray
+            ]
+            ids = sorted(set(self.log_ids)) if self.log_ids else sorted(logs)
+            missing = [i for i in ids if i not in logs]
+            if missing:
+                raise ConfigError(f"no log {missing[0]!r} under {self.store.url}")
+            self._selected = [(i, logs[i]) for i in ids]
+        return [log_id for log_id, _ in self._selected]
+
+    def matches(self) -> Iterator[Match]:
+        self.select_logs()
+        for log_id, objects in self._selected or ():
+            self.stats.logs += 1
+            yield from self._search_log(log_id, objects)
+
+    def _fetch(self, key: str, name: layout.BundleName) -> bytes | VerificationError:
+        try:
+            return bundle_lines(self.store.get(key), compressed=name.gzip)
+        except VerificationError as e:
+            return e
+        except ObjectNotFoundError as e:  # listed, then gone
+            return VerificationError(f"bundle listed but not readable: {e}")
+
+    def _bundles(
+        self, objects: LogObjects
+    ) -> Iterator[tuple[str, layout.BundleName, bytes | VerificationError]]:
+        """Bundles in seq order, `prefetch` fetches in flight (S3 latency)."""
+        todo = iter(sorted(objects.bundles, key=lambda b: (b[1].first, b[1].last)))
+        Pending = tuple[str, layout.BundleName, Future[bytes | VerificationError]]
+        with ThreadPoolExecutor(self.prefetch) as pool:
+            window: deque[Pending] = deque()
+            for key, name in todo:
+                window.append((key, name, pool.submit(self._fetch, key, name)))
+                if len(window) >= self.prefetch:
+                    break
+            while window:
+                key, name, future = window.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    window.append((nxt[0], nxt[1], pool.submit(self._fetch, *nxt)))
+                yield key, name, future.result()
+
+    def _search_log(self, log_id: str, objects: LogObjects) -> Iterator[Match]:
+        checker: LogChecker | None = None
+        if self.verifier is not None:
+            checker = LogChecker(log_id, self.verifier, self.origin_prefix)
+            for key in objects.unknown:
+                checker.add_unknown(key)
+            for key, size in objects.checkpoints:
+                try:
+                    checker.add_checkpoint(key, size, self.store.get(key))
+                except ObjectNotFoundError:
+                    checker.add_unknown(key)
+            for key, first in objects.claims:
+                try:
+                    checker.add_claim(key, first, self.store.get(key))
+                except ObjectNotFoundError:
+                    checker.add_unknown(key)
+        scan = _LogScan(log_id, self.filters, self.keep_requests)
+        stats = self.stats
+        for key, name, data in self._bundles(objects):
+            stats.bundles += 1
+            if isinstance(data, VerificationError):
+                if checker is not None:
+                    checker.report.findings.append(Finding(log_id, key, str(data)))
+                    checker.add_bundle(key, name, b"")
+                continue
+            if checker is not None:
+                checker.add_bundle(key, name, data)
+            lines = data.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            if self._skippable(scan, lines):
+                stats.bundles_skipped += 1
+                continue
+            stats.entries_scanned += len(lines)
+            for match in scan.scan(lines):
+                stats.matches += 1
+                yield match
+        if checker is not None:
+            stats.reports.append(checker.finish())
+
+    def _skippable(self, scan: _LogScan, lines: list[bytes]) -> bool:
+        """A bundle wholly before `since` or from `until` on, judged by its first
+        and last entries' `ts` (never when requests must be remembered: a
+        request outside the window may have its response inside it)."""
+        if not lines or scan.keep_requests:
+            return False
+        if self.filters.since is None and self.filters.until is None:
+            return False
+        first, last = _ts_of(lines[0]), _ts_of(lines[-1])
+        if first is None or last is None:
+            return False
+        f = self.filters
+        return (f.since is not None and last < f.since.encode()) or (
+            f.until is not None and first >= f.until.encode()
+        )
+
+
+def table_header(log_width: int) -> str:
+    return _row(
+        "TS", "LOG", "SEQ", "KIND", "METHOD", "PATH", "STATUS", "PRINCIPAL", "RID", log_width
+    )
+
+
+def table_row(match: Match, log_width: int) -> str:
+    """One aligned line; for a response, method, path and principal come from
+    its request entry when it was read. Long values are cut (the table is for
+    reading; --format jsonl prints the evidence)."""
+    f = match.fields
+    src = match.request if match.request is not None else f
+    status = _get(f, "resp", "status")
+    kind = str(f.get("kind", ""))
+    path = str(_get(src, "req", "path") or "")
+    if kind == "writer":
+        path = f"[{f.get('event', '')}]"
+    return _row(
+        str(f.get("ts", "")),
+        match.log_id,
+        str(f.get("seq", "")),
+        kind,
+        str(_get(src, "req", "method") or ""),
+        path,
+        "" if status is None else str(status),
+        str(_get(src, "src", "principal") or ""),
+        str(f.get("rid", "")),
+        log_width,
+    )
+
+
+def _cut(value: str, width: int) -> str:
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def _row(
+    ts: str,
+    log_id: str,
+    seq: str,
+    kind: str,
+    method: str,
+    path: str,
+    status: str,
+    principal: str,
+    rid: str,
+    log_width: int,
+) -> str:
+    return (
+        f"{ts:<27} {_cut(log_id, log_width):<{log_width}} {seq:>10} {kind:<8} "
+        f"{_cut(method, 7):<7} {_cut(path, 40):<40} {status:>6} {_cut(principal, 40):<40} {rid}"
+    ).rstrip()

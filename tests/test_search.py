@@ -1,0 +1,430 @@
+"""`extproc-audit search`: what each filter finds, that the output is the stored
+evidence byte for byte, and that a tampered log is reported while it is read.
+
+Logs are written by the real writer (WAL, audit log, publisher) on a local
+store and on moto's S3 server, with a stepped clock so times are known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from extproc import cli
+from extproc.core import layout
+from extproc.core.note import Signer
+from extproc.errors import ConfigError
+from extproc.log.appender import AuditLog
+from extproc.log.publisher import Publisher, PublisherConfig, bundle_lines
+from extproc.log.wal import WAL
+from extproc.search import parse_status, parse_time
+from extproc.store import open_store
+from extproc.store.base import ObjectStore
+from extproc.store.local import LocalStore
+from tests.conftest import MotoServer
+
+START = datetime(2026, 11, 26, 0, 0, tzinfo=UTC).timestamp()
+EXCHANGES = 30  # request i at START + 2i s, its response at START + 2i + 3 s
+PRINCIPALS = ("spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/ops/sa/cron")
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "SEARCH.md"
+
+
+def status_of(i: int) -> int:
+    return (200, 404, 500)[i % 3]
+
+
+def path_of(i: int) -> str:
+    return f"/api/users/{i}" if i % 2 == 0 else "/health"
+
+
+@dataclass
+class Log:
+    url: str
+    log_id: str
+    lines: list[bytes]  # every stored line, in seq order
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.lines]
+
+
+def write_log(store: ObjectStore, signer: Signer, wal_dir: Path, log_id: str, **cfg: Any) -> None:
+    """A writer run in enforce mode: requests and their responses interleaved
+    (request i+1 is sequenced before response i), one observe-mode exchange,
+    and the writer's start and stop entries; bundles of 7 entries."""
+
+    async def scenario() -> None:
+        clock = [START - 1.0]
+        wal = WAL(wal_dir)
+        audit_log = AuditLog(wal, wal.recover(), wall_clock=lambda: clock[0])
+        config = PublisherConfig(
+            log_id,
+            layout.origin_for("extproc-audit", log_id),
+            bundle_max_entries=7,
+            max_age=0.0,
+            **cfg,
+        )
+        publisher = Publisher(audit_log, wal, store, signer, config, writer_id="abcd")
+        await publisher.reconcile()
+        events: list[tuple[float, dict[str, Any]]] = [
+            (START - 1.0, {"kind": "writer", "event": "start", "writer": "abcd", "rid": ""})
+        ]
+        for i in range(EXCHANGES):
+            request = {
+                "kind": "request",
+                "rid": f"rid-{i:03d}",
+                "req": {"method": "GET" if i % 4 else "POST", "path": path_of(i)},
+                "src": {"principal": PRINCIPALS[i % 2]},
+            }
+            events.append((START + 2 * i, request))
+            events.append((START + 2 * i + 3, {"kind": "response", "rid": f"rid-{i:03d}", "n": i}))
+        events.sort(key=lambda e: e[0])
+        seq_of: dict[int, int] = {}
+        for at, fields in events:
+            clock[0] = at
+            if fields["kind"] == "response":
+                i = fields.pop("n")
+                fields.update(ref=seq_of[i], resp={"status": status_of(i)})
+            seq = await audit_log.append(fields)
+            if fields["kind"] == "request":
+                seq_of[int(fields["rid"][4:])] = seq
+        clock[0] = START + 2 * EXCHANGES + 10
+        await audit_log.append(
+            {
+                "kind": "exchange",
+                "rid": "rid-observe",
+                "req": {"method": "PUT", "path": "/api/users/x"},
+                "src": {"principal": PRINCIPALS[0]},
+                "resp": {"status": 503},
+            }
+        )
+        await audit_log.append({"kind": "writer", "event": "stop", "writer": "abcd", "rid": ""})
+        await publisher.publish(final=True)
+        await publisher.close()
+        audit_log.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def stored_lines(store: ObjectStore, log_id: str) -> list[bytes]:
+    lines: list[bytes] = []
+    for obj in sorted(
+        store.list(layout.log_prefix(store.prefix, log_id) + "entries/"), key=lambda o: o.key
+    ):
+        name = layout.parse_key(store.prefix, obj.key)
+        assert name is not None and name.bundle is not None
+        lines.extend(bundle_lines(store.get(obj.key), compressed=name.bundle.gzip).splitlines())
+    return lines
+
+
+@pytest.fixture
+def log(tmp_path: Path, signer: Signer) -> Log:
+    url = str(tmp_path / "store")
+    store = open_store(url)
+    write_log(store, signer, tmp_path / "wal", "pod-a")
+    return Log(url, "pod-a", stored_lines(store, "pod-a"))
+
+
+def search(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer | None, url: str, *args: str
+) -> tuple[int, list[bytes], str]:
+    """Run the command in-process: exit code, stdout lines, stderr."""
+    vkey = ["--vkey", signer.verifier().to_text()] if signer else ["--no-verify"]
+    code = cli.main(["search", url, *vkey, *args])
+    out, err = capsysbinary.readouterr()
+    return code, out.splitlines(), err.decode()
+
+
+def rids(lines: list[bytes]) -> list[str]:
+    return [orjson.loads(line)["rid"] for line in lines]
+
+
+# --- what each filter finds ---------------------------------------------------------
+
+
+def test_no_filter_prints_every_stored_line_byte_identical(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    code, out, err = search(capsysbinary, signer, log.url)
+    assert code == 0, err
+    assert out == log.lines
+    assert len(out) == 2 + 2 * EXCHANGES + 2
+    assert "VALID" in err and "INVALID" not in err
+
+
+def test_status_matches_response_entries(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    code, out, _ = search(capsysbinary, signer, log.url, "--status", "500")
+    assert code == 0
+    want = [f"rid-{i:03d}" for i in range(EXCHANGES) if status_of(i) == 500]
+    assert rids(out) == want
+    assert {orjson.loads(line)["kind"] for line in out} == {"response"}
+
+    _, out, _ = search(capsysbinary, signer, log.url, "--status", "404,5xx")
+    want = [f"rid-{i:03d}" for i in range(EXCHANGES) if status_of(i) != 200]
+    assert rids(out) == [*want, "rid-observe"]  # the exchange carries its own status
+
+
+def test_status_with_join_prints_each_request_before_its_response(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    code, out, _ = search(capsysbinary, signer, log.url, "--status", "500", "--join")
+    assert code == 0
+    entries = [orjson.loads(line) for line in out]
+    want = [f"rid-{i:03d}" for i in range(EXCHANGES) if status_of(i) == 500]
+    assert [e["rid"] for e in entries] == [r for r in want for _ in (0, 1)]
+    for request, response in zip(entries[::2], entries[1::2], strict=True):
+        assert (request["kind"], response["kind"]) == ("request", "response")
+        assert response["ref"] == request["seq"]
+    assert all(line in log.lines for line in out)
+
+
+def test_path_glob_matches_requests_and_their_responses(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    code, out, _ = search(capsysbinary, signer, log.url, "--path", "/api/users/*")
+    assert code == 0
+    entries = [orjson.loads(line) for line in out]
+    by_kind = {k: [e["rid"] for e in entries if e["kind"] == k] for k in ("request", "response")}
+    want = [f"rid-{i:03d}" for i in range(EXCHANGES) if path_of(i) != "/health"]
+    assert by_kind["request"] == want
+    assert by_kind["response"] == want
+    assert entries[-1]["rid"] == "rid-observe"
+    assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)  # log order
+
+    _, out, _ = search(capsysbinary, signer, log.url, "--path", "/health")
+    assert len(out) == 2 * len([i for i in range(EXCHANGES) if path_of(i) == "/health"])
+    _, out, _ = search(capsysbinary, signer, log.url, "--path", "/HEALTH")
+    assert out == []  # case-sensitive
+
+
+def test_principal_glob_and_combined_filters(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    _, out, _ = search(capsysbinary, signer, log.url, "--principal", "*/ns/ops/*")
+    odd = [f"rid-{i:03d}" for i in range(EXCHANGES) if i % 2]
+    assert sorted(set(rids(out))) == odd and len(out) == 2 * len(odd)
+
+    # request-side, response-side and time filters together
+    since = datetime.fromtimestamp(START + 20, UTC).isoformat()
+    _, out, _ = search(
+        capsysbinary,
+        signer,
+        log.url,
+        "--principal",
+        PRINCIPALS[0],
+        "--path",
+        "/api/*",
+        "--status",
+        "5xx",
+        "--since",
+        since,
+    )
+    want = [
+        f"rid-{i:03d}"
+        for i in range(EXCHANGES)
+        if i % 2 == 0 and status_of(i) == 500 and 2 * i + 3 >= 20
+    ]
+    assert want and rids(out) == [*want, "rid-observe"]
+
+
+def test_since_inclusive_until_exclusive(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    entries = log.entries()
+    since, until = entries[10]["ts"], entries[20]["ts"]
+    _, out, _ = search(capsysbinary, signer, log.url, "--since", since, "--until", until)
+    assert out == log.lines[10:20]
+    _, out, _ = search(capsysbinary, None, log.url, "--since", since, "--until", until)
+    assert out == log.lines[10:20]  # the same when bundles are skipped on time
+    _, out, _ = search(capsysbinary, signer, log.url, "--until", "2026-11-26")
+    assert out == log.lines[:1]  # only the writer start, one second before midnight
+    _, out, _ = search(capsysbinary, signer, log.url, "--since", "2026-11-27")
+    assert out == []
+
+
+def test_no_verify_skips_bundles_outside_the_window(
+    capsysbinary: pytest.CaptureFixture[bytes], log: Log
+) -> None:
+    until = log.entries()[3]["ts"]
+    code, out, err = search(capsysbinary, None, log.url, "--until", until)
+    assert code == 0
+    assert out == log.lines[:3]
+    bundles = -(-len(log.lines) // 7)
+    assert f"{bundles} bundles ({bundles - 1} outside the time window)" in err
+    assert "NOT VERIFIED" in err
+
+
+def test_request_id_exact(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    _, out, _ = search(capsysbinary, signer, log.url, "--request-id", "rid-007")
+    assert [orjson.loads(line)["kind"] for line in out] == ["request", "response"]
+    assert set(rids(out)) == {"rid-007"}
+    _, out, _ = search(capsysbinary, signer, log.url, "--request-id", "rid-00")
+    assert out == []  # not a prefix match
+
+
+def test_table_format_fills_responses_from_their_request(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    code, out, _ = search(
+        capsysbinary, signer, log.url, "--request-id", "rid-002", "--format", "table"
+    )
+    assert code == 0
+    header, request, response = (line.decode() for line in out)
+    assert header.split()[:3] == ["TS", "LOG", "SEQ"]
+    for row in (request, response):
+        assert "/api/users/2" in row and PRINCIPALS[0] in row and "rid-002" in row
+    assert " 500 " in response and "response" in response
+    assert response.index("500") == header.index("STATUS") + len("STATUS") - 3
+
+
+def test_log_option_restricts_and_unknown_log_is_an_error(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log, tmp_path: Path
+) -> None:
+    write_log(open_store(log.url), signer, tmp_path / "wal-b", "pod-b")
+    code, out, err = search(capsysbinary, signer, log.url, "--request-id", "rid-001")
+    assert code == 0 and len(out) == 4, err  # both logs
+    _, out, _ = search(capsysbinary, signer, log.url, "--request-id", "rid-001", "--log", "pod-b")
+    assert out == [
+        line for line in stored_lines(open_store(log.url), "pod-b") if b"rid-001" in line
+    ]
+    code, out, err = search(capsysbinary, signer, log.url, "--log", "pod-z")
+    assert (code, out) == (2, [])
+    assert "no log 'pod-z'" in err
+
+
+# --- verification while reading -------------------------------------------------------
+
+
+def test_tampered_bundle_prints_what_it_read_and_exits_1(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    bundle = sorted((Path(log.url) / "logs" / "pod-a" / "entries").iterdir())[1]
+    bundle.chmod(0o644)
+    bundle.write_bytes(bundle.read_bytes().replace(b'"status":500', b'"status":200', 1))
+    code, out, err = search(capsysbinary, signer, log.url, "--status", "2xx")
+    assert code == 1
+    assert len(out) == 1 + len([i for i in range(EXCHANGES) if status_of(i) == 200])
+    assert "INVALID" in err
+    assert bundle.name in err and "hash chain broken" in err
+
+    code, out, err = search(capsysbinary, None, log.url, "--status", "2xx")
+    assert code == 0 and "NOT VERIFIED" in err  # the flag's promise: no hashing at all
+
+
+def test_wrong_key_is_invalid(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    code, _, err = search(capsysbinary, Signer.generate("other"), log.url, "--status", "500")
+    assert code == 1
+    assert "checkpoint does not verify" in err
+
+
+def test_gzip_bundles(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "gz")
+    write_log(store, signer, tmp_path / "wal", "pod-gz", gzip=True)
+    keys = [o.key for o in store.list("logs/pod-gz/entries/")]
+    assert keys and all(k.endswith(".jsonl.gz") for k in keys)
+    code, out, _ = search(capsysbinary, signer, str(tmp_path / "gz"), "--status", "404")
+    assert code == 0
+    assert rids(out) == [f"rid-{i:03d}" for i in range(EXCHANGES) if status_of(i) == 404]
+    assert all(line in stored_lines(store, "pod-gz") for line in out)
+
+
+def test_search_on_s3(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, moto: MotoServer, tmp_path: Path
+) -> None:
+    url = f"s3://{moto.new_bucket()}/audit"
+    store = open_store(url)
+    write_log(store, signer, tmp_path / "wal", "pod-s3")
+    code, out, err = search(capsysbinary, signer, url, "--request-id", "rid-004", "--prefetch", "2")
+    assert code == 0, err
+    assert out == [line for line in stored_lines(store, "pod-s3") if b'"rid-004"' in line]
+    assert len(out) == 2
+
+
+# --- usage errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--since", "yesterday"],
+        ["--until", "2026-11-26T10:00:00"],  # no zone
+        ["--status", "5x"],
+        ["--status", "600"],
+        ["--since", "2026-11-27", "--until", "2026-11-26"],
+        ["--join"],
+        ["--no-verify"],  # and --vkey
+    ],
+)
+def test_bad_arguments_exit_2(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log, args: list[str]
+) -> None:
+    code, out, err = search(capsysbinary, signer, log.url, *args)
+    assert (code, out) == (2, [])
+    assert err.startswith("extproc-audit: error: ")
+
+
+def test_unknown_option_value_is_a_usage_error(
+    capsysbinary: pytest.CaptureFixture[bytes], log: Log
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["search", log.url, "--no-verify", "--format", "csv"])
+    assert exc.value.code == 2
+    assert b"invalid choice" in capsysbinary.readouterr().err
+
+
+def test_key_or_no_verify_required(capsysbinary: pytest.CaptureFixture[bytes], log: Log) -> None:
+    assert cli.main(["search", log.url]) == 2
+    assert b"--vkey" in capsysbinary.readouterr().err
+
+
+def test_time_and_status_parsing() -> None:
+    assert parse_time("2026-11-26") == "2026-11-26T00:00:00.000000Z"
+    assert parse_time("2026-11-26T01:30:00+01:00") == "2026-11-26T00:30:00.000000Z"
+    assert parse_time("2026-11-26T00:00:00.5Z") == "2026-11-26T00:00:00.500000Z"
+    assert parse_status("5xx,404") == frozenset({*range(500, 600), 404})
+    with pytest.raises(ConfigError):
+        parse_status("")
+
+
+# --- the DuckDB example in docs/SEARCH.md ------------------------------------------------
+
+
+def request_side(entry: dict[str, Any]) -> tuple[str, str, str]:
+    return entry["req"]["method"], entry["req"]["path"], entry["src"]["principal"]
+
+
+def docs_sql() -> str:
+    """The SQL between the duckdb-example markers in docs/SEARCH.md."""
+    m = re.search(r"<!-- duckdb-example -->\s*```sql\n(.*?)```", DOCS.read_text(), re.S)
+    assert m, "docs/SEARCH.md lost its duckdb-example block"
+    return m.group(1)
+
+
+def test_docs_duckdb_example_matches_search(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log, monkeypatch: Any
+) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    monkeypatch.chdir(Path(log.url).parent)  # the example reads store/logs/...
+    rows = duckdb.sql(docs_sql()).fetchall()
+    _, out, _ = search(capsysbinary, signer, log.url, "--status", "5xx", "--join")
+    entries = [orjson.loads(line) for line in out if b'"kind":"exchange"' not in line]
+    want = [
+        (r["ts"], "pod-a", r["seq"], r["rid"], r["resp"]["status"], *request_side(q))
+        for q, r in zip(entries[::2], entries[1::2], strict=True)
+    ]
+    assert len(want) == len([i for i in range(EXCHANGES) if status_of(i) >= 500])
+    assert rows == want
