@@ -71,3 +71,44 @@ def test_decoy_prev_in_nested_object_does_not_hide_a_broken_chain() -> None:
     claim = Claim(0, 1, leaf_hash(bad).hex(), "ab").to_bytes()
     findings = _check(data, claim, cp, 2, deep=False)
     assert any("prev hash mismatch" in f for f in findings), findings
+
+
+def _signed(lines: list[bytes]) -> tuple[bytes, bytes, bytes]:
+    """Sign whatever lines we are given, as a writer with a bug would."""
+    tree = CompactRange()
+    tree.extend([leaf_hash(line) for line in lines])
+    cp = sign_checkpoint(
+        Checkpoint("test/log", len(lines), tree.root(), make_extensions(1, "ab")), SIGNER
+    )
+    claim = Claim(0, len(lines) - 1, leaf_hash(lines[-1]).hex(), "ab").to_bytes()
+    return b"\n".join(lines) + b"\n", claim, cp
+
+
+def test_header_named_seq_does_not_confuse_the_quick_check() -> None:
+    # A request header called "seq" sits inside req, before the top-level seq.
+    data, claim, cp = _log(
+        [{"kind": "request", "req": {"headers": {"seq": "7", "prev": "x"}}} for _ in range(4)]
+    )
+    assert _check(data, claim, cp, 4, deep=False) == []
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"kind": "request", "prev": "PREV", "seq": 5, "v": 1}, "seq field says 5"),
+        ({"kind": "request", "prev": "00" * 32, "seq": 1, "v": 1}, "prev hash mismatch"),
+        ({"kind": "request", "prev": "PREV-TRUNCATED", "seq": 1, "v": 1}, "prev hash mismatch"),
+        ({"kind": "request", "seq": 1, "v": 1}, "entry 1"),
+    ],
+    ids=["wrong-seq", "wrong-prev", "truncated-prev", "no-prev"],
+)
+def test_signed_chain_break_found_by_quick_check(second: dict[str, Any], message: str) -> None:
+    first = entry.encode({"kind": "request", "prev": "", "seq": 0, "v": 1})
+    right = leaf_hash(first).hex()
+    fields = {
+        k: {"PREV": right, "PREV-TRUNCATED": right[:63]}.get(v, v) if isinstance(v, str) else v
+        for k, v in second.items()
+    }
+    data, claim, cp = _signed([first, entry.encode(fields)])
+    findings = _check(data, claim, cp, 2, deep=False)
+    assert any(message in f for f in findings), findings
