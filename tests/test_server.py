@@ -4,6 +4,7 @@ clear status and never disturb other streams; health follows the lifecycle."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -69,6 +70,20 @@ def test_valid_exchange_is_continued_after_logging(stub: Any, server: AuditStack
         ("response", "good-1"),
     ]
     assert entries[1]["resp"]["status"] == 204
+
+
+def test_server_ends_the_stream_after_the_response_reply(stub: Any) -> None:
+    # The client never half-closes: the server must end the stream with OK on
+    # its own once the exchange is complete (no cancel, see grpc#43360).
+    def messages() -> Iterator[pb.ProcessingRequest]:
+        yield request_headers(rid="ends-1")
+        yield response_headers()
+        threading.Event().wait(30)  # keep the request side open
+
+    call = stub.Process(messages(), timeout=10)
+    replies = list(call)
+    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "response_headers"]
+    assert call.code() == grpc.StatusCode.OK
 
 
 HOSTILE = {
