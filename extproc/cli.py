@@ -13,9 +13,13 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extproc import __version__
 from extproc.errors import AuditError, ConfigError, ForkError, VerificationError
+
+if TYPE_CHECKING:
+    from extproc.core.verify import LogReport
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 ENV_PREFIX = "EXTPROC_AUDIT_"
@@ -86,6 +90,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="Prometheus metrics address, or 'off' (default %(default)s)",
     )
     p.add_argument(
+        "--proof-listen",
+        default=_env("proof_listen", "off"),
+        help="live proof API address, e.g. 127.0.0.1:50052; serves reads of the log, "
+        "so keep it off the mesh (default %(default)s)",
+    )
+    p.add_argument(
         "--bundle-max-entries",
         type=int,
         default=int(_env("bundle_max_entries", "10000") or 0),
@@ -135,6 +145,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="response headers to record, comma-separated, or '*' for all (default %(default)s)",
     )
     p.add_argument(
+        "--receipts",
+        action="store_true",
+        default=_env_flag("receipts"),
+        help="enforce mode: answer each audited request with a receipt header naming "
+        "its log and entry seq",
+    )
+    p.add_argument(
+        "--receipt-header",
+        default=_env("receipt_header", "x-audit-receipt"),
+        metavar="NAME",
+        help="name of the receipt header (default %(default)s)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=int(_env("workers", "1") or 1),
@@ -146,6 +169,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=float(_env("drain_timeout", "20") or 0),
         help="seconds to drain streams and publish on SIGTERM (default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(_env("heartbeat_interval", "60") or 0),
+        help="an idle writer logs a heartbeat entry this often, so auditors can tell "
+        "'no traffic' from 'writer down'; 0 disables (default %(default)s s)",
     )
     p.add_argument(
         "--redact-header",
@@ -193,6 +223,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="create an Ed25519 signing key; print its verifier key")
     p.add_argument("--name", required=True, help="key name (no spaces or '+')")
     p.add_argument("--out", type=Path, required=True, help="key file to create (mode 0600)")
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="keep an existing key file (first start of a container); print its verifier key",
+    )
+    p.add_argument("--vkey-out", type=Path, help="also write the (public) verifier key here")
+
+    p = sub.add_parser("health", help="gRPC health check of a server (exit 0 if SERVING, else 1)")
+    p.add_argument("--addr", default="127.0.0.1:50051", help="server address (%(default)s)")
+    p.add_argument("--service", default="", help="service name (default: the whole server)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds (default %(default)s)")
 
     p = sub.add_parser("init-bucket", help="create an S3 bucket with Object Lock")
     p.add_argument("url", help="s3://BUCKET")
@@ -216,6 +257,39 @@ def _build_parser() -> argparse.ArgumentParser:
         help="parse every entry as JSON (default: only where the quick chain check needs it)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print findings and summary only")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="state file of the last verified checkpoint per log: trust on first use, then "
+        "verify incrementally; rewritten only after a VALID run",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="with --state: re-read every object (still checked against the state)",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--min-retention-days",
+        type=float,
+        default=None,
+        help="Object Lock retention each object must have from its write time "
+        "(default: the bucket's default retention, if readable)",
+    )
+    p.add_argument(
+        "--gap-threshold",
+        type=float,
+        default=300.0,
+        help="seconds without a checkpoint from a running writer reported as a gap "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--since", default=None, help="report logs and gaps from this RFC 3339 time/date"
+    )
+    p.add_argument(
+        "--until", default=None, help="report logs and gaps up to this RFC 3339 time/date"
+    )
 
     p = sub.add_parser("demo", help="run Envoy + audit server + app locally and verify the log")
     p.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")
@@ -232,6 +306,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=("enforce", "observe"), default="enforce")
     p.add_argument("--concurrency", type=int, default=8, help="client connections")
+    _add_prove(sub)
+    _add_search(sub)
     return parser
 
 
@@ -246,13 +322,30 @@ def _read_vkey(value: str) -> str:
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from extproc.core.note import Signer
-    from extproc.keys import write_signer
+    from extproc.keys import ensure_signer, write_signer, write_verifier_key
 
-    signer = Signer.generate(args.name)
-    write_signer(args.out, signer)
+    if args.if_missing:
+        signer, created = ensure_signer(args.out, args.name)
+    else:
+        signer, created = Signer.generate(args.name), True
+        write_signer(args.out, signer)
+    if args.vkey_out:
+        write_verifier_key(args.vkey_out, signer)
     print(signer.verifier().to_text())
-    print(f"signing key written to {args.out} (mode 0600); keep it secret", file=sys.stderr)
+    if created:
+        print(f"signing key written to {args.out} (mode 0600); keep it secret", file=sys.stderr)
+    else:
+        print(f"signing key {args.out} exists; kept", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from extproc.health import check_health
+
+    status = check_health(args.addr, args.service, args.timeout)
+    print(status.to_text())
+    # Docker HEALTHCHECK: 1 means unhealthy and 2 is reserved, so never 2 here.
+    return EXIT_OK if status.serving else EXIT_INVALID
 
 
 def _cmd_init_bucket(args: argparse.Namespace) -> int:
@@ -270,6 +363,7 @@ def _cmd_init_bucket(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from extproc.core import receipt
     from extproc.core.redact import (
         DEFAULT_REDACT_HEADERS,
         DEFAULT_REDACT_QUERY_PARAMS,
@@ -324,9 +418,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_no_object_lock=args.allow_no_object_lock,
         max_backlog_bytes=args.max_backlog_bytes,
         drain_timeout=args.drain_timeout,
+        heartbeat_interval=args.heartbeat_interval,
         redaction=policy,
         response_headers=response_headers,
+        proof_listen=args.proof_listen,
+        receipt_header=receipt.validate_header_name(args.receipt_header) if args.receipts else None,
     )
+    if args.receipts and args.mode != "enforce":
+        raise ConfigError("--receipts needs --mode enforce (envoy ignores replies in observe mode)")
+    if config.heartbeat_interval < 0:
+        raise ConfigError("--heartbeat-interval must be 0 (off) or positive")
     if config.bundle_max_entries < 1 or config.bundle_max_age <= 0:
         raise ConfigError("--bundle-max-entries and --bundle-max-age must be positive")
     if args.workers > 1:
@@ -341,38 +442,108 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from extproc.auditor import all_ok, verify_store
+    import contextlib
+    import json
+
+    from extproc import auditor
     from extproc.core.note import Verifier
     from extproc.store import open_store
 
     verifier = Verifier.from_text(_read_vkey(args.vkey))
     store = open_store(args.url)
-    reports, general = verify_store(
-        store, verifier, args.origin_prefix, parallel=args.parallel, deep=args.deep
+    min_days = args.min_retention_days
+    if min_days is None and store.supports_retention:
+        min_days = auditor.default_min_retention_days(store)
+    options = auditor.AuditOptions(
+        origin_prefix=args.origin_prefix,
+        deep=args.deep,
+        parallel=args.parallel,
+        state=auditor.load_state(args.state) if args.state else None,
+        full=args.full,
+        min_retention_days=min_days,
+        gap_threshold_s=args.gap_threshold,
+        since_ms=auditor.parse_time_ms(args.since) if args.since else None,
+        until_ms=auditor.parse_time_ms(args.until) if args.until else None,
     )
-    for finding in general:
+    with contextlib.ExitStack() as stack:
+        if args.format == "text" and not args.quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress
+
+            progress = stack.enter_context(Progress(console=Console(stderr=True), transient=True))
+            task = progress.add_task("verifying entries", total=None)
+            options.on_total = lambda total: progress.update(task, total=total)
+            options.on_entries = lambda n: progress.advance(task, n)
+        result = auditor.audit_store(store, verifier, options)
+    if result.ok and args.state:
+        auditor.save_state(args.state, result.state)
+    if args.format == "json":
+        doc = auditor.result_to_json(result, store.url, store.supports_retention)
+        print(json.dumps(doc, indent=1))
+        return EXIT_OK if result.ok else EXIT_INVALID
+    for finding in result.general:
         print(finding)
-    for report in reports:
-        latest = report.latest
-        signed = f"signed size {latest.size}" if latest else "no valid checkpoint"
-        status = "OK" if report.ok else "INVALID"
-        if not args.quiet or not report.ok:
-            print(
-                f"log {report.log_id}: {status}: {report.entries} entries in "
-                f"{report.bundles} bundles, {report.checkpoints} checkpoints, {signed}"
-            )
-        for finding in report.findings:
-            print(f"  {finding}")
-    if not reports:
+    for report in result.reports:
+        _print_log(report, quiet=args.quiet)
+    if not result.logs:
         print(f"no logs found under {store.url}: nothing verifies")
-    ok = all_ok(reports, general)
-    entries = sum(r.entries for r in reports)
+    elif not result.reports:
+        print("no log was active in the --since/--until window")
+    entries = sum(r.entries for r in result.reports)
     retention = "checked" if store.supports_retention else "not applicable (local store)"
     print(
-        f"{'VALID' if ok else 'INVALID'}: {len(reports)} logs, {entries} entries, "
+        f"{'VALID' if result.ok else 'INVALID'}: {result.logs} logs, {entries} entries, "
         f"Object Lock retention {retention}"
     )
-    return EXIT_OK if ok else EXIT_INVALID
+    return EXIT_OK if result.ok else EXIT_INVALID
+
+
+def _print_log(report: LogReport, *, quiet: bool) -> None:
+    """Human lines for one log's LogReport (kept stable: tests and scripts grep them)."""
+    from datetime import UTC, datetime
+
+    latest = report.latest
+    signed = f"signed size {latest.size}" if latest else "no valid checkpoint"
+    status = "OK" if report.ok else "INVALID"
+    if not quiet or not report.ok:
+        resumed = (
+            f" ({report.rehashed} new since the verified size {report.resumed_from})"
+            if report.resumed_from
+            else ""
+        )
+        print(
+            f"log {report.log_id}: {status}: {report.entries} entries in "
+            f"{report.bundles} bundles, {report.checkpoints} checkpoints, {signed}{resumed}"
+        )
+        st = report.status
+        if st is not None and st.state != "empty":
+            newest = (
+                datetime.fromtimestamp(st.newest_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if st.newest_ms is not None
+                else "?"
+            )
+            age = f", age {_duration(st.age_s)}" if st.age_s is not None else ""
+            print(f"  status: {st.state}, newest checkpoint {newest}{age}, "
+                  f"{len(st.writers)} writer runs")  # fmt: skip
+            for gap in st.gaps:
+                print(f"  gap: {gap.kind} for {_duration(gap.seconds)} after writer "
+                      f"{gap.writer or '?'}")  # fmt: skip
+    for finding in report.findings:
+        print(f"  {finding}")
+        for note in finding.evidence:
+            print("    evidence:")
+            for line in note.rstrip("\n").split("\n"):
+                print(f"      {line}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -387,8 +558,177 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _add_prove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("prove", help="write an offline inclusion proof (c2sp tlog-proof)")
+    p.add_argument("url", help="s3://bucket/prefix or a directory")
+    p.add_argument("--log", required=True, metavar="ID", help="log id")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seq", type=int, help="entry index (seq)")
+    which.add_argument("--request-id", metavar="R", help="entry with this request id (rid)")
+    p.add_argument("--out", type=Path, required=True, help="proof file to write ('-': stdout)")
+    p.add_argument(
+        "--tree-size", type=int, default=None, help="prove under this checkpoint (default: newest)"
+    )
+    p.add_argument("--vkey", default=None, help="only use checkpoints signed by this key (@FILE)")
+
+    p = sub.add_parser("check-proof", help="verify a proof file offline")
+    p.add_argument("file", type=Path, help="tlog-proof file ('-': stdin)")
+    p.add_argument("--vkey", required=True, help="verifier key string, or @FILE holding it")
+    p.add_argument("--entry", type=Path, default=None, help="entry bytes, if not in the proof")
+    p.add_argument("--origin", default=None, help="require this checkpoint origin")
+
+
+def _cmd_prove(args: argparse.Namespace) -> int:
+    from extproc.core.note import Verifier
+    from extproc.prover import Prover
+    from extproc.store import open_store
+
+    verifier = Verifier.from_text(_read_vkey(args.vkey)) if args.vkey else None
+    prover = Prover(open_store(args.url), args.log, verifier)
+    inclusion = prover.inclusion(seq=args.seq, request_id=args.request_id, tree_size=args.tree_size)
+    text = inclusion.to_proof().to_text()
+    if str(args.out) == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            args.out.write_text(text)
+        except OSError as e:
+            raise ConfigError(f"cannot write {args.out}: {e.strerror}") from e
+    print(
+        f"entry {inclusion.index} of log {args.log} proven under signed tree size "
+        f"{inclusion.checkpoint.size} ({len(inclusion.hashes)} hashes)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _cmd_check_proof(args: argparse.Namespace) -> int:
+    from extproc.core.note import Verifier
+    from extproc.core.tlogproof import TlogProof, verify_proof
+
+    verifier = Verifier.from_text(_read_vkey(args.vkey))
+    try:
+        raw = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
+        entry = args.entry.read_bytes() if args.entry else None
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{args.file}: proof is not UTF-8 text") from e
+    proof = TlogProof.from_text(text)
+    checkpoint = verify_proof(proof, verifier, entry, origin=args.origin)
+    print(
+        f"OK: entry {proof.index} is in log {checkpoint.origin} "
+        f"at signed tree size {checkpoint.size}"
+    )
+    return EXIT_OK
+
+
+def _add_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "search",
+        help="print matching entries, verifying the log as it is read",
+        description="Stream entries matching every filter given (docs/SEARCH.md). "
+        "Exit 1 if the logs read do not verify, 2 on a usage or storage error.",
+    )
+    p.add_argument("url", help="s3://bucket/prefix or a directory")
+    p.add_argument("--vkey", default=None, help="verifier key string, or @FILE holding it")
+    p.add_argument("--no-verify", action="store_true", help="do not verify (no hashing)")
+    p.add_argument("--origin-prefix", default=None, help="require this checkpoint origin prefix")
+    p.add_argument(
+        "--log", action="append", default=[], metavar="ID", help="only this log (repeatable)"
+    )
+    p.add_argument("--since", default=None, help="entries with ts >= this (RFC 3339 or YYYY-MM-DD)")
+    p.add_argument("--until", default=None, help="entries with ts < this (RFC 3339 or YYYY-MM-DD)")
+    p.add_argument("--principal", default=None, help="glob on src.principal (fnmatch)")
+    p.add_argument("--path", default=None, help="glob on req.path (fnmatch, no query)")
+    p.add_argument("--status", default=None, help="resp.status: 500, 5xx, or a list: 404,5xx")
+    p.add_argument("--request-id", default=None, metavar="RID", help="rid, exact")
+    p.add_argument(
+        "--join", action="store_true", help="with --status: also print each match's request entry"
+    )
+    p.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
+    p.add_argument("--prefetch", type=int, default=4, help="bundles fetched ahead (default 4)")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from extproc.core.note import Verifier
+    from extproc.search import (
+        Filters,
+        StoreSearch,
+        parse_status,
+        parse_time,
+        table_header,
+        table_row,
+    )
+    from extproc.store import open_store
+
+    if args.no_verify == bool(args.vkey):
+        raise ConfigError("give --vkey to verify as it reads, or --no-verify")
+    if args.join and args.status is None:
+        raise ConfigError("--join needs --status (without it requests match on their own)")
+    filters = Filters(
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+        principal=args.principal,
+        path=args.path,
+        status=parse_status(args.status) if args.status else None,
+        request_id=args.request_id,
+        join=args.join,
+    )
+    if filters.since and filters.until and filters.since >= filters.until:
+        raise ConfigError("--since must be before --until")
+    verifier = None if args.no_verify else Verifier.from_text(_read_vkey(args.vkey))
+    search = StoreSearch(
+        open_store(args.url),
+        filters,
+        verifier=verifier,
+        origin_prefix=args.origin_prefix,
+        log_ids=args.log,
+        prefetch=args.prefetch,
+        keep_requests=args.format == "table",
+    )
+    out = sys.stdout.buffer
+    width = max((len(i) for i in search.select_logs()), default=3)
+    try:
+        if args.format == "table":
+            out.write(table_header(width).encode() + b"\n")
+        for match in search.matches():
+            if args.format == "table":
+                out.write(table_row(match, width).encode() + b"\n")
+            else:
+                out.write(match.line + b"\n")
+        out.flush()
+    except BrokenPipeError:  # `search ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    stats = search.stats
+    counts = (
+        f"{stats.matches} matches in {stats.entries_scanned} entries scanned, "
+        f"{stats.bundles} bundles ({stats.bundles_skipped} outside the time window), "
+        f"{stats.logs} logs"
+    )
+    if verifier is None:
+        print(f"NOT VERIFIED (--no-verify): {counts}", file=sys.stderr)
+        return EXIT_OK
+    from extproc.auditor import all_ok
+
+    for finding in stats.general + [f for r in stats.reports for f in r.findings]:
+        print(f"  {finding}", file=sys.stderr)
+    ok = all_ok(stats.reports, stats.general)
+    print(
+        f"{'VALID' if ok else 'INVALID'}: {counts}; Object Lock retention not checked (run verify)",
+        file=sys.stderr,
+    )
+    return EXIT_OK if ok else EXIT_INVALID
+
+
 COMMANDS = {
+    "search": _cmd_search,
+    "prove": _cmd_prove,
+    "check-proof": _cmd_check_proof,
     "keygen": _cmd_keygen,
+    "health": _cmd_health,
     "init-bucket": _cmd_init_bucket,
     "serve": _cmd_serve,
     "verify": _cmd_verify,

@@ -9,6 +9,7 @@ import secrets
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -17,14 +18,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc import __version__
 from extproc.core import entry, layout
 from extproc.core.redact import RedactionPolicy
-from extproc.errors import AuditError, ConfigError, StorageError
+from extproc.errors import AuditError, BackpressureError, ConfigError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL
 from extproc.server.capture import DEFAULT_RESPONSE_HEADERS, Capturer
-from extproc.server.servicer import AuditServicer
+from extproc.server.servicer import AuditServicer, ReceiptReplies
 from extproc.store import RetentionPolicy, open_store
+
+if TYPE_CHECKING:
+    from extproc.server.proofapi import ProofServer
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +54,12 @@ class ServeConfig:
     allow_no_object_lock: bool = False
     max_backlog_bytes: int = 128 << 20
     drain_timeout: float = 20.0
+    heartbeat_interval: float = 60.0  # idle writer appends a heartbeat entry; 0: never
     reuse_port: bool = False  # set for `--workers`: several processes share the port
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
     response_headers: frozenset[str] | None = DEFAULT_RESPONSE_HEADERS  # None: all
+    proof_listen: str = "off"  # live proof API address (docs/PROOFS.md); off by default
+    receipt_header: str | None = None  # enforce mode: set this response header; None: off
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -72,6 +79,7 @@ class AuditServer:
         self.store = open_store(config.store)
         self.writer_id = secrets.token_hex(8)
         self.port = 0
+        self.proof_port = 0
         self._stop = asyncio.Event()
         self._health = health.aio.HealthServicer()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -91,6 +99,19 @@ class AuditServer:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _start_proof_api(self) -> ProofServer | None:
+        """The proof API on its own port, apart from ext_proc (docs/PROOFS.md)."""
+        cfg = self.config
+        if not cfg.proof_listen or cfg.proof_listen == "off":
+            return None
+        from extproc.server.proofapi import ProofServer, ProofServicer
+
+        servicer = ProofServicer(self.store, cfg.log_id, self.signer.verifier())
+        proof_server = ProofServer(servicer, reuse_port=cfg.reuse_port)
+        host, port = _split_host_port(cfg.proof_listen, "--proof-listen")
+        self.proof_port = await proof_server.start(host, port)
+        return proof_server
+
     def _fenced(self, reason: str) -> None:
         # Keep answering (with 503s) so Envoy fails closed, but tell the
         # orchestrator this instance is not healthy.
@@ -99,6 +120,25 @@ class AuditServer:
                 self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             )
         )
+
+    async def _heartbeat(self, audit_log: AuditLog) -> None:
+        """Append a `writer heartbeat` entry whenever a whole interval passed with none.
+
+        It gets published under a checkpoint like any entry, so a running
+        writer publishes at least once per interval: a longer silence in the
+        checkpoints means the writer was down or could not publish, not that
+        there was no traffic (docs/AUDITING.md, log status).
+        """
+        interval = self.config.heartbeat_interval
+        seen = audit_log.size
+        while True:
+            await asyncio.sleep(interval)
+            if audit_log.size == seen:
+                try:
+                    audit_log.append_nowait(entry.writer_event("heartbeat", self.writer_id))
+                except BackpressureError as e:  # store down or fenced: the gap is the truth
+                    log.warning("heartbeat not logged: %s", e)
+            seen = audit_log.size
 
     async def _set_health(self, status: int) -> None:
         for service in ("", EXT_PROC_SERVICE):
@@ -148,7 +188,12 @@ class AuditServer:
         # port would silently share it instead of failing to start.
         server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
         pb_grpc.add_ExternalProcessorServicer_to_server(
-            AuditServicer(audit_log, Capturer(cfg.redaction, cfg.response_headers), cfg.mode),
+            AuditServicer(
+                audit_log,
+                Capturer(cfg.redaction, cfg.response_headers),
+                cfg.mode,
+                ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipt_header else None,
+            ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -168,8 +213,12 @@ class AuditServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
 
+        proof_server = await self._start_proof_api()
         await server.start()
         publish_task = loop.create_task(publisher.run())
+        heartbeat_task = (
+            loop.create_task(self._heartbeat(audit_log)) if cfg.heartbeat_interval > 0 else None
+        )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving ext_proc (%s mode) on %s:%d, log %s, size %d, store %s, wal %s",
@@ -188,6 +237,10 @@ class AuditServer:
         log.info("shutting down: draining streams (up to %.0fs)", cfg.drain_timeout)
         await self._health.enter_graceful_shutdown()
         await server.stop(cfg.drain_timeout)
+        if heartbeat_task is not None:
+            heartbeat_task.cancel()
+        if proof_server is not None:
+            await proof_server.stop(1.0)
         await audit_log.flush()
         publisher.stop()
         try:
