@@ -5,7 +5,7 @@ Replies CONTINUE to request and response headers (blocking mode), or reads
 and drops every message (--observe). The benchmark compares the audit
 server against this, on the same machine, in the same run.
 
-    python benchmarks/noop_extproc.py --listen 127.0.0.1:50051 [--observe]
+    python benchmarks/noop_extproc.py --listen 127.0.0.1:50051 [--observe] [--close-after-response]
 """
 
 from __future__ import annotations
@@ -28,20 +28,25 @@ _CONTINUE = {
 
 
 class NoopProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, observe: bool) -> None:
+    def __init__(self, observe: bool, close_after_response: bool = False) -> None:
         self.observe = observe
+        self.close_after_response = close_after_response
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         async for msg in request_iterator:
+            kind = msg.WhichOneof("request")
             if not self.observe:
-                yield _CONTINUE[msg.WhichOneof("request")]
+                yield _CONTINUE[kind]
+            if self.close_after_response and kind == "response_headers":
+                return  # end the stream ourselves: no cancel from Envoy (PERFORMANCE.md)
 
 
-async def serve(listen: str, observe: bool) -> None:
+async def serve(listen: str, observe: bool, close_after_response: bool) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(NoopProcessor(observe), server)
+    processor = NoopProcessor(observe, close_after_response)
+    pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(listen)
@@ -59,8 +64,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:50051")
     parser.add_argument("--observe", action="store_true", help="never reply (observability mode)")
+    parser.add_argument(
+        "--close-after-response",
+        action="store_true",
+        help="end the stream after the response headers instead of waiting for Envoy",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.listen, args.observe))
+    asyncio.run(serve(args.listen, args.observe, args.close_after_response))
 
 
 if __name__ == "__main__":

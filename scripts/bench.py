@@ -368,10 +368,12 @@ class Bench:
                 count += data.count(b'"kind":"request"') + data.count(b'"kind":"exchange"')
         return count
 
-    def soak(self, seconds: float, store: str, *, noop: bool = False) -> dict[str, float]:
-        """Fixed-rate load on C (or on B); server RSS at minute 1 and at the end."""
+    def soak(
+        self, seconds: float, store: str, *, noop: bool = False, noop_close: bool = False
+    ) -> dict[str, float]:
+        """Fixed-rate load on C (or on B); server RSS every minute."""
         grpc_port, envoy_port, admin_port = (processes.free_port() for _ in range(3))
-        case_dir = self.work / ("soak-noop" if noop else "soak")
+        case_dir = self.work / ("soak-noop" + "-close" * noop_close if noop else "soak")
         case_dir.mkdir()
         config = bootstrap(
             listen=Endpoint("127.0.0.1", envoy_port),
@@ -382,6 +384,7 @@ class Bench:
         (case_dir / "envoy.yaml").write_text(to_yaml(config))
         server = (
             [str(ROOT / "benchmarks" / "noop_extproc.py"), "--listen", "127.0.0.1:{port}"]
+            + ["--close-after-response"] * noop_close
             if noop
             else self.audit_server("enforce", store)
         )
@@ -413,7 +416,9 @@ class Bench:
                     stdout=subprocess.DEVNULL,
                 )
                 started = time.monotonic()
-                for mark in (60.0, seconds - 1):
+                # Every minute, so a longer soak shows whether growth levels off.
+                marks = [*range(60, int(seconds), 60)]
+                for mark in [*marks, seconds - 1]:
                     time.sleep(max(0.0, started + mark - time.monotonic()))
                     samples[f"rss_mb_at_{mark:.0f}s"] = rss_mb([proc.pid])
                 load.wait()
@@ -421,8 +426,10 @@ class Bench:
                 if envoy is not None:
                     processes.stop(envoy)
                 processes.stop(proc, timeout=120)
-        first, last = samples.values()
-        samples["growth"] = last / first - 1
+        rss = list(samples.values())
+        samples["growth"] = rss[-1] / rss[0] - 1
+        # Growth over the second half of the soak: near 0 when memory has levelled off.
+        samples["growth_second_half"] = rss[-1] / rss[len(rss) // 2] - 1
         return samples
 
     def audit_server(self, mode: str, store: str, workers: int = 1) -> list[str]:
@@ -595,6 +602,27 @@ def print_table(results: list[CaseResult], floor: CaseResult) -> None:
             print(f"  envoy stats, {r.name}: {stats}")
 
 
+def log_core(work: Path, n: int) -> dict[str, float]:
+    """Append and verify throughput in-process, each next to its floor."""
+    print("\nlog core (one core, in-process):")
+    nosync = bench_append(n, False, work / "wal-nosync")
+    synced = bench_append(n, True, work / "wal-sync")
+    verify_rate, sha_rate = bench_verify(n)
+    print(f"  append, no fsync        {nosync:>10,.0f} entries/s")
+    print(f"  append, fsync per batch {synced:>10,.0f} entries/s")
+    print(
+        f"  verify                  {verify_rate:>10,.0f} entries/s "
+        f"({verify_rate / sha_rate:.2f}x of plain SHA-256 over the same lines, "
+        f"{sha_rate:,.0f}/s)"
+    )
+    return {
+        "append_nosync": nosync,
+        "append_sync": synced,
+        "verify": verify_rate,
+        "sha256": sha_rate,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -614,6 +642,16 @@ def main() -> int:
         "--only",
         default=None,
         help="run only these cases, e.g. 'B,C' (the table needs B for ratios)",
+    )
+    parser.add_argument(
+        "--soak-only",
+        action="store_true",
+        help="only the memory soak (with --soak SECONDS), e.g. a 10-minute plateau check",
+    )
+    parser.add_argument(
+        "--soak-noop-close",
+        action="store_true",
+        help="also soak the no-op server that ends each stream itself (grpc/grpc#43360)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -673,35 +711,35 @@ def main() -> int:
             ]
             wanted = set((args.only or "A,B,C,D,B'").split(","))
             cases = [c for c in cases if c[0].split()[0] in wanted | {"B"}]
+            if args.soak_only:
+                cases = []
             for name, server, mode, store, w in cases:
                 print(f"running {name}...", flush=True)
                 results.append(bench.run_case(name, server, mode, store, w))
-            floor = next(r for r in results if r.name.startswith("B "))
-            print()
-            print_table(results, floor)
-
-            print("\nlog core (one core, in-process):")
-            n = 50_000 if args.quick else 200_000
-            nosync = bench_append(n, False, work / "wal-nosync")
-            synced = bench_append(n, True, work / "wal-sync")
-            verify_rate, sha_rate = bench_verify(n)
-            print(f"  append, no fsync        {nosync:>10,.0f} entries/s")
-            print(f"  append, fsync per batch {synced:>10,.0f} entries/s")
-            print(
-                f"  verify                  {verify_rate:>10,.0f} entries/s "
-                f"({verify_rate / sha_rate:.2f}x of plain SHA-256 over the same lines, "
-                f"{sha_rate:,.0f}/s)"
-            )
+            core: dict[str, float] = {}
+            if not args.soak_only:
+                floor = next(r for r in results if r.name.startswith("B "))
+                print()
+                print_table(results, floor)
+                core = log_core(work, 50_000 if args.quick else 200_000)
             soak_result: dict[str, dict[str, float]] | None = None
             if soak:
                 soak_result = {}
-                for label, noop_soak in (("B no-op", True), ("C audit", False)):
+                soaks = [("B no-op", True, False), ("C audit", False, False)]
+                if args.soak_noop_close:
+                    soaks.insert(1, ("B no-op, server closes", True, True))
+                for label, noop_soak, close in soaks:
                     print(f"\nsoak: {soak:.0f} s at {FIXED_RATE} req/s on {label}...", flush=True)
-                    result = bench.soak(soak, s3 + "-soak", noop=noop_soak)
-                    marks = [v for k, v in result.items() if k.startswith("rss")]
+                    result = bench.soak(soak, s3 + "-soak", noop=noop_soak, noop_close=close)
+                    series = ", ".join(
+                        f"{k[len('rss_mb_at_') :]} {v:.0f}"
+                        for k, v in result.items()
+                        if k.startswith("rss")
+                    )
                     print(
-                        f"  {label} server RSS {marks[0]:.0f} MB at 60 s, {marks[1]:.0f} MB at "
-                        f"{soak:.0f} s: {result['growth'] * 100:+.1f}%"
+                        f"  {label} server RSS (MB): {series}; from 60 s to the end "
+                        f"{result['growth'] * 100:+.1f}%, "
+                        f"second half {result['growth_second_half'] * 100:+.1f}%"
                     )
                     soak_result[label] = result
         finally:
@@ -712,10 +750,7 @@ def main() -> int:
                 {
                     "seconds": seconds,
                     "cases": [asdict(r) for r in results],
-                    "append_nosync": nosync,
-                    "append_sync": synced,
-                    "verify": verify_rate,
-                    "sha256": sha_rate,
+                    **core,
                     "soak": soak_result,
                 },
                 indent=2,
