@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rendered_files import sync
+
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,18 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="only check, write nothing")
     args = parser.parse_args()
-    stale = []
-    for path, text in rendered().items():
-        if path.exists() and path.read_text() == text:
-            continue
-        if args.check:
-            stale.append(path)
-        else:
-            path.write_text(text)
-            print(f"wrote {path.relative_to(ROOT)}")
-    for path in stale:
-        print(f"{path.relative_to(ROOT)} is stale: run scripts/render_envoy.py", file=sys.stderr)
-    return 1 if stale else 0
+    return sync(rendered(), check=args.check, script="render_envoy.py", root=ROOT)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rendered_files import sync
 
 from extproc.envoyconf import Endpoint, ext_proc_cluster, ext_proc_filter
 
@@ -271,19 +272,7 @@ def main() -> int:
             return 2
         print("---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs), end="")
         return 0
-    stale = []
-    for path, text in rendered().items():
-        if path.exists() and path.read_text() == text:
-            continue
-        if args.check:
-            stale.append(path)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path.relative_to(ROOT)}")
-    for path in stale:
-        print(f"{path.relative_to(ROOT)} is stale: run scripts/render_istio.py", file=sys.stderr)
-    return 1 if stale else 0
+    return sync(rendered(), check=args.check, script="render_istio.py", root=ROOT)
 
 
 if __name__ == "__main__":
