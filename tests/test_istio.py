@@ -29,7 +29,7 @@ from tests.conftest import read_entries, run_cli, stack_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 ISTIO = ROOT / "istio"
-CRDS = ROOT.parent / "shared" / "schemas" / "istio-crd-all.gen.yaml"
+CRDS = ROOT / "tests" / "schemas" / "istio-crds.gen.yaml"  # vendored from istio/istio
 OVERLAYS = sorted(p.parent for p in (ISTIO / "overlays").glob("*/kustomization.yaml"))
 YAML_FILES = sorted(ISTIO.rglob("*.yaml"))
 KUBERNETES_VERSION = "1.32"  # the oldest still supported upstream that has every field we use
