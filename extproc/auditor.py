@@ -539,6 +539,9 @@ def result_to_json(
                 "entries": r.entries,
                 "rehashed": r.rehashed,
                 "resumed_from": r.resumed_from,
+                "consistency_proof": None
+                if r.consistency_proof is None
+                else [base64.b64encode(h).decode() for h in r.consistency_proof],
                 "bundles": r.bundles,
                 "checkpoints": r.checkpoints,
                 "latest": None

@@ -507,7 +507,9 @@ def _print_log(report: LogReport, *, quiet: bool) -> None:
     status = "OK" if report.ok else "INVALID"
     if not quiet or not report.ok:
         resumed = (
-            f" ({report.rehashed} new since the verified size {report.resumed_from})"
+            f" ({report.rehashed} new since the verified size {report.resumed_from}"
+            + (", consistency proof checked" if report.consistency_proof is not None else "")
+            + ")"
             if report.resumed_from
             else ""
         )

@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 from extproc.core.merkle import (
     EMPTY_ROOT,
     CompactRange,
+    compact_range_nodes,
     consistency_proof,
+    consistency_ranges,
     inclusion_proof,
     leaf_hash,
     node_hash,
@@ -585,3 +587,20 @@ def test_single_leaf_tree_root_is_leaf_hash() -> None:
     verify_inclusion(LEAVES[0], 0, 1, [], LEAVES[0])
     with pytest.raises(VerificationError, match="too long"):
         verify_inclusion(LEAVES[0], 0, 1, [LEAVES[1]], LEAVES[0])
+
+
+@given(st.integers(1, 300), st.data())
+def test_consistency_proof_from_compact_range_and_new_leaves(n: int, data: st.DataObject) -> None:
+    # What verify --state does: old-side proof nodes come from the old tree's
+    # compact range, new-side ones from the new leaves only.
+    m = data.draw(st.integers(1, n))
+    leaves = [leaf_hash(b"%d" % i) for i in range(n)]
+    old = CompactRange()
+    old.extend(leaves[:m])
+    nodes = compact_range_nodes(old)
+    proof = []
+    for lo, hi in consistency_ranges(m, n):
+        assert hi <= m or lo >= m
+        proof.append(nodes[(lo, hi)] if hi <= m else root_of(leaves[lo:hi]))
+    assert proof == consistency_proof(leaves, m)
+    verify_consistency(m, n, old.root(), root_of(leaves), proof)

@@ -24,8 +24,9 @@ import pytest
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, sign_checkpoint
 from extproc.core.claim import Claim
-from extproc.core.merkle import CompactRange, leaf_hash
+from extproc.core.merkle import CompactRange, leaf_hash, verify_consistency
 from extproc.core.note import Signer, verify_note
+from extproc.errors import VerificationError
 from extproc.keys import load_signer
 from tests.conftest import MotoServer, run_cli, stack_factory
 
@@ -389,10 +390,17 @@ def test_incremental_run_rehashes_only_new_entries(pristine: Pristine, tmp_path:
     log = json.loads(second.stdout)["logs"][0]
     total = _sizes(pristine)[-1]
     assert (log["resumed_from"], log["rehashed"], log["entries"]) == (mid, total - mid, total)
+    # The RFC 9162 consistency proof mid -> total, as reported, verifies.
+    proof = [base64.b64decode(h) for h in log["consistency_proof"]]
+    latest_root = base64.b64decode(log["latest"]["root"])
+    verify_consistency(mid, total, base64.b64decode(record["root"]), latest_root, proof)
+    with pytest.raises(VerificationError):
+        verify_consistency(mid, total, base64.b64decode(record["root"]), b"\0" * 32, proof)
     assert json.loads(state.read_text())["logs"][pristine.log_id]["size"] == total
     # A third run has nothing new to hash and still verifies.
     third = _verify_state(str(pristine.root), pristine, state, "--format", "json")
     assert json.loads(third.stdout)["logs"][0]["rehashed"] == 0
+    assert json.loads(third.stdout)["logs"][0]["consistency_proof"] is None  # same size
 
 
 def test_checkpoint_rollback_against_state_detected(pristine: Pristine, tmp_path: Path) -> None:

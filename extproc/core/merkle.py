@@ -142,32 +142,52 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     return proof
 
 
-def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
-    """PROOF(m, D[n]) of RFC 9162 2.1.4.1, n = len(leaves)."""
-    new_size = len(leaves)
+def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [lo, hi) whose subtree roots make PROOF(m, D[n]), RFC 9162 2.1.4.1.
+
+    In proof order. A range is either wholly below `old_size` (then it is one
+    of the perfect subtrees of the old tree's compact range) or wholly at or
+    above it, so a verifier holding the old tree's compact range and the new
+    leaves only can compute the proof (LogChecker does, for `verify --state`).
+    """
     if not 0 <= old_size <= new_size:
         raise ValueError(f"cannot prove size {old_size} consistent with size {new_size}")
     if old_size in (0, new_size):
         return []
-    proof: list[bytes] = []
+    ranges: list[tuple[int, int]] = []
     lo, hi, m, complete = 0, new_size, old_size, True
     while True:
         n = hi - lo
         if m == n:
             if not complete:
-                proof.append(root_of(leaves[lo:hi]))
+                ranges.append((lo, hi))
             break
         k = _largest_power_of_two_below(n)
         if m <= k:
-            proof.append(root_of(leaves[lo + k : hi]))
+            ranges.append((lo + k, hi))
             hi = lo + k
         else:
-            proof.append(root_of(leaves[lo : lo + k]))
+            ranges.append((lo, lo + k))
             lo += k
             m -= k
             complete = False
-    proof.reverse()
-    return proof
+    ranges.reverse()
+    return ranges
+
+
+def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
+    """PROOF(m, D[n]) of RFC 9162 2.1.4.1, n = len(leaves)."""
+    return [root_of(leaves[lo:hi]) for lo, hi in consistency_ranges(old_size, len(leaves))]
+
+
+def compact_range_nodes(tree: CompactRange) -> dict[tuple[int, int], bytes]:
+    """The perfect subtrees of a compact range by their leaf range [lo, hi)."""
+    nodes, lo = {}, 0
+    sizes = [1 << b for b in range(tree.size.bit_length() - 1, -1, -1) if tree.size >> b & 1]
+    for size, h in zip(sizes, tree.hashes, strict=True):
+        nodes[(lo, lo + size)] = h
+        lo += size
+    return nodes
 
 
 def verify_inclusion(

@@ -18,7 +18,13 @@ from extproc.core import entry
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
 from extproc.core.claim import Claim
 from extproc.core.layout import BundleName
-from extproc.core.merkle import LEAF_PREFIX, CompactRange
+from extproc.core.merkle import (
+    LEAF_PREFIX,
+    CompactRange,
+    compact_range_nodes,
+    consistency_ranges,
+    verify_consistency,
+)
 from extproc.core.note import Verifier
 from extproc.errors import VerificationError
 
@@ -94,6 +100,9 @@ class LogReport:
     # Frontier and last leaf hex at the latest checkpoint, if its root matched:
     # what the state file keeps so that the next run can resume.
     frontier: tuple[CompactRange, str] | None = None
+    # With a state file: the RFC 9162 consistency proof from the verified size
+    # (resumed_from) to the latest checkpoint, computed from the data and checked.
+    consistency_proof: list[bytes] | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,6 +133,13 @@ class LogChecker:
         self._prev = ""
         self._gap = False
         self._base = 0  # entries below this were verified by an earlier run
+        self._base_root = b""
+        self._base_nodes: dict[tuple[int, int], bytes] = {}
+        # Consistency proof base -> latest: the new-side subtrees, filled as
+        # bundles stream by (None until the first bundle after a resume).
+        self._proof_ranges: list[tuple[int, int]] | None = None
+        self._proof_parts: dict[tuple[int, int], CompactRange] = {}
+        self._roots_ok: set[int] = set()
         # tree size -> (frontier, last leaf hex) at each checkpoint whose root matched
         self._verified: dict[int, tuple[CompactRange, str]] = {0: (CompactRange(), "")}
 
@@ -137,6 +153,8 @@ class LogChecker:
         self._tree = tree.copy()
         self._prev = last_leaf
         self._base = tree.size
+        self._base_root = tree.root()
+        self._base_nodes = compact_range_nodes(tree)
         self.report.entries = tree.size
         self.report.resumed_from = tree.size
         self._verified = {tree.size: (tree.copy(), last_leaf)}
@@ -254,6 +272,48 @@ class LogChecker:
             self._prev = leaves[-1].hex()
         report.entries = first + len(leaves)
         report.rehashed += len(leaves)
+        self._collect_proof_leaves(first, leaves)
+
+    def _collect_proof_leaves(self, first: int, leaves: list[bytes]) -> None:
+        latest = self.report.latest
+        if not self._base or latest is None or latest.size <= self._base:
+            return
+        if self._proof_ranges is None:
+            self._proof_ranges = consistency_ranges(self._base, latest.size)
+            self._proof_parts = {
+                r: CompactRange() for r in self._proof_ranges if r[0] >= self._base
+            }
+        end = first + len(leaves)
+        for (lo, hi), part in self._proof_parts.items():
+            if lo < end and first < hi:
+                part.extend(leaves[max(lo, first) - first : min(hi, end) - first])
+
+    def _check_consistency(self) -> None:
+        """Prove the latest checkpoint's tree extends the one verified earlier.
+
+        Its root was recomputed by extending the verified frontier, which already
+        shows the old tree is a prefix; the RFC 9162 proof built from the same
+        data states it in the standard form, is checked with verify_consistency
+        and goes into the report (`--format json`) as evidence.
+        """
+        latest = self.report.latest
+        if self._proof_ranges is None or latest is None or latest.size not in self._roots_ok:
+            return
+        proof = []
+        for lo, hi in self._proof_ranges:
+            if hi <= self._base:
+                proof.append(self._base_nodes[(lo, hi)])
+                continue
+            part = self._proof_parts[(lo, hi)]
+            if part.size != hi - lo:
+                return  # entries missing: reported elsewhere
+            proof.append(part.root())
+        try:
+            verify_consistency(self._base, latest.size, self._base_root, latest.root_hash, proof)
+        except VerificationError as e:
+            self._find("", f"tree size {latest.size} is not consistent with size {self._base}: {e}")
+            return
+        self.report.consistency_proof = proof
 
     def _check_entry(self, key: str, line: bytes, seq: int, prev: str) -> None:
         """The full JSON parse of one entry, with findings that say what is wrong."""
@@ -270,6 +330,7 @@ class LogChecker:
     def _check_root(self, size: int) -> bool:
         key, cp = self._checkpoints[size]
         if self._tree.root() == cp.root_hash:
+            self._roots_ok.add(size)
             return True
         if self._base and size >= self._base:
             self._find(
@@ -288,6 +349,7 @@ class LogChecker:
 
     def finish(self) -> LogReport:
         report = self.report
+        self._check_consistency()
         for first, (key, claim) in sorted(self._claims.items()):
             if first >= report.entries and not self._gap:
                 self._find(
@@ -371,7 +433,9 @@ class Gap:
     """A stretch of time in which the log published nothing.
 
     kind: `quiet` (one writer run, no checkpoint for longer than the
-    threshold: no traffic, or the writer hung; the log cannot tell which),
+    threshold: with the writer's heartbeat entries (`serve
+    --heartbeat-interval`, default 60 s) this means hung or cut off from the
+    store, not idle),
     `stopped` (the writer shut down cleanly, the next run started later),
     `crash` (a writer run ended without a final checkpoint; the next run
     started at most `end_ms`).
