@@ -266,6 +266,13 @@ def run_demo(
     print(f"  extproc-audit verify {store.url} --vkey '{vkey}'")
     sample = _sample_entry(store_url)
     if sample is not None:
-        print("\nan entry (secrets redacted before anything was written):")
+        proof = workdir / f"entry-{sample['seq']}.tlog-proof"
+        print("prove that this entry is in the log, then check the proof offline:")
+        print(
+            f"  extproc-audit prove {store.url} --log {DEMO_LOG_ID} "
+            f"--request-id {sample['rid']} --out {proof}"  # or --seq, as a receipt names it
+        )
+        print(f"  extproc-audit check-proof {proof} --vkey '{vkey}'")
+        print("\nthat entry (secrets redacted before anything was written):")
         print(json.dumps(sample, indent=2, sort_keys=True)[:2500])
     return 0 if ok else 1
