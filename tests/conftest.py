@@ -218,7 +218,7 @@ def make_stack(tmp_path: Path) -> Iterator[Any]:
 def read_entries(store_url: str, log_id: str) -> list[dict[str, Any]]:
     """Every published entry of a log, in bundle order."""
     store = open_store(store_url)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for obj in store.list(layout.log_prefix(store.prefix, log_id) + "entries/"):
         name = layout.parse_key(store.prefix, obj.key)
         assert name is not None and name.bundle is not None
