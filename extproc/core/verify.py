@@ -52,16 +52,24 @@ def _quick_chain_mismatches(
     """
     hexes = hexlify(b"".join(leaves))  # one C call instead of a .hex() per leaf
     bad = []
+    # Line heads before "prev" repeat (kind, dst, node): check each distinct one once.
+    clean_heads: set[bytes] = set()
     for i, line in enumerate(lines):
         prev = hexes[64 * i - 64 : 64 * i] if i else prev0
         at = line.find(b'"prev":"')
+        if at < 0:
+            bad.append(i)
+            continue
+        head = line[:at]
+        if head not in clean_heads:
+            if head[:1] != b"{" or head.find(b"{", 1) >= 0 or head.find(b"[") >= 0:
+                bad.append(i)
+                continue
+            if len(clean_heads) < 1024:
+                clean_heads.add(head)
         end = at + 8 + len(prev)
         if (
-            at < 0
-            or line[:1] != b"{"
-            or line.find(b"{", 1, at) >= 0
-            or line.find(b"[", 1, at) >= 0
-            or not line.startswith(prev, at + 8)
+            not line.startswith(prev, at + 8)
             or line[end : end + 1] != b'"'
             or not line.startswith(b',"seq":%d,' % (first + i), line.rfind(b',"seq":'))
         ):
