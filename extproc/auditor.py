@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from extproc.core import layout
+from extproc.core import entry, layout
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.note import Verifier
 from extproc.core.state import AuditState, LogState
@@ -500,15 +500,7 @@ def all_ok(reports: list[LogReport], general: list[Finding]) -> bool:
 
 def parse_time_ms(text: str) -> int:
     """--since/--until: RFC 3339 (`2026-11-26T16:00:00Z`) or a date (UTC midnight)."""
-    from extproc.errors import ConfigError
-
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as e:
-        raise ConfigError(f"not an RFC 3339 time or a date: {text!r}") from e
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
+    return int(entry.parse_time(text).timestamp() * 1000)
 
 
 def _iso(ms: int | None) -> str | None:

@@ -15,13 +15,12 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 
 from extproc.auditor import LogObjects, list_logs
-from extproc.core import layout
+from extproc.core import entry, layout
 from extproc.core.note import Verifier
 from extproc.core.verify import Finding, LogChecker, LogReport
 from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
@@ -45,18 +44,7 @@ def parse_time(value: str) -> str:
     Entries store `ts` as fixed-width UTC with microseconds, so bounds in the
     same form compare as strings.
     """
-    text = value.strip()
-    try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            moment = datetime(d.year, d.month, d.day, tzinfo=UTC)
-        else:
-            moment = datetime.fromisoformat(text.replace("z", "Z"))
-            if moment.tzinfo is None:
-                raise ConfigError(f"time {value!r} has no time zone: add Z or an offset")
-    except ValueError as e:
-        raise ConfigError(f"time {value!r} is not RFC 3339 or YYYY-MM-DD") from e
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return entry.ts_text(entry.parse_time(value))
 
 
 def parse_status(value: str) -> frozenset[int]:

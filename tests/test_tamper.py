@@ -461,6 +461,11 @@ def test_since_until_select_logs_active_in_window(pristine: Pristine) -> None:
     assert "no log was active" in before.stdout
     now = run_cli("verify", str(pristine.root), "--vkey", pristine.vkey, "--since", "2001-01-01")
     assert f"log {pristine.log_id}: OK" in now.stdout
+    # Same time syntax as `search`: a time without a zone is refused, not guessed.
+    naive = run_cli(
+        "verify", str(pristine.root), "--vkey", pristine.vkey, "--since", "2026-11-26T10:00"
+    )
+    assert naive.returncode == 2 and "no time zone" in naive.stderr
 
 
 def test_json_output_schema(pristine: Pristine) -> None:

@@ -7,11 +7,12 @@ hashed; a verifier never re-serialises them.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 
-from extproc.errors import VerificationError
+from extproc.errors import ConfigError, VerificationError
 
 FORMAT_VERSION = 1
 MAX_ENTRY_BYTES = 64 * 1024 - 1  # DESIGN.md: entries stay under 64 KiB
@@ -85,3 +86,24 @@ def parse(line: bytes) -> dict[str, Any]:
     if not isinstance(obj.get("seq"), int) or not isinstance(obj.get("prev"), str):
         raise VerificationError("entry lacks an integer seq or a string prev")
     return obj
+
+
+def parse_time(value: str) -> datetime:
+    """A time bound given by a user (--since/--until): RFC 3339 with a zone, or
+    YYYY-MM-DD (UTC midnight). Returned in UTC."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            d = date.fromisoformat(text)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError as e:
+        raise ConfigError(f"time {value!r} is not RFC 3339 or YYYY-MM-DD") from e
+    if moment.tzinfo is None:
+        raise ConfigError(f"time {value!r} has no time zone: add Z or an offset")
+    return moment.astimezone(UTC)
+
+
+def ts_text(moment: datetime) -> str:
+    """`moment` in the entries' `ts` form (fixed width, so bounds compare as strings)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
