@@ -73,7 +73,9 @@ def _add(logs: dict[str, LogObjects], stray: list[str], store: ObjectStore, key:
     return name.log_id
 
 
-def list_logs(store: ObjectStore) -> tuple[dict[str, LogObjects], list[str]]:
+def list_logs(
+    store: ObjectStore, log_id: str | None = None
+) -> tuple[dict[str, LogObjects], list[str]]:
     """Group every object under <prefix>/logs/ by log id; also return stray keys.
 
     On a versioned store, keys are listed from their versions: a key hidden by
@@ -82,7 +84,10 @@ def list_logs(store: ObjectStore) -> tuple[dict[str, LogObjects], list[str]]:
     """
     logs: dict[str, LogObjects] = defaultdict(LogObjects)
     stray: list[str] = []
-    prefix = layout.logs_prefix(store.prefix)
+    if log_id is None:
+        prefix = layout.logs_prefix(store.prefix)
+    else:
+        prefix = layout.log_prefix(store.prefix, log_id)
     if not is_versioned(store):
         for obj in store.list(prefix):
             if log_id := _add(logs, stray, store, obj.key):
@@ -184,6 +189,15 @@ def _below(objects: LogObjects, base: int) -> list[str]:
     )
 
 
+def read_object(store: ObjectStore, objects: LogObjects, key: str) -> bytes:
+    """The object as the log wrote it: on a versioned store its original version
+    (a later version or a delete marker is an attack, reported by list_logs)."""
+    original = objects.originals.get(key)
+    if original is not None and is_versioned(store):
+        return store.get_version(key, original.version_id)  # type: ignore[attr-defined, no-any-return]
+    return store.get(key)
+
+
 def verify_log(
     store: ObjectStore,
     log_id: str,
@@ -198,13 +212,9 @@ def verify_log(
 ) -> LogReport:
     """Verify one log; with `prior`, resume from the tree an earlier run verified."""
     checker = LogChecker(log_id, verifier, origin_prefix, deep=deep)
-    versioned = is_versioned(store)
 
     def read(key: str) -> bytes:
-        original = objects.originals.get(key)
-        if versioned and original is not None:
-            return store.get_version(key, original.version_id)  # type: ignore[attr-defined, no-any-return]
-        return store.get(key)
+        return read_object(store, objects, key)
 
     base = 0
     if prior is not None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
+from extproc.auditor import LogObjects, list_logs, read_object
 from extproc.core import entry as entry_format
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
@@ -73,8 +74,9 @@ class Consistency:
 
 @dataclass
 class _LogObjects:
-    checkpoints: list[int] = field(default_factory=list)
-    bundles: list[tuple[str, layout.BundleName]] = field(default_factory=list)
+    listed: LogObjects  # as the auditor lists them (original versions on S3)
+    checkpoints: list[int]  # sizes, ascending
+    bundles: list[tuple[str, layout.BundleName]]  # by first seq
 
 
 class LeafCache:
@@ -137,33 +139,31 @@ class Prover:
     # --- objects --------------------------------------------------------------------
 
     def _objects(self) -> _LogObjects:
-        objects = _LogObjects()
-        prefix = self.store.prefix
-        for obj in self.store.list(layout.log_prefix(prefix, self.log_id)):
-            name = layout.parse_key(prefix, obj.key)
-            if name is None or name.log_id != self.log_id:
-                continue
-            if name.kind == "checkpoint" and name.size is not None:
-                objects.checkpoints.append(name.size)
-            elif name.kind == "bundle" and name.bundle is not None:
-                objects.bundles.append((obj.key, name.bundle))
-        if not objects.checkpoints and not objects.bundles:
+        logs, _ = list_logs(self.store, self.log_id)
+        listed = logs.get(self.log_id)
+        if listed is None or not (listed.checkpoints or listed.bundles):
             raise EntryNotFoundError(f"log {self.log_id} not found in {self.store.url}")
-        objects.checkpoints.sort()
-        objects.bundles.sort(key=lambda b: (b[1].first, b[1].last))
-        return objects
+        return _LogObjects(
+            listed,
+            sorted(size for _, size in listed.checkpoints),
+            sorted(listed.bundles, key=lambda b: (b[1].first, b[1].last)),
+        )
 
-    def _bundle_lines(self, key: str, name: layout.BundleName) -> list[bytes]:
-        lines = _lines(bundle_lines(self.store.get(key), compressed=name.gzip))
+    def _bundle_lines(self, objects: _LogObjects, key: str, name: layout.BundleName) -> list[bytes]:
+        data = read_object(self.store, objects.listed, key)
+        lines = _lines(bundle_lines(data, compressed=name.gzip))
         if len(lines) != name.last - name.first + 1:
             raise VerificationError(f"{key}: bundle holds {len(lines)} entries, its name disagrees")
         return lines
 
-    def _bundle_leaves(self, key: str, name: layout.BundleName) -> list[bytes]:
+    def _bundle_leaves(
+        self, objects: _LogObjects, key: str, name: layout.BundleName
+    ) -> list[bytes]:
         leaves = self.cache.get(key)
         if leaves is None:
             sha256 = hashlib.sha256
-            leaves = [sha256(LEAF_PREFIX + line).digest() for line in self._bundle_lines(key, name)]
+            lines = self._bundle_lines(objects, key, name)
+            leaves = [sha256(LEAF_PREFIX + line).digest() for line in lines]
             self.cache.put(key, leaves)
         return leaves
 
@@ -178,7 +178,7 @@ class Prover:
                     f"log {self.log_id}: bundle {key} starts at {name.first}, expected "
                     f"{len(leaves)} (missing or overlapping bundles; run verify)"
                 )
-            leaves.extend(self._bundle_leaves(key, name))
+            leaves.extend(self._bundle_leaves(objects, key, name))
         if len(leaves) < size:
             raise VerificationError(
                 f"log {self.log_id}: checkpoint size {size} but only {len(leaves)} entries "
@@ -186,11 +186,11 @@ class Prover:
             )
         return leaves[:size]
 
-    def _open(self, size: int) -> tuple[Checkpoint, bytes] | None:
+    def _open(self, objects: _LogObjects, size: int) -> tuple[Checkpoint, bytes] | None:
         """The checkpoint at `size` if it is usable: verifies (or parses) and names its size."""
         key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
         try:
-            note = self.store.get(key)
+            note = read_object(self.store, objects.listed, key)
         except ObjectNotFoundError:
             return None
         try:
@@ -208,7 +208,7 @@ class Prover:
         self, objects: _LogObjects, at_least: int, tree_size: int | None
     ) -> tuple[Checkpoint, bytes]:
         if tree_size is not None:
-            found = self._open(tree_size) if tree_size in objects.checkpoints else None
+            found = self._open(objects, tree_size) if tree_size in objects.checkpoints else None
             if found is None:
                 raise EntryNotFoundError(
                     f"log {self.log_id}: no valid signed checkpoint of size {tree_size}"
@@ -222,7 +222,7 @@ class Prover:
         for size in reversed(objects.checkpoints):
             if size < at_least:
                 break
-            if (found := self._open(size)) is not None:
+            if (found := self._open(objects, size)) is not None:
                 return found
         what = f"covers entry {at_least - 1}" if at_least else "is published"
         raise EntryNotFoundError(f"log {self.log_id}: no valid signed checkpoint {what} yet")
@@ -232,7 +232,7 @@ class Prover:
     def _entry_by_seq(self, objects: _LogObjects, seq: int) -> bytes:
         for key, name in objects.bundles:
             if name.first <= seq <= name.last:
-                return self._bundle_lines(key, name)[seq - name.first]
+                return self._bundle_lines(objects, key, name)[seq - name.first]
         raise EntryNotFoundError(f"log {self.log_id}: entry {seq} is not published")
 
     def _entry_by_request_id(self, objects: _LogObjects, rid: str) -> tuple[int, bytes]:
@@ -248,7 +248,7 @@ class Prover:
         for key, name in reversed(objects.bundles):
             hits = [
                 (name.first + i, line)
-                for i, line in enumerate(self._bundle_lines(key, name))
+                for i, line in enumerate(self._bundle_lines(objects, key, name))
                 if needle in line and entry_format.parse(line).get("rid") == rid
             ]
             if hits:
@@ -317,8 +317,8 @@ class Prover:
         leaves = leaves[:second]
         hashes = tuple(consistency_proof(leaves, first))
         verify_consistency(first, second, root_of(leaves[:first]), root_of(leaves), hashes)
-        first_cp = self._open(first) if first in objects.checkpoints else None
-        second_cp = self._open(second) if second in objects.checkpoints else None
+        first_cp = self._open(objects, first) if first in objects.checkpoints else None
+        second_cp = self._open(objects, second) if second in objects.checkpoints else None
         return Consistency(
             self.log_id,
             first,

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from extproc.auditor import LogObjects, list_logs
+from extproc.auditor import LogObjects, list_logs, read_object
 from extproc.core import entry, layout
 from extproc.core.note import Verifier
 from extproc.core.verify import Finding, LogChecker, LogReport
@@ -285,9 +285,11 @@ class StoreSearch:
             self.stats.logs += 1
             yield from self._search_log(log_id, objects)
 
-    def _fetch(self, key: str, name: layout.BundleName) -> bytes | VerificationError:
+    def _fetch(
+        self, objects: LogObjects, key: str, name: layout.BundleName
+    ) -> bytes | VerificationError:
         try:
-            return bundle_lines(self.store.get(key), compressed=name.gzip)
+            return bundle_lines(read_object(self.store, objects, key), compressed=name.gzip)
         except VerificationError as e:
             return e
         except ObjectNotFoundError as e:  # listed, then gone
@@ -302,30 +304,32 @@ class StoreSearch:
         with ThreadPoolExecutor(self.prefetch) as pool:
             window: deque[Pending] = deque()
             for key, name in todo:
-                window.append((key, name, pool.submit(self._fetch, key, name)))
+                window.append((key, name, pool.submit(self._fetch, objects, key, name)))
                 if len(window) >= self.prefetch:
                     break
             while window:
                 key, name, future = window.popleft()
                 nxt = next(todo, None)
                 if nxt is not None:
-                    window.append((nxt[0], nxt[1], pool.submit(self._fetch, *nxt)))
+                    window.append((nxt[0], nxt[1], pool.submit(self._fetch, objects, *nxt)))
                 yield key, name, future.result()
 
     def _search_log(self, log_id: str, objects: LogObjects) -> Iterator[Match]:
         checker: LogChecker | None = None
         if self.verifier is not None:
             checker = LogChecker(log_id, self.verifier, self.origin_prefix)
+            # Overwrites and delete markers (S3): reported; the originals are read.
+            checker.report.findings.extend(objects.version_findings)
             for key in objects.unknown:
                 checker.add_unknown(key)
             for key, size in objects.checkpoints:
                 try:
-                    checker.add_checkpoint(key, size, self.store.get(key))
+                    checker.add_checkpoint(key, size, read_object(self.store, objects, key))
                 except ObjectNotFoundError:
                     checker.add_unknown(key)
             for key, first in objects.claims:
                 try:
-                    checker.add_claim(key, first, self.store.get(key))
+                    checker.add_claim(key, first, read_object(self.store, objects, key))
                 except ObjectNotFoundError:
                     checker.add_unknown(key)
         scan = _LogScan(log_id, self.filters, self.keep_requests)

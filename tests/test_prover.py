@@ -25,6 +25,7 @@ from extproc.log.wal import WAL
 from extproc.prover import EntryNotFoundError, LeafCache, Prover
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
+from extproc.store.memory import MemoryStore
 from extproc.store.s3 import S3Store
 from tests.conftest import MotoServer, run_cli
 from tests.test_merkle import ref_mth, ref_path, ref_proof
@@ -175,6 +176,22 @@ def test_changed_bundle_detected_before_proving(
         prover.inclusion(seq=20)
     with pytest.raises(VerificationError, match="do not match the signed root"):
         prover.consistency(SIZES[0])
+
+
+def test_overwritten_bundle_on_versioned_store_proves_the_original(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """S3 with Object Lock keeps the original version under a new one or a delete
+    marker: the proof is made from what the log wrote, as verify reads it."""
+    store = MemoryStore(versioned=True)
+    write_log(store, tmp_path / "wal", signer)
+    entries = published_entries(store)
+    key = layout.bundle_key("", LOG_ID, 0, 9)
+    store.overwrite(key, store.get(key).replace(b'"req-3"', b'"req-X"'))
+    store.delete(layout.bundle_key("", LOG_ID, 10, 19))
+    inc = Prover(store, LOG_ID, signer.verifier()).inclusion(request_id="req-3")
+    assert (inc.index, inc.entry) == (3, entries[3])
+    assert list(inc.hashes) == ref_path(3, entries)
 
 
 def test_leaf_cache_is_bounded() -> None:

@@ -24,10 +24,11 @@ from extproc.errors import ConfigError
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig, bundle_lines
 from extproc.log.wal import WAL
-from extproc.search import parse_status, parse_time
+from extproc.search import Filters, StoreSearch, parse_status, parse_time
 from extproc.store import open_store
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
+from extproc.store.memory import MemoryStore
 from tests.conftest import MotoServer
 
 START = datetime(2026, 11, 26, 0, 0, tzinfo=UTC).timestamp()
@@ -319,6 +320,24 @@ def test_tampered_bundle_prints_what_it_read_and_exits_1(
 
     code, out, err = search(capsysbinary, None, log.url, "--status", "2xx")
     assert code == 0 and "NOT VERIFIED" in err  # the flag's promise: no hashing at all
+
+
+def test_overwritten_bundle_on_versioned_store_finds_the_original(
+    tmp_path: Path, signer: Signer
+) -> None:
+    # S3 keeps the original version under an attacker's new one: search reads
+    # what the log wrote and reports the overwrite, as verify does.
+    store = MemoryStore(versioned=True)
+    write_log(store, signer, tmp_path / "wal", "pod-a")
+    lines = stored_lines(store, "pod-a")
+    key = next(o.key for o in store.list("logs/pod-a/entries/"))
+    store.overwrite(key, store.get(key).replace(b'"rid":"rid-000"', b'"rid":"rid-XXX"'))
+    run = StoreSearch(store, Filters(request_id="rid-000"), verifier=signer.verifier())
+    found = [m.line for m in run.matches()]
+    assert found and all(line in lines for line in found)
+    (report,) = run.stats.reports
+    assert not report.ok
+    assert any("overwritten after publication" in f.message for f in report.findings)
 
 
 def test_wrong_key_is_invalid(
