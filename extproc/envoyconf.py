@@ -35,6 +35,57 @@ class Endpoint:
             return False
         return True
 
+    def address(self) -> dict[str, Any]:
+        return {"socket_address": {"address": self.host, "port_value": self.port}}
+
+
+@dataclass(frozen=True)
+class SocketPath:
+    """A Unix domain socket (`serve --listen unix:PATH`): the per-pod topology,
+    where only the proxy and the audit container mount the socket's volume."""
+
+    path: str
+
+    is_ip = True  # a fixed address: STATIC cluster, no DNS
+
+    def address(self) -> dict[str, Any]:
+        return {"pipe": {"path": self.path}}
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """Envoy's client certificate for `serve --tls-cert/--tls-key/--client-ca` (files)."""
+
+    cert_chain: str
+    private_key: str
+    trusted_ca: str
+    sni: str = ""
+    server_san: str = ""  # require this URI or DNS SAN on the audit server's certificate
+
+    def transport_socket(self) -> dict[str, Any]:
+        validation: dict[str, Any] = {"trusted_ca": {"filename": self.trusted_ca}}
+        if self.server_san:
+            san_type = "URI" if "://" in self.server_san else "DNS"
+            validation["match_typed_subject_alt_names"] = [
+                {"san_type": san_type, "matcher": {"exact": self.server_san}}
+            ]
+        context: dict[str, Any] = {
+            "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": self.cert_chain},
+                        "private_key": {"filename": self.private_key},
+                    }
+                ],
+                "validation_context": validation,
+            },
+        }
+        if self.sni:
+            context["sni"] = self.sni
+        return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
 
 def ext_proc_filter(mode: str = "enforce", cluster: str = EXT_PROC_CLUSTER) -> dict[str, Any]:
     """The HTTP filter entry (name + typed_config) for an http_connection_manager."""
@@ -68,7 +119,9 @@ def ext_proc_filter(mode: str = "enforce", cluster: str = EXT_PROC_CLUSTER) -> d
     return {"name": EXT_PROC_FILTER, "typed_config": config}
 
 
-def ext_proc_cluster(endpoint: Endpoint, name: str = EXT_PROC_CLUSTER) -> dict[str, Any]:
+def ext_proc_cluster(
+    endpoint: Endpoint | SocketPath, name: str = EXT_PROC_CLUSTER, tls: ClientTLS | None = None
+) -> dict[str, Any]:
     limits = {
         "priority": "DEFAULT",
         "max_connections": 1024,
@@ -76,7 +129,7 @@ def ext_proc_cluster(endpoint: Endpoint, name: str = EXT_PROC_CLUSTER) -> dict[s
         "max_requests": 65536,
         "max_retries": 3,
     }
-    return {
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC" if endpoint.is_ip else "STRICT_DNS",
         "connect_timeout": "1s",
@@ -98,24 +151,27 @@ def ext_proc_cluster(endpoint: Endpoint, name: str = EXT_PROC_CLUSTER) -> dict[s
         "circuit_breakers": {"thresholds": [limits, {**limits, "priority": "HIGH"}]},
         "load_assignment": _load_assignment(name, endpoint),
     }
+    if tls is not None:
+        cluster["transport_socket"] = tls.transport_socket()
+    return cluster
 
 
-def _load_assignment(name: str, endpoint: Endpoint) -> dict[str, Any]:
-    address = {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
+def _load_assignment(name: str, endpoint: Endpoint | SocketPath) -> dict[str, Any]:
     return {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": endpoint.address()}}]}],
     }
 
 
 def bootstrap(
     *,
     listen: Endpoint,
-    ext_proc: Endpoint | None,
+    ext_proc: Endpoint | SocketPath | None,
     upstream: Endpoint | None,
     admin: Endpoint,
     mode: str = "enforce",
     node_id: str = "extproc-audit-demo",
+    ext_proc_tls: ClientTLS | None = None,
 ) -> dict[str, Any]:
     """A complete Envoy bootstrap: one listener, ext_proc, then the router.
 
@@ -146,7 +202,7 @@ def bootstrap(
             },
         ],
     }
-    clusters = [ext_proc_cluster(ext_proc)] if ext_proc is not None else []
+    clusters = [ext_proc_cluster(ext_proc, tls=ext_proc_tls)] if ext_proc is not None else []
     if upstream is not None:
         clusters.append(
             {

@@ -49,3 +49,18 @@ FENCED = Gauge(
     "extproc_audit_fenced",
     "1 when publishing stopped because another writer's object was found (fork)",
 )
+REPORTERS_REFUSED = Counter(
+    "extproc_audit_reporters_refused_total",
+    "Ingest streams refused with PERMISSION_DENIED before anything was logged, by reason "
+    "(not_allowed, untrusted_peer, no_identity, destination_mismatch)",
+    ["reason"],
+)
+DESTINATION_MISMATCHES = Counter(
+    "extproc_audit_destination_mismatches_total",
+    "Entries whose reporter is not the proxy of the workload that served the request "
+    "(recorded in the entry: --reporter-is-destination record)",
+)
+STREAMS_TIMED_OUT = Counter(
+    "extproc_audit_streams_timed_out_total",
+    "Ingest streams ended because they sent nothing for --stream-idle-timeout seconds",
+)

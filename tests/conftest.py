@@ -24,7 +24,7 @@ from extproc import processes
 from extproc.core import layout
 from extproc.core.note import Signer
 from extproc.demo import ClientResult, UpstreamApp, send_requests
-from extproc.envoyconf import Endpoint, bootstrap, to_yaml
+from extproc.envoyconf import ClientTLS, Endpoint, SocketPath, bootstrap, to_yaml
 from extproc.keys import write_signer
 from extproc.log.publisher import bundle_lines
 from extproc.store import open_store
@@ -115,11 +115,18 @@ class AuditStack:
     mode: str = "enforce"
     log_id: str = "e2e"
     extra_args: list[str] = field(default_factory=list)
+    # The ingest listener (default 127.0.0.1:<grpc_port>), e.g. "unix:/path".
+    listen: str | None = None
+    # What Envoy's ext_proc cluster points at (default: the listener) and with
+    # which client certificate (mTLS listeners).
+    envoy_ext_proc: Endpoint | SocketPath | None = None
+    envoy_tls: ClientTLS | None = None
     server: subprocess.Popen[bytes] | None = None
     envoy: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.grpc_port = processes.free_port()
+        self.health_port = processes.free_port()
         self.envoy_port = processes.free_port()
         self.admin_port = processes.free_port()
         self.app = UpstreamApp().__enter__()
@@ -129,19 +136,30 @@ class AuditStack:
     def key_path(self) -> Path:
         return self.workdir / "signing.key"
 
+    def vkey(self) -> str:
+        """The verifier key of this stack's signing key."""
+        from extproc.keys import load_signer
+
+        return load_signer(self.key_path).verifier().to_text()
+
+    def verify(self) -> subprocess.CompletedProcess[str]:
+        """The real `extproc-audit verify` over this stack's store."""
+        return run_cli("verify", self.store_url, "--vkey", self.vkey())
+
     def start_server(self) -> None:
         log = (self.workdir / "server.log").open("ab")
         self._logs.append(log)
         args = [
             "--store", self.store_url, "--key", str(self.key_path),
-            "--listen", f"127.0.0.1:{self.grpc_port}", "--metrics-listen", "off",
+            "--listen", self.listen or f"127.0.0.1:{self.grpc_port}", "--metrics-listen", "off",
+            "--health-listen", f"127.0.0.1:{self.health_port}",
             "--log-id", self.log_id, "--wal-dir", str(self.workdir / "wal"),
             "--mode", self.mode, "--bundle-max-age", "0.2", "--drain-timeout", "10",
             *self.extra_args,
         ]  # fmt: skip
         self.server = processes.start_server(args, log)
         processes.wait_until(
-            lambda: processes.grpc_serving(f"127.0.0.1:{self.grpc_port}"),
+            lambda: processes.grpc_serving(f"127.0.0.1:{self.health_port}"),
             f"audit server (see {self.workdir / 'server.log'})",
             self.server,
         )
@@ -149,11 +167,12 @@ class AuditStack:
     def start_envoy(self) -> None:
         config = bootstrap(
             listen=Endpoint("127.0.0.1", self.envoy_port),
-            ext_proc=Endpoint("127.0.0.1", self.grpc_port),
+            ext_proc=self.envoy_ext_proc or self._listener_endpoint(),
             upstream=Endpoint("127.0.0.1", self.app.port),
             admin=Endpoint("127.0.0.1", self.admin_port),
             mode=self.mode,
             node_id="e2e-node",
+            ext_proc_tls=self.envoy_tls,
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(to_yaml(config))
@@ -161,6 +180,11 @@ class AuditStack:
         self._logs.append(log)
         self.envoy = processes.start_envoy(path, log)
         processes.wait_until(lambda: processes.envoy_ready(self.admin_port), "envoy", self.envoy)
+
+    def _listener_endpoint(self) -> Endpoint | SocketPath:
+        if self.listen and self.listen.startswith("unix:"):
+            return SocketPath(self.listen[len("unix:") :])
+        return Endpoint("127.0.0.1", self.grpc_port)
 
     def start(self) -> AuditStack:
         self.start_server()

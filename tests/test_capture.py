@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 
 from extproc.core import entry
 from extproc.core.redact import DEFAULT_REDACT_HEADERS, REDACTED, RedactionPolicy
-from extproc.server.capture import ATTR_NAMESPACE, Capturer, xfcc_uris
+from extproc.server.capture import ATTR_NAMESPACE, DEFAULT_MAX_HEADERS, Capturer, xfcc_uris
 
 Header = tuple[str, str | bytes]
 
@@ -331,9 +331,30 @@ def test_xfcc_uris_in_hop_order() -> None:
 def test_mtls_attribute_wins_over_xfcc_header() -> None:
     fields = capture(
         [("x-forwarded-client-cert", "URI=spiffe://claimed/by-header")],
-        attributes={"source.principal": "spiffe://cluster.local/ns/a/sa/real"},
+        attributes={"connection.uri_san_peer_certificate": "spiffe://cluster.local/ns/a/sa/real"},
     )
     assert fields["src"]["principal"] == "spiffe://cluster.local/ns/a/sa/real"
+    assert fields["src"]["from"]["principal"] == "attribute:connection.uri_san_peer_certificate"
+
+
+def test_principal_from_xfcc_says_it_came_from_a_header() -> None:
+    fields = capture([("x-forwarded-client-cert", "By=spiffe://b;URI=spiffe://claimed")])
+    assert fields["src"]["principal"] == "spiffe://claimed"
+    assert fields["src"]["from"] == {"principal": "header:x-forwarded-client-cert"}
+
+
+def test_made_up_source_principal_attribute_is_ignored() -> None:
+    # `source.principal` is not an Envoy attribute: only a forger sends it.
+    fields = capture([], attributes={"source.principal": "spiffe://cluster.local/ns/admin/sa/ceo"})
+    assert "principal" not in fields["src"]
+    assert b"ceo" not in sealed(fields)
+
+
+def test_local_certificate_names_the_destination() -> None:
+    fields = capture(
+        [], attributes={"connection.uri_san_local_certificate": "spiffe://cluster.local/ns/b/sa/api"}
+    )
+    assert fields["dst_principal"] == "spiffe://cluster.local/ns/b/sa/api"
 
 
 def test_envoy_attributes_are_mapped() -> None:
@@ -352,6 +373,12 @@ def test_envoy_attributes_are_mapped() -> None:
     assert fields["src"] == {
         "address": "10.1.2.3:51234",
         "san": "spiffe://cluster.local/ns/a/sa/web",
+        "principal": "spiffe://cluster.local/ns/a/sa/web",
+        "from": {
+            "address": "attribute:source.address",
+            "san": "attribute:connection.uri_san_peer_certificate",
+            "principal": "attribute:connection.uri_san_peer_certificate",
+        },
     }
     assert fields["dst"] == "10.9.8.7:8080"
     assert fields["rid"] == "attr-rid-1"
@@ -382,7 +409,9 @@ def _many_headers(count: int, size: int, prefix: str = "x-h") -> list[Header]:
 @pytest.mark.parametrize("max_value_bytes", [2048, 16 * 1024], ids=["default-cut", "no-cut"])
 def test_entry_fits_limit_with_100_headers_of_8kib(max_value_bytes: int) -> None:
     policy = RedactionPolicy(max_value_bytes=max_value_bytes)
-    fields = capture(_many_headers(100, 8 * 1024), policy)
+    # 800 KiB of headers: past Envoy's default, so only with a raised byte bound.
+    capturer = Capturer(policy, max_header_bytes=1 << 20)
+    fields = capturer.request(request_msg(_many_headers(100, 8 * 1024)))
     encoded = sealed(fields)
     assert len(encoded) <= entry.MAX_ENTRY_BYTES
     dropped = [n for n, v in fields["req"]["headers"].items() if v == entry.DROPPED]
@@ -394,7 +423,7 @@ def test_entry_fits_limit_with_100_headers_of_8kib(max_value_bytes: int) -> None
 
 def test_exchange_entry_fits_limit_with_big_request_and_response() -> None:
     # Observe mode: one entry carries both halves.
-    capturer = Capturer(RedactionPolicy(), response_headers=None)
+    capturer = Capturer(RedactionPolicy(), response_headers=None, max_header_bytes=1 << 20)
     fields = capturer.request(request_msg(_many_headers(100, 8 * 1024)))
     response = capturer.response(response_msg("200", _many_headers(100, 8 * 1024, "x-r")))
     fields.setdefault("trunc", []).extend(response.pop("trunc"))
@@ -412,11 +441,24 @@ def test_entry_fits_limit_with_hostile_request_id() -> None:
     assert "rid" in fields["trunc"]
 
 
-def test_entry_fits_limit_with_huge_header_names() -> None:
-    # Within Envoy's default 60 KiB per header block, but both halves of an
-    # observe-mode exchange together: the names alone exceed the limit.
+def test_huge_header_names_are_counted_not_stored() -> None:
+    # Within Envoy's default 60 KiB per header block, but names no client needs.
     def big_names(prefix: str) -> list[Header]:
         return [(f"{prefix}{i}-" + "n" * 8 * 1024, "v") for i in range(7)]
+
+    capturer = Capturer(RedactionPolicy(), response_headers=None)
+    fields = capturer.request(request_msg(big_names("x-q")))
+    fields.update(capturer.response(response_msg("200", big_names("x-r"))))
+    assert fields["req"]["headers"] == {} and fields["req"]["headers_omitted"] == 7
+    assert fields["resp"]["headers_omitted"] == 7
+    assert fields["trunc"] == ["resp.headers.*"]  # the response's list replaced the request's
+    assert len(sealed(fields)) < 4096
+
+
+def test_entry_fits_limit_with_long_header_names() -> None:
+    # Both halves of an observe-mode exchange together: the names alone exceed the limit.
+    def big_names(prefix: str) -> list[Header]:
+        return [(f"{prefix}{i}-" + "n" * 1000, "v" * 4000) for i in range(20)]
 
     capturer = Capturer(RedactionPolicy(), response_headers=None)
     fields = capturer.request(request_msg(big_names("x-q")))
@@ -484,3 +526,49 @@ def test_default_response_capture_keeps_status_and_listed_headers_only() -> None
     assert resp["headers"] == {"location": "/login", "set-cookie": "sid=[redacted]"}
     everything = Capturer(RedactionPolicy(), response_headers=None).response(msg)["resp"]
     assert everything["headers"]["x-internal-trace"] == "abc"
+
+
+# --- bounded cost per message (a hostile reporter, docs/THREATS.md) ---------------------------
+
+
+def test_header_count_past_the_bound_is_counted_not_stored() -> None:
+    # 12,000 headers stalled the event loop for 8 s before the bound existed.
+    fields = capture(_many_headers(12_000, 20))
+    headers = fields["req"]["headers"]
+    assert len(headers) <= DEFAULT_MAX_HEADERS
+    assert fields["req"]["headers_omitted"] == 12_000 + 4 - DEFAULT_MAX_HEADERS
+    assert "req.headers.*" in fields["trunc"]
+    assert len(sealed(fields)) <= entry.MAX_ENTRY_BYTES
+
+
+def test_header_bytes_past_the_bound_are_counted_not_stored() -> None:
+    capturer = Capturer(RedactionPolicy(), max_header_bytes=10_000)
+    fields = capturer.request(request_msg(_many_headers(10, 3000)))
+    assert len(fields["req"]["headers"]) == 3  # the pseudo-headers fit too
+    assert fields["req"]["headers_omitted"] == 7
+
+
+def test_mixed_case_credential_header_is_redacted() -> None:
+    # Envoy lower-cases names; a forger talking to the gRPC port does not.
+    fields = capture([("Authorization", "Bearer s3cr3t-token"), ("X-API-KEY", "k3y-value")])
+    assert fields["req"]["headers"]["authorization"] == f"Bearer {REDACTED}"
+    assert fields["req"]["headers"]["x-api-key"] == REDACTED
+    assert b"s3cr3t" not in sealed(fields) and b"k3y-value" not in sealed(fields)
+
+
+def test_attribute_stuffing_costs_only_the_attributes_asked_for() -> None:
+    stuffed: dict[str, Any] = {f"junk.{i}": "x" * 10 for i in range(20_000)}
+    stuffed["source.address"] = "10.0.0.1:1"
+    fields = capture([], attributes=stuffed)
+    assert fields["src"]["address"] == "10.0.0.1:1"
+    assert b"junk" not in sealed(fields)
+
+
+def test_fit_drops_only_as_much_as_needed() -> None:
+    capturer = Capturer(RedactionPolicy(max_value_bytes=8192), max_header_bytes=1 << 20)
+    fields = capturer.request(request_msg(_many_headers(40, 2500)))
+    sealed_bytes = sealed(fields)
+    assert len(sealed_bytes) <= entry.MAX_ENTRY_BYTES
+    dropped = [n for n, v in fields["req"]["headers"].items() if v == entry.DROPPED]
+    # 100 KiB of headers against a ~62 KiB target: about 15 must go, not all 40.
+    assert 10 <= len(dropped) <= 20

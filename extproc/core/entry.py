@@ -34,22 +34,32 @@ def fit(fields: dict[str, Any]) -> dict[str, Any]:
     """Shrink an entry in place until it encodes under the size limit.
 
     Largest header values go first; each removal is named in `trunc`, so the
-    entry says what it lost. The target leaves room for v/seq/prev/ts.
+    entry says what it lost. The target leaves room for v/seq/prev/ts. One
+    pass: each value is encoded once and the savings are added up, so the
+    cost is linear in the entry, whatever the number of headers.
     """
-    if len(encode(fields)) <= _SHRINK_TARGET:
+    size = len(encode(fields))
+    if size <= _SHRINK_TARGET:
         return fields
-    trunc: list[str] = fields.setdefault("trunc", [])
+    if "trunc" not in fields:
+        fields["trunc"] = []
+        size += len(b',"trunc":[]')
+    trunc: list[str] = fields["trunc"]
     candidates: list[tuple[int, str, dict[str, Any], str]] = []
     for section in ("req", "resp"):
         headers = fields.get(section, {}).get("headers", {})
         for name, value in headers.items():
-            candidates.append((len(encode(value)), f"{section}.headers.{name}", headers, name))
+            candidates.append((_encoded_size(value), f"{section}.headers.{name}", headers, name))
     candidates.sort(key=lambda c: c[0], reverse=True)
-    for _, path, headers, name in candidates:
+    dropped_size = _encoded_size(DROPPED)
+    for value_size, path, headers, name in candidates:
+        if size <= _SHRINK_TARGET:
+            break
         headers[name] = DROPPED
         trunc.append(path)
-        if len(encode(fields)) <= _SHRINK_TARGET:
-            return fields
+        size += dropped_size - value_size + _encoded_size(path) + (1 if len(trunc) > 1 else 0)
+    if len(encode(fields)) <= _SHRINK_TARGET:
+        return fields
     # Still too big: header names or request line fields. Drop all headers.
     for section in ("req", "resp"):
         if "headers" in fields.get(section, {}):
@@ -64,6 +74,10 @@ def fit(fields: dict[str, Any]) -> dict[str, Any]:
             req[name] = req[name][:1024]
             trunc.append(f"req.{name}")
     return fields
+
+
+def _encoded_size(value: Any) -> int:
+    return len(orjson.dumps(value, option=_OPTIONS))
 
 
 def writer_event(event: str, writer: str, **details: Any) -> dict[str, Any]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import secrets
 import signal
 from dataclasses import dataclass, field
@@ -23,8 +25,14 @@ from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL
-from extproc.server.capture import DEFAULT_RESPONSE_HEADERS, Capturer
-from extproc.server.servicer import AuditServicer, ReceiptReplies
+from extproc.server.capture import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_RESPONSE_HEADERS,
+    Capturer,
+)
+from extproc.server.reporters import ReporterPolicy, parse_networks
+from extproc.server.servicer import AuditServicer, IdleStreams, ReceiptReplies
 from extproc.store import RetentionPolicy, open_store
 
 if TYPE_CHECKING:
@@ -60,6 +68,67 @@ class ServeConfig:
     response_headers: frozenset[str] | None = DEFAULT_RESPONSE_HEADERS  # None: all
     proof_listen: str = "off"  # live proof API address (docs/PROOFS.md); off by default
     receipt_header: str | None = None  # enforce mode: set this response header; None: off
+    # Who may report (server/reporters.py, docs/THREATS.md).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    trust_xfcc_from: tuple[str, ...] = ()
+    xfcc_by: str | None = None
+    allow_reporters: tuple[str, ...] = ()
+    reporter_is_destination: str = "off"
+    health_listen: str = "off"  # plaintext gRPC health only (probes of a TLS listener)
+    # Cost per caller, bounded before any work (docs/THREATS.md).
+    max_message_bytes: int = 1 << 20
+    max_headers: int = DEFAULT_MAX_HEADERS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_streams_per_connection: int = 100
+    max_connection_age: float = 1800.0  # seconds; 0: never
+    stream_idle_timeout: float = 300.0  # seconds; 0: never
+
+    @property
+    def unix_socket(self) -> str | None:
+        return self.listen[len("unix:") :] if self.listen.startswith("unix:") else None
+
+    def reporter_policy(self) -> ReporterPolicy:
+        tls = (self.tls_cert, self.tls_key, self.client_ca)
+        if any(tls) and not all(tls):
+            raise ConfigError(
+                "--tls-cert, --tls-key and --client-ca go together: the server's certificate "
+                "and key, and the CA that signs the reporters' client certificates"
+            )
+        if all(tls) and self.trust_xfcc_from:
+            raise ConfigError("--trust-xfcc-from is for a plaintext listener behind a sidecar")
+        transport = "tls" if all(tls) else "unix" if self.unix_socket is not None else "plain"
+        return ReporterPolicy(
+            transport=transport,
+            unix_path=self.unix_socket or "",
+            trust_xfcc_from=parse_networks(self.trust_xfcc_from, "--trust-xfcc-from"),
+            xfcc_by=self.xfcc_by,
+            allow=self.allow_reporters,
+            destination=self.reporter_is_destination,
+        )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Per-connection bounds and keepalive for the ingest listener."""
+        options = [
+            # SO_REUSEPORT only when asked: otherwise a second server on the same
+            # port would silently share it instead of failing to start.
+            ("grpc.so_reuseport", int(self.reuse_port)),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            # Find dead peers; accept Envoy's own keepalive pings (every 30 s,
+            # envoyconf.py) instead of answering them with GOAWAY too_many_pings.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+        if self.max_connection_age > 0:
+            # New streams move to a new connection (load spreads after scale-out);
+            # streams in flight finish on the old one (no grace limit).
+            options.append(("grpc.max_connection_age_ms", int(self.max_connection_age * 1000)))
+        return options
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -75,10 +144,13 @@ class AuditServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         layout.validate_log_id(config.log_id)
+        self.reporters = config.reporter_policy()
+        self._credentials = _server_credentials(config)
         self.signer = load_signer(config.key)
         self.store = open_store(config.store)
         self.writer_id = secrets.token_hex(8)
         self.port = 0
+        self.health_port = 0
         self.proof_port = 0
         self._stop = asyncio.Event()
         self._health = health.aio.HealthServicer()
@@ -98,6 +170,60 @@ class AuditServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _bind(
+        self,
+        server: grpc.aio.Server,
+        listen: str,
+        option: str,
+        credentials: grpc.ServerCredentials | None,
+    ) -> int:
+        """Add a listening address (HOST:PORT or unix:PATH); the TCP port, 0 for a socket."""
+        if listen.startswith("unix:"):
+            # Group read/write only: the proxy reaches the socket through a shared
+            # group, nobody else does. Set before bind: a chmod after would race.
+            old = os.umask(0o117)
+            try:
+                return self._add_port(server, listen, option, credentials)
+            finally:
+                os.umask(old)
+        host, port = _split_host_port(listen, option)
+        return self._add_port(server, f"{host}:{port}", option, credentials)
+
+    @staticmethod
+    def _add_port(
+        server: grpc.aio.Server,
+        address: str,
+        option: str,
+        credentials: grpc.ServerCredentials | None,
+    ) -> int:
+        try:
+            if credentials is None:
+                port: int = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError as e:
+            raise ConfigError(f"cannot listen on {address} ({option}): {e}") from e
+        return port
+
+    def _warn_if_unauthenticated(self) -> None:
+        if self.reporters.authenticated:
+            if not self.reporters.allow:
+                log.warning("no --allow-reporter: every authenticated caller may write to the log")
+            return
+        host = _split_host_port(self.config.listen, "--listen")[0]
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            log.warning(
+                "UNAUTHENTICATED ingestion on %s: anyone who reaches this port can write "
+                "entries (each is marked unauthenticated). For production use --tls-cert/"
+                "--tls-key/--client-ca, --trust-xfcc-from behind a sidecar, or --listen "
+                "unix:PATH, with --allow-reporter",
+                self.config.listen,
+            )
 
     async def _start_proof_api(self) -> ProofServer | None:
         """The proof API on its own port, apart from ext_proc (docs/PROOFS.md)."""
@@ -184,24 +310,32 @@ class AuditServer:
         audit_log.append_nowait(
             entry.writer_event("start", self.writer_id, version=__version__, mode=cfg.mode)
         )
-        # SO_REUSEPORT only when asked: otherwise a second server on the same
-        # port would silently share it instead of failing to start.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
+        server = grpc.aio.server(options=cfg.grpc_options())
+        idle = IdleStreams(cfg.stream_idle_timeout)
         pb_grpc.add_ExternalProcessorServicer_to_server(
             AuditServicer(
                 audit_log,
-                Capturer(cfg.redaction, cfg.response_headers),
+                Capturer(
+                    cfg.redaction,
+                    cfg.response_headers,
+                    max_headers=cfg.max_headers,
+                    max_header_bytes=cfg.max_header_bytes,
+                ),
                 cfg.mode,
                 ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipt_header else None,
+                reporters=self.reporters,
+                idle=idle,
             ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        host, port = _split_host_port(cfg.listen, "--listen")
-        try:
-            self.port = server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError as e:
-            raise ConfigError(f"cannot listen on {cfg.listen}: {e}") from e
+        self.port = self._bind(server, cfg.listen, "--listen", self._credentials)
+        health_server = None
+        if cfg.health_listen and cfg.health_listen != "off":
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
+            self.health_port = self._bind(health_server, cfg.health_listen, "--health-listen", None)
+        self._warn_if_unauthenticated()
         if cfg.metrics_listen and cfg.metrics_listen != "off":
             from prometheus_client import start_http_server
 
@@ -215,16 +349,19 @@ class AuditServer:
 
         proof_server = await self._start_proof_api()
         await server.start()
+        if health_server is not None:
+            await health_server.start()
+        idle_task = loop.create_task(idle.run())
         publish_task = loop.create_task(publisher.run())
         heartbeat_task = (
             loop.create_task(self._heartbeat(audit_log)) if cfg.heartbeat_interval > 0 else None
         )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving ext_proc (%s mode) on %s:%d, log %s, size %d, store %s, wal %s",
+            "serving ext_proc (%s mode) on %s (reporters: %s), log %s, size %d, store %s, wal %s",
             cfg.mode,
-            host,
-            self.port,
+            cfg.listen if self.port == 0 else f"{cfg.listen.rpartition(':')[0]}:{self.port}",
+            self.reporters.transport if self.reporters.authenticated else "unauthenticated",
             cfg.log_id,
             audit_log.size,
             self.store.url,
@@ -237,6 +374,9 @@ class AuditServer:
         log.info("shutting down: draining streams (up to %.0fs)", cfg.drain_timeout)
         await self._health.enter_graceful_shutdown()
         await server.stop(cfg.drain_timeout)
+        idle_task.cancel()
+        if health_server is not None:
+            await health_server.stop(0)
         if heartbeat_task is not None:
             heartbeat_task.cancel()
         if proof_server is not None:
@@ -269,6 +409,24 @@ class AuditServer:
         finally:
             audit_log.close()
         return status
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    """mTLS for the ingest listener: a client certificate from --client-ca is required."""
+    if config.tls_cert is None or config.tls_key is None or config.client_ca is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(_read(config.tls_key, "--tls-key"), _read(config.tls_cert, "--tls-cert"))],
+        root_certificates=_read(config.client_ca, "--client-ca"),
+        require_client_auth=True,
+    )
 
 
 def serve(config: ServeConfig) -> int:

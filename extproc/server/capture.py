@@ -10,25 +10,36 @@ import base64
 from typing import Any
 
 from extproc.core.redact import RedactionPolicy
+from extproc.server.reporters import XFCC_HEADER, xfcc_elements
 
 # Envoy attributes we ask for (envoy/*.yaml request_attributes). Never
 # `xds.node`: it is an 80 KB text dump; `xds.node.id` is the CEL field we need.
+# (`source.principal` is not an Envoy attribute: the peer's identity is the
+# URI SAN of its certificate, connection.uri_san_peer_certificate.)
 ATTR_NAMESPACE = "envoy.filters.http.ext_proc"
 REQUEST_ATTRIBUTES = (
     "request.id",
     "request.protocol",
     "source.address",
-    "source.principal",
     "destination.address",
     "connection.uri_san_peer_certificate",
+    "connection.uri_san_local_certificate",
     "xds.node.id",
 )
-_SOURCE_ATTRS = (("source.principal", "principal"), ("connection.uri_san_peer_certificate", "san"))
-XFCC = "x-forwarded-client-cert"
+PEER_SAN = "connection.uri_san_peer_certificate"
+LOCAL_SAN = "connection.uri_san_local_certificate"
+XFCC = XFCC_HEADER
 DEFAULT_RESPONSE_HEADERS = frozenset(
     {"content-type", "content-length", "location", "set-cookie", "www-authenticate"}
 )
 REQUEST_ID = "x-request-id"
+# Bounds per header map, applied before any decoding or redaction, so the
+# cost of a message is bounded whatever its size (docs/THREATS.md). Envoy
+# itself sends at most 100 headers in 60 KiB by default (max_headers_count,
+# max_request_headers_kb); headers past either bound are counted, not stored.
+DEFAULT_MAX_HEADERS = 256
+DEFAULT_MAX_HEADER_BYTES = 128 * 1024
+MAX_HEADER_NAME_BYTES = 1024
 
 
 def _decode(raw: bytes, value: str) -> str | dict[str, str]:
@@ -42,11 +53,16 @@ def _decode(raw: bytes, value: str) -> str | dict[str, str]:
 
 
 def _attributes(msg: Any) -> dict[str, Any]:
+    """The attributes we asked for, looked up by name: a message stuffed with
+    thousands of others costs no more than one with ours only."""
     if ATTR_NAMESPACE not in msg.attributes:
         return {}
     fields = msg.attributes[ATTR_NAMESPACE].fields
     out: dict[str, Any] = {}
-    for key, value in fields.items():
+    for key in REQUEST_ATTRIBUTES:
+        if key not in fields:
+            continue
+        value = fields[key]
         kind = value.WhichOneof("kind")
         if kind == "string_value":
             out[key] = value.string_value
@@ -64,11 +80,16 @@ class Capturer:
         self,
         policy: RedactionPolicy,
         response_headers: frozenset[str] | None = DEFAULT_RESPONSE_HEADERS,
+        *,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         self.policy = policy
         # Response headers worth keeping (None: all). Fewer headers, less work
         # on the hot path; the status is always kept.
         self.response_headers = response_headers
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
 
     def headers(
         self,
@@ -76,16 +97,36 @@ class Capturer:
         section: str,
         trunc: list[str],
         keep: frozenset[str] | None = None,
-    ) -> tuple[dict[str, str], dict[str, Any]]:
-        """Split a HeaderMap into pseudo-headers and redacted, truncated headers."""
+    ) -> tuple[dict[str, str], dict[str, Any], int]:
+        """Split a HeaderMap into pseudo-headers and redacted, truncated headers.
+
+        Returns (pseudo, headers, omitted): headers past max_headers or
+        max_header_bytes (or with an absurd name) are not looked at, only counted.
+        """
         policy = self.policy
         pseudo: dict[str, str] = {}
         headers: dict[str, Any] = {}
-        for h in header_map.headers:
-            name = h.key
+        items = header_map.headers
+        budget = self.max_header_bytes
+        seen = skipped = 0
+        for h in items:
+            if seen == self.max_headers:
+                break
+            seen += 1
+            raw = h.raw_value
+            # Names are case-insensitive: Envoy sends lower case, a forger may not,
+            # and redaction must match either way.
+            name = h.key.lower()
+            budget -= len(name) + len(raw) + len(h.value)
+            if budget < 0:
+                seen -= 1
+                break
             if keep is not None and name not in keep and not name.startswith(":"):
                 continue
-            value = _decode(h.raw_value, h.value)
+            if len(name) > MAX_HEADER_NAME_BYTES:
+                skipped += 1
+                continue
+            value = _decode(raw, h.value)
             if name.startswith(":"):
                 pseudo[name] = value if isinstance(value, str) else ""
                 continue
@@ -96,7 +137,7 @@ class Capturer:
                     trunc.append(f"{section}.headers.{name}")
             elif name in policy.redact_headers:
                 # Not UTF-8 but still a secret: never store its bytes, not even as b64.
-                value = policy.secret(h.raw_value.decode("utf-8", "surrogateescape"))
+                value = policy.secret(raw.decode("utf-8", "surrogateescape"))
             if name in headers:
                 previous = headers[name]
                 if isinstance(previous, list):
@@ -105,12 +146,15 @@ class Capturer:
                     headers[name] = [previous, value]
             else:
                 headers[name] = value
-        return pseudo, headers
+        omitted = len(items) - seen + skipped
+        if omitted:
+            trunc.append(f"{section}.headers.*")
+        return pseudo, headers, omitted
 
     def request(self, msg: Any) -> dict[str, Any]:
         """Fields of the request part of an exchange, from a request_headers message."""
         trunc: list[str] = []
-        pseudo, headers = self.headers(msg.request_headers.headers, "req", trunc)
+        pseudo, headers, omitted = self.headers(msg.request_headers.headers, "req", trunc)
         attrs = _attributes(msg)
         full_path = pseudo.get(":path", "")
         path, sep, query = full_path.partition("?")
@@ -121,57 +165,81 @@ class Capturer:
             "path": path,
             "headers": headers,
         }
+        if omitted:
+            req["headers_omitted"] = omitted
         if sep:
             stored_query = self.policy.query(query)
             if stored_query is not None:
                 req["query"], cut = self.policy.truncate(stored_query)
                 if cut:
                     trunc.append("req.query")
-        for name in ("path", "authority"):
+        for name in ("path", "authority", "method", "scheme"):
             req[name], cut = self.policy.truncate(req[name])
             if cut:
                 trunc.append(f"req.{name}")
         if protocol := attrs.get("request.protocol"):
-            req["protocol"] = protocol
-        src: dict[str, Any] = {}
-        if address := attrs.get("source.address"):
-            src["address"] = address
-        for attr, key in _SOURCE_ATTRS:
-            if value := attrs.get(attr):
-                src[key] = value
-        if isinstance(xfcc := headers.get(XFCC), str) and "principal" not in src:
-            # Behind a gateway or with Istio's forward_client_cert, the peer
-            # identity arrives as the URI= field of the XFCC header.
-            uris = xfcc_uris(xfcc)
-            if uris:
-                src["principal"] = uris[-1]
-        fields: dict[str, Any] = {"req": req, "src": src}
+            req["protocol"] = self._bounded(protocol, "req.protocol", trunc)
+        fields: dict[str, Any] = {"req": req, "src": self._source(attrs, headers, trunc)}
         rid = attrs.get("request.id") or headers.get(REQUEST_ID)
         # request.id is the client's x-request-id on internal traffic: bound it.
         fields["rid"], cut = self.policy.truncate(rid if isinstance(rid, str) else "")
         if cut:
             trunc.append("rid")
+        # Plain strings: top-level keys sorting before "prev" hold no objects
+        # (the verifier's quick chain check relies on it, see core/verify.py).
         if address := attrs.get("destination.address"):
-            # A plain string: top-level keys sorting before "prev" hold no objects
-            # (the verifier's quick chain check relies on it, see core/verify.py).
-            fields["dst"] = address
+            fields["dst"] = self._bounded(address, "dst", trunc)
+        if local := attrs.get(LOCAL_SAN):
+            fields["dst_principal"] = self._bounded(local, "dst_principal", trunc)
         if node := attrs.get("xds.node.id"):
-            fields["node"] = node
+            fields["node"] = self._bounded(node, "node", trunc)
         if trunc:
             fields["trunc"] = trunc
         return fields
 
+    def _bounded(self, value: Any, path: str, trunc: list[str]) -> str:
+        text, cut = self.policy.truncate(value if isinstance(value, str) else str(value))
+        if cut:
+            trunc.append(path)
+        return text
+
+    def _source(
+        self, attrs: dict[str, Any], headers: dict[str, Any], trunc: list[str]
+    ) -> dict[str, Any]:
+        """The downstream peer, each identity with where it came from (`from`)."""
+        src: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        if address := attrs.get("source.address"):
+            src["address"] = self._bounded(address, "src.address", trunc)
+            origin["address"] = "attribute:source.address"
+        if san := attrs.get(PEER_SAN):
+            # The certificate the audited connection's peer presented, as Envoy verified it.
+            src["san"] = src["principal"] = self._bounded(san, "src.principal", trunc)
+            origin["san"] = origin["principal"] = f"attribute:{PEER_SAN}"
+        elif isinstance(xfcc := headers.get(XFCC), str):
+            # Behind a gateway or another proxy hop, the peer identity arrives as
+            # the URI= of the nearest XFCC element: a header, and the entry says so.
+            elements = xfcc_elements(xfcc)
+            if uri := (elements[-1].get("uri") if elements else None):
+                src["principal"] = self._bounded(uri, "src.principal", trunc)
+                origin["principal"] = f"header:{XFCC}"
+        if origin:
+            src["from"] = origin
+        return src
+
     def response(self, msg: Any) -> dict[str, Any]:
         """Fields of the response part, from a response_headers message."""
         trunc: list[str] = []
-        pseudo, headers = self.headers(
+        pseudo, headers, omitted = self.headers(
             msg.response_headers.headers, "resp", trunc, self.response_headers
         )
         status_text = pseudo.get(":status", "")
         resp: dict[str, Any] = {
-            "status": int(status_text) if status_text.isdigit() else None,
+            "status": int(status_text) if status_text.isdigit() and len(status_text) == 3 else None,
             "headers": headers,
         }
+        if omitted:
+            resp["headers_omitted"] = omitted
         fields: dict[str, Any] = {"resp": resp}
         if trunc:
             fields["trunc"] = trunc
@@ -179,31 +247,6 @@ class Capturer:
 
 
 def xfcc_uris(xfcc: str) -> list[str]:
-    """URI= values of an x-forwarded-client-cert header (Envoy's XFCC format).
-
-    One element per proxy hop, separated by commas; the last is the nearest.
-    Quoted values may contain commas and semicolons.
-    """
-    uris: list[str] = []
-    for element in _split_unquoted(xfcc, ","):
-        for pair in _split_unquoted(element, ";"):
-            key, sep, value = pair.strip().partition("=")
-            if sep and key.strip().lower() == "uri":
-                uris.append(value.strip().strip('"'))
-    return uris
-
-
-def _split_unquoted(text: str, sep: str) -> list[str]:
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == sep and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
+    """URI= values of an x-forwarded-client-cert header, one per element that has one,
+    nearest proxy hop last."""
+    return [e["uri"] for e in xfcc_elements(xfcc) if "uri" in e]

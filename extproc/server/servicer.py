@@ -15,6 +15,7 @@ sets a header naming the log and the request entry's seq (core/receipt.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -32,6 +33,7 @@ from extproc.core import receipt
 from extproc.errors import BackpressureError
 from extproc.log.appender import AuditLog
 from extproc.server.capture import Capturer
+from extproc.server.reporters import Reporter, ReporterPolicy, ReporterRefused
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,56 @@ class _RateLimitedLog:
         self._last, self._suppressed = now, 0
 
 
+class IdleStreams:
+    """Ends streams that send nothing for `timeout` seconds (a caller holding
+    streams open must not pin server memory).
+
+    A coarse clock: the watchdog ticks `TICKS` times per timeout, streams note
+    the tick of their last message (a dict store, no syscall on the hot path),
+    and a stream silent for a whole timeout is cancelled.
+    """
+
+    TICKS = 4
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.tick = 0
+        self._last: dict[asyncio.Task[Any], int] = {}
+        self.timed_out: set[asyncio.Task[Any]] = set()
+
+    def open(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None and self.timeout > 0:
+            self._last[task] = self.tick
+        return task
+
+    def touch(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None and task in self._last:
+            self._last[task] = self.tick
+
+    def close(self, task: asyncio.Task[Any] | None) -> bool:
+        """Forget the stream; True if the watchdog ended it."""
+        if task is None:
+            return False
+        self._last.pop(task, None)
+        if task in self.timed_out:
+            self.timed_out.discard(task)
+            return True
+        return False
+
+    async def run(self) -> None:
+        if self.timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.timeout / self.TICKS)
+            self.tick += 1
+            for task, last in list(self._last.items()):
+                if self.tick - last > self.TICKS and task not in self.timed_out:
+                    self.timed_out.add(task)
+                    metrics.STREAMS_TIMED_OUT.inc()
+                    task.cancel()
+
+
 class ReceiptReplies:
     """Response-headers replies that set the receipt header (docs/FORMAT.md, "Receipts")."""
 
@@ -122,6 +174,9 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         capturer: Capturer,
         mode: str = "enforce",
         receipts: ReceiptReplies | None = None,
+        *,
+        reporters: ReporterPolicy | None = None,
+        idle: IdleStreams | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -132,11 +187,30 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.log = audit_log
         self.capturer = capturer
         self.mode = mode
+        self.reporters = reporters or ReporterPolicy()
+        self.idle = idle or IdleStreams(0)
+        self._refusals = _RateLimitedLog()
         self._denials = _RateLimitedLog()
         self._drops = _RateLimitedLog()
         self._streams = metrics.STREAMS.labels(mode)
         self._requests = metrics.ENTRIES.labels("request")
         self._entries: dict[str, Any] = {}  # label children, bound once
+
+    async def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Reporter:
+        """The stream's reporter; a caller that may not report gets PERMISSION_DENIED
+        before any of its messages is read."""
+        policy = self.reporters
+        try:
+            return policy.identify(
+                context.peer(),
+                context.auth_context() if policy.needs_auth_context else None,
+                context.invocation_metadata() if policy.needs_metadata else (),
+            )
+        except ReporterRefused as e:
+            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
+            self._refusals.warning("refused a reporter (%s): %s", e.reason, e.message)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
+            raise  # not reached: abort raises
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -144,15 +218,20 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         # One generator, no nested ones: every suspension of a grpc.aio handler
         # costs (docs/PERFORMANCE.md), so the hot path has exactly one await of
         # its own, the request entry's durability.
+        reporter = await self.identify(context)
         self._streams.inc()
         request_seq: int | None = None
         rid = ""
         answered = False
+        who = reporter.fields
+        idle = self.idle
+        task = idle.open()
         try:
             if self.mode == "observe":
-                await self._observe(request_iterator)
+                await self._observe(request_iterator, reporter, task)
                 return
             async for msg in request_iterator:
+                idle.touch(task)
                 which = msg.WhichOneof("request")
                 if which == "request_headers":
                     if request_seq is not None:
@@ -162,6 +241,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         )
                     fields = self.capturer.request(msg)
                     fields["kind"] = "request"
+                    fields["reporter"] = who = self._check_destination(reporter, fields)
                     rid = fields["rid"]
                     try:
                         request_seq = await self.log.append(fields)
@@ -179,7 +259,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             "response_headers before request_headers",
                         )
                     fields = self.capturer.response(msg)
-                    fields.update(kind="response", ref=request_seq, rid=rid)
+                    fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
                     answered = True
                     # Not awaited: the request already happened upstream, and
                     # holding its response back would not undo it. The entry is
@@ -200,6 +280,14 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         except _StreamError as e:
             metrics.STREAM_ERRORS.labels(e.code.name).inc()
             await context.abort(e.code, e.details)
+        except ReporterRefused as e:
+            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
+            self._refusals.warning("refused a report (%s): %s", e.reason, e.message)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
+        except asyncio.CancelledError:
+            if task not in idle.timed_out:
+                raise
+            # Ended by the idle watchdog: the stream is gone; record the outcome below.
         except Exception as e:
             # Never echo the exception text: it could carry request data.
             metrics.STREAM_ERRORS.labels("INTERNAL").inc()
@@ -210,16 +298,37 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             )
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
         finally:
+            timed_out = idle.close(task)
             if request_seq is not None and not answered:
-                # Client gone or upstream reset before response headers: say so.
+                # Client gone, upstream reset or no response in time: say so.
                 self._append_nowait(
-                    {"kind": "response", "ref": request_seq, "rid": rid, "outcome": "aborted"}
+                    {
+                        "kind": "response",
+                        "ref": request_seq,
+                        "rid": rid,
+                        "outcome": "timeout" if timed_out else "aborted",
+                        "reporter": who,
+                    }
                 )
 
-    async def _observe(self, request_iterator: AsyncIterator[Any]) -> None:
+    def _check_destination(self, reporter: Reporter, fields: dict[str, Any]) -> dict[str, Any]:
+        """The entry's `reporter` field; marks (or refuses) a reporter that is not
+        the proxy of the workload that served the request (--reporter-is-destination)."""
+        if self.reporters.check_destination(reporter, fields.get("dst_principal")):
+            return reporter.fields
+        metrics.DESTINATION_MISMATCHES.inc()
+        return {**reporter.fields, "dst_mismatch": True}
+
+    async def _observe(
+        self,
+        request_iterator: AsyncIterator[Any],
+        reporter: Reporter,
+        task: asyncio.Task[Any] | None,
+    ) -> None:
         fields: dict[str, Any] | None = None
         try:
             async for msg in request_iterator:
+                self.idle.touch(task)
                 which = msg.WhichOneof("request")
                 if which == "request_headers":
                     if fields is not None:
@@ -227,8 +336,10 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "request_headers received twice on one stream",
                         )
-                    fields = self.capturer.request(msg)
-                    fields["kind"] = "exchange"
+                    captured = self.capturer.request(msg)
+                    captured["kind"] = "exchange"
+                    captured["reporter"] = self._check_destination(reporter, captured)
+                    fields = captured
                 elif which == "response_headers":
                     if fields is None:
                         raise _StreamError(

@@ -1,0 +1,264 @@
+"""Who is reporting: decided by the transport, never by the message.
+
+Every ingest stream (ext_proc, and the access-log service) is identified once,
+when it opens, before any of its messages is read:
+
+- `mtls`: the listener requires a client certificate (`serve --tls-cert
+  --tls-key --client-ca`); the reporter is the certificate's SPIFFE id, else
+  its first URI SAN, else its subject.
+- `xfcc`: the server sits behind its own sidecar (Istio), which terminates
+  mTLS and appends an element to `x-forwarded-client-cert`. Only connections
+  from `--trust-xfcc-from` addresses (Istio's inbound source, 127.0.0.6) come
+  through that proxy, so only there is the header the proxy's word; the
+  reporter is the URI of the element the proxy added (the last one).
+- `unix`: `--listen unix:PATH` on a volume only the proxy and the audit
+  container mount; the socket path is the reporter.
+- `unauthenticated`: none of the above (local development); every entry says
+  so.
+
+`--allow-reporter GLOB` then admits only matching reporter ids; anyone else is
+refused with PERMISSION_DENIED before anything is logged (docs/THREATS.md).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from extproc.errors import ConfigError
+
+AUTH_MTLS = "mtls"
+AUTH_XFCC = "xfcc"
+AUTH_UNIX = "unix"
+AUTH_NONE = "unauthenticated"
+
+XFCC_HEADER = "x-forwarded-client-cert"
+# Istio's sidecar forwards inbound connections to the application from these
+# addresses (InboundPassthroughBindIpv4/Ipv6 in istio/istio pilot).
+ISTIO_INBOUND_SOURCES = ("127.0.0.6/32", "::6/128")
+DESTINATION_CHECKS = ("off", "record", "refuse")
+
+# Refusal reasons: the label of extproc_audit_reporters_refused_total.
+REFUSED_NOT_ALLOWED = "not_allowed"
+REFUSED_UNTRUSTED_PEER = "untrusted_peer"
+REFUSED_NO_IDENTITY = "no_identity"
+REFUSED_DESTINATION = "destination_mismatch"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ReporterRefused(Exception):
+    """A caller that may not write to the log; `reason` is the metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """The authenticated sender of a stream, as recorded in every entry."""
+
+    auth: str
+    id: str
+    peer: str
+    fields: dict[str, str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Built once per stream and shared by its entries (orjson encodes it each time).
+        fields = {"auth": self.auth, "peer": self.peer}
+        if self.id:
+            fields["id"] = self.id
+        object.__setattr__(self, "fields", fields)
+
+
+def parse_networks(values: Iterable[str], option: str) -> tuple[IPNetwork, ...]:
+    nets = []
+    for value in values:
+        try:
+            nets.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as e:
+            raise ConfigError(f"{option}: {value!r} is not an IP address or CIDR") from e
+    return tuple(nets)
+
+
+def peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of a gRPC peer string (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`), else None."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        host = rest.rpartition(":")[0]
+    elif kind == "ipv6":
+        host = rest.rpartition(":")[0].strip("[]").split("%", 1)[0]
+    else:
+        return None
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _first(auth: Mapping[str, Sequence[bytes]], name: str) -> str:
+    values = auth.get(name) or ()
+    return values[0].decode("utf-8", "replace") if values else ""
+
+
+def certificate_identity(auth: Mapping[str, Sequence[bytes]]) -> str:
+    """The SPIFFE id of a verified client certificate, else its first URI SAN, else its subject."""
+    return (
+        _first(auth, "peer_spiffe_id") or _first(auth, "peer_uri") or _first(auth, "x509_subject")
+    )
+
+
+def xfcc_elements(value: str) -> list[dict[str, str]]:
+    """The elements of an x-forwarded-client-cert header, each as key -> value.
+
+    Elements are comma-separated (one per proxy hop, oldest first), pairs
+    within an element semicolon-separated; values may be double-quoted and
+    then contain `,` `;` and `\\"`. Keys are case-insensitive (lower-cased
+    here); for a repeated key the first value is kept.
+    """
+    elements: list[dict[str, str]] = []
+    for raw in _split_unquoted(value, ","):
+        element: dict[str, str] = {}
+        for pair in _split_unquoted(raw, ";"):
+            key, sep, val = pair.strip().partition("=")
+            if not sep:
+                continue
+            val = val.strip()
+            if len(val) >= 2 and val[0] == val[-1] == '"':
+                val = val[1:-1].replace('\\"', '"')
+            element.setdefault(key.strip().lower(), val)
+        elements.append(element)
+    return elements
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+@dataclass(frozen=True)
+class ReporterPolicy:
+    """How the listener authenticates reporters, and which ones it admits."""
+
+    transport: str = "plain"  # "tls" | "unix" | "plain"
+    unix_path: str = ""
+    trust_xfcc_from: tuple[IPNetwork, ...] = ()
+    xfcc_by: str | None = None  # glob the proxy's own identity (By=) must match
+    allow: tuple[str, ...] = ()  # globs over reporter ids; empty: any authenticated reporter
+    destination: str = "off"  # reporter must be the destination's own proxy: off|record|refuse
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("tls", "unix", "plain"):
+            raise ConfigError(f"unknown listener transport {self.transport!r}")
+        if self.destination not in DESTINATION_CHECKS:
+            raise ConfigError(
+                f"--reporter-is-destination must be one of {', '.join(DESTINATION_CHECKS)}"
+            )
+        if self.xfcc_by is not None and not self.trust_xfcc_from:
+            raise ConfigError("--xfcc-by needs --trust-xfcc-from")
+        if not self.authenticated:
+            if self.allow:
+                raise ConfigError(
+                    "--allow-reporter needs authenticated reporters: --tls-cert/--tls-key/"
+                    "--client-ca, --trust-xfcc-from, or --listen unix:PATH"
+                )
+            if self.destination != "off":
+                raise ConfigError("--reporter-is-destination needs authenticated reporters")
+
+    @property
+    def authenticated(self) -> bool:
+        return self.transport in ("tls", "unix") or bool(self.trust_xfcc_from)
+
+    @property
+    def needs_auth_context(self) -> bool:
+        return self.transport == "tls"
+
+    @property
+    def needs_metadata(self) -> bool:
+        return self.transport == "plain" and bool(self.trust_xfcc_from)
+
+    def identify(
+        self,
+        peer: str,
+        auth: Mapping[str, Sequence[bytes]] | None = None,
+        metadata: Iterable[Any] = (),
+    ) -> Reporter:
+        """The reporter of a stream; raises ReporterRefused if it may not report."""
+        reporter = self._authenticate(peer, auth or {}, metadata)
+        if self.allow and not any(fnmatch.fnmatchcase(reporter.id, g) for g in self.allow):
+            raise ReporterRefused(
+                REFUSED_NOT_ALLOWED, f"reporter {reporter.id!r} is not on the allow-list"
+            )
+        return reporter
+
+    def _authenticate(
+        self, peer: str, auth: Mapping[str, Sequence[bytes]], metadata: Iterable[Any]
+    ) -> Reporter:
+        if self.transport == "tls":
+            identity = certificate_identity(auth)
+            if not identity:
+                # gRPC core already refused handshakes without a valid certificate.
+                raise ReporterRefused(REFUSED_NO_IDENTITY, "client certificate names no identity")
+            return Reporter(AUTH_MTLS, identity, peer)
+        if self.transport == "unix":
+            return Reporter(AUTH_UNIX, f"unix:{self.unix_path}", peer)
+        if not self.trust_xfcc_from:
+            return Reporter(AUTH_NONE, "", peer)
+        ip = peer_ip(peer)
+        if ip is None or not any(ip in net for net in self.trust_xfcc_from):
+            raise ReporterRefused(
+                REFUSED_UNTRUSTED_PEER,
+                f"connection from {peer} did not come through the server's own proxy "
+                "(--trust-xfcc-from)",
+            )
+        values = [m.value for m in metadata if m.key == XFCC_HEADER]
+        elements = xfcc_elements(",".join(v for v in values if isinstance(v, str)))
+        own = elements[-1] if elements else {}
+        uri = own.get("uri", "")
+        if not uri:
+            raise ReporterRefused(
+                REFUSED_NO_IDENTITY,
+                "no client certificate identity from the server's own proxy "
+                f"({XFCC_HEADER} missing or without URI=): is mTLS required on this port?",
+            )
+        if self.xfcc_by is not None and not fnmatch.fnmatchcase(own.get("by", ""), self.xfcc_by):
+            raise ReporterRefused(
+                REFUSED_NO_IDENTITY,
+                f"the last {XFCC_HEADER} element was not added by the server's own proxy "
+                f"(By={own.get('by', '')!r})",
+            )
+        return Reporter(AUTH_XFCC, uri, peer)
+
+    def check_destination(self, reporter: Reporter, destination: str | None) -> bool:
+        """False if the reporter is not the proxy of the workload the request went to.
+
+        `destination` is the identity in the audited connection's local
+        certificate (Envoy attribute connection.uri_san_local_certificate).
+        Raises ReporterRefused in `refuse` mode.
+        """
+        if self.destination == "off" or not destination or destination == reporter.id:
+            return True
+        if self.destination == "refuse":
+            raise ReporterRefused(
+                REFUSED_DESTINATION,
+                f"reporter {reporter.id!r} reported a request served as {destination!r}",
+            )
+        return False

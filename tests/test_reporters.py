@@ -1,0 +1,491 @@
+"""Only authenticated reporters write entries, and every entry names its reporter.
+
+The attacks of a caller inside the mesh: a hand-made ext_proc stream straight
+to the port (plaintext, TLS without a certificate, a certificate not on the
+allow-list, a forged x-forwarded-client-cert), against the transports the
+server offers: native mTLS, Istio's own sidecar (XFCC), a Unix socket. Real
+gRPC on loopback and real Envoy; certificates made by tests/pki.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc import processes
+from extproc.envoyconf import ClientTLS, Endpoint
+from extproc.errors import ConfigError
+from extproc.server.reporters import (
+    AUTH_MTLS,
+    AUTH_NONE,
+    AUTH_UNIX,
+    AUTH_XFCC,
+    ReporterPolicy,
+    ReporterRefused,
+    parse_networks,
+    peer_ip,
+    xfcc_elements,
+)
+from tests.conftest import AuditStack, read_entries
+from tests.pki import TestCA
+from tests.test_server import request_headers, response_headers
+
+ALLOWED = "spiffe://test.mesh/ns/shop/sa/frontend"
+INTRUDER = "spiffe://test.mesh/ns/admin/sa/ceo"
+AUDIT_SERVER_ID = "spiffe://test.mesh/ns/extproc-audit/sa/extproc-audit"
+
+
+class _Md:
+    def __init__(self, key: str, value: str) -> None:
+        self.key, self.value = key, value
+
+
+def _xfcc(value: str) -> list[_Md]:
+    return [_Md("x-forwarded-client-cert", value)]
+
+
+# --- the rules, without a network ---------------------------------------------------------------
+
+TLS_AUTH = {
+    "spiffe_id": ({"peer_spiffe_id": [ALLOWED.encode()], "x509_subject": [b"CN=x"]}, ALLOWED),
+    "uri_san": ({"peer_uri": [b"https://reporter.example/a"]}, "https://reporter.example/a"),
+    "subject": ({"x509_subject": [b"CN=envoy,O=Example"]}, "CN=envoy,O=Example"),
+}
+
+
+@pytest.mark.parametrize(("auth", "identity"), TLS_AUTH.values(), ids=TLS_AUTH.keys())
+def test_mtls_reporter_is_the_certificate_identity(auth: Any, identity: str) -> None:
+    reporter = ReporterPolicy(transport="tls").identify("ipv4:10.0.0.9:4242", auth)
+    assert (reporter.auth, reporter.id) == (AUTH_MTLS, identity)
+    assert reporter.fields == {"auth": "mtls", "id": identity, "peer": "ipv4:10.0.0.9:4242"}
+
+
+def test_unauthenticated_reporter_says_so() -> None:
+    reporter = ReporterPolicy().identify("ipv4:127.0.0.1:5000")
+    assert reporter.fields == {"auth": AUTH_NONE, "peer": "ipv4:127.0.0.1:5000"}
+
+
+def test_unix_socket_reporter_is_the_socket() -> None:
+    reporter = ReporterPolicy(transport="unix", unix_path="/run/a/audit.sock").identify("unix:")
+    assert (reporter.auth, reporter.id) == (AUTH_UNIX, "unix:/run/a/audit.sock")
+
+
+ISTIO = parse_networks(["127.0.0.6/32", "::6/128"], "--trust-xfcc-from")
+OWN_ELEMENT = f'By={AUDIT_SERVER_ID};Hash=ab12;Subject="";URI={ALLOWED}'
+
+
+def test_xfcc_reporter_is_the_element_the_own_proxy_added() -> None:
+    # A client may send any XFCC of its own; the proxy appends its element last.
+    forged = f"By={AUDIT_SERVER_ID};URI={INTRUDER}"
+    reporter = ReporterPolicy(trust_xfcc_from=ISTIO).identify(
+        "ipv4:127.0.0.6:33000", metadata=_xfcc(f"{forged},{OWN_ELEMENT}")
+    )
+    assert (reporter.auth, reporter.id) == (AUTH_XFCC, ALLOWED)
+
+
+def test_xfcc_from_a_connection_that_bypassed_the_proxy_is_refused() -> None:
+    policy = ReporterPolicy(trust_xfcc_from=ISTIO)
+    with pytest.raises(ReporterRefused) as refused:
+        policy.identify("ipv4:10.1.2.3:40000", metadata=_xfcc(f"URI={ALLOWED}"))
+    assert refused.value.reason == "untrusted_peer"
+
+
+def test_ipv6_inbound_source_is_trusted() -> None:
+    reporter = ReporterPolicy(trust_xfcc_from=ISTIO).identify(
+        "ipv6:[::6]:41000", metadata=_xfcc(OWN_ELEMENT)
+    )
+    assert reporter.id == ALLOWED
+
+
+@pytest.mark.parametrize("header", [None, "By=x;Hash=y", ""], ids=["missing", "no-uri", "empty"])
+def test_xfcc_without_identity_is_refused(header: str | None) -> None:
+    # PeerAuthentication PERMISSIVE: a plaintext client passes the proxy without XFCC.
+    policy = ReporterPolicy(trust_xfcc_from=ISTIO)
+    with pytest.raises(ReporterRefused) as refused:
+        policy.identify("ipv4:127.0.0.6:1", metadata=_xfcc(header) if header is not None else ())
+    assert refused.value.reason == "no_identity"
+
+
+def test_xfcc_element_not_by_the_own_proxy_is_refused() -> None:
+    policy = ReporterPolicy(trust_xfcc_from=ISTIO, xfcc_by=AUDIT_SERVER_ID)
+    with pytest.raises(ReporterRefused):
+        policy.identify("ipv4:127.0.0.6:1", metadata=_xfcc(f"By=spiffe://other;URI={ALLOWED}"))
+    assert policy.identify("ipv4:127.0.0.6:1", metadata=_xfcc(OWN_ELEMENT)).id == ALLOWED
+
+
+def test_allow_list_refuses_other_identities() -> None:
+    policy = ReporterPolicy(transport="tls", allow=("spiffe://test.mesh/ns/shop/*",))
+    assert policy.identify("p", {"peer_spiffe_id": [ALLOWED.encode()]}).id == ALLOWED
+    with pytest.raises(ReporterRefused) as refused:
+        policy.identify("p", {"peer_spiffe_id": [INTRUDER.encode()]})
+    assert refused.value.reason == "not_allowed"
+
+
+def test_allow_list_glob_is_case_sensitive() -> None:
+    policy = ReporterPolicy(transport="tls", allow=("spiffe://test.mesh/ns/shop/*",))
+    with pytest.raises(ReporterRefused):
+        policy.identify("p", {"peer_spiffe_id": [b"spiffe://test.mesh/ns/SHOP/sa/x"]})
+
+
+def test_destination_mismatch_is_recorded_or_refused() -> None:
+    reporter = ReporterPolicy(transport="tls").identify("p", {"peer_spiffe_id": [ALLOWED.encode()]})
+    record = ReporterPolicy(transport="tls", destination="record")
+    assert record.check_destination(reporter, ALLOWED)
+    assert record.check_destination(reporter, None)  # plaintext inbound: nothing to compare
+    assert not record.check_destination(reporter, INTRUDER)
+    with pytest.raises(ReporterRefused) as refused:
+        ReporterPolicy(transport="tls", destination="refuse").check_destination(reporter, INTRUDER)
+    assert refused.value.reason == "destination_mismatch"
+
+
+CONFIG_ERRORS = {
+    "allow_without_auth": {"allow": ("*",)},
+    "destination_without_auth": {"destination": "record"},
+    "xfcc_by_without_trust": {"xfcc_by": "spiffe://x"},
+    "unknown_destination_mode": {"transport": "tls", "destination": "maybe"},
+}
+
+
+@pytest.mark.parametrize("kwargs", CONFIG_ERRORS.values(), ids=CONFIG_ERRORS.keys())
+def test_inconsistent_reporter_options_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        ReporterPolicy(**kwargs)
+
+
+def test_peer_ip_parses_grpc_peers() -> None:
+    assert str(peer_ip("ipv4:127.0.0.6:5")) == "127.0.0.6"
+    assert str(peer_ip("ipv6:[::6]:5")) == "::6"
+    assert peer_ip("unix:/x") is None and peer_ip("garbage") is None
+
+
+def test_xfcc_quoted_values_keep_separators() -> None:
+    elements = xfcc_elements('Subject="CN=a,O=b;c \\"q\\"";URI=spiffe://x,By=y;URI=z')
+    assert elements == [{"subject": 'CN=a,O=b;c "q"', "uri": "spiffe://x"}, {"by": "y", "uri": "z"}]
+
+
+# --- real gRPC: the hand-made stream of the review, against each listener -----------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path / "pki")
+
+
+def _tls_args(pki: TestCA) -> list[str]:
+    server = pki.issue("audit-server", uris=(AUDIT_SERVER_ID,), ips=("127.0.0.1",))
+    return [
+        "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+        "--client-ca", str(pki.cert), "--allow-reporter", "spiffe://test.mesh/ns/shop/*",
+    ]  # fmt: skip
+
+
+def _forged_exchange(channel: grpc.Channel, rid: str) -> list[Any]:
+    stub = pb_grpc.ExternalProcessorStub(channel)
+    messages = [request_headers(path="/admin/accounts/42", rid=rid), response_headers()]
+    return list(stub.Process(iter(messages), timeout=5))
+
+
+def _client_credentials(pki: TestCA, identity: str | None) -> grpc.ChannelCredentials:
+    ca = pki.cert.read_bytes()
+    if identity is None:
+        return grpc.ssl_channel_credentials(ca)
+    issued = pki.issue(identity.rsplit("/", 1)[-1], uris=(identity,))
+    return grpc.ssl_channel_credentials(ca, issued.key.read_bytes(), issued.cert.read_bytes())
+
+
+def _business_entries(stack: AuditStack) -> list[dict[str, Any]]:
+    return [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] != "writer"]
+
+
+@pytest.fixture
+def tls_server(make_stack: Any, pki: TestCA) -> Iterator[AuditStack]:
+    stack = make_stack(extra_args=_tls_args(pki))
+    stack.start_server()
+    yield stack
+
+
+def test_mtls_allowed_reporter_is_logged_with_its_identity(
+    tls_server: AuditStack, pki: TestCA
+) -> None:
+    address = f"127.0.0.1:{tls_server.grpc_port}"
+    with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+        replies = _forged_exchange(channel, "allowed-1")
+    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "response_headers"]
+    assert tls_server.stop_server() == 0
+    entries = _business_entries(tls_server)
+    assert [(e["kind"], e["rid"]) for e in entries] == [
+        ("request", "allowed-1"),
+        ("response", "allowed-1"),
+    ]
+    for e in entries:
+        assert e["reporter"]["auth"] == "mtls" and e["reporter"]["id"] == ALLOWED
+        assert e["reporter"]["peer"].startswith("ipv4:127.0.0.1:")
+
+
+FORGERS = {
+    "plaintext": lambda pki, address: grpc.insecure_channel(address),
+    "tls_without_certificate": lambda pki, address: grpc.secure_channel(
+        address, _client_credentials(pki, None)
+    ),
+    "certificate_from_another_ca": lambda pki, address: grpc.secure_channel(
+        address,
+        grpc.ssl_channel_credentials(
+            pki.cert.read_bytes(),
+            (other := TestCA(pki.dir / "other").issue("x", uris=(ALLOWED,))).key.read_bytes(),
+            other.cert.read_bytes(),
+        ),
+    ),
+    "identity_not_on_the_allow_list": lambda pki, address: grpc.secure_channel(
+        address, _client_credentials(pki, INTRUDER)
+    ),
+}
+FORGER_CODES = {
+    "plaintext": grpc.StatusCode.UNAVAILABLE,
+    "tls_without_certificate": grpc.StatusCode.UNAVAILABLE,
+    "certificate_from_another_ca": grpc.StatusCode.UNAVAILABLE,
+    "identity_not_on_the_allow_list": grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+@pytest.mark.parametrize("forger", FORGERS, ids=FORGERS.keys())
+def test_forged_stream_gets_nothing_into_the_log(
+    tls_server: AuditStack, pki: TestCA, forger: str
+) -> None:
+    address = f"127.0.0.1:{tls_server.grpc_port}"
+    with FORGERS[forger](pki, address) as channel, pytest.raises(grpc.RpcError) as failure:
+        _forged_exchange(channel, f"forged-{forger}")
+    assert failure.value.code() == FORGER_CODES[forger]
+    with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+        assert len(_forged_exchange(channel, "honest-after")) == 2  # others unaffected
+    assert tls_server.stop_server() == 0
+    rids = {e["rid"] for e in _business_entries(tls_server)}
+    assert rids == {"honest-after"}
+
+
+def test_forged_xfcc_on_a_direct_connection_is_refused(make_stack: Any) -> None:
+    stack = make_stack(extra_args=["--trust-xfcc-from", "127.0.0.6/32"])
+    stack.start_server()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        forged = [("x-forwarded-client-cert", f"By={AUDIT_SERVER_ID};URI={ALLOWED}")]
+        with pytest.raises(grpc.RpcError) as failure:
+            list(stub.Process(iter([request_headers(rid="f")]), metadata=forged, timeout=5))
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "own proxy" in (failure.value.details() or "")
+    assert stack.stop_server() == 0
+    assert _business_entries(stack) == []
+
+
+def test_unix_socket_listener_is_group_only_and_names_the_reporter(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    sock = tmp_path / "run" / "audit.sock"
+    sock.parent.mkdir()
+    stack = make_stack(listen=f"unix:{sock}", extra_args=["--allow-reporter", "unix:*"])
+    stack.start_server()
+    mode = stat.S_IMODE(sock.stat().st_mode)
+    assert mode & 0o007 == 0, oct(mode)  # nobody outside the owner and group
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        assert len(_forged_exchange(channel, "via-socket")) == 2
+    assert stack.stop_server() == 0
+    (entry,) = [e for e in _business_entries(stack) if e["kind"] == "request"]
+    assert entry["reporter"] == {"auth": "unix", "id": f"unix:{sock}", "peer": "unix:"}
+
+
+def test_unauthenticated_entries_say_so(make_stack: Any) -> None:
+    stack = make_stack()
+    stack.start_server()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        _forged_exchange(channel, "dev-1")
+    assert stack.stop_server() == 0
+    for e in _business_entries(stack):
+        assert e["reporter"]["auth"] == "unauthenticated" and "id" not in e["reporter"]
+
+
+def test_unauthenticated_listener_on_a_public_address_warns(make_stack: Any) -> None:
+    stack = make_stack(listen="0.0.0.0:0")
+    stack.start_server()
+    assert stack.stop_server() == 0
+    assert "UNAUTHENTICATED ingestion on 0.0.0.0:0" in stack.server_log()
+
+
+# --- real Envoy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.envoy
+def test_envoy_over_mtls_gets_every_request_logged_under_its_spiffe_id(
+    make_stack: Any, pki: TestCA
+) -> None:
+    client = pki.issue("frontend", uris=(ALLOWED,))
+    stack = make_stack(
+        extra_args=_tls_args(pki),
+        envoy_tls=ClientTLS(str(client.cert), str(client.key), str(pki.cert), sni="audit"),
+    ).start()
+    result = stack.send(30)
+    assert len(result.request_ids) == 30 and result.errors == 0  # every one answered 2xx
+    assert stack.stop_server() == 0
+    entries = _business_entries(stack)
+    assert sorted(e["rid"] for e in entries if e["kind"] == "request") == sorted(result.request_ids)
+    assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {(AUTH_MTLS, ALLOWED)}
+    verify = stack.verify()
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.envoy
+def test_envoy_with_a_disallowed_certificate_is_refused_and_fails_closed(
+    make_stack: Any, pki: TestCA
+) -> None:
+    client = pki.issue("ceo", uris=(INTRUDER,))
+    stack = make_stack(
+        extra_args=_tls_args(pki),
+        envoy_tls=ClientTLS(str(client.cert), str(client.key), str(pki.cert)),
+    ).start()
+    result = stack.send(10)
+    assert not result.request_ids  # enforce mode: no request without its entry
+    assert sum(result.statuses.values()) == 10 and all(s >= 500 for s in result.statuses)
+    assert sum(stack.app.received.values()) == 0
+    assert stack.stop_server() == 0
+    assert _business_entries(stack) == []
+
+
+def _sidecar_config(
+    pki: TestCA, listen_port: int, admin_port: int, audit_port: int
+) -> dict[str, Any]:
+    """The audit server's own Istio sidecar, as far as reporters are concerned:
+    terminate mTLS, append the peer to XFCC (APPEND_FORWARD), forward from 127.0.0.6."""
+    own = pki.issue("audit-sidecar", uris=(AUDIT_SERVER_ID,), ips=("127.0.0.1",))
+    tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(own.cert)},
+                        "private_key": {"filename": str(own.key)},
+                    }
+                ],
+                "validation_context": {"trusted_ca": {"filename": str(pki.cert)}},
+            },
+        },
+    }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
+        "v3.HttpConnectionManager",
+        "stat_prefix": "inbound_50051",
+        "codec_type": "HTTP2",
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"subject": True, "dns": True, "uri": True},
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "inbound",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": "inbound", "timeout": "0s"}}
+                    ],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    inbound = {
+        "name": "inbound",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        # Istio's inbound clusters forward from 127.0.0.6 (InboundPassthroughBindIpv4).
+        "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "inbound",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": Endpoint("127.0.0.1", audit_port).address()}}
+                    ]
+                }
+            ],
+        },
+    }
+    return {
+        "admin": {"address": Endpoint("127.0.0.1", admin_port).address()},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "inbound",
+                    "address": Endpoint("127.0.0.1", listen_port).address(),
+                    "filter_chains": [
+                        {
+                            "transport_socket": tls,
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ],
+            "clusters": [inbound],
+        },
+    }
+
+
+@pytest.mark.envoy
+def test_istio_shaped_sidecar_xfcc_names_the_reporting_proxy(
+    make_stack: Any, pki: TestCA, tmp_path: Path
+) -> None:
+    from extproc.envoyconf import to_yaml
+
+    sidecar_port, sidecar_admin = processes.free_port(), processes.free_port()
+    client = pki.issue("frontend", uris=(ALLOWED,))
+    stack = make_stack(
+        extra_args=[
+            "--trust-xfcc-from", "127.0.0.6/32", "--xfcc-by", AUDIT_SERVER_ID,
+            "--allow-reporter", "spiffe://test.mesh/ns/shop/*",
+        ],
+        envoy_ext_proc=Endpoint("127.0.0.1", sidecar_port),
+        envoy_tls=ClientTLS(str(client.cert), str(client.key), str(pki.cert)),
+    )  # fmt: skip
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(to_yaml(_sidecar_config(pki, sidecar_port, sidecar_admin, stack.grpc_port)))
+    with (tmp_path / "sidecar.log").open("ab") as log:
+        sidecar = processes.start_envoy(config, log)
+        try:
+            processes.wait_until(
+                lambda: processes.envoy_ready(sidecar_admin), "audit sidecar envoy", sidecar
+            )
+            stack.start()
+            result = stack.send(20)
+            assert len(result.request_ids) == 20
+            assert stack.stop_server() == 0
+        finally:
+            processes.stop(sidecar, sig=signal.SIGKILL)
+    entries = _business_entries(stack)
+    assert len(entries) == 40
+    assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {(AUTH_XFCC, ALLOWED)}
+    assert all(e["reporter"]["peer"].startswith("ipv4:127.0.0.6:") for e in entries)
