@@ -135,9 +135,11 @@ class Capturer:
                 value, cut = policy.truncate(value)
                 if cut:
                     trunc.append(f"{section}.headers.{name}")
-            elif name in policy.redact_headers:
-                # Not UTF-8 but still a secret: never store its bytes, not even as b64.
-                value = policy.secret(raw.decode("utf-8", "surrogateescape"))
+            elif (redacted := policy.header_bytes(name, raw)) is not None:
+                # Not UTF-8 but a secret or a URL: never store its bytes, not even as b64.
+                value, cut = policy.truncate(redacted)
+                if cut:
+                    trunc.append(f"{section}.headers.{name}")
             if name in headers:
                 previous = headers[name]
                 if isinstance(previous, list):
