@@ -185,6 +185,15 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="also redact this header (repeatable; env: comma-separated)",
     )
     p.add_argument(
+        "--redact-url-header",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also redact the query and fragment of this URL-valued header like the request "
+        "query (repeatable; env: comma-separated; location, referer, content-location, "
+        "... always)",
+    )
+    p.add_argument(
         "--redact-query-param",
         action="append",
         default=None,
@@ -208,6 +217,117 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=int,
         default=int(_env("max_value_bytes", "2048") or 0),
         help="truncate header values longer than this (default %(default)s)",
+    )
+    _add_reporter_options(p)
+    _add_limit_options(p)
+
+
+def _env_list(option: str) -> list[str]:
+    """A repeatable option's environment form: comma-separated values."""
+    return [v.strip() for v in (_env(option) or "").split(",") if v.strip()]
+
+
+def _add_reporter_options(p: argparse.ArgumentParser) -> None:
+    from extproc.server.reporters import DESTINATION_CHECKS
+
+    g = p.add_argument_group(
+        "reporters",
+        "Who may write entries (docs/THREATS.md). Without any of the first three, every "
+        "entry is marked unauthenticated (development only).",
+    )
+    g.add_argument(
+        "--tls-cert", type=Path, default=_env("tls_cert"), help="server certificate (PEM): mTLS"
+    )
+    g.add_argument("--tls-key", type=Path, default=_env("tls_key"), help="its private key (PEM)")
+    g.add_argument(
+        "--client-ca",
+        type=Path,
+        default=_env("client_ca"),
+        help="CA bundle (PEM) that signs reporters' client certificates; a certificate is then "
+        "required, and the reporter is its SPIFFE id (URI SAN), else its subject",
+    )
+    g.add_argument(
+        "--trust-xfcc-from",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="behind the server's own sidecar (Istio: 127.0.0.6/32 and ::6/128): connections "
+        "from here carry the reporter in the x-forwarded-client-cert element the proxy added "
+        "(repeatable)",
+    )
+    g.add_argument(
+        "--xfcc-by",
+        default=_env("xfcc_by"),
+        metavar="GLOB",
+        help="with --trust-xfcc-from: the element's By= (the server's own identity) must match",
+    )
+    g.add_argument(
+        "--allow-reporter",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="admit only reporters whose id matches (fnmatch, repeatable); anyone else gets "
+        "PERMISSION_DENIED before anything is logged",
+    )
+    g.add_argument(
+        "--reporter-is-destination",
+        choices=DESTINATION_CHECKS,
+        default=_env("reporter_is_destination", "off"),
+        help="per-pod proxies: the reporter must be the identity the request was served as "
+        "(Envoy's local certificate); record a mismatch in the entry, or refuse it "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--health-listen",
+        default=_env("health_listen", "off"),
+        help="plaintext gRPC health only, e.g. 127.0.0.1:50052, for probes of a TLS or "
+        "unix-socket listener (default %(default)s)",
+    )
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    from extproc.server.capture import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
+
+    g = p.add_argument_group("limits", "Cost per caller, bounded before any work.")
+    g.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(_env("max_message_bytes", str(1 << 20)) or 0),
+        help="largest gRPC message accepted; Envoy sends at most ~64 KiB of headers by default "
+        "(max_request_headers_kb 60) and ALS batches of its buffer size (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-headers",
+        type=int,
+        default=int(_env("max_headers", str(DEFAULT_MAX_HEADERS)) or 0),
+        help="headers looked at per request or response; more are counted, not stored "
+        "(default %(default)s; Envoy's own default limit is 100)",
+    )
+    g.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=int(_env("max_header_bytes", str(DEFAULT_MAX_HEADER_BYTES)) or 0),
+        help="header bytes looked at per request or response (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-streams-per-connection",
+        type=int,
+        default=int(_env("max_streams_per_connection", "100") or 0),
+        help="concurrent gRPC streams per connection (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=float(_env("max_connection_age", "1800") or 0),
+        help="seconds before a connection is asked to move new streams elsewhere; 0: never "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=float(_env("stream_idle_timeout", "300") or 0),
+        help="end an ext_proc stream silent this many seconds (in two-phase enforce mode, the "
+        "longest wait for response headers); 0: never (default %(default)s)",
     )
 
 
@@ -367,6 +487,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from extproc.core.redact import (
         DEFAULT_REDACT_HEADERS,
         DEFAULT_REDACT_QUERY_PARAMS,
+        DEFAULT_URL_HEADERS,
         RedactionPolicy,
     )
     from extproc.server.app import ServeConfig, serve
@@ -377,6 +498,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--key is required (or EXTPROC_AUDIT_KEY)")
     headers = args.redact_header or (_env("redact_header") or "").split(",")
     params = args.redact_query_param or (_env("redact_query_param") or "").split(",")
+    url_headers = args.redact_url_header or (_env("redact_url_header") or "").split(",")
     hmac_key = None
     if args.hmac_key_file:
         try:
@@ -391,6 +513,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         redact_headers=DEFAULT_REDACT_HEADERS | {h.strip().lower() for h in headers if h.strip()},
         redact_query_params=DEFAULT_REDACT_QUERY_PARAMS
         | {q.strip().lower() for q in params if q.strip()},
+        url_headers=DEFAULT_URL_HEADERS | {u.strip().lower() for u in url_headers if u.strip()},
         query_mode=args.query_mode,
         hmac_key=hmac_key,
         max_value_bytes=args.max_value_bytes,
@@ -422,6 +545,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         redaction=policy,
         response_headers=response_headers,
         proof_listen=args.proof_listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+        trust_xfcc_from=tuple(args.trust_xfcc_from or _env_list("trust_xfcc_from")),
+        xfcc_by=args.xfcc_by or None,
+        allow_reporters=tuple(args.allow_reporter or _env_list("allow_reporter")),
+        reporter_is_destination=args.reporter_is_destination,
+        health_listen=args.health_listen,
+        max_message_bytes=args.max_message_bytes,
+        max_headers=args.max_headers,
+        max_header_bytes=args.max_header_bytes,
+        max_streams_per_connection=args.max_streams_per_connection,
+        max_connection_age=args.max_connection_age,
+        stream_idle_timeout=args.stream_idle_timeout,
         receipt_header=receipt.validate_header_name(args.receipt_header) if args.receipts else None,
     )
     if args.receipts and args.mode != "enforce":
@@ -430,11 +567,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--heartbeat-interval must be 0 (off) or positive")
     if config.bundle_max_entries < 1 or config.bundle_max_age <= 0:
         raise ConfigError("--bundle-max-entries and --bundle-max-age must be positive")
+    if config.max_message_bytes < 64 * 1024 or config.max_headers < 8:
+        raise ConfigError("--max-message-bytes must be at least 65536, --max-headers at least 8")
+    if config.max_header_bytes < 4096 or config.max_streams_per_connection < 1:
+        raise ConfigError(
+            "--max-header-bytes must be at least 4096, --max-streams-per-connection at least 1"
+        )
+    if config.max_connection_age < 0 or config.stream_idle_timeout < 0:
+        raise ConfigError("--max-connection-age and --stream-idle-timeout must be 0 (off) or more")
     if args.workers > 1:
         from extproc.server.workers import run_workers
 
-        if config.listen.endswith(":0"):
-            raise ConfigError("--workers needs a fixed --listen port (workers share it)")
+        if config.listen.endswith(":0") or config.unix_socket is not None:
+            raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
         return run_workers(config, args.workers)
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
@@ -481,8 +626,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         doc = auditor.result_to_json(result, store.url, store.supports_retention)
         print(json.dumps(doc, indent=1))
         return EXIT_OK if result.ok else EXIT_INVALID
+    from extproc.core.display import escape
+
     for finding in result.general:
-        print(finding)
+        print(escape(str(finding)))
     for report in result.reports:
         _print_log(report, quiet=args.quiet)
     if not result.logs:
@@ -501,6 +648,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _print_log(report: LogReport, *, quiet: bool) -> None:
     """Human lines for one log's LogReport (kept stable: tests and scripts grep them)."""
     from datetime import UTC, datetime
+
+    from extproc.core.display import escape
 
     latest = report.latest
     signed = f"signed size {latest.size}" if latest else "no valid checkpoint"
@@ -530,12 +679,14 @@ def _print_log(report: LogReport, *, quiet: bool) -> None:
             for gap in st.gaps:
                 print(f"  gap: {gap.kind} for {_duration(gap.seconds)} after writer "
                       f"{gap.writer or '?'}")  # fmt: skip
+    # Findings quote object keys and signed notes: bucket content, so escaped
+    # before it reaches a terminal (core/display.py).
     for finding in report.findings:
-        print(f"  {finding}")
+        print(f"  {escape(str(finding))}")
         for note in finding.evidence:
             print("    evidence:")
             for line in note.rstrip("\n").split("\n"):
-                print(f"      {line}")
+                print(f"      {escape(line)}")
 
 
 def _duration(seconds: float) -> str:
@@ -566,8 +717,24 @@ def _add_prove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--log", required=True, metavar="ID", help="log id")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--seq", type=int, help="entry index (seq)")
-    which.add_argument("--request-id", metavar="R", help="entry with this request id (rid)")
-    p.add_argument("--out", type=Path, required=True, help="proof file to write ('-': stdout)")
+    which.add_argument(
+        "--request-id",
+        metavar="R",
+        help="the request (or exchange) entry with this request id (rid); refused if several "
+        "carry it (see --all)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="proof file to write ('-': stdout); with --all, a directory",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="with --request-id: one proof per entry carrying it, written to the --out "
+        "directory as <log id>-<seq>.tlog-proof",
+    )
     p.add_argument(
         "--tree-size", type=int, default=None, help="prove under this checkpoint (default: newest)"
     )
@@ -581,13 +748,66 @@ def _add_prove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
+    from extproc.core.display import escape
     from extproc.core.note import Verifier
-    from extproc.prover import Prover
+    from extproc.core.tlogproof import FILE_SUFFIX
+    from extproc.prover import EntryNotFoundError, Prover
     from extproc.store import open_store
 
+    if args.all and args.request_id is None:
+        raise ConfigError("--all needs --request-id (a seq names one entry)")
+    if args.all and str(args.out) == "-":
+        raise ConfigError("--all writes one proof file per entry: --out must be a directory")
     verifier = Verifier.from_text(_read_vkey(args.vkey)) if args.vkey else None
     prover = Prover(open_store(args.url), args.log, verifier)
-    inclusion = prover.inclusion(seq=args.seq, request_id=args.request_id, tree_size=args.tree_size)
+    seq, expected = args.seq, None
+    if args.request_id is not None:
+        # Clients choose request ids, so several entries can carry one: never
+        # pick one of them silently (docs/PROOFS.md).
+        matches = prover.matches_by_request_id(args.request_id)
+        rid = escape(args.request_id)
+        if len(matches) > 1 and not args.all:
+            for match in matches:
+                print(match.describe(args.log), file=sys.stderr)
+            raise ConfigError(
+                f"{len(matches)} entries carry request id {rid}; prove one with --seq"
+            )
+        if args.all:
+            try:
+                args.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create directory {args.out}: {e.strerror}") from e
+            unproven = 0
+            for match in matches:
+                try:
+                    inc = prover.inclusion(seq=match.seq, tree_size=args.tree_size)
+                except EntryNotFoundError as e:  # not under a (valid) signed checkpoint
+                    print(f"not proven: {match.describe(args.log)}: {e}", file=sys.stderr)
+                    unproven += 1
+                    continue
+                if inc.entry != match.entry:
+                    raise VerificationError(f"entry {match.seq} changed while it was read")
+                path = args.out / f"{args.log}-{match.seq}{FILE_SUFFIX}"
+                try:
+                    path.write_text(inc.to_proof().to_text())
+                except OSError as e:
+                    raise ConfigError(f"cannot write {path}: {e.strerror}") from e
+                reporter = match.reporter.describe() if match.reporter is not None else "-"
+                print(
+                    f"{escape(str(path))}: entry {inc.index} ({escape(match.kind)}, reporter "
+                    f"{reporter}) of log {args.log} proven under signed tree size "
+                    f"{inc.checkpoint.size} ({len(inc.hashes)} hashes)",
+                    file=sys.stderr,
+                )
+            if unproven:
+                raise EntryNotFoundError(
+                    f"{unproven} of {len(matches)} entries with request id {rid} not proven"
+                )
+            return EXIT_OK
+        seq, expected = matches[0].seq, matches[0].entry
+    inclusion = prover.inclusion(seq=seq, tree_size=args.tree_size)
+    if expected is not None and inclusion.entry != expected:
+        raise VerificationError(f"entry {seq} changed while it was read")
     text = inclusion.to_proof().to_text()
     if str(args.out) == "-":
         sys.stdout.write(text)
@@ -654,6 +874,7 @@ def _add_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from extproc.core.display import escape
     from extproc.core.note import Verifier
     from extproc.search import (
         Filters,
@@ -691,7 +912,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         keep_requests=args.format == "table",
     )
     out = sys.stdout.buffer
-    width = max((len(i) for i in search.select_logs()), default=3)
+    width = max((len(escape(i)) for i in search.select_logs()), default=3)
     try:
         if args.format == "table":
             out.write(table_header(width).encode() + b"\n")
@@ -716,7 +937,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from extproc.auditor import all_ok
 
     for finding in stats.general + [f for r in stats.reports for f in r.findings]:
-        print(f"  {finding}", file=sys.stderr)
+        print(f"  {escape(str(finding))}", file=sys.stderr)  # keys come from the store
     ok = all_ok(stats.reports, stats.general)
     print(
         f"{'VALID' if ok else 'INVALID'}: {counts}; Object Lock retention not checked (run verify)",

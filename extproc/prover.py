@@ -16,9 +16,12 @@ so a cached leaf list never goes stale).
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -26,6 +29,7 @@ from extproc.auditor import LogObjects, list_logs, read_object
 from extproc.core import entry as entry_format
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
+from extproc.core.display import escape, quote
 from extproc.core.merkle import (
     LEAF_PREFIX,
     consistency_proof,
@@ -42,9 +46,116 @@ from extproc.store.base import ObjectStore
 
 DEFAULT_CACHE_LEAVES = 1 << 20  # 32 MiB of leaf hashes
 
+# The entry kinds a request id names (docs/PROOFS.md): the entries that carry
+# a request. A `response` entry repeats its request's rid but is not the
+# request, and `writer` entries have rid "".
+REQUEST_KINDS = frozenset({"request", "exchange"})
+MAX_LISTED_MATCHES = 20  # seqs named in an AmbiguousRequestIdError's message
+_MAX_RID_SHOWN = 200  # characters of a request id quoted in a message
+_TOKEN_RE = re.compile(r"[a-z]{1,32}")
+
 
 class EntryNotFoundError(ConfigError):
     """The asked-for entry, size or log is not (yet) published in the store."""
+
+
+def _rid_text(rid: str) -> str:
+    """A request id for a message: quoted and escaped, long ones cut."""
+    if len(rid) > _MAX_RID_SHOWN:
+        return f"{rid[:_MAX_RID_SHOWN]!r}... ({len(rid)} characters)"
+    return repr(rid)
+
+
+@dataclass(frozen=True)
+class EntryReporter:
+    """Who reported an entry: its top-level `reporter` object, as the writer
+    records it (extproc.server.reporters).
+
+    `auth` is how the reporter was identified (`mtls`, `xfcc`, `unix`,
+    `unauthenticated`; "?" if the entry's value is not an object with a
+    string `auth`), `id` its identity (None when unauthenticated), `peer` its
+    transport address, `dst_mismatch` the writer's mark for a reporter that
+    is not the proxy of the workload that served the request. Values are as
+    stored: print them with `describe()`.
+    """
+
+    auth: str
+    id: str | None
+    peer: str | None
+    dst_mismatch: bool = False
+
+    @classmethod
+    def from_entry(cls, fields: dict[str, Any]) -> EntryReporter | None:
+        """The entry's reporter; None for entries written before reporters were recorded."""
+        value = fields.get("reporter")
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            return cls("?", None, None)
+        auth, rid, peer = value.get("auth"), value.get("id"), value.get("peer")
+        return cls(
+            auth if isinstance(auth, str) else "?",
+            rid if isinstance(rid, str) else None,
+            peer if isinstance(peer, str) else None,
+            value.get("dst_mismatch") is True,
+        )
+
+    def describe(self) -> str:
+        """One line, safe for a terminal: `mtls id="..." peer="..." [dst_mismatch]`."""
+        auth = self.auth if _TOKEN_RE.fullmatch(self.auth) else quote(self.auth)
+        parts = [auth]
+        if self.id is not None:
+            parts.append(f"id={quote(self.id)}")
+        if self.peer is not None:
+            parts.append(f"peer={quote(self.peer)}")
+        if self.dst_mismatch:
+            parts.append("dst_mismatch")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class RequestMatch:
+    """A published entry that carries a request (kind in REQUEST_KINDS) with
+    the asked-for request id."""
+
+    seq: int
+    entry: bytes  # the stored line
+    kind: str
+    ts: str
+    reporter: EntryReporter | None  # None: the entry has no `reporter`
+
+    def describe(self, log_id: str) -> str:
+        """One line, safe for a terminal: log id, seq, kind, ts and reporter."""
+        reporter = self.reporter.describe() if self.reporter is not None else "-"
+        return (
+            f"log {escape(log_id)} seq {self.seq} kind {escape(self.kind)} "
+            f"ts {escape(self.ts)} reporter {reporter}"
+        )
+
+
+class AmbiguousRequestIdError(ConfigError):
+    """Several entries carry the asked-for request id: none is picked.
+
+    Request ids come from clients (`x-request-id`), so any client can send one
+    that another request already used; proving "the" entry with that id would
+    let a later forged entry win. `matches` holds the first
+    MAX_LISTED_MATCHES of them (seq order), `total` counts all.
+    """
+
+    def __init__(
+        self, log_id: str, request_id: str, matches: Sequence[RequestMatch], total: int
+    ) -> None:
+        self.log_id = log_id
+        self.request_id = request_id
+        self.matches = tuple(matches)
+        self.total = total
+        listed = self.matches[:MAX_LISTED_MATCHES]
+        seqs = ", ".join(str(m.seq) for m in listed)
+        more = f" and {total - len(listed)} more" if total > len(listed) else ""
+        super().__init__(
+            f"log {log_id}: {total} entries carry request id {_rid_text(request_id)} "
+            f"(seqs {seqs}{more}); name one by its seq"
+        )
 
 
 @dataclass(frozen=True)
@@ -235,25 +346,64 @@ class Prover:
                 return self._bundle_lines(objects, key, name)[seq - name.first]
         raise EntryNotFoundError(f"log {self.log_id}: entry {seq} is not published")
 
-    def _entry_by_request_id(self, objects: _LogObjects, rid: str) -> tuple[int, bytes]:
-        """The first entry (the request's own, before its response) with this `rid`.
+    def _scan_request_id(
+        self, objects: _LogObjects, rid: str, keep: int | None
+    ) -> tuple[list[RequestMatch], int]:
+        """Entries of kind REQUEST_KINDS with this `rid`, in seq order: the
+        first `keep` of them (all if None) and how many there are.
 
-        Scans bundles newest first, since receipts are usually recent, then
-        takes the lowest seq in the first bundle that has any match. Cost: one
-        read per bundle newer than the entry.
+        Every published bundle is read: a request id is not unique (clients
+        choose it), so one match says nothing about the rest of the log. The
+        proof that follows needs every leaf up to its checkpoint anyway, so
+        the leaf hashes of the bundles read go to the cache on the way.
         """
+        if not rid:
+            raise ConfigError(
+                'empty request id: entries without one have rid ""; name the entry by seq'
+            )
         # The writer encodes `rid` with orjson, so its bytes appear exactly so;
         # the substring test only skips lines, the parse decides.
         needle = b'"rid":' + orjson.dumps(rid)
-        for key, name in reversed(objects.bundles):
-            hits = [
-                (name.first + i, line)
-                for i, line in enumerate(self._bundle_lines(objects, key, name))
-                if needle in line and entry_format.parse(line).get("rid") == rid
-            ]
-            if hits:
-                return hits[0]
-        raise EntryNotFoundError(f"log {self.log_id}: no published entry has request id {rid!r}")
+        sha256 = hashlib.sha256
+        kept: list[RequestMatch] = []
+        total = 0
+        for key, name in objects.bundles:
+            lines = self._bundle_lines(objects, key, name)
+            if self.cache.get(key) is None:
+                self.cache.put(key, [sha256(LEAF_PREFIX + line).digest() for line in lines])
+            for i, line in enumerate(lines):
+                if needle not in line:
+                    continue
+                fields = entry_format.parse(line)
+                kind = fields.get("kind")
+                if fields.get("rid") != rid or kind not in REQUEST_KINDS:
+                    continue
+                total += 1
+                if keep is None or len(kept) < keep:
+                    ts = fields.get("ts")
+                    kept.append(
+                        RequestMatch(
+                            name.first + i,
+                            line,
+                            str(kind),
+                            ts if isinstance(ts, str) else "",
+                            EntryReporter.from_entry(fields),
+                        )
+                    )
+        if not total:
+            raise EntryNotFoundError(
+                f"log {self.log_id}: no published entry has request id {_rid_text(rid)}"
+            )
+        return kept, total
+
+    def matches_by_request_id(self, request_id: str) -> list[RequestMatch]:
+        """Every published entry that carries a request (kind `request` or
+        `exchange`) with this request id, in seq order; at least one.
+
+        Raises EntryNotFoundError if there is none. Reads every bundle; holds
+        the matching entries' bytes.
+        """
+        return self._scan_request_id(self._objects(), request_id, None)[0]
 
     # --- proofs -----------------------------------------------------------------------
 
@@ -269,12 +419,21 @@ class Prover:
         tree_size: int | None = None,
     ) -> Inclusion:
         """Entry `seq` (or the entry with `request_id`) proven under the newest
-        valid checkpoint covering it, or the one of `tree_size`."""
+        valid checkpoint covering it, or the one of `tree_size`.
+
+        By request id, the entry must be the only published entry of kind
+        `request` or `exchange` with that id: if several are, none is picked
+        and AmbiguousRequestIdError names them (matches_by_request_id lists
+        them all).
+        """
         if (seq is None) == (request_id is None):
             raise ConfigError("name the entry by seq or by request id (one of them)")
         objects = self._objects()
         if request_id is not None:
-            seq, data = self._entry_by_request_id(objects, request_id)
+            matches, total = self._scan_request_id(objects, request_id, MAX_LISTED_MATCHES)
+            if total > 1:
+                raise AmbiguousRequestIdError(self.log_id, request_id, matches, total)
+            seq, data = matches[0].seq, matches[0].entry
         else:
             assert seq is not None
             if seq < 0:

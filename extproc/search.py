@@ -21,6 +21,7 @@ import orjson
 
 from extproc.auditor import LogObjects, list_logs, read_object
 from extproc.core import entry, layout
+from extproc.core.display import escape
 from extproc.core.note import Verifier
 from extproc.core.verify import Finding, LogChecker, LogReport
 from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
@@ -382,7 +383,11 @@ def table_header(log_width: int) -> str:
 def table_row(match: Match, log_width: int) -> str:
     """One aligned line; for a response, method, path and principal come from
     its request entry when it was read. Long values are cut (the table is for
-    reading; --format jsonl prints the evidence)."""
+    reading; --format jsonl prints the evidence).
+
+    Every column is escaped (extproc.core.display.escape): entries hold text
+    chosen by HTTP clients, and no control, format or line-breaking character
+    of theirs reaches the terminal, so one entry is always one visible line."""
     f = match.fields
     src = match.request if match.request is not None else f
     status = _get(f, "resp", "status")
@@ -420,6 +425,9 @@ def _row(
     rid: str,
     log_width: int,
 ) -> str:
+    ts, log_id, seq, kind = escape(ts), escape(log_id), escape(seq), escape(kind)
+    method, path, status = escape(method), escape(path), escape(status)
+    principal, rid = escape(principal), escape(rid)
     return (
         f"{ts:<27} {_cut(log_id, log_width):<{log_width}} {seq:>10} {kind:<8} "
         f"{_cut(method, 7):<7} {_cut(path, 40):<40} {status:>6} {_cut(principal, 40):<40} {rid}"

@@ -352,7 +352,8 @@ def test_made_up_source_principal_attribute_is_ignored() -> None:
 
 def test_local_certificate_names_the_destination() -> None:
     fields = capture(
-        [], attributes={"connection.uri_san_local_certificate": "spiffe://cluster.local/ns/b/sa/api"}
+        [],
+        attributes={"connection.uri_san_local_certificate": "spiffe://cluster.local/ns/b/sa/api"},
     )
     assert fields["dst_principal"] == "spiffe://cluster.local/ns/b/sa/api"
 

@@ -25,7 +25,14 @@ from extproc.server.proofapi import ProofServer, ProofServicer
 from extproc.store.local import LocalStore
 from tests.conftest import read_entries, run_cli
 from tests.test_merkle import ref_mth, ref_path, ref_proof
-from tests.test_prover import LOG_ID, SIZES, published_entries, write_log
+from tests.test_prover import (
+    FLOOD,
+    LOG_ID,
+    SIZES,
+    published_entries,
+    write_duplicates_log,
+    write_log,
+)
 
 T = TypeVar("T")
 
@@ -214,3 +221,38 @@ def test_served_by_the_writer_with_envoy_traffic(make_stack: Any, tmp_path: Path
     assert r.returncode == 0, r.stderr
     assert base64.b64encode(reply.entry).decode() in reply.tlog_proof
     assert stack.stop_server() == 0
+
+
+def test_inclusion_by_forged_duplicate_request_id_is_failed_precondition(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """Two entries carry request id "dup" (the second from another reporter):
+    the API names both seqs and proves neither; a request id carried by one
+    request entry (and its response) is still proven."""
+    store = LocalStore(tmp_path / "store")
+    entries = write_duplicates_log(store, tmp_path / "wal", signer)
+
+    async def scenario() -> None:
+        async for stub in serving(store, signer):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetInclusionProof(pb.GetInclusionProofRequest(request_id="dup"))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "2 entries carry request id 'dup' (seqs 0, 27)" in (info.value.details() or "")
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetInclusionProof(pb.GetInclusionProofRequest(request_id="flood"))
+            details = info.value.details() or ""
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"{FLOOD} entries" in details and f"and {FLOOD - 20} more)" in details
+            assert len(details) < 300  # bounded, whatever the number of matches
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetInclusionProof(pb.GetInclusionProofRequest(request_id=""))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+            reply = await stub.GetInclusionProof(pb.GetInclusionProofRequest(request_id="pair"))
+            assert (reply.index, reply.entry) == (9, entries[9])
+            proof = TlogProof.from_text(reply.tlog_proof)
+            assert verify_proof(proof, signer.verifier()).size == 30
+
+    run(scenario)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,15 @@ from extproc.errors import ConfigError, VerificationError
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig, bundle_lines
 from extproc.log.wal import WAL
-from extproc.prover import EntryNotFoundError, LeafCache, Prover
+from extproc.prover import (
+    MAX_LISTED_MATCHES,
+    AmbiguousRequestIdError,
+    EntryNotFoundError,
+    EntryReporter,
+    LeafCache,
+    Prover,
+    RequestMatch,
+)
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
@@ -325,3 +334,253 @@ def test_prove_on_s3_and_check_offline(
         env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
     )
     assert r.returncode == 0, r.stderr
+
+
+# --- request ids are not unique: duplicates are never silently chosen ---------------------------
+
+MESH = {
+    "auth": "mtls",
+    "id": "spiffe://cluster.local/ns/shop/sa/web",
+    "peer": "ipv4:10.0.0.7:41000",
+}
+# not the proxy of the workload that served the request: the writer marks it
+FORGER = {"auth": "unauthenticated", "peer": "ipv4:10.9.9.9:5555", "dst_mismatch": True}
+FLOOD = 23  # entries of rid "flood", written without `reporter` (as before reporters existed)
+DUP_SEQS = (0, 27)  # rid "dup": the genuine request, then a forged exchange from another reporter
+
+
+def write_duplicates_log(store: ObjectStore, wal_dir: Path, signer: Signer) -> list[bytes]:
+    """30 entries in bundles of 10, checkpoints at sizes 10 and 30:
+
+    0 request "dup" (MESH), 1 its response, 2-8 request "flood", 9 request
+    "pair", [checkpoint 10] 10 its response (the next bundle), 11-26 request
+    "flood", 27 exchange "dup" (FORGER), 28 request "single", 29 its response.
+    """
+
+    def request(rid: str, reporter: Mapping[str, object] | None = MESH) -> dict[str, object]:
+        fields: dict[str, object] = {"kind": "request", "rid": rid, "req": {"path": "/pay"}}
+        if reporter is not None:
+            fields["reporter"] = dict(reporter)
+        return fields
+
+    def response(rid: str, ref: int) -> dict[str, object]:
+        fields: dict[str, object] = {"kind": "response", "rid": rid, "ref": ref}
+        return fields | {"resp": {"status": 200}, "reporter": dict(MESH)}
+
+    async def scenario() -> None:
+        wal = WAL(wal_dir)
+        audit_log = AuditLog(wal, wal.recover())
+        config = PublisherConfig(LOG_ID, ORIGIN, bundle_max_entries=10, max_age=0.0)
+        publisher = Publisher(audit_log, wal, store, signer, config, writer_id="0123abcd")
+        await publisher.reconcile()
+        await audit_log.append(request("dup"))
+        await audit_log.append(response("dup", 0))
+        for _ in range(7):
+            await audit_log.append(request("flood", None))
+        await audit_log.append(request("pair"))
+        await publisher.publish()
+        await audit_log.append(response("pair", 9))
+        for _ in range(FLOOD - 7):
+            await audit_log.append(request("flood", None))
+        forged = request("dup", FORGER) | {"kind": "exchange", "resp": {"status": 200}}
+        await audit_log.append(forged)
+        await audit_log.append(request("single"))
+        await audit_log.append(response("single", 28))
+        await publisher.publish()
+        audit_log.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    entries = published_entries(store)
+    assert len(entries) == 30
+    return entries
+
+
+@pytest.fixture
+def dup_log(tmp_path: Path, signer: Signer) -> tuple[str, list[bytes]]:
+    store = LocalStore(tmp_path / "dup-store")
+    return str(tmp_path / "dup-store"), write_duplicates_log(store, tmp_path / "dup-wal", signer)
+
+
+def test_matches_by_request_id_lists_every_request_entry_with_its_reporter(
+    dup_log: tuple[str, list[bytes]],
+) -> None:
+    url, entries = dup_log
+    matches = Prover(LocalStore(Path(url)), LOG_ID).matches_by_request_id("dup")
+    assert [(m.seq, m.kind, m.entry) for m in matches] == [
+        (0, "request", entries[0]),
+        (27, "exchange", entries[27]),
+    ]
+    assert [m.reporter for m in matches] == [
+        EntryReporter("mtls", MESH["id"], MESH["peer"]),
+        EntryReporter("unauthenticated", None, "ipv4:10.9.9.9:5555", dst_mismatch=True),
+    ]
+    assert all(m.ts == entry.parse(m.entry)["ts"] for m in matches)
+    flood = Prover(LocalStore(Path(url)), LOG_ID).matches_by_request_id("flood")
+    assert len(flood) == FLOOD and {m.reporter for m in flood} == {None}
+
+
+def test_inclusion_by_forged_duplicate_request_id_raises_listing_both(
+    dup_log: tuple[str, list[bytes]], signer: Signer
+) -> None:
+    prover = Prover(LocalStore(Path(dup_log[0])), LOG_ID, signer.verifier())
+    with pytest.raises(AmbiguousRequestIdError) as info:
+        prover.inclusion(request_id="dup")
+    error = info.value
+    assert isinstance(error, ConfigError)  # a usage error (exit 2), not tampering
+    assert (error.total, [m.seq for m in error.matches]) == (2, list(DUP_SEQS))
+    assert "2 entries carry request id 'dup' (seqs 0, 27)" in str(error)
+
+
+def test_ambiguous_request_id_lists_at_most_20_seqs(dup_log: tuple[str, list[bytes]]) -> None:
+    with pytest.raises(AmbiguousRequestIdError) as info:
+        Prover(LocalStore(Path(dup_log[0])), LOG_ID).inclusion(request_id="flood")
+    message = str(info.value)
+    assert f"{FLOOD} entries carry request id 'flood'" in message
+    listed = message.split("(seqs ")[1].split(" and ")[0].split(", ")
+    assert len(listed) == MAX_LISTED_MATCHES == 20
+    assert f"and {FLOOD - 20} more)" in message
+
+
+def test_request_and_its_response_are_one_match(
+    dup_log: tuple[str, list[bytes]], signer: Signer
+) -> None:
+    """Enforce mode writes a request and a response entry with the same rid: the
+    request is proven, also when its response is in a newer bundle."""
+    url, entries = dup_log
+    prover = Prover(LocalStore(Path(url)), LOG_ID, signer.verifier())
+    for rid, seq in (("pair", 9), ("single", 28)):
+        assert [m.seq for m in prover.matches_by_request_id(rid)] == [seq]
+        inc = prover.inclusion(request_id=rid)
+        assert (inc.index, inc.entry) == (seq, entries[seq])
+        assert entry.parse(inc.entry)["kind"] == "request"
+
+
+def test_empty_request_id_is_refused(dup_log: tuple[str, list[bytes]]) -> None:
+    prover = Prover(LocalStore(Path(dup_log[0])), LOG_ID)
+    with pytest.raises(ConfigError, match="empty request id"):
+        prover.inclusion(request_id="")
+
+
+def test_match_lines_escape_and_quote_the_reporter() -> None:
+    """A reporter identity comes from a certificate or an XFCC header: it is
+    printed quoted and escaped, so it cannot fake another field or drive the terminal."""
+    match = RequestMatch(
+        5,
+        b"{}",
+        "request",
+        "2026-11-26T00:00:00.000000Z",
+        EntryReporter("xfcc\x1b[2K", 'spiffe://a" peer="10.0.0.1:1\r', "10.0.0.2:2\u202e"),
+    )
+    line = match.describe(LOG_ID)
+    assert line.isprintable()
+    assert line == (
+        "log pod-a seq 5 kind request ts 2026-11-26T00:00:00.000000Z reporter "
+        '"xfcc\\x1b[2K" id="spiffe://a\\" peer=\\"10.0.0.1:1\\r" peer="10.0.0.2:2\\u202e"'
+    )
+    legacy = dataclasses.replace(match, reporter=None).describe(LOG_ID)
+    assert legacy.endswith(" reporter -")
+
+
+def test_prove_request_id_forged_duplicate_is_not_silently_chosen(
+    dup_log: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    out = tmp_path / "p.tlog-proof"
+    r = run_cli("prove", dup_log[0], "--log", LOG_ID, "--request-id", "dup", "--out", str(out))
+    assert r.returncode == 2, r.stderr
+    assert not out.exists()
+    lines = r.stderr.splitlines()
+    assert lines[-1] == "extproc-audit: error: 2 entries carry request id dup; prove one with --seq"
+    first, forged = lines[:-1]
+    assert first.startswith("log pod-a seq 0 kind request ts ")
+    assert first.endswith(f'reporter mtls id="{MESH["id"]}" peer="{MESH["peer"]}"')
+    assert forged.startswith("log pod-a seq 27 kind exchange ts ")
+    assert forged.endswith(f'reporter unauthenticated peer="{FORGER["peer"]}" dst_mismatch')
+
+
+def test_prove_request_id_duplicates_without_reporter_print_a_dash(
+    dup_log: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    r = run_cli(
+        "prove", dup_log[0], "--log", LOG_ID, "--request-id", "flood", "--out", str(tmp_path / "p")
+    )
+    assert r.returncode == 2
+    *listed, last = r.stderr.splitlines()
+    want = f"{FLOOD} entries carry request id flood; prove one with --seq"
+    assert last == f"extproc-audit: error: {want}"
+    assert len(listed) == FLOOD  # every match, not only the first 20
+    assert all(" kind request ts " in line for line in listed)
+    assert all(line.endswith(" reporter -") for line in listed)
+
+
+def test_prove_request_id_all_writes_one_checked_proof_per_duplicate(
+    dup_log: tuple[str, list[bytes]], signer: Signer, tmp_path: Path
+) -> None:
+    url, entries = dup_log
+    out = tmp_path / "proofs" / "dup"  # created
+    r = run_cli("prove", url, "--log", LOG_ID, "--request-id", "dup", "--all", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    files = sorted(out.iterdir(), key=lambda p: len(p.name))
+    assert [p.name for p in files] == [f"{LOG_ID}-{seq}.tlog-proof" for seq in DUP_SEQS]
+    for path, seq in zip(files, DUP_SEQS, strict=True):
+        proof = TlogProof.from_text(path.read_text())
+        assert (proof.index, proof.extra) == (seq, entries[seq])
+        check = run_cli("check-proof", str(path), "--vkey", vkey(signer), "--origin", ORIGIN)
+        assert check.returncode == 0, check.stderr
+        assert f"OK: entry {seq} is in log {ORIGIN} at signed tree size 30" in check.stdout
+    summaries = r.stderr.splitlines()
+    assert len(summaries) == 2
+    assert summaries[0].startswith(f"{files[0]}: entry 0 (request, reporter mtls id=")
+    assert summaries[1].startswith(f"{files[1]}: entry 27 (exchange, reporter unauthenticated ")
+    assert all("proven under signed tree size 30" in line for line in summaries)
+
+
+def test_prove_request_id_all_reports_a_duplicate_its_checkpoint_does_not_cover(
+    dup_log: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    """Under the older checkpoint (size 10) the forged entry 27 is not provable:
+    the genuine one is written, the other named, and the exit code says so."""
+    out = tmp_path / "proofs"
+    r = run_cli(
+        "prove", dup_log[0], "--log", LOG_ID, "--request-id", "dup", "--all", "--out", str(out),
+        "--tree-size", "10",
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert [p.name for p in out.iterdir()] == [f"{LOG_ID}-0.tlog-proof"]
+    assert "not proven: log pod-a seq 27 kind exchange" in r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        "extproc-audit: error: 1 of 2 entries with request id dup not proven"
+    )
+
+
+def test_prove_request_id_single_match_still_writes_the_proof(
+    dup_log: tuple[str, list[bytes]], signer: Signer, tmp_path: Path
+) -> None:
+    url, entries = dup_log
+    out = tmp_path / "pair.tlog-proof"
+    r = run_cli("prove", url, "--log", LOG_ID, "--request-id", "pair", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == (
+        f"entry 9 of log {LOG_ID} proven under signed tree size 30 "
+        f"({len(ref_path(9, entries))} hashes)"
+    )
+    assert TlogProof.from_text(out.read_text()).extra == entries[9]
+    assert run_cli("check-proof", str(out), "--vkey", vkey(signer)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--seq", "3", "--all"], "--all needs --request-id"),
+        (["--request-id", "dup", "--all", "--out", "-"], "--out must be a directory"),
+        (["--request-id", ""], "empty request id"),
+    ],
+    ids=["all-with-seq", "all-to-stdout", "empty-rid"],
+)
+def test_prove_request_id_usage_errors(
+    dup_log: tuple[str, list[bytes]], tmp_path: Path, args: list[str], match: str
+) -> None:
+    out = ["--out", str(tmp_path / "p")] if "--out" not in args else []
+    r = run_cli("prove", dup_log[0], "--log", LOG_ID, *args, *out)
+    assert r.returncode == 2
+    assert match in r.stderr
+    assert not (tmp_path / "p").exists()

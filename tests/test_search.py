@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from extproc.errors import ConfigError
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig, bundle_lines
 from extproc.log.wal import WAL
-from extproc.search import Filters, StoreSearch, parse_status, parse_time
+from extproc.search import Filters, Match, StoreSearch, parse_status, parse_time, table_row
 from extproc.store import open_store
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
@@ -447,3 +448,168 @@ def test_docs_duckdb_example_matches_search(
     ]
     assert len(want) == len([i for i in range(EXCHANGES) if status_of(i) >= 500])
     assert rows == want
+
+
+# --- table output: entries hold text chosen by HTTP clients --------------------------------------
+
+GOOD = {"method": "GET", "path": "/ok", "principal": PRINCIPALS[0], "rid": "rid-x"}
+
+# attack: (the request's fields that differ from GOOD, what its rows show instead)
+ATTACKS: dict[str, tuple[dict[str, str], str]] = {
+    "ansi_escape_in_path": (
+        {"path": "/api/\x1b[2J\x1b[Hall clear\x1b[0m"},
+        "/api/\\x1b[2J\\x1b[Hall clear\\x1b[0m",
+    ),
+    "carriage_return_overwriting_a_column": (
+        {"path": "/admin/drop-db\r2026-11-26T00:00:00.000000Z pod-a"},
+        "/admin/drop-db\\r2026-11-26T00:00:00.000",
+    ),
+    "backspaces_erasing_the_path": (
+        {"path": "/admin/export" + "\b" * 13 + "/health"},
+        "/admin/export\\x08\\x08",
+    ),
+    "bidi_override_in_principal": (
+        {"principal": "spiffe://cluster.local/sa/\u202enimda"},  # shows as .../sa/admin
+        "spiffe://cluster.local/sa/\\u202enimda",
+    ),
+    "zero_width_space_in_principal": (
+        {"principal": "spiffe://cluster.local/sa/ad\u200bmin"},
+        "spiffe://cluster.local/sa/ad\\u200bmin",
+    ),
+    "newline_in_request_id": (
+        {"rid": "rid-x\n2026-11-26T00:00:09.000000Z pod-a 99 request GET /forged"},
+        "rid-x\\n2026-11-26T00:00:09.000000Z pod-a 99 request GET /forged",
+    ),
+    "line_separator_in_request_id": ({"rid": "rid-x\u2028forged"}, "rid-x\\u2028forged"),
+    "tabs_shifting_columns_in_request_id": ({"rid": "rid-x\t\t500"}, "rid-x\\t\\t500"),
+    "osc_title_in_request_id": ({"rid": "\x1b]0;audit OK\x07rid-x"}, "\\x1b]0;audit OK\\x07rid-x"),
+    "conceal_attribute_as_method": ({"method": "\x1b[8m"}, "\\x1b[8m"),
+    "c1_csi_and_del_in_path": ({"path": "/a\x9b2J\x7f"}, "/a\\x9b2J\\x7f"),
+    "invisible_tag_character_in_path": ({"path": "/a\U000e0001b"}, "/a\\U000e0001b"),
+    "backslash_posing_as_an_escape": ({"path": "/a\\x1b[2J"}, "/a\\\\x1b[2J"),
+}
+
+
+def write_entries(
+    store: ObjectStore, signer: Signer, wal_dir: Path, log_id: str, *entries: Any
+) -> None:
+    """Append these fields as entries (a second apart) and publish them, as the writer does."""
+
+    async def scenario() -> None:
+        clock = [START]
+        wal = WAL(wal_dir)
+        audit_log = AuditLog(wal, wal.recover(), wall_clock=lambda: clock[0])
+        config = PublisherConfig(
+            log_id, layout.origin_for("extproc-audit", log_id), bundle_max_entries=7, max_age=0.0
+        )
+        publisher = Publisher(audit_log, wal, store, signer, config, writer_id="abcd")
+        await publisher.reconcile()
+        for fields in entries:
+            clock[0] += 1
+            await audit_log.append(fields)
+        await publisher.publish(final=True)
+        audit_log.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def attack_log(tmp_path: Path, signer: Signer, request: dict[str, str]) -> str:
+    """A request with these fields, its response (seq 1), then an honest exchange."""
+    url = str(tmp_path / "store")
+    write_entries(
+        open_store(url),
+        signer,
+        tmp_path / "wal",
+        "pod-a",
+        {
+            "kind": "request",
+            "rid": request["rid"],
+            "req": {"method": request["method"], "path": request["path"]},
+            "src": {"principal": request["principal"]},
+        },
+        {"kind": "response", "rid": request["rid"], "ref": 0, "resp": {"status": 500}},
+        {
+            "kind": "exchange",
+            "rid": "rid-after",
+            "req": {"method": "GET", "path": "/after"},
+            "src": {"principal": PRINCIPALS[1]},
+            "resp": {"status": 200},
+        },
+    )
+    return url
+
+
+@pytest.mark.parametrize(("changed", "shown"), ATTACKS.values(), ids=ATTACKS)
+def test_table_output_escapes(
+    capsysbinary: pytest.CaptureFixture[bytes],
+    signer: Signer,
+    tmp_path: Path,
+    changed: dict[str, str],
+    shown: str,
+) -> None:
+    """No control, format or line-breaking character of an entry reaches the
+    terminal, each entry is one line, and the escaped text shows what was there."""
+    request = GOOD | changed
+    url = attack_log(tmp_path, signer, request)
+    code = cli.main(["search", url, "--vkey", signer.verifier().to_text(), "--format", "table"])
+    raw, err = capsysbinary.readouterr()
+    assert code == 0, err
+    text = raw.decode()
+    lines = text.split("\n")
+    assert lines.pop() == ""
+    assert len(lines) == 4  # the header, then one line per matching entry
+    for line in lines:
+        bad = [c for c in line if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
+        assert not bad and line.isprintable(), line
+    header, request_row, response_row, after = lines
+    assert header.startswith("TS ")
+    # A response row shows its own rid and its request entry's other fields.
+    assert shown in request_row and shown in response_row
+    if "rid" not in changed:
+        assert request_row.endswith(" rid-x") and response_row.endswith(" rid-x")
+    assert " request " in request_row and " response " in response_row and " 500 " in response_row
+    assert after.startswith("2026-11-26T00:00:03.000000Z pod-a")
+    assert after.endswith(f"{PRINCIPALS[1]:<40} rid-after")
+
+
+def test_jsonl_output_stays_the_stored_bytes_with_controls_in_entries(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, tmp_path: Path
+) -> None:
+    """The jsonl lines are the evidence: never escaped beyond what JSON did."""
+    request = GOOD | {"path": "/a\x1b[2J\u202e\x9b", "principal": "p\u2028\u200d", "rid": "r\n"}
+    url = attack_log(tmp_path, signer, request)
+    code, out, err = search(capsysbinary, signer, url)
+    assert code == 0, err
+    assert out == stored_lines(open_store(url), "pod-a")
+    assert "\u202e\x9b".encode() in out[0]  # JSON escapes C0 controls only
+
+
+def test_table_row_escapes_every_column_including_the_log_id() -> None:
+    evil = "\x1b]0;owned\x07"
+    fields = {
+        "ts": evil,
+        "seq": evil,
+        "kind": evil,
+        "rid": evil,
+        "req": {"method": evil, "path": evil},
+        "src": {"principal": evil},
+        "resp": {"status": evil},
+    }
+    row = table_row(Match("pod" + evil, b"", fields), 20)
+    assert row.isprintable() and "\x1b" not in row
+    assert row.count("\\x1b") == 9  # ts, log, seq, kind, method (cut), path, status, principal, rid
+    writer = table_row(Match("pod-a", b"", {"kind": "writer", "event": "stop\r\x1b[2K"}), 5)
+    assert "[stop\\r\\x1b[2K]" in writer and writer.isprintable()
+
+
+def test_search_findings_escape_object_keys(
+    capsysbinary: pytest.CaptureFixture[bytes], signer: Signer, log: Log
+) -> None:
+    """Whoever can write the bucket chooses key names; findings quote them."""
+    stray = Path(log.url) / "logs" / "evil\x1b[2J\rVALID" / "x"
+    stray.parent.mkdir()
+    stray.write_bytes(b"")
+    code, _, err = search(capsysbinary, signer, log.url, "--request-id", "rid-001")
+    assert code == 1
+    assert "logs/evil\\x1b[2J\\rVALID/x: object under logs/ with an invalid log id" in err
+    assert "\x1b" not in err and "\r" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from extproc.core.merkle import inclusion_proof, leaf_hash
 from extproc.core.note import Signer
 from extproc.core.tlogproof import HEADER, ProofFormatError, TlogProof, verify_proof
 from extproc.errors import VerificationError
+from tests.conftest import run_cli
 from tests.test_merkle import ref_mth, ref_path
 
 ORIGIN = "audit.example/mesh/pod-a"
@@ -200,3 +202,22 @@ def test_entry_outside_the_proof() -> None:
 def test_entry_differing_from_the_proofs_own_rejected() -> None:
     with pytest.raises(VerificationError, match="differs"):
         verify_proof(make_proof(8, 6), VERIFIER, ENTRIES[6] + b" ")
+
+
+def test_check_proof_escapes_forged_signature_names(tmp_path: Path) -> None:
+    """A handed-over proof chooses its signature names; the error quoting them
+    must not let an ANSI erase and a carriage return turn it into an "OK" line."""
+    proof = make_proof(9, 4)
+    text = proof.checkpoint.decode().partition("\n\n")[0]
+    name = "\x1b[2K\x1b[1A\rOK:\u202eentry-4-is-in-the-log"
+    sig = base64.b64encode(bytes(68)).decode()
+    forged = dataclasses.replace(proof, checkpoint=f"{text}\n\n— {name} {sig}\n".encode())
+    with pytest.raises(VerificationError) as info:
+        verify_proof(forged, VERIFIER)
+    assert "(signed by: \\x1b[2K\\x1b[1A\\rOK:\\u202eentry-4-is-in-the-log)" in str(info.value)
+    path = tmp_path / "forged.tlog-proof"
+    path.write_text(forged.to_text())
+    r = run_cli("check-proof", str(path), "--vkey", VERIFIER.to_text())
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr[:-1].isprintable()  # one line, no controls

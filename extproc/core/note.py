@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from extproc.core.display import escape
 from extproc.errors import ConfigError, VerificationError
 
 ALG_ED25519 = 0x01  # c2sp.org/signed-note: signature type 0x01 is Ed25519
@@ -208,7 +209,9 @@ def verify_note(note: str | bytes, verifier: Verifier) -> str:
             raise VerificationError(f"invalid signature by key {verifier.name}")
         found = True
     if not found:
-        names = ", ".join(sorted({s.name for s in signatures})) or "none"
+        # Names come from whoever wrote the note (a proof file, an object in the
+        # store): escaped, since the message ends up on a terminal.
+        names = ", ".join(sorted({escape(s.name) for s in signatures})) or "none"
         raise VerificationError(
             f"no signature by key {verifier.name}+{verifier.key_id.hex()} (signed by: {names})"
         )

@@ -27,7 +27,13 @@ from extproc.api import proof_pb2 as pb
 from extproc.api import proof_pb2_grpc as pb_grpc
 from extproc.core.note import Verifier
 from extproc.errors import AuditError, ConfigError, StorageError, VerificationError
-from extproc.prover import DEFAULT_CACHE_LEAVES, EntryNotFoundError, LeafCache, Prover
+from extproc.prover import (
+    DEFAULT_CACHE_LEAVES,
+    AmbiguousRequestIdError,
+    EntryNotFoundError,
+    LeafCache,
+    Prover,
+)
 from extproc.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,10 @@ SERVICE_NAME = "extproc_audit.v1.ProofService"
 
 
 def _status(error: AuditError) -> grpc.StatusCode:
+    if isinstance(error, AmbiguousRequestIdError):
+        # Several entries carry the request id: none is picked; the details
+        # name their seqs (at most MAX_LISTED_MATCHES), to ask again by seq.
+        return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(error, EntryNotFoundError):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, ConfigError):
