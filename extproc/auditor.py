@@ -25,6 +25,7 @@ from pathlib import Path
 
 from extproc.core import entry, layout
 from extproc.core.checkpoint import open_checkpoint
+from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
 from extproc.core.state import AuditState, LogState
 from extproc.core.verify import (
@@ -202,7 +203,7 @@ def verify_log(
     store: ObjectStore,
     log_id: str,
     objects: LogObjects,
-    verifier: Verifier,
+    verifier: Keyring | Verifier,
     origin_prefix: str | None = None,
     on_entries: Callable[[int], None] | None = None,
     *,
@@ -231,8 +232,12 @@ def verify_log(
         newer = [c for c in checkpoints if c[1] >= base]
         checkpoints = newer or checkpoints[-1:]
     for key, size in checkpoints:
+        original = objects.originals.get(key)
+        written = original.last_modified if original is not None else None
         try:
-            checker.add_checkpoint(key, size, read(key))
+            checker.add_checkpoint(
+                key, size, read(key), int(written.timestamp() * 1000) if written else None
+            )
         except ObjectNotFoundError:
             checker.add_unknown(key)  # listed, then gone: report it, keep going
     for key, first in objects.claims:
@@ -343,7 +348,7 @@ def _check_retention(
 
 def verify_store(
     store: ObjectStore,
-    verifier: Verifier,
+    verifier: Keyring | Verifier,
     origin_prefix: str | None = None,
     *,
     parallel: int = 8,
@@ -371,7 +376,9 @@ def default_min_retention_days(store: ObjectStore) -> float | None:
     return float(rule.get("Days") or 365 * rule.get("Years", 0)) or None
 
 
-def audit_store(store: ObjectStore, verifier: Verifier, options: AuditOptions) -> AuditResult:
+def audit_store(
+    store: ObjectStore, verifier: Keyring | Verifier, options: AuditOptions
+) -> AuditResult:
     """Verify every log, incrementally from `options.state`; return reports and the new state."""
     now_ms = options.now_ms
     if now_ms is None:

@@ -19,6 +19,7 @@ from extproc import __version__
 from extproc.errors import AuditError, ConfigError, ForkError, VerificationError
 
 if TYPE_CHECKING:
+    from extproc.core.keyring import Keyring
     from extproc.core.verify import LogReport
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -364,7 +365,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="verify every log under a store URL")
     p.add_argument("url", help="s3://bucket/prefix or a directory")
-    p.add_argument("--vkey", required=True, help="verifier key string, or @FILE holding it")
+    _add_key_options(p, required=True, what="trusted key")
     p.add_argument(
         "--origin-prefix",
         default=None,
@@ -431,13 +432,58 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_vkey(value: str) -> str:
-    if value.startswith("@"):
+def _add_key_options(p: argparse.ArgumentParser, *, required: bool, what: str) -> None:
+    p.add_argument(
+        "--vkey",
+        action="append",
+        default=None,
+        help=f"{what}: a verifier key string, or @FILE holding one or a keyring; repeatable",
+    )
+    p.add_argument(
+        "--keyring",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="keyring file: one verifier key per line, each optionally scoped to "
+        "logs=GLOB[,GLOB] and from=/until= times (docs/AUDITING.md, keys and rotation)"
+        + ("" if required else "; repeatable"),
+    )
+
+
+def _keyring(args: argparse.Namespace) -> Keyring:
+    """The keys given with --vkey and --keyring (at least one)."""
+    keyring = _optional_keyring(args)
+    if keyring is None:
+        raise ConfigError("give the verifier key with --vkey or --keyring")
+    return keyring
+
+
+def _optional_keyring(args: argparse.Namespace) -> Keyring | None:
+    """The keys given with --vkey and --keyring, None if none."""
+    from extproc.core.keyring import Keyring, TrustedKey, parse_keyring_lines
+    from extproc.core.note import Verifier
+
+    keys: list[TrustedKey] = []
+    files = [Path(v[1:]) for v in args.vkey or () if v.startswith("@")]
+    files += args.keyring or []
+    for path in files:
         try:
-            return Path(value[1:]).read_text().strip()
+            text = path.read_text()
         except OSError as e:
-            raise ConfigError(f"cannot read verifier key file {value[1:]}: {e.strerror}") from e
-    return value
+            raise ConfigError(f"cannot read keyring {path}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"keyring {path} is not UTF-8 text") from e
+        if text.lstrip().startswith("PRIVATE+KEY+"):
+            raise ConfigError(f"{path} holds a signing key, not the verifier key keygen prints")
+        keys.extend(parse_keyring_lines(text, str(path)))
+    for value in args.vkey or ():
+        if value.startswith("@"):
+            continue
+        if value.startswith("PRIVATE+KEY+"):
+            raise ConfigError("--vkey got a signing key: give the verifier key (keygen prints it)")
+        keys.append(TrustedKey(Verifier.from_text(value)))
+    return Keyring(keys) if keys else None
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -591,10 +637,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     import json
 
     from extproc import auditor
-    from extproc.core.note import Verifier
     from extproc.store import open_store
 
-    verifier = Verifier.from_text(_read_vkey(args.vkey))
+    verifier = _keyring(args)
     store = open_store(args.url)
     min_days = args.min_retention_days
     if min_days is None and store.supports_retention:
@@ -738,18 +783,17 @@ def _add_prove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--tree-size", type=int, default=None, help="prove under this checkpoint (default: newest)"
     )
-    p.add_argument("--vkey", default=None, help="only use checkpoints signed by this key (@FILE)")
+    _add_key_options(p, required=False, what="only use checkpoints signed by a key given")
 
     p = sub.add_parser("check-proof", help="verify a proof file offline")
     p.add_argument("file", type=Path, help="tlog-proof file ('-': stdin)")
-    p.add_argument("--vkey", required=True, help="verifier key string, or @FILE holding it")
+    _add_key_options(p, required=True, what="trusted key")
     p.add_argument("--entry", type=Path, default=None, help="entry bytes, if not in the proof")
     p.add_argument("--origin", default=None, help="require this checkpoint origin")
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
     from extproc.core.display import escape
-    from extproc.core.note import Verifier
     from extproc.core.tlogproof import FILE_SUFFIX
     from extproc.prover import EntryNotFoundError, Prover
     from extproc.store import open_store
@@ -758,7 +802,7 @@ def _cmd_prove(args: argparse.Namespace) -> int:
         raise ConfigError("--all needs --request-id (a seq names one entry)")
     if args.all and str(args.out) == "-":
         raise ConfigError("--all writes one proof file per entry: --out must be a directory")
-    verifier = Verifier.from_text(_read_vkey(args.vkey)) if args.vkey else None
+    verifier = _optional_keyring(args)
     prover = Prover(open_store(args.url), args.log, verifier)
     seq, expected = args.seq, None
     if args.request_id is not None:
@@ -825,10 +869,9 @@ def _cmd_prove(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_proof(args: argparse.Namespace) -> int:
-    from extproc.core.note import Verifier
     from extproc.core.tlogproof import TlogProof, verify_proof
 
-    verifier = Verifier.from_text(_read_vkey(args.vkey))
+    verifier = _keyring(args)
     try:
         raw = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
         entry = args.entry.read_bytes() if args.entry else None
@@ -854,7 +897,7 @@ def _add_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "Exit 1 if the logs read do not verify, 2 on a usage or storage error.",
     )
     p.add_argument("url", help="s3://bucket/prefix or a directory")
-    p.add_argument("--vkey", default=None, help="verifier key string, or @FILE holding it")
+    _add_key_options(p, required=False, what="trusted key")
     p.add_argument("--no-verify", action="store_true", help="do not verify (no hashing)")
     p.add_argument("--origin-prefix", default=None, help="require this checkpoint origin prefix")
     p.add_argument(
@@ -875,7 +918,6 @@ def _add_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from extproc.core.display import escape
-    from extproc.core.note import Verifier
     from extproc.search import (
         Filters,
         StoreSearch,
@@ -886,8 +928,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     from extproc.store import open_store
 
-    if args.no_verify == bool(args.vkey):
-        raise ConfigError("give --vkey to verify as it reads, or --no-verify")
+    if args.no_verify == bool(args.vkey or args.keyring):
+        raise ConfigError("give --vkey or --keyring to verify as it reads, or --no-verify")
     if args.join and args.status is None:
         raise ConfigError("--join needs --status (without it requests match on their own)")
     filters = Filters(
@@ -901,7 +943,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     )
     if filters.since and filters.until and filters.since >= filters.until:
         raise ConfigError("--since must be before --until")
-    verifier = None if args.no_verify else Verifier.from_text(_read_vkey(args.vkey))
+    verifier = None if args.no_verify else _keyring(args)
     search = StoreSearch(
         open_store(args.url),
         filters,
@@ -959,6 +1001,13 @@ COMMANDS = {
 }
 
 
+def _one_line(error: Exception) -> str:
+    """An error message as one escaped line: it may quote bucket or file content."""
+    from extproc.core.display import escape
+
+    return escape(str(error))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -972,13 +1021,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ForkError as e:  # a writer's refusal to fork is an operational error
-        print(f"extproc-audit: error: {e}", file=sys.stderr)
+        print(f"extproc-audit: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except VerificationError as e:
-        print(f"extproc-audit: invalid: {e}", file=sys.stderr)
+        print(f"extproc-audit: invalid: {_one_line(e)}", file=sys.stderr)
         return EXIT_INVALID
     except AuditError as e:
-        print(f"extproc-audit: error: {e}", file=sys.stderr)
+        print(f"extproc-audit: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR

@@ -30,6 +30,18 @@ class ForkError(InconsistencyError):
     """Another writer put different bytes where this writer must write."""
 
 
+class ForeignObjectError(VerificationError):
+    """An object this log's writer did not write is at a key it must write.
+
+    Not signed by the log's key, so not another writer of this log (that is a
+    ForkError): the writer records it and continues in a new epoch.
+    """
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"{key}: foreign object ({why})")
+        self.key = key
+
+
 # --- Infrastructure and configuration. ------------------------------------------
 
 

@@ -64,3 +64,13 @@ STREAMS_TIMED_OUT = Counter(
     "extproc_audit_streams_timed_out_total",
     "Ingest streams ended because they sent nothing for --stream-idle-timeout seconds",
 )
+FOREIGN_OBJECTS = Counter(
+    "extproc_audit_foreign_objects_total",
+    "Objects not written by this log's writer found at a key of its log, by kind; the writer "
+    "records each in the log and continues in a new epoch",
+    ["kind"],
+)
+EPOCH = Gauge(
+    "extproc_audit_epoch",
+    "The writer's epoch: raised by a foreign object at a key it had to write or a key rotation",
+)

@@ -29,7 +29,9 @@ from extproc.auditor import LogObjects, list_logs, read_object
 from extproc.core import entry as entry_format
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
+from extproc.core.claim import Claim, claim_in_effect
 from extproc.core.display import escape, quote
+from extproc.core.keyring import Keyring
 from extproc.core.merkle import (
     LEAF_PREFIX,
     consistency_proof,
@@ -239,12 +241,15 @@ class Prover:
         self,
         store: ObjectStore,
         log_id: str,
-        verifier: Verifier | None = None,
+        verifier: Keyring | Verifier | None = None,
         cache: LeafCache | None = None,
     ) -> None:
         self.store = store
         self.log_id = layout.validate_log_id(log_id)
-        self.verifier = verifier
+        if isinstance(verifier, Keyring):
+            self.keyring: Keyring | None = verifier
+        else:
+            self.keyring = Keyring.of(verifier) if verifier is not None else None
         self.cache = cache if cache is not None else LeafCache()
 
     # --- objects --------------------------------------------------------------------
@@ -257,8 +262,45 @@ class Prover:
         return _LogObjects(
             listed,
             sorted(size for _, size in listed.checkpoints),
-            sorted(listed.bundles, key=lambda b: (b[1].first, b[1].last)),
+            self._claimed_bundles(listed),
         )
+
+    def _claimed_bundles(self, listed: LogObjects) -> list[tuple[str, layout.BundleName]]:
+        """Bundles by first seq; where several start at one seq (a foreign object
+        next to the writer's), the one the claim in effect names (core/claim.py)."""
+        by_first: dict[int, list[tuple[str, layout.BundleName]]] = {}
+        for key, name in sorted(listed.bundles, key=lambda b: (b[1].first, b[1].last)):
+            by_first.setdefault(name.first, []).append((key, name))
+        chosen = []
+        for first, bundles in sorted(by_first.items()):
+            if len(bundles) > 1:
+                claim = self._claim_at(listed, first)
+                named = [
+                    b for b in bundles if claim and (b[1].first, b[1].last) == (first, claim.last)
+                ]
+                bundles = named or bundles[:1]
+            chosen.append(bundles[0])
+        return chosen
+
+    def _claim_at(self, listed: LogObjects, first: int) -> Claim | None:
+        candidates = []
+        for key, at in listed.claims:
+            if at != first:
+                continue
+            name = layout.parse_key(self.store.prefix, key)
+            try:
+                claim = Claim.from_bytes(read_object(self.store, listed, key))
+            except (VerificationError, ObjectNotFoundError):
+                continue
+            trusted = claim.signed
+            if trusted and self.keyring is not None:
+                try:
+                    claim.verify(self.keyring)
+                except VerificationError:
+                    trusted = False
+            candidates.append((name.epoch if name else 1, claim, trusted))
+        chosen = claim_in_effect(candidates)
+        return chosen[1] if chosen else None
 
     def _bundle_lines(self, objects: _LogObjects, key: str, name: layout.BundleName) -> list[bytes]:
         data = read_object(self.store, objects.listed, key)
@@ -305,8 +347,8 @@ class Prover:
         except ObjectNotFoundError:
             return None
         try:
-            if self.verifier is not None:
-                cp = open_checkpoint(note, self.verifier)
+            if self.keyring is not None:
+                cp = open_checkpoint(note, self.keyring)
             else:
                 cp = Checkpoint.from_text(parse_note(note)[0])
         except VerificationError:

@@ -22,6 +22,7 @@ import orjson
 from extproc.auditor import LogObjects, list_logs, read_object
 from extproc.core import entry, layout
 from extproc.core.display import escape
+from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
 from extproc.core.verify import Finding, LogChecker, LogReport
 from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
@@ -248,7 +249,7 @@ class StoreSearch:
         store: ObjectStore,
         filters: Filters,
         *,
-        verifier: Verifier | None = None,
+        verifier: Keyring | Verifier | None = None,
         origin_prefix: str | None = None,
         log_ids: Sequence[str] = (),
         prefetch: int = 4,
@@ -342,8 +343,8 @@ class StoreSearch:
                     checker.report.findings.append(Finding(log_id, key, str(data)))
                     checker.add_bundle(key, name, b"")
                 continue
-            if checker is not None:
-                checker.add_bundle(key, name, data)
+            if checker is not None and not checker.add_bundle(key, name, data):
+                continue  # not the bundle its position's claim names: foreign, reported
             lines = data.split(b"\n")
             if lines and lines[-1] == b"":
                 lines.pop()

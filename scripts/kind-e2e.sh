@@ -108,7 +108,10 @@ kubectl -n extproc-audit rollout status statefulset/extproc-audit --timeout=300s
 
 log "httpbin, opted in (label extproc-audit.io/audit=enabled)"
 kubectl create namespace demo
-kubectl label namespace demo istio-injection=enabled
+# The cluster admin's part: the namespace may report (NetworkPolicy); its
+# accounts are already on the allow-lists (cluster.local/ns/demo/sa/* in
+# istio/base/authorizationpolicy.yaml and EXTPROC_AUDIT_ALLOW_REPORTER).
+kubectl label namespace demo istio-injection=enabled extproc-audit.io/reporter=true
 kubectl -n demo create deployment httpbin --image=docker.io/mccutchen/go-httpbin:v2.15.0 --port=8080
 kubectl -n demo patch deployment httpbin \
     -p '{"spec": {"template": {"metadata": {"labels": {"extproc-audit.io/audit": "enabled"}}}}}'

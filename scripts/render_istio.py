@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from rendered_files import sync
 
-from extproc.envoyconf import Endpoint, ext_proc_cluster, ext_proc_filter
+from extproc.envoyconf import Endpoint, SocketPath, ext_proc_cluster, ext_proc_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 ISTIO = ROOT / "istio"
@@ -40,8 +40,11 @@ SERVICE_HOST = f"{SERVICE}.{NAMESPACE}.svc.cluster.local"
 # Istio names the outbound cluster of a Service port this way; a proxy has it as
 # soon as the Service exists (and a Sidecar resource, if any, lets it see it).
 OUTBOUND_CLUSTER = f"outbound|{GRPC_PORT}||{SERVICE_HOST}"
-# The per-pod sidecar topology: our own cluster to the audit container in the pod.
+# The per-pod sidecar topology: our own cluster to the audit container in the pod,
+# over a Unix socket on a volume only istio-proxy and the audit container mount
+# (istio/injection/, EXTPROC_AUDIT_LISTEN in istio/overlays/sidecar/configmap.yaml).
 LOCAL_CLUSTER = "extproc_audit_local"
+SOCKET_PATH = "/var/run/extproc-audit/audit.sock"
 # Workloads opt in with this pod label (selected by the EnvoyFilters).
 OPT_IN_LABEL = "extproc-audit.io/audit"
 ROOT_NAMESPACE = "istio-system"
@@ -73,11 +76,11 @@ def envoy_filter(
     """An EnvoyFilter inserting ext_proc before the router of `context` listeners.
 
     local=True is the per-pod sidecar topology: it adds a cluster to the audit
-    container on 127.0.0.1 instead of using the shared Service's outbound cluster.
+    container's Unix socket instead of using the shared Service's outbound cluster.
     """
     patches = []
     if local:
-        cluster = ext_proc_cluster(Endpoint("127.0.0.1", GRPC_PORT), name=LOCAL_CLUSTER)
+        cluster = ext_proc_cluster(SocketPath(SOCKET_PATH), name=LOCAL_CLUSTER)
         patches.append(
             {
                 "applyTo": "CLUSTER",

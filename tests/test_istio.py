@@ -9,8 +9,10 @@ import ast
 import json
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from extproc import processes
 from extproc.demo import UpstreamApp
 from extproc.envoyconf import EXT_PROC_FILTER, Endpoint, to_yaml
 from scripts import render_istio
-from tests import envoyfilter
+from tests import envoyfilter, iam_eval, istio_injection
 from tests.conftest import read_entries, run_cli, stack_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,25 +46,40 @@ def _rendered(overlay: Path) -> list[dict[str, Any]]:
     return render_istio.build(overlay)
 
 
-def _injection_pod() -> dict[str, Any]:
-    """The pod the "audit" injection template produces, minus Istio's own parts."""
+def _audit_template() -> str:
     (operator,) = _docs(ISTIO / "injection" / "istio-operator-audit-template.yaml")
-    template = yaml.safe_load(
-        operator["spec"]["values"]["sidecarInjectorWebhook"]["templates"]["audit"]
+    return operator["spec"]["values"]["sidecarInjectorWebhook"]["templates"]["audit"]  # type: ignore[no-any-return]
+
+
+def _example_app_pod() -> dict[str, Any]:
+    """A pod of overlays/sidecar/example-app.yaml, as its Deployment creates it."""
+    deployment = next(
+        d for d in _rendered(ISTIO / "overlays" / "sidecar") if d["kind"] == "Deployment"
     )
+    template = deployment["spec"]["template"]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "app-0"},
+        "metadata": {"name": "httpbin-7d9c5b8f4-x2x7q", **template["metadata"]},
         "spec": template["spec"],
     }
+
+
+def _injected_pod(*, native: bool) -> dict[str, Any]:
+    """The example app's pod after istiod's "sidecar" and "audit" templates
+    (tests/istio_injection.py), with istio-proxy a regular or a native sidecar."""
+    return istio_injection.inject(_example_app_pod(), _audit_template(), native=native)
 
 
 def _all_manifests() -> list[tuple[str, dict[str, Any]]]:
     docs = [
         (f"{o.name}:{d['kind']}/{d['metadata']['name']}", d) for o in OVERLAYS for d in _rendered(o)
     ]
-    return [*docs, ("injection:Pod", _injection_pod())]
+    return [
+        *docs,
+        ("injection:Pod", _injected_pod(native=False)),
+        ("injection:Pod(native sidecar)", _injected_pod(native=True)),
+    ]
 
 
 MANIFESTS = _all_manifests()
@@ -284,8 +301,12 @@ def test_filters_point_at_the_right_cluster_and_mode() -> None:
     assert (
         typed("sidecar")["grpc_service"]["envoy_grpc"]["cluster_name"] == render_istio.LOCAL_CLUSTER
     )
-    # The caller's SPIFFE id is requested from Envoy for every entry.
-    assert "source.principal" in typed("enforce")["request_attributes"]
+    # The caller's SPIFFE id and the identity the request was served as are
+    # requested from Envoy for every entry (`source.principal` is not an Envoy attribute).
+    attributes = typed("enforce")["request_attributes"]
+    assert "connection.uri_san_peer_certificate" in attributes
+    assert "connection.uri_san_local_certificate" in attributes
+    assert "source.principal" not in attributes
     assert _envoy_filter("gateway")["spec"]["workloadSelector"]["labels"] == {
         "istio": "ingressgateway"
     }
@@ -323,10 +344,556 @@ def test_enforce_envoyfilter_audits_real_traffic(tmp_path: Path) -> None:
         assert "VALID" in verified.stdout
 
 
+@pytest.mark.envoy
+@pytest.mark.slow
+def test_sidecar_envoyfilter_audits_real_traffic_over_the_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-pod topology on loopback: the sidecar overlay's EnvoyFilter on an
+    Istio-shaped config (its cluster a pipe), real Envoy, the real server on a
+    Unix socket with the overlay's settings, an upstream app. 30 requests pass,
+    every entry names the socket as its reporter, the template's readiness
+    command answers, SIGTERM publishes, the log verifies, and requests are
+    refused once the server is gone."""
+    # A short directory: Unix socket paths are limited to 107 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix="xa-", dir="/tmp"))
+    sock = run_dir / "audit.sock"
+
+    def here(value: str) -> str:
+        return value.replace(render_istio.SOCKET_PATH, str(sock))
+
+    settings = _sidecar_settings()
+    monkeypatch.setenv(
+        "EXTPROC_AUDIT_ALLOW_REPORTER", here(settings["EXTPROC_AUDIT_ALLOW_REPORTER"])
+    )
+    try:
+        with stack_factory(tmp_path) as make, UpstreamApp() as app:
+            stack = make(listen=here(settings["EXTPROC_AUDIT_LISTEN"]))
+            stack.start_server()
+            # Owner and group (istio-proxy's, in the pod) only.
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+            probe = _containers(_injected_pod(native=False))["extproc-audit"]["readinessProbe"]
+            command = [here(arg) for arg in probe["exec"]["command"]]
+            assert command[0] == "extproc-audit"
+            health = run_cli(*command[1:])
+            assert health.returncode == 0, health.stdout + health.stderr
+            ports = {"listen": stack.envoy_port, "app": app.port, "admin": stack.admin_port}
+            config = _patched("sidecar", ports)
+            (cluster,) = [
+                c for c in config["static_resources"]["clusters"]
+                if c["name"] == render_istio.LOCAL_CLUSTER
+            ]  # fmt: skip
+            (endpoints,) = cluster["load_assignment"]["endpoints"]
+            address = endpoints["lb_endpoints"][0]["endpoint"]["address"]
+            assert address == {"pipe": {"path": render_istio.SOCKET_PATH}}
+            address["pipe"]["path"] = str(sock)
+            path = tmp_path / "istio-sidecar-envoy.yaml"
+            path.write_text(to_yaml(config))
+            with (tmp_path / "envoy.log").open("ab") as log:
+                stack.envoy = processes.start_envoy(path, log)
+                processes.wait_until(
+                    lambda: processes.envoy_ready(stack.admin_port), "envoy", stack.envoy
+                )
+                result = stack.send(30)
+                assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
+                assert stack.stop_server(signal.SIGTERM) == 0
+                refused = stack.send(3, concurrency=1)
+                assert sum(refused.statuses.values()) == 3 and min(refused.statuses) >= 500
+        entries = [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] != "writer"]
+        kinds = Counter(e["kind"] for e in entries)
+        assert kinds["request"] == 30 and kinds["response"] == 30, kinds
+        assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {
+            ("unix", f"unix:{sock}")
+        }
+        verified = run_cli("verify", stack.store_url, "--vkey", _verifier_key(stack.key_path))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "VALID" in verified.stdout
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _verifier_key(key_path: Path) -> str:
     from extproc.keys import load_signer
 
     return load_signer(key_path).verifier().to_text()
+
+
+# --- who may report: the shared topology (server behind its own sidecar) ----------------
+
+
+def _shared(kind: str) -> dict[str, Any]:
+    return next(d for d in _rendered(ISTIO / "overlays" / "enforce") if d["kind"] == kind)
+
+
+def _shared_settings() -> dict[str, str]:
+    return _shared("ConfigMap")["data"]  # type: ignore[no-any-return]
+
+
+def _server_identity() -> str:
+    pod = _shared("StatefulSet")["spec"]["template"]["spec"]
+    namespace = _shared("StatefulSet")["metadata"]["namespace"]
+    return f"spiffe://cluster.local/ns/{namespace}/sa/{pod['serviceAccountName']}"
+
+
+def test_shared_server_trusts_only_its_own_proxy() -> None:
+    settings = _shared_settings()
+    # istio-proxy forwards to the pod IP (ORIGINAL_DST), from 127.0.0.6 / ::6.
+    assert settings["EXTPROC_AUDIT_LISTEN"] == f"0.0.0.0:{render_istio.GRPC_PORT}"
+    assert settings["EXTPROC_AUDIT_TRUST_XFCC_FROM"].split(",") == ["127.0.0.6/32", "::6/128"]
+    assert settings["EXTPROC_AUDIT_XFCC_BY"] == _server_identity()
+    assert settings["EXTPROC_AUDIT_REPORTER_IS_DESTINATION"] in ("record", "refuse")
+    annotations = _shared("StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["sidecar.istio.io/interceptionMode"] == "REDIRECT"
+    proxy_config = json.loads(annotations["proxy.istio.io/config"])
+    assert proxy_config == {"proxyHeaders": {"forwardedClientCert": "SANITIZE_SET"}}
+    assert "traffic.sidecar.istio.io/excludeInboundPorts" not in annotations
+
+
+def test_shared_settings_are_accepted_by_the_server() -> None:
+    from extproc.server.app import ServeConfig
+
+    settings = _shared_settings()
+    config = ServeConfig(
+        store="/nonexistent", key=Path("/nonexistent"), listen=settings["EXTPROC_AUDIT_LISTEN"],
+        log_id="extproc-audit-0", wal_dir=Path("/nonexistent"),
+        trust_xfcc_from=tuple(settings["EXTPROC_AUDIT_TRUST_XFCC_FROM"].split(",")),
+        xfcc_by=settings["EXTPROC_AUDIT_XFCC_BY"],
+        allow_reporters=tuple(settings["EXTPROC_AUDIT_ALLOW_REPORTER"].split(",")),
+        reporter_is_destination=settings["EXTPROC_AUDIT_REPORTER_IS_DESTINATION"],
+    )  # fmt: skip
+    policy = config.reporter_policy()
+    assert policy.authenticated and policy.transport == "plain"
+
+
+def test_authorization_policy_admits_only_the_served_methods() -> None:
+    from envoy.service.accesslog.v3 import als_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2
+    from grpc_health.v1 import health_pb2
+
+    ext_proc = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"]
+    als = als_pb2.DESCRIPTOR.services_by_name["AccessLogService"]
+    health = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    policy = _shared("AuthorizationPolicy")
+    assert policy["apiVersion"] == "security.istio.io/v1" and policy["spec"]["action"] == "ALLOW"
+    assert policy["spec"]["selector"] == _shared("StatefulSet")["spec"]["selector"]
+    reporters, metrics = policy["spec"]["rules"]
+    (operation,) = [t["operation"] for t in reporters["to"]]
+    assert operation["ports"] == [str(render_istio.GRPC_PORT)]
+    assert operation["methods"] == ["POST"]  # gRPC
+    assert operation["paths"] == [
+        f"/{ext_proc.full_name}/{ext_proc.methods_by_name['Process'].name}",
+        f"/{als.full_name}/{als.methods_by_name['StreamAccessLogs'].name}",
+        f"/{health.full_name}/*",
+    ]
+    # Metrics: the scrape only, on the metrics port only.
+    assert "from" not in metrics
+    assert metrics["to"] == [
+        {"operation": {"ports": ["9464"], "methods": ["GET"], "paths": ["/metrics"]}}
+    ]
+
+
+def test_authorization_policy_and_server_allow_list_agree() -> None:
+    (reporters, _) = _shared("AuthorizationPolicy")["spec"]["rules"]
+    (source,) = [f["source"] for f in reporters["from"]]
+    principals = source["principals"]
+    allowed = _shared_settings()["EXTPROC_AUDIT_ALLOW_REPORTER"].split(",")
+    assert sorted(f"spiffe://{p}" for p in principals) == sorted(allowed)
+    assert "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account" in principals
+    for principal in principals:
+        # A namespace's accounts, or one account: never a glob across namespaces.
+        trust_domain, ns, namespace, sa, account = principal.split("/")
+        assert (trust_domain, ns, sa) == ("cluster.local", "ns", "sa") and "*" not in namespace
+        assert account == "*" or "*" not in account
+
+
+def test_network_policy_trusts_no_label_a_pod_owner_sets() -> None:
+    policy = _shared("NetworkPolicy")
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    assert [p["port"] for p in grpc_rule["ports"]] == [render_istio.GRPC_PORT]
+    for peer in grpc_rule["from"] + metrics_rule["from"]:
+        assert "ipBlock" not in peer
+        namespaces = peer["namespaceSelector"]
+        assert namespaces and namespaces.get("matchLabels"), "every peer names its namespaces"
+        if "podSelector" in peer:
+            # Pod labels only where only the mesh's admins create pods.
+            assert namespaces == {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}}
+    labelled = [p["namespaceSelector"]["matchLabels"] for p in grpc_rule["from"]]
+    assert {"extproc-audit.io/reporter": "true"} in labelled
+
+
+def test_peer_authentication_is_strict_on_the_grpc_port() -> None:
+    spec = _shared("PeerAuthentication")["spec"]
+    assert spec["mtls"]["mode"] == "STRICT"
+    assert str(render_istio.GRPC_PORT) not in spec.get("portLevelMtls", {})
+    assert spec["selector"] == _shared("StatefulSet")["spec"]["selector"]
+
+
+def test_kind_e2e_opts_its_namespace_in_as_a_reporter() -> None:
+    script = (ROOT / "scripts" / "kind-e2e.sh").read_text()
+    assert "extproc-audit.io/reporter=true" in script
+    (reporters, _) = _shared("AuthorizationPolicy")["spec"]["rules"]
+    assert "cluster.local/ns/demo/sa/*" in reporters["from"][0]["source"]["principals"]
+
+
+def _plaintext_sidecar_config(listen_port: int, admin_port: int, audit_port: int) -> dict[str, Any]:
+    """The plaintext filter chain a PERMISSIVE port would add to the audit
+    server's own sidecar: Istio's inbound XFCC settings (APPEND_FORWARD, the
+    default, and Subject/URI/DNS), upstream bound to 127.0.0.6 as Istio's
+    inbound clusters are."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
+        "v3.HttpConnectionManager",
+        "stat_prefix": "inbound_50051",
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True},
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "inbound",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": "inbound", "timeout": "0s"}}
+                    ],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": envoyfilter.ROUTER,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    cluster = {
+        "name": "inbound",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "inbound",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": Endpoint("127.0.0.1", audit_port).address()}}
+                    ]
+                }
+            ],
+        },
+    }
+    return {
+        "admin": {"address": Endpoint("127.0.0.1", admin_port).address()},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "inbound",
+                    "address": Endpoint("127.0.0.1", listen_port).address(),
+                    "filter_chains": [
+                        {"filters": [{"name": envoyfilter.HCM, "typed_config": hcm}]}
+                    ],
+                }
+            ],
+            "clusters": [cluster],
+        },
+    }
+
+
+@pytest.mark.envoy
+@pytest.mark.slow
+def test_shared_settings_refuse_a_forged_xfcc_through_a_plaintext_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PERMISSIVE on 50051 would let a plaintext caller through the server's own
+    sidecar. With the shipped reporter settings, a forged x-forwarded-client-cert
+    naming the gateway gets nothing logged: real Envoy removes the header (no
+    client certificate), and the server refuses the stream."""
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    settings = _shared_settings()
+    for key in ("TRUST_XFCC_FROM", "XFCC_BY", "ALLOW_REPORTER", "REPORTER_IS_DESTINATION"):
+        monkeypatch.setenv(f"EXTPROC_AUDIT_{key}", settings[f"EXTPROC_AUDIT_{key}"])
+    gateway = settings["EXTPROC_AUDIT_ALLOW_REPORTER"].split(",")[0]
+    forged = f"By={settings['EXTPROC_AUDIT_XFCC_BY']};URI={gateway}"
+    sidecar_port, sidecar_admin = processes.free_port(), processes.free_port()
+    with stack_factory(tmp_path) as make:
+        stack = make()
+        stack.start_server()
+        config = tmp_path / "server-sidecar.yaml"
+        config.write_text(
+            to_yaml(_plaintext_sidecar_config(sidecar_port, sidecar_admin, stack.grpc_port))
+        )
+        with (tmp_path / "sidecar.log").open("ab") as log:
+            sidecar = processes.start_envoy(config, log)
+            try:
+                processes.wait_until(
+                    lambda: processes.envoy_ready(sidecar_admin), "server sidecar", sidecar
+                )
+                message = pb.ProcessingRequest(request_headers=pb.HttpHeaders(end_of_stream=True))
+                with grpc.insecure_channel(f"127.0.0.1:{sidecar_port}") as channel:
+                    stub = pb_grpc.ExternalProcessorStub(channel)
+                    with pytest.raises(grpc.RpcError) as refused:
+                        list(
+                            stub.Process(
+                                iter([message]),
+                                metadata=[("x-forwarded-client-cert", forged)],
+                                timeout=10,
+                            )
+                        )
+            finally:
+                processes.stop(sidecar, sig=signal.SIGKILL)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, refused.value
+        assert "x-forwarded-client-cert missing" in (refused.value.details() or "")
+        assert stack.stop_server(signal.SIGTERM) == 0
+        entries = read_entries(stack.store_url, stack.log_id)
+        assert [e for e in entries if e["kind"] != "writer"] == []
+
+
+# --- who may report: the per-pod sidecar topology (Unix socket) ------------------------
+
+
+def _sidecar_settings() -> dict[str, str]:
+    docs = _rendered(ISTIO / "overlays" / "sidecar")
+    return next(d for d in docs if d["kind"] == "ConfigMap")["data"]  # type: ignore[no-any-return]
+
+
+def _containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = pod["spec"]
+    return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+def _mounts(container: dict[str, Any]) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["sidecar", "native-sidecar"])
+def test_socket_is_shared_by_the_proxy_and_the_audit_container_only(native: bool) -> None:
+    pod = _injected_pod(native=native)
+    containers = _containers(pod)
+    socket_dir = str(Path(render_istio.SOCKET_PATH).parent)
+    assert _mounts(containers["istio-proxy"])["extproc-audit-run"] == socket_dir
+    if native:
+        assert containers["istio-proxy"]["restartPolicy"] == "Always"
+        assert "istio-proxy" not in {c["name"] for c in pod["spec"]["containers"]}
+    audit = containers["extproc-audit"]
+    assert _mounts(audit) == {
+        "extproc-audit-run": socket_dir,
+        "extproc-audit-wal": "/var/lib/extproc-audit",
+        "extproc-audit-key": "/etc/extproc-audit",
+    }
+    assert not set(_mounts(containers["httpbin"])) & {"extproc-audit-run", "extproc-audit-key"}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["extproc-audit-run"]["emptyDir"]["medium"] == "Memory"
+    # The socket's group (mode 0660) is istio-proxy's group; the same GID is what
+    # Istio's iptables rules exempt from outbound capture.
+    proxy_ctx, audit_ctx = containers["istio-proxy"]["securityContext"], audit["securityContext"]
+    assert audit_ctx["runAsGroup"] == proxy_ctx["runAsGroup"] == istio_injection.ISTIO_PROXY_ID
+    assert audit_ctx["runAsUser"] != proxy_ctx["runAsUser"] and audit_ctx["runAsNonRoot"] is True
+
+
+def test_sidecar_socket_path_is_one_path_everywhere() -> None:
+    settings = _sidecar_settings()
+    assert settings["EXTPROC_AUDIT_LISTEN"] == f"unix:{render_istio.SOCKET_PATH}"
+    assert settings["EXTPROC_AUDIT_ALLOW_REPORTER"] == f"unix:{render_istio.SOCKET_PATH}"
+    (cluster_patch, _) = _envoy_filter("sidecar")["spec"]["configPatches"]
+    (endpoints,) = cluster_patch["patch"]["value"]["load_assignment"]["endpoints"]
+    (lb_endpoint,) = endpoints["lb_endpoints"]
+    assert lb_endpoint["endpoint"]["address"] == {"pipe": {"path": render_istio.SOCKET_PATH}}
+    audit = _containers(_injected_pod(native=False))["extproc-audit"]
+    assert audit["readinessProbe"]["exec"]["command"] == [
+        "extproc-audit", "health", "--addr", f"unix:{render_istio.SOCKET_PATH}",
+    ]  # fmt: skip
+    assert "tcpSocket" not in audit["readinessProbe"] and "grpc" not in audit["readinessProbe"]
+
+
+def test_sidecar_log_id_is_namespace_dot_pod() -> None:
+    env = _containers(_injected_pod(native=False))["extproc-audit"]["env"]
+    names = [e["name"] for e in env]
+    by_name = {e["name"]: e for e in env}
+    assert by_name["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert by_name["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert by_name["EXTPROC_AUDIT_LOG_ID"]["value"] == "$(POD_NAMESPACE).$(POD_NAME)"
+    # Kubernetes expands $(VAR) only from variables defined earlier in the list.
+    assert names.index("EXTPROC_AUDIT_LOG_ID") > max(
+        names.index("POD_NAMESPACE"), names.index("POD_NAME")
+    )
+
+
+def test_example_app_keeps_its_own_traffic_in_the_mesh() -> None:
+    annotations = _example_app_pod()["metadata"]["annotations"]
+    assert "traffic.sidecar.istio.io/excludeOutboundPorts" not in annotations
+    assert annotations["inject.istio.io/templates"] == "sidecar,audit"
+    # EKS: the pod's AWS credentials go to the audit container only.
+    apps = {c["name"] for c in _example_app_pod()["spec"]["containers"]}
+    assert set(annotations["eks.amazonaws.com/skip-containers"].split(",")) == apps
+
+
+def test_injection_renderer_refuses_what_it_does_not_implement() -> None:
+    with pytest.raises(istio_injection.UnsupportedTemplate):
+        istio_injection.render("spec:\n  x: {{ .Values.global.hub }}\n", native=False)
+    with pytest.raises(istio_injection.UnsupportedTemplate):
+        istio_injection.render("{{- if $nativeSidecar }}\nspec: {}\n", native=True)
+
+
+# The ValidatingAdmissionPolicy, its CEL evaluated with cel-python (celpy).
+
+
+def _admission_policy() -> dict[str, Any]:
+    docs = _rendered(ISTIO / "overlays" / "sidecar")
+    return next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+
+
+def _admission_refusals(pod: dict[str, Any]) -> list[str]:
+    """The messages of the policy's validations that `pod` fails (empty: admitted)."""
+    celpy = pytest.importorskip("celpy", reason="cel-python not installed (pip install cel-python)")
+    from celpy import celtypes
+
+    spec = _admission_policy()["spec"]
+    env = celpy.Environment()
+    obj = celpy.json_to_cel(pod)
+    variables = celtypes.MapType({})
+    for var in spec["variables"]:
+        value = env.program(env.compile(var["expression"])).evaluate(
+            {"object": obj, "variables": variables}
+        )
+        variables = celtypes.MapType({**variables, celtypes.StringType(var["name"]): value})
+    refusals = []
+    for validation in spec["validations"]:
+        result = env.program(env.compile(validation["expression"])).evaluate(
+            {"object": obj, "variables": variables}
+        )
+        assert isinstance(result, celtypes.BoolType), (validation["message"], result)
+        if not result:
+            refusals.append(validation["message"])
+    return refusals
+
+
+def _app_mounts(volume: str) -> Any:
+    def change(pod: dict[str, Any]) -> None:
+        app = pod["spec"]["containers"][0]
+        app["volumeMounts"] = [{"name": volume, "mountPath": "/stolen"}]
+
+    return change
+
+
+def _init_container_mounts(pod: dict[str, Any]) -> None:
+    pod["spec"].setdefault("initContainers", []).append(
+        {
+            "name": "copy",
+            "image": "busybox",
+            "volumeMounts": [{"name": "extproc-audit-key", "mountPath": "/k"}],
+        }
+    )
+
+
+def _debug_container_mounts(pod: dict[str, Any]) -> None:
+    pod["spec"]["ephemeralContainers"] = [
+        {
+            "name": "debugger",
+            "image": "busybox",
+            "volumeMounts": [{"name": "extproc-audit-run", "mountPath": "/s"}],
+        }
+    ]
+
+
+def _secret_volume(pod: dict[str, Any]) -> None:
+    pod["spec"]["volumes"].append(
+        {"name": "k2", "secret": {"secretName": "extproc-audit-signing-key"}}
+    )
+
+
+def _projected_secret(pod: dict[str, Any]) -> None:
+    pod["spec"]["volumes"].append(
+        {
+            "name": "k3",
+            "projected": {"sources": [{"secret": {"name": "extproc-audit-signing-key"}}]},
+        }
+    )
+
+
+def _secret_env(pod: dict[str, Any]) -> None:
+    pod["spec"]["containers"][0]["env"] = [
+        {
+            "name": "K",
+            "valueFrom": {
+                "secretKeyRef": {"name": "extproc-audit-signing-key", "key": "signing.key"}
+            },
+        }
+    ]
+
+
+def _secret_env_from(pod: dict[str, Any]) -> None:
+    pod["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "extproc-audit-signing-key"}}]
+
+
+def _socket_on_host(pod: dict[str, Any]) -> None:
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "extproc-audit-run")
+    volume.pop("emptyDir")
+    volume["hostPath"] = {"path": "/var/run/extproc-audit"}
+
+
+def _shared_pid(pod: dict[str, Any]) -> None:
+    pod["spec"]["shareProcessNamespace"] = True
+
+
+ADMISSION_ATTACKS = {
+    "app mounts the socket": _app_mounts("extproc-audit-run"),
+    "app mounts the key": _app_mounts("extproc-audit-key"),
+    "app mounts the WAL": _app_mounts("extproc-audit-wal"),
+    "init container mounts the key": _init_container_mounts,
+    "debug container mounts the socket": _debug_container_mounts,
+    "the key Secret as another volume": _secret_volume,
+    "the key Secret projected": _projected_secret,
+    "the key Secret in an env var": _secret_env,
+    "the key Secret as envFrom": _secret_env_from,
+    "the socket on a hostPath": _socket_on_host,
+    "shared process namespace": _shared_pid,
+}
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["sidecar", "native-sidecar"])
+def test_admission_policy_admits_the_injected_pod(native: bool) -> None:
+    assert _admission_refusals(_injected_pod(native=native)) == []
+    # Pods without the audit container are none of its business.
+    assert _admission_refusals(_example_app_pod()) == []
+    assert _admission_refusals({"spec": {"containers": [{"name": "a", "image": "b"}]}}) == []
+
+
+@pytest.mark.parametrize("attack", ADMISSION_ATTACKS, ids=ADMISSION_ATTACKS.keys())
+def test_admission_policy_rejects_pods_that_reach_the_socket_or_key(attack: str) -> None:
+    pod = _injected_pod(native=False)
+    ADMISSION_ATTACKS[attack](pod)
+    assert len(_admission_refusals(pod)) == 1
+
+
+def test_admission_policy_covers_every_way_in() -> None:
+    policy = _admission_policy()
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert set(rule["resources"]) == {"pods", "pods/ephemeralcontainers"}
+    assert set(rule["operations"]) == {"CREATE", "UPDATE"}
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    binding = next(
+        d
+        for d in _rendered(ISTIO / "overlays" / "sidecar")
+        if d["kind"] == "ValidatingAdmissionPolicyBinding"
+    )
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert "Deny" in binding["spec"]["validationActions"]
+    assert "matchResources" not in binding["spec"]  # every namespace
+    # The names it guards are the template's.
+    pod = _injected_pod(native=False)
+    injected = {v["name"] for v in pod["spec"]["volumes"]} - {"istio-envoy", "istio-data"}
+    guarded = next(v for v in policy["spec"]["variables"] if v["name"] == "guarded")["expression"]
+    assert {n.strip(" '") for n in guarded.strip("[]").split(",")} == injected
 
 
 # --- IAM --------------------------------------------------------------------------------
@@ -404,9 +971,22 @@ def _policy_actions(name: str, effect: str) -> set[str]:
     return {a for s in _statements(name, effect) for a in s["Action"]}
 
 
-def test_writer_policy_grants_exactly_what_the_server_calls() -> None:
+WRITER_POLICIES = [
+    "writer-policy.json",  # shared topology, EKS Pod Identity
+    "writer-policy-sidecar.json",  # per-pod sidecar topology, EKS Pod Identity
+    "writer-policy-irsa.json",  # shared topology, IRSA fallback
+    "writer-policy-sidecar-irsa.json",  # per-pod sidecar topology, IRSA fallback (per namespace)
+]
+
+
+def _policy(name: str) -> dict[str, Any]:
+    return json.loads((ISTIO / "iam" / name).read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", WRITER_POLICIES)
+def test_writer_policy_grants_exactly_what_the_server_calls(name: str) -> None:
     needed = _actions(WRITER_METHODS) - {"s3:GetObjectRetention", "s3:GetObjectLegalHold"}
-    assert _policy_actions("writer-policy.json", "Allow") == needed
+    assert _policy_actions(name, "Allow") == needed
 
 
 def test_auditor_policy_grants_exactly_what_verify_reads() -> None:
@@ -414,7 +994,7 @@ def test_auditor_policy_grants_exactly_what_verify_reads() -> None:
     assert not {a for a in _policy_actions("auditor-policy.json", "Allow") if "Put" in a}
 
 
-@pytest.mark.parametrize("name", ["writer-policy.json", "auditor-policy.json"])
+@pytest.mark.parametrize("name", [*WRITER_POLICIES, "auditor-policy.json"])
 def test_policy_denies_deletion_unlock_and_reconfiguration(name: str) -> None:
     assert _policy_actions(name, "Deny") >= FORBIDDEN
     assert not _policy_actions(name, "Allow") & FORBIDDEN
@@ -425,6 +1005,364 @@ def test_policy_denies_deletion_unlock_and_reconfiguration(name: str) -> None:
             assert resource.startswith("arn:aws:s3:::example-audit-bucket")
             if "/" in resource:
                 assert resource.startswith("arn:aws:s3:::example-audit-bucket/mesh/logs/")
+
+
+def test_bucket_tf_creates_the_policies_from_the_files() -> None:
+    tf = (ISTIO / "iam" / "bucket.tf").read_text()
+    for name in ("writer-policy.json", "writer-policy-sidecar.json", "auditor-policy.json",
+                 "writer-trust-pod-identity.json"):  # fmt: skip
+        # file(), never templatefile(): ${aws:PrincipalTag/...} must reach IAM unchanged.
+        assert f'file("${{path.module}}/{name}")' in tf
+    assert "templatefile(" not in tf
+
+
+def test_pod_identity_trust_policy_allows_session_tags() -> None:
+    (statement,) = _policy("writer-trust-pod-identity.json")["Statement"]
+    assert statement["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    # Without sts:TagSession the session has no kubernetes-pod-name tag, and
+    # writer-policy.json grants nothing.
+    assert set(statement["Action"]) == {"sts:AssumeRole", "sts:TagSession"}
+    assert statement["Condition"]["StringEquals"] == {
+        "aws:RequestTag/kubernetes-namespace": "extproc-audit",
+        "aws:RequestTag/kubernetes-service-account": "extproc-audit",
+    }
+
+
+# --- IAM: one writer, one log (tests/iam_eval.py evaluates the policies) ----------------
+
+BUCKET = "arn:aws:s3:::example-audit-bucket"
+
+
+def _tags(namespace: str, pod: str, account: str) -> dict[str, str]:
+    """The session tags EKS Pod Identity sets (EKS user guide, pod-id-abac.html)."""
+    return {
+        "aws:PrincipalTag/eks-cluster-name": "mesh",
+        "aws:PrincipalTag/kubernetes-namespace": namespace,
+        "aws:PrincipalTag/kubernetes-service-account": account,
+        "aws:PrincipalTag/kubernetes-pod-name": pod,
+        "aws:PrincipalTag/kubernetes-pod-uid": "0b7c6f1e-3d52-4f3c-9b1e-6c1c9d1e2f3a",
+    }
+
+
+SHARED_A = _tags("extproc-audit", "extproc-audit-0", "extproc-audit")  # log extproc-audit-0
+SIDECAR_A = _tags("shop", "web-5d8f9-abcde", "web")  # log shop.web-5d8f9-abcde
+NO_TAGS: dict[str, str] = {}  # IRSA: web identity sessions carry no such tags
+
+
+def _put(key: str) -> tuple[str, str, dict[str, str]]:
+    return "s3:PutObject", f"{BUCKET}/{key}", {}
+
+
+def _get(key: str) -> tuple[str, str, dict[str, str]]:
+    return "s3:GetObject", f"{BUCKET}/{key}", {}
+
+
+def _list(prefix: str) -> tuple[str, str, dict[str, str]]:
+    return "s3:ListBucket", BUCKET, {"s3:prefix": prefix}
+
+
+def _delete(key: str) -> tuple[str, str, dict[str, str]]:
+    return "s3:DeleteObject", f"{BUCKET}/{key}", {}
+
+
+A = "mesh/logs/extproc-audit-0"
+S = "mesh/logs/shop.web-5d8f9-abcde"
+# (policy, caller's tags, request, expected decision)
+IAM_CASES: dict[str, tuple[str, dict[str, str], tuple[str, str, dict[str, str]], str]] = {
+    # Shared topology, Pod Identity: writer A is pod extproc-audit-0.
+    "A puts a bundle of its log": (
+        "writer-policy.json",
+        SHARED_A,
+        _put(f"{A}/entries/x.jsonl"),
+        iam_eval.ALLOW,
+    ),
+    "A puts a checkpoint with retention": (
+        "writer-policy.json",
+        SHARED_A,
+        ("s3:PutObjectRetention", f"{BUCKET}/{A}/checkpoints/7", {}),
+        iam_eval.ALLOW,
+    ),
+    "A reads its log back": (
+        "writer-policy.json",
+        SHARED_A,
+        _get(f"{A}/checkpoints/7"),
+        iam_eval.ALLOW,
+    ),
+    "A lists its log": ("writer-policy.json", SHARED_A, _list(f"{A}/"), iam_eval.ALLOW),
+    "A puts a claim of a later epoch": (
+        "writer-policy.json",
+        SHARED_A,
+        _put(f"{A}/claims/00000000000000000005.e2"),
+        iam_eval.ALLOW,
+    ),
+    "A puts into a log whose id starts with its own": (
+        "writer-policy.json",
+        SHARED_A,
+        _put(f"{A}_e2/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A lists a log whose id starts with its own": (
+        "writer-policy.json",
+        SHARED_A,
+        _list(f"{A}_e2/"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A reads the lock configuration": (
+        "writer-policy.json",
+        SHARED_A,
+        ("s3:GetBucketObjectLockConfiguration", BUCKET, {}),
+        iam_eval.ALLOW,
+    ),
+    "A puts into B's log": (
+        "writer-policy.json",
+        SHARED_A,
+        _put("mesh/logs/extproc-audit-1/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A reads B's log": (
+        "writer-policy.json",
+        SHARED_A,
+        _get("mesh/logs/extproc-audit-1/checkpoints/1"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A puts into A-other": (
+        "writer-policy.json",
+        SHARED_A,
+        _put(f"{A}-other/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A puts into A_x": (
+        "writer-policy.json",
+        SHARED_A,
+        _put(f"{A}_x/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A puts into A1 (prefix of its name)": (
+        "writer-policy.json",
+        SHARED_A,
+        _put(f"{A}1/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A puts outside logs/": (
+        "writer-policy.json",
+        SHARED_A,
+        _put("mesh/extproc-audit-0/x"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A lists every log": (
+        "writer-policy.json",
+        SHARED_A,
+        _list("mesh/logs/"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A lists A-other too (no slash)": (
+        "writer-policy.json",
+        SHARED_A,
+        _list(A),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A lists without a prefix": (
+        "writer-policy.json",
+        SHARED_A,
+        ("s3:ListBucket", BUCKET, {}),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "A deletes from its log": (
+        "writer-policy.json",
+        SHARED_A,
+        _delete(f"{A}/entries/x.jsonl"),
+        iam_eval.DENY,
+    ),
+    "A deletes a version of an object of its log": (
+        "writer-policy.json",
+        SHARED_A,
+        ("s3:DeleteObjectVersion", f"{BUCKET}/{A}/entries/x.jsonl", {}),
+        iam_eval.DENY,
+    ),
+    "A bypasses governance retention": (
+        "writer-policy.json",
+        SHARED_A,
+        ("s3:BypassGovernanceRetention", f"{BUCKET}/{A}/entries/x.jsonl", {}),
+        iam_eval.DENY,
+    ),
+    "a pod of that name in another namespace": (
+        "writer-policy.json",
+        _tags("shop", "extproc-audit-0", "extproc-audit"),
+        _put(f"{A}/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "another account in the namespace": (
+        "writer-policy.json",
+        _tags("extproc-audit", "extproc-audit-0", "default"),
+        _put(f"{A}/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "no session tags (IRSA) with the Pod Identity policy": (
+        "writer-policy.json",
+        NO_TAGS,
+        _put(f"{A}/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    # Per-pod sidecar topology, Pod Identity: the log is <namespace>.<pod name>.
+    "pod puts into its log": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _put(f"{S}/entries/x.jsonl"),
+        iam_eval.ALLOW,
+    ),
+    "pod lists its log": ("writer-policy-sidecar.json", SIDECAR_A, _list(f"{S}/"), iam_eval.ALLOW),
+    "pod reads a log whose id starts with its own": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _get(f"{S}_e3/checkpoints/1"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod puts into another pod's log": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _put("mesh/logs/shop.web-5d8f9-zzzzz/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod puts into the same name elsewhere": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _put("mesh/logs/bank.web-5d8f9-abcde/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod puts into <its log>-x": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _put(f"{S}-x/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod puts into <its log>.x": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _put(f"{S}.x/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod puts into <its log>_x": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _put(f"{S}_x/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod puts into a shared writer's log": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _put(f"{A}/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod lists its namespace": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _list("mesh/logs/shop."),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "pod deletes from its log": (
+        "writer-policy-sidecar.json",
+        SIDECAR_A,
+        _delete(f"{S}/entries/x.jsonl"),
+        iam_eval.DENY,
+    ),
+    "no session tags with the sidecar policy": (
+        "writer-policy-sidecar.json",
+        NO_TAGS,
+        _put("mesh/logs/./entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    # IRSA fallbacks: one role per topology (per namespace for sidecars), no per-pod scope.
+    "IRSA: a shared writer puts into its log": (
+        "writer-policy-irsa.json",
+        NO_TAGS,
+        _put(f"{A}/entries/x.jsonl"),
+        iam_eval.ALLOW,
+    ),
+    "IRSA: a shared writer puts into another shared writer's log": (
+        "writer-policy-irsa.json",
+        NO_TAGS,
+        _put("mesh/logs/extproc-audit-1/entries/x.jsonl"),
+        iam_eval.ALLOW,
+    ),
+    "IRSA: a shared writer puts into a sidecar's log": (
+        "writer-policy-irsa.json",
+        NO_TAGS,
+        _put(f"{S}/entries/x.jsonl"),
+        iam_eval.IMPLICIT_DENY,
+    ),
+    "IRSA: a shared writer deletes": (
+        "writer-policy-irsa.json",
+        NO_TAGS,
+        _delete(f"{A}/entries/x.jsonl"),
+        iam_eval.DENY,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", IAM_CASES, ids=IAM_CASES.keys())
+def test_writer_may_touch_only_its_own_log(case: str) -> None:
+    name, tags, (action, resource, context), expected = IAM_CASES[case]
+    assert iam_eval.evaluate([_policy(name)], action, resource, {**tags, **context}) == expected
+
+
+def test_sidecar_irsa_policy_is_per_namespace() -> None:
+    # Instantiated for namespace "shop": its pods share one role and may write
+    # each other's logs, never another namespace's.
+    policy = json.loads(
+        (ISTIO / "iam" / "writer-policy-sidecar-irsa.json").read_text().replace("NAMESPACE", "shop")
+    )
+    decide = lambda key: iam_eval.evaluate([policy], "s3:PutObject", f"{BUCKET}/{key}")  # noqa: E731
+    assert decide(f"{S}/entries/x.jsonl") == iam_eval.ALLOW
+    assert decide("mesh/logs/shop.other-pod_e2/checkpoints/1") == iam_eval.ALLOW
+    assert decide("mesh/logs/bank.web-1/entries/x.jsonl") == iam_eval.IMPLICIT_DENY
+    assert decide("mesh/logs/shopping.web-1/entries/x.jsonl") == iam_eval.IMPLICIT_DENY
+    assert decide(f"{A}/entries/x.jsonl") == iam_eval.IMPLICIT_DENY
+
+
+def test_iam_evaluator_semantics() -> None:
+    # The evaluator itself: explicit Deny wins, wildcards, variables taken
+    # literally, unresolved variables match nothing, unknown constructs refused.
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "s3:*",
+                "Resource": f"{BUCKET}/${{aws:PrincipalTag/p}}/*",
+            },
+            {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"{BUCKET}/locked/*"},
+        ],
+    }
+    assert (
+        iam_eval.evaluate([policy], "s3:GetObject", f"{BUCKET}/a/x", {"aws:PrincipalTag/p": "a"})
+        == iam_eval.ALLOW
+    )
+    assert (
+        iam_eval.evaluate([policy], "S3:GETOBJECT", f"{BUCKET}/a/x", {"aws:PrincipalTag/p": "a"})
+        == iam_eval.ALLOW
+    )
+    assert (
+        iam_eval.evaluate([policy], "s3:GetObject", f"{BUCKET}/b/x", {"aws:PrincipalTag/p": "*"})
+        == iam_eval.IMPLICIT_DENY
+    )
+    assert (
+        iam_eval.evaluate([policy], "s3:GetObject", f"{BUCKET}/a/x", {}) == iam_eval.IMPLICIT_DENY
+    )
+    assert (
+        iam_eval.evaluate(
+            [policy], "s3:PutObject", f"{BUCKET}/locked/x", {"aws:PrincipalTag/p": "locked"}
+        )
+        == iam_eval.DENY
+    )
+    for bad in (
+        {"NotAction": "s3:*"},
+        {"Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}},
+    ):
+        statement = {"Effect": "Allow", "Action": "s3:*", "Resource": "*", **bad}
+        with pytest.raises(iam_eval.UnsupportedPolicy):
+            iam_eval.evaluate(
+                [{"Version": "2012-10-17", "Statement": [statement]}], "s3:GetObject", f"{BUCKET}/x"
+            )
 
 
 # --- scripts/kind-e2e.sh ---------------------------------------------------------------

@@ -346,7 +346,7 @@ def test_wrong_key_is_invalid(
 ) -> None:
     code, _, err = search(capsysbinary, Signer.generate("other"), log.url, "--status", "500")
     assert code == 1
-    assert "checkpoint does not verify" in err
+    assert "wrong --vkey" in err
 
 
 def test_gzip_bundles(

@@ -135,7 +135,7 @@ def _insert_bundle(b: Bucket, p: Pristine) -> str:
     name = layout.parse_key("", key)
     assert name is not None and name.bundle is not None
     b.write(layout.bundle_key("", p.log_id, name.bundle.first, name.bundle.last + 1), b.read(key))
-    return "overlaps entries already read"
+    return "bundle is not the one claimed"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Extension lines written by this project (documented in docs/FORMAT.md):
     time <unix milliseconds>     when the writer signed the checkpoint
     writer <hex id>              random id of the writer process run
     final                        the writer shut down cleanly at this size
+    epoch <n>                    the writer's epoch, when n >= 2 (docs/FORMAT.md)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
+from extproc.core.keyring import Keyring, TrustedKey
 from extproc.core.merkle import HASH_SIZE
 from extproc.core.note import Signer, Verifier, sign_note, verify_note
 from extproc.errors import VerificationError
@@ -24,6 +26,7 @@ _SIZE_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 _MAX_TREE_SIZE = (1 << 64) - 1  # RFC 9162 tree_size is a uint64
 _TIME_RE = re.compile(r"time ([0-9]{1,16})")
 _WRITER_RE = re.compile(r"writer ([0-9a-f]{1,64})")
+_EPOCH_RE = re.compile(r"epoch ([1-9][0-9]{0,8})")
 
 
 @dataclass(frozen=True)
@@ -81,16 +84,37 @@ class Checkpoint:
     def final(self) -> bool:
         return "final" in self.extensions
 
+    @property
+    def epoch(self) -> int:
+        for line in self.extensions:
+            if m := _EPOCH_RE.fullmatch(line):
+                return int(m.group(1))
+        return 1
 
-def make_extensions(timestamp_ms: int, writer: str, *, final: bool = False) -> tuple[str, ...]:
-    ext = (f"time {timestamp_ms}", f"writer {writer}")
-    return (*ext, "final") if final else ext
+
+def make_extensions(
+    timestamp_ms: int, writer: str, *, final: bool = False, epoch: int = 1
+) -> tuple[str, ...]:
+    ext = [f"time {timestamp_ms}", f"writer {writer}"]
+    if epoch > 1:
+        ext.append(f"epoch {epoch}")
+    if final:
+        ext.append("final")
+    return tuple(ext)
 
 
 def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> bytes:
     return sign_note(checkpoint.to_text(), signer).encode()
 
 
-def open_checkpoint(data: bytes, verifier: Verifier) -> Checkpoint:
+def open_checkpoint(data: bytes, trusted: Verifier | Keyring) -> Checkpoint:
     """Verify the signature on a checkpoint note and parse its body."""
-    return Checkpoint.from_text(verify_note(data, verifier))
+    if isinstance(trusted, Keyring):
+        return open_signed_checkpoint(data, trusted)[0]
+    return Checkpoint.from_text(verify_note(data, trusted))
+
+
+def open_signed_checkpoint(data: bytes, keyring: Keyring) -> tuple[Checkpoint, TrustedKey]:
+    """The checkpoint and the trusted key that signed it."""
+    text, key = keyring.verify_note(data)
+    return Checkpoint.from_text(text), key

@@ -5,7 +5,7 @@ logs/<log id>/checkpoints/<tree size:020d>
 
 Added by this project (docs/FORMAT.md):
 
-logs/<log id>/claims/<first seq:020d>     which bundle starts at first seq
+logs/<log id>/claims/<first seq:020d>[.e<epoch>]   which bundle starts at first seq
 
 Bundle keys name a range, so two writers cutting different ranges would never
 collide on them; the claim key depends on the start alone, so the second
@@ -22,6 +22,7 @@ from extproc.errors import ConfigError
 LOG_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _BUNDLE_RE = re.compile(r"([0-9]{20})-([0-9]{20})\.jsonl(\.gz)?")
 _CHECKPOINT_RE = re.compile(r"[0-9]{20}")
+_CLAIM_RE = re.compile(r"([0-9]{20})(?:\.e([2-9]|[1-9][0-9]{1,8}))?")
 
 
 def _is_log_id(log_id: str) -> bool:
@@ -37,6 +38,13 @@ def validate_log_id(log_id: str) -> str:
 def join(prefix: str, key: str) -> str:
     prefix = prefix.strip("/")
     return f"{prefix}/{key}" if prefix else key
+
+
+def relative(prefix: str, key: str) -> str:
+    """`key` without the store prefix (`logs/<log id>/...`): how entries name objects,
+    so a log copied under another prefix still names its own objects."""
+    base = join(prefix, "")
+    return key[len(base) :] if base and key.startswith(base) else key
 
 
 def logs_prefix(prefix: str) -> str:
@@ -56,8 +64,19 @@ def checkpoint_key(prefix: str, log_id: str, size: int) -> str:
     return join(prefix, f"logs/{log_id}/checkpoints/{size:020d}")
 
 
-def claim_key(prefix: str, log_id: str, first: int) -> str:
-    return join(prefix, f"logs/{log_id}/claims/{first:020d}")
+def claim_key(prefix: str, log_id: str, first: int, epoch: int = 1) -> str:
+    """Epoch 1 claims keep the original name; a writer that met a foreign object
+    at a key it had to write continues in epoch n >= 2 under `.e<n>` names."""
+    suffix = f".e{epoch}" if epoch > 1 else ""
+    return join(prefix, f"logs/{log_id}/claims/{first:020d}{suffix}")
+
+
+def claims_prefix(prefix: str, log_id: str) -> str:
+    return join(prefix, f"logs/{log_id}/claims/")
+
+
+def checkpoints_prefix(prefix: str, log_id: str) -> str:
+    return join(prefix, f"logs/{log_id}/checkpoints/")
 
 
 def origin_for(origin_prefix: str, log_id: str) -> str:
@@ -79,6 +98,7 @@ class ObjectName:
     kind: str  # "bundle" | "checkpoint" | "claim" | "unknown"
     bundle: BundleName | None = None
     size: int | None = None  # tree size of a checkpoint; first seq of a claim
+    epoch: int = 1  # of a claim
 
 
 def parse_key(prefix: str, key: str) -> ObjectName | None:
@@ -96,6 +116,6 @@ def parse_key(prefix: str, key: str) -> ObjectName | None:
             return ObjectName(log_id, "bundle", bundle=BundleName(first, last, bool(m.group(3))))
     if folder == "checkpoints" and _CHECKPOINT_RE.fullmatch(name):
         return ObjectName(log_id, "checkpoint", size=int(name))
-    if folder == "claims" and _CHECKPOINT_RE.fullmatch(name):
-        return ObjectName(log_id, "claim", size=int(name))
+    if folder == "claims" and (m := _CLAIM_RE.fullmatch(name)):
+        return ObjectName(log_id, "claim", size=int(m.group(1)), epoch=int(m.group(2) or 1))
     return ObjectName(log_id, "unknown")

@@ -22,7 +22,8 @@ import re
 from dataclasses import dataclass
 
 from extproc.core import entry as entry_format
-from extproc.core.checkpoint import Checkpoint, open_checkpoint
+from extproc.core.checkpoint import Checkpoint, open_checkpoint, open_signed_checkpoint
+from extproc.core.keyring import Keyring
 from extproc.core.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from extproc.core.note import Verifier
 from extproc.errors import ConfigError, VerificationError
@@ -93,7 +94,7 @@ class TlogProof:
 
 def verify_proof(
     proof: TlogProof,
-    verifier: Verifier,
+    verifier: Verifier | Keyring,
     entry: bytes | None = None,
     *,
     origin: str | None = None,
@@ -110,7 +111,17 @@ def verify_proof(
         raise ProofFormatError("proof holds no entry (no extra line): pass the entry bytes")
     if entry is not None and proof.extra is not None and entry != proof.extra:
         raise VerificationError("entry differs from the entry inside the proof")
-    checkpoint = open_checkpoint(proof.checkpoint, verifier)
+    if isinstance(verifier, Keyring):
+        checkpoint, key = open_signed_checkpoint(proof.checkpoint, verifier)
+        log_id = checkpoint.origin.rsplit("/", 1)[-1]
+        if not key.covers(log_id):
+            raise VerificationError(
+                f"checkpoint signed by key {key.label}, not trusted for {log_id}"
+            )
+        if problem := key.window_problem((checkpoint.timestamp_ms,)):
+            raise VerificationError(f"checkpoint {problem}")
+    else:
+        checkpoint = open_checkpoint(proof.checkpoint, verifier)
     if origin is not None and checkpoint.origin != origin:
         raise VerificationError(f"checkpoint origin {checkpoint.origin!r} is not {origin!r}")
     fields = entry_format.parse(data)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from binascii import hexlify
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from extproc.core import entry
-from extproc.core.checkpoint import Checkpoint, open_checkpoint
-from extproc.core.claim import Claim
+from extproc.core.checkpoint import Checkpoint
+from extproc.core.claim import Claim, claim_in_effect
+from extproc.core.keyring import Keyring
 from extproc.core.layout import BundleName
 from extproc.core.merkle import (
     LEAF_PREFIX,
@@ -30,6 +32,11 @@ from extproc.errors import VerificationError
 
 ERROR = "error"
 WARNING = "warning"
+
+_CLAIM_NAME_RE = re.compile(r"[0-9]{20}(?:\.e([0-9]+))?$")
+# The writer's own records of foreign objects and key changes (docs/FORMAT.md);
+# found with one search per bundle, then confirmed by a full parse.
+_OWN_RECORDS = (b'"event":"foreign"', b'"event":"rotate"')
 
 
 def _quick_chain_mismatches(
@@ -111,6 +118,10 @@ class LogReport:
     # With a state file: the RFC 9162 consistency proof from the verified size
     # (resumed_from) to the latest checkpoint, computed from the data and checked.
     consistency_proof: list[bytes] | None = None
+    keys: list[str] = field(default_factory=list)  # keys that signed valid checkpoints
+    epoch: int = 1  # the writer's latest epoch (claims and checkpoints)
+    # The writer's own records: `writer foreign` and `writer rotate` entries, as read.
+    records: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -125,18 +136,27 @@ class LogChecker:
     def __init__(
         self,
         log_id: str,
-        verifier: Verifier,
+        keyring: Keyring | Verifier,
         origin_prefix: str | None = None,
         *,
         deep: bool = False,
     ) -> None:
         self.log_id = log_id
         self.deep = deep  # parse every entry as JSON, not only where the quick check fails
-        self.verifier = verifier
+        self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.of(keyring)
         self.origin_prefix = origin_prefix
         self.report = LogReport(log_id)
         self._checkpoints: dict[int, tuple[str, Checkpoint]] = {}
+        # Claims by first seq: every candidate read, then the one in effect.
+        self._candidates: dict[int, list[tuple[int, str, Claim, bool]]] = {}
         self._claims: dict[int, tuple[str, Claim]] = {}
+        self._claims_settled = False
+        self._used_claims: set[int] = set()
+        self._trusted_claims = 0
+        # Objects at the log's keys that its writer did not write: key -> why.
+        # An error, unless the writer's own signed entries record it.
+        self._foreign: dict[str, str] = {}
+        self._explained: dict[str, int] = {}  # relative key -> seq of the entry naming it
         self._tree = CompactRange()
         self._prev = ""
         self._gap = False
@@ -176,13 +196,34 @@ class LogChecker:
     def add_retention_missing(self, key: str) -> None:
         self._find(key, "object has no Object Lock retention")
 
-    def add_checkpoint(self, key: str, size: int, data: bytes) -> None:
+    def _foreign_object(self, key: str, why: str) -> None:
+        self._foreign.setdefault(key, why)
+
+    def _names_this_log(self, origin: str) -> bool:
+        if self.origin_prefix is not None:
+            return origin == f"{self.origin_prefix.rstrip('/')}/{self.log_id}"
+        return origin.endswith(f"/{self.log_id}")
+
+    def add_checkpoint(
+        self, key: str, size: int, data: bytes, written_ms: int | None = None
+    ) -> None:
+        """`written_ms`: when the store says the object was written, if it knows."""
         try:
             note = data.decode("utf-8", "replace")
-            cp = open_checkpoint(data, self.verifier)
+            text, signer = self.keyring.verify_note(data)
+            cp = Checkpoint.from_text(text)
         except VerificationError as e:
-            self._find(key, f"checkpoint does not verify: {e}")
+            self._foreign_object(key, f"checkpoint does not verify: {e}")
             return
+        if not signer.covers(self.log_id):
+            self._find(key, f"checkpoint signed by key {signer.label}, not trusted for this log")
+            return
+        if problem := signer.window_problem((cp.timestamp_ms, written_ms)):
+            self._find(key, f"checkpoint {problem} (a retired key must not sign)")
+            return
+        if signer.label not in self.report.keys:
+            self.report.keys.append(signer.label)
+        self.report.epoch = max(self.report.epoch, cp.epoch)
         expected = f"/{self.log_id}"
         if self.origin_prefix is not None:
             if cp.origin != f"{self.origin_prefix.rstrip('/')}/{self.log_id}":
@@ -205,50 +246,120 @@ class LogChecker:
         if size == self._base:
             self._check_root(size)
 
-    def add_claim(self, key: str, first: int, data: bytes) -> None:
+    def add_claim(self, key: str, first: int, data: bytes, epoch: int | None = None) -> None:
+        """`epoch`: from the claim's key (`claims/<first>.e<n>`), parsed from it if None."""
+        if epoch is None:
+            m = _CLAIM_NAME_RE.search(key)
+            epoch = int(m.group(1)) if m and m.group(1) else 1
+        if first < self._base:
+            return
         try:
             claim = Claim.from_bytes(data)
         except VerificationError as e:
-            self._find(key, f"claim is malformed: {e}")
+            self._foreign_object(key, f"claim is malformed: {e}")
             return
-        if first < self._base:
+        signed = claim.signed
+        if signed:
+            try:
+                signer = claim.verify(self.keyring)
+            except VerificationError as e:
+                self._foreign_object(key, f"claim does not verify: {e}")
+                return
+            if not signer.covers(self.log_id) or not self._names_this_log(claim.origin):
+                self._find(key, f"claim by key {signer.label} for {claim.origin!r}: not this log's")
+                return
+            if claim.epoch != epoch:
+                self._find(key, f"claim says epoch {claim.epoch}, its name says {epoch}")
+                return
+        elif epoch != 1:
+            # Claims of later epochs are always signed; an unsigned one was planted.
+            self._foreign_object(key, "claim of a later epoch without a signature")
             return
         if claim.first != first:
             self._find(
                 key, f"claim names a bundle starting at {claim.first}, its name says {first}"
             )
             return
-        self._claims[first] = (key, claim)
+        self._candidates.setdefault(first, []).append((epoch, key, claim, signed))
+        self._trusted_claims += signed
+        self.report.epoch = max(self.report.epoch, epoch)
+
+    def _settle_claims(self) -> None:
+        """The claim in effect at each position (claim_in_effect); the others are
+        superseded claims of the writer's or foreign objects."""
+        if self._claims_settled:
+            return
+        self._claims_settled = True
+        for first, candidates in self._candidates.items():
+            chosen = claim_in_effect((e, c, signed) for e, _, c, signed in candidates)
+            if chosen is None:
+                continue
+            epoch, claim = chosen
+            for other_epoch, other_key, other, signed in candidates:
+                if other is claim:
+                    self._claims[first] = (other_key, claim)
+                elif signed:
+                    self._find(
+                        other_key,
+                        f"claim of epoch {other_epoch} superseded by epoch {epoch} "
+                        "(the writer met a foreign object here and moved on)",
+                        WARNING,
+                    )
+                else:
+                    self._foreign_object(other_key, "unsigned claim where a signed one exists")
 
     def _check_claim(self, key: str, name: BundleName, last_leaf: bytes) -> None:
-        claim_key, claim = self._claims.pop(name.first, ("", None))
-        if claim is None:
-            self._find(key, "bundle has no claim (not written by a writer of this log)")
-        elif not claim.matches(name.first, name.last, last_leaf):
+        self._used_claims.add(name.first)
+        claim_key, claim = self._claims.get(name.first, ("", None))
+        if claim is not None and not claim.matches(name.first, name.last, last_leaf):
             self._find(
                 key,
                 f"bundle contradicts its claim {claim_key} (writer {claim.writer or '?'}): "
                 "two writers on one log id",
             )
 
-    def add_bundle(self, key: str, name: BundleName, lines_data: bytes) -> None:
-        """`lines_data`: the bundle's newline-terminated lines (decompressed)."""
+    def claimed_here(self, name: BundleName) -> bool:
+        """True if the claim in effect at the bundle's first seq names exactly this
+        range. Otherwise the bundle is not the log's: the writer claims every
+        bundle before writing it."""
+        self._settle_claims()
+        claimed = self._claims.get(name.first)
+        return claimed is not None and (claimed[1].first, claimed[1].last) == (
+            name.first,
+            name.last,
+        )
+
+    def add_bundle(self, key: str, name: BundleName, lines_data: bytes) -> bool:
+        """`lines_data`: the bundle's newline-terminated lines (decompressed).
+
+        Returns False if the bundle is not part of the log (not the one its
+        position's claim names): it is reported, and none of its lines count.
+        """
         report = self.report
+        if name.last >= self._base and not self.claimed_here(name):
+            claimed = self._claims.get(name.first)
+            self._foreign_object(
+                key,
+                f"bundle is not the one claimed at {name.first} ({claimed[1].bundle})"
+                if claimed is not None
+                else "bundle has no claim",
+            )
+            return False
         report.bundles += 1
         if name.last < self._base:
-            return  # verified by an earlier run
+            return True  # verified by an earlier run
         if self._gap:
-            self._claims.pop(name.first, None)
-            return
+            self._used_claims.add(name.first)
+            return True
         if name.first < report.entries:
             self._find(key, f"bundle overlaps entries already read (log is at {report.entries})")
-            return
+            return True
         if name.first > report.entries:
             self._find(
                 "", f"entries {report.entries}..{name.first - 1} are missing (no bundle holds them)"
             )
             self._gap = True
-            return
+            return True
         if not lines_data.endswith(b"\n"):
             self._find(key, "bundle does not end with a newline")
         lines = lines_data.split(b"\n")
@@ -268,6 +379,8 @@ class LogChecker:
         for offset in suspects:
             prev = leaves[offset - 1].hex() if offset else self._prev
             self._check_entry(key, lines[offset], first + offset, prev)
+        if any(record in lines_data for record in _OWN_RECORDS):
+            self._read_own_records(lines, first)
         # Extend the tree up to each checkpoint inside this bundle, then check it.
         tree, done = self._tree, 0
         for size in sorted(s for s in self._checkpoints if first < s <= first + len(leaves)):
@@ -281,6 +394,34 @@ class LogChecker:
         report.entries = first + len(leaves)
         report.rehashed += len(leaves)
         self._collect_proof_leaves(first, leaves)
+        return True
+
+    def _read_own_records(self, lines: list[bytes], first: int) -> None:
+        """The writer's `foreign` and `rotate` entries: what it saw and did, under its
+        own signature (a client cannot forge one: it would not be a top-level `writer`
+        entry)."""
+        for offset, line in enumerate(lines):
+            if not any(record in line for record in _OWN_RECORDS):
+                continue
+            try:
+                fields = entry.parse(line)
+            except VerificationError:
+                continue  # reported by the chain checks
+            if fields.get("kind") != "writer" or fields.get("event") not in ("foreign", "rotate"):
+                continue
+            keep = ("seq", "event", "object", "epoch", "old_key", "new_key", "ts")
+            record: dict[str, object] = {k: fields[k] for k in keep if k in fields}
+            self.report.records.append(record)
+            if isinstance(epoch := fields.get("epoch"), int):
+                self.report.epoch = max(self.report.epoch, epoch)
+            if fields["event"] == "foreign" and isinstance(obj := fields.get("object"), str):
+                self._explained.setdefault(obj, first + offset)
+
+    def _explained_by(self, key: str) -> int | None:
+        for relative, seq in self._explained.items():
+            if key == relative or key.endswith("/" + relative):
+                return seq
+        return None
 
     def _collect_proof_leaves(self, first: int, leaves: list[bytes]) -> None:
         latest = self.report.latest
@@ -357,8 +498,31 @@ class LogChecker:
 
     def finish(self) -> LogReport:
         report = self.report
+        self._settle_claims()
         self._check_consistency()
+        if self._foreign and not report.checkpoints and not self._trusted_claims:
+            # Nothing verifies: the wrong key, not a bucket full of plants. One line.
+            self._find(
+                "",
+                f"no valid signed checkpoint and no claim by a trusted key among "
+                f"{len(self._foreign)} objects: wrong --vkey, or not this log's store "
+                f"(trusted: {self.keyring.describe()})",
+            )
+            self._foreign.clear()
+        for key, why in sorted(self._foreign.items()):
+            seq = self._explained_by(key)
+            if seq is not None:
+                self._find(
+                    key,
+                    f"{why}: foreign object, recorded by the writer in entry {seq}, "
+                    "which went on without it",
+                    WARNING,
+                )
+            else:
+                self._find(key, f"{why}: foreign object (not written by this log's writer)")
         for first, (key, claim) in sorted(self._claims.items()):
+            if first in self._used_claims:
+                continue
             if first >= report.entries and not self._gap:
                 self._find(
                     key,

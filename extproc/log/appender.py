@@ -118,15 +118,17 @@ class AuditLog:
     def refusal(self) -> str | None:
         return self._refusal
 
-    def append_nowait(self, fields: dict[str, Any]) -> int:
+    def append_nowait(self, fields: dict[str, Any], *, own: bool = False) -> int:
         """Sequence an entry; it becomes durable with the next group commit.
 
         Raises BackpressureError when the log cannot take it. `fields` is
-        completed in place with v, seq, prev and ts.
+        completed in place with v, seq, prev and ts. `own`: the writer's own
+        record (a foreign object, a key rotation), taken even past the backlog
+        bound, since publication may need it to get going again.
         """
         if self._refusal is not None:
             raise BackpressureError(self._refusal)
-        if self.backlog_bytes > self.max_backlog_bytes:
+        if not own and self.backlog_bytes > self.max_backlog_bytes:
             metrics.BACKPRESSURE.labels("backlog").inc()
             raise BackpressureError(
                 f"backlog over its bound ({self.max_backlog_bytes} bytes not yet published)"
@@ -151,9 +153,9 @@ class AuditLog:
                 raise BackpressureError(self._last_error)
         return seq
 
-    async def append(self, fields: dict[str, Any]) -> int:
+    async def append(self, fields: dict[str, Any], *, own: bool = False) -> int:
         """Sequence an entry and return its seq once it is durable (fsync'd)."""
-        seq = self.append_nowait(fields)
+        seq = self.append_nowait(fields, own=own)
         await self.wait_durable(seq)
         return seq
 

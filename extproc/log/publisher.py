@@ -1,9 +1,21 @@
 """The publisher: seals durable entries into bundles and signs checkpoints.
 
 Every object is written once. A write that finds an object already there is
-accepted only if the object is what this writer would have written (its own
-earlier attempt); anything else means another writer on the same log id, and
-publishing stops for good (fenced) instead of forking the log.
+judged by who wrote it:
+
+- ours: the same bytes (or, for a checkpoint, the same signed tree; for a
+  claim, one that describes entries of this WAL): an earlier attempt whose
+  reply was lost. Accepted.
+- another writer of this log: signed by this log's key but different. Two
+  writers on one log id would fork it, so publishing stops for good (fenced).
+- foreign: anything not signed by this log's key (a planted object). It
+  cannot be removed under Object Lock, so it must not stop the log: the
+  writer records it in a signed `writer foreign` entry and continues in a new
+  epoch, whose claims have keys of their own (docs/FORMAT.md, "Epochs").
+
+A key rotation (the server starts with a key other than the one that signed
+the last checkpoint) also starts a new epoch, recorded in a `writer rotate`
+entry: a log never silently continues under another key.
 """
 
 from __future__ import annotations
@@ -23,12 +35,20 @@ from typing import Any, TypeVar
 
 from extproc import metrics
 from extproc.core import entry, layout
-from extproc.core.checkpoint import Checkpoint, make_extensions, open_checkpoint, sign_checkpoint
+from extproc.core.checkpoint import (
+    Checkpoint,
+    make_extensions,
+    open_signed_checkpoint,
+    sign_checkpoint,
+)
 from extproc.core.claim import Claim
+from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange
-from extproc.core.note import Signer
+from extproc.core.note import Signer, Verifier, parse_note
 from extproc.errors import (
     BackpressureError,
+    ConfigError,
+    ForeignObjectError,
     ForkError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -41,6 +61,14 @@ from extproc.store.base import ObjectStore, RetentionPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# What an object found at a key we must write is (see the module docstring).
+OURS, FORK, FOREIGN = "ours", "fork", "foreign"
+# Foreign objects met in one publication round before backing off: each costs
+# a new entry and a new epoch; an attacker who planted many only slows us down.
+MAX_FOREIGN_PER_ROUND = 8
+# Objects beyond the published size inspected at startup (each is one read).
+MAX_RECONCILE_READS = 64
 
 
 @dataclass(frozen=True)
@@ -71,6 +99,19 @@ def bundle_lines(data: bytes, *, compressed: bool) -> bytes:
     return data
 
 
+def note_signer_label(data: bytes) -> str:
+    """`name+keyid` of the first signature on a signed note ("" if unreadable)."""
+    try:
+        _, signatures = parse_note(data)
+    except VerificationError:
+        return ""
+    return f"{signatures[0].name}+{signatures[0].key_id.hex()}" if signatures else ""
+
+
+def _same_bytes(data: bytes) -> Callable[[bytes], str]:
+    return lambda existing: OURS if existing == data else FOREIGN
+
+
 class Publisher:
     def __init__(
         self,
@@ -94,16 +135,31 @@ class Publisher:
         self._on_fenced = on_fenced
         self.tree: CompactRange = audit_log.published.compact_range()
         self.last_leaf = audit_log.published.last_leaf
+        self.epoch = max(1, audit_log.published.epoch)
         self.fenced: str | None = None
         self.reconciled = False
         self.checkpoints_written = 0
         self._prefix = store.prefix
         self._stopping = False
+        self._key_text = signer.verifier().to_text()
+        # Keys whose objects are this writer's own: the current one and the one
+        # that signed the last published checkpoint (a rotation in progress).
+        self._own_keys = self._own_keyring(audit_log.published.key)
+        self._foreign: set[str] = set()  # keys known to hold foreign objects
+        metrics.EPOCH.set(self.epoch)
         audit_log.wake_threshold = config.bundle_max_entries
         # Store and state-file calls block: a small pool of our own, not the
         # loop's default executor, keeps the thread (and malloc arena) count
         # flat over days of uptime.
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="publish")
+
+    def _own_keyring(self, previous: str) -> Keyring:
+        current = self.signer.verifier()
+        verifiers = [current]
+        if previous and previous != self._key_text:
+            with contextlib.suppress(ConfigError):
+                verifiers.append(Verifier.from_text(previous))
+        return Keyring.of(*verifiers)
 
     def _io(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -130,87 +186,176 @@ class Publisher:
             size += len(d.line) + 1
         return out
 
+    def _pending(self, first: int, count: int) -> list[Durable]:
+        """Durable unpublished entries first..first+count-1 (fewer if the WAL has fewer)."""
+        offset = first - self.log.published.size
+        if offset < 0 or count <= 0:
+            return []
+        return list(islice(self.log.unpublished, offset, offset + count))
+
+    def _bundle_key(self, first: int, last: int) -> str:
+        return layout.bundle_key(
+            self._prefix, self.config.log_id, first, last, gzip=self.config.gzip
+        )
+
+    def _checkpoint_key(self, size: int) -> str:
+        return layout.checkpoint_key(self._prefix, self.config.log_id, size)
+
     # --- startup ------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
         """Line up the WAL with what the store already holds for this log.
 
-        Covers a crash between a put and the WAL state update, and refuses to
-        go on (ForkError) if the store holds something this WAL did not write.
+        Covers a crash between a put and the WAL state update; records foreign
+        objects ahead of the published size; refuses to go on (ForkError) if
+        the store holds something this writer's key signed that this WAL did
+        not write, or lost what this WAL published. Detects a key rotation.
         """
         cfg = self.config
         objects = await self._io(
             lambda: list(self.store.list(layout.log_prefix(self._prefix, cfg.log_id)))
         )
-        checkpoints: list[int] = []
-        bundles: list[layout.BundleName] = []
+        checkpoints: dict[int, str] = {}
+        bundles: list[tuple[layout.BundleName, str, int]] = []
+        claims: list[tuple[int, int, str]] = []
         for obj in objects:
             name = layout.parse_key(self._prefix, obj.key)
-            if name and name.kind == "checkpoint" and name.size is not None:
-                checkpoints.append(name.size)
-            elif name and name.kind == "bundle" and name.bundle is not None:
-                bundles.append(name.bundle)
+            if name is None:
+                continue
+            if name.kind == "checkpoint" and name.size is not None:
+                checkpoints[name.size] = obj.key
+            elif name.kind == "bundle" and name.bundle is not None:
+                bundles.append((name.bundle, obj.key, obj.size))
+            elif name.kind == "claim" and name.size is not None:
+                claims.append((name.size, name.epoch, obj.key))
         published, wal_size = self.log.published.size, self.log.durable_size
-        latest = max(checkpoints, default=0)
-        if latest > wal_size:
+        if published and published not in checkpoints:
             raise ForkError(
-                f"log {cfg.log_id}: the store has a checkpoint at size {latest} but this WAL "
-                f"holds {wal_size} entries: another writer uses this log id, or this is "
-                "not the WAL that wrote it"
+                f"log {cfg.log_id}: this WAL published up to size {published} but the store "
+                f"has no checkpoint at that size: wrong store or prefix, or published "
+                "objects were removed"
             )
-        if latest < published:
-            raise ForkError(
-                f"log {cfg.log_id}: this WAL published up to size {published} but the "
-                f"store's newest checkpoint is {latest}: wrong store or prefix, or "
-                "published objects were removed"
-            )
+        reads = 0
+        latest = published
+        for size in sorted(s for s in checkpoints if s > published):
+            if reads == MAX_RECONCILE_READS:
+                break
+            reads += 1
+            key = checkpoints[size]
+            data = await self._io(self.store.get, key)
+            try:
+                cp, _ = open_signed_checkpoint(data, self._own_keys)
+            except VerificationError:
+                await self._record_foreign(key, switch=False)
+                continue
+            if cp.origin != cfg.origin:
+                raise ForkError(f"{key}: signed by this writer's key for another log ({cp.origin})")
+            if size > wal_size:
+                raise ForkError(
+                    f"log {cfg.log_id}: the store has a checkpoint at size {size} but this WAL "
+                    f"holds {wal_size} entries: another writer uses this log id, or this is "
+                    "not the WAL that wrote it"
+                )
+            latest = size
         if latest > published:
             await self._adopt_checkpoint(latest)
-        for bundle in sorted(bundles, key=lambda b: b.first):
+        for first, epoch, key in sorted(claims):
+            if first < self.bundled:
+                continue
+            if reads == MAX_RECONCILE_READS:
+                break
+            reads += 1
+            data = await self._io(self.store.get, key)
+            verdict, _ = self._judge_claim(data, first)
+            if verdict == FORK:
+                raise ForkError(f"{key}: another writer's claim (signed by this log's key)")
+            if verdict == OURS:
+                self.epoch = max(self.epoch, epoch)
+            else:
+                await self._record_foreign(key, switch=False)
+        for bundle, key, size in sorted(bundles, key=lambda b: (b[0].first, b[0].last)):
             if bundle.last < self.bundled:
                 continue
-            await self._adopt_bundle(bundle)
+            if reads == MAX_RECONCILE_READS:
+                break
+            reads += 1
+            if not await self._adopt_bundle(bundle, key, size):
+                await self._record_foreign(key, switch=False)
+        if published:
+            await self._check_rotation(checkpoints[published])
+        metrics.EPOCH.set(self.epoch)
         self.reconciled = True
         log.info(
-            "log %s: resuming at size %d (%d published, %d to publish)",
+            "log %s: resuming at size %d (%d published, %d to publish), epoch %d",
             cfg.log_id,
             wal_size,
             self.log.published.size,
             wal_size - self.log.published.size,
+            self.epoch,
         )
 
     async def _adopt_checkpoint(self, size: int) -> None:
         """A checkpoint this writer put before a crash: check it, then record it."""
-        key = layout.checkpoint_key(self._prefix, self.config.log_id, size)
+        key = self._checkpoint_key(size)
         data = await self._io(self.store.get, key)
-        try:
-            cp = open_checkpoint(data, self.signer.verifier())
-        except VerificationError as e:
-            raise ForkError(f"{key}: not a checkpoint of this writer's key: {e}") from e
-        pending = list(islice(self.log.unpublished, 0, size - self.bundled))
+        cp, _ = open_signed_checkpoint(data, self._own_keys)
+        pending = self._pending(self.bundled, size - self.bundled)
         for d in pending:
             self.tree.append(d.leaf)
-        if cp.root_hash != self.tree.root() or cp.origin != self.config.origin:
-            raise ForkError(f"{key}: root or origin differs from this WAL's log at size {size}")
+        if cp.root_hash != self.tree.root():
+            raise ForkError(f"{key}: root differs from this WAL's log at size {size}")
         self.last_leaf = pending[-1].leaf if pending else self.last_leaf
+        self.epoch = max(self.epoch, cp.epoch)
         await self._record_published(len(pending))
 
-    async def _adopt_bundle(self, bundle: layout.BundleName) -> None:
-        key = layout.bundle_key(
-            self._prefix, self.config.log_id, bundle.first, bundle.last, gzip=bundle.gzip
-        )
-        offset = bundle.first - self.log.published.size
+    async def _adopt_bundle(self, bundle: layout.BundleName, key: str, size: int) -> bool:
+        """A bundle this writer put before a crash (it continues the tree and holds
+        exactly the WAL's entries): add it to the tree. False if it is not ours."""
         count = bundle.last - bundle.first + 1
-        if bundle.first != self.bundled or offset + count > len(self.log.unpublished):
-            raise ForkError(f"{key}: bundle does not continue this WAL's log at {self.bundled}")
-        entries = list(islice(self.log.unpublished, offset, offset + count))
-        data = await self._io(self.store.get, key)
-        if bundle_lines(data, compressed=bundle.gzip) != bundle_bytes(
-            [d.line for d in entries], compress=False
-        ):
-            raise ForkError(f"{key}: bundle content differs from this WAL's entries")
+        entries = self._pending(bundle.first, count)
+        if bundle.first != self.bundled or len(entries) != count or bundle.gzip != self.config.gzip:
+            return False
+        expected = bundle_bytes([d.line for d in entries], compress=bundle.gzip)
+        if size != len(expected):  # listed size: no read for an object that cannot match
+            return False
+        if await self._io(self.store.get, key) != expected:
+            return False
         self.tree.extend(d.leaf for d in entries)
         self.last_leaf = entries[-1].leaf
+        return True
+
+    async def _check_rotation(self, checkpoint_key: str) -> None:
+        """Start a new epoch, recorded in the log, if the signing key changed."""
+        previous = self.log.published.key
+        if previous:
+            if previous == self._key_text:
+                return
+            old = previous.split("+", 2)
+            old_label = f"{old[0]}+{old[1]}" if len(old) == 3 else previous
+        else:
+            # A WAL from before the key was recorded: ask the last checkpoint.
+            data = await self._io(self.store.get, checkpoint_key)
+            try:
+                open_signed_checkpoint(data, Keyring.of(self.signer.verifier()))
+            except VerificationError:
+                old_label = note_signer_label(data) or "unknown"
+            else:
+                return
+        self.epoch += 1
+        new_label = f"{self.signer.name}+{self.signer.key_id.hex()}"
+        log.warning(
+            "log %s continues under a new signing key in epoch %d: %s replaces %s; auditors "
+            "need both keys in their keyring (docs/AUDITING.md, keys and rotation)",
+            self.config.log_id,
+            self.epoch,
+            new_label,
+            old_label,
+        )
+        await self._append_own(
+            entry.writer_event(
+                "rotate", self.writer_id, old_key=old_label, new_key=new_label, epoch=self.epoch
+            )
+        )
 
     # --- publishing -------------------------------------------------------------------
 
@@ -221,53 +366,111 @@ class Publisher:
             # Bundled but not yet under a checkpoint (adopted at startup, or the
             # last checkpoint failed): the checkpoint is due now.
             return 0.0 if self.bundled > self.log.published.size else None
-        if waiting >= self.config.bundle_max_entries:
+        if waiting >= self.config.bundle_max_entries or self._blocked_checkpoint():
             return 0.0
         oldest = self.log.unpublished[self.bundled - self.log.published.size]
         return max(0.0, oldest.appended_at + self.config.max_age - time.monotonic())
 
+    def _blocked_checkpoint(self) -> bool:
+        """A foreign object holds the checkpoint key of the current tree size."""
+        return self._checkpoint_key(self.tree.size) in self._foreign
+
     async def publish(self, *, final: bool = False) -> None:
-        """Bundle every durable entry due (all of them if final), then sign a checkpoint."""
-        while (batch := self._unbundled()) and (final or self.due_in() == 0.0):
+        """Bundle every durable entry due (all of them if final), then sign a checkpoint.
+
+        A foreign object at a key this writer must write is recorded and
+        publication continues in a new epoch.
+        """
+        for _ in range(MAX_FOREIGN_PER_ROUND):
+            try:
+                await self._publish_due(final=final)
+            except ForeignObjectError as e:
+                await self._record_foreign(e.key, switch=True)
+                await self._record_foreign_ahead()
+            else:
+                return
+        raise StorageError(
+            f"log {self.config.log_id}: {MAX_FOREIGN_PER_ROUND} foreign objects in a row "
+            "at the keys it must write; backing off"
+        )
+
+    async def _publish_due(self, *, final: bool) -> None:
+        while (batch := self._unbundled()) and (
+            final or self._blocked_checkpoint() or self.due_in() == 0.0
+        ):
+            batch = self._avoid_foreign_bundle(batch)
+            if not batch:
+                break  # one more entry is needed to cut another range; it is on its way
             batch = await self._claim(batch)
             first, last = self.bundled, self.bundled + len(batch) - 1
-            key = layout.bundle_key(
-                self._prefix, self.config.log_id, first, last, gzip=self.config.gzip
-            )
             data = bundle_bytes([d.line for d in batch], compress=self.config.gzip)
-            await self._put(key, data, "bundle", data.__eq__)
+            # The claim is ours, so nobody else may write this bundle: anything
+            # already there that differs is foreign.
+            await self._put(self._bundle_key(first, last), data, "bundle", _same_bytes(data))
             self.tree.extend(d.leaf for d in batch)
             self.last_leaf = batch[-1].leaf
-        if self.tree.size > self.log.published.size:
+        if self.tree.size > self.log.published.size and not self._blocked_checkpoint():
             await self._checkpoint(final=final)
+
+    def _avoid_foreign_bundle(self, batch: list[Durable]) -> list[Durable]:
+        """A range whose bundle key holds no known foreign object (shorter, or one longer)."""
+        first = self.bundled
+        while self._bundle_key(first, first + len(batch) - 1) in self._foreign:
+            if len(batch) > 1:
+                batch = batch[:-1]
+                continue
+            more = self._pending(first, 2)
+            if len(more) < 2 or self._bundle_key(first, first + 1) in self._foreign:
+                return []
+            return more
+        return batch
 
     async def _claim(self, batch: list[Durable]) -> list[Durable]:
         """Claim the position of the next bundle; return the entries it must hold.
 
         A claim already there is ours if it describes entries of this WAL (a
         crash between claim and bundle): then exactly that range is written.
-        Anything else is another writer on this log id: ForkError.
         """
         first = self.bundled
-        claim = Claim(first, first + len(batch) - 1, batch[-1].leaf.hex(), self.writer_id)
-        key = layout.claim_key(self._prefix, self.config.log_id, first)
+        claim = Claim(
+            first,
+            first + len(batch) - 1,
+            batch[-1].leaf.hex(),
+            self.writer_id,
+            self.epoch,
+            self.config.origin,
+        ).sign(self.signer)
+        key = layout.claim_key(self._prefix, self.config.log_id, first, self.epoch)
         adopted: list[list[Durable]] = []
 
-        def ours(existing: bytes) -> bool:
-            try:
-                theirs = Claim.from_bytes(existing)
-            except VerificationError:
-                return False
-            offset = first - self.log.published.size
-            count = theirs.last - first + 1
-            entries = list(islice(self.log.unpublished, offset, offset + count))
-            if len(entries) != count or not theirs.matches(first, theirs.last, entries[-1].leaf):
-                return False
-            adopted.append(entries)
-            return True
+        def judge(existing: bytes) -> str:
+            verdict, entries = self._judge_claim(existing, first)
+            if verdict == OURS and entries:
+                adopted.append(entries)
+            return verdict
 
-        await self._put(key, claim.to_bytes(), "claim", ours)
+        await self._put(key, claim.to_bytes(), "claim", judge)
         return adopted[0] if adopted else batch
+
+    def _judge_claim(self, existing: bytes, first: int) -> tuple[str, list[Durable]]:
+        try:
+            theirs = Claim.from_bytes(existing)
+        except VerificationError:
+            return FOREIGN, []
+        entries = self._pending(first, theirs.last - first + 1)
+        if (
+            theirs.first == first
+            and len(entries) == theirs.last - first + 1
+            and theirs.matches(first, theirs.last, entries[-1].leaf)
+        ):
+            # It names the leaf hash of an entry not yet published: only this
+            # WAL's writer can have written it.
+            return OURS, entries
+        try:
+            theirs.verify(self._own_keys)
+        except VerificationError:
+            return FOREIGN, []
+        return FORK, []
 
     async def _checkpoint(self, *, final: bool) -> None:
         size, root = self.tree.size, self.tree.root()
@@ -275,32 +478,99 @@ class Publisher:
             self.config.origin,
             size,
             root,
-            make_extensions(int(self._wall_clock() * 1000), self.writer_id, final=final),
+            make_extensions(
+                int(self._wall_clock() * 1000), self.writer_id, final=final, epoch=self.epoch
+            ),
         )
         data = sign_checkpoint(cp, self.signer)
-        key = layout.checkpoint_key(self._prefix, self.config.log_id, size)
-        await self._put(key, data, "checkpoint", lambda existing: self._same_tree(existing, cp))
+        key = self._checkpoint_key(size)
+        await self._put(
+            key, data, "checkpoint", lambda existing: self._judge_checkpoint(existing, cp)
+        )
         self.checkpoints_written += 1
         await self._record_published(size - self.log.published.size)
 
-    def _same_tree(self, existing: bytes, ours: Checkpoint) -> bool:
+    def _judge_checkpoint(self, existing: bytes, ours: Checkpoint) -> str:
         try:
-            theirs = open_checkpoint(existing, self.signer.verifier())
+            theirs, _ = open_signed_checkpoint(existing, self._own_keys)
         except VerificationError:
-            return False
-        return (theirs.origin, theirs.size, theirs.root_hash) == (
+            return FOREIGN
+        same = (theirs.origin, theirs.size, theirs.root_hash) == (
             ours.origin,
             ours.size,
             ours.root_hash,
         )
+        return OURS if same else FORK
 
     async def _record_published(self, count: int) -> None:
-        state = TreeState(self.tree.size, self.tree.hashes, self.last_leaf)
+        state = TreeState(
+            self.tree.size, self.tree.hashes, self.last_leaf, self.epoch, self._key_text
+        )
         await self._io(self.wal.save_published, state)
         self.log.mark_published(state, count)
 
-    async def _put(self, key: str, data: bytes, kind: str, same: Callable[[bytes], bool]) -> None:
+    async def _record_foreign(self, key: str, *, switch: bool) -> None:
+        """Write the foreign object into the log, under this writer's signature;
+        with `switch`, continue in a new epoch (new claim keys)."""
+        name = layout.parse_key(self._prefix, key)
+        metrics.FOREIGN_OBJECTS.labels(name.kind if name else "unknown").inc()
+        self._foreign.add(key)
+        if switch:
+            self.epoch += 1
+            metrics.EPOCH.set(self.epoch)
+        log.error(
+            "log %s: %s was not written by this log's writer (foreign object); recorded in "
+            "the log%s",
+            self.config.log_id,
+            key,
+            f", continuing in epoch {self.epoch}" if switch else "",
+        )
+        await self._append_own(
+            entry.writer_event(
+                "foreign",
+                self.writer_id,
+                object=layout.relative(self._prefix, key),
+                epoch=self.epoch,
+            )
+        )
+
+    async def _record_foreign_ahead(self) -> None:
+        """After a collision: record every other foreign object at or beyond the
+        position being written, so the log names all it found, not just the first."""
+        cfg = self.config
+        objects = await self._io(
+            lambda: list(self.store.list(layout.log_prefix(self._prefix, cfg.log_id)))
+        )
+        reads = 0
+        for obj in objects:
+            name = layout.parse_key(self._prefix, obj.key)
+            if name is None or obj.key in self._foreign or reads == MAX_RECONCILE_READS:
+                continue
+            if name.kind == "bundle" and name.bundle is not None:
+                if name.bundle.last >= self.bundled:  # none of ours is written there yet
+                    await self._record_foreign(obj.key, switch=False)
+            elif name.kind == "claim" and name.size is not None and name.size >= self.bundled:
+                reads += 1
+                verdict, _ = self._judge_claim(await self._io(self.store.get, obj.key), name.size)
+                if verdict != OURS:  # a fork is found when the writer gets there
+                    await self._record_foreign(obj.key, switch=False)
+            elif name.kind == "checkpoint" and name.size is not None and name.size > self.bundled:
+                reads += 1
+                try:
+                    open_signed_checkpoint(await self._io(self.store.get, obj.key), self._own_keys)
+                except VerificationError:
+                    await self._record_foreign(obj.key, switch=False)
+
+    async def _append_own(self, fields: dict[str, Any]) -> None:
+        try:
+            await self.log.append(fields, own=True)
+        except BackpressureError as e:
+            raise StorageError(f"cannot record {fields.get('event')} in the log: {e}") from e
+
+    async def _put(self, key: str, data: bytes, kind: str, judge: Callable[[bytes], str]) -> None:
         """Write once, retrying store errors with capped exponential backoff."""
+        if key in self._foreign:
+            raise ForeignObjectError(key, f"{kind} key already known to be taken")
         attempt = 0
         while True:
             try:
@@ -309,7 +579,8 @@ class Publisher:
                     retention = self.config.retention.until(datetime.now(UTC))
                 await self._io(self.store.put_once, key, data, retention)
             except ObjectExistsError:
-                # Our own earlier attempt (a timeout that did succeed) or a fork.
+                # Our own earlier attempt (a timeout that did succeed), another
+                # writer of this log, or a foreign object.
                 try:
                     existing = await self._io(self.store.get, key)
                 except ObjectNotFoundError:
@@ -319,9 +590,18 @@ class Publisher:
                     attempt += 1
                     await self._backoff(key, attempt, e)
                     continue
-                if existing is not None and same(existing):
+                if existing is None:
+                    attempt += 1
+                    await self._backoff(key, attempt, StorageError(f"{key}: exists, unreadable"))
+                    continue
+                verdict = judge(existing)
+                if verdict == OURS:
                     log.info("%s already written by an earlier attempt of ours", key)
                     return
+                if verdict == FOREIGN:
+                    raise ForeignObjectError(
+                        key, f"not a {kind} signed by this log's key"
+                    ) from None
                 raise ForkError(
                     f"{key}: another writer's object is where log {self.config.log_id} "
                     "must write; stopping publication (a log id belongs to one writer)"
@@ -373,6 +653,7 @@ class Publisher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(), due)
                     continue
+                before = (self.bundled, self.log.published.size)
                 try:
                     await self.publish()
                 except StorageError as e:
@@ -382,6 +663,8 @@ class Publisher:
                     await self._backoff(f"log {self.config.log_id}", attempt, e)
                 else:
                     attempt = 0
+                    if (self.bundled, self.log.published.size) == before:
+                        await asyncio.sleep(0.05)  # waiting for an entry; never spin
         except ForkError as e:
             self._fence(str(e))
 

@@ -38,11 +38,14 @@ LOCK_FILE = "LOCK"
 
 @dataclass
 class TreeState:
-    """The tree at a size: its compact range and the last leaf hash (next prev)."""
+    """The tree at a size: its compact range and the last leaf hash (next prev),
+    plus who signed it: the writer's epoch and the verifier key of the checkpoint."""
 
     size: int = 0
     range_hashes: tuple[bytes, ...] = ()
     last_leaf: bytes = b""
+    epoch: int = 1
+    key: str = ""  # verifier key string of the key that signed the checkpoint at `size`
 
     def compact_range(self) -> CompactRange:
         return CompactRange(self.size, self.range_hashes)
@@ -53,6 +56,8 @@ class TreeState:
                 "size": self.size,
                 "range": [h.hex() for h in self.range_hashes],
                 "last": self.last_leaf.hex(),
+                "epoch": self.epoch,
+                "key": self.key,
             }
         )
 
@@ -64,9 +69,12 @@ class TreeState:
                 int(obj["size"]),
                 tuple(bytes.fromhex(h) for h in obj["range"]),
                 bytes.fromhex(obj["last"]),
+                # Written before epochs and key rotation existed: epoch 1, key unknown.
+                int(obj.get("epoch", 1)),
+                str(obj.get("key", "")),
             )
             state.compact_range()  # validates hash count against size
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise WALCorruptionError(f"{STATE_FILE} is unreadable: {e}") from e
         return state
 

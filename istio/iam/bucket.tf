@@ -45,9 +45,48 @@ resource "aws_s3_bucket_public_access_block" "audit" {
   restrict_public_buckets = true
 }
 
+# Writers may write only their own log (docs/ISTIO.md, "IAM: one writer, one log").
+# file(), which does not interpolate: the ${aws:PrincipalTag/...} policy variables must
+# reach IAM as they are.
 resource "aws_iam_policy" "writer" {
+  # Shared topology: the StatefulSet's pods, log id = pod name (EKS Pod Identity tags).
   name   = "extproc-audit-writer"
   policy = file("${path.module}/writer-policy.json")
+}
+
+resource "aws_iam_policy" "writer_sidecar" {
+  # Per-pod sidecar topology: log id = <namespace>.<pod name> (EKS Pod Identity tags).
+  name   = "extproc-audit-writer-sidecar"
+  policy = file("${path.module}/writer-policy-sidecar.json")
+}
+
+# The shared writer's role for EKS Pod Identity, and its association with the
+# extproc-audit service account (set eks_cluster_name to create them). Pod
+# Identity sets the session tags the policy uses; keep session tags enabled on
+# the association (the default). IRSA fallback: writer-policy-irsa.json.
+variable "eks_cluster_name" {
+  type    = string
+  default = ""
+}
+
+resource "aws_iam_role" "writer" {
+  count              = var.eks_cluster_name == "" ? 0 : 1
+  name               = "extproc-audit-writer"
+  assume_role_policy = file("${path.module}/writer-trust-pod-identity.json")
+}
+
+resource "aws_iam_role_policy_attachment" "writer" {
+  count      = var.eks_cluster_name == "" ? 0 : 1
+  role       = aws_iam_role.writer[0].name
+  policy_arn = aws_iam_policy.writer.arn
+}
+
+resource "aws_eks_pod_identity_association" "writer" {
+  count           = var.eks_cluster_name == "" ? 0 : 1
+  cluster_name    = var.eks_cluster_name
+  namespace       = "extproc-audit"
+  service_account = "extproc-audit"
+  role_arn        = aws_iam_role.writer[0].arn
 }
 
 resource "aws_iam_policy" "auditor" {
