@@ -22,6 +22,7 @@ from extproc.auditor import all_ok, verify_store
 from extproc.core import entry, layout
 from extproc.core.checkpoint import Checkpoint, make_extensions, open_checkpoint, sign_checkpoint
 from extproc.core.claim import Claim
+from extproc.core.keyring import Keyring, TrustedKey
 from extproc.core.merkle import leaf_hash, root_of
 from extproc.core.note import Signer
 from extproc.core.verify import LogReport
@@ -1028,3 +1029,96 @@ def test_reconcile_records_foreign_objects_and_goes_on(
     assert all(store.objects[k] == v for k, v in before.items())
     assert len(foreign_records(store)) == 1
     verify_with_warnings(store, signer)
+
+
+# --- key rotation: a log never silently continues under another key --------------------------
+
+
+def _session(tmp_path: Path, store: ObjectStore, signer: Signer, count: int) -> None:
+    async def scenario() -> None:
+        w = open_writer(tmp_path / "wal", store, signer)
+        await w.publisher.reconcile()
+        await w.append(count)
+        await w.publisher.close()
+        w.crash()
+
+    run(scenario)
+
+
+def _label(signer: Signer) -> str:
+    return f"{signer.name}+{signer.key_id.hex()}"
+
+
+def test_key_rotation_starts_an_epoch_recorded_in_the_log(tmp_path: Path, signer: Signer) -> None:
+    store = MemoryStore(PREFIX)
+    new = Signer.generate("test-audit-2027")
+    _session(tmp_path, store, signer, 3)
+    time.sleep(0.01)
+    switch_ms = int(time.time() * 1000)
+    time.sleep(0.01)
+    _session(tmp_path, store, new, 2)
+
+    (rotate,) = [e for e in published_entries(store) if e.get("event") == "rotate"]
+    assert (rotate["old_key"], rotate["new_key"], rotate["epoch"]) == (
+        _label(signer),
+        _label(new),
+        2,
+    )
+    assert latest_checkpoint(store, new).epoch == 2
+    # Both keys, each in its window: valid, and the report names both.
+    ring = Keyring(
+        [
+            TrustedKey(signer.verifier(), not_after_ms=switch_ms),
+            TrustedKey(new.verifier(), not_before_ms=switch_ms),
+        ]
+    )
+    reports, general = verify_store(store, ring)
+    assert all_ok(reports, general), [str(f) for r in reports for f in r.findings]
+    assert reports[0].keys == [_label(signer), _label(new)]
+    # The old key alone cannot vouch for what the new one signed.
+    reports, general = verify_store(store, signer.verifier())
+    assert not all_ok(reports, general)
+
+
+def test_retired_key_signing_after_its_end_date_is_a_finding(
+    tmp_path: Path, signer: Signer
+) -> None:
+    store = MemoryStore(PREFIX)
+    new = Signer.generate("test-audit-2027")
+    _session(tmp_path, store, signer, 3)
+    time.sleep(0.01)
+    switch_ms = int(time.time() * 1000)
+    time.sleep(0.01)
+    _session(tmp_path, store, new, 2)
+    _session(tmp_path, store, signer, 2)  # the old key, leaked, signs again
+    ring = Keyring(
+        [
+            TrustedKey(signer.verifier(), not_after_ms=switch_ms),
+            TrustedKey(new.verifier(), not_before_ms=switch_ms),
+        ]
+    )
+    reports, general = verify_store(store, ring)
+    assert not all_ok(reports, general)
+    assert any("after its end date" in f.message for f in reports[0].findings)
+
+
+def test_rotation_is_noticed_from_the_store_when_the_wal_predates_key_records(
+    tmp_path: Path, signer: Signer
+) -> None:
+    store = MemoryStore(PREFIX)
+    _session(tmp_path, store, signer, 3)
+    state_file = tmp_path / "wal" / "published.json"
+    state = TreeState.from_bytes(state_file.read_bytes())
+    state_file.write_bytes(TreeState(state.size, state.range_hashes, state.last_leaf).to_bytes())
+    new = Signer.generate("test-audit-2027")
+    _session(tmp_path, store, new, 1)
+    (rotate,) = [e for e in published_entries(store) if e.get("event") == "rotate"]
+    assert rotate["old_key"] == _label(signer)
+
+
+def test_same_key_restart_is_not_a_rotation(tmp_path: Path, signer: Signer) -> None:
+    store = MemoryStore(PREFIX)
+    _session(tmp_path, store, signer, 3)
+    _session(tmp_path, store, signer, 3)
+    assert not [e for e in published_entries(store) if e.get("event") == "rotate"]
+    assert latest_checkpoint(store, signer).epoch == 1

@@ -308,7 +308,13 @@ class AuditServer:
             audit_log.close()
             raise
         audit_log.append_nowait(
-            entry.writer_event("start", self.writer_id, version=__version__, mode=cfg.mode)
+            entry.writer_event(
+                "start",
+                self.writer_id,
+                version=__version__,
+                mode=cfg.mode,
+                key=f"{self.signer.name}+{self.signer.key_id.hex()}",
+            )
         )
         server = grpc.aio.server(options=cfg.grpc_options())
         idle = IdleStreams(cfg.stream_idle_timeout)
