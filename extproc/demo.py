@@ -31,6 +31,7 @@ from extproc.log.publisher import bundle_lines
 from extproc.store import open_store
 
 DEMO_LOG_ID = "demo"
+DEMO_REDIRECT = "https://client.example/cb?code=demo-oauth-code-S1#access_token=demo-token-S2"
 DEMO_KEY_NAME = "extproc-audit-demo"
 
 
@@ -54,7 +55,13 @@ class UpstreamApp:
                 if length:
                     self.rfile.read(length)
                 body = b'{"ok":true}\n'
-                self.send_response(201 if self.command == "POST" else 200)
+                if self.path.startswith("/login"):
+                    # An OAuth-style redirect: the code and the token ride in the
+                    # Location header, which the log must not keep.
+                    self.send_response(302)
+                    self.send_header("location", DEMO_REDIRECT)
+                else:
+                    self.send_response(201 if self.command == "POST" else 200)
                 self.send_header("content-type", "application/json")
                 self.send_header("set-cookie", "session=s3cr3t-session; Path=/; HttpOnly")
                 self.send_header("content-length", str(len(body)))

@@ -240,3 +240,39 @@ def test_workers_share_one_port_each_with_its_own_log(make_stack: Any) -> None:
         if e["kind"] == "request"
     ]
     assert sorted(e["rid"] for e in requests) == sorted(result.request_ids)
+
+
+# The redaction gaps a review found, sent through real Envoy (lower-cased names:
+# the mixed-case forgery is in tests/test_capture.py, since Envoy never sends one).
+REVIEW_SECRETS = [b"demo-oauth-code-S1", b"demo-token-S2", b"S3-referer-token",
+                  b"S4-semicolon-token", b"S5-x-api-key", b"S6-client-assertion",
+                  b"S7-vault-token", b"S8-goog-api-key"]  # fmt: skip
+
+
+def test_review_redaction_gaps_never_reach_the_store(make_stack: Any) -> None:
+    import http.client
+
+    stack = make_stack().start()
+    sent = [
+        ("GET", "/login", {}),  # the app answers 302 with a secret-bearing location
+        ("GET", "/", {"referer": "https://app.example/?access_token=S3-referer-token"}),
+        ("GET", "/api?a=1;token=S4-semicolon-token", {}),
+        ("GET", "/api?x_api_key=S5-x-api-key&client_assertion=S6-client-assertion", {}),
+        ("GET", "/vault", {"x-vault-token": "S7-vault-token", "x-goog-api-key": "S8-goog-api-key"}),
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", stack.envoy_port, timeout=10)
+    statuses = []
+    for method, path, headers in sent:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+    conn.close()
+    assert statuses == [302, 200, 200, 200, 200]
+    assert stack.stop_server() == 0
+    published = all_bundle_bytes(stack.store_url)
+    assert b"client.example/cb?code=[redacted]" in published  # the header was recorded
+    for secret in REVIEW_SECRETS:
+        assert secret not in published, secret
+    verify = stack.verify()
+    assert verify.returncode == 0, verify.stdout
