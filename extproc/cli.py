@@ -153,6 +153,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "its log and entry seq",
     )
     p.add_argument(
+        "--ext-proc-responses",
+        action="store_true",
+        default=_env_flag("ext_proc_responses"),
+        help="wait for the response-headers phase of each ext_proc stream and log a response "
+        "entry from it (a two-phase filter config without the access-log service); default: "
+        "end the stream after the request entry, the outcome arrives by the access-log service",
+    )
+    p.add_argument(
         "--receipt-header",
         default=_env("receipt_header", "x-audit-receipt"),
         metavar="NAME",
@@ -605,6 +613,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_streams_per_connection=args.max_streams_per_connection,
         max_connection_age=args.max_connection_age,
         stream_idle_timeout=args.stream_idle_timeout,
+        ext_proc_responses=args.ext_proc_responses,
         receipt_header=receipt.validate_header_name(args.receipt_header) if args.receipts else None,
     )
     if args.receipts and args.mode != "enforce":

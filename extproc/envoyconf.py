@@ -19,6 +19,24 @@ from extproc.server.capture import REQUEST_ATTRIBUTES
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_PROC_CLUSTER = "extproc_audit"
+ACCESS_LOG_NAME = "extproc-audit"
+# Headers an access-log entry carries besides method, path, authority, user
+# agent, referer, forwarded-for and request id (which Envoy always sends):
+# what an auditor asks of a request after the fact. Redacted like any other.
+ACCESS_LOG_REQUEST_HEADERS = (
+    "authorization",
+    "content-length",
+    "content-type",
+    "cookie",
+    "x-forwarded-client-cert",
+)
+ACCESS_LOG_RESPONSE_HEADERS = (
+    "content-length",
+    "content-type",
+    "location",
+    "set-cookie",
+    "www-authenticate",
+)
 _TYPE = "type.googleapis.com/"
 
 
@@ -87,36 +105,72 @@ class ClientTLS:
         return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
-def ext_proc_filter(mode: str = "enforce", cluster: str = EXT_PROC_CLUSTER) -> dict[str, Any]:
-    """The HTTP filter entry (name + typed_config) for an http_connection_manager."""
-    observe = mode == "observe"
-    config: dict[str, Any] = {
-        "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
-        # Enforce: fail closed. Observe: the audit server must never block traffic.
-        "failure_mode_allow": observe,
-        "processing_mode": {
-            "request_header_mode": "SEND",
-            "response_header_mode": "SEND",
-            "request_body_mode": "NONE",
-            "response_body_mode": "NONE",
-            "request_trailer_mode": "SKIP",
-            "response_trailer_mode": "SKIP",
+def ext_proc_filter(
+    cluster: str = EXT_PROC_CLUSTER, *, response_phase: bool = False
+) -> dict[str, Any]:
+    """The blocking (enforce) filter: an http_connection_manager HTTP filter entry.
+
+    Request headers only: the request entry is durable before Envoy forwards,
+    and the outcome arrives by the access-log service (access_log()), batched.
+    `response_phase`: also send response headers (one more round trip per
+    request), for `serve --receipts` or a server that logs the outcome from
+    ext_proc (`--ext-proc-responses`).
+    """
+    return {
+        "name": EXT_PROC_FILTER,
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+            # Fail closed: no request without its entry.
+            "failure_mode_allow": False,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND" if response_phase else "SKIP",
+                "request_body_mode": "NONE",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            # The WAL's group commit answers in ~1 ms; a stalled log must not
+            # hold requests for long: past this Envoy fails the request.
+            "message_timeout": "1s",
+            "request_attributes": list(REQUEST_ATTRIBUTES),
+            # We never mutate request headers (receipts only touch the response):
+            # spare Envoy the route cache recomputation.
+            "disable_clear_route_cache": True,
         },
-        # The WAL's group commit answers in ~1 ms; a stalled log must not
-        # hold requests for long: past this Envoy fails the request.
-        "message_timeout": "1s",
-        "request_attributes": list(REQUEST_ATTRIBUTES),
-        # We never mutate request headers (receipts only touch the response):
-        # spare Envoy the route cache recomputation.
-        "disable_clear_route_cache": True,
-        "observability_mode": observe,
     }
-    if observe:
-        # Envoy keeps each stream this long after the filter ends; with the
-        # default 5 s the circuit breaker fills at ~200 req/s (DESIGN.md).
-        config["deferred_close_timeout"] = "0.2s"
-    return {"name": EXT_PROC_FILTER, "typed_config": config}
+
+
+def access_log(
+    cluster: str = EXT_PROC_CLUSTER,
+    *,
+    log_name: str = ACCESS_LOG_NAME,
+    request_headers: tuple[str, ...] = ACCESS_LOG_REQUEST_HEADERS,
+    response_headers: tuple[str, ...] = ACCESS_LOG_RESPONSE_HEADERS,
+) -> dict[str, Any]:
+    """Envoy's gRPC access logger (ALS) to the audit server: an HCM access_log entry.
+
+    Batched on one long-lived stream (flushed every 0.2 s or at 64 KiB), after
+    the response: the observe path for all traffic, and the outcome of enforced
+    requests. Envoy counts what it wrote and dropped in
+    access_logs.grpc_access_log.logs_written / logs_dropped.
+    """
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": log_name,
+                "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+                "transport_api_version": "V3",
+                "buffer_flush_interval": "0.2s",
+                "buffer_size_bytes": 65536,
+            },
+            "additional_request_headers_to_log": list(request_headers),
+            "additional_response_headers_to_log": list(response_headers),
+        },
+    }
 
 
 def ext_proc_cluster(
@@ -172,36 +226,67 @@ def bootstrap(
     mode: str = "enforce",
     node_id: str = "extproc-audit-demo",
     ext_proc_tls: ClientTLS | None = None,
+    response_phase: bool = False,
+    access_logs: bool = True,
+    enforce_prefixes: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """A complete Envoy bootstrap: one listener, ext_proc, then the router.
+    """A complete Envoy bootstrap: one listener, the audit, then the router.
 
+    `ext_proc`: the audit server, for both the blocking filter (enforce mode)
+    and the access-log stream (both modes; `access_logs=False` leaves it out).
+    `mode="observe"`: the access-log stream only, no added latency.
+    `enforce_prefixes`: in enforce mode, block only routes under these path
+    prefixes (the sensitive ones); every request is still access-logged.
     `upstream=None` answers every request with a direct_response and
-    `ext_proc=None` leaves the filter out (benchmark baselines).
+    `ext_proc=None` leaves the audit out (benchmark baselines).
     """
+    if mode not in ("enforce", "observe"):
+        raise ValueError(f"mode must be enforce or observe, not {mode!r}")
+    blocking = ext_proc is not None and mode == "enforce"
     if upstream is None:
-        route: dict[str, Any] = {
-            "match": {"prefix": "/"},
+        action: dict[str, Any] = {
             "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
         }
     else:
-        route = {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "15s"}}
-    hcm = {
+        action = {"route": {"cluster": "app", "timeout": "15s"}}
+    routes: list[dict[str, Any]] = []
+    if blocking and enforce_prefixes is not None:
+        routes += [{"match": {"prefix": p}, **action} for p in enforce_prefixes]
+        routes.append(
+            {
+                "match": {"prefix": "/"},
+                **action,
+                # Observe-only here: access-logged, never held.
+                "typed_per_filter_config": {
+                    EXT_PROC_FILTER: {
+                        "@type": _TYPE
+                        + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                        "disabled": True,
+                    }
+                },
+            }
+        )
+    else:
+        routes.append({"match": {"prefix": "/"}, **action})
+    hcm: dict[str, Any] = {
         "@type": _TYPE
         + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress_http",
         "generate_request_id": True,
         "route_config": {
             "name": "local",
-            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
-            *([ext_proc_filter(mode)] if ext_proc is not None else []),
+            *([ext_proc_filter(response_phase=response_phase)] if blocking else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
             },
         ],
     }
+    if ext_proc is not None and access_logs:
+        hcm["access_log"] = [access_log()]
     clusters = [ext_proc_cluster(ext_proc, tls=ext_proc_tls)] if ext_proc is not None else []
     if upstream is not None:
         clusters.append(

@@ -74,3 +74,24 @@ EPOCH = Gauge(
     "extproc_audit_epoch",
     "The writer's epoch: raised by a foreign object at a key it had to write or a key rotation",
 )
+ACCESS_STREAMS = Counter(
+    "extproc_audit_access_log_streams_total", "Access-log (ALS) streams opened by reporters"
+)
+ACCESS_ENTRIES = Counter(
+    "extproc_audit_access_entries_total",
+    "HTTP access-log entries logged, by reporter id (compare with Envoy's "
+    "access_logs.grpc_access_log.logs_written: docs/ARCHITECTURE.md)",
+    ["reporter"],
+)
+ACCESS_REFUSED = Counter(
+    "extproc_audit_access_refused_total",
+    "Access-log entries refused, by type (tcp: the audit is of HTTP requests)",
+    ["type"],
+)
+OUTCOMES = Counter(
+    "extproc_audit_outcomes_total",
+    "Access-log entries matched to the enforce-mode request entry they complete (matched), "
+    "not matched (unmatched: the route was not enforced, or the request entry is gone), and "
+    "request entries whose outcome never came within the window (expired)",
+    ["result"],
+)

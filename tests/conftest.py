@@ -173,6 +173,9 @@ class AuditStack:
             mode=self.mode,
             node_id="e2e-node",
             ext_proc_tls=self.envoy_tls,
+            # The response phase only where the server asks for it (receipts,
+            # or logging outcomes from ext_proc instead of the access-log stream).
+            response_phase=bool({"--receipts", "--ext-proc-responses"} & set(self.extra_args)),
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(to_yaml(config))

@@ -44,7 +44,9 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
 
     verify = run_cli("verify", store_url, "--vkey", _vkey(stack))
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    total = 2 * n + 2  # a request and a response entry each, plus the writer's start and stop
+    # A request entry (ext_proc, durable before forwarding) and an access entry
+    # (the outcome, by the access-log stream) each, plus the writer's start and stop.
+    total = 2 * n + 2
     assert f"{total} entries" in verify.stdout
 
     entries = read_entries(store_url, stack.log_id)
@@ -52,7 +54,7 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
     assert [e["event"] for e in writer] == ["start", "stop"]
     assert entries[0] == writer[0] and entries[-1] == writer[1]
     requests = {e["rid"]: e for e in entries if e["kind"] == "request"}
-    responses = {e["rid"]: e for e in entries if e["kind"] == "response"}
+    responses = {e["rid"]: e for e in entries if e["kind"] == "access"}
     assert set(requests) == set(result.request_ids) == set(responses)
     assert [e["seq"] for e in entries] == list(range(total))
     for e in requests.values():
@@ -64,9 +66,14 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
         assert e["ts"].endswith("Z")
     for rid, response in responses.items():
         request = requests[rid]
-        assert response["ref"] == request["seq"]
+        assert response["ref"] == request["seq"]  # the outcome, linked to its request
+        assert response["seq"] > request["seq"]
         expected = 201 if request["req"]["method"] == "POST" else 200
         assert response["resp"]["status"] == expected
+        assert response["req"]["path"] == request["req"]["path"]
+        assert response["upstream"]["cluster"] == "app"
+        assert response["node"] == "e2e-node" and response["stream"]["log"] == "extproc-audit"
+        assert response["reporter"] == request["reporter"]
     # What was sent, field by field, for one known request shape.
     orders = [e for e in requests.values() if e["req"]["path"] == "/api/orders"]
     get_orders = next(e for e in orders if e["req"]["method"] == "GET")
@@ -92,7 +99,8 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
         assert head["ObjectLockRetainUntilDate"]
 
 
-def test_observe_mode_logs_one_exchange_entry_per_request(make_stack: Any) -> None:
+def test_observe_mode_logs_one_access_entry_per_request(make_stack: Any) -> None:
+    # Observe mode is Envoy's access-log stream alone: no filter holds the request.
     stack = make_stack(mode="observe").start()
     n = 40
     result = stack.send(n, concurrency=2)
@@ -100,9 +108,9 @@ def test_observe_mode_logs_one_exchange_entry_per_request(make_stack: Any) -> No
     assert stack.stop_server() == 0, stack.server_log()
     entries = read_entries(stack.store_url, stack.log_id)
     exchanges = [e for e in entries if e["kind"] != "writer"]
-    assert {e["kind"] for e in exchanges} == {"exchange"}
+    assert {e["kind"] for e in exchanges} == {"access"}
     assert {e["rid"] for e in exchanges} == set(result.request_ids)
-    assert all(e["resp"]["status"] in (200, 201) for e in exchanges)
+    assert all(e["resp"]["status"] in (200, 201) and "ref" not in e for e in exchanges)
     verify = run_cli("verify", stack.store_url, "--vkey", _vkey(stack))
     assert verify.returncode == 0, verify.stdout
 

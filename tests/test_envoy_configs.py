@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,34 +44,76 @@ def test_repo_configs_are_rendered_from_the_source() -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("mode", ["enforce", "observe"])
+VARIANTS = {
+    "enforce": {"mode": "enforce"},
+    "observe": {"mode": "observe"},
+    "receipts": {"mode": "enforce", "response_phase": True, "access_logs": False},
+    "sensitive-routes": {"mode": "enforce", "enforce_prefixes": ("/admin", "/pay")},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
 @pytest.mark.parametrize("upstream", [Endpoint("app.internal", 8080), None], ids=["dns", "direct"])
-def test_rendered_configs_validate(tmp_path: Path, mode: str, upstream: Endpoint | None) -> None:
+def test_rendered_configs_validate(
+    tmp_path: Path, variant: dict[str, Any], upstream: Endpoint | None
+) -> None:
     config = bootstrap(
         listen=Endpoint("0.0.0.0", 10000),
         ext_proc=Endpoint("audit.internal", 50051),
         upstream=upstream,
         admin=Endpoint("127.0.0.1", 9901),
-        mode=mode,
+        **variant,
     )
     path = tmp_path / "envoy.yaml"
     path.write_text(to_yaml(config))
     _validate(path)
 
 
-def test_enforce_config_fails_closed_and_observe_does_not_block() -> None:
-    enforce = bootstrap(listen=Endpoint("0.0.0.0", 1), ext_proc=Endpoint("127.0.0.1", 2),
-                        upstream=None, admin=Endpoint("127.0.0.1", 3))  # fmt: skip
-    observe = bootstrap(listen=Endpoint("0.0.0.0", 1), ext_proc=Endpoint("127.0.0.1", 2),
-                        upstream=None, admin=Endpoint("127.0.0.1", 3), mode="observe")  # fmt: skip
+def _hcm(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
 
-    def ext_proc(config: dict) -> dict:  # type: ignore[type-arg]
-        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        return hcm["typed_config"]["http_filters"][0]["typed_config"]  # type: ignore[no-any-return]
 
-    assert ext_proc(enforce)["failure_mode_allow"] is False
-    assert ext_proc(enforce)["observability_mode"] is False
-    assert ext_proc(observe)["observability_mode"] is True
-    assert "xds.node" not in ext_proc(enforce)["request_attributes"]  # 80 KB dump: never
-    cluster = enforce["static_resources"]["clusters"][0]
+def _config(**options: Any) -> dict[str, Any]:
+    return bootstrap(listen=Endpoint("0.0.0.0", 1), ext_proc=Endpoint("127.0.0.1", 2),
+                     upstream=None, admin=Endpoint("127.0.0.1", 3), **options)  # fmt: skip
+
+
+def test_enforce_holds_request_headers_only_and_fails_closed() -> None:
+    hcm = _hcm(_config())
+    ext_proc = hcm["http_filters"][0]["typed_config"]
+    assert ext_proc["failure_mode_allow"] is False
+    assert ext_proc["processing_mode"]["request_header_mode"] == "SEND"
+    assert ext_proc["processing_mode"]["response_header_mode"] == "SKIP"  # one round trip
+    assert "observability_mode" not in ext_proc
+    assert "xds.node" not in ext_proc["request_attributes"]  # 80 KB dump: never
+    assert "source.principal" not in ext_proc["request_attributes"]  # not an Envoy attribute
+    (als,) = hcm["access_log"]  # the outcome, by the access-log stream
+    assert (
+        als["typed_config"]["common_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+        == (ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"])
+    )
+    cluster = _config()["static_resources"]["clusters"][0]
     assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] > 1024
+
+
+def test_observe_is_the_access_log_stream_alone() -> None:
+    hcm = _hcm(_config(mode="observe"))
+    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
+    assert hcm["access_log"][0]["name"] == "envoy.access_loggers.http_grpc"
+
+
+def test_receipts_config_keeps_the_response_phase() -> None:
+    hcm = _hcm(_config(response_phase=True, access_logs=False))
+    ext_proc = hcm["http_filters"][0]["typed_config"]
+    assert ext_proc["processing_mode"]["response_header_mode"] == "SEND"
+    assert "access_log" not in hcm
+
+
+def test_sensitive_routes_are_held_and_the_rest_only_logged() -> None:
+    routes = _hcm(_config(enforce_prefixes=("/admin",)))["route_config"]["virtual_hosts"][0][
+        "routes"
+    ]
+    assert routes[0]["match"] == {"prefix": "/admin"} and "typed_per_filter_config" not in routes[0]
+    per_route = routes[1]["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
+    assert routes[1]["match"] == {"prefix": "/"} and per_route["disabled"] is True

@@ -45,7 +45,8 @@ def response_headers(status: str = "200") -> pb.ProcessingRequest:
 
 @pytest.fixture
 def server(make_stack: Any) -> Iterator[AuditStack]:
-    stack = make_stack()
+    # Both phases, so that every message kind can be thrown at the server.
+    stack = make_stack(extra_args=["--ext-proc-responses"])
     stack.start_server()
     yield stack
 
@@ -70,6 +71,26 @@ def test_valid_exchange_is_continued_after_logging(stub: Any, server: AuditStack
         ("response", "good-1"),
     ]
     assert entries[1]["resp"]["status"] == 204
+
+
+def test_request_only_stream_ends_after_the_request_entry(make_stack: Any) -> None:
+    # The default: one round trip; ending the stream tells Envoy the processing
+    # is complete, and the outcome comes by the access-log stream.
+    stack = make_stack()
+    stack.start_server()
+
+    def messages() -> Iterator[pb.ProcessingRequest]:
+        yield request_headers(rid="one-trip")
+        threading.Event().wait(30)  # Envoy keeps its side open
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        call = pb_grpc.ExternalProcessorStub(channel).Process(messages(), timeout=10)
+        replies = list(call)
+        assert call.code() == grpc.StatusCode.OK
+    assert [r.WhichOneof("response") for r in replies] == ["request_headers"]
+    assert stack.stop_server() == 0
+    kinds = [e["kind"] for e in read_entries(stack.store_url, stack.log_id)]
+    assert kinds == ["writer", "request", "writer"]
 
 
 def test_server_ends_the_stream_after_the_response_reply(stub: Any) -> None:

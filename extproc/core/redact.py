@@ -273,7 +273,12 @@ class RedactionPolicy:
         if at == -1:
             return base
         user, colon, password = base[start.end() : at].partition(":")
-        info = f"{user}:{self.secret(password)}" if colon else self.secret(user)
+        if colon and password:
+            info = f"{user}:{self.secret(password)}"
+        else:
+            # A bare user, or one with an empty password, is the credential
+            # itself (`https://<token>@host`, `https://<api key>:@host`).
+            info = self.secret(user) + colon
         return base[: start.end()] + info + base[at:]
 
     def _pairs(self, text: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -25,6 +26,13 @@ from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL
+from extproc.server.access import (
+    ACCESS_LOG_SERVICE,
+    DEFAULT_OUTCOME_WINDOW,
+    AccessCapture,
+    AccessLogServicer,
+    OutcomeMatcher,
+)
 from extproc.server.capture import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADERS,
@@ -84,6 +92,10 @@ class ServeConfig:
     max_streams_per_connection: int = 100
     max_connection_age: float = 1800.0  # seconds; 0: never
     stream_idle_timeout: float = 300.0  # seconds; 0: never
+    # ext_proc: wait for response headers and log a `response` entry (two-phase
+    # filter config, no access-log service); receipts imply it.
+    ext_proc_responses: bool = False
+    outcome_window: float = DEFAULT_OUTCOME_WINDOW  # seconds a request waits for its outcome
 
     @property
     def unix_socket(self) -> str | None:
@@ -267,7 +279,7 @@ class AuditServer:
             seen = audit_log.size
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", EXT_PROC_SERVICE):
+        for service in ("", EXT_PROC_SERVICE, ACCESS_LOG_SERVICE):
             await self._health.set(service, status)
 
     async def run(self) -> int:
@@ -318,22 +330,30 @@ class AuditServer:
         )
         server = grpc.aio.server(options=cfg.grpc_options())
         idle = IdleStreams(cfg.stream_idle_timeout)
-        pb_grpc.add_ExternalProcessorServicer_to_server(
-            AuditServicer(
-                audit_log,
-                Capturer(
-                    cfg.redaction,
-                    cfg.response_headers,
-                    max_headers=cfg.max_headers,
-                    max_header_bytes=cfg.max_header_bytes,
-                ),
-                cfg.mode,
-                ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipt_header else None,
-                reporters=self.reporters,
-                idle=idle,
+        outcomes = OutcomeMatcher(cfg.outcome_window)
+        ext_proc = AuditServicer(
+            audit_log,
+            Capturer(
+                cfg.redaction,
+                cfg.response_headers,
+                max_headers=cfg.max_headers,
+                max_header_bytes=cfg.max_header_bytes,
             ),
-            server,
+            cfg.mode,
+            ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipt_header else None,
+            reporters=self.reporters,
+            idle=idle,
+            response_phase=cfg.ext_proc_responses,
+            outcomes=outcomes,
         )
+        pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
+        access = AccessLogServicer(
+            audit_log,
+            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes),
+            ext_proc,
+            outcomes,
+        )
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(access, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.port = self._bind(server, cfg.listen, "--listen", self._credentials)
         health_server = None
@@ -379,6 +399,10 @@ class AuditServer:
         # everything acknowledged under a final checkpoint.
         log.info("shutting down: draining streams (up to %.0fs)", cfg.drain_timeout)
         await self._health.enter_graceful_shutdown()
+        # Access-log streams never end on their own: give Envoy one flush
+        # interval (0.2 s, envoyconf) and then some to deliver what it holds,
+        # then end them, so the drain below waits only for ext_proc streams.
+        await access.close(min(1.0, cfg.drain_timeout))
         await server.stop(cfg.drain_timeout)
         idle_task.cancel()
         if health_server is not None:

@@ -3,14 +3,23 @@
 Enforce mode (Envoy waits for each reply): the request entry is appended and
 the CONTINUE reply is sent only once the entry is durable; if the log cannot
 take it, Envoy gets an ImmediateResponse 503 and the request never reaches
-upstream. The response entry joins the next group commit without holding the
-response back (the request has already happened).
+upstream. Then the server ends the stream: Envoy skips the rest of the
+processing, and the request's outcome arrives by the access-log service
+(server/access.py), linked to this entry by `ref`. One round trip per request.
 
-Observe mode (Envoy `observability_mode: true`): never replies, never waits;
-one `exchange` entry per stream, appended without waiting for the disk.
+With a response phase (`--receipts`, or `--ext-proc-responses` for
+deployments without the access-log service), the server waits for the
+response headers and logs a `response` entry, which joins the next group
+commit without holding the response back (the request has already happened).
 
-Receipts (enforce mode only, `serve --receipts`): the response-headers reply
-sets a header naming the log and the request entry's seq (core/receipt.py).
+Receipts (enforce mode only): the response-headers reply sets a header naming
+the log and the request entry's seq (core/receipt.py).
+
+Observe mode: nothing waits for the disk; a log that cannot take an entry
+drops it with a count. (Envoy's ext_proc `observability_mode` is accepted for
+existing deployments; the shipped observe configs use the access-log service,
+which loses nothing at saturation where observability_mode lost most streams:
+docs/PERFORMANCE.md.)
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -64,7 +73,7 @@ _UNSUPPORTED = {
 }
 
 
-class _RateLimitedLog:
+class RateLimitedLog:
     """At most one log line per interval for a repeating condition."""
 
     def __init__(self, interval: float = 5.0) -> None:
@@ -132,6 +141,12 @@ class IdleStreams:
                     task.cancel()
 
 
+class OutcomeRegistry(Protocol):
+    """Where a request entry waits for its outcome (server/access.py: OutcomeMatcher)."""
+
+    def expect(self, reporter: str, rid: str, dst: str, seq: int) -> None: ...
+
+
 class ReceiptReplies:
     """Response-headers replies that set the receipt header (docs/FORMAT.md, "Receipts")."""
 
@@ -177,6 +192,8 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         *,
         reporters: ReporterPolicy | None = None,
         idle: IdleStreams | None = None,
+        response_phase: bool = False,
+        outcomes: OutcomeRegistry | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -184,14 +201,18 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             # Envoy ignores every reply in observability_mode.
             raise ValueError("receipts need enforce mode")
         self.receipts = receipts
+        # Wait for response headers (receipts need them) instead of ending the
+        # stream after the request reply.
+        self.response_phase = response_phase or receipts is not None
+        self.outcomes = outcomes
         self.log = audit_log
         self.capturer = capturer
         self.mode = mode
         self.reporters = reporters or ReporterPolicy()
         self.idle = idle or IdleStreams(0)
-        self._refusals = _RateLimitedLog()
-        self._denials = _RateLimitedLog()
-        self._drops = _RateLimitedLog()
+        self._refusals = RateLimitedLog()
+        self._denials = RateLimitedLog()
+        self._drops = RateLimitedLog()
         self._streams = metrics.STREAMS.labels(mode)
         self._requests = metrics.ENTRIES.labels("request")
         self._entries: dict[str, Any] = {}  # label children, bound once
@@ -222,14 +243,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._streams.inc()
         request_seq: int | None = None
         rid = ""
-        answered = False
+        done = False  # the exchange ended as it should: no `aborted` outcome
         who = reporter.fields
         idle = self.idle
         task = idle.open()
         try:
-            if self.mode == "observe":
-                await self._observe(request_iterator, reporter, task)
-                return
             async for msg in request_iterator:
                 idle.touch(task)
                 which = msg.WhichOneof("request")
@@ -243,15 +261,31 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     fields["kind"] = "request"
                     fields["reporter"] = who = self._check_destination(reporter, fields)
                     rid = fields["rid"]
-                    try:
-                        request_seq = await self.log.append(fields)
-                    except BackpressureError as e:
-                        metrics.DENIED.inc()
-                        self._denials.warning("denying request (503): %s", e)
-                        yield _DENY
-                        return
-                    self._requests.inc()
+                    dst = fields.get("dst", "")
+                    if self.mode == "enforce":
+                        try:
+                            request_seq = await self.log.append(fields)
+                        except BackpressureError as e:
+                            metrics.DENIED.inc()
+                            self._denials.warning("denying request (503): %s", e)
+                            yield _DENY
+                            return
+                        self._requests.inc()
+                    else:
+                        request_seq = self._append_nowait(fields)
+                        if request_seq is None:
+                            return
+                    if self.outcomes is not None:
+                        self.outcomes.expect(reporter.id, rid, dst, request_seq)
                     yield _CONTINUE_REQUEST
+                    if not self.response_phase:
+                        # One round trip: ending the stream tells Envoy the
+                        # processing is complete (it skips the response phase);
+                        # the outcome comes by the access-log service. Ending it
+                        # ourselves also spares a cancel, which grpc.aio leaks
+                        # native memory for (grpc#43360, docs/PERFORMANCE.md).
+                        done = True
+                        return
                 elif which == "response_headers":
                     if request_seq is None:
                         raise _StreamError(
@@ -260,7 +294,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         )
                     fields = self.capturer.response(msg)
                     fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
-                    answered = True
+                    done = True
                     # Not awaited: the request already happened upstream, and
                     # holding its response back would not undo it. The entry is
                     # durable with the next group commit (well under 1 ms).
@@ -270,10 +304,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     else:
                         yield self.receipts.reply(request_seq)
                     # Nothing else is asked for (bodies and trailers are not
-                    # sent), so end the stream now. Waiting for Envoy to end
-                    # it gets a cancel in about half the streams, and grpc.aio
-                    # leaks native memory per cancelled stream (grpc#43360,
-                    # docs/PERFORMANCE.md).
+                    # sent), so end the stream now (see above).
                     return
                 else:
                     raise _unsupported(which)
@@ -299,7 +330,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
         finally:
             timed_out = idle.close(task)
-            if request_seq is not None and not answered:
+            if request_seq is not None and not done and self.response_phase:
                 # Client gone, upstream reset or no response in time: say so.
                 self._append_nowait(
                     {
@@ -319,58 +350,19 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         metrics.DESTINATION_MISMATCHES.inc()
         return {**reporter.fields, "dst_mismatch": True}
 
-    async def _observe(
-        self,
-        request_iterator: AsyncIterator[Any],
-        reporter: Reporter,
-        task: asyncio.Task[Any] | None,
-    ) -> None:
-        fields: dict[str, Any] | None = None
+    def _append_nowait(self, fields: dict[str, Any]) -> int | None:
+        """Append without waiting for the disk; the seq, or None if dropped (counted)."""
         try:
-            async for msg in request_iterator:
-                self.idle.touch(task)
-                which = msg.WhichOneof("request")
-                if which == "request_headers":
-                    if fields is not None:
-                        raise _StreamError(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            "request_headers received twice on one stream",
-                        )
-                    captured = self.capturer.request(msg)
-                    captured["kind"] = "exchange"
-                    captured["reporter"] = self._check_destination(reporter, captured)
-                    fields = captured
-                elif which == "response_headers":
-                    if fields is None:
-                        raise _StreamError(
-                            grpc.StatusCode.FAILED_PRECONDITION,
-                            "response_headers before request_headers",
-                        )
-                    response = self.capturer.response(msg)
-                    if "trunc" in response:
-                        fields.setdefault("trunc", []).extend(response.pop("trunc"))
-                    fields.update(response)
-                    self._append_nowait(fields)
-                    fields = None
-                    return  # the exchange is complete: end the stream (see Process)
-                else:
-                    raise _unsupported(which)
-        finally:
-            if fields is not None:
-                fields["outcome"] = "no_response"
-                self._append_nowait(fields)
-
-    def _append_nowait(self, fields: dict[str, Any]) -> None:
-        try:
-            self.log.append_nowait(fields)
+            seq = self.log.append_nowait(fields)
         except BackpressureError as e:
             metrics.DROPPED.labels("backpressure").inc()
             self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
-            return
+            return None
         counter = self._entries.get(fields["kind"])
         if counter is None:
             counter = self._entries[fields["kind"]] = metrics.ENTRIES.labels(fields["kind"])
         counter.inc()
+        return seq
 
 
 class _StreamError(Exception):

@@ -1,0 +1,416 @@
+"""Envoy's gRPC access-log service (ALS): one `access` entry per HTTP request.
+
+`envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs` is a
+long-lived client stream: Envoy sends batches of finished requests, flushed
+every 0.2 s or at 64 KiB (envoyconf.access_log), and never waits for an
+answer. So entries are appended without waiting for the disk (they are
+durable with the next group commit, well under a millisecond later), and a
+log that cannot take them counts each one it drops. What Envoy wrote and
+dropped on its side is in its own counters (access_logs.grpc_access_log.*),
+to compare with extproc_audit_access_entries_total (docs/ARCHITECTURE.md).
+
+The stream is authenticated exactly like ext_proc (server/reporters.py). An
+`access` entry of a request that was also held by ext_proc (enforce mode)
+links to that request's entry with `ref` (OutcomeMatcher). TCP access logs
+are refused: counted, not logged (the audit is of HTTP requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from extproc import metrics
+from extproc.core.redact import RedactionPolicy
+from extproc.errors import BackpressureError
+from extproc.log.appender import AuditLog
+from extproc.server.reporters import XFCC_HEADER, Reporter, xfcc_elements
+from extproc.server.servicer import AuditServicer, RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+ACCESS_LOG_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+
+_METHODS = tuple(
+    "" if v.name == "METHOD_UNSPECIFIED" else v.name
+    for v in sorted(base_pb2.RequestMethod.DESCRIPTOR.values, key=lambda v: v.number)
+)
+_PROTOCOLS = {
+    accesslog_pb2.HTTPAccessLogEntry.HTTP10: "HTTP/1.0",
+    accesslog_pb2.HTTPAccessLogEntry.HTTP11: "HTTP/1.1",
+    accesslog_pb2.HTTPAccessLogEntry.HTTP2: "HTTP/2",
+    accesslog_pb2.HTTPAccessLogEntry.HTTP3: "HTTP/3",
+}
+# Envoy's own short names (%RESPONSE_FLAGS%), in the order Envoy prints them.
+_FLAG_CODES = {
+    "failed_local_healthcheck": "LH",
+    "no_healthy_upstream": "UH",
+    "upstream_request_timeout": "UT",
+    "local_reset": "LR",
+    "upstream_remote_reset": "UR",
+    "upstream_connection_failure": "UF",
+    "upstream_connection_termination": "UC",
+    "upstream_overflow": "UO",
+    "no_route_found": "NR",
+    "delay_injected": "DI",
+    "fault_injected": "FI",
+    "rate_limited": "RL",
+    "unauthorized_details": "UAEX",
+    "rate_limit_service_error": "RLSE",
+    "downstream_connection_termination": "DC",
+    "upstream_retry_limit_exceeded": "URX",
+    "stream_idle_timeout": "SI",
+    "invalid_envoy_request_headers": "IH",
+    "downstream_protocol_error": "DPE",
+    "upstream_max_stream_duration_reached": "UMSDR",
+    "response_from_cache_filter": "RFCF",
+    "no_filter_config_found": "NFCF",
+    "duration_timeout": "DT",
+    "upstream_protocol_error": "UPE",
+    "no_cluster_found": "NC",
+    "overload_manager": "OM",
+    "dns_resolution_failure": "DF",
+    "downstream_remote_reset": "DR",
+}
+# Fields Envoy always sends in the request properties, stored as the headers they are.
+_REQUEST_FIELD_HEADERS = (
+    ("user_agent", "user-agent"),
+    ("referer", "referer"),
+    ("forwarded_for", "x-forwarded-for"),
+)
+DEFAULT_OUTCOME_WINDOW = 300.0  # seconds a request entry waits for its access-log outcome
+DEFAULT_OUTCOME_PENDING = 100_000  # request entries waiting at most
+_MAX_REPORTER_LABELS = 1000
+
+
+def address_text(address: Any) -> str:
+    """An envoy.config.core.v3.Address as Envoy's attributes print it (`ip:port`, `[ip6]:port`)."""
+    kind = address.WhichOneof("address")
+    if kind == "socket_address":
+        sa = address.socket_address
+        host = f"[{sa.address}]" if ":" in sa.address else sa.address
+        return f"{host}:{sa.port_value}"
+    if kind == "pipe":
+        return f"unix:{address.pipe.path}"
+    return ""
+
+
+class OutcomeMatcher:
+    """Request entries of enforce mode waiting for the access-log entry with their outcome.
+
+    Keyed by (reporter id, request id, local address): what the same Envoy
+    reports on both streams for the same request. The caller's own outbound
+    entry for a request id propagated downstream has another local address,
+    and another proxy's entry another reporter, so neither takes the match.
+    Bounded in count and age; what expires unmatched is counted.
+    """
+
+    def __init__(
+        self,
+        window: float = DEFAULT_OUTCOME_WINDOW,
+        max_pending: int = DEFAULT_OUTCOME_PENDING,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.max_pending = max_pending
+        self._clock = clock
+        self._pending: OrderedDict[tuple[str, str, str], tuple[int, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def expect(self, reporter: str, rid: str, dst: str, seq: int) -> None:
+        if not rid:
+            return
+        now = self._clock()
+        pending = self._pending
+        pending[(reporter, rid, dst)] = (seq, now)
+        while pending and (
+            len(pending) > self.max_pending or next(iter(pending.values()))[1] < now - self.window
+        ):
+            pending.popitem(last=False)
+            metrics.OUTCOMES.labels("expired").inc()
+
+    def take(self, reporter: str, rid: str, dst: str) -> int | None:
+        found = self._pending.pop((reporter, rid, dst), None)
+        return None if found is None else found[0]
+
+
+class AccessCapture:
+    """Entry fields from an HTTPAccessLogEntry, under the same redaction and
+    bounds as ext_proc capture (server/capture.py)."""
+
+    def __init__(
+        self, policy: RedactionPolicy, max_headers: int = 256, max_header_bytes: int = 128 * 1024
+    ) -> None:
+        self.policy = policy
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+
+    def _headers(
+        self, pairs: Any, extra: list[tuple[str, str]], section: str, trunc: list[str]
+    ) -> tuple[dict[str, Any], int]:
+        policy = self.policy
+        headers: dict[str, Any] = {}
+        budget, seen, total = self.max_header_bytes, 0, len(pairs) + len(extra)
+        for name, value in (*extra, *pairs.items()):
+            if seen == self.max_headers:
+                break
+            budget -= len(name) + len(value)
+            if budget < 0:
+                break
+            seen += 1
+            name = name.lower()
+            value, cut = policy.truncate(policy.header(name, value))
+            if cut:
+                trunc.append(f"{section}.headers.{name}")
+            headers[name] = value
+        omitted = total - seen
+        if omitted:
+            trunc.append(f"{section}.headers.*")
+        return headers, omitted
+
+    def fields(self, e: Any) -> dict[str, Any]:
+        policy = self.policy
+        common = e.common_properties
+        request = e.request
+        response = e.response
+        trunc: list[str] = []
+        extra = [(h, v) for f, h in _REQUEST_FIELD_HEADERS if (v := getattr(request, f))]
+        req_headers, omitted = self._headers(request.request_headers, extra, "req", trunc)
+        path, sep, query = request.path.partition("?")
+        req: dict[str, Any] = {
+            "method": _METHODS[request.request_method]
+            if request.request_method < len(_METHODS)
+            else "",
+            "scheme": request.scheme,
+            "authority": request.authority,
+            "path": path,
+            "headers": req_headers,
+        }
+        if omitted:
+            req["headers_omitted"] = omitted
+        if sep:
+            stored = policy.query(query)
+            if stored is not None:
+                req["query"] = stored
+        for name in ("path", "authority", "scheme", "query"):
+            if name in req:
+                req[name], cut = policy.truncate(req[name])
+                if cut:
+                    trunc.append(f"req.{name}")
+        if protocol := _PROTOCOLS.get(e.protocol_version):
+            req["protocol"] = protocol
+        if request.request_body_bytes:
+            req["body_bytes"] = request.request_body_bytes
+        if request.original_path:
+            req["original_path"], _ = policy.truncate(policy.url(request.original_path))
+
+        resp_headers, omitted = self._headers(response.response_headers, [], "resp", trunc)
+        resp: dict[str, Any] = {
+            "status": response.response_code.value if response.HasField("response_code") else None,
+            "headers": resp_headers,
+        }
+        if omitted:
+            resp["headers_omitted"] = omitted
+        if response.response_code_details:
+            resp["details"], _ = policy.truncate(response.response_code_details)
+        if response.response_body_bytes:
+            resp["body_bytes"] = response.response_body_bytes
+
+        fields: dict[str, Any] = {"req": req, "resp": resp}
+        src: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        if common.HasField("downstream_remote_address"):
+            src["address"] = address_text(common.downstream_remote_address)
+            origin["address"] = "access_log:downstream_remote_address"
+        tls = common.tls_properties if common.HasField("tls_properties") else None
+        if tls is not None and (peer := _uri_san(tls.peer_certificate_properties)):
+            src["san"] = src["principal"] = policy.truncate(peer)[0]
+            origin["san"] = origin["principal"] = "access_log:peer_certificate"
+        elif isinstance(xfcc := req_headers.get(XFCC_HEADER), str):
+            elements = xfcc_elements(xfcc)
+            if uri := (elements[-1].get("uri") if elements else None):
+                src["principal"] = policy.truncate(uri)[0]
+                origin["principal"] = f"header:{XFCC_HEADER}"
+        if origin:
+            src["from"] = origin
+        fields["src"] = src
+        if common.HasField("downstream_local_address"):
+            fields["dst"] = address_text(common.downstream_local_address)
+        if tls is not None and (local := _uri_san(tls.local_certificate_properties)):
+            fields["dst_principal"] = policy.truncate(local)[0]
+        upstream: dict[str, Any] = {}
+        if common.HasField("upstream_remote_address"):
+            upstream["host"] = address_text(common.upstream_remote_address)
+        if common.upstream_cluster:
+            upstream["cluster"] = policy.truncate(common.upstream_cluster)[0]
+        if common.upstream_transport_failure_reason:
+            upstream["failure"] = policy.truncate(common.upstream_transport_failure_reason)[0]
+        if upstream:
+            fields["upstream"] = upstream
+        if common.route_name:
+            fields["route"] = policy.truncate(common.route_name)[0]
+        if common.HasField("response_flags"):
+            set_flags = common.response_flags.ListFields()
+            codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
+            if codes:
+                fields["flags"] = ",".join(codes)
+        timing: dict[str, int] = {}
+        if common.HasField("start_time"):
+            start = common.start_time
+            timing["start_ms"] = start.seconds * 1000 + start.nanos // 1_000_000
+        if common.HasField("duration"):
+            timing["duration_us"] = _micros(common.duration)
+        elif common.HasField("time_to_last_downstream_tx_byte"):
+            timing["duration_us"] = _micros(common.time_to_last_downstream_tx_byte)
+        if timing:
+            fields["timing"] = timing
+        if common.intermediate_log_entry:
+            fields["partial"] = True
+        fields["rid"], cut = policy.truncate(request.request_id)
+        if cut:
+            trunc.append("rid")
+        if trunc:
+            fields["trunc"] = trunc
+        return fields
+
+
+def _micros(duration: Any) -> int:
+    return int(duration.seconds) * 1_000_000 + int(duration.nanos) // 1000
+
+
+def _uri_san(cert: Any) -> str:
+    for san in cert.subject_alt_name:
+        if san.WhichOneof("san") == "uri":
+            return str(san.uri)
+    return ""
+
+
+class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        audit_log: AuditLog,
+        capture: AccessCapture,
+        ext_proc: AuditServicer,
+        outcomes: OutcomeMatcher,
+    ) -> None:
+        self.log = audit_log
+        self.capture = capture
+        self.ext_proc = ext_proc  # same reporter rules, same idle bookkeeping
+        self.outcomes = outcomes
+        self._drops = RateLimitedLog()
+        self._tcp = RateLimitedLog()
+        self._entries: dict[str, Any] = {}
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._matched = metrics.OUTCOMES.labels("matched")
+        self._unmatched = metrics.OUTCOMES.labels("unmatched")
+
+    def _counter(self, reporter: Reporter) -> Any:
+        label = reporter.id or reporter.auth
+        counter = self._entries.get(label)
+        if counter is None:
+            if len(self._entries) >= _MAX_REPORTER_LABELS:
+                return metrics.ACCESS_ENTRIES.labels("other")
+            counter = self._entries[label] = metrics.ACCESS_ENTRIES.labels(label)
+        return counter
+
+    async def StreamAccessLogs(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        reporter = await self.ext_proc.identify(context)
+        metrics.ACCESS_STREAMS.inc()
+        counter = self._counter(reporter)
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
+        try:
+            await self._read(request_iterator, reporter, counter)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # Ended by close(): answer OK, so Envoy opens a new stream next time.
+        finally:
+            if task is not None:
+                self._streams.discard(task)
+        return als_pb2.StreamAccessLogsResponse()
+
+    async def close(self, grace: float) -> None:
+        """Shutdown: let Envoy deliver what it holds for `grace` seconds (on open
+        streams, or on one it opens at its next flush), then end the streams."""
+        await asyncio.sleep(grace)
+        self._closing = True
+        for task in list(self._streams):
+            task.cancel()
+
+    async def _read(
+        self, request_iterator: AsyncIterator[Any], reporter: Reporter, counter: Any
+    ) -> None:
+        stream: dict[str, Any] = {}
+        node = ""
+        async for msg in request_iterator:
+            if msg.HasField("identifier"):
+                ident = msg.identifier
+                node = self.capture.policy.truncate(ident.node.id)[0]
+                stream = {
+                    "log": self.capture.policy.truncate(ident.log_name)[0],
+                    "cluster": self.capture.policy.truncate(ident.node.cluster)[0],
+                }
+            kind = msg.WhichOneof("log_entries")
+            if kind == "http_logs":
+                self._log_batch(msg.http_logs.log_entry, reporter, node, stream, counter)
+            elif kind == "tcp_logs":
+                n = len(msg.tcp_logs.log_entry)
+                metrics.ACCESS_REFUSED.labels("tcp").inc(n)
+                self._tcp.warning(
+                    "%d TCP access-log entries refused (HTTP only; use envoyHttpAls, "
+                    "not envoyTcpAls) from %s",
+                    n,
+                    reporter.id or reporter.peer,
+                )
+
+    def _log_batch(
+        self,
+        entries: Any,
+        reporter: Reporter,
+        node: str,
+        stream: dict[str, Any],
+        counter: Any,
+    ) -> None:
+        """Append a batch without awaiting: Envoy does not wait, and the batch must
+        not interleave with anything (one task, no suspension)."""
+        capture, outcomes, who = self.capture.fields, self.outcomes, reporter.fields
+        appended = matched = 0
+        for e in entries:
+            fields = capture(e)
+            fields["kind"] = "access"
+            fields["reporter"] = who
+            if node:
+                fields["node"] = node
+            if stream:
+                fields["stream"] = stream
+            if not fields.get("partial"):
+                ref = outcomes.take(reporter.id, fields["rid"], fields.get("dst", ""))
+                if ref is not None:
+                    fields["ref"] = ref
+                    matched += 1
+            try:
+                self.log.append_nowait(fields)
+            except BackpressureError as e:
+                metrics.DROPPED.labels("backpressure").inc()
+                self._drops.warning("access-log entry not logged: %s", e)
+                continue
+            appended += 1
+        counter.inc(appended)
+        self._matched.inc(matched)
+        self._unmatched.inc(len(entries) - matched)
