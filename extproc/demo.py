@@ -202,7 +202,8 @@ def run_demo(
         "--mode",
         mode,
     ]
-    print(f"demo: {requests} requests through Envoy -> ext_proc audit server ({mode} mode)")
+    path = "ext_proc + access-log stream" if mode == "enforce" else "access-log stream"
+    print(f"demo: {requests} requests through Envoy -> audit server ({path}, {mode} mode)")
     started = time.monotonic()
     with (
         UpstreamApp() as app,
@@ -227,7 +228,9 @@ def run_demo(
             envoy = processes.start_envoy(envoy_config, envoy_log)
             processes.wait_until(lambda: processes.envoy_ready(admin_port), "envoy", envoy)
             result = send_requests(envoy_port, requests, concurrency)
+            time.sleep(0.5)  # Envoy flushes its access logs every 0.2 s
             stats = processes.envoy_stats(admin_port, "http.ingress_http.ext_proc.")
+            stats.update(processes.envoy_stats(admin_port, "access_logs.grpc_access_log."))
         finally:
             if envoy is not None:
                 processes.stop(envoy)
@@ -251,18 +254,26 @@ def run_demo(
     print(f"reached the app      {app.total}")
     if demo_report is not None:
         latest = demo_report.latest
+        per_request = (
+            "a request entry, held until durable, and an access entry with its outcome"
+            if mode == "enforce"
+            else "an access entry"
+        )
         print(
-            f"entries in the log   {demo_report.entries} "
-            "(a request and a response entry per exchange, plus the writer's start "
-            "and stop entries, over all demo runs)"
+            f"entries in the log   {demo_report.entries} ({per_request} per request, plus "
+            "the writer's start and stop entries, over all demo runs)"
         )
         print(
             f"checkpoints          {demo_report.checkpoints}, latest tree size "
             f"{latest.size if latest else 0}"
         )
-    started_streams = stats.get("http.ingress_http.ext_proc.streams_started", 0)
-    failed_streams = stats.get("http.ingress_http.ext_proc.streams_failed", 0)
-    print(f"envoy ext_proc       streams started {started_streams}, failed {failed_streams}")
+    if mode == "enforce":
+        started_streams = stats.get("http.ingress_http.ext_proc.streams_started", 0)
+        failed_streams = stats.get("http.ingress_http.ext_proc.streams_failed", 0)
+        print(f"envoy ext_proc       streams started {started_streams}, failed {failed_streams}")
+    written = stats.get("access_logs.grpc_access_log.logs_written", 0)
+    dropped = stats.get("access_logs.grpc_access_log.logs_dropped", 0)
+    print(f"envoy access logs    written {written}, dropped {dropped}")
     for finding in general + [f for r in reports for f in r.findings]:
         print(f"  {finding}")
     print(f"verification         {'VALID' if ok else 'INVALID'}")
