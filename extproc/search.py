@@ -223,12 +223,19 @@ class _LogScan:
                     if request is not None and filters.join and filters.status is not None:
                         yield Match(self.log_id, request.line, request.fields, context=True)
                     yield Match(self.log_id, line, fields, req_fields)
-            elif kind == "exchange":
+            elif kind in ("exchange", "access"):
+                # Both halves in one entry: the access-log record (ALS), or an
+                # older observe-mode exchange. An access entry of an enforced
+                # request links its request entry by `ref`.
+                ref = fields.get("ref")
+                request = pending.pop(ref, None) if keep and isinstance(ref, int) else None
                 if (
                     filters.request_ok(fields)
                     and filters.response_ok(fields)
                     and filters.entry_ok(fields)
                 ):
+                    if request is not None and filters.join and filters.status is not None:
+                        yield Match(self.log_id, request.line, request.fields, context=True)
                     yield Match(self.log_id, line, fields)
             elif not filters.request_side and filters.status is None and filters.entry_ok(fields):
                 yield Match(self.log_id, line, fields)  # writer entries, future kinds

@@ -4,15 +4,19 @@ There is no Docker engine here, so the compose stack never runs in these
 tests. What can be checked is: every YAML parses; the compose file agrees with
 the configs it mounts (Envoy's clusters point at the compose services, the
 server, the init job and the verifier use one bucket, the signing key reaches
-only the server); the Envoy config validates with the real Envoy; the
+only the server, the image is built once); the Envoy config validates with
+the real Envoy and access-logs every request while holding only /admin; the
 Dockerfile has the properties the deployment relies on; and the compose
-helper scripts (demo app, traffic generator) work against a real Envoy and
-audit server on loopback.
+helper scripts (demo app, traffic generator, the verify job's checks) work
+against a real Envoy running the rendered compose config and a real audit
+server on loopback.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
+import json
 import os
 import re
 import shlex
@@ -26,7 +30,7 @@ import pytest
 import yaml
 
 from extproc import __version__, processes
-from extproc.envoyconf import EXT_PROC_CLUSTER, Endpoint, bootstrap, to_yaml
+from extproc.envoyconf import EXT_PROC_CLUSTER, EXT_PROC_FILTER, Endpoint, to_yaml
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,13 +128,83 @@ def test_envoy_mounts_the_rendered_compose_config_and_runs_the_tested_version() 
     assert result.returncode == 0, result.stderr
 
 
+def _hcm() -> dict[str, Any]:
+    listener = _envoy_config()["static_resources"]["listeners"][0]
+    (hcm,) = listener["filter_chains"][0]["filters"]
+    assert hcm["name"] == "envoy.filters.network.http_connection_manager"
+    config = hcm["typed_config"]
+    assert isinstance(config, dict)
+    return config
+
+
+def _enforced_prefixes() -> set[str]:
+    """Route prefixes the compose Envoy holds with ext_proc (not disabled per route)."""
+    routes = _hcm()["route_config"]["virtual_hosts"][0]["routes"]
+    held = set()
+    for route in routes:
+        per_filter = (route.get("typed_per_filter_config") or {}).get(EXT_PROC_FILTER, {})
+        if not per_filter.get("disabled"):
+            held.add(route["match"]["prefix"])
+    return held
+
+
 def test_ext_proc_cluster_is_the_audit_service_in_enforce_mode() -> None:
     target = _cluster_address(EXT_PROC_CLUSTER)
     assert target.host == "audit" and "audit" in _compose()["services"]
     assert target.port == _port(_env("audit")["EXTPROC_AUDIT_LISTEN"])
     assert _env("audit")["EXTPROC_AUDIT_MODE"] == "enforce"
-    text = ENVOY_COMPOSE.read_text()
-    assert "failure_mode_allow: false" in text and "observability_mode: false" in text
+    # Unauthenticated on purpose, a local demo (docs/DEPLOYMENT.md): no reporter
+    # settings, so every entry says reporter.auth "unauthenticated".
+    settings = {name.removeprefix("EXTPROC_AUDIT_") for name in _env("audit")}
+    reporters = ("TLS_", "CLIENT_CA", "TRUST_XFCC", "XFCC_BY", "ALLOW_REPORTER")
+    assert not {name for name in settings if name.startswith(reporters)}
+    # The blocking filter: fails closed, one round trip (request headers only).
+    filters = {f["name"]: f["typed_config"] for f in _hcm()["http_filters"]}
+    ext_proc = filters[EXT_PROC_FILTER]
+    assert ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"] == EXT_PROC_CLUSTER
+    assert ext_proc["failure_mode_allow"] is False
+    assert "observability_mode" not in ext_proc
+    assert ext_proc["processing_mode"]["request_header_mode"] == "SEND"
+    assert ext_proc["processing_mode"]["response_header_mode"] == "SKIP"
+    assert list(filters)[-1] == "envoy.filters.http.router"
+
+
+def test_every_request_is_access_logged_and_only_admin_is_held() -> None:
+    # The access-log service (ALS) on the same audit service, for every route.
+    (als,) = _hcm()["access_log"]
+    assert als["name"] == "envoy.access_loggers.http_grpc"
+    common = als["typed_config"]["common_config"]
+    assert common["grpc_service"]["envoy_grpc"]["cluster_name"] == EXT_PROC_CLUSTER
+    assert "filter" not in als  # no access-log filter: every request
+    # ext_proc only under /admin; the catch-all route disables it.
+    assert _enforced_prefixes() == {"/admin"}
+    routes = _hcm()["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[-1]["match"] == {"prefix": "/"}
+    assert routes[-1]["typed_per_filter_config"][EXT_PROC_FILTER]["disabled"] is True
+    # The traffic job and the verify job agree with the config on what is held.
+    for job in ("traffic", "verify"):
+        assert set(_env(job)["ENFORCED_PREFIXES"].split(",")) == _enforced_prefixes(), job
+    # The demo app serves sensitive routes there, and the traffic job sends to
+    # both kinds.
+    app = _load_demo("app")
+    assert app.answer("DELETE", "/admin/accounts/42") == (200, {"deleted": "42"})
+    assert app.answer("GET", "/admin/accounts")[0] == 200
+    assert app.answer("GET", "/admin/nothing")[0] == 404
+    assert app.answer("GET", "/api/orders") == (200, {"ok": True})
+    traffic = _load_demo("traffic")
+    paths = {path for _, path, _ in traffic.WORKLOAD}
+    assert any(p.startswith("/admin") for p in paths)
+    assert any(not p.startswith("/admin") for p in paths)
+
+
+def _load_demo(name: str) -> Any:
+    """A deploy/compose script as a module (they are not a package)."""
+    path = ROOT / "deploy" / "compose" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"compose_demo_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_upstream_cluster_is_the_app_service() -> None:
@@ -211,12 +285,21 @@ def test_server_runs_read_only_with_wal_on_a_volume() -> None:
     assert set(_published("audit")) == {_port(_env("audit")["EXTPROC_AUDIT_METRICS_LISTEN"])}
 
 
-def test_our_image_is_built_not_pulled_and_one_shots_are_ordered() -> None:
+def test_our_image_is_built_once_never_pulled_and_one_shots_are_ordered() -> None:
     services = _compose()["services"]
-    for name, service in services.items():
-        if service["image"] == IMAGE:
-            assert service["build"]["context"] == ".", name
-            assert service.get("read_only") is True, name
+    ours = {name for name, service in services.items() if service["image"] == IMAGE}
+    assert ours == {"bucket-init", "keygen", "audit", "app", "traffic", "verify"}
+    # One build (the audit service); the others run the tag it builds and never
+    # pull it (it is in no registry). `docker compose up` builds every image
+    # before it creates any container.
+    builders = {name for name, service in services.items() if "build" in service}
+    assert builders == {"audit"}
+    assert services["audit"]["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+    assert services["audit"]["pull_policy"] == "build"
+    for name in ours:
+        assert services[name].get("read_only") is True, name
+        if name != "audit":
+            assert services[name]["pull_policy"] == "never", name
     assert services["audit"]["depends_on"] == {
         "bucket-init": {"condition": "service_completed_successfully"},
         "keygen": {"condition": "service_completed_successfully"},
@@ -236,6 +319,106 @@ def test_traffic_job_targets_envoy_and_the_servers_metrics() -> None:
     assert (target.hostname, target.port) == ("envoy", listener["port_value"])
     metrics_port = _port(_env("audit")["EXTPROC_AUDIT_METRICS_LISTEN"])
     assert (metrics.hostname, metrics.port) == ("audit", metrics_port)
+
+
+def _image_owned_dirs() -> set[str]:
+    """Directories the image's final stage creates owned by the server's user."""
+    runs = " ".join(rest for keyword, rest in _dockerfile_stages()[-1] if keyword == "RUN")
+    owned = set()
+    for command in runs.split("&&"):
+        words = command.split()
+        if words[:2] == ["chown", f"{UID}:{UID}"]:
+            owned.update(words[2:])
+    return owned
+
+
+def test_verify_job_checks_the_log_against_the_traffic_summary() -> None:
+    traffic, verify = _service("traffic"), _service("verify")
+    assert traffic["entrypoint"] == ["python", "/opt/demo/traffic.py"]
+    assert verify["entrypoint"] == ["python", "/opt/demo/verify.py"]
+    assert verify["command"][0] == "verify"  # verify.py runs it: an extproc-audit command line
+    for job in ("app", "traffic", "verify"):
+        assert _mounts(job)["/opt/demo"] == ("./deploy/compose", "ro"), job
+    # The traffic job writes its summary where the verify job reads it, on a
+    # named volume mounted at a directory the image owns for UID 10001 (a new
+    # named volume takes its owner from there), read-only for the verifier.
+    summary = Path(_env("traffic")["SUMMARY_FILE"])
+    assert _env("verify")["SUMMARY_FILE"] == str(summary)
+    volume, options = _mounts("traffic")[str(summary.parent)]
+    assert volume in _compose()["volumes"] and options == "rw"
+    assert _mounts("verify")[str(summary.parent)] == (volume, "ro")
+    assert str(summary.parent) in _image_owned_dirs()
+    assert {n for n in _compose()["services"] if volume in _volume_names(n)} == {
+        "traffic",
+        "verify",
+    }
+
+
+def _entry(seq: int, kind: str, method: str, path: str, **fields: Any) -> dict[str, Any]:
+    agent = fields.pop("agent", "extproc-audit-demo-traffic/run1")
+    return {
+        "seq": seq, "kind": kind, "rid": fields.pop("rid", f"r{seq}"),
+        "ts": fields.pop("ts", "2026-12-01T10:00:00.000500Z"),
+        "req": {"method": method, "path": path, "headers": {"user-agent": agent}},
+        "reporter": {"auth": "unauthenticated"}, **fields,
+    }  # fmt: skip
+
+
+def _run_entries() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A run of two requests, one held (/admin) and one not, as the log holds them."""
+    start = 1796119200000  # 2026-12-01T10:00:00Z in ms
+    timing = {"start_ms": start, "duration_us": 2000}
+    entries = [
+        {"seq": 0, "kind": "writer", "rid": "", "ts": "2026-12-01T09:59:59Z"},
+        _entry(1, "request", "DELETE", "/admin/accounts/42", rid="a"),
+        _entry(2, "access", "GET", "/api/orders", resp={"status": 200}, timing=timing),
+        _entry(3, "access", "DELETE", "/admin/accounts/42", rid="a", ref=1,
+               resp={"status": 200}, timing=timing),
+        # your own curl: logged, not part of the run
+        _entry(4, "access", "GET", "/", agent="curl/8", resp={"status": 200}, timing=timing),
+    ]  # fmt: skip
+    summary = {
+        "run": "run1",
+        "user_agent": "extproc-audit-demo-traffic/run1",
+        "routes": {
+            "DELETE /admin/accounts/42": {"sent": 1, "statuses": {"200": 1}, "enforced": True},
+            "GET /api/orders": {"sent": 1, "statuses": {"200": 1}, "enforced": False},
+        },
+    }
+    return entries, summary
+
+
+def test_verify_script_finds_what_is_missing_or_wrong() -> None:
+    check = _load_demo("verify")
+    entries, summary = _run_entries()
+    assert check.check_log(entries) == [] and check.check_run(entries, summary) == []
+
+    def problems(change: Any) -> list[str]:
+        changed, _ = _run_entries()
+        change(changed)
+        by_seq = {e["seq"]: e for e in changed}
+        return [*check.check_log(list(by_seq.values())), *check.check_run(changed, summary)]
+
+    # a request without its access entry
+    assert problems(lambda e: e.pop(2))
+    # an /admin request not held (no request entry, no ref)
+    assert problems(lambda e: (e.pop(1), e[2].pop("ref")))
+    # held, but its access entry does not link it
+    assert problems(lambda e: e[3].pop("ref"))
+    # a ref to another request
+    assert problems(lambda e: e[3].update(rid="b"))
+    # a request entry for a route that is not held
+    assert problems(lambda e: e.append(_entry(5, "request", "GET", "/api/orders")))
+    assert problems(lambda e: e.append(_entry(5, "request", "GET", "/", agent="curl/8")))
+    # the request entry written after the response was sent: not held
+    assert problems(lambda e: e[1].update(ts="2026-12-01T10:00:00.004Z"))
+    # another status than the client got
+    assert problems(lambda e: e[2].update(resp={"status": 503}))
+    # a duplicated access entry
+    assert problems(lambda e: e.append({**e[2], "seq": 5}))
+    assert check.search_args(["verify", "s3://b/p", "--vkey", "@k", "--origin-prefix", "x"]) == [
+        "search", "s3://b/p", "--format", "jsonl", "--vkey", "@k", "--origin-prefix", "x",
+    ]  # fmt: skip
 
 
 @pytest.mark.envoy
@@ -348,12 +531,30 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build() -> None:
 # ---------------------------------------------------------------- the compose scripts, for real
 
 
+def _loopback_envoy_config(*, listen: int, audit: int, app: int, admin: int) -> str:
+    """envoy/envoy-compose.yaml as it is (routes, filters, access log), with loopback
+    ports instead of the compose services' DNS names."""
+    config = _envoy_config()
+    config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin)
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    listener.update(address="127.0.0.1", port_value=listen)
+    ports = {EXT_PROC_CLUSTER: audit, "app": app}
+    for cluster in config["static_resources"]["clusters"]:
+        cluster["type"] = "STATIC"
+        (lb,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        socket = lb["endpoint"]["address"]["socket_address"]
+        socket.update(address="127.0.0.1", port_value=ports.pop(cluster["name"]))
+    assert not ports, ports
+    return to_yaml(config)
+
+
 @pytest.mark.envoy
 @pytest.mark.slow
 def test_compose_scripts_through_real_envoy_and_server(tmp_path: Path) -> None:
-    """keygen -> serve -> app.py behind Envoy -> traffic.py -> verify, as compose runs them.
+    """keygen -> serve -> app.py behind Envoy -> traffic.py -> verify.py, as compose runs them.
 
-    The compose services' commands with loopback ports instead of DNS names.
+    The compose services' commands and the rendered compose Envoy config, with
+    loopback ports instead of DNS names.
     """
     key, vkey = tmp_path / "key" / "signing.key", tmp_path / "public" / "verifier.key"
     keygen = _service("keygen")["command"]
@@ -367,6 +568,7 @@ def test_compose_scripts_through_real_envoy_and_server(tmp_path: Path) -> None:
     grpc_port, metrics_port = processes.free_port(), processes.free_port()
     app_port, envoy_port, admin_port = (processes.free_port() for _ in range(3))
     store = tmp_path / "store"
+    summary_file = tmp_path / "traffic.json"
     logs = (tmp_path / "procs.log").open("ab")
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -378,6 +580,7 @@ def test_compose_scripts_through_real_envoy_and_server(tmp_path: Path) -> None:
         procs.append(app)
         server = processes.start_server(
             ["--store", str(store), "--key", str(key), "--log-id", "audit-0",
+             "--mode", _env("audit")["EXTPROC_AUDIT_MODE"],
              "--listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
              "--wal-dir", str(tmp_path / "wal"), "--bundle-max-age", "0.2"],
             logs,
@@ -388,38 +591,70 @@ def test_compose_scripts_through_real_envoy_and_server(tmp_path: Path) -> None:
             "audit server health",
             server,
         )
-        config = bootstrap(
-            listen=Endpoint("127.0.0.1", envoy_port),
-            ext_proc=Endpoint("127.0.0.1", grpc_port),
-            upstream=Endpoint("127.0.0.1", app_port),
-            admin=Endpoint("127.0.0.1", admin_port),
-            mode="enforce",
+        (tmp_path / "envoy.yaml").write_text(
+            _loopback_envoy_config(
+                listen=envoy_port, audit=grpc_port, app=app_port, admin=admin_port
+            )
         )
-        (tmp_path / "envoy.yaml").write_text(to_yaml(config))
         envoy = processes.start_envoy(tmp_path / "envoy.yaml", logs)
         procs.append(envoy)
         processes.wait_until(lambda: processes.envoy_ready(admin_port), "envoy", envoy)
 
+        traffic_env = {**_env("traffic"), "TARGET_URL": f"http://127.0.0.1:{envoy_port}",
+                       "METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
+                       "SUMMARY_FILE": str(summary_file), "REQUESTS": "42",
+                       "WAIT_SECONDS": "60"}  # fmt: skip
         traffic = subprocess.run(
             [sys.executable, str(ROOT / "deploy" / "compose" / "traffic.py")],
-            env={**os.environ, "TARGET_URL": f"http://127.0.0.1:{envoy_port}",
-                 "METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
-                 "REQUESTS": "40", "WAIT_SECONDS": "60"},
+            env={**os.environ, **traffic_env},
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
         assert traffic.returncode == 0, traffic.stdout + traffic.stderr
-        assert "40 requests" in traffic.stdout
+        assert "42 requests" in traffic.stdout
+        summary = json.loads(summary_file.read_text())
+        routes = summary["routes"]
+        assert summary["requests"] == 42 == sum(r["sent"] for r in routes.values())
+        admin = {name for name, r in routes.items() if r["enforced"]}
+        assert admin == {"GET /admin/accounts", "DELETE /admin/accounts/42"}
+        assert all(name.split(" ", 1)[1].startswith("/admin") for name in admin)
+        assert len(routes) - len(admin) >= 4  # normal routes too
+        for name, r in routes.items():
+            assert r["sent"] == 6 and r["statuses"] == {"201" if "POST" in name else "200": 6}
+            assert name in traffic.stdout
 
         # Right after the traffic job, before any shutdown: what compose's verify sees.
         verify = _service("verify")["command"]
         args = [str(store) if a == verify[1] else a for a in verify]
         args = [f"@{vkey}" if a.startswith("@") else a for a in args]
-        result = run_cli(*args)
+        verify_env = {**_env("verify"), "SUMMARY_FILE": str(summary_file)}
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "deploy" / "compose" / "verify.py"), *args],
+            env={**os.environ, **verify_env},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
-        # Enforce mode: a request and a response entry per request, plus the
-        # writer's start entry, all covered by a signed checkpoint already.
-        assert "VALID: 1 logs, 81 entries" in result.stdout
-        assert "signed size 81" in result.stdout
+        # The writer's start entry, one access entry per request (the probes
+        # and the run), a request entry per /admin request: all covered by a
+        # signed checkpoint already.
+        probes = 1
+        held = sum(routes[name]["sent"] for name in admin)
+        size = 1 + probes + 42 + held
+        assert f"VALID: 1 logs, {size} entries" in result.stdout
+        assert f"signed size {size}" in result.stdout
+        assert "verify: OK" in result.stdout
+        assert "'unauthenticated'" in result.stdout
+
+        # The same check fails when the log lacks what the traffic job sent.
+        routes["GET /admin/accounts"]["sent"] += 1
+        routes["GET /admin/accounts"]["statuses"]["200"] += 1
+        summary_file.write_text(json.dumps(summary))
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "deploy" / "compose" / "verify.py"), *args],
+            env={**os.environ, **verify_env},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "GET /admin/accounts: 6 request entries, expected 7" in result.stderr
     finally:
         for proc in reversed(procs):
             processes.stop(proc)

@@ -25,7 +25,15 @@ from extproc.errors import ConfigError
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig, bundle_lines
 from extproc.log.wal import WAL
-from extproc.search import Filters, Match, StoreSearch, parse_status, parse_time, table_row
+from extproc.search import (
+    Filters,
+    Match,
+    StoreSearch,
+    _LogScan,
+    parse_status,
+    parse_time,
+    table_row,
+)
 from extproc.store import open_store
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
@@ -613,3 +621,32 @@ def test_search_findings_escape_object_keys(
     assert code == 1
     assert "logs/evil\\x1b[2J\\rVALID/x: object under logs/ with an invalid log id" in err
     assert "\x1b" not in err and "\r" not in err
+
+
+def test_access_entries_match_on_their_own_request_and_response_fields(tmp_path: Path) -> None:
+    # The access-log record carries both halves; an enforced request's record
+    # names its request entry by ref, and --join prints that entry first.
+    from extproc.core import entry as entry_format
+    from extproc.core.merkle import leaf_hash
+
+    lines: list[bytes] = []
+    prev = ""
+    fields_list = [
+        {"kind": "request", "rid": "r1", "req": {"path": "/admin/x", "method": "DELETE"}},
+        {"kind": "access", "rid": "r1", "ref": 0, "req": {"path": "/admin/x"},
+         "resp": {"status": 503}},
+        {"kind": "access", "rid": "r2", "req": {"path": "/shop"}, "resp": {"status": 200}},
+    ]  # fmt: skip
+    for seq, fields in enumerate(fields_list):
+        line = entry_format.encode(
+            {**fields, "v": 1, "seq": seq, "prev": prev, "ts": "2026-12-01T00:00:00.000000Z"}
+        )
+        prev = leaf_hash(line).hex()
+        lines.append(line)
+    scan = _LogScan("log", Filters(path="/admin/*"), keep_requests=False)
+    assert [m.fields["kind"] for m in scan.scan(lines)] == ["request", "access"]
+    scan = _LogScan("log", Filters(status=parse_status("5xx"), join=True), keep_requests=True)
+    assert [(m.fields["kind"], m.context) for m in scan.scan(lines)] == [
+        ("request", True),
+        ("access", False),
+    ]

@@ -273,6 +273,10 @@ class AccessCapture:
             timing["duration_us"] = _micros(common.duration)
         elif common.HasField("time_to_last_downstream_tx_byte"):
             timing["duration_us"] = _micros(common.time_to_last_downstream_tx_byte)
+        if common.HasField("time_to_first_upstream_tx_byte"):
+            # When Envoy started sending the request upstream: in enforce mode,
+            # after its request entry was durable.
+            timing["upstream_tx_us"] = _micros(common.time_to_first_upstream_tx_byte)
         if timing:
             fields["timing"] = timing
         if common.intermediate_log_entry:

@@ -269,6 +269,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             metrics.DENIED.inc()
                             self._denials.warning("denying request (503): %s", e)
                             yield _DENY
+                            await _close_reader(request_iterator)
                             return
                         self._requests.inc()
                     else:
@@ -285,6 +286,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         # ourselves also spares a cancel, which grpc.aio leaks
                         # native memory for (grpc#43360, docs/PERFORMANCE.md).
                         done = True
+                        await _close_reader(request_iterator)
                         return
                 elif which == "response_headers":
                     if request_seq is None:
@@ -305,6 +307,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         yield self.receipts.reply(request_seq)
                     # Nothing else is asked for (bodies and trailers are not
                     # sent), so end the stream now (see above).
+                    await _close_reader(request_iterator)
                     return
                 else:
                     raise _unsupported(which)
@@ -363,6 +366,21 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             counter = self._entries[fields["kind"]] = metrics.ENTRIES.labels(fields["kind"])
         counter.inc()
         return seq
+
+
+async def _close_reader(request_iterator: AsyncIterator[Any]) -> None:
+    """Close grpc.aio's reader of a stream the client has not half-closed.
+
+    Its async generator still holds the last message, and sits in a reference
+    cycle with the call: left alone, every such stream keeps its message (up
+    to --max-message-bytes) until a full garbage collection (measured: 60
+    messages of 4 MiB, RSS 160 -> 450 MB; docs/PERFORMANCE.md). Closing it
+    runs no I/O and does not suspend.
+    """
+    reader = request_iterator.__aiter__()
+    aclose = getattr(reader, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _StreamError(Exception):
