@@ -11,9 +11,9 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from extproc import __version__
 from extproc.errors import AuditError, ConfigError, ForkError, VerificationError
@@ -26,13 +26,94 @@ EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 ENV_PREFIX = "EXTPROC_AUDIT_"
 
 
-def _env(option: str, default: str | None = None) -> str | None:
-    """Every serve option can come from EXTPROC_AUDIT_<OPTION> (dashes as underscores)."""
-    return os.environ.get(ENV_PREFIX + option.upper().replace("-", "_"), default)
+class _FromEnv(str):
+    """A default read from the environment, so that a bad value names its variable."""
+
+    variable = ""
 
 
-def _env_flag(option: str) -> bool:
-    return (_env(option) or "").lower() in ("1", "true", "yes", "on")
+def _env_name(option: str) -> str:
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
+
+def _env(option: str, default: object = None) -> object:
+    """EXTPROC_AUDIT_<OPTION> if set (as a string argparse converts with the
+    option's type: a bad value is a usage error naming the variable), else `default`."""
+    name = _env_name(option)
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    text = _FromEnv(value)
+    text.variable = name
+    return text
+
+
+def _typed(convert: Callable[[str], object], what: str) -> Callable[[str], object]:
+    """An argparse type that says which variable a bad value came from."""
+
+    def parse(text: str) -> object:
+        try:
+            return convert(text)
+        except (ValueError, ConfigError) as e:
+            where = f"{text.variable}=" if isinstance(text, _FromEnv) else ""
+            detail = f": {e}" if isinstance(e, ConfigError) else ""
+            raise argparse.ArgumentTypeError(f"{where}{text!r} is not {what}{detail}") from None
+
+    return parse
+
+
+def _at_least(least: float, convert: Callable[[str], float] = float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = convert(text)
+        if not value >= least:  # also refuses NaN
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(text)
+        return str(text)
+
+    return parse
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], object]:
+    """choices= that also checks a value from the environment, naming its variable."""
+    return _typed(_one_of(choices), "one of " + ", ".join(choices))
+
+
+_INT = _typed(int, "an integer")
+_FLOAT = _typed(float, "a number")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False, "": False}  # fmt: skip
+
+
+def _env_flags(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """store_true options: a set flag wins; otherwise EXTPROC_AUDIT_<NAME> as a boolean."""
+    for name in names:
+        if getattr(args, name) is True:
+            continue
+        variable = _env_name(name)
+        value = os.environ.get(variable)
+        if value is None:
+            setattr(args, name, False)
+            continue
+        if value.strip().lower() not in _BOOLEANS:
+            raise ConfigError(f"{variable}={value!r} is not a boolean (1/0, true/false, yes/no)")
+        setattr(args, name, _BOOLEANS[value.strip().lower()])
+
+
+def _env_list(args: argparse.Namespace, name: str) -> list[str]:
+    """A repeatable option, or its environment form: comma-separated values."""
+    given: list[str] | None = getattr(args, name)
+    if given:
+        return given
+    text = os.environ.get(_env_name(name), "")
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def _default_log_id() -> str:
@@ -42,207 +123,236 @@ def _default_log_id() -> str:
     return cleaned.strip(".") or "default"
 
 
-def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+_SERVE_FLAGS = (
+    "gzip",
+    "allow_no_object_lock",
+    "receipts",
+    "ext_proc_responses",
+)
+
+
+def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from extproc import config as c
     from extproc.core.redact import QUERY_MODES
-    from extproc.server.capture import DEFAULT_RESPONSE_HEADERS
 
     p = sub.add_parser(
         "serve",
-        help="run the ext_proc audit server",
-        description="Run the ext_proc gRPC audit server. Every option can also be set "
-        f"from the environment as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}STORE).",
+        help="run the audit server (ext_proc and the access-log service)",
+        description="Run the gRPC audit server: Envoy's ext_proc (blocking, enforce mode) and "
+        "its access-log service (ALS) on one port. Every option can also be set in the "
+        f"environment as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}STORE, {ENV_PREFIX}LOG_ID; "
+        "repeatable options comma-separated; flags 1/0).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
+    g = p.add_argument_group("log and store")
+    g.add_argument(
         "--store",
         default=_env("store"),
-        help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) or a directory",
+        help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) or a directory (required)",
     )
-    p.add_argument("--key", type=Path, default=_env("key"), help="signing key file (keygen)")
-    p.add_argument(
-        "--listen",
-        default=_env("listen", "0.0.0.0:50051"),
-        help="gRPC listen address (default %(default)s)",
+    g.add_argument(
+        "--key", type=Path, default=_env("key"), help="signing key file from keygen (required)"
     )
-    p.add_argument(
+    g.add_argument(
         "--log-id",
         default=_env("log_id", _default_log_id()),
-        help="this writer's log id, one per process (default: hostname, %(default)s)",
+        help="this writer's log id, one per process (default: the host name)",
     )
-    p.add_argument(
+    g.add_argument(
         "--wal-dir",
         type=Path,
-        default=Path(_env("wal_dir", "extproc-wal") or ""),
-        help="write-ahead log directory (default %(default)s)",
+        default=_env("wal_dir", c.WAL_DIR),
+        help="write-ahead log directory; the WAL lives in <wal-dir>/<log-id>/",
     )
-    p.add_argument(
+    g.add_argument(
         "--mode",
-        choices=("enforce", "observe"),
+        choices=c.MODES,
+        type=_choice(c.MODES),
         default=_env("mode", "enforce"),
-        help="enforce: forward only once logged (default); observe: never block",
+        help="enforce: ext_proc holds each request until its entry is durable; observe: "
+        "nothing waits (the access-log service is served in both)",
     )
-    p.add_argument(
+    g.add_argument(
         "--origin-prefix",
-        default=_env("origin_prefix", "extproc-audit"),
-        help="checkpoint origin is <origin prefix>/<log id> (default %(default)s)",
+        default=_env("origin_prefix", c.ORIGIN_PREFIX),
+        help="checkpoint origin is <origin prefix>/<log id>",
     )
-    p.add_argument(
+    g = p.add_argument_group("listeners")
+    g.add_argument(
+        "--listen",
+        default=_env("listen", c.LISTEN),
+        help="ext_proc, access-log service and gRPC health: HOST:PORT or unix:PATH",
+    )
+    g.add_argument(
         "--metrics-listen",
-        default=_env("metrics_listen", "0.0.0.0:9464"),
-        help="Prometheus metrics address, or 'off' (default %(default)s)",
+        default=_env("metrics_listen", c.METRICS_LISTEN),
+        help="Prometheus metrics address, or off",
     )
-    p.add_argument(
+    g.add_argument(
+        "--health-listen",
+        default=_env("health_listen", "off"),
+        help="plaintext gRPC health only, e.g. 127.0.0.1:50052, for probes of a TLS or "
+        "unix-socket listener",
+    )
+    g.add_argument(
         "--proof-listen",
         default=_env("proof_listen", "off"),
         help="live proof API address, e.g. 127.0.0.1:50052; serves reads of the log, "
-        "so keep it off the mesh (default %(default)s)",
+        "so keep it off the mesh",
     )
-    p.add_argument(
+    g.add_argument(
+        "--workers",
+        type=_typed(_at_least(1, int), "an integer >= 1"),
+        default=_env("workers", 1),
+        help="writer processes sharing the listen port, each with its own log id "
+        "<log-id>-w<i> and metrics port +i",
+    )
+    g = p.add_argument_group("publication")
+    g.add_argument(
         "--bundle-max-entries",
-        type=int,
-        default=int(_env("bundle_max_entries", "10000") or 0),
-        help="seal a bundle at this many entries (default %(default)s)",
+        type=_INT,
+        default=_env("bundle_max_entries", c.BUNDLE_MAX_ENTRIES),
+        help="seal a bundle at this many entries",
     )
-    p.add_argument(
+    g.add_argument(
         "--bundle-max-bytes",
-        type=int,
-        default=int(_env("bundle_max_bytes", str(16 << 20)) or 0),
-        help="seal a bundle at this many bytes (default %(default)s)",
+        type=_INT,
+        default=_env("bundle_max_bytes", c.BUNDLE_MAX_BYTES),
+        help="seal a bundle at this many bytes",
     )
-    p.add_argument(
+    g.add_argument(
         "--bundle-max-age",
-        type=float,
-        default=float(_env("bundle_max_age", "0.5") or 0),
-        help="seal a bundle once its oldest entry is this many seconds old (default %(default)s)",
+        type=_FLOAT,
+        default=_env("bundle_max_age", c.BUNDLE_MAX_AGE),
+        help="seal a bundle once its oldest entry is this many seconds old",
     )
-    p.add_argument(
-        "--gzip", action="store_true", default=_env_flag("gzip"), help="write bundles as .jsonl.gz"
-    )
-    p.add_argument(
+    g.add_argument("--gzip", action="store_true", default=None, help="write bundles as .jsonl.gz")
+    g.add_argument(
         "--retention-days",
-        type=int,
-        default=int(v) if (v := _env("retention_days")) else None,
+        type=_INT,
+        default=_env("retention_days"),
         help="Object Lock retention per object (default: the bucket's default rule)",
     )
-    p.add_argument(
+    g.add_argument(
         "--retention-mode",
-        choices=("COMPLIANCE", "GOVERNANCE"),
+        choices=c.RETENTION_MODES,
+        type=_choice(c.RETENTION_MODES),
         default=_env("retention_mode", "COMPLIANCE"),
+        help="with --retention-days",
     )
-    p.add_argument(
+    g.add_argument(
         "--allow-no-object-lock",
         action="store_true",
-        default=_env_flag("allow_no_object_lock"),
+        default=None,
         help="development only: accept a bucket without Object Lock",
     )
-    p.add_argument(
+    g.add_argument(
         "--max-backlog-bytes",
-        type=int,
-        default=int(_env("max_backlog_bytes", str(128 << 20)) or 0),
+        type=_INT,
+        default=_env("max_backlog_bytes", c.MAX_BACKLOG_BYTES),
         help="deny (enforce) or drop (observe) past this many unpublished bytes",
     )
-    p.add_argument(
+    g.add_argument(
+        "--drain-timeout",
+        type=_FLOAT,
+        default=_env("drain_timeout", c.DRAIN_TIMEOUT),
+        help="seconds to drain streams and publish on SIGTERM",
+    )
+    g.add_argument(
+        "--access-log-grace",
+        type=_FLOAT,
+        default=_env("access_log_grace", c.ACCESS_LOG_GRACE),
+        help="on SIGTERM, seconds Envoy gets to flush its access logs before their streams "
+        "end (at least Envoy's buffer_flush_interval: 0.2 s in envoy/*.yaml, 1 s from istiod)",
+    )
+    g.add_argument(
+        "--heartbeat-interval",
+        type=_FLOAT,
+        default=_env("heartbeat_interval", c.HEARTBEAT_INTERVAL),
+        help="an idle writer logs a heartbeat entry this often (seconds), so auditors can "
+        "tell 'no traffic' from 'writer down'; 0 disables",
+    )
+    g = p.add_argument_group("entries")
+    g.add_argument(
         "--response-headers",
-        default=_env("response_headers", ",".join(sorted(DEFAULT_RESPONSE_HEADERS))),
-        help="response headers to record, comma-separated, or '*' for all (default %(default)s)",
+        default=_env("response_headers", ",".join(sorted(c.RESPONSE_HEADERS))),
+        help="ext_proc response headers to record, comma-separated, or '*' for all",
     )
-    p.add_argument(
-        "--receipts",
-        action="store_true",
-        default=_env_flag("receipts"),
-        help="enforce mode: answer each audited request with a receipt header naming "
-        "its log and entry seq",
-    )
-    p.add_argument(
+    g.add_argument(
         "--ext-proc-responses",
         action="store_true",
-        default=_env_flag("ext_proc_responses"),
+        default=None,
         help="wait for the response-headers phase of each ext_proc stream and log a response "
         "entry from it (a two-phase filter config without the access-log service); default: "
         "end the stream after the request entry, the outcome arrives by the access-log service",
     )
-    p.add_argument(
+    g.add_argument(
+        "--receipts",
+        action="store_true",
+        default=None,
+        help="enforce mode: answer each audited request with a receipt header naming "
+        "its log and entry seq (needs the ext_proc response phase)",
+    )
+    g.add_argument(
         "--receipt-header",
-        default=_env("receipt_header", "x-audit-receipt"),
+        default=_env("receipt_header", c.RECEIPT_HEADER),
         metavar="NAME",
-        help="name of the receipt header (default %(default)s)",
+        help="name of the receipt header",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=int(_env("workers", "1") or 1),
-        help="writer processes sharing the listen port, each with its own log id "
-        "<log-id>-w<i> and metrics port +i (default %(default)s)",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=float(_env("drain_timeout", "20") or 0),
-        help="seconds to drain streams and publish on SIGTERM (default %(default)s)",
-    )
-    p.add_argument(
-        "--heartbeat-interval",
-        type=float,
-        default=float(_env("heartbeat_interval", "60") or 0),
-        help="an idle writer logs a heartbeat entry this often, so auditors can tell "
-        "'no traffic' from 'writer down'; 0 disables (default %(default)s s)",
-    )
-    p.add_argument(
+    g = p.add_argument_group("redaction (docs/FORMAT.md)")
+    g.add_argument(
         "--redact-header",
         action="append",
         default=None,
         metavar="NAME",
-        help="also redact this header (repeatable; env: comma-separated)",
+        help="also redact this header (repeatable)",
     )
-    p.add_argument(
+    g.add_argument(
         "--redact-url-header",
         action="append",
         default=None,
         metavar="NAME",
         help="also redact the query and fragment of this URL-valued header like the request "
-        "query (repeatable; env: comma-separated; location, referer, content-location, "
-        "... always)",
+        "query (repeatable; location, referer, content-location, ... always)",
     )
-    p.add_argument(
+    g.add_argument(
         "--redact-query-param",
         action="append",
         default=None,
         metavar="NAME",
         help="also redact this query parameter's value (repeatable)",
     )
-    p.add_argument(
+    g.add_argument(
         "--query-mode",
         choices=QUERY_MODES,
+        type=_choice(QUERY_MODES),
         default=_env("query_mode", "sensitive"),
-        help="query strings: redact sensitive params (default), all values, keep, drop",
+        help="query strings: redact sensitive params, all values, keep, or drop",
     )
-    p.add_argument(
+    g.add_argument(
         "--hmac-key-file",
         type=Path,
         default=_env("hmac_key_file"),
         help="replace secrets by HMAC-SHA256 under this key instead of [redacted]",
     )
-    p.add_argument(
+    g.add_argument(
         "--max-value-bytes",
-        type=int,
-        default=int(_env("max_value_bytes", "2048") or 0),
-        help="truncate header values longer than this (default %(default)s)",
+        type=_INT,
+        default=_env("max_value_bytes", c.MAX_VALUE_BYTES),
+        help="truncate header values longer than this",
     )
     _add_reporter_options(p)
     _add_limit_options(p)
 
 
-def _env_list(option: str) -> list[str]:
-    """A repeatable option's environment form: comma-separated values."""
-    return [v.strip() for v in (_env(option) or "").split(",") if v.strip()]
-
-
 def _add_reporter_options(p: argparse.ArgumentParser) -> None:
-    from extproc.server.reporters import DESTINATION_CHECKS
+    from extproc import config as c
 
     g = p.add_argument_group(
         "reporters",
-        "Who may write entries (docs/THREATS.md). Without any of the first three, every "
-        "entry is marked unauthenticated (development only).",
+        "Who may write entries (docs/THREATS.md). Without --tls-cert/--tls-key/--client-ca, "
+        "--trust-xfcc-from or a unix: listener, every entry is marked unauthenticated "
+        "(development only).",
     )
     g.add_argument(
         "--tls-cert", type=Path, default=_env("tls_cert"), help="server certificate (PEM): mTLS"
@@ -280,74 +390,77 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--reporter-is-destination",
-        choices=DESTINATION_CHECKS,
+        choices=c.DESTINATION_CHECKS,
+        type=_choice(c.DESTINATION_CHECKS),
         default=_env("reporter_is_destination", "off"),
         help="per-pod proxies: the reporter must be the identity the request was served as "
-        "(Envoy's local certificate); record a mismatch in the entry, or refuse it "
-        "(default %(default)s)",
-    )
-    g.add_argument(
-        "--health-listen",
-        default=_env("health_listen", "off"),
-        help="plaintext gRPC health only, e.g. 127.0.0.1:50052, for probes of a TLS or "
-        "unix-socket listener (default %(default)s)",
+        "(Envoy's local certificate); record a mismatch in the entry, or refuse it",
     )
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
-    from extproc.server.capture import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
+    from extproc import config as c
 
     g = p.add_argument_group("limits", "Cost per caller, bounded before any work.")
     g.add_argument(
         "--max-message-bytes",
-        type=int,
-        default=int(_env("max_message_bytes", str(1 << 20)) or 0),
+        type=_INT,
+        default=_env("max_message_bytes", c.MAX_MESSAGE_BYTES),
         help="largest gRPC message accepted; Envoy sends at most ~64 KiB of headers by default "
-        "(max_request_headers_kb 60) and ALS batches of its buffer size (default %(default)s)",
+        "(max_request_headers_kb 60) and access-log batches of its buffer size",
     )
     g.add_argument(
         "--max-headers",
-        type=int,
-        default=int(_env("max_headers", str(DEFAULT_MAX_HEADERS)) or 0),
+        type=_INT,
+        default=_env("max_headers", c.MAX_HEADERS),
         help="headers looked at per request or response; more are counted, not stored "
-        "(default %(default)s; Envoy's own default limit is 100)",
+        "(Envoy's own default limit is 100)",
     )
     g.add_argument(
         "--max-header-bytes",
-        type=int,
-        default=int(_env("max_header_bytes", str(DEFAULT_MAX_HEADER_BYTES)) or 0),
-        help="header bytes looked at per request or response (default %(default)s)",
+        type=_INT,
+        default=_env("max_header_bytes", c.MAX_HEADER_BYTES),
+        help="header bytes looked at per request or response",
     )
     g.add_argument(
         "--max-streams-per-connection",
-        type=int,
-        default=int(_env("max_streams_per_connection", "100") or 0),
-        help="concurrent gRPC streams per connection (default %(default)s)",
+        type=_INT,
+        default=_env("max_streams_per_connection", c.MAX_STREAMS_PER_CONNECTION),
+        help="concurrent gRPC streams per connection",
     )
     g.add_argument(
         "--max-connection-age",
-        type=float,
-        default=float(_env("max_connection_age", "1800") or 0),
-        help="seconds before a connection is asked to move new streams elsewhere; 0: never "
-        "(default %(default)s)",
+        type=_FLOAT,
+        default=_env("max_connection_age", c.MAX_CONNECTION_AGE),
+        help="seconds before a connection is asked to move new streams elsewhere; 0: never",
     )
     g.add_argument(
         "--stream-idle-timeout",
-        type=float,
-        default=float(_env("stream_idle_timeout", "300") or 0),
-        help="end an ext_proc stream silent this many seconds (in two-phase enforce mode, the "
-        "longest wait for response headers); 0: never (default %(default)s)",
+        type=_FLOAT,
+        default=_env("stream_idle_timeout", c.STREAM_IDLE_TIMEOUT),
+        help="end an ext_proc stream silent this many seconds (with a response phase, the "
+        "longest wait for response headers); 0: never",
     )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error every command uses (exit 2, no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"extproc-audit: error: {message} (see {self.prog} --help)\n")
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="extproc-audit",
-        description="Immutable, verifiable audit log for Envoy/Istio meshes.",
+        description="Immutable, verifiable audit log for Envoy/Istio meshes. Exit codes: "
+        "0 ok, 1 a log is invalid, 2 usage, configuration or infrastructure error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key; print its verifier key")
     p.add_argument("--name", required=True, help="key name (no spaces or '+')")
@@ -537,37 +650,29 @@ def _cmd_init_bucket(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from extproc.core import receipt
+    from extproc.config import ServeConfig
     from extproc.core.redact import (
         DEFAULT_REDACT_HEADERS,
         DEFAULT_REDACT_QUERY_PARAMS,
         DEFAULT_URL_HEADERS,
         RedactionPolicy,
     )
-    from extproc.server.app import ServeConfig, serve
 
-    if not args.store:
-        raise ConfigError("--store is required (or EXTPROC_AUDIT_STORE)")
-    if not args.key:
-        raise ConfigError("--key is required (or EXTPROC_AUDIT_KEY)")
-    headers = args.redact_header or (_env("redact_header") or "").split(",")
-    params = args.redact_query_param or (_env("redact_query_param") or "").split(",")
-    url_headers = args.redact_url_header or (_env("redact_url_header") or "").split(",")
+    _env_flags(args, _SERVE_FLAGS)
     hmac_key = None
     if args.hmac_key_file:
         try:
             hmac_key = Path(args.hmac_key_file).read_bytes().strip()
         except OSError as e:
             raise ConfigError(f"cannot read HMAC key file: {e.strerror}") from e
-        if len(hmac_key) < 16:
-            raise ConfigError("HMAC key file must hold at least 16 bytes")
-    if args.max_value_bytes < 64:
-        raise ConfigError("--max-value-bytes must be at least 64")
+
+    def names(option: str) -> frozenset[str]:
+        return frozenset(v.strip().lower() for v in _env_list(args, option) if v.strip())
+
     policy = RedactionPolicy(
-        redact_headers=DEFAULT_REDACT_HEADERS | {h.strip().lower() for h in headers if h.strip()},
-        redact_query_params=DEFAULT_REDACT_QUERY_PARAMS
-        | {q.strip().lower() for q in params if q.strip()},
-        url_headers=DEFAULT_URL_HEADERS | {u.strip().lower() for u in url_headers if u.strip()},
+        redact_headers=DEFAULT_REDACT_HEADERS | names("redact_header"),
+        redact_query_params=DEFAULT_REDACT_QUERY_PARAMS | names("redact_query_param"),
+        url_headers=DEFAULT_URL_HEADERS | names("redact_url_header"),
         query_mode=args.query_mode,
         hmac_key=hmac_key,
         max_value_bytes=args.max_value_bytes,
@@ -578,8 +683,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             h.strip().lower() for h in args.response_headers.split(",") if h.strip()
         )
     config = ServeConfig(
-        store=args.store,
-        key=Path(args.key),
+        store=args.store or "",
+        key=Path(args.key or ""),
         listen=args.listen,
         log_id=args.log_id,
         wal_dir=Path(args.wal_dir),
@@ -595,16 +700,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_no_object_lock=args.allow_no_object_lock,
         max_backlog_bytes=args.max_backlog_bytes,
         drain_timeout=args.drain_timeout,
+        access_log_grace=args.access_log_grace,
         heartbeat_interval=args.heartbeat_interval,
         redaction=policy,
         response_headers=response_headers,
         proof_listen=args.proof_listen,
+        receipt_header=args.receipt_header if args.receipts else None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,
-        trust_xfcc_from=tuple(args.trust_xfcc_from or _env_list("trust_xfcc_from")),
+        trust_xfcc_from=tuple(_env_list(args, "trust_xfcc_from")),
         xfcc_by=args.xfcc_by or None,
-        allow_reporters=tuple(args.allow_reporter or _env_list("allow_reporter")),
+        allow_reporters=tuple(_env_list(args, "allow_reporter")),
         reporter_is_destination=args.reporter_is_destination,
         health_listen=args.health_listen,
         max_message_bytes=args.max_message_bytes,
@@ -614,30 +721,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connection_age=args.max_connection_age,
         stream_idle_timeout=args.stream_idle_timeout,
         ext_proc_responses=args.ext_proc_responses,
-        receipt_header=receipt.validate_header_name(args.receipt_header) if args.receipts else None,
     )
-    if args.receipts and args.mode != "enforce":
-        raise ConfigError("--receipts needs --mode enforce (envoy ignores replies in observe mode)")
-    if config.heartbeat_interval < 0:
-        raise ConfigError("--heartbeat-interval must be 0 (off) or positive")
-    if config.bundle_max_entries < 1 or config.bundle_max_age <= 0:
-        raise ConfigError("--bundle-max-entries and --bundle-max-age must be positive")
-    if config.max_message_bytes < 64 * 1024 or config.max_headers < 8:
-        raise ConfigError("--max-message-bytes must be at least 65536, --max-headers at least 8")
-    if config.max_header_bytes < 4096 or config.max_streams_per_connection < 1:
-        raise ConfigError(
-            "--max-header-bytes must be at least 4096, --max-streams-per-connection at least 1"
-        )
-    if config.max_connection_age < 0 or config.stream_idle_timeout < 0:
-        raise ConfigError("--max-connection-age and --stream-idle-timeout must be 0 (off) or more")
     if args.workers > 1:
         from extproc.server.workers import run_workers
 
         if config.listen.endswith(":0") or config.unix_socket is not None:
             raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
         return run_workers(config, args.workers)
-    if args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
+    from extproc.server.app import serve
+
     return serve(config)
 
 
@@ -767,7 +859,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _add_prove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("prove", help="write an offline inclusion proof (c2sp tlog-proof)")
     p.add_argument("url", help="s3://bucket/prefix or a directory")
     p.add_argument("--log", required=True, metavar="ID", help="log id")
@@ -900,7 +992,7 @@ def _cmd_check_proof(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "search",
         help="print matching entries, verifying the log as it is read",
@@ -1021,7 +1113,11 @@ def _one_line(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ConfigError as e:  # a type converter that checks more than syntax
+        print(f"extproc-audit: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -1041,4 +1137,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"extproc-audit: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        print("extproc-audit: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except OSError as e:  # a file or socket the command needs (named by the OS)
+        print(f"extproc-audit: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:
+        # A bug, not the user's doing: one line, and the traceback with -v.
+        if args.verbose:
+            raise
+        print(
+            f"extproc-audit: error: unexpected {type(e).__name__}: {_one_line(e)} "
+            "(run with -v for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR

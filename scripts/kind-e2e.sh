@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# End to end on a local Kubernetes: kind cluster -> Istio -> MinIO with Object
-# Lock -> the audit server (istio/overlays/enforce) -> httpbin opted in ->
-# traffic -> `extproc-audit verify` of what landed in the bucket.
+# End to end on a local Kubernetes: kind cluster -> Istio (with the audit's
+# envoyHttpAls extension provider, istio/mesh/) -> MinIO with Object Lock -> the
+# audit server (istio/overlays/enforce: EnvoyFilter + Telemetry) -> httpbin
+# opted in -> traffic -> `extproc-audit verify` of what landed in the bucket.
 #
 # Needs: docker (a running engine), kind, kubectl, istioctl, on PATH.
 # Not run by .ci/run (no Docker engine there); see docs/ISTIO.md.
@@ -45,8 +46,11 @@ log "kind cluster $CLUSTER"
 kind create cluster --name "$CLUSTER" --wait 120s
 kubectl config use-context "kind-$CLUSTER"
 
-log "Istio (minimal profile + the audit injection template) and an ingress gateway"
-istioctl install -y -f "$ROOT/istio/injection/istio-operator-audit-template.yaml" \
+log "Istio (minimal profile, the audit's mesh config and injection template) and an ingress gateway"
+# istioctl merges the files in order: the extension provider and stats matcher,
+# then the injection template (the two touch different fields).
+istioctl install -y -f "$ROOT/istio/mesh/istio-operator.yaml" \
+    -f "$ROOT/istio/injection/istio-operator-audit-template.yaml" \
     --set 'components.ingressGateways[0].name=istio-ingressgateway' \
     --set 'components.ingressGateways[0].enabled=true'
 
@@ -63,6 +67,13 @@ kubectl -n minio set env deployment/minio \
     MINIO_ROOT_USER="$MINIO_USER" MINIO_ROOT_PASSWORD="$MINIO_PASSWORD"
 kubectl -n minio expose deployment minio --port=9000
 kubectl -n minio rollout status deployment/minio --timeout=180s
+
+# The overlays' Telemetry lives in the application namespace: create it first.
+# The cluster admin's part: the namespace may report (NetworkPolicy); its
+# accounts are already on the allow-lists (cluster.local/ns/demo/sa/* in
+# istio/base/authorizationpolicy.yaml and EXTPROC_AUDIT_ALLOW_REPORTER).
+kubectl create namespace demo
+kubectl label namespace demo istio-injection=enabled extproc-audit.io/reporter=true
 
 log "audit server ($OVERLAY overlay), with MinIO instead of AWS"
 kubectl kustomize "$ROOT/istio/overlays/$OVERLAY" >"$WORK/audit.yaml"
@@ -107,11 +118,6 @@ kubectl -n extproc-audit create secret generic extproc-audit-signing-key \
 kubectl -n extproc-audit rollout status statefulset/extproc-audit --timeout=300s
 
 log "httpbin, opted in (label extproc-audit.io/audit=enabled)"
-kubectl create namespace demo
-# The cluster admin's part: the namespace may report (NetworkPolicy); its
-# accounts are already on the allow-lists (cluster.local/ns/demo/sa/* in
-# istio/base/authorizationpolicy.yaml and EXTPROC_AUDIT_ALLOW_REPORTER).
-kubectl label namespace demo istio-injection=enabled extproc-audit.io/reporter=true
 kubectl -n demo create deployment httpbin --image=docker.io/mccutchen/go-httpbin:v2.15.0 --port=8080
 kubectl -n demo patch deployment httpbin \
     -p '{"spec": {"template": {"metadata": {"labels": {"extproc-audit.io/audit": "enabled"}}}}}'

@@ -155,6 +155,8 @@ class AuditStack:
             "--health-listen", f"127.0.0.1:{self.health_port}",
             "--log-id", self.log_id, "--wal-dir", str(self.workdir / "wal"),
             "--mode", self.mode, "--bundle-max-age", "0.2", "--drain-timeout", "10",
+            # Envoy flushes its access logs every 0.2 s (envoyconf).
+            "--access-log-grace", "0.5",
             *self.extra_args,
         ]  # fmt: skip
         self.server = processes.start_server(args, log)

@@ -370,3 +370,16 @@ def test_server_down_shows_in_envoy_drop_counter_and_as_a_gap(make_stack: Any) -
     verify = run_cli("verify", stack.store_url, "--vkey", stack.vkey(), "--gap-threshold", "1")
     assert verify.returncode == 0, verify.stdout
     assert "gap: crash" in verify.stdout
+
+
+def test_listener_level_entry_without_a_request_is_marked() -> None:
+    e = al.HTTPAccessLogEntry(
+        common_properties=al.AccessLogCommon(
+            downstream_remote_address=_addr("10.0.0.7", 41000),
+            response_flags=al.ResponseFlags(no_route_found=True),
+        )
+    )
+    fields = capture(e)
+    assert fields["no_request"] is True and fields["flags"] == "NR"
+    assert fields["resp"]["status"] is None
+    assert "no_request" not in capture(http_entry())

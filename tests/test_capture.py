@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 
 from extproc.core import entry
 from extproc.core.redact import DEFAULT_REDACT_HEADERS, REDACTED, RedactionPolicy
+from extproc.errors import ConfigError
 from extproc.server.capture import ATTR_NAMESPACE, DEFAULT_MAX_HEADERS, Capturer, xfcc_uris
 
 Header = tuple[str, str | bytes]
@@ -221,7 +222,7 @@ def test_query_modes(mode: str, stored: str | None) -> None:
 
 
 def test_unknown_query_mode_is_rejected() -> None:
-    with pytest.raises(ValueError, match="query mode"):
+    with pytest.raises(ConfigError, match="query-mode"):
         RedactionPolicy(query_mode="some")
 
 
@@ -280,9 +281,9 @@ def test_oversized_path_query_and_authority_are_truncated() -> None:
 
 
 def test_oversized_response_header_is_named_in_trunc() -> None:
-    policy = RedactionPolicy(max_value_bytes=10)
+    policy = RedactionPolicy(max_value_bytes=64)
     fields = Capturer(policy, response_headers=None).response(
-        response_msg("503", [("x-trace", "t" * 50)])
+        response_msg("503", [("x-trace", "t" * 500)])
     )
     assert fields["trunc"] == ["resp.headers.x-trace"]
     assert fields["resp"]["status"] == 503

@@ -1,7 +1,10 @@
 """istio/: every manifest parses and validates against its schema (Istio CRDs,
 Kubernetes), every overlay renders, every EnvoyFilter patch yields a config the
-real Envoy accepts, and the enforce filter audits real traffic end to end.
-Also the IAM policies: the writer may do exactly what the S3 store needs."""
+real Envoy accepts, the access logger istiod renders for the mesh's
+envoyHttpAls provider runs in real Envoy against the real server beside the
+enforce filter (request and outcome linked, on one audit pod of two), and the
+per-pod topology does the same over its Unix socket. Also the IAM policies: the
+writer may do exactly what the S3 store needs."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,14 @@ import yaml
 
 from extproc import processes
 from extproc.demo import UpstreamApp
-from extproc.envoyconf import EXT_PROC_FILTER, Endpoint, to_yaml
+from extproc.envoyconf import (
+    ACCESS_LOG_NAME,
+    ACCESS_LOG_REQUEST_HEADERS,
+    ACCESS_LOG_RESPONSE_HEADERS,
+    EXT_PROC_FILTER,
+    Endpoint,
+    to_yaml,
+)
 from scripts import render_istio
 from tests import envoyfilter, iam_eval, istio_injection
 from tests.conftest import read_entries, run_cli, stack_factory
@@ -71,10 +83,15 @@ def _injected_pod(*, native: bool) -> dict[str, Any]:
     return istio_injection.inject(_example_app_pod(), _audit_template(), native=native)
 
 
+# Standalone manifests, applied with kubectl apply -f (not part of an overlay).
+STANDALONE = sorted((ISTIO / "telemetry").glob("*.yaml"))
+
+
 def _all_manifests() -> list[tuple[str, dict[str, Any]]]:
     docs = [
         (f"{o.name}:{d['kind']}/{d['metadata']['name']}", d) for o in OVERLAYS for d in _rendered(o)
     ]
+    docs += [(f"{p.parent.name}/{p.name}", d) for p in STANDALONE for d in _docs(p)]
     return [
         *docs,
         ("injection:Pod", _injected_pod(native=False)),
@@ -89,7 +106,7 @@ MANIFESTS = _all_manifests()
 
 
 def test_overlays_exist() -> None:
-    assert {o.name for o in OVERLAYS} == {"enforce", "observe", "gateway", "sidecar"}
+    assert {o.name for o in OVERLAYS} == {"enforce", "observe", "gateway", "receipts", "sidecar"}
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ISTIO)))
@@ -126,7 +143,7 @@ def test_overlay_renders(overlay: Path) -> None:
     kinds = {d["kind"] for d in docs}
     assert "EnvoyFilter" in kinds
     if overlay.name != "sidecar":
-        assert {"StatefulSet", "Service", "DestinationRule", "NetworkPolicy"} <= kinds
+        assert {"StatefulSet", "Service", "DestinationRule", "NetworkPolicy", "Telemetry"} <= kinds
     keys = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
     assert len(keys) == len(set(keys)), "duplicate resources"
 
@@ -151,10 +168,20 @@ def _docs_text(text: str) -> list[dict[str, Any]]:
 
 
 def test_observe_overlay_switches_both_sides() -> None:
-    docs = {d["kind"]: d for d in _rendered(ISTIO / "overlays" / "observe")}
-    assert docs["ConfigMap"]["data"]["EXTPROC_AUDIT_MODE"] == "observe"
-    config = docs["EnvoyFilter"]["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]
-    assert config["observability_mode"] is True and config["failure_mode_allow"] is True
+    # Observe is Envoy's access-log service through Istio's supported path (a
+    # Telemetry naming the mesh's provider): no filter holds a request.
+    docs = _rendered(ISTIO / "overlays" / "observe")
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert config_map["data"]["EXTPROC_AUDIT_MODE"] == "observe"
+    filters = [d for d in docs if d["kind"] == "EnvoyFilter"]
+    assert [f["metadata"]["name"] for f in filters] == ["extproc-audit-affinity"]
+    assert "HTTP_FILTER" not in {p["applyTo"] for f in filters for p in f["spec"]["configPatches"]}
+    (tel,) = [d for d in docs if d["kind"] == "Telemetry"]
+    assert tel["spec"]["accessLogging"] == [
+        {"providers": [{"name": render_istio.PROVIDER}], "match": {"mode": "SERVER"}}
+    ]
+    assert "selector" not in tel["spec"]  # the whole namespace
+    assert tel["metadata"]["namespace"] == render_istio.APP_NAMESPACE
 
 
 def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
@@ -230,7 +257,11 @@ def test_destination_rule_lifts_the_default_circuit_breaker() -> None:
     assert rule["spec"]["host"] == render_istio.SERVICE_HOST
 
 
-# --- EnvoyFilter patches on an Istio-shaped Envoy config ------------------------------
+# --- EnvoyFilter patches and istiod's access logger on an Istio-shaped Envoy config ----
+
+# Overlays with an ext_proc EnvoyFilter (observe has none: only a Telemetry).
+ENFORCING = ["enforce", "receipts", "gateway", "sidecar"]
+ALS_STATS = "access_logs.grpc_access_log."
 
 
 def _envoy_filter(overlay: str) -> dict[str, Any]:
@@ -238,37 +269,91 @@ def _envoy_filter(overlay: str) -> dict[str, Any]:
     return doc
 
 
-def _patched(overlay: str, ports: dict[str, int]) -> dict[str, Any]:
-    doc = _envoy_filter(overlay)
-    context = doc["spec"]["configPatches"][-1]["match"]["context"]
+def _affinity_filter() -> dict[str, Any]:
+    (doc,) = _docs(ISTIO / "base" / "envoyfilter-affinity.yaml")
+    return doc
+
+
+def _patch(doc: dict[str, Any], apply_to: str) -> dict[str, Any]:
+    (patch,) = [p for p in doc["spec"]["configPatches"] if p["applyTo"] == apply_to]
+    return patch
+
+
+def _ext_proc(overlay: str) -> dict[str, Any]:
+    """The typed_config of an overlay's ext_proc filter."""
+    return _patch(_envoy_filter(overlay), "HTTP_FILTER")["patch"]["value"]["typed_config"]  # type: ignore[no-any-return]
+
+
+def _istio_config(
+    overlay: str | None,
+    ports: dict[str, Any],
+    *,
+    telemetry: tuple[str, ...] = (),
+    affinity: bool = True,
+) -> dict[str, Any]:
+    """An Istio-shaped proxy config with what the mesh adds for `overlay`: its
+    EnvoyFilter (None: none), in the shared topology the base's affinity
+    EnvoyFilter, and the access logger istiod renders for the Telemetry on the
+    listeners of the `telemetry` patch contexts.
+
+    ports: listen, app, admin; "grpc" (a port, or a list: audit pods) for the
+    shared topology's outbound cluster; "outbound" adds a caller's outbound
+    listener in front of the inbound one."""
     local = overlay == "sidecar"
+    context = (
+        "SIDECAR_INBOUND"
+        if overlay is None
+        else _patch(_envoy_filter(overlay), "HTTP_FILTER")["match"]["context"]
+    )
+    grpc = ports.get("grpc", [])
+    pods = [Endpoint("127.0.0.1", p) for p in (grpc if isinstance(grpc, list) else [grpc])]
     config, contexts = envoyfilter.istio_like_bootstrap(
         context=context,
         listen=Endpoint("127.0.0.1", ports["listen"]),
         app=Endpoint("127.0.0.1", ports["app"]),
         admin=Endpoint("127.0.0.1", ports["admin"]),
-        outbound_clusters={}
-        if local
-        else {render_istio.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", ports["grpc"])},
+        outbound_clusters={} if local else {render_istio.OUTBOUND_CLUSTER: pods},
+        outbound=Endpoint("127.0.0.1", ports["outbound"]) if "outbound" in ports else None,
     )
-    patched, applied = envoyfilter.apply(config, contexts, doc)
-    assert applied == len(doc["spec"]["configPatches"]), "a patch matched nothing"
-    return patched
+    docs = [] if overlay is None else [_envoy_filter(overlay)]
+    if affinity and not local:
+        docs.append(_affinity_filter())
+    for doc in docs:
+        config, applied = envoyfilter.apply(config, contexts, doc)
+        assert applied == len(doc["spec"]["configPatches"]), "a patch matched nothing"
+    if telemetry:
+        entry = render_istio.istiod_http_als(render_istio.extension_provider())
+        listener_entry = render_istio.istiod_listener_access_log(entry)
+        config = envoyfilter.apply_telemetry(
+            config, contexts, entry, listener_entry, listener_contexts=telemetry
+        )
+    return config
+
+
+def _hcm(config: dict[str, Any], listener: int = 0) -> dict[str, Any]:
+    chain = config["static_resources"]["listeners"][listener]["filter_chains"][0]
+    return chain["filters"][0]["typed_config"]  # type: ignore[no-any-return]
 
 
 def _http_filters(config: dict[str, Any]) -> list[str]:
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    return [f["name"] for f in hcm["typed_config"]["http_filters"]]
+    return [f["name"] for f in _hcm(config)["http_filters"]]
 
 
 PORTS = {"listen": 15006, "app": 8000, "admin": 15000, "grpc": 50051}
 
 
-@pytest.mark.envoy
-@pytest.mark.parametrize("overlay", ["enforce", "observe", "gateway", "sidecar"])
-def test_envoyfilter_patch_passes_envoy_validate(tmp_path: Path, overlay: str) -> None:
-    config = _patched(overlay, PORTS)
-    assert _http_filters(config)[-2:] == [EXT_PROC_FILTER, envoyfilter.ROUTER]
+def _telemetry_contexts(overlay: str) -> tuple[str, ...]:
+    """Where the overlay's Telemetry puts the access logger (the sidecar overlay
+    has none: its EnvoyFilter adds the logger). The shipped Telemetry for
+    sidecars is SERVER only; the outbound side is validated too, for a
+    Telemetry without `match` (CLIENT_AND_SERVER)."""
+    return {
+        "sidecar": (),
+        "gateway": ("GATEWAY",),
+    }.get(overlay, ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND"))
+
+
+def _validate(tmp_path: Path, config: dict[str, Any]) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(to_yaml(config))
     result = subprocess.run(
@@ -276,6 +361,78 @@ def test_envoyfilter_patch_passes_envoy_validate(tmp_path: Path, overlay: str) -
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("overlay", [*ENFORCING, "observe"])
+def test_mesh_config_passes_envoy_validate(tmp_path: Path, overlay: str) -> None:
+    """Each overlay on an Istio-shaped proxy: its EnvoyFilter patches, the
+    affinity patch, and the access logger istiod renders for its Telemetry;
+    real Envoy accepts the result."""
+    ports = {**PORTS} if overlay == "gateway" else {**PORTS, "outbound": 15001}
+    filters = None if overlay == "observe" else overlay
+    config = _istio_config(filters, ports, telemetry=_telemetry_contexts(overlay))
+    if overlay == "observe":
+        assert EXT_PROC_FILTER not in _http_filters(config)
+    else:
+        assert _http_filters(config)[-2:] == [EXT_PROC_FILTER, envoyfilter.ROUTER]
+    loggers = [a["name"] for a in _hcm(config).get("access_log", [])]
+    assert loggers == ["envoy.access_loggers.http_grpc"]
+    _validate(tmp_path, config)
+
+
+def test_istiod_access_logger_is_the_provider_rendered() -> None:
+    # What istiod makes of the provider (telemetry_logging.go at ISTIO_COMMIT):
+    # the Service's outbound cluster and hostname, V3, Istio's peer filter
+    # state, our header lists, no buffer settings (Envoy's 1 s / 16 KiB).
+    entry = render_istio.istiod_http_als(render_istio.extension_provider())
+    assert entry["name"] == "envoy.access_loggers.http_grpc"
+    common = entry["typed_config"]["common_config"]
+    assert common["grpc_service"]["envoy_grpc"] == {
+        "cluster_name": render_istio.OUTBOUND_CLUSTER,
+        "authority": render_istio.SERVICE_HOST,
+    }
+    assert common["log_name"] == ACCESS_LOG_NAME
+    assert common["transport_api_version"] == "V3"
+    assert common["filter_state_objects_to_log"] == ["upstream_peer", "downstream_peer"]
+    assert not {"buffer_flush_interval", "buffer_size_bytes"} & set(common)
+    config = entry["typed_config"]
+    assert config["additional_request_headers_to_log"] == list(ACCESS_LOG_REQUEST_HEADERS)
+    assert config["additional_response_headers_to_log"] == list(ACCESS_LOG_RESPONSE_HEADERS)
+    listener = render_istio.istiod_listener_access_log(entry)
+    assert listener["filter"] == {"response_flag_filter": {"flags": ["NR"]}}
+
+
+def test_patch_values_are_valid_envoy_protos() -> None:
+    """Every patch value, and istiod's access logger, parses strictly into its
+    Envoy message (unknown fields refused), as istiod's EnvoyFilter validation
+    does (pkg/config/xds/xds.go, BuildXDSObjectFromStruct with strict)."""
+    from envoy.config.accesslog.v3 import accesslog_pb2
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.listener.v3 import listener_components_pb2
+    from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401 (Any types)
+    from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+    from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2  # noqa: F401
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+    from google.protobuf import json_format
+
+    messages: dict[str, Any] = {
+        "CLUSTER": cluster_pb2.Cluster,
+        "HTTP_FILTER": hcm_pb2.HttpFilter,
+        "NETWORK_FILTER": listener_components_pb2.Filter,
+    }
+    docs = [_affinity_filter(), *(_envoy_filter(o) for o in ENFORCING)]
+    for doc in docs:
+        for patch in doc["spec"]["configPatches"]:
+            json_format.ParseDict(patch["patch"]["value"], messages[patch["applyTo"]]())
+    entry = render_istio.istiod_http_als(render_istio.extension_provider())
+    json_format.ParseDict(entry, accesslog_pb2.AccessLog())
+    json_format.ParseDict(render_istio.istiod_listener_access_log(entry), accesslog_pb2.AccessLog())
+    with pytest.raises(json_format.ParseError):
+        json_format.ParseDict({"load_balancing_polcy": {}}, cluster_pb2.Cluster())
 
 
 def test_patch_applier_refuses_unknown_patches() -> None:
@@ -287,23 +444,35 @@ def test_patch_applier_refuses_unknown_patches() -> None:
     )  # fmt: skip
     with pytest.raises(envoyfilter.UnsupportedPatch):
         envoyfilter.apply(config, contexts, doc)
+    affinity = _affinity_filter()
+    affinity["spec"]["configPatches"][0]["match"]["cluster"]["subset"] = "v1"
+    with pytest.raises(envoyfilter.UnsupportedPatch):
+        envoyfilter.apply(config, contexts, affinity)
 
 
 def test_filters_point_at_the_right_cluster_and_mode() -> None:
-    def typed(overlay: str) -> dict[str, Any]:
-        value = _envoy_filter(overlay)["spec"]["configPatches"][-1]["patch"]["value"]
-        return value["typed_config"]  # type: ignore[no-any-return]
-
-    for overlay in ("enforce", "gateway"):
-        grpc = typed(overlay)["grpc_service"]["envoy_grpc"]
+    for overlay in ("enforce", "receipts", "gateway"):
+        grpc = _ext_proc(overlay)["grpc_service"]["envoy_grpc"]
         assert grpc["cluster_name"] == render_istio.OUTBOUND_CLUSTER
-        assert typed(overlay)["failure_mode_allow"] is False  # fail closed by default
-    assert (
-        typed("sidecar")["grpc_service"]["envoy_grpc"]["cluster_name"] == render_istio.LOCAL_CLUSTER
+        assert _ext_proc(overlay)["failure_mode_allow"] is False  # fail closed by default
+    assert _ext_proc("sidecar")["grpc_service"]["envoy_grpc"]["cluster_name"] == (
+        render_istio.LOCAL_CLUSTER
     )
+    # One round trip: request headers only; the outcome comes by the access log.
+    # Only the receipts variant asks for response headers (the receipt header).
+    for overlay in ENFORCING:
+        mode = _ext_proc(overlay)["processing_mode"]
+        assert mode["request_header_mode"] == "SEND"
+        expected = "SEND" if overlay == "receipts" else "SKIP"
+        assert mode["response_header_mode"] == expected, overlay
+        assert "observability_mode" not in _ext_proc(overlay)
+    receipts = _rendered(ISTIO / "overlays" / "receipts")
+    (settings,) = [d["data"] for d in receipts if d["kind"] == "ConfigMap"]
+    assert settings["EXTPROC_AUDIT_RECEIPTS"] == "true"
+    assert settings["EXTPROC_AUDIT_MODE"] == "enforce"
     # The caller's SPIFFE id and the identity the request was served as are
     # requested from Envoy for every entry (`source.principal` is not an Envoy attribute).
-    attributes = typed("enforce")["request_attributes"]
+    attributes = _ext_proc("enforce")["request_attributes"]
     assert "connection.uri_san_peer_certificate" in attributes
     assert "connection.uri_san_local_certificate" in attributes
     assert "source.principal" not in attributes
@@ -312,36 +481,265 @@ def test_filters_point_at_the_right_cluster_and_mode() -> None:
     }
 
 
+# --- the mesh's extension provider and the Telemetry resources -------------------------
+
+
+def _mesh_files() -> dict[str, dict[str, Any]]:
+    (operator,) = _docs(ISTIO / "mesh" / "istio-operator.yaml")
+    (values,) = _docs(ISTIO / "mesh" / "istiod-values.yaml")
+    return {"istioctl": operator["spec"]["meshConfig"], "helm": values["meshConfig"]}
+
+
+def test_mesh_config_provider_is_rendered_from_envoyconf() -> None:
+    # The same meshConfig for istioctl and for the istiod Helm chart, and the
+    # provider's headers are envoyconf's lists (rendered: they cannot drift).
+    meshes = _mesh_files()
+    assert meshes["istioctl"] == meshes["helm"]
+    (operator,) = _docs(ISTIO / "mesh" / "istio-operator.yaml")
+    assert (operator["apiVersion"], operator["kind"]) == (
+        "install.istio.io/v1alpha1",
+        "IstioOperator",
+    )
+    (provider,) = meshes["helm"]["extensionProviders"]
+    assert provider == {
+        "name": render_istio.PROVIDER,
+        "envoyHttpAls": {
+            "service": render_istio.SERVICE_HOST,
+            "port": render_istio.GRPC_PORT,
+            "logName": ACCESS_LOG_NAME,
+            "additionalRequestHeadersToLog": list(ACCESS_LOG_REQUEST_HEADERS),
+            "additionalResponseHeadersToLog": list(ACCESS_LOG_RESPONSE_HEADERS),
+        },
+    }
+    (service,) = [d for d in _rendered(ISTIO / "overlays" / "enforce") if d["kind"] == "Service"]
+    fqdn = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert provider["envoyHttpAls"]["service"] == fqdn
+    ports = {p["port"]: p for p in service["spec"]["ports"]}
+    assert ports[provider["envoyHttpAls"]["port"]]["appProtocol"] == "grpc"
+    # Envoy's written/dropped counters reach Prometheus (Istio's stats matcher).
+    matcher = meshes["helm"]["defaultConfig"]["proxyStatsMatcher"]
+    assert matcher == {"inclusionPrefixes": ["access_logs.grpc_access_log"]}
+
+
+def _telemetries() -> dict[str, dict[str, Any]]:
+    found = {}
+    for name, doc in MANIFESTS:
+        if doc.get("kind") == "Telemetry":
+            found[name] = doc
+    return found
+
+
+def test_telemetry_names_the_provider_where_the_filters_are() -> None:
+    telemetries = _telemetries()
+    assert {n.split(":")[0].split("/")[0] for n in telemetries} == {
+        "enforce", "receipts", "observe", "gateway", "telemetry",
+    }  # fmt: skip
+    for name, doc in telemetries.items():
+        assert doc["apiVersion"] == "telemetry.istio.io/v1", name
+        (logging,) = doc["spec"]["accessLogging"]
+        assert logging["providers"] == [{"name": render_istio.PROVIDER}], name
+        assert "disabled" not in logging
+    by_overlay = {
+        o: next(d for d in _rendered(ISTIO / "overlays" / o) if d["kind"] == "Telemetry")
+        for o in ("enforce", "gateway", "observe")
+    }
+    # Enforce: the outcome from exactly the pods whose requests the filter holds
+    # (a selector applies in its own namespace only: telemetry.go).
+    enforce = by_overlay["enforce"]
+    selector = _envoy_filter("enforce")["spec"]["workloadSelector"]["labels"]
+    assert enforce["spec"]["selector"]["matchLabels"] == selector
+    assert enforce["spec"]["accessLogging"][0]["match"] == {"mode": "SERVER"}
+    assert enforce["metadata"]["namespace"] == render_istio.APP_NAMESPACE
+    # Gateway: in the gateway's namespace; no mode (a gateway's listeners are CLIENT).
+    gateway = by_overlay["gateway"]
+    assert gateway["metadata"]["namespace"] == render_istio.ROOT_NAMESPACE
+    gateway_selector = _envoy_filter("gateway")["spec"]["workloadSelector"]["labels"]
+    assert gateway["spec"]["selector"]["matchLabels"] == gateway_selector
+    assert "match" not in gateway["spec"]["accessLogging"][0]
+    (mesh_wide,) = _docs(ISTIO / "telemetry" / "mesh-wide.yaml")
+    assert mesh_wide["metadata"]["namespace"] == render_istio.ROOT_NAMESPACE
+    assert "selector" not in mesh_wide["spec"]
+
+
+def test_telemetry_schema_catches_a_typo() -> None:
+    schema = ISTIO_SCHEMAS[("telemetry.istio.io/v1", "Telemetry")]["properties"]["spec"]
+    (doc,) = _docs(ISTIO / "overlays" / "enforce" / "telemetry.yaml")
+    jsonschema.validate(doc["spec"], schema)
+    doc["spec"]["accessLogging"][0]["match"]["mode"] = "INBOUND"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc["spec"], schema)
+
+
+def test_affinity_patch_touches_only_the_audit_cluster() -> None:
+    other = "outbound|50051||other.demo.svc.cluster.local"
+    config, contexts = envoyfilter.istio_like_bootstrap(
+        context="SIDECAR_INBOUND", listen=Endpoint("127.0.0.1", 1), app=Endpoint("127.0.0.1", 2),
+        admin=Endpoint("127.0.0.1", 3),
+        outbound_clusters={render_istio.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", 4),
+                           other: Endpoint("127.0.0.1", 5)},
+    )  # fmt: skip
+    patched, applied = envoyfilter.apply(config, contexts, _affinity_filter())
+    assert applied == 1
+    policies = {
+        c["name"]: c.get("load_balancing_policy") for c in patched["static_resources"]["clusters"]
+    }
+    assert policies[other] is None and policies[render_istio.OUTBOUND_CLUSTER] is not None
+    (policy,) = policies[render_istio.OUTBOUND_CLUSTER]["policies"]
+    hashing = policy["typed_extension_config"]["typed_config"]["consistent_hashing_lb_config"]
+    assert hashing["hash_policy"] == [{"header": {"header_name": "x-forwarded-for"}}]
+
+
+# --- real runs --------------------------------------------------------------------------
+
+
+def _wait_for_als(admin_port: int, entries: int, timeout: float = 20.0) -> dict[str, int]:
+    """Envoy's access-log counters once `entries` are on the gRPC stream (istiod
+    sets no flush interval: Envoy's default, 1 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = processes.envoy_stats(admin_port, ALS_STATS)
+        if stats.get(ALS_STATS + "grpc_entries_flushed", 0) >= entries:
+            return stats
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.1)
+
+
+def _prometheus_stats(admin_port: int, prefix: str) -> dict[str, float]:
+    """Envoy's /stats/prometheus, as Prometheus scrapes it (Istio merges it into
+    the pod's :15020/stats/prometheus)."""
+    url = f"http://127.0.0.1:{admin_port}/stats/prometheus"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name = series.partition("{")[0]  # Envoy writes `name{} value` for a counter
+        if name.startswith(prefix):
+            found[name] = float(value)
+    return found
+
+
+def _pods(make: Any, store: str, count: int) -> list[Any]:
+    """`count` audit servers (pods) on one store, one signing key, one log each."""
+    pods = [make(store, log_id=f"extproc-audit-{i}") for i in range(count)]
+    for pod in pods[1:]:
+        shutil.copy(pods[0].key_path, pod.key_path)
+    for pod in pods:
+        pod.start_server()
+    return pods
+
+
 @pytest.mark.envoy
 @pytest.mark.slow
-def test_enforce_envoyfilter_audits_real_traffic(tmp_path: Path) -> None:
-    """The enforce overlay's patch on an Istio-shaped config, real Envoy, real
-    audit server: 30 requests pass, SIGTERM publishes, the log verifies, and
-    with the server gone requests are refused."""
+def test_istiod_access_log_and_enforce_filter_audit_real_traffic(tmp_path: Path) -> None:
+    """What a mesh with the enforce overlay gives a sidecar, on loopback: the
+    EnvoyFilter's request-only ext_proc filter, the base's affinity patch on the
+    outbound cluster to the audit Service (two audit pods: two real servers on
+    one store), and the access logger istiod renders for the envoyHttpAls
+    provider, on the inbound listener and on an outbound listener in front of it
+    (as a Telemetry without `match` would; the shipped ones are SERVER only).
+    30 requests pass. All of this proxy's streams land on one pod. Each request
+    has a request entry and an access entry from each listener; the inbound one
+    links the request entry by `ref`, the outbound one (same request id, other
+    local address) does not. Envoy wrote 60 entries and dropped none, under the
+    Prometheus names the docs' queries use. The logs verify, and with the
+    servers gone requests are refused."""
     with stack_factory(tmp_path) as make, UpstreamApp() as app:
-        stack = make()
-        stack.start_server()
-        ports = {"listen": stack.envoy_port, "app": app.port, "admin": stack.admin_port,
-                 "grpc": stack.grpc_port}  # fmt: skip
-        config = _patched("enforce", ports)
+        store = str(tmp_path / "store")
+        pods = _pods(make, store, 2)
+        proxy = pods[0]
+        inbound = processes.free_port()
+        ports = {"outbound": proxy.envoy_port, "listen": inbound, "app": app.port,
+                 "admin": proxy.admin_port, "grpc": [p.grpc_port for p in pods]}  # fmt: skip
+        config = _istio_config("enforce", ports, telemetry=_telemetry_contexts("enforce"))
         path = tmp_path / "istio-envoy.yaml"
         path.write_text(to_yaml(config))
         with (tmp_path / "envoy.log").open("ab") as log:
-            stack.envoy = processes.start_envoy(path, log)
+            proxy.envoy = processes.start_envoy(path, log)
             processes.wait_until(
-                lambda: processes.envoy_ready(stack.admin_port), "envoy", stack.envoy
+                lambda: processes.envoy_ready(proxy.admin_port), "envoy", proxy.envoy
             )
-            result = stack.send(30)
+            result = proxy.send(30)
             assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
-            assert stack.stop_server(signal.SIGTERM) == 0
-            # Enforce fails closed: with the audit server gone nothing passes.
-            refused = stack.send(3, concurrency=1)
+            stats = _wait_for_als(proxy.admin_port, 60)
+            exported = _prometheus_stats(proxy.admin_port, "envoy_access_logs_grpc_access_log_")
+            for pod in pods:
+                assert pod.stop_server(signal.SIGTERM) == 0
+            # Enforce fails closed: with the audit servers gone nothing passes.
+            refused = proxy.send(3, concurrency=1)
             assert sum(refused.statuses.values()) == 3 and min(refused.statuses) >= 500, refused
-        kinds = Counter(e["kind"] for e in read_entries(stack.store_url, stack.log_id))
-        assert kinds["request"] == 30 and kinds["response"] == 30, kinds
-        verified = run_cli("verify", stack.store_url, "--vkey", _verifier_key(stack.key_path))
-        assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert "VALID" in verified.stdout
+    assert stats[ALS_STATS + "logs_written"] == 60 and stats[ALS_STATS + "logs_dropped"] == 0
+    assert exported["envoy_access_logs_grpc_access_log_logs_written"] == 60
+    assert exported["envoy_access_logs_grpc_access_log_logs_dropped"] == 0
+    assert exported["envoy_access_logs_grpc_access_log_grpc_entries_flush_failed"] == 0
+    logs = {p.log_id: [e for e in read_entries(store, p.log_id) if e["kind"] != "writer"]
+            for p in pods}  # fmt: skip
+    busy = [log_id for log_id, entries in logs.items() if entries]
+    assert len(busy) == 1, {k: Counter(e["kind"] for e in v) for k, v in logs.items()}
+    entries = logs[busy[0]]
+    assert Counter(e["kind"] for e in entries) == {"request": 30, "access": 60}
+    requests = {e["rid"]: e for e in entries if e["kind"] == "request"}
+    assert set(requests) == set(result.request_ids)
+    sides = {f"127.0.0.1:{inbound}": "inbound", f"127.0.0.1:{proxy.envoy_port}": "outbound"}
+    seen: Counter[str] = Counter()
+    for e in (e for e in entries if e["kind"] == "access"):
+        side = sides[e["dst"]]
+        seen[side] += 1
+        request = requests[e["rid"]]
+        assert e["stream"]["log"] == ACCESS_LOG_NAME and e["reporter"] == request["reporter"]
+        assert e["resp"]["status"] in (200, 201) and e["resp"]["headers"]["content-type"]
+        if side == "inbound":
+            assert e["ref"] == request["seq"] and e["seq"] > request["seq"]
+        else:
+            assert "ref" not in e
+    assert seen == {"inbound": 30, "outbound": 30}
+    verified = run_cli("verify", store, "--vkey", _verifier_key(pods[0].key_path))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "VALID" in verified.stdout
+
+
+@pytest.mark.envoy
+@pytest.mark.slow
+def test_consistent_hash_of_a_destination_rule_would_not_pin_a_proxy(tmp_path: Path) -> None:
+    """Why the affinity is an EnvoyFilter and not a DestinationRule's
+    consistentHash (useSourceIp or any other key): istiod renders it as lb_policy
+    RING_HASH on the cluster (cluster_traffic_policy.go, ApplyRingHashLoadBalancer)
+    plus a hash policy on HTTP routes (route/route.go, consistentHashToHashPolicy),
+    and ext_proc and access-log streams use no route, so Envoy has no hash and
+    picks a pod at random per stream. Real Envoy, two real servers: one proxy's
+    request entries land on both pods, and those away from its access-log stream
+    stay unlinked."""
+    with stack_factory(tmp_path) as make, UpstreamApp() as app:
+        store = str(tmp_path / "store")
+        pods = _pods(make, store, 2)
+        proxy = pods[0]
+        ports = {"listen": proxy.envoy_port, "app": app.port, "admin": proxy.admin_port,
+                 "grpc": [p.grpc_port for p in pods]}  # fmt: skip
+        config = _istio_config("enforce", ports, telemetry=("SIDECAR_INBOUND",), affinity=False)
+        (cluster,) = [
+            c for c in config["static_resources"]["clusters"]
+            if c["name"] == render_istio.OUTBOUND_CLUSTER
+        ]  # fmt: skip
+        # What ApplyRingHashLoadBalancer renders for consistentHash.useSourceIp.
+        cluster["lb_policy"] = "RING_HASH"
+        cluster["ring_hash_lb_config"] = {"minimum_ring_size": 1024}
+        path = tmp_path / "istio-envoy.yaml"
+        path.write_text(to_yaml(config))
+        with (tmp_path / "envoy.log").open("ab") as log:
+            proxy.envoy = processes.start_envoy(path, log)
+            processes.wait_until(
+                lambda: processes.envoy_ready(proxy.admin_port), "envoy", proxy.envoy
+            )
+            result = proxy.send(40)
+            assert result.statuses[200] + result.statuses[201] == 40
+            _wait_for_als(proxy.admin_port, 40)
+            for pod in pods:
+                assert pod.stop_server(signal.SIGTERM) == 0
+    kinds = {p.log_id: Counter(e["kind"] for e in read_entries(store, p.log_id)) for p in pods}
+    assert all(k["request"] > 0 for k in kinds.values()), kinds  # spread per stream
+    assert sum(k["request"] for k in kinds.values()) == 40
+    linked = sum(1 for p in pods for e in read_entries(store, p.log_id) if "ref" in e)
+    assert linked < 40
 
 
 @pytest.mark.envoy
@@ -350,11 +748,12 @@ def test_sidecar_envoyfilter_audits_real_traffic_over_the_socket(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The per-pod topology on loopback: the sidecar overlay's EnvoyFilter on an
-    Istio-shaped config (its cluster a pipe), real Envoy, the real server on a
-    Unix socket with the overlay's settings, an upstream app. 30 requests pass,
-    every entry names the socket as its reporter, the template's readiness
-    command answers, SIGTERM publishes, the log verifies, and requests are
-    refused once the server is gone."""
+    Istio-shaped config (its cluster a pipe, the ext_proc filter and the access
+    logger both on it), real Envoy, the real server on a Unix socket with the
+    overlay's settings, an upstream app. 30 requests pass, each with a request
+    entry and an access entry that links it, every entry names the socket as
+    its reporter, the template's readiness command answers, SIGTERM publishes,
+    the log verifies, and requests are refused once the server is gone."""
     # A short directory: Unix socket paths are limited to 107 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="xa-", dir="/tmp"))
     sock = run_dir / "audit.sock"
@@ -378,7 +777,7 @@ def test_sidecar_envoyfilter_audits_real_traffic_over_the_socket(
             health = run_cli(*command[1:])
             assert health.returncode == 0, health.stdout + health.stderr
             ports = {"listen": stack.envoy_port, "app": app.port, "admin": stack.admin_port}
-            config = _patched("sidecar", ports)
+            config = _istio_config("sidecar", ports)
             (cluster,) = [
                 c for c in config["static_resources"]["clusters"]
                 if c["name"] == render_istio.LOCAL_CLUSTER
@@ -396,12 +795,16 @@ def test_sidecar_envoyfilter_audits_real_traffic_over_the_socket(
                 )
                 result = stack.send(30)
                 assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
+                stats = _wait_for_als(stack.admin_port, 30)
+                assert stats[ALS_STATS + "logs_dropped"] == 0
                 assert stack.stop_server(signal.SIGTERM) == 0
                 refused = stack.send(3, concurrency=1)
                 assert sum(refused.statuses.values()) == 3 and min(refused.statuses) >= 500
         entries = [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] != "writer"]
         kinds = Counter(e["kind"] for e in entries)
-        assert kinds["request"] == 30 and kinds["response"] == 30, kinds
+        assert kinds == {"request": 30, "access": 30}, kinds
+        requests = {e["rid"]: e["seq"] for e in entries if e["kind"] == "request"}
+        assert {e["rid"]: e.get("ref") for e in entries if e["kind"] == "access"} == requests
         assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {
             ("unix", f"unix:{sock}")
         }
@@ -704,10 +1107,16 @@ def test_sidecar_socket_path_is_one_path_everywhere() -> None:
     settings = _sidecar_settings()
     assert settings["EXTPROC_AUDIT_LISTEN"] == f"unix:{render_istio.SOCKET_PATH}"
     assert settings["EXTPROC_AUDIT_ALLOW_REPORTER"] == f"unix:{render_istio.SOCKET_PATH}"
-    (cluster_patch, _) = _envoy_filter("sidecar")["spec"]["configPatches"]
+    cluster_patch = _patch(_envoy_filter("sidecar"), "CLUSTER")
     (endpoints,) = cluster_patch["patch"]["value"]["load_assignment"]["endpoints"]
     (lb_endpoint,) = endpoints["lb_endpoints"]
     assert lb_endpoint["endpoint"]["address"] == {"pipe": {"path": render_istio.SOCKET_PATH}}
+    # The access logger goes to the same cluster: a Telemetry provider can name
+    # only a Service (docs/ISTIO.md, "Per-pod sidecar").
+    merged = _patch(_envoy_filter("sidecar"), "NETWORK_FILTER")["patch"]["value"]
+    (logger,) = merged["typed_config"]["access_log"]
+    grpc = logger["typed_config"]["common_config"]["grpc_service"]["envoy_grpc"]
+    assert grpc == {"cluster_name": render_istio.LOCAL_CLUSTER}
     audit = _containers(_injected_pod(native=False))["extproc-audit"]
     assert audit["readinessProbe"]["exec"]["command"] == [
         "extproc-audit", "health", "--addr", f"unix:{render_istio.SOCKET_PATH}",

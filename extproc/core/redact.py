@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from extproc.errors import ConfigError
+
 REDACTED = "[redacted]"
 TRUNCATED_MARK = "...[truncated {} bytes]"
 
@@ -156,7 +158,11 @@ class RedactionPolicy:
 
     def __post_init__(self) -> None:
         if self.query_mode not in QUERY_MODES:
-            raise ValueError(f"query mode must be one of {', '.join(QUERY_MODES)}")
+            raise ConfigError(f"--query-mode must be one of {', '.join(QUERY_MODES)}")
+        if self.max_value_bytes < 64:
+            raise ConfigError(f"--max-value-bytes must be at least 64, not {self.max_value_bytes}")
+        if self.hmac_key is not None and len(self.hmac_key) < 16:
+            raise ConfigError("the HMAC key (--hmac-key-file) must hold at least 16 bytes")
         for name in ("redact_headers", "redact_query_params", "url_headers"):
             lowered = frozenset(n.lower() for n in getattr(self, name))
             object.__setattr__(self, name, lowered)  # frozen: set once, here

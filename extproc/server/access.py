@@ -29,7 +29,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from extproc import metrics
+from extproc import config, metrics
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import BackpressureError
 from extproc.log.appender import AuditLog
@@ -87,7 +87,7 @@ _REQUEST_FIELD_HEADERS = (
     ("referer", "referer"),
     ("forwarded_for", "x-forwarded-for"),
 )
-DEFAULT_OUTCOME_WINDOW = 300.0  # seconds a request entry waits for its access-log outcome
+DEFAULT_OUTCOME_WINDOW = config.OUTCOME_WINDOW
 DEFAULT_OUTCOME_PENDING = 100_000  # request entries waiting at most
 _MAX_REPORTER_LABELS = 1000
 
@@ -281,6 +281,12 @@ class AccessCapture:
             fields["timing"] = timing
         if common.intermediate_log_entry:
             fields["partial"] = True
+        if not request.request_method and not request.path and not response.HasField(
+            "response_code"
+        ):
+            # A listener-level access log (istiod adds one for connections no
+            # filter chain took): a connection, not an HTTP request.
+            fields["no_request"] = True
         fields["rid"], cut = policy.truncate(request.request_id)
         if cut:
             trunc.append("rid")

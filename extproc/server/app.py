@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,8 +18,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc import __version__
+from extproc.config import ServeConfig
 from extproc.core import entry, layout
-from extproc.core.redact import RedactionPolicy
 from extproc.errors import AuditError, BackpressureError, ConfigError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
@@ -28,18 +27,11 @@ from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL
 from extproc.server.access import (
     ACCESS_LOG_SERVICE,
-    DEFAULT_OUTCOME_WINDOW,
     AccessCapture,
     AccessLogServicer,
     OutcomeMatcher,
 )
-from extproc.server.capture import (
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADERS,
-    DEFAULT_RESPONSE_HEADERS,
-    Capturer,
-)
-from extproc.server.reporters import ReporterPolicy, parse_networks
+from extproc.server.capture import Capturer
 from extproc.server.servicer import AuditServicer, IdleStreams, ReceiptReplies
 from extproc.store import RetentionPolicy, open_store
 
@@ -49,98 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-
-
-@dataclass
-class ServeConfig:
-    store: str
-    key: Path
-    listen: str = "0.0.0.0:50051"
-    log_id: str = "default"
-    wal_dir: Path = Path("extproc-wal")
-    mode: str = "enforce"
-    origin_prefix: str = "extproc-audit"
-    metrics_listen: str = "0.0.0.0:9464"
-    bundle_max_entries: int = 10_000
-    bundle_max_bytes: int = 16 << 20
-    bundle_max_age: float = 0.5
-    gzip: bool = False
-    retention_days: int | None = None
-    retention_mode: str = "COMPLIANCE"
-    allow_no_object_lock: bool = False
-    max_backlog_bytes: int = 128 << 20
-    drain_timeout: float = 20.0
-    heartbeat_interval: float = 60.0  # idle writer appends a heartbeat entry; 0: never
-    reuse_port: bool = False  # set for `--workers`: several processes share the port
-    redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
-    response_headers: frozenset[str] | None = DEFAULT_RESPONSE_HEADERS  # None: all
-    proof_listen: str = "off"  # live proof API address (docs/PROOFS.md); off by default
-    receipt_header: str | None = None  # enforce mode: set this response header; None: off
-    # Who may report (server/reporters.py, docs/THREATS.md).
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    client_ca: Path | None = None
-    trust_xfcc_from: tuple[str, ...] = ()
-    xfcc_by: str | None = None
-    allow_reporters: tuple[str, ...] = ()
-    reporter_is_destination: str = "off"
-    health_listen: str = "off"  # plaintext gRPC health only (probes of a TLS listener)
-    # Cost per caller, bounded before any work (docs/THREATS.md).
-    max_message_bytes: int = 1 << 20
-    max_headers: int = DEFAULT_MAX_HEADERS
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    max_streams_per_connection: int = 100
-    max_connection_age: float = 1800.0  # seconds; 0: never
-    stream_idle_timeout: float = 300.0  # seconds; 0: never
-    # ext_proc: wait for response headers and log a `response` entry (two-phase
-    # filter config, no access-log service); receipts imply it.
-    ext_proc_responses: bool = False
-    outcome_window: float = DEFAULT_OUTCOME_WINDOW  # seconds a request waits for its outcome
-
-    @property
-    def unix_socket(self) -> str | None:
-        return self.listen[len("unix:") :] if self.listen.startswith("unix:") else None
-
-    def reporter_policy(self) -> ReporterPolicy:
-        tls = (self.tls_cert, self.tls_key, self.client_ca)
-        if any(tls) and not all(tls):
-            raise ConfigError(
-                "--tls-cert, --tls-key and --client-ca go together: the server's certificate "
-                "and key, and the CA that signs the reporters' client certificates"
-            )
-        if all(tls) and self.trust_xfcc_from:
-            raise ConfigError("--trust-xfcc-from is for a plaintext listener behind a sidecar")
-        transport = "tls" if all(tls) else "unix" if self.unix_socket is not None else "plain"
-        return ReporterPolicy(
-            transport=transport,
-            unix_path=self.unix_socket or "",
-            trust_xfcc_from=parse_networks(self.trust_xfcc_from, "--trust-xfcc-from"),
-            xfcc_by=self.xfcc_by,
-            allow=self.allow_reporters,
-            destination=self.reporter_is_destination,
-        )
-
-    def grpc_options(self) -> list[tuple[str, int]]:
-        """Per-connection bounds and keepalive for the ingest listener."""
-        options = [
-            # SO_REUSEPORT only when asked: otherwise a second server on the same
-            # port would silently share it instead of failing to start.
-            ("grpc.so_reuseport", int(self.reuse_port)),
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
-            # Find dead peers; accept Envoy's own keepalive pings (every 30 s,
-            # envoyconf.py) instead of answering them with GOAWAY too_many_pings.
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_ping_strikes", 2),
-        ]
-        if self.max_connection_age > 0:
-            # New streams move to a new connection (load spreads after scale-out);
-            # streams in flight finish on the old one (no grace limit).
-            options.append(("grpc.max_connection_age_ms", int(self.max_connection_age * 1000)))
-        return options
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -398,17 +298,18 @@ class AuditServer:
         # Drain: refuse new work, let in-flight streams finish, then publish
         # everything acknowledged under a final checkpoint.
         log.info("shutting down: draining streams (up to %.0fs)", cfg.drain_timeout)
+        if heartbeat_task is not None:
+            heartbeat_task.cancel()
         await self._health.enter_graceful_shutdown()
-        # Access-log streams never end on their own: give Envoy one flush
-        # interval (0.2 s, envoyconf) and then some to deliver what it holds,
-        # then end them, so the drain below waits only for ext_proc streams.
-        await access.close(min(1.0, cfg.drain_timeout))
+        # Access-log streams never end on their own: give Envoy a flush interval
+        # and then some to deliver what it holds (0.2 s in envoyconf, 1 s in what
+        # istiod generates), then end them, so the drain below waits only for
+        # ext_proc streams.
+        await access.close(min(cfg.access_log_grace, cfg.drain_timeout))
         await server.stop(cfg.drain_timeout)
         idle_task.cancel()
         if health_server is not None:
             await health_server.stop(0)
-        if heartbeat_task is not None:
-            heartbeat_task.cancel()
         if proof_server is not None:
             await proof_server.stop(1.0)
         await audit_log.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from extproc import config
 from extproc.core.redact import RedactionPolicy
 from extproc.server.reporters import XFCC_HEADER, xfcc_elements
 
@@ -29,16 +30,13 @@ REQUEST_ATTRIBUTES = (
 PEER_SAN = "connection.uri_san_peer_certificate"
 LOCAL_SAN = "connection.uri_san_local_certificate"
 XFCC = XFCC_HEADER
-DEFAULT_RESPONSE_HEADERS = frozenset(
-    {"content-type", "content-length", "location", "set-cookie", "www-authenticate"}
-)
 REQUEST_ID = "x-request-id"
-# Bounds per header map, applied before any decoding or redaction, so the
-# cost of a message is bounded whatever its size (docs/THREATS.md). Envoy
-# itself sends at most 100 headers in 60 KiB by default (max_headers_count,
-# max_request_headers_kb); headers past either bound are counted, not stored.
-DEFAULT_MAX_HEADERS = 256
-DEFAULT_MAX_HEADER_BYTES = 128 * 1024
+# Bounds per header map (extproc/config.py) apply before any decoding or
+# redaction, so the cost of a message is bounded whatever its size
+# (docs/THREATS.md); headers past them are counted, not stored.
+DEFAULT_RESPONSE_HEADERS = config.RESPONSE_HEADERS
+DEFAULT_MAX_HEADERS = config.MAX_HEADERS
+DEFAULT_MAX_HEADER_BYTES = config.MAX_HEADER_BYTES
 MAX_HEADER_NAME_BYTES = 1024
 
 

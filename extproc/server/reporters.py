@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from extproc import config
 from extproc.errors import ConfigError
 
 AUTH_MTLS = "mtls"
@@ -39,7 +40,7 @@ XFCC_HEADER = "x-forwarded-client-cert"
 # Istio's sidecar forwards inbound connections to the application from these
 # addresses (InboundPassthroughBindIpv4/Ipv6 in istio/istio pilot).
 ISTIO_INBOUND_SOURCES = ("127.0.0.6/32", "::6/128")
-DESTINATION_CHECKS = ("off", "record", "refuse")
+DESTINATION_CHECKS = config.DESTINATION_CHECKS
 
 # Refusal reasons: the label of extproc_audit_reporters_refused_total.
 REFUSED_NOT_ALLOWED = "not_allowed"

@@ -22,7 +22,8 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from extproc.server.app import ServeConfig, serve
+from extproc.config import ServeConfig
+from extproc.server.app import serve
 
 log = logging.getLogger(__name__)
 

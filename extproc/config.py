@@ -1,0 +1,237 @@
+"""`serve`'s settings: every default defined once, checked by the object itself.
+
+The command line, `serve --workers` children and the tests all build a
+ServeConfig, and every one of them gets the same checks: a bad value is a
+ConfigError (exit 2) before any file, port or store is touched. This module
+imports only the core, so the command line can show defaults without loading
+the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from extproc.core import layout
+from extproc.core.receipt import DEFAULT_HEADER, validate_header_name
+from extproc.core.redact import RedactionPolicy
+from extproc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from extproc.server.reporters import ReporterPolicy
+
+MODES = ("enforce", "observe")
+RETENTION_MODES = ("COMPLIANCE", "GOVERNANCE")
+DESTINATION_CHECKS = ("off", "record", "refuse")  # --reporter-is-destination
+
+LISTEN = "0.0.0.0:50051"
+METRICS_LISTEN = "0.0.0.0:9464"
+WAL_DIR = Path("extproc-wal")
+ORIGIN_PREFIX = "extproc-audit"
+BUNDLE_MAX_ENTRIES = 10_000
+BUNDLE_MAX_BYTES = 16 << 20
+BUNDLE_MAX_AGE = 0.5  # seconds an entry may wait before its bundle is sealed
+RETRY_MAX_DELAY = 30.0  # seconds between store retries, at most
+MAX_BACKLOG_BYTES = 128 << 20  # unpublished bytes before requests are denied
+DRAIN_TIMEOUT = 20.0
+# SIGTERM: time Envoy gets to flush its access logs (istiod's config flushes every 1 s).
+ACCESS_LOG_GRACE = 2.0
+HEARTBEAT_INTERVAL = 60.0
+# Cost per caller, bounded before any work (docs/THREATS.md). Envoy itself
+# sends at most 100 headers in 60 KiB by default (max_headers_count,
+# max_request_headers_kb), and access-log batches of its 64 KiB buffer.
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_HEADERS = 256
+MAX_HEADER_BYTES = 128 * 1024
+MAX_STREAMS_PER_CONNECTION = 100
+MAX_CONNECTION_AGE = 1800.0
+STREAM_IDLE_TIMEOUT = 300.0
+OUTCOME_WINDOW = 300.0  # seconds an enforced request waits for its access-log outcome
+MAX_VALUE_BYTES = 2048
+RECEIPT_HEADER = DEFAULT_HEADER
+RESPONSE_HEADERS = frozenset(
+    {"content-type", "content-length", "location", "set-cookie", "www-authenticate"}
+)
+
+
+def check_address(value: str, option: str, *, unix: bool = False, off: bool = False) -> None:
+    """HOST:PORT (IPv6 in brackets), `unix:PATH` where allowed, `off` where allowed."""
+    if off and value == "off":
+        return
+    if unix and value.startswith("unix:"):
+        if len(value) == len("unix:"):
+            raise ConfigError(f"{option} {value!r}: unix: needs a socket path")
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        forms = "HOST:PORT" + (" or unix:PATH" if unix else "") + (" or off" if off else "")
+        raise ConfigError(f"{option} {value!r} must be {forms}")
+    host = host.strip("[]")
+    if host and host != "localhost" and not _is_hostname(host):
+        raise ConfigError(f"{option} {value!r}: {host!r} is not an address or host name")
+
+
+def _is_hostname(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return all(part.replace("-", "").isalnum() for part in host.split("."))
+    return True
+
+
+@dataclass
+class ServeConfig:
+    store: str
+    key: Path
+    listen: str = LISTEN
+    log_id: str = "default"
+    wal_dir: Path = WAL_DIR
+    mode: str = "enforce"
+    origin_prefix: str = ORIGIN_PREFIX
+    metrics_listen: str = METRICS_LISTEN
+    bundle_max_entries: int = BUNDLE_MAX_ENTRIES
+    bundle_max_bytes: int = BUNDLE_MAX_BYTES
+    bundle_max_age: float = BUNDLE_MAX_AGE
+    gzip: bool = False
+    retention_days: int | None = None
+    retention_mode: str = "COMPLIANCE"
+    allow_no_object_lock: bool = False
+    max_backlog_bytes: int = MAX_BACKLOG_BYTES
+    drain_timeout: float = DRAIN_TIMEOUT
+    access_log_grace: float = ACCESS_LOG_GRACE
+    heartbeat_interval: float = HEARTBEAT_INTERVAL  # idle writer appends a heartbeat; 0: never
+    reuse_port: bool = False  # set for `--workers`: several processes share the port
+    redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
+    response_headers: frozenset[str] | None = RESPONSE_HEADERS  # None: all
+    proof_listen: str = "off"  # live proof API address (docs/PROOFS.md); off by default
+    receipt_header: str | None = None  # enforce mode: set this response header; None: off
+    # Who may report (server/reporters.py, docs/THREATS.md).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    trust_xfcc_from: tuple[str, ...] = ()
+    xfcc_by: str | None = None
+    allow_reporters: tuple[str, ...] = ()
+    reporter_is_destination: str = "off"
+    health_listen: str = "off"  # plaintext gRPC health only (probes of a TLS listener)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_headers: int = MAX_HEADERS
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_streams_per_connection: int = MAX_STREAMS_PER_CONNECTION
+    max_connection_age: float = MAX_CONNECTION_AGE  # seconds; 0: never
+    stream_idle_timeout: float = STREAM_IDLE_TIMEOUT  # seconds; 0: never
+    # ext_proc: wait for response headers and log a `response` entry (two-phase
+    # filter config, no access-log service); receipts imply it.
+    ext_proc_responses: bool = False
+    outcome_window: float = OUTCOME_WINDOW
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def replace(self, **changes: object) -> ServeConfig:
+        """A copy with some settings changed, checked again."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def unix_socket(self) -> str | None:
+        return self.listen[len("unix:") :] if self.listen.startswith("unix:") else None
+
+    def validate(self) -> None:
+        """Raise ConfigError, naming the option, for any setting serve cannot run with."""
+        if not self.store:
+            raise ConfigError("--store is required (or EXTPROC_AUDIT_STORE)")
+        if not str(self.key):
+            raise ConfigError("--key is required (or EXTPROC_AUDIT_KEY)")
+        layout.validate_log_id(self.log_id)
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.retention_mode not in RETENTION_MODES:
+            raise ConfigError(f"--retention-mode must be one of {', '.join(RETENTION_MODES)}")
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ConfigError("--retention-days must be at least 1")
+        check_address(self.listen, "--listen", unix=True)
+        check_address(self.metrics_listen, "--metrics-listen", off=True)
+        check_address(self.proof_listen, "--proof-listen", off=True)
+        check_address(self.health_listen, "--health-listen", off=True)
+        at_least: list[tuple[str, float, float]] = [
+            ("--bundle-max-entries", self.bundle_max_entries, 1),
+            ("--bundle-max-bytes", self.bundle_max_bytes, 64 * 1024),
+            ("--max-backlog-bytes", self.max_backlog_bytes, 64 * 1024),
+            ("--drain-timeout", self.drain_timeout, 0),
+            ("--access-log-grace", self.access_log_grace, 0),
+            ("--heartbeat-interval", self.heartbeat_interval, 0),
+            ("--max-message-bytes", self.max_message_bytes, 64 * 1024),
+            ("--max-headers", self.max_headers, 8),
+            ("--max-header-bytes", self.max_header_bytes, 4096),
+            ("--max-streams-per-connection", self.max_streams_per_connection, 1),
+            ("--max-connection-age", self.max_connection_age, 0),
+            ("--stream-idle-timeout", self.stream_idle_timeout, 0),
+            ("outcome window", self.outcome_window, 1),
+        ]
+        for option, value, least in at_least:
+            if not value >= least:  # also refuses NaN
+                raise ConfigError(f"{option} must be at least {least:g}, not {value:g}")
+        if not self.bundle_max_age > 0:
+            raise ConfigError(f"--bundle-max-age must be positive, not {self.bundle_max_age:g}")
+        if self.receipt_header is not None:
+            validate_header_name(self.receipt_header)
+            if self.mode != "enforce":
+                raise ConfigError(
+                    "--receipts needs --mode enforce (envoy ignores replies in observe mode)"
+                )
+        self._validate_reporters()
+
+    def _validate_reporters(self) -> None:
+        tls = (self.tls_cert, self.tls_key, self.client_ca)
+        if any(tls) and not all(tls):
+            raise ConfigError(
+                "--tls-cert, --tls-key and --client-ca go together: the server's certificate "
+                "and key, and the CA that signs the reporters' client certificates"
+            )
+        if all(tls) and self.trust_xfcc_from:
+            raise ConfigError("--trust-xfcc-from is for a plaintext listener behind a sidecar")
+        self.reporter_policy()  # checks the rest of the reporter options
+
+    def reporter_policy(self) -> ReporterPolicy:
+        from extproc.server.reporters import ReporterPolicy, parse_networks
+
+        transport = (
+            "tls"
+            if self.tls_cert and self.tls_key and self.client_ca
+            else "unix"
+            if self.unix_socket is not None
+            else "plain"
+        )
+        return ReporterPolicy(
+            transport=transport,
+            unix_path=self.unix_socket or "",
+            trust_xfcc_from=parse_networks(self.trust_xfcc_from, "--trust-xfcc-from"),
+            xfcc_by=self.xfcc_by,
+            allow=self.allow_reporters,
+            destination=self.reporter_is_destination,
+        )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Per-connection bounds and keepalive for the ingest listener."""
+        options = [
+            # SO_REUSEPORT only when asked: otherwise a second server on the same
+            # port would silently share it instead of failing to start.
+            ("grpc.so_reuseport", int(self.reuse_port)),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            # Find dead peers; accept Envoy's own keepalive pings (every 30 s,
+            # envoyconf.py) instead of answering them with GOAWAY too_many_pings.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+        if self.max_connection_age > 0:
+            # New streams move to a new connection (load spreads after scale-out);
+            # streams in flight finish on the old one (no grace limit).
+            options.append(("grpc.max_connection_age_ms", int(self.max_connection_age * 1000)))
+        return options
