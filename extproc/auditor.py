@@ -1,13 +1,10 @@
-"""The auditor's side: read a published store and verify every log in it.
+"""`verify`: read a published store and verify every log in it.
 
-Needs only read access to the store and the verifier key. I/O lives here;
-every decision is made by extproc.core.verify.
-
-On a versioned store (S3; Object Lock needs versioning) the auditor lists
-versions, not just current objects: an overwrite or a delete leaves the
-original version in place, so every key with more than one version or a
-delete marker is a finding, and the original (oldest) version is what gets
-verified. See docs/AUDITING.md for the threat model.
+Needs only read access to the store and the verifier key. Objects are listed
+and read by extproc.reader (original versions on S3, see there), every
+decision is made by extproc.core.verify; what is verify's own lives here:
+the state file (incremental runs), Object Lock retention checks, log status
+and the JSON report. See docs/AUDITING.md for the threat model.
 """
 
 from __future__ import annotations
@@ -16,137 +13,31 @@ import base64
 import contextlib
 import os
 import tempfile
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from extproc.core import entry, layout
+from extproc.core import entry
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
 from extproc.core.state import AuditState, LogState
 from extproc.core.verify import (
-    ERROR,
     Finding,
     LogChecker,
     LogReport,
+    all_ok,
     check_against_state,
     log_status,
 )
 from extproc.errors import ObjectNotFoundError, StorageError, VerificationError
-from extproc.log.publisher import bundle_lines
-from extproc.store.base import ObjectStore, ObjectVersion, is_versioned
+from extproc.reader import LogObjects, LogReader, open_logs
+from extproc.reader import list_logs as list_logs  # scripts/bench.py reads it from here
+from extproc.store.base import ObjectStore
 
 DAY_S = 86400
-
-
-@dataclass
-class LogObjects:
-    checkpoints: list[tuple[str, int]] = field(default_factory=list)
-    bundles: list[tuple[str, layout.BundleName]] = field(default_factory=list)
-    claims: list[tuple[str, int]] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    # Versioned stores: key -> the original (oldest) version, which is what is read.
-    originals: dict[str, ObjectVersion] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)  # key -> size as listed
-    # Findings about versions (overwrites, delete markers), found while listing.
-    version_findings: list[Finding] = field(default_factory=list)
-
-
-def _add(logs: dict[str, LogObjects], stray: list[str], store: ObjectStore, key: str) -> str:
-    """File one key under its log; returns the log id ("" for a stray key)."""
-    name = layout.parse_key(store.prefix, key)
-    if name is None:
-        stray.append(key)
-        return ""
-    objects = logs[name.log_id]
-    if name.kind == "checkpoint" and name.size is not None:
-        objects.checkpoints.append((key, name.size))
-    elif name.kind == "bundle" and name.bundle is not None:
-        objects.bundles.append((key, name.bundle))
-    elif name.kind == "claim" and name.size is not None:
-        objects.claims.append((key, name.size))
-    else:
-        objects.unknown.append(key)
-    return name.log_id
-
-
-def list_logs(
-    store: ObjectStore, log_id: str | None = None
-) -> tuple[dict[str, LogObjects], list[str]]:
-    """Group every object under <prefix>/logs/ by log id; also return stray keys.
-
-    On a versioned store, keys are listed from their versions: a key hidden by
-    a delete marker is still there (its original is verified), and every
-    extra version or delete marker becomes a finding of its log.
-    """
-    logs: dict[str, LogObjects] = defaultdict(LogObjects)
-    stray: list[str] = []
-    if log_id is None:
-        prefix = layout.logs_prefix(store.prefix)
-    else:
-        prefix = layout.log_prefix(store.prefix, log_id)
-    if not is_versioned(store):
-        for obj in store.list(prefix):
-            if log_id := _add(logs, stray, store, obj.key):
-                logs[log_id].sizes[obj.key] = obj.size
-        return dict(logs), stray
-    by_key: dict[str, list[ObjectVersion]] = defaultdict(list)
-    for version in store.versions(prefix):  # type: ignore[attr-defined]
-        by_key[version.key].append(version)
-    for key, versions in sorted(by_key.items()):
-        real = [v for v in versions if not v.delete_marker]
-        markers = [v for v in versions if v.delete_marker]
-        log_id = _add(logs, stray, store, key)
-        if not log_id:
-            continue
-        objects = logs[log_id]
-        if not real:
-            objects.version_findings.append(
-                Finding(
-                    log_id, key, f"delete marker on a key the log never wrote: {_vlist(markers)}"
-                )
-            )
-            _forget(objects, key)
-            continue
-        objects.originals[key] = real[0]
-        objects.sizes[key] = real[0].size
-        if len(real) > 1:
-            objects.version_findings.append(
-                Finding(
-                    log_id,
-                    key,
-                    f"object overwritten after publication: original {_vlist(real[:1])}, "
-                    f"later {_vlist(real[1:])} (verifying the original)",
-                )
-            )
-        if markers:
-            objects.version_findings.append(
-                Finding(
-                    log_id,
-                    key,
-                    f"object deleted after publication: delete marker {_vlist(markers)} "
-                    "(verifying the original)",
-                )
-            )
-    return dict(logs), stray
-
-
-def _forget(objects: LogObjects, key: str) -> None:
-    objects.checkpoints = [c for c in objects.checkpoints if c[0] != key]
-    objects.bundles = [b for b in objects.bundles if b[0] != key]
-    objects.claims = [c for c in objects.claims if c[0] != key]
-    objects.unknown = [u for u in objects.unknown if u != key]
-
-
-def _vlist(versions: list[ObjectVersion]) -> str:
-    return ", ".join(
-        f"{v.version_id} at {v.last_modified.isoformat() if v.last_modified else '?'}"
-        for v in versions
-    )
 
 
 @dataclass
@@ -190,19 +81,8 @@ def _below(objects: LogObjects, base: int) -> list[str]:
     )
 
 
-def read_object(store: ObjectStore, objects: LogObjects, key: str) -> bytes:
-    """The object as the log wrote it: on a versioned store its original version
-    (a later version or a delete marker is an attack, reported by list_logs)."""
-    original = objects.originals.get(key)
-    if original is not None and is_versioned(store):
-        return store.get_version(key, original.version_id)  # type: ignore[attr-defined, no-any-return]
-    return store.get(key)
-
-
 def verify_log(
-    store: ObjectStore,
-    log_id: str,
-    objects: LogObjects,
+    reader: LogReader,
     verifier: Keyring | Verifier,
     origin_prefix: str | None = None,
     on_entries: Callable[[int], None] | None = None,
@@ -212,69 +92,29 @@ def verify_log(
     min_retention_days: float | None = None,
 ) -> LogReport:
     """Verify one log; with `prior`, resume from the tree an earlier run verified."""
-    checker = LogChecker(log_id, verifier, origin_prefix, deep=deep)
-
-    def read(key: str) -> bytes:
-        return read_object(store, objects, key)
-
+    objects = reader.objects
+    checker = LogChecker(reader.log_id, verifier, origin_prefix, deep=deep)
     base = 0
     if prior is not None:
         base = prior.size
         checker.resume(prior.tree(), prior.last_leaf)
         _compare_old_objects(checker, objects, prior)
-    checker.report.findings.extend(objects.version_findings)
-    for key in objects.unknown:
-        checker.add_unknown(key)
-    checkpoints = sorted(objects.checkpoints, key=lambda c: c[1])
-    if base:
-        # Only checkpoints from the verified size on; if none is left, the
-        # largest one there is (the evidence of a rollback).
-        newer = [c for c in checkpoints if c[1] >= base]
-        checkpoints = newer or checkpoints[-1:]
-    for key, size in checkpoints:
-        original = objects.originals.get(key)
-        written = original.last_modified if original is not None else None
-        try:
-            checker.add_checkpoint(
-                key, size, read(key), int(written.timestamp() * 1000) if written else None
-            )
-        except ObjectNotFoundError:
-            checker.add_unknown(key)  # listed, then gone: report it, keep going
-    for key, first in objects.claims:
-        if first < base:
-            continue
-        try:
-            checker.add_claim(key, first, read(key))
-        except ObjectNotFoundError:
-            checker.add_unknown(key)
-    for key, name in sorted(objects.bundles, key=lambda b: (b[1].first, b[1].last)):
-        if name.last < base:
-            checker.add_bundle(key, name, b"")  # counted, not read
-            continue
-        try:
-            data = bundle_lines(read(key), compressed=name.gzip)
-        except VerificationError as e:
-            checker.report.findings.append(Finding(log_id, key, str(e)))
-            data = b""
-        except ObjectNotFoundError:
-            checker.add_unknown(key)
-            continue
-        checker.add_bundle(key, name, data)
+    for bundle in reader.check(checker, base=base):
         if on_entries is not None:
-            on_entries(name.last - name.first + 1)
-    if store.supports_retention:
+            on_entries(bundle.name.last - bundle.name.first + 1)
+    if reader.store.supports_retention:
         below = set(_below(objects, base)) if base else set()
         keys = [k for k, _ in objects.checkpoints + objects.claims] + [
             k for k, _ in objects.bundles
         ]
         for key in keys:
             if key not in below:  # older objects: checked when they were new
-                _check_retention(store, checker, key, objects, min_retention_days)
+                _check_retention(reader, checker, key, min_retention_days)
     report = checker.finish()
     if prior is not None:
         report.findings.extend(
             check_against_state(
-                log_id,
+                reader.log_id,
                 prior.size,
                 prior.root_hash,
                 prior.checkpoint,
@@ -315,21 +155,18 @@ def _compare_old_objects(checker: LogChecker, objects: LogObjects, prior: LogSta
 
 
 def _check_retention(
-    store: ObjectStore,
-    checker: LogChecker,
-    key: str,
-    objects: LogObjects,
-    min_days: float | None,
+    reader: LogReader, checker: LogChecker, key: str, min_days: float | None
 ) -> None:
-    original = objects.originals.get(key)
-    if is_versioned(store):
+    original = reader.objects.originals.get(key)
+    versioned = reader.store.versioned()
+    if versioned is not None:
         try:
-            info = store.lock_info(key, original.version_id if original else None)  # type: ignore[attr-defined]
+            info = versioned.lock_info(key, original.version_id if original else None)
         except ObjectNotFoundError:
             return  # reported as missing already
         retention, written = info.retention, info.last_modified
     else:
-        retention, written = store.retention(key), None
+        retention, written = reader.store.retention(key), None
     if retention is None:
         checker.add_retention_missing(key)
         return
@@ -363,17 +200,11 @@ def verify_store(
 
 def default_min_retention_days(store: ObjectStore) -> float | None:
     """The bucket's default retention (days), if the store has one and it is readable."""
-    check = getattr(store, "lock_configuration", None)
-    if check is None:
-        return None
     try:
-        config = check()
+        policy = store.default_retention()
     except StorageError:
         return None
-    rule = (config or {}).get("Rule", {}).get("DefaultRetention")
-    if not rule:
-        return None
-    return float(rule.get("Days") or 365 * rule.get("Years", 0)) or None
+    return float(policy.days) if policy is not None and policy.days else None
 
 
 def audit_store(
@@ -383,8 +214,7 @@ def audit_store(
     now_ms = options.now_ms
     if now_ms is None:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    logs, stray = list_logs(store)
-    general = [Finding("-", key, "object under logs/ with an invalid log id") for key in stray]
+    logs, general = open_logs(store)
     prior_state = options.state or AuditState()
     for log_id in sorted(set(prior_state.logs) - set(logs)):
         general.append(
@@ -393,18 +223,15 @@ def audit_store(
     priors = {log_id: prior_state.logs.get(log_id) if not options.full else None for log_id in logs}
     if options.on_total is not None:
         total = 0
-        for log_id, objects in logs.items():
+        for log_id, reader in logs.items():
             prior = priors[log_id]
             base = prior.size if prior is not None else 0
-            total += sum(n.last - n.first + 1 for _, n in objects.bundles if n.last >= base)
+            total += sum(n.last - n.first + 1 for _, n in reader.objects.bundles if n.last >= base)
         options.on_total(total)
 
     def one(log_id: str) -> LogReport:
-        objects = logs[log_id]
         report = verify_log(
-            store,
-            log_id,
-            objects,
+            logs[log_id],
             verifier,
             options.origin_prefix,
             options.on_entries,
@@ -440,7 +267,7 @@ def audit_store(
 
     with ThreadPoolExecutor(max(1, options.parallel)) as pool:
         reports = list(pool.map(one, sorted(logs)))
-    state = _next_state(prior_state, reports, logs, now_ms)
+    state = _next_state(prior_state, reports, {i: r.objects for i, r in logs.items()}, now_ms)
     ok = all_ok(reports, general)
     shown = reports
     if options.since_ms is not None or options.until_ms is not None:
@@ -505,14 +332,6 @@ def save_state(path: Path, state: AuditState) -> None:
                 Path(tmp).unlink()
     except OSError as e:
         raise StorageError(f"cannot write state file {path}: {e.strerror}") from e
-
-
-def all_ok(reports: list[LogReport], general: list[Finding]) -> bool:
-    return (
-        bool(reports)
-        and all(r.ok for r in reports)
-        and not any(f.severity == ERROR for f in general)
-    )
 
 
 def parse_time_ms(text: str) -> int:

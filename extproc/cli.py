@@ -7,13 +7,16 @@ Exit codes (every command): 0 success; 1 verification found the log invalid;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import socket
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from extproc import __version__
 from extproc.errors import AuditError, ConfigError, ForkError, VerificationError
@@ -30,6 +33,11 @@ class _FromEnv(str):
     """A default read from the environment, so that a bad value names its variable."""
 
     variable = ""
+
+
+# Variables whose values argparse converted (typed options not given on the
+# command line): a later check of the converted value can still name them.
+_CONVERTED_FROM_ENV: set[str] = set()
 
 
 def _env_name(option: str) -> str:
@@ -52,12 +60,16 @@ def _typed(convert: Callable[[str], object], what: str) -> Callable[[str], objec
     """An argparse type that says which variable a bad value came from."""
 
     def parse(text: str) -> object:
+        if isinstance(text, _FromEnv):
+            _CONVERTED_FROM_ENV.add(text.variable)
         try:
             return convert(text)
-        except (ValueError, ConfigError) as e:
+        except ConfigError as e:  # a check that explains itself
+            where = f"{text.variable}={text!r}: " if isinstance(text, _FromEnv) else ""
+            raise argparse.ArgumentTypeError(f"{where}{e}") from None
+        except ValueError:
             where = f"{text.variable}=" if isinstance(text, _FromEnv) else ""
-            detail = f": {e}" if isinstance(e, ConfigError) else ""
-            raise argparse.ArgumentTypeError(f"{where}{text!r} is not {what}{detail}") from None
+            raise argparse.ArgumentTypeError(f"{where}{text!r} is not {what}") from None
 
     return parse
 
@@ -88,6 +100,81 @@ def _choice(choices: Sequence[str]) -> Callable[[str], object]:
 
 _INT = _typed(int, "an integer")
 _FLOAT = _typed(float, "a number")
+
+
+def _int_at_least(least: int) -> Callable[[str], object]:
+    return _typed(_at_least(least, int), f"an integer >= {least}")
+
+
+def _above(bound: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not value > bound:  # also refuses NaN
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+_NON_NEGATIVE = _typed(_at_least(0.0), "a number >= 0")
+_POSITIVE = _typed(_above(0.0), "a number > 0")
+
+
+def _reader_store(text: str) -> str:
+    """A store URL to read from: a local store path must exist (readers never
+    create one; a mistyped path is not an empty log)."""
+    from extproc.store import check_store_url
+
+    return check_store_url(text, must_exist=True)
+
+
+def _writer_store(text: str) -> str:
+    """serve's --store: its syntax (the writer creates a local store directory)."""
+    from extproc.store import check_store_url
+
+    return check_store_url(text)
+
+
+def _log_id(text: str) -> str:
+    from extproc.core import layout
+
+    return layout.validate_log_id(text)
+
+
+def _demo_store(text: str) -> str:
+    from extproc.store import check_store_url
+
+    if text.startswith("memory://"):
+        raise ConfigError(
+            "the demo's store must outlive its server: give s3://bucket/prefix or a directory"
+        )
+    return check_store_url(text)
+
+
+def _bucket_url(text: str) -> str:
+    """init-bucket's s3://BUCKET: it sets up a whole bucket, so no prefix."""
+    if not text.startswith("s3://"):
+        raise ConfigError(f"init-bucket needs an s3://BUCKET URL, not {text!r}")
+    bucket, _, prefix = text[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    if not bucket:
+        raise ConfigError(f"{text!r} names no bucket: give s3://BUCKET")
+    if prefix:
+        raise ConfigError(
+            f"init-bucket sets up a whole bucket: give s3://{bucket} without the prefix "
+            f"{prefix!r} (serve, verify and search take s3://{bucket}/{prefix})"
+        )
+    return text
+
+
+def _address(text: str) -> str:
+    """health's --addr: HOST:PORT or unix:PATH, checked like serve's --listen."""
+    from extproc.config import check_address
+
+    check_address(text, "--addr", unix=True)
+    return text
+
+
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
              "0": False, "false": False, "no": False, "off": False, "": False}  # fmt: skip
 
@@ -116,6 +203,25 @@ def _env_list(args: argparse.Namespace, name: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _naming_env_source(error: ConfigError, args: argparse.Namespace) -> ConfigError:
+    """serve: a check of an option set in the environment (ServeConfig's
+    "--OPTION ..." errors) also names the variable it came from."""
+    match = re.match(r"--([a-z][a-z0-9-]*)", str(error))
+    if match is None:
+        return error
+    dest = match.group(1).replace("-", "_")
+    variable = _env_name(dest)
+    value = getattr(args, dest, None)
+    from_env = (
+        variable in _CONVERTED_FROM_ENV
+        or isinstance(value, _FromEnv)
+        or (value in (None, []) and variable in os.environ)  # _env_list options
+    )
+    if not from_env or variable not in os.environ:
+        return error
+    return ConfigError(f"{error} (set by {variable}={os.environ[variable]!r})")
+
+
 def _default_log_id() -> str:
     """The pod name in Kubernetes (HOSTNAME), sanitised to the log id alphabet."""
     name = os.environ.get("HOSTNAME") or socket.gethostname() or "default"
@@ -142,24 +248,33 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "its access-log service (ALS) on one port. Every option can also be set in the "
         f"environment as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}STORE, {ENV_PREFIX}LOG_ID; "
         "repeatable options comma-separated; flags 1/0).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        usage="%(prog)s --store URL --key FILE [options]",
     )
     g = p.add_argument_group("log and store")
     g.add_argument(
         "--store",
+        metavar="URL",
+        type=_typed(_writer_store, "a store URL"),
         default=_env("store"),
         help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) or a directory (required)",
     )
     g.add_argument(
-        "--key", type=Path, default=_env("key"), help="signing key file from keygen (required)"
+        "--key",
+        metavar="FILE",
+        type=Path,
+        default=_env("key"),
+        help="signing key file from keygen (required)",
     )
     g.add_argument(
         "--log-id",
+        metavar="ID",
+        type=_typed(_log_id, "a log id"),
         default=_env("log_id", _default_log_id()),
         help="this writer's log id, one per process (default: the host name)",
     )
     g.add_argument(
         "--wal-dir",
+        metavar="DIR",
         type=Path,
         default=_env("wal_dir", c.WAL_DIR),
         help="write-ahead log directory; the WAL lives in <wal-dir>/<log-id>/",
@@ -174,34 +289,40 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     g.add_argument(
         "--origin-prefix",
+        metavar="PREFIX",
         default=_env("origin_prefix", c.ORIGIN_PREFIX),
         help="checkpoint origin is <origin prefix>/<log id>",
     )
     g = p.add_argument_group("listeners")
     g.add_argument(
         "--listen",
+        metavar="ADDR",
         default=_env("listen", c.LISTEN),
         help="ext_proc, access-log service and gRPC health: HOST:PORT or unix:PATH",
     )
     g.add_argument(
         "--metrics-listen",
+        metavar="ADDR",
         default=_env("metrics_listen", c.METRICS_LISTEN),
         help="Prometheus metrics address, or off",
     )
     g.add_argument(
         "--health-listen",
+        metavar="ADDR",
         default=_env("health_listen", "off"),
         help="plaintext gRPC health only, e.g. 127.0.0.1:50052, for probes of a TLS or "
         "unix-socket listener",
     )
     g.add_argument(
         "--proof-listen",
+        metavar="ADDR",
         default=_env("proof_listen", "off"),
         help="live proof API address, e.g. 127.0.0.1:50052; serves reads of the log, "
         "so keep it off the mesh",
     )
     g.add_argument(
         "--workers",
+        metavar="N",
         type=_typed(_at_least(1, int), "an integer >= 1"),
         default=_env("workers", 1),
         help="writer processes sharing the listen port, each with its own log id "
@@ -210,18 +331,21 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g = p.add_argument_group("publication")
     g.add_argument(
         "--bundle-max-entries",
+        metavar="N",
         type=_INT,
         default=_env("bundle_max_entries", c.BUNDLE_MAX_ENTRIES),
         help="seal a bundle at this many entries",
     )
     g.add_argument(
         "--bundle-max-bytes",
+        metavar="BYTES",
         type=_INT,
         default=_env("bundle_max_bytes", c.BUNDLE_MAX_BYTES),
         help="seal a bundle at this many bytes",
     )
     g.add_argument(
         "--bundle-max-age",
+        metavar="SECONDS",
         type=_FLOAT,
         default=_env("bundle_max_age", c.BUNDLE_MAX_AGE),
         help="seal a bundle once its oldest entry is this many seconds old",
@@ -229,6 +353,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument("--gzip", action="store_true", default=None, help="write bundles as .jsonl.gz")
     g.add_argument(
         "--retention-days",
+        metavar="DAYS",
         type=_INT,
         default=_env("retention_days"),
         help="Object Lock retention per object (default: the bucket's default rule)",
@@ -248,18 +373,21 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     g.add_argument(
         "--max-backlog-bytes",
+        metavar="BYTES",
         type=_INT,
         default=_env("max_backlog_bytes", c.MAX_BACKLOG_BYTES),
         help="deny (enforce) or drop (observe) past this many unpublished bytes",
     )
     g.add_argument(
         "--drain-timeout",
+        metavar="SECONDS",
         type=_FLOAT,
         default=_env("drain_timeout", c.DRAIN_TIMEOUT),
         help="seconds to drain streams and publish on SIGTERM",
     )
     g.add_argument(
         "--access-log-grace",
+        metavar="SECONDS",
         type=_FLOAT,
         default=_env("access_log_grace", c.ACCESS_LOG_GRACE),
         help="on SIGTERM, seconds Envoy gets to flush its access logs before their streams "
@@ -267,6 +395,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     g.add_argument(
         "--heartbeat-interval",
+        metavar="SECONDS",
         type=_FLOAT,
         default=_env("heartbeat_interval", c.HEARTBEAT_INTERVAL),
         help="an idle writer logs a heartbeat entry this often (seconds), so auditors can "
@@ -275,7 +404,8 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g = p.add_argument_group("entries")
     g.add_argument(
         "--response-headers",
-        default=_env("response_headers", ",".join(sorted(c.RESPONSE_HEADERS))),
+        metavar="NAMES",
+        default=_env("response_headers", ", ".join(sorted(c.RESPONSE_HEADERS))),
         help="ext_proc response headers to record, comma-separated, or '*' for all",
     )
     g.add_argument(
@@ -331,12 +461,14 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     g.add_argument(
         "--hmac-key-file",
+        metavar="FILE",
         type=Path,
         default=_env("hmac_key_file"),
         help="replace secrets by HMAC-SHA256 under this key instead of [redacted]",
     )
     g.add_argument(
         "--max-value-bytes",
+        metavar="BYTES",
         type=_INT,
         default=_env("max_value_bytes", c.MAX_VALUE_BYTES),
         help="truncate header values longer than this",
@@ -355,11 +487,22 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
         "(development only).",
     )
     g.add_argument(
-        "--tls-cert", type=Path, default=_env("tls_cert"), help="server certificate (PEM): mTLS"
+        "--tls-cert",
+        metavar="FILE",
+        type=Path,
+        default=_env("tls_cert"),
+        help="server certificate (PEM): mTLS",
     )
-    g.add_argument("--tls-key", type=Path, default=_env("tls_key"), help="its private key (PEM)")
+    g.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        type=Path,
+        default=_env("tls_key"),
+        help="its private key (PEM)",
+    )
     g.add_argument(
         "--client-ca",
+        metavar="FILE",
         type=Path,
         default=_env("client_ca"),
         help="CA bundle (PEM) that signs reporters' client certificates; a certificate is then "
@@ -404,6 +547,7 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("limits", "Cost per caller, bounded before any work.")
     g.add_argument(
         "--max-message-bytes",
+        metavar="BYTES",
         type=_INT,
         default=_env("max_message_bytes", c.MAX_MESSAGE_BYTES),
         help="largest gRPC message accepted; Envoy sends at most ~64 KiB of headers by default "
@@ -411,6 +555,7 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-headers",
+        metavar="N",
         type=_INT,
         default=_env("max_headers", c.MAX_HEADERS),
         help="headers looked at per request or response; more are counted, not stored "
@@ -418,24 +563,28 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-header-bytes",
+        metavar="BYTES",
         type=_INT,
         default=_env("max_header_bytes", c.MAX_HEADER_BYTES),
         help="header bytes looked at per request or response",
     )
     g.add_argument(
         "--max-streams-per-connection",
+        metavar="N",
         type=_INT,
         default=_env("max_streams_per_connection", c.MAX_STREAMS_PER_CONNECTION),
         help="concurrent gRPC streams per connection",
     )
     g.add_argument(
         "--max-connection-age",
+        metavar="SECONDS",
         type=_FLOAT,
         default=_env("max_connection_age", c.MAX_CONNECTION_AGE),
         help="seconds before a connection is asked to move new streams elsewhere; 0: never",
     )
     g.add_argument(
         "--stream-idle-timeout",
+        metavar="SECONDS",
         type=_FLOAT,
         default=_env("stream_idle_timeout", c.STREAM_IDLE_TIMEOUT),
         help="end an ext_proc stream silent this many seconds (with a response phase, the "
@@ -443,8 +592,47 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's default in its help, where it has one and the help does not
+    already say it; a default from the environment names its variable."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # Never break an option name or a path at its hyphens.
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "(default" in text
+            or "default:" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+        ):
+            return text
+        if isinstance(default, _FromEnv):
+            return f"{text} (default: %(default)s, from {default.variable})"
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error every command uses (exit 2, no usage dump)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"extproc-audit: error: {message} (see {self.prog} --help)\n")
@@ -459,40 +647,98 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_Parser,
+        help="one of these; `extproc-audit COMMAND --help` for its options",
     )
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key; print its verifier key")
     p.add_argument("--name", required=True, help="key name (no spaces or '+')")
-    p.add_argument("--out", type=Path, required=True, help="key file to create (mode 0600)")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="key file to create (mode 0600)"
+    )
     p.add_argument(
         "--if-missing",
         action="store_true",
         help="keep an existing key file (first start of a container); print its verifier key",
     )
-    p.add_argument("--vkey-out", type=Path, help="also write the (public) verifier key here")
+    p.add_argument(
+        "--vkey-out",
+        type=Path,
+        metavar="FILE",
+        help="also write the (public) verifier key here; if it cannot be written, no new "
+        "signing key is left behind",
+    )
 
-    p = sub.add_parser("health", help="gRPC health check of a server (exit 0 if SERVING, else 1)")
-    p.add_argument("--addr", default="127.0.0.1:50051", help="server address (%(default)s)")
+    p = sub.add_parser(
+        "health",
+        help="gRPC health check of a server (exit 0 if SERVING, else 1)",
+        description="Ask a server's gRPC health service (the container health check). Exit 0 "
+        "if it answers SERVING, 1 for any other answer or none (Docker reserves 2), 2 for "
+        "a malformed option.",
+    )
+    p.add_argument(
+        "--addr",
+        type=_address,
+        default="127.0.0.1:50051",
+        metavar="ADDR",
+        help="the server's listener: HOST:PORT or unix:PATH",
+    )
     p.add_argument("--service", default="", help="service name (default: the whole server)")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds (default %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=_POSITIVE,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long to wait for the answer",
+    )
 
-    p = sub.add_parser("init-bucket", help="create an S3 bucket with Object Lock")
-    p.add_argument("url", help="s3://BUCKET")
-    p.add_argument("--retention-days", type=int, default=365)
-    p.add_argument("--mode", choices=("COMPLIANCE", "GOVERNANCE"), default="COMPLIANCE")
+    p = sub.add_parser(
+        "init-bucket",
+        help="create an S3 bucket with Object Lock and a default retention",
+        description="Create the bucket with Object Lock (or confirm an existing one has it) and "
+        "set its default retention: every object written is then locked for that long. Object "
+        "Lock cannot be switched off, and COMPLIANCE retention cannot be shortened or removed "
+        "by anyone, the account's root user included, so the retention is stated, not "
+        "defaulted: give --retention-days and --mode, or --yes for the documented default, "
+        "COMPLIANCE 365 days. The endpoint comes from AWS_ENDPOINT_URL.",
+    )
+    p.add_argument("url", metavar="s3://BUCKET", type=_bucket_url, help="the bucket (no prefix)")
+    p.add_argument(
+        "--retention-days",
+        type=_int_at_least(1),
+        default=None,
+        metavar="DAYS",
+        help="default retention of every object written, in days",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("COMPLIANCE", "GOVERNANCE"),
+        default=None,
+        help="COMPLIANCE: nobody can delete a locked object or shorten its retention; "
+        "GOVERNANCE: principals with s3:BypassGovernanceRetention can",
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="accept the default for what is not given: COMPLIANCE, 365 days",
+    )
 
     _add_serve(sub)
 
     p = sub.add_parser("verify", help="verify every log under a store URL")
-    p.add_argument("url", help="s3://bucket/prefix or a directory")
+    p.add_argument("url", type=_reader_store, help="s3://bucket/prefix or a directory")
     _add_key_options(p, required=True, what="trusted key")
     p.add_argument(
         "--origin-prefix",
         default=None,
         help="require checkpoint origins to be <origin prefix>/<log id>",
     )
-    p.add_argument("--parallel", type=int, default=8, help="logs verified at once")
+    p.add_argument(
+        "--parallel", type=_int_at_least(1), default=8, metavar="N", help="logs verified at once"
+    )
     p.add_argument(
         "--deep",
         action="store_true",
@@ -514,17 +760,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument(
         "--min-retention-days",
-        type=float,
+        type=_NON_NEGATIVE,
         default=None,
+        metavar="DAYS",
         help="Object Lock retention each object must have from its write time "
         "(default: the bucket's default retention, if readable)",
     )
     p.add_argument(
         "--gap-threshold",
-        type=float,
+        type=_POSITIVE,
         default=300.0,
-        help="seconds without a checkpoint from a running writer reported as a gap "
-        "(default %(default)s)",
+        metavar="SECONDS",
+        help="seconds without a checkpoint from a running writer reported as a gap",
     )
     p.add_argument(
         "--since", default=None, help="report logs and gaps from this RFC 3339 time/date"
@@ -533,21 +780,42 @@ def _build_parser() -> argparse.ArgumentParser:
         "--until", default=None, help="report logs and gaps up to this RFC 3339 time/date"
     )
 
-    p = sub.add_parser("demo", help="run Envoy + audit server + app locally and verify the log")
-    p.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")
+    p = sub.add_parser(
+        "demo",
+        help="run Envoy + audit server + app locally and verify the log",
+        description="Start a real Envoy, the audit server and a small app; send requests "
+        "through Envoy; stop the server (final checkpoint); verify the log and print how to "
+        "verify it yourself. Runs again in the same --workdir append to the same log.",
+    )
+    p.add_argument(
+        "--requests", type=_int_at_least(1), default=300, metavar="N", help="requests to send"
+    )
     p.add_argument(
         "--store",
+        type=_demo_store,
         default=None,
-        help="s3://bucket/prefix (AWS_ENDPOINT_URL) instead of a local directory",
+        metavar="URL",
+        help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL; a missing bucket is created "
+        "with Object Lock, GOVERNANCE 1 day) or a directory (default: <workdir>/store); each "
+        "store gets its own WAL in the workdir",
     )
     p.add_argument(
         "--workdir",
         type=Path,
         default=Path("extproc-demo"),
-        help="where the demo keeps its key, WAL and local store (default %(default)s)",
+        metavar="DIR",
+        help="where the demo keeps its key, WALs, logs and local store",
     )
-    p.add_argument("--mode", choices=("enforce", "observe"), default="enforce")
-    p.add_argument("--concurrency", type=int, default=8, help="client connections")
+    p.add_argument(
+        "--mode",
+        choices=("enforce", "observe"),
+        default="enforce",
+        help="enforce: each request waits for its entry (ext_proc) and its outcome follows by "
+        "the access-log stream; observe: nothing waits, one access entry per request",
+    )
+    p.add_argument(
+        "--concurrency", type=_int_at_least(1), default=8, metavar="N", help="client connections"
+    )
     _add_prove(sub)
     _add_search(sub)
     return parser
@@ -611,19 +879,38 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from extproc.core.note import Signer
     from extproc.keys import ensure_signer, write_signer, write_verifier_key
 
+    missing_dirs = _missing_parents(args.out)  # to remove again if keygen fails
     if args.if_missing:
         signer, created = ensure_signer(args.out, args.name)
     else:
         signer, created = Signer.generate(args.name), True
         write_signer(args.out, signer)
     if args.vkey_out:
-        write_verifier_key(args.vkey_out, signer)
+        try:
+            write_verifier_key(args.vkey_out, signer)
+        except AuditError:
+            if created:  # nothing left behind: a key whose verifier key nobody has
+                args.out.unlink(missing_ok=True)
+                for directory in missing_dirs:
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+            raise
     print(signer.verifier().to_text())
     if created:
         print(f"signing key written to {args.out} (mode 0600); keep it secret", file=sys.stderr)
     else:
         print(f"signing key {args.out} exists; kept", file=sys.stderr)
     return EXIT_OK
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The directories above `path` that do not exist yet, deepest first."""
+    missing = []
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    return missing
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -638,14 +925,34 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _cmd_init_bucket(args: argparse.Namespace) -> int:
     from extproc.store.s3 import S3Store
 
-    if not args.url.startswith("s3://"):
-        raise ConfigError("init-bucket needs an s3://BUCKET URL")
-    bucket = args.url[len("s3://") :].split("/", 1)[0]
-    if args.retention_days < 1:
-        raise ConfigError("--retention-days must be at least 1")
-    created = S3Store(bucket).create_locked_bucket(args.mode, args.retention_days)
-    state = "created" if created else "already exists; Object Lock confirmed"
-    print(f"bucket {bucket} {state}: default retention {args.mode} {args.retention_days} days")
+    bucket = _bucket_url(args.url)[len("s3://") :].strip("/")
+    missing = [
+        option
+        for option, value in (("--retention-days", args.retention_days), ("--mode", args.mode))
+        if value is None
+    ]
+    if missing and not args.yes:
+        raise ConfigError(
+            f"init-bucket needs {' and '.join(missing)}: every object written to the bucket is "
+            "locked for that long, and COMPLIANCE retention cannot be shortened by anyone "
+            "(e.g. --retention-days 365 --mode COMPLIANCE, or --yes for that default)"
+        )
+    days = args.retention_days if args.retention_days is not None else 365
+    mode = args.mode or "COMPLIANCE"
+    lock = (
+        "nobody, the account's root user included, can delete or shorten it"
+        if mode == "COMPLIANCE"
+        else "only principals with s3:BypassGovernanceRetention can remove it"
+    )
+    store = S3Store(bucket)
+    print(
+        f"bucket {bucket}: applying Object Lock with default retention {mode} {days} days "
+        f"(every object written is locked for {days} days; {lock})",
+        flush=True,
+    )
+    created = store.create_locked_bucket(mode, days)
+    state = "created" if created else "already existed with Object Lock; default retention set"
+    print(f"bucket {bucket} {state}: default retention {mode} {days} days")
     return EXIT_OK
 
 
@@ -861,10 +1168,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("prove", help="write an offline inclusion proof (c2sp tlog-proof)")
-    p.add_argument("url", help="s3://bucket/prefix or a directory")
+    p.add_argument("url", type=_reader_store, help="s3://bucket/prefix or a directory")
     p.add_argument("--log", required=True, metavar="ID", help="log id")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--seq", type=int, help="entry index (seq)")
+    which.add_argument("--seq", type=_int_at_least(0), metavar="N", help="entry index (seq)")
     which.add_argument(
         "--request-id",
         metavar="R",
@@ -884,14 +1191,20 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         "directory as <log id>-<seq>.tlog-proof",
     )
     p.add_argument(
-        "--tree-size", type=int, default=None, help="prove under this checkpoint (default: newest)"
+        "--tree-size",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="prove under the checkpoint of this tree size (default: the newest)",
     )
     _add_key_options(p, required=False, what="only use checkpoints signed by a key given")
 
     p = sub.add_parser("check-proof", help="verify a proof file offline")
     p.add_argument("file", type=Path, help="tlog-proof file ('-': stdin)")
     _add_key_options(p, required=True, what="trusted key")
-    p.add_argument("--entry", type=Path, default=None, help="entry bytes, if not in the proof")
+    p.add_argument(
+        "--entry", type=Path, default=None, metavar="FILE", help="entry bytes, if not in the proof"
+    )
     p.add_argument("--origin", default=None, help="require this checkpoint origin")
 
 
@@ -999,7 +1312,7 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
         description="Stream entries matching every filter given (docs/SEARCH.md). "
         "Exit 1 if the logs read do not verify, 2 on a usage or storage error.",
     )
-    p.add_argument("url", help="s3://bucket/prefix or a directory")
+    p.add_argument("url", type=_reader_store, help="s3://bucket/prefix or a directory")
     _add_key_options(p, required=False, what="trusted key")
     p.add_argument("--no-verify", action="store_true", help="do not verify (no hashing)")
     p.add_argument("--origin-prefix", default=None, help="require this checkpoint origin prefix")
@@ -1015,8 +1328,19 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--join", action="store_true", help="with --status: also print each match's request entry"
     )
-    p.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
-    p.add_argument("--prefetch", type=int, default=4, help="bundles fetched ahead (default 4)")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "table"),
+        default="jsonl",
+        help="jsonl: each matching entry's bytes as stored; table: one line per match",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=_int_at_least(1),
+        default=4,
+        metavar="N",
+        help="bundles fetched ahead (S3 latency)",
+    )
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -1079,7 +1403,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if verifier is None:
         print(f"NOT VERIFIED (--no-verify): {counts}", file=sys.stderr)
         return EXIT_OK
-    from extproc.auditor import all_ok
+    from extproc.core.verify import all_ok
 
     for finding in stats.general + [f for r in stats.reports for f in r.findings]:
         print(f"  {escape(str(finding))}", file=sys.stderr)  # keys come from the store
@@ -1113,6 +1437,7 @@ def _one_line(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
+    _CONVERTED_FROM_ENV.clear()
     try:
         args = parser.parse_args(argv)
     except ConfigError as e:  # a type converter that checks more than syntax
@@ -1134,6 +1459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"extproc-audit: invalid: {_one_line(e)}", file=sys.stderr)
         return EXIT_INVALID
     except AuditError as e:
+        if isinstance(e, ConfigError) and args.command == "serve":
+            e = _naming_env_source(e, args)
         print(f"extproc-audit: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -8,9 +8,15 @@ and prints what happened.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import http.server
 import json
+import os
+import re
+import shlex
+import shutil
+import sys
 import threading
 import time
 import uuid
@@ -21,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from extproc import processes
-from extproc.auditor import all_ok, verify_store
-from extproc.core import layout
+from extproc.auditor import verify_store
 from extproc.core.note import Signer
+from extproc.core.verify import all_ok
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.errors import ConfigError
 from extproc.keys import load_signer, write_signer
-from extproc.log.publisher import bundle_lines
+from extproc.reader import entry_lines
 from extproc.store import open_store
 
 DEMO_LOG_ID = "demo"
@@ -150,18 +156,152 @@ def _ensure_key(workdir: Path) -> Signer:
     return load_signer(key_path)
 
 
-def _sample_entry(store_url: str) -> dict[str, Any] | None:
+def _prepare_workdir(workdir: Path) -> Path:
+    """The work directory, absolute and created; a ConfigError if it cannot be."""
+    workdir = workdir.absolute()
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"demo work directory {workdir} exists and is not a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the demo work directory {workdir}: {e.strerror}") from e
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ConfigError(f"demo work directory {workdir} is not writable")
+    return workdir
+
+
+def _store_identity(store_url: str) -> str:
+    """One name per store: a normalized URL, and for S3 the endpoint it is on."""
+    if store_url.startswith("s3://"):
+        bucket, _, prefix = store_url[len("s3://") :].partition("/")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return f"s3://{bucket}/{prefix.strip('/')} at {endpoint or 'AWS'}"
+    return str(Path(store_url.removeprefix("file://")).resolve())
+
+
+def _wal_dir(workdir: Path, store_url: str) -> Path:
+    """The demo's WAL for this store: a WAL records what it published to one
+    store, so each store the demo is pointed at gets its own (the default
+    store keeps `<workdir>/wal`)."""
+    identity = _store_identity(store_url)
+    if identity == str((workdir / "store").resolve()):
+        return workdir / "wal"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", identity.split(" at ")[0]).strip("-.")[-48:]
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    return workdir / "wal-stores" / f"{slug}-{digest}"
+
+
+def _check_bucket(store_url: str) -> None:
+    """A demo bucket: created with Object Lock if missing, refused without it."""
+    from extproc.store.s3 import S3Store
+
     store = open_store(store_url)
-    for obj in store.list(layout.log_prefix(store.prefix, DEMO_LOG_ID) + "entries/"):
-        name = layout.parse_key(store.prefix, obj.key)
-        if name and name.bundle:
-            for line in bundle_lines(store.get(obj.key), compressed=name.bundle.gzip).splitlines():
-                fields: dict[str, Any] = json.loads(line)
-                if fields.get("kind") in ("request", "exchange") and fields["req"]["headers"].get(
-                    "authorization"
-                ):
-                    return fields
+    assert isinstance(store, S3Store)
+    if not store.bucket_exists():
+        store.create_locked_bucket("GOVERNANCE", 1)
+        print(f"created bucket {store.bucket} with Object Lock (GOVERNANCE, 1 day)")
+    elif store.lock_configuration() is None:
+        raise ConfigError(
+            f"bucket {store.bucket} has no Object Lock, which the audit server requires: give "
+            "the demo a bucket name that does not exist yet (it creates it with Object Lock) "
+            "or one made by `extproc-audit init-bucket`"
+        )
+
+
+class _ProcessFailed(Exception):
+    """The audit server or Envoy did not start or did not end cleanly."""
+
+    def __init__(self, what: str, log: Path, reason: str, wal: Path | None = None) -> None:
+        super().__init__(what)
+        self.what, self.log, self.reason, self.wal = what, log, reason, wal
+
+    def to_error(self, cwd: Path) -> ConfigError:
+        line = _last_error_line(self.log)
+        where = f"its log: {_shown_path(self.log, cwd)}"
+        if self.wal is not None:
+            where += f", its WAL for this store: {_shown_path(self.wal, cwd)}"
+        return ConfigError(f"{self.what} {self.reason}: {line or 'no error in its log'} ({where})")
+
+
+_ERROR_LINE = re.compile(r"(?:extproc-audit: (?:error|invalid): |\sERROR\s|\[(?:error|critical)\])")
+
+
+def _last_error_line(log: Path) -> str | None:
+    """The last error line of a server or Envoy log, without its prefix."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        match = _ERROR_LINE.search(line)
+        if match is not None:
+            return line[match.end() :].strip()[:1000]
     return None
+
+
+def _shown_path(path: Path, cwd: Path) -> str:
+    """`path` as the user would type it from `cwd`: relative below it, else absolute."""
+    try:
+        return str(path.relative_to(cwd))
+    except ValueError:
+        return str(path)
+
+
+def command_name(cwd: Path | None = None) -> str:
+    """How to run extproc-audit, as printed, from `cwd`: the bare name if it is
+    the one on PATH, else the path of the running script (a venv not on PATH,
+    e.g. `.venv/bin/extproc-audit`), else `python -m extproc`."""
+    cwd = cwd or Path.cwd()
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    script = argv0 if argv0.name == "extproc-audit" else Path(sys.executable).parent / argv0.name
+    if script.name != "extproc-audit":
+        script = Path(sys.executable).parent / "extproc-audit"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m extproc"
+    on_path = shutil.which("extproc-audit")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "extproc-audit"
+    shown = _shown_path(script.absolute(), cwd)
+    if "/" not in shown:
+        shown = f"./{shown}"
+    return shlex.quote(shown)
+
+
+@dataclass
+class RunEntries:
+    """This run's entries in the demo log (by the request ids it sent)."""
+
+    kinds: Counter[str] = field(default_factory=Counter)
+    sample: dict[str, Any] | None = None
+
+
+def _run_entries(store_url: str, request_ids: list[str], sample_kind: str) -> RunEntries:
+    wanted = set(request_ids)
+    found = RunEntries()
+    for line in entry_lines(open_store(store_url), DEMO_LOG_ID):
+        fields: dict[str, Any] = json.loads(line)
+        if fields.get("rid") not in wanted:
+            continue
+        kind = str(fields.get("kind"))
+        found.kinds[kind] += 1
+        headers = (fields.get("req") or {}).get("headers") or {}
+        if found.sample is None and kind == sample_kind and headers.get("authorization"):
+            found.sample = fields
+    return found
+
+
+def _describe_run(mode: str, kinds: Counter[str]) -> str:
+    if mode == "enforce":
+        return (
+            f"{kinds['request']} request entries (each request held by ext_proc until its "
+            f"entry was durable) and {kinds['access']} access entries (their outcomes, from "
+            "Envoy's access-log stream), plus the writer's start and stop entries"
+        )
+    return (
+        f"{kinds['access']} access entries (one per request with its outcome, from Envoy's "
+        "access-log stream after the response: no request waited for the log), plus the "
+        "writer's start and stop entries"
+    )
 
 
 def run_demo(
@@ -169,24 +309,20 @@ def run_demo(
 ) -> int:
     if requests < 1:
         raise ConfigError("--requests must be at least 1")
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    cwd = Path.cwd()
+    workdir = _prepare_workdir(workdir)
     signer = _ensure_key(workdir)
     vkey = signer.verifier().to_text()
-    server_args: list[str] = []
     if store_url is None:
         store_url = str(workdir / "store")
     elif store_url.startswith("s3://"):
-        from extproc.store.s3 import S3Store
-
-        store = open_store(store_url)
-        assert isinstance(store, S3Store)
-        if not store.bucket_exists():
-            store.create_locked_bucket("GOVERNANCE", 1)
-            print(f"created bucket {store.bucket} with Object Lock (GOVERNANCE, 1 day)")
+        _check_bucket(store_url)
+    else:
+        store_url = str(Path(store_url.removeprefix("file://")).absolute())
+    wal_dir = _wal_dir(workdir, store_url)
     grpc_port, metrics_port = processes.free_port(), processes.free_port()
     envoy_port, admin_port = processes.free_port(), processes.free_port()
-    server_args += [
+    server_args = [
         "--store",
         store_url,
         "--key",
@@ -198,51 +334,76 @@ def run_demo(
         "--log-id",
         DEMO_LOG_ID,
         "--wal-dir",
-        str(workdir / "wal"),
+        str(wal_dir),
         "--mode",
         mode,
     ]
-    path = "ext_proc + access-log stream" if mode == "enforce" else "access-log stream"
-    print(f"demo: {requests} requests through Envoy -> audit server ({path}, {mode} mode)")
+    if mode == "enforce":
+        how = "ext_proc holds each request until its entry is durable; its outcome follows "
+        how += "by the access-log stream"
+    else:
+        how = "nothing waits; each request is logged after its response, from Envoy's "
+        how += "access-log stream"
+    print(f"demo: {requests} requests through Envoy -> audit server ({mode} mode: {how})")
     started = time.monotonic()
-    with (
-        UpstreamApp() as app,
-        (workdir / "server.log").open("wb") as server_log,
-        (workdir / "envoy.log").open("wb") as envoy_log,
-    ):
-        config = bootstrap(
-            listen=Endpoint("127.0.0.1", envoy_port),
-            ext_proc=Endpoint("127.0.0.1", grpc_port),
-            upstream=Endpoint("127.0.0.1", app.port),
-            admin=Endpoint("127.0.0.1", admin_port),
-            mode=mode,
-        )
-        envoy_config = workdir / "envoy.yaml"
-        envoy_config.write_text(to_yaml(config))
-        server = processes.start_server(server_args, server_log)
-        envoy = None
-        try:
-            processes.wait_until(
-                lambda: processes.grpc_serving(f"127.0.0.1:{grpc_port}"), "audit server", server
+    server_log_path, envoy_log_path = workdir / "server.log", workdir / "envoy.log"
+    try:
+        with (
+            UpstreamApp() as app,
+            server_log_path.open("wb") as server_log,
+            envoy_log_path.open("wb") as envoy_log,
+        ):
+            config = bootstrap(
+                listen=Endpoint("127.0.0.1", envoy_port),
+                ext_proc=Endpoint("127.0.0.1", grpc_port),
+                upstream=Endpoint("127.0.0.1", app.port),
+                admin=Endpoint("127.0.0.1", admin_port),
+                mode=mode,
             )
-            envoy = processes.start_envoy(envoy_config, envoy_log)
-            processes.wait_until(lambda: processes.envoy_ready(admin_port), "envoy", envoy)
-            result = send_requests(envoy_port, requests, concurrency)
-            time.sleep(0.5)  # Envoy flushes its access logs every 0.2 s
-            stats = processes.envoy_stats(admin_port, "http.ingress_http.ext_proc.")
-            stats.update(processes.envoy_stats(admin_port, "access_logs.grpc_access_log."))
-        finally:
-            if envoy is not None:
-                processes.stop(envoy)
-            server_status = processes.stop(server)
-    if server_status != 0:
-        print(f"audit server exited with status {server_status}; see {workdir / 'server.log'}")
-        return 2
+            envoy_config = workdir / "envoy.yaml"
+            envoy_config.write_text(to_yaml(config))
+            server = processes.start_server(server_args, server_log)
+            envoy = None
+            try:
+                try:
+                    processes.wait_until(
+                        lambda: processes.grpc_serving(f"127.0.0.1:{grpc_port}"), "", server
+                    )
+                except (RuntimeError, TimeoutError) as e:
+                    reason = "exited" if server.poll() is not None else "did not start"
+                    raise _ProcessFailed(
+                        "the audit server", server_log_path, reason, wal_dir / DEMO_LOG_ID
+                    ) from e
+                envoy = processes.start_envoy(envoy_config, envoy_log)
+                try:
+                    processes.wait_until(lambda: processes.envoy_ready(admin_port), "", envoy)
+                except (RuntimeError, TimeoutError) as e:
+                    reason = "exited" if envoy.poll() is not None else "did not start"
+                    raise _ProcessFailed("envoy", envoy_log_path, reason) from e
+                result = send_requests(envoy_port, requests, concurrency)
+                time.sleep(0.5)  # Envoy flushes its access logs every 0.2 s
+                stats = processes.envoy_stats(admin_port, "http.ingress_http.ext_proc.")
+                stats.update(processes.envoy_stats(admin_port, "access_logs.grpc_access_log."))
+            finally:
+                if envoy is not None:
+                    processes.stop(envoy)
+                server_status = processes.stop(server)
+            if server_status != 0:
+                raise _ProcessFailed(
+                    "the audit server",
+                    server_log_path,
+                    f"exited with status {server_status}",
+                    wal_dir / DEMO_LOG_ID,
+                )
+    except _ProcessFailed as failed:
+        raise failed.to_error(cwd) from None
 
     store = open_store(store_url)
     reports, general = verify_store(store, signer.verifier())
     ok = all_ok(reports, general)
     demo_report = next((r for r in reports if r.log_id == DEMO_LOG_ID), None)
+    sample_kind = "request" if mode == "enforce" else "access"
+    this_run = _run_entries(store_url, result.request_ids, sample_kind)
     elapsed = time.monotonic() - started
     ok_responses = sum(n for s, n in result.statuses.items() if 200 <= s < 300)
     print()
@@ -254,15 +415,8 @@ def run_demo(
     print(f"reached the app      {app.total}")
     if demo_report is not None:
         latest = demo_report.latest
-        per_request = (
-            "a request entry, held until durable, and an access entry with its outcome"
-            if mode == "enforce"
-            else "an access entry"
-        )
-        print(
-            f"entries in the log   {demo_report.entries} ({per_request} per request, plus "
-            "the writer's start and stop entries, over all demo runs)"
-        )
+        print(f"entries in the log   {demo_report.entries} (every demo run with this store)")
+        print(f"  from this run      {_describe_run(mode, this_run.kinds)}")
         print(
             f"checkpoints          {demo_report.checkpoints}, latest tree size "
             f"{latest.size if latest else 0}"
@@ -278,19 +432,21 @@ def run_demo(
         print(f"  {finding}")
     print(f"verification         {'VALID' if ok else 'INVALID'}")
     print(f"log location         {store.url}")
+    print(f"WAL                  {_shown_path(wal_dir / DEMO_LOG_ID, cwd)}")
     print(f"verifier key         {vkey}")
     print()
+    cli = command_name(cwd)
+    url, quoted_vkey = shlex.quote(store.url), shlex.quote(vkey)
     print("verify it yourself:")
-    print(f"  extproc-audit verify {store.url} --vkey '{vkey}'")
-    sample = _sample_entry(store_url)
+    print(f"  {cli} verify {url} --vkey {quoted_vkey}")
+    sample = this_run.sample
     if sample is not None:
-        proof = workdir / f"entry-{sample['seq']}.tlog-proof"
+        proof = shlex.quote(_shown_path(workdir / f"entry-{sample['seq']}.tlog-proof", cwd))
+        # prove --request-id finds request entries; an access entry is named by its seq.
+        which = f"--request-id {sample['rid']}" if mode == "enforce" else f"--seq {sample['seq']}"
         print("prove that this entry is in the log, then check the proof offline:")
-        print(
-            f"  extproc-audit prove {store.url} --log {DEMO_LOG_ID} "
-            f"--request-id {sample['rid']} --out {proof}"  # or --seq, as a receipt names it
-        )
-        print(f"  extproc-audit check-proof {proof} --vkey '{vkey}'")
+        print(f"  {cli} prove {url} --log {DEMO_LOG_ID} {which} --out {proof}")
+        print(f"  {cli} check-proof {proof} --vkey {quoted_vkey}")
         print("\nthat entry (secrets redacted before anything was written):")
         print(json.dumps(sample, indent=2, sort_keys=True)[:2500])
     return 0 if ok else 1

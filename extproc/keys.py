@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -68,11 +69,15 @@ def ensure_signer(path: Path, name: str) -> tuple[Signer, bool]:
 
 def write_verifier_key(path: Path, signer: Signer) -> None:
     """Write the public verifier key string (world-readable: it is public)."""
+    if not path.name or path.is_dir():
+        raise ConfigError(f"cannot write verifier key {path}: it is a directory")
+    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(signer.verifier().to_text() + "\n")
         tmp.chmod(0o644)
         tmp.replace(path)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise ConfigError(f"cannot write verifier key {path}: {e.strerror}") from e

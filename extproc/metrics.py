@@ -1,8 +1,17 @@
-"""Prometheus metrics: every loss, denial and delay is visible here."""
+"""Prometheus metrics: every loss, denial and delay is visible here.
+
+Names say their unit: `_total` counts events, `_seconds` times, `_entries`
+log entries. No `*_created` series: prometheus_client would export one per
+counter and histogram (the Unix time it was created), which reads like a
+count next to `*_total`; a counter's reset is visible as a drop anyway.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# prometheus_client declares it without annotations.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 STREAMS = Counter("extproc_audit_streams_total", "ext_proc streams handled, by mode", ["mode"])
 ENTRIES = Counter("extproc_audit_entries_total", "Entries appended to the log, by kind", ["kind"])
@@ -35,9 +44,12 @@ WAL_BATCH_ENTRIES = Histogram(
     "Entries per WAL group commit",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
 )
-LOG_SIZE = Gauge("extproc_audit_log_size", "Durable entries in the log (tree size in the WAL)")
+LOG_SIZE = Gauge(
+    "extproc_audit_log_entries", "Durable entries in the log (its tree size in the WAL)"
+)
 PUBLISHED_SIZE = Gauge(
-    "extproc_audit_published_size", "Tree size of the latest published checkpoint"
+    "extproc_audit_published_entries",
+    "Entries under the latest published checkpoint (its tree size)",
 )
 PUBLISH_ERRORS = Counter(
     "extproc_audit_publish_errors_total", "Failed object store writes (retried)"

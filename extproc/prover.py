@@ -1,9 +1,10 @@
 """Inclusion and consistency proofs built from a log's published objects.
 
 Reads only what the auditor reads (bundles and signed checkpoints in the
-store), so a proof can be made by anyone with read access, offline from the
-writer. I/O lives here; proofs come from extproc.core.merkle and are checked
-with its verify_* before they are handed out.
+store, through extproc.reader, as `verify` reads them), so a proof can be
+made by anyone with read access, offline from the writer. Proofs come from
+extproc.core.merkle and are checked with its verify_* before they are
+handed out.
 
 Cost: a proof against a checkpoint of size n needs the leaf hashes of all n
 entries (RFC 9162 proofs hash whole subtrees), so every bundle up to n is
@@ -25,11 +26,10 @@ from typing import Any
 
 import orjson
 
-from extproc.auditor import LogObjects, list_logs, read_object
 from extproc.core import entry as entry_format
 from extproc.core import layout
+from extproc.core.bundle import split_lines
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
-from extproc.core.claim import Claim, claim_in_effect
 from extproc.core.display import escape, quote
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import (
@@ -43,7 +43,7 @@ from extproc.core.merkle import (
 from extproc.core.note import Verifier, parse_note
 from extproc.core.tlogproof import TlogProof
 from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
-from extproc.log.publisher import bundle_lines
+from extproc.reader import Bundle, LogReader
 from extproc.store.base import ObjectStore
 
 DEFAULT_CACHE_LEAVES = 1 << 20  # 32 MiB of leaf hashes
@@ -187,9 +187,9 @@ class Consistency:
 
 @dataclass
 class _LogObjects:
-    listed: LogObjects  # as the auditor lists them (original versions on S3)
+    reader: LogReader  # the log as `verify` reads it (original versions on S3)
     checkpoints: list[int]  # sizes, ascending
-    bundles: list[tuple[str, layout.BundleName]]  # by first seq
+    bundles: list[Bundle]  # the log's, contiguous from seq 0 (LogReader.bundles_in_effect)
 
 
 class LeafCache:
@@ -221,13 +221,6 @@ class LeafCache:
                 self._leaves -= len(old)
 
 
-def _lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return lines
-
-
 class Prover:
     """Proofs for one log id in one store.
 
@@ -255,56 +248,18 @@ class Prover:
     # --- objects --------------------------------------------------------------------
 
     def _objects(self) -> _LogObjects:
-        logs, _ = list_logs(self.store, self.log_id)
-        listed = logs.get(self.log_id)
-        if listed is None or not (listed.checkpoints or listed.bundles):
+        reader = LogReader.open(self.store, self.log_id)
+        listed = reader.objects
+        if not (listed.checkpoints or listed.bundles):
             raise EntryNotFoundError(f"log {self.log_id} not found in {self.store.url}")
         return _LogObjects(
-            listed,
+            reader,
             sorted(size for _, size in listed.checkpoints),
-            self._claimed_bundles(listed),
+            reader.bundles_in_effect(self.keyring),
         )
 
-    def _claimed_bundles(self, listed: LogObjects) -> list[tuple[str, layout.BundleName]]:
-        """Bundles by first seq; where several start at one seq (a foreign object
-        next to the writer's), the one the claim in effect names (core/claim.py)."""
-        by_first: dict[int, list[tuple[str, layout.BundleName]]] = {}
-        for key, name in sorted(listed.bundles, key=lambda b: (b[1].first, b[1].last)):
-            by_first.setdefault(name.first, []).append((key, name))
-        chosen = []
-        for first, bundles in sorted(by_first.items()):
-            if len(bundles) > 1:
-                claim = self._claim_at(listed, first)
-                named = [
-                    b for b in bundles if claim and (b[1].first, b[1].last) == (first, claim.last)
-                ]
-                bundles = named or bundles[:1]
-            chosen.append(bundles[0])
-        return chosen
-
-    def _claim_at(self, listed: LogObjects, first: int) -> Claim | None:
-        candidates = []
-        for key, at in listed.claims:
-            if at != first:
-                continue
-            name = layout.parse_key(self.store.prefix, key)
-            try:
-                claim = Claim.from_bytes(read_object(self.store, listed, key))
-            except (VerificationError, ObjectNotFoundError):
-                continue
-            trusted = claim.signed
-            if trusted and self.keyring is not None:
-                try:
-                    claim.verify(self.keyring)
-                except VerificationError:
-                    trusted = False
-            candidates.append((name.epoch if name else 1, claim, trusted))
-        chosen = claim_in_effect(candidates)
-        return chosen[1] if chosen else None
-
     def _bundle_lines(self, objects: _LogObjects, key: str, name: layout.BundleName) -> list[bytes]:
-        data = read_object(self.store, objects.listed, key)
-        lines = _lines(bundle_lines(data, compressed=name.gzip))
+        lines = split_lines(objects.reader.bundle_data(key, name))
         if len(lines) != name.last - name.first + 1:
             raise VerificationError(f"{key}: bundle holds {len(lines)} entries, its name disagrees")
         return lines
@@ -323,14 +278,9 @@ class Prover:
     def _leaves(self, objects: _LogObjects, size: int) -> list[bytes]:
         """Leaf hashes of entries [0, size), streamed bundle by bundle."""
         leaves: list[bytes] = []
-        for key, name in objects.bundles:
+        for key, name in objects.bundles:  # contiguous: each starts at len(leaves)
             if len(leaves) >= size:
                 break
-            if name.first != len(leaves):
-                raise VerificationError(
-                    f"log {self.log_id}: bundle {key} starts at {name.first}, expected "
-                    f"{len(leaves)} (missing or overlapping bundles; run verify)"
-                )
             leaves.extend(self._bundle_leaves(objects, key, name))
         if len(leaves) < size:
             raise VerificationError(
@@ -343,7 +293,7 @@ class Prover:
         """The checkpoint at `size` if it is usable: verifies (or parses) and names its size."""
         key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
         try:
-            note = read_object(self.store, objects.listed, key)
+            note = objects.reader.read(key)
         except ObjectNotFoundError:
             return None
         try:
@@ -372,13 +322,29 @@ class Prover:
                     f"{at_least - 1}"
                 )
             return found
+        tried = []
         for size in reversed(objects.checkpoints):
             if size < at_least:
                 break
             if (found := self._open(objects, size)) is not None:
                 return found
+            tried.append(size)
         what = f"covers entry {at_least - 1}" if at_least else "is published"
+        if self.keyring is not None and any(self._parses(objects, size) for size in tried[:8]):
+            raise EntryNotFoundError(
+                f"log {self.log_id}: no checkpoint that {what} is signed by the given key(s) "
+                f"({self.keyring.describe()}): wrong --vkey or --keyring?"
+            )
         raise EntryNotFoundError(f"log {self.log_id}: no valid signed checkpoint {what} yet")
+
+    def _parses(self, objects: _LogObjects, size: int) -> bool:
+        """The checkpoint at `size` reads as one of this log, whoever signed it."""
+        key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
+        try:
+            cp = Checkpoint.from_text(parse_note(objects.reader.read(key))[0])
+        except (ObjectNotFoundError, VerificationError):
+            return False
+        return cp.size == size and cp.origin.endswith(f"/{self.log_id}")
 
     # --- finding an entry -------------------------------------------------------------
 

@@ -3,30 +3,28 @@
 Streams: one bundle (at most --bundle-max-bytes, 16 MiB by default) per
 fetch in flight, plus a bounded map of request entries waiting for their
 response, so memory does not grow with the log. Matching rules are in
-docs/SEARCH.md; every decision about validity is made by
-extproc.core.verify.LogChecker, exactly as `verify` makes it.
+docs/SEARCH.md. The store is read by extproc.reader, which feeds
+extproc.core.verify.LogChecker exactly as it does for `verify`: every
+decision about validity is made there.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from extproc.auditor import LogObjects, list_logs, read_object
-from extproc.core import entry, layout
+from extproc.core import entry
 from extproc.core.display import escape
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
 from extproc.core.verify import Finding, LogChecker, LogReport
-from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
-from extproc.log.publisher import bundle_lines
+from extproc.errors import ConfigError
+from extproc.reader import LogReader, open_logs
 from extproc.store.base import ObjectStore
 
 # Request entries kept while their `response` entry has not been read. In
@@ -272,89 +270,36 @@ class StoreSearch:
         # print a request with --join, or to show a response's path in a table.
         self.keep_requests = keep_requests or filters.request_side or filters.join
         self.stats = SearchStats()
-        self._selected: list[tuple[str, LogObjects]] | None = None
+        self._selected: list[LogReader] | None = None
 
     def select_logs(self) -> list[str]:
         """List the store once and return the log ids that will be searched, in order."""
         if self._selected is None:
-            logs, stray = list_logs(self.store)
-            self.stats.general = [
-                Finding("-", key, "object under logs/ with an invalid log id") for key in stray
-            ]
+            logs, self.stats.general = open_logs(self.store)
             ids = sorted(set(self.log_ids)) if self.log_ids else sorted(logs)
             missing = [i for i in ids if i not in logs]
             if missing:
                 raise ConfigError(f"no log {missing[0]!r} under {self.store.url}")
-            self._selected = [(i, logs[i]) for i in ids]
-        return [log_id for log_id, _ in self._selected]
+            self._selected = [logs[i] for i in ids]
+        return [reader.log_id for reader in self._selected]
 
     def matches(self) -> Iterator[Match]:
         self.select_logs()
-        for log_id, objects in self._selected or ():
+        for reader in self._selected or ():
             self.stats.logs += 1
-            yield from self._search_log(log_id, objects)
+            yield from self._search_log(reader)
 
-    def _fetch(
-        self, objects: LogObjects, key: str, name: layout.BundleName
-    ) -> bytes | VerificationError:
-        try:
-            return bundle_lines(read_object(self.store, objects, key), compressed=name.gzip)
-        except VerificationError as e:
-            return e
-        except ObjectNotFoundError as e:  # listed, then gone
-            return VerificationError(f"bundle listed but not readable: {e}")
-
-    def _bundles(
-        self, objects: LogObjects
-    ) -> Iterator[tuple[str, layout.BundleName, bytes | VerificationError]]:
-        """Bundles in seq order, `prefetch` fetches in flight (S3 latency)."""
-        todo = iter(sorted(objects.bundles, key=lambda b: (b[1].first, b[1].last)))
-        Pending = tuple[str, layout.BundleName, Future[bytes | VerificationError]]
-        with ThreadPoolExecutor(self.prefetch) as pool:
-            window: deque[Pending] = deque()
-            for key, name in todo:
-                window.append((key, name, pool.submit(self._fetch, objects, key, name)))
-                if len(window) >= self.prefetch:
-                    break
-            while window:
-                key, name, future = window.popleft()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    window.append((nxt[0], nxt[1], pool.submit(self._fetch, objects, *nxt)))
-                yield key, name, future.result()
-
-    def _search_log(self, log_id: str, objects: LogObjects) -> Iterator[Match]:
-        checker: LogChecker | None = None
+    def _search_log(self, reader: LogReader) -> Iterator[Match]:
+        checker = None
         if self.verifier is not None:
-            checker = LogChecker(log_id, self.verifier, self.origin_prefix)
-            # Overwrites and delete markers (S3): reported; the originals are read.
-            checker.report.findings.extend(objects.version_findings)
-            for key in objects.unknown:
-                checker.add_unknown(key)
-            for key, size in objects.checkpoints:
-                try:
-                    checker.add_checkpoint(key, size, read_object(self.store, objects, key))
-                except ObjectNotFoundError:
-                    checker.add_unknown(key)
-            for key, first in objects.claims:
-                try:
-                    checker.add_claim(key, first, read_object(self.store, objects, key))
-                except ObjectNotFoundError:
-                    checker.add_unknown(key)
-        scan = _LogScan(log_id, self.filters, self.keep_requests)
+            checker = LogChecker(reader.log_id, self.verifier, self.origin_prefix)
+        scan = _LogScan(reader.log_id, self.filters, self.keep_requests)
         stats = self.stats
-        for key, name, data in self._bundles(objects):
+        for bundle in reader.check(checker, prefetch=self.prefetch):
             stats.bundles += 1
-            if isinstance(data, VerificationError):
-                if checker is not None:
-                    checker.report.findings.append(Finding(log_id, key, str(data)))
-                    checker.add_bundle(key, name, b"")
-                continue
-            if checker is not None and not checker.add_bundle(key, name, data):
-                continue  # not the bundle its position's claim names: foreign, reported
-            lines = data.split(b"\n")
-            if lines and lines[-1] == b"":
-                lines.pop()
+            if not bundle.in_log:
+                continue  # unreadable, or not the bundle its position's claim names: reported
+            lines = bundle.lines
             if self._skippable(scan, lines):
                 stats.bundles_skipped += 1
                 continue

@@ -73,11 +73,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc import processes
 from extproc.auditor import verify_store
-from extproc.core import entry, layout
+from extproc.core import entry
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.keys import write_signer
-from extproc.log.publisher import bundle_lines
+from extproc.reader import entry_lines, list_logs
 from extproc.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -510,14 +510,12 @@ class EntryCheck:
 
 
 def check_entries(store_url: str, verifier: Any) -> EntryCheck:
-    """Every entry line of every bundle: its size, and what the bounds recorded."""
+    """Every entry of every log: its size, and what the bounds recorded."""
     store = open_store(store_url)
     result = EntryCheck(checked=True)
-    for obj in store.list(layout.logs_prefix(store.prefix)):
-        name = layout.parse_key(store.prefix, obj.key)
-        if name is None or name.bundle is None:
-            continue
-        for line in bundle_lines(store.get(obj.key), compressed=name.bundle.gzip).splitlines():
+    logs, _ = list_logs(store)
+    for log_id in sorted(logs):
+        for line in entry_lines(store, log_id):
             result.lines += 1
             result.max_line_bytes = max(result.max_line_bytes, len(line))
             result.over_limit += len(line) >= ENTRY_LIMIT

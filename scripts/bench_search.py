@@ -22,11 +22,12 @@ from pathlib import Path
 import orjson
 
 from extproc.core import entry, layout
+from extproc.core.bundle import bundle_bytes
 from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
 from extproc.core.claim import Claim
 from extproc.core.merkle import CompactRange, leaf_hash
 from extproc.core.note import Signer
-from extproc.log.publisher import bundle_bytes, bundle_lines
+from extproc.reader import entry_lines
 from extproc.search import Filters, StoreSearch, parse_status, parse_time
 from extproc.store.local import LocalStore
 
@@ -113,14 +114,9 @@ def write_log(store: LocalStore, signer: Signer, entries: int, *, gzip: bool) ->
 def baseline(store: LocalStore) -> int:
     """Read, split and parse every entry: what any JSON search must do at least."""
     count = 0
-    for obj in sorted(store.list(layout.logs_prefix(store.prefix)), key=lambda o: o.key):
-        name = layout.parse_key(store.prefix, obj.key)
-        if name is None or name.bundle is None:
-            continue
-        data = bundle_lines(store.get(obj.key), compressed=name.bundle.gzip)
-        for line in data.split(b"\n")[:-1]:
-            orjson.loads(line)
-            count += 1
+    for line in entry_lines(store, LOG_ID):
+        orjson.loads(line)
+        count += 1
     return count
 
 

@@ -106,7 +106,7 @@ toolbox() {
 }
 
 log "bucket with Object Lock, signing key"
-toolbox extproc-audit init-bucket "s3://$BUCKET" --retention-days 1
+toolbox extproc-audit init-bucket "s3://$BUCKET" --retention-days 1 --mode COMPLIANCE
 # keygen writes the key (secret) and the verifier key (public): line 1 and 2.
 toolbox sh -c 'extproc-audit keygen --name e2e-audit --out /tmp/k --vkey-out /tmp/v \
     >/dev/null 2>&1 && cat /tmp/k && echo && cat /tmp/v' >"$WORK/keys"

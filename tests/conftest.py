@@ -5,7 +5,6 @@ Every process a test starts is stopped by a finalizer, also when it fails.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,8 +25,8 @@ from extproc.core.note import Signer
 from extproc.demo import ClientResult, UpstreamApp, send_requests
 from extproc.envoyconf import ClientTLS, Endpoint, SocketPath, bootstrap, to_yaml
 from extproc.keys import write_signer
-from extproc.log.publisher import bundle_lines
 from extproc.store import open_store
+from tests.helpers import read_entries as read_entries  # imported from here by the server tests
 
 
 @dataclass
@@ -244,18 +243,7 @@ def make_stack(tmp_path: Path) -> Iterator[Any]:
         yield make
 
 
-def read_entries(store_url: str, log_id: str) -> list[dict[str, Any]]:
-    """Every published entry of a log, in bundle order."""
-    store = open_store(store_url)
-    entries: list[dict[str, Any]] = []
-    for obj in store.list(layout.log_prefix(store.prefix, log_id) + "entries/"):
-        name = layout.parse_key(store.prefix, obj.key)
-        assert name is not None and name.bundle is not None
-        data = bundle_lines(store.get(obj.key), compressed=name.bundle.gzip)
-        entries.extend(json.loads(line) for line in data.splitlines())
-    return entries
-
-
 def all_bundle_bytes(store_url: str) -> bytes:
+    """Every object under logs/, as stored (to look for what must never be published)."""
     store = open_store(store_url)
     return b"".join(store.get(o.key) for o in store.list(layout.logs_prefix(store.prefix)))

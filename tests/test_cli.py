@@ -36,10 +36,17 @@ def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
 @pytest.mark.s3
 def test_init_bucket_is_idempotent_and_sets_lock(moto: MotoServer) -> None:
     bucket = "init-bucket-test"
-    first = run_cli("init-bucket", f"s3://{bucket}", "--retention-days", "3")
+    args = ("init-bucket", f"s3://{bucket}", "--retention-days", "3", "--mode", "COMPLIANCE")
+    first = run_cli(*args)
     assert first.returncode == 0, first.stderr
+    # What it applies is said before it is done.
+    assert first.stdout.splitlines()[0] == (
+        f"bucket {bucket}: applying Object Lock with default retention COMPLIANCE 3 days "
+        "(every object written is locked for 3 days; nobody, the account's root user "
+        "included, can delete or shorten it)"
+    )
     assert "created" in first.stdout
-    second = run_cli("init-bucket", f"s3://{bucket}", "--retention-days", "3")
+    second = run_cli(*args)
     assert second.returncode == 0, second.stderr
     rule = moto.s3().get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
     assert rule["ObjectLockEnabled"] == "Enabled"
@@ -50,7 +57,9 @@ def test_init_bucket_is_idempotent_and_sets_lock(moto: MotoServer) -> None:
 @pytest.mark.s3
 def test_init_bucket_rejects_bucket_without_object_lock(moto: MotoServer) -> None:
     bucket = moto.new_bucket(lock=False)
-    result = run_cli("init-bucket", f"s3://{bucket}")
+    result = run_cli(
+        "init-bucket", f"s3://{bucket}", "--retention-days", "1", "--mode", "GOVERNANCE"
+    )
     assert result.returncode == 2
     assert "exists without Object Lock" in result.stderr
 

@@ -24,12 +24,12 @@ from extproc.core.tlogproof import TlogProof, verify_proof
 from extproc.server.proofapi import ProofServer, ProofServicer
 from extproc.store.local import LocalStore
 from tests.conftest import read_entries, run_cli
+from tests.helpers import read_lines
 from tests.test_merkle import ref_mth, ref_path, ref_proof
 from tests.test_prover import (
     FLOOD,
     LOG_ID,
     SIZES,
-    published_entries,
     write_duplicates_log,
     write_log,
 )
@@ -58,7 +58,7 @@ def with_api(
 ) -> None:
     store = LocalStore(tmp_path / "store")
     write_log(store, tmp_path / "wal", signer)
-    entries = published_entries(store)
+    entries = read_lines(store, LOG_ID)
 
     async def scenario() -> None:
         async for stub in serving(store, signer):

@@ -1,15 +1,15 @@
 """`prove` and `check-proof`: proofs built from a published log, verified offline.
 
-The log is written by the real appender and publisher in-process (as in
-tests/test_publisher.py) to a local directory, or copied to moto's S3 server.
+The log is written by the real appender and publisher in-process
+(tests/helpers.py) to a local directory, or copied to moto's S3 server.
 Proof hashes are checked against the RFC 9162 reference in tests/test_merkle.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,9 +20,6 @@ from extproc.core.checkpoint import Checkpoint, sign_checkpoint
 from extproc.core.note import Signer, parse_note
 from extproc.core.tlogproof import TlogProof
 from extproc.errors import ConfigError, VerificationError
-from extproc.log.appender import AuditLog
-from extproc.log.publisher import Publisher, PublisherConfig, bundle_lines
-from extproc.log.wal import WAL
 from extproc.prover import (
     MAX_LISTED_MATCHES,
     AmbiguousRequestIdError,
@@ -36,7 +33,9 @@ from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
 from extproc.store.s3 import S3Store
+from tests import helpers
 from tests.conftest import MotoServer, run_cli
+from tests.helpers import read_lines
 from tests.test_merkle import ref_mth, ref_path, ref_proof
 
 LOG_ID = "pod-a"
@@ -46,41 +45,27 @@ SIZES = (25, 47)  # two publications: checkpoints at these sizes
 
 def write_log(store: ObjectStore, wal_dir: Path, signer: Signer, *, gzip: bool = False) -> None:
     """Publish SIZES[-1] request entries (rid "req-<seq>") in bundles of 10."""
-
-    async def scenario() -> None:
-        wal = WAL(wal_dir)
-        audit_log = AuditLog(wal, wal.recover())
-        config = PublisherConfig(LOG_ID, ORIGIN, bundle_max_entries=10, max_age=0.0, gzip=gzip)
-        publisher = Publisher(audit_log, wal, store, signer, config, writer_id="0123abcd")
-        await publisher.reconcile()
-        for size in SIZES:
-            start = audit_log.size
-            await asyncio.gather(
-                *(
-                    audit_log.append({"kind": "request", "rid": f"req-{seq}"})
-                    for seq in range(start, size)
-                )
-            )
-            await publisher.publish()
-        audit_log.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 30))
-
-
-def published_entries(store: ObjectStore) -> list[bytes]:
-    lines: list[bytes] = []
-    for obj in store.list(layout.log_prefix(store.prefix, LOG_ID) + "entries/"):
-        name = layout.parse_key(store.prefix, obj.key)
-        assert name is not None and name.bundle is not None
-        lines.extend(bundle_lines(store.get(obj.key), compressed=name.bundle.gzip).splitlines())
-    return lines
+    batches = [
+        [{"kind": "request", "rid": f"req-{seq}"} for seq in range(start, end)]
+        for start, end in itertools.pairwise((0, *SIZES))
+    ]
+    helpers.write_log(
+        store,
+        signer,
+        wal_dir,
+        LOG_ID,
+        *batches,
+        writer_id="0123abcd",
+        bundle_max_entries=10,
+        gzip=gzip,
+    )
 
 
 @pytest.fixture
 def local_log(tmp_path: Path, signer: Signer) -> tuple[str, list[bytes]]:
     store = LocalStore(tmp_path / "store")
     write_log(store, tmp_path / "wal", signer)
-    entries = published_entries(store)
+    entries = read_lines(store, LOG_ID)
     assert len(entries) == SIZES[-1]
     return str(tmp_path / "store"), entries
 
@@ -98,7 +83,7 @@ def test_inclusion_is_rfc_path_under_the_newest_checkpoint(
 ) -> None:
     store = LocalStore(tmp_path / "store")
     write_log(store, tmp_path / "wal", signer, gzip=gzip)
-    entries = published_entries(store)
+    entries = read_lines(store, LOG_ID)
     prover = Prover(store, LOG_ID, signer.verifier())
     for seq in (0, 9, 10, 24, 25, 46):
         inc = prover.inclusion(seq=seq)
@@ -194,7 +179,7 @@ def test_overwritten_bundle_on_versioned_store_proves_the_original(
     marker: the proof is made from what the log wrote, as verify reads it."""
     store = MemoryStore(versioned=True)
     write_log(store, tmp_path / "wal", signer)
-    entries = published_entries(store)
+    entries = read_lines(store, LOG_ID)
     key = layout.bundle_key("", LOG_ID, 0, 9)
     store.overwrite(key, store.get(key).replace(b'"req-3"', b'"req-X"'))
     store.delete(layout.bundle_key("", LOG_ID, 10, 19))
@@ -367,30 +352,22 @@ def write_duplicates_log(store: ObjectStore, wal_dir: Path, signer: Signer) -> l
         fields: dict[str, object] = {"kind": "response", "rid": rid, "ref": ref}
         return fields | {"resp": {"status": 200}, "reporter": dict(MESH)}
 
-    async def scenario() -> None:
-        wal = WAL(wal_dir)
-        audit_log = AuditLog(wal, wal.recover())
-        config = PublisherConfig(LOG_ID, ORIGIN, bundle_max_entries=10, max_age=0.0)
-        publisher = Publisher(audit_log, wal, store, signer, config, writer_id="0123abcd")
-        await publisher.reconcile()
-        await audit_log.append(request("dup"))
-        await audit_log.append(response("dup", 0))
-        for _ in range(7):
-            await audit_log.append(request("flood", None))
-        await audit_log.append(request("pair"))
-        await publisher.publish()
-        await audit_log.append(response("pair", 9))
-        for _ in range(FLOOD - 7):
-            await audit_log.append(request("flood", None))
-        forged = request("dup", FORGER) | {"kind": "exchange", "resp": {"status": 200}}
-        await audit_log.append(forged)
-        await audit_log.append(request("single"))
-        await audit_log.append(response("single", 28))
-        await publisher.publish()
-        audit_log.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 30))
-    entries = published_entries(store)
+    forged = request("dup", FORGER) | {"kind": "exchange", "resp": {"status": 200}}
+    helpers.write_log(
+        store,
+        signer,
+        wal_dir,
+        LOG_ID,
+        [request("dup"), response("dup", 0)]
+        + [request("flood", None) for _ in range(7)]
+        + [request("pair")],
+        [response("pair", 9)]
+        + [request("flood", None) for _ in range(FLOOD - 7)]
+        + [forged, request("single"), response("single", 28)],
+        writer_id="0123abcd",
+        bundle_max_entries=10,
+    )
+    entries = read_lines(store, LOG_ID)
     assert len(entries) == 30
     return entries
 
@@ -584,3 +561,13 @@ def test_prove_request_id_usage_errors(
     assert r.returncode == 2
     assert match in r.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_prove_with_the_wrong_key_says_so(tmp_path: Path) -> None:
+    signer = Signer.generate("right")
+    store = LocalStore(tmp_path / "store")
+    entries = [{"kind": "request", "rid": f"r{i}"} for i in range(3)]
+    helpers.write_log(store, signer, tmp_path / "wal", "log-a", entries, final=True)
+    wrong = Prover(store, "log-a", Signer.generate("wrong").verifier())
+    with pytest.raises(EntryNotFoundError, match="signed by the given key"):
+        wrong.inclusion(seq=1)

@@ -18,21 +18,23 @@ from typing import Any, TypeVar
 
 import pytest
 
-from extproc.auditor import all_ok, verify_store
+from extproc.auditor import verify_store
 from extproc.core import entry, layout
+from extproc.core.bundle import bundle_bytes
 from extproc.core.checkpoint import Checkpoint, make_extensions, open_checkpoint, sign_checkpoint
 from extproc.core.claim import Claim
 from extproc.core.keyring import Keyring, TrustedKey
 from extproc.core.merkle import leaf_hash, root_of
 from extproc.core.note import Signer
-from extproc.core.verify import LogReport
+from extproc.core.verify import LogReport, all_ok
 from extproc.errors import BackpressureError, ForkError, StorageError
 from extproc.log.appender import AuditLog
-from extproc.log.publisher import Publisher, PublisherConfig, bundle_bytes, bundle_lines
+from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL, TreeState
 from extproc.store.base import ObjectStore, Retention, RetentionPolicy
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
+from tests.helpers import read_entries
 
 T = TypeVar("T")
 LOG_ID = "pod-a.worker-0"
@@ -139,16 +141,6 @@ def checkpoint_sizes(store: ObjectStore) -> list[int]:
     return [int(o.key.rsplit("/", 1)[1]) for o in store.list(prefix)]
 
 
-def published_entries(store: ObjectStore) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for obj in store.list(layout.log_prefix(store.prefix, LOG_ID) + "entries/"):
-        name = layout.parse_key(store.prefix, obj.key)
-        assert name is not None and name.bundle is not None
-        data = bundle_lines(store.get(obj.key), compressed=name.bundle.gzip)
-        out.extend(entry.parse(line) for line in data.splitlines())
-    return out
-
-
 def latest_checkpoint(store: ObjectStore, signer: Signer) -> Checkpoint:
     size = checkpoint_sizes(store)[-1]
     data = store.get(layout.checkpoint_key(store.prefix, LOG_ID, size))
@@ -193,7 +185,7 @@ def test_published_bundles_and_checkpoints_verify(
     run(scenario)
     keys = [o.key for o in store.list(PREFIX)]
     assert all(k.endswith(".jsonl.gz") == compress for k in keys if "/entries/" in k)
-    assert [e["n"] for e in published_entries(store)] == list(range(32))
+    assert [e["n"] for e in read_entries(store, LOG_ID)] == list(range(32))
 
 
 def test_bundle_byte_bound_splits_bundles(tmp_path: Path, signer: Signer) -> None:
@@ -214,15 +206,6 @@ def test_bundle_byte_bound_splits_bundles(tmp_path: Path, signer: Signer) -> Non
         key = layout.bundle_key(PREFIX, LOG_ID, first, last)
         assert len(store.get(key)) <= 600 or first == last
     verify(store, signer)
-
-
-def test_bundle_bytes_round_trip() -> None:
-    lines = [b'{"a":1}', b'{"b":2}']
-    for compress in (False, True):
-        data = bundle_bytes(lines, compress=compress)
-        assert bundle_lines(data, compressed=compress) == b'{"a":1}\n{"b":2}\n'
-        # Deterministic: a retried put is byte-identical to the first attempt.
-        assert data == bundle_bytes(list(lines), compress=compress)
 
 
 # --- when bundles are due -------------------------------------------------------------------
@@ -455,7 +438,7 @@ def test_store_outage_is_retried_without_loss_or_duplicates(
     assert store.put_faults == [] and store.get_faults == []
     assert bundle_ranges(store) == [(0, 4), (5, 9), (10, 11)]
     assert checkpoint_sizes(store) == [12]
-    assert [e["n"] for e in published_entries(store)] == list(range(12))
+    assert [e["n"] for e in read_entries(store, LOG_ID)] == list(range(12))
     verify(store, signer)
 
 
@@ -677,7 +660,7 @@ def verify_with_warnings(store: ObjectStore, signer: Signer) -> LogReport:
 
 
 def foreign_records(store: ObjectStore) -> list[dict[str, Any]]:
-    return [e for e in published_entries(store) if e.get("event") == "foreign"]
+    return [e for e in read_entries(store, LOG_ID) if e.get("event") == "foreign"]
 
 
 def test_foreign_bundle_at_next_key_starts_a_new_epoch(tmp_path: Path, signer: Signer) -> None:
@@ -1058,7 +1041,7 @@ def test_key_rotation_starts_an_epoch_recorded_in_the_log(tmp_path: Path, signer
     time.sleep(0.01)
     _session(tmp_path, store, new, 2)
 
-    (rotate,) = [e for e in published_entries(store) if e.get("event") == "rotate"]
+    (rotate,) = [e for e in read_entries(store, LOG_ID) if e.get("event") == "rotate"]
     assert (rotate["old_key"], rotate["new_key"], rotate["epoch"]) == (
         _label(signer),
         _label(new),
@@ -1112,7 +1095,7 @@ def test_rotation_is_noticed_from_the_store_when_the_wal_predates_key_records(
     state_file.write_bytes(TreeState(state.size, state.range_hashes, state.last_leaf).to_bytes())
     new = Signer.generate("test-audit-2027")
     _session(tmp_path, store, new, 1)
-    (rotate,) = [e for e in published_entries(store) if e.get("event") == "rotate"]
+    (rotate,) = [e for e in read_entries(store, LOG_ID) if e.get("event") == "rotate"]
     assert rotate["old_key"] == _label(signer)
 
 
@@ -1120,5 +1103,5 @@ def test_same_key_restart_is_not_a_rotation(tmp_path: Path, signer: Signer) -> N
     store = MemoryStore(PREFIX)
     _session(tmp_path, store, signer, 3)
     _session(tmp_path, store, signer, 3)
-    assert not [e for e in published_entries(store) if e.get("event") == "rotate"]
+    assert not [e for e in read_entries(store, LOG_ID) if e.get("event") == "rotate"]
     assert latest_checkpoint(store, signer).epoch == 1

@@ -1,13 +1,13 @@
 """`extproc-audit search`: what each filter finds, that the output is the stored
 evidence byte for byte, and that a tampered log is reported while it is read.
 
-Logs are written by the real writer (WAL, audit log, publisher) on a local
-store and on moto's S3 server, with a stepped clock so times are known.
+Logs are written by the real writer (tests/helpers.py: WAL, audit log,
+publisher) on a local store and on moto's S3 server, with a stepped clock so
+times are known.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -19,12 +19,8 @@ import orjson
 import pytest
 
 from extproc import cli
-from extproc.core import layout
 from extproc.core.note import Signer
 from extproc.errors import ConfigError
-from extproc.log.appender import AuditLog
-from extproc.log.publisher import Publisher, PublisherConfig, bundle_lines
-from extproc.log.wal import WAL
 from extproc.search import (
     Filters,
     Match,
@@ -38,7 +34,9 @@ from extproc.store import open_store
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
+from tests import helpers
 from tests.conftest import MotoServer
+from tests.helpers import read_lines
 
 START = datetime(2026, 11, 26, 0, 0, tzinfo=UTC).timestamp()
 EXCHANGES = 30  # request i at START + 2i s, its response at START + 2i + 3 s
@@ -68,69 +66,47 @@ def write_log(store: ObjectStore, signer: Signer, wal_dir: Path, log_id: str, **
     """A writer run in enforce mode: requests and their responses interleaved
     (request i+1 is sequenced before response i), one observe-mode exchange,
     and the writer's start and stop entries; bundles of 7 entries."""
-
-    async def scenario() -> None:
-        clock = [START - 1.0]
-        wal = WAL(wal_dir)
-        audit_log = AuditLog(wal, wal.recover(), wall_clock=lambda: clock[0])
-        config = PublisherConfig(
-            log_id,
-            layout.origin_for("extproc-audit", log_id),
-            bundle_max_entries=7,
-            max_age=0.0,
-            **cfg,
-        )
-        publisher = Publisher(audit_log, wal, store, signer, config, writer_id="abcd")
-        await publisher.reconcile()
-        events: list[tuple[float, dict[str, Any]]] = [
-            (START - 1.0, {"kind": "writer", "event": "start", "writer": "abcd", "rid": ""})
-        ]
-        for i in range(EXCHANGES):
-            request = {
-                "kind": "request",
-                "rid": f"rid-{i:03d}",
-                "req": {"method": "GET" if i % 4 else "POST", "path": path_of(i)},
-                "src": {"principal": PRINCIPALS[i % 2]},
-            }
-            events.append((START + 2 * i, request))
-            events.append((START + 2 * i + 3, {"kind": "response", "rid": f"rid-{i:03d}", "n": i}))
-        events.sort(key=lambda e: e[0])
-        seq_of: dict[int, int] = {}
-        for at, fields in events:
-            clock[0] = at
-            if fields["kind"] == "response":
-                i = fields.pop("n")
-                fields.update(ref=seq_of[i], resp={"status": status_of(i)})
-            seq = await audit_log.append(fields)
-            if fields["kind"] == "request":
-                seq_of[int(fields["rid"][4:])] = seq
-        clock[0] = START + 2 * EXCHANGES + 10
-        await audit_log.append(
-            {
-                "kind": "exchange",
-                "rid": "rid-observe",
-                "req": {"method": "PUT", "path": "/api/users/x"},
-                "src": {"principal": PRINCIPALS[0]},
-                "resp": {"status": 503},
-            }
-        )
-        await audit_log.append({"kind": "writer", "event": "stop", "writer": "abcd", "rid": ""})
-        await publisher.publish(final=True)
-        await publisher.close()
-        audit_log.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 30))
-
-
-def stored_lines(store: ObjectStore, log_id: str) -> list[bytes]:
-    lines: list[bytes] = []
-    for obj in sorted(
-        store.list(layout.log_prefix(store.prefix, log_id) + "entries/"), key=lambda o: o.key
-    ):
-        name = layout.parse_key(store.prefix, obj.key)
-        assert name is not None and name.bundle is not None
-        lines.extend(bundle_lines(store.get(obj.key), compressed=name.bundle.gzip).splitlines())
-    return lines
+    events: list[tuple[float, dict[str, Any]]] = [
+        (START - 1.0, {"kind": "writer", "event": "start", "writer": "abcd", "rid": ""})
+    ]
+    for i in range(EXCHANGES):
+        request = {
+            "kind": "request",
+            "rid": f"rid-{i:03d}",
+            "req": {"method": "GET" if i % 4 else "POST", "path": path_of(i)},
+            "src": {"principal": PRINCIPALS[i % 2]},
+        }
+        events.append((START + 2 * i, request))
+        response = {"kind": "response", "rid": f"rid-{i:03d}", "resp": {"status": status_of(i)}}
+        events.append((START + 2 * i + 3, response))
+    events.sort(key=lambda e: e[0])
+    # A fresh log: an entry's seq is its place in the list.
+    seq_of = {f["rid"]: seq for seq, (_, f) in enumerate(events) if f["kind"] == "request"}
+    for _, fields in events:
+        if fields["kind"] == "response":
+            fields["ref"] = seq_of[fields["rid"]]
+    end = START + 2 * EXCHANGES + 10
+    exchange = {
+        "kind": "exchange",
+        "rid": "rid-observe",
+        "req": {"method": "PUT", "path": "/api/users/x"},
+        "src": {"principal": PRINCIPALS[0]},
+        "resp": {"status": 503},
+    }
+    events.append((end, exchange))
+    events.append((end, {"kind": "writer", "event": "stop", "writer": "abcd", "rid": ""}))
+    helpers.write_log(
+        store,
+        signer,
+        wal_dir,
+        log_id,
+        [fields for _, fields in events],
+        times=[at for at, _ in events],
+        final=True,
+        stop=True,
+        bundle_max_entries=7,
+        **cfg,
+    )
 
 
 @pytest.fixture
@@ -138,7 +114,7 @@ def log(tmp_path: Path, signer: Signer) -> Log:
     url = str(tmp_path / "store")
     store = open_store(url)
     write_log(store, signer, tmp_path / "wal", "pod-a")
-    return Log(url, "pod-a", stored_lines(store, "pod-a"))
+    return Log(url, "pod-a", read_lines(store, "pod-a"))
 
 
 def search(
@@ -304,9 +280,7 @@ def test_log_option_restricts_and_unknown_log_is_an_error(
     code, out, err = search(capsysbinary, signer, log.url, "--request-id", "rid-001")
     assert code == 0 and len(out) == 4, err  # both logs
     _, out, _ = search(capsysbinary, signer, log.url, "--request-id", "rid-001", "--log", "pod-b")
-    assert out == [
-        line for line in stored_lines(open_store(log.url), "pod-b") if b"rid-001" in line
-    ]
+    assert out == [line for line in read_lines(open_store(log.url), "pod-b") if b"rid-001" in line]
     code, out, err = search(capsysbinary, signer, log.url, "--log", "pod-z")
     assert (code, out) == (2, [])
     assert "no log 'pod-z'" in err
@@ -338,7 +312,7 @@ def test_overwritten_bundle_on_versioned_store_finds_the_original(
     # what the log wrote and reports the overwrite, as verify does.
     store = MemoryStore(versioned=True)
     write_log(store, signer, tmp_path / "wal", "pod-a")
-    lines = stored_lines(store, "pod-a")
+    lines = read_lines(store, "pod-a")
     key = next(o.key for o in store.list("logs/pod-a/entries/"))
     store.overwrite(key, store.get(key).replace(b'"rid":"rid-000"', b'"rid":"rid-XXX"'))
     run = StoreSearch(store, Filters(request_id="rid-000"), verifier=signer.verifier())
@@ -367,7 +341,7 @@ def test_gzip_bundles(
     code, out, _ = search(capsysbinary, signer, str(tmp_path / "gz"), "--status", "404")
     assert code == 0
     assert rids(out) == [f"rid-{i:03d}" for i in range(EXCHANGES) if status_of(i) == 404]
-    assert all(line in stored_lines(store, "pod-gz") for line in out)
+    assert all(line in read_lines(store, "pod-gz") for line in out)
 
 
 def test_search_on_s3(
@@ -378,7 +352,7 @@ def test_search_on_s3(
     write_log(store, signer, tmp_path / "wal", "pod-s3")
     code, out, err = search(capsysbinary, signer, url, "--request-id", "rid-004", "--prefetch", "2")
     assert code == 0, err
-    assert out == [line for line in stored_lines(store, "pod-s3") if b'"rid-004"' in line]
+    assert out == [line for line in read_lines(store, "pod-s3") if b'"rid-004"' in line]
     assert len(out) == 2
 
 
@@ -502,23 +476,16 @@ def write_entries(
     store: ObjectStore, signer: Signer, wal_dir: Path, log_id: str, *entries: Any
 ) -> None:
     """Append these fields as entries (a second apart) and publish them, as the writer does."""
-
-    async def scenario() -> None:
-        clock = [START]
-        wal = WAL(wal_dir)
-        audit_log = AuditLog(wal, wal.recover(), wall_clock=lambda: clock[0])
-        config = PublisherConfig(
-            log_id, layout.origin_for("extproc-audit", log_id), bundle_max_entries=7, max_age=0.0
-        )
-        publisher = Publisher(audit_log, wal, store, signer, config, writer_id="abcd")
-        await publisher.reconcile()
-        for fields in entries:
-            clock[0] += 1
-            await audit_log.append(fields)
-        await publisher.publish(final=True)
-        audit_log.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    helpers.write_log(
+        store,
+        signer,
+        wal_dir,
+        log_id,
+        list(entries),
+        times=[START + 1 + i for i in range(len(entries))],
+        final=True,
+        bundle_max_entries=7,
+    )
 
 
 def attack_log(tmp_path: Path, signer: Signer, request: dict[str, str]) -> str:
@@ -588,7 +555,7 @@ def test_jsonl_output_stays_the_stored_bytes_with_controls_in_entries(
     url = attack_log(tmp_path, signer, request)
     code, out, err = search(capsysbinary, signer, url)
     assert code == 0, err
-    assert out == stored_lines(open_store(url), "pod-a")
+    assert out == read_lines(open_store(url), "pod-a")
     assert "\u202e\x9b".encode() in out[0]  # JSON escapes C0 controls only
 
 

@@ -197,8 +197,8 @@ def main() -> int:
 
     def published() -> bool:
         text = scrape()
-        size = metric(text, "extproc_audit_log_size")
-        return size > 0 and metric(text, "extproc_audit_published_size") >= size
+        size = metric(text, "extproc_audit_log_entries")
+        return size > 0 and metric(text, "extproc_audit_published_entries") >= size
 
     if not wait_until("a checkpoint covering every entry", published, time.monotonic() + WAIT):
         return 1

@@ -1,9 +1,9 @@
 """Verification of one log from its objects: pure logic, no I/O, no clock.
 
-The auditor (extproc/auditor.py) lists and fetches objects and feeds them
-here; this module decides what is wrong. Tampering never raises: it becomes
-a Finding that names the log, the object and what is wrong, so one run
-reports every problem it can see.
+The reader (extproc/reader.py) lists and fetches objects and feeds them
+here, for `verify` and `search` alike; this module decides what is wrong.
+Tampering never raises: it becomes a Finding that names the log, the object
+and what is wrong, so one run reports every problem it can see.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from extproc.core import entry
+from extproc.core.bundle import split_lines
 from extproc.core.checkpoint import Checkpoint
 from extproc.core.claim import Claim, claim_in_effect
 from extproc.core.keyring import Keyring
@@ -362,9 +363,7 @@ class LogChecker:
             return True
         if not lines_data.endswith(b"\n"):
             self._find(key, "bundle does not end with a newline")
-        lines = lines_data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
+        lines = split_lines(lines_data)
         expected_count = name.last - name.first + 1
         if len(lines) != expected_count:
             self._find(key, f"bundle holds {len(lines)} entries, its name says {expected_count}")
@@ -553,6 +552,15 @@ class LogChecker:
                 WARNING,
             )
         return report
+
+
+def all_ok(reports: list[LogReport], general: list[Finding]) -> bool:
+    """Every log verified (there is at least one) and no error outside the logs."""
+    return (
+        bool(reports)
+        and all(r.ok for r in reports)
+        and not any(f.severity == ERROR for f in general)
+    )
 
 
 def check_against_state(

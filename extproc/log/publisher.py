@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import logging
 import random
 import time
@@ -35,6 +34,8 @@ from typing import Any, TypeVar
 
 from extproc import metrics
 from extproc.core import entry, layout
+from extproc.core.bundle import bundle_bytes
+from extproc.core.bundle import bundle_lines as bundle_lines  # scripts/bench.py reads it here
 from extproc.core.checkpoint import (
     Checkpoint,
     make_extensions,
@@ -81,22 +82,6 @@ class PublisherConfig:
     gzip: bool = False
     retention: RetentionPolicy | None = None
     retry_max_delay: float = 30.0
-
-
-def bundle_bytes(lines: list[bytes], *, compress: bool) -> bytes:
-    data = b"\n".join(lines) + b"\n"
-    # mtime=0 keeps the bytes deterministic, so a retried put is byte-identical.
-    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
-
-
-def bundle_lines(data: bytes, *, compressed: bool) -> bytes:
-    """The newline-terminated lines of a bundle object, decompressed if needed."""
-    if compressed:
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise VerificationError(f"bundle is not valid gzip: {e}") from e
-    return data
 
 
 def note_signer_label(data: bytes) -> str:

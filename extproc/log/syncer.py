@@ -9,7 +9,9 @@ WAL thread halved the server's throughput (docs/PERFORMANCE.md), this does not.
 Protocol on a Unix socketpair, one request in flight at a time:
   parent -> helper  b"S", optionally with a segment fd (SCM_RIGHTS) to switch to
   helper -> parent  b"K" (durable) or b"E<errno>\\n" (fdatasync failed)
-The helper ignores SIGINT/SIGTERM and exits when the parent's end closes.
+The helper ignores SIGINT/SIGTERM and exits, quietly, when the parent's end
+closes (also in the middle of a reply: a server that fails to start exits
+with a sync in flight).
 """
 
 from __future__ import annotations
@@ -47,9 +49,13 @@ while True:
             fd = fds[0]
             os.fsync(dir_fd)  # a new segment's directory entry
         os.fdatasync(fd)
-        sock.sendall(b"K")
+        reply = b"K"
     except OSError as e:
-        sock.sendall(b"E%d\n" % e.errno)
+        reply = b"E%d\n" % e.errno
+    try:
+        sock.sendall(reply)
+    except OSError:  # the parent is gone (its end closed): nobody to answer
+        break
 """
 
 

@@ -63,6 +63,16 @@ class ObjectStore(Protocol):
         """The Object Lock retention of `key` (None: none)."""
         ...
 
+    def default_retention(self) -> RetentionPolicy | None:
+        """The retention the store gives every new object by default (S3: the
+        bucket's Object Lock rule); None if it has none."""
+        ...
+
+    def versioned(self) -> VersionedStore | None:
+        """This store as a VersionedStore if it keeps every version of a key
+        (S3 with versioning, as Object Lock needs), else None."""
+        ...
+
 
 @dataclass(frozen=True)
 class ObjectVersion:
@@ -90,9 +100,10 @@ class ObjectLockInfo:
 
 
 class VersionedStore(ObjectStore, Protocol):
-    """A store that keeps every version of a key (S3); the auditor reads the oldest."""
+    """A store that keeps every version of a key (S3); the auditor reads the oldest.
 
-    supports_versions: bool
+    Obtained from `ObjectStore.versioned()`, never by looking at attributes.
+    """
 
     def versions(self, prefix: str) -> Iterator[ObjectVersion]:
         """Every version and delete marker under `prefix`, oldest first per key."""
@@ -105,8 +116,3 @@ class VersionedStore(ObjectStore, Protocol):
     def lock_info(self, key: str, version_id: str | None = None) -> ObjectLockInfo:
         """Retention and write time of one version (the current one if None)."""
         ...
-
-
-def is_versioned(store: ObjectStore) -> bool:
-    """True if `store` lists versions and delete markers (see VersionedStore)."""
-    return bool(getattr(store, "supports_versions", False))

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from extproc.errors import ObjectExistsError, ObjectNotFoundError, StorageError
-from extproc.store.base import ObjectInfo, Retention, RetentionPolicy
+from extproc.store.base import ObjectInfo, Retention, RetentionPolicy, VersionedStore
 
 
 class LocalStore:
     supports_retention = False
-    supports_versions = False  # a directory keeps one version: a rewrite leaves no trace
 
     def __init__(self, root: Path, prefix: str = "") -> None:
         self.root = root
@@ -91,3 +90,9 @@ class LocalStore:
 
     def retention(self, key: str) -> Retention | None:
         return None
+
+    def default_retention(self) -> RetentionPolicy | None:
+        return None
+
+    def versioned(self) -> VersionedStore | None:
+        return None  # a directory keeps one version: a rewrite leaves no trace

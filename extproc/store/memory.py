@@ -1,4 +1,7 @@
-"""In-memory store for unit tests (a fake of our own interface, not of S3)."""
+"""In-memory store for unit tests (a fake of our own interface, not of S3).
+
+Built directly by tests (`MemoryStore(...)`); no store URL opens it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from extproc.store.base import (
     ObjectVersion,
     Retention,
     RetentionPolicy,
+    VersionedStore,
 )
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -28,13 +32,13 @@ class MemoryStore:
         self.prefix = prefix
         self.objects: dict[str, bytes] = {}
         self.retentions: dict[str, Retention] = {}
-        self.supports_versions = versioned
+        self._versioned = versioned
         # key -> [(version, bytes or None for a delete marker)], oldest first
         self.history: dict[str, list[tuple[ObjectVersion, bytes | None]]] = {}
         self._tick = 0
 
     def _record(self, key: str, data: bytes | None) -> None:
-        if not self.supports_versions:
+        if not self._versioned:
             return
         self._tick += 1
         # A deterministic clock: a version's time is its write order, in seconds.
@@ -81,6 +85,12 @@ class MemoryStore:
 
     def retention(self, key: str) -> Retention | None:
         return self.retentions.get(key)
+
+    def default_retention(self) -> RetentionPolicy | None:
+        return None
+
+    def versioned(self) -> VersionedStore | None:
+        return self if self._versioned else None
 
     def versions(self, prefix: str) -> Iterator[ObjectVersion]:
         for key in sorted(self.history):

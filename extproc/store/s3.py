@@ -18,7 +18,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from extproc.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StorageError
-from extproc.store.base import ObjectInfo, ObjectLockInfo, ObjectVersion, Retention, RetentionPolicy
+from extproc.store.base import (
+    ObjectInfo,
+    ObjectLockInfo,
+    ObjectVersion,
+    Retention,
+    RetentionPolicy,
+    VersionedStore,
+)
 
 # S3 answers a lost If-None-Match race with 412, or 409 while a conflicting
 # upload is still in flight.
@@ -41,14 +48,36 @@ def s3_client() -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.client("s3", config=config)
+    try:
+        return boto3.client("s3", config=config)
+    except ValueError as e:  # botocore: "Invalid endpoint: ..."
+        variable = next(
+            (v for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if os.environ.get(v)), None
+        )
+        where = f"{variable}={os.environ[variable]!r}" if variable else "the S3 endpoint"
+        raise ConfigError(
+            f"{where} is not a valid endpoint URL (e.g. https://s3.us-east-1.amazonaws.com "
+            f"or http://127.0.0.1:9000): {e}"
+        ) from None
+    except BotoCoreError as e:  # no region, a broken profile, ...
+        raise ConfigError(f"cannot configure the S3 client: {e}") from None
+
+
+def _default_rule(config: dict[str, Any] | None) -> RetentionPolicy | None:
+    """The DefaultRetention rule of an Object Lock configuration, if it has one."""
+    rule = (config or {}).get("Rule", {}).get("DefaultRetention")
+    if not rule:
+        return None
+    days = int(rule.get("Days") or 365 * rule.get("Years", 0))
+    return RetentionPolicy(str(rule["Mode"]), days)
 
 
 class S3Store:
     supports_retention = True
-    supports_versions = True
 
     def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        if not bucket:
+            raise ConfigError("no bucket name: give s3://BUCKET or s3://BUCKET/PREFIX")
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
@@ -97,15 +126,21 @@ class S3Store:
             if require_lock:
                 raise ConfigError(
                     f"bucket {self.bucket} has no Object Lock: published logs could be "
-                    "overwritten or deleted. Create it with `extproc-audit init-bucket "
-                    f"s3://{self.bucket}`, or pass --allow-no-object-lock for development"
+                    "overwritten or deleted. Create a bucket with Object Lock (`extproc-audit "
+                    "init-bucket s3://NEW-BUCKET --retention-days DAYS --mode COMPLIANCE`), or "
+                    "pass --allow-no-object-lock for development"
                 )
             return None
-        rule = config.get("Rule", {}).get("DefaultRetention")
-        if not rule:
-            return None
-        days = int(rule.get("Days") or 365 * rule.get("Years", 0))
-        return RetentionPolicy(str(rule["Mode"]), days)
+        return _default_rule(config)
+
+    def default_retention(self) -> RetentionPolicy | None:
+        """The bucket's default Object Lock retention (None: no Object Lock or no rule)."""
+        return _default_rule(self.lock_configuration())
+
+    def versioned(self) -> VersionedStore | None:
+        # Object Lock needs versioning; a bucket without it lists one "null"
+        # version per key, so reading versions is right on every bucket.
+        return self
 
     def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()

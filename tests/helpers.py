@@ -1,0 +1,89 @@
+"""What many tests need: a log written by the real writer, and every entry of a log.
+
+Logs are written in-process by the writer itself (WAL, audit log, publisher),
+never by a copy of its format; entries are read back through extproc.reader,
+the reader every command uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from extproc.core import entry, layout
+from extproc.core.note import Signer
+from extproc.log.appender import AuditLog
+from extproc.log.publisher import Publisher, PublisherConfig
+from extproc.log.wal import WAL
+from extproc.reader import entry_lines
+from extproc.store import open_store
+from extproc.store.base import ObjectStore
+
+ORIGIN_PREFIX = "extproc-audit"
+
+
+def write_log(
+    store: ObjectStore,
+    signer: Signer,
+    wal_dir: Path,
+    log_id: str,
+    *batches: Sequence[dict[str, Any]],
+    times: Iterable[float] | None = None,
+    writer_id: str = "abcd",
+    final: bool = False,
+    stop: bool = False,
+    **config: Any,
+) -> None:
+    """Publish `batches` of entry fields with the real writer, in-process.
+
+    Each batch is appended in order (sequenced at once, made durable together,
+    as concurrent requests are), then published. The fields are completed in
+    place (v, seq, prev, ts). `times`: the wall clock at each entry, in order
+    (default: the real clock); `final`: the last checkpoint is marked final;
+    `stop`: then shut down as the server does on SIGTERM (a `writer stop`
+    entry under another final checkpoint). `config`: PublisherConfig options
+    (max_age defaults to 0: bundles are cut by size, or when published).
+    """
+    clock = iter(times) if times is not None else None
+    now = [time.time()]
+
+    async def scenario() -> None:
+        wal = WAL(wal_dir)
+        audit_log = AuditLog(
+            wal, wal.recover(), wall_clock=(lambda: now[0]) if clock is not None else time.time
+        )
+        settings: dict[str, Any] = {"max_age": 0.0, **config}
+        cfg = PublisherConfig(log_id, layout.origin_for(ORIGIN_PREFIX, log_id), **settings)
+        publisher = Publisher(audit_log, wal, store, signer, cfg, writer_id=writer_id)
+        await publisher.reconcile()
+        for i, batch in enumerate(batches):
+            last = None
+            for fields in batch:
+                if clock is not None:
+                    now[0] = next(clock)
+                last = audit_log.append_nowait(fields)
+            if last is not None:
+                await audit_log.wait_durable(last)
+            await publisher.publish(final=final and i == len(batches) - 1)
+        if stop:
+            await publisher.close()
+        audit_log.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def _store(store: ObjectStore | str) -> ObjectStore:
+    return open_store(store) if isinstance(store, str) else store
+
+
+def read_lines(store: ObjectStore | str, log_id: str) -> list[bytes]:
+    """Every entry of a log, the stored bytes of each line, in seq order."""
+    return list(entry_lines(_store(store), log_id))
+
+
+def read_entries(store: ObjectStore | str, log_id: str) -> list[dict[str, Any]]:
+    """Every entry of a log, parsed, in seq order."""
+    return [entry.parse(line) for line in entry_lines(_store(store), log_id)]
