@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from extproc import __version__
-from extproc.errors import AuditError, ConfigError, ForkError, VerificationError
+from extproc.errors import AuditError, ConfigError, VerificationError
 
 if TYPE_CHECKING:
     from extproc.core.keyring import Keyring
@@ -1452,9 +1452,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
-    except ForkError as e:  # a writer's refusal to fork is an operational error
-        print(f"extproc-audit: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_ERROR
     except VerificationError as e:
         print(f"extproc-audit: invalid: {_one_line(e)}", file=sys.stderr)
         return EXIT_INVALID

@@ -1,7 +1,9 @@
 """One root error, two branches: tampering found vs. infrastructure trouble.
 
-The CLI catches `AuditError` once and maps the branch to an exit code
-(tampering -> 1, infrastructure/usage -> 2).
+The CLI catches `AuditError` once and maps the branch to an exit code:
+VerificationError (the data is not what an honest writer produced) -> 1;
+everything else (usage, configuration, the store, the WAL, a writer that
+stops rather than fork) -> 2.
 """
 
 from __future__ import annotations
@@ -16,18 +18,6 @@ class AuditError(Exception):
 
 class VerificationError(AuditError):
     """Something published or presented does not verify."""
-
-
-class InconsistencyError(VerificationError):
-    """Two views of a log cannot both be true (fork, rewrite)."""
-
-
-class RollbackError(InconsistencyError):
-    """A log got smaller than a size already seen."""
-
-
-class ForkError(InconsistencyError):
-    """Another writer put different bytes where this writer must write."""
 
 
 class ForeignObjectError(VerificationError):
@@ -47,6 +37,15 @@ class ForeignObjectError(VerificationError):
 
 class ConfigError(AuditError):
     """Bad configuration or command-line usage."""
+
+
+class NotFoundError(AuditError):
+    """What was asked for (a log, an entry, a checkpoint) is not in the store."""
+
+
+class ForkError(AuditError):
+    """Another writer (signed by this log's key) put different bytes where this
+    writer must write: the writer stops publishing rather than fork the log."""
 
 
 class StorageError(AuditError):

@@ -42,7 +42,7 @@ from extproc.core.merkle import (
 )
 from extproc.core.note import Verifier, parse_note
 from extproc.core.tlogproof import TlogProof
-from extproc.errors import ConfigError, ObjectNotFoundError, VerificationError
+from extproc.errors import ConfigError, NotFoundError, ObjectNotFoundError, VerificationError
 from extproc.reader import Bundle, LogReader
 from extproc.store.base import ObjectStore
 
@@ -57,7 +57,7 @@ _MAX_RID_SHOWN = 200  # characters of a request id quoted in a message
 _TOKEN_RE = re.compile(r"[a-z]{1,32}")
 
 
-class EntryNotFoundError(ConfigError):
+class EntryNotFoundError(NotFoundError):
     """The asked-for entry, size or log is not (yet) published in the store."""
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from extproc.core import entry, layout
 from extproc.core.note import Signer
@@ -23,6 +23,23 @@ from extproc.store import open_store
 from extproc.store.base import ObjectStore
 
 ORIGIN_PREFIX = "extproc-audit"
+T = TypeVar("T")
+
+
+def run(scenario: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+    """Run an async scenario in a fresh event loop, failing if it hangs."""
+    return asyncio.run(asyncio.wait_for(scenario(), timeout))
+
+
+async def eventually(
+    condition: Callable[[], bool], what: str = "condition", within: float = 10.0
+) -> None:
+    """Wait (polling) until `condition()` holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {within:g} s")
+        await asyncio.sleep(0.005)
 
 
 def write_log(

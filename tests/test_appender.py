@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from extproc.errors import BackpressureError, StorageError
 from extproc.log.appender import AuditLog
 from extproc.log.syncer import Syncer
 from extproc.log.wal import WAL, TreeState
+from tests.helpers import run
 
 T = TypeVar("T")
 FIXED_TIME = 1_700_000_000.25
@@ -127,10 +128,6 @@ def open_faked_log(
     return log, syncer
 
 
-def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(scenario(), 20))
-
-
 def request(i: int) -> dict[str, Any]:
     return {"kind": "request", "req": {"method": "GET", "path": f"/r/{i}"}}
 
@@ -175,7 +172,7 @@ def test_appends_are_sequenced_and_hash_chained(tmp_path: Path) -> None:
         log.close()
         return list(seqs)
 
-    assert run(scenario) == list(range(50))
+    assert run(scenario, timeout=20) == list(range(50))
     lines = recovered_lines(tmp_path)
     assert len(lines) == 50
     assert_chain(lines)
@@ -211,7 +208,7 @@ def test_unsynced_wal_still_acknowledges_in_order(tmp_path: Path) -> None:
         log.close()
         return list(seqs)
 
-    assert run(scenario) == list(range(20))
+    assert run(scenario, timeout=20) == list(range(20))
     assert_chain(recovered_lines(tmp_path))
 
 
@@ -240,7 +237,7 @@ def test_append_returns_only_after_sync_is_reported(tmp_path: Path) -> None:
     def recovered_lines_open() -> list[bytes]:
         return b"".join(p.read_bytes() for p in sorted(tmp_path.glob("segment-*"))).splitlines()
 
-    run(scenario)
+    run(scenario, timeout=20)
     assert len(recovered_lines(tmp_path)) == 1
 
 
@@ -258,7 +255,7 @@ def test_flush_waits_for_every_sequenced_entry(tmp_path: Path) -> None:
     def recovered_lines_open(log: AuditLog) -> list[bytes]:
         return b"".join(p.read_bytes() for p in sorted(tmp_path.glob("segment-*"))).splitlines()
 
-    run(scenario)
+    run(scenario, timeout=20)
 
 
 # --- group commit -------------------------------------------------------------------------
@@ -286,7 +283,7 @@ def test_concurrent_appends_are_group_committed(tmp_path: Path) -> None:
         assert await asyncio.gather(first, *rest) == list(range(100))
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     assert_chain(recovered_lines(tmp_path))
 
 
@@ -310,7 +307,7 @@ def test_unheld_concurrent_appends_need_fewer_syncs_than_entries(tmp_path: Path)
         log.close()
         return syncer.syncs
 
-    syncs = run(scenario)
+    syncs = run(scenario, timeout=20)
     assert sum(n for _, n in wal.batches) == 200
     assert syncs == len(wal.batches) < 200
 
@@ -333,7 +330,7 @@ def test_cancelled_waiter_does_not_block_the_others(tmp_path: Path) -> None:
         assert log.durable_size == 5  # the entry is durable even if nobody waits for it
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
 
 
 def test_publisher_is_woken_by_news_not_by_every_sync(tmp_path: Path) -> None:
@@ -354,7 +351,7 @@ def test_publisher_is_woken_by_news_not_by_every_sync(tmp_path: Path) -> None:
         assert log.durable_event.is_set()
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
 
 
 # --- back-pressure ------------------------------------------------------------------------
@@ -378,7 +375,7 @@ def test_backlog_over_bound_is_refused_until_published(tmp_path: Path) -> None:
         assert await log.append(request(99)) == accepted
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     assert_chain(recovered_lines(tmp_path))
 
 
@@ -396,7 +393,7 @@ def test_backlog_bound_counts_entries_waiting_for_disk(tmp_path: Path) -> None:
         assert log.durable_size == log.size
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
 
 
 # --- a failed sync or write -------------------------------------------------------------------
@@ -435,7 +432,7 @@ def test_failed_sync_denies_batch_and_everything_behind_it(tmp_path: Path) -> No
         assert wal.generation > generation
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     lines = recovered_lines(tmp_path)
     assert len(lines) == 4
     assert_chain(lines)
@@ -456,7 +453,7 @@ def test_failed_write_is_denied_at_once(tmp_path: Path) -> None:
         assert await log.append(request(2)) == 1
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     lines = recovered_lines(tmp_path)
     assert_chain(lines)
     assert paths(lines) == ["/r/0", "/r/2"]
@@ -488,7 +485,7 @@ def test_failed_write_of_queued_batch_denies_it(tmp_path: Path) -> None:
         assert await asyncio.gather(*(log.append(request(i)) for i in range(5, 8))) == [2, 3, 4]
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     assert wal.batches == [(0, 1), (1, 1), (2, 1), (3, 2)]
     lines = recovered_lines(tmp_path)
     assert_chain(lines)
@@ -507,7 +504,7 @@ def test_failed_first_batch_restarts_chain_from_published_state(
             await log.append(request(i))
         log.close()
 
-    run(first_session)
+    run(first_session, timeout=20)
     wal = WAL(tmp_path)
     state = state_of(wal.recover().leaves)
     wal.save_published(state)
@@ -524,7 +521,7 @@ def test_failed_first_batch_restarts_chain_from_published_state(
         assert await log.append(request(4)) == 3
         log.close()
 
-    run(second_session)
+    run(second_session, timeout=20)
     wal = WAL(tmp_path)
     recovered = wal.recover()
     wal.close()
@@ -558,7 +555,7 @@ def test_uncut_failed_write_refuses_the_log(tmp_path: Path, when: str) -> None:
         assert not syncer.in_flight
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     assert len(recovered_lines(tmp_path)) == 1
 
 
@@ -583,7 +580,7 @@ def test_uncut_failed_sync_refuses_the_log(tmp_path: Path) -> None:
         assert (log.size, log.durable_size) == (1, 1)
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     # Never acknowledged, entry 1 may still be in the file; nothing follows it.
     lines = recovered_lines(tmp_path)
     assert_chain(lines)
@@ -609,5 +606,5 @@ def test_refused_log_denies_every_append(tmp_path: Path, use_nowait: bool) -> No
         assert log.size == 1
         log.close()
 
-    run(scenario)
+    run(scenario, timeout=20)
     assert len(recovered_lines(tmp_path)) == 1

@@ -142,7 +142,6 @@ def test_signed_checkpoint_round_trip(
 ) -> None:
     cp = Checkpoint(origin, size, root, extensions)
     signed = sign_checkpoint(cp, SIGNER)
-    assert isinstance(signed, bytes)
     assert signed.startswith(cp.to_text().encode() + b"\n\xe2\x80\x94 audit.example/log ")
     assert open_checkpoint(signed, SIGNER.verifier()) == cp
 

@@ -24,7 +24,7 @@ from extproc.core.tlogproof import TlogProof, verify_proof
 from extproc.server.proofapi import ProofServer, ProofServicer
 from extproc.store.local import LocalStore
 from tests.conftest import read_entries, run_cli
-from tests.helpers import read_lines
+from tests.helpers import read_lines, run
 from tests.test_merkle import ref_mth, ref_path, ref_proof
 from tests.test_prover import (
     FLOOD,
@@ -35,10 +35,6 @@ from tests.test_prover import (
 )
 
 T = TypeVar("T")
-
-
-def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 async def serving(store: LocalStore, signer: Signer) -> AsyncIterator[Any]:
@@ -64,7 +60,7 @@ def with_api(
         async for stub in serving(store, signer):
             await body(stub, entries)
 
-    run(scenario)
+    run(scenario, timeout=60)
 
 
 def test_latest_checkpoint_is_the_published_note(tmp_path: Path, signer: Signer) -> None:
@@ -209,7 +205,7 @@ def test_served_by_the_writer_with_envoy_traffic(make_stack: Any, tmp_path: Path
             reply = await stub.GetInclusionProof(pb.GetInclusionProofRequest(request_id=rid))
             return latest, reply
 
-    latest, reply = run(scenario)
+    latest, reply = run(scenario, timeout=60)
     assert latest.tree_size >= 41
     published = read_entries(stack.store_url, "e2e")
     assert published[reply.index]["rid"] == rid
@@ -255,4 +251,4 @@ def test_inclusion_by_forged_duplicate_request_id_is_failed_precondition(
             proof = TlogProof.from_text(reply.tlog_proof)
             assert verify_proof(proof, signer.verifier()).size == 30
 
-    run(scenario)
+    run(scenario, timeout=60)

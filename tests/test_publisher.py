@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +34,7 @@ from extproc.log.wal import WAL, TreeState
 from extproc.store.base import ObjectStore, Retention, RetentionPolicy
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
-from tests.helpers import read_entries
+from tests.helpers import eventually, read_entries, run
 
 T = TypeVar("T")
 LOG_ID = "pod-a.worker-0"
@@ -98,18 +98,6 @@ def open_writer(
     cfg = PublisherConfig(LOG_ID, ORIGIN, **settings)
     publisher = Publisher(audit_log, wal, store, signer, cfg, writer_id=WRITER, on_fenced=on_fenced)
     return Writer(wal, audit_log, publisher)
-
-
-def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(scenario(), 30))
-
-
-async def eventually(condition: Callable[[], bool], polls: int = 2000) -> None:
-    for _ in range(polls):  # 10 s at most
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached in time")
 
 
 async def published(w: Writer, size: int) -> None:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,12 +25,9 @@ from extproc.errors import BackpressureError
 from extproc.log.appender import AuditLog
 from extproc.log.syncer import Syncer
 from extproc.log.wal import WAL
+from tests.helpers import eventually, run
 
 T = TypeVar("T")
-
-
-def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 def open_log(directory: Path, **wal_options: Any) -> AuditLog:
@@ -67,14 +63,6 @@ def exited(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):  # 10 s at most
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what}: not reached in time")
 
 
 def recovered_lines(directory: Path) -> list[bytes]:
