@@ -107,3 +107,14 @@ OUTCOMES = Counter(
     "request entries whose outcome never came within the window (expired)",
     ["result"],
 )
+OBJECTS_CONFIRMED = Counter(
+    "extproc_audit_objects_confirmed_total",
+    "Objects the store showed back with the SHA-256 written, by kind: only these count as "
+    "published",
+    ["kind"],
+)
+OBJECTS_REPAIRED = Counter(
+    "extproc_audit_objects_repaired_total",
+    "Writes the store acknowledged but did not keep, written again from the WAL, by kind",
+    ["kind"],
+)

@@ -389,6 +389,8 @@ class FlakyStore(MemoryStore):
         fault = self.put_faults.pop(0) if self.put_faults else None
         if fault == "down":
             raise StorageError(f"store unreachable writing {key}")
+        if fault == "blackhole":
+            return  # 200, nothing stored
         super().put_once(key, data, retention)
         if fault == "lost-reply":
             raise StorageError(f"timeout writing {key}")
@@ -404,6 +406,9 @@ OUTAGES = {
     "reply-lost-after-write": (["lost-reply", "lost-reply", "lost-reply"], []),
     "reply-lost-then-down": (["lost-reply", "down", "down", "lost-reply"], []),
     "reply-lost-then-read-fails": (["lost-reply"], ["down", "down"]),
+    # A store that answers 200 and keeps nothing (measured with a fault proxy).
+    "acknowledged-not-stored": (["blackhole", "blackhole", "blackhole", "blackhole"], []),
+    "acknowledged-not-stored-then-down": (["blackhole", "down", "blackhole", "lost-reply"], []),
 }
 
 
@@ -422,12 +427,26 @@ def test_store_outage_is_retried_without_loss_or_duplicates(
         assert w.log.published.size == 12
         w.crash()
 
+    repaired_before = _repaired()
     run(scenario)
     assert store.put_faults == [] and store.get_faults == []
+    # Every put the store did not keep was noticed and written again.
+    assert _repaired() - repaired_before == puts.count("blackhole")
     assert bundle_ranges(store) == [(0, 4), (5, 9), (10, 11)]
     assert checkpoint_sizes(store) == [12]
     assert [e["n"] for e in read_entries(store, LOG_ID)] == list(range(12))
     verify(store, signer)
+
+
+def _repaired() -> float:
+    from extproc import metrics
+
+    return sum(
+        m.value
+        for f in metrics.OBJECTS_REPAIRED.collect()
+        for m in f.samples
+        if m.name.endswith("_total")
+    )
 
 
 def test_store_unreachable_at_startup_is_retried(tmp_path: Path, signer: Signer) -> None:

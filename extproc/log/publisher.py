@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -58,7 +59,7 @@ from extproc.errors import (
 )
 from extproc.log.appender import AuditLog, Durable
 from extproc.log.wal import WAL, TreeState
-from extproc.store.base import ObjectStore, RetentionPolicy
+from extproc.store.base import CONFIRMED, DIFFERENT, MISSING, ObjectStore, RetentionPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -553,9 +554,17 @@ class Publisher:
             raise StorageError(f"cannot record {fields.get('event')} in the log: {e}") from e
 
     async def _put(self, key: str, data: bytes, kind: str, judge: Callable[[bytes], str]) -> None:
-        """Write once, retrying store errors with capped exponential backoff."""
+        """Write once and confirm it, retrying store errors with capped backoff.
+
+        A write counts only once the store shows the object back with our
+        SHA-256: a store that answered 200 and kept nothing (measured) gets
+        the put again, still write-once. An object already at the key is
+        judged: ours (an earlier attempt whose reply was lost), foreign, or
+        another writer's.
+        """
         if key in self._foreign:
             raise ForeignObjectError(key, f"{kind} key already known to be taken")
+        sha256 = hashlib.sha256(data).digest()
         attempt = 0
         while True:
             try:
@@ -563,40 +572,48 @@ class Publisher:
                 if self.config.retention is not None:
                     retention = self.config.retention.until(datetime.now(UTC))
                 await self._io(self.store.put_once, key, data, retention)
+                found = await self._io(self.store.confirm, key, sha256)
             except ObjectExistsError:
-                # Our own earlier attempt (a timeout that did succeed), another
-                # writer of this log, or a foreign object.
-                try:
-                    existing = await self._io(self.store.get, key)
-                except ObjectNotFoundError:
-                    existing = None
-                except StorageError as e:
-                    # Cannot read it back to compare now: retry the write later.
-                    attempt += 1
-                    await self._backoff(key, attempt, e)
-                    continue
-                if existing is None:
-                    attempt += 1
-                    await self._backoff(key, attempt, StorageError(f"{key}: exists, unreadable"))
-                    continue
-                verdict = judge(existing)
-                if verdict == OURS:
-                    log.info("%s already written by an earlier attempt of ours", key)
-                    return
-                if verdict == FOREIGN:
-                    raise ForeignObjectError(
-                        key, f"not a {kind} signed by this log's key"
-                    ) from None
-                raise ForkError(
-                    f"{key}: another writer's object is where log {self.config.log_id} "
-                    "must write; stopping publication (a log id belongs to one writer)"
-                ) from None
+                found = DIFFERENT
             except StorageError as e:
                 attempt += 1
                 await self._backoff(key, attempt, e)
                 continue
-            metrics.OBJECTS_WRITTEN.labels(kind).inc()
-            return
+            if found is CONFIRMED:
+                metrics.OBJECTS_WRITTEN.labels(kind).inc()
+                metrics.OBJECTS_CONFIRMED.labels(kind).inc()
+                return
+            if found is MISSING:
+                # Acknowledged, not stored: write it again from what we hold.
+                metrics.OBJECTS_REPAIRED.labels(kind).inc()
+                attempt += 1
+                await self._backoff(
+                    key,
+                    attempt,
+                    StorageError(f"{key}: the store acknowledged it but has no such object"),
+                )
+                continue
+            try:
+                existing = await self._io(self.store.get, key)
+            except ObjectNotFoundError:
+                continue  # gone again: write it
+            except StorageError as e:
+                attempt += 1
+                await self._backoff(key, attempt, e)
+                continue
+            verdict = judge(existing)
+            if verdict == OURS:
+                # An earlier attempt whose reply was lost: it was written, and read back.
+                log.info("%s already written by an earlier attempt of ours", key)
+                metrics.OBJECTS_WRITTEN.labels(kind).inc()
+                metrics.OBJECTS_CONFIRMED.labels(kind).inc()
+                return
+            if verdict == FOREIGN:
+                raise ForeignObjectError(key, f"not a {kind} by this log's key")
+            raise ForkError(
+                f"{key}: another writer's object is where log {self.config.log_id} "
+                "must write; stopping publication (a log id belongs to one writer)"
+            )
 
     async def _backoff(self, what: str, attempt: int, error: StorageError) -> None:
         metrics.PUBLISH_ERRORS.inc()

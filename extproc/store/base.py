@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,6 +14,24 @@ from typing import Protocol
 class Retention:
     mode: str  # COMPLIANCE | GOVERNANCE
     until: datetime
+
+
+class Confirmation(enum.Enum):
+    """What confirm() found: the object as written, no object, or other bytes."""
+
+    CONFIRMED = "confirmed"
+    MISSING = "missing"
+    DIFFERENT = "different"
+
+
+CONFIRMED, MISSING, DIFFERENT = Confirmation.CONFIRMED, Confirmation.MISSING, Confirmation.DIFFERENT
+
+
+def confirmation(stored: bytes | None, sha256: bytes) -> Confirmation:
+    """confirm() for stores that read the object back."""
+    if stored is None:
+        return MISSING
+    return CONFIRMED if hashlib.sha256(stored).digest() == sha256 else DIFFERENT
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,14 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes:
         """Read `key`; raise ObjectNotFoundError if absent."""
+        ...
+
+    def confirm(self, key: str, sha256: bytes) -> Confirmation:
+        """Does the store hold exactly the bytes with this SHA-256 at `key`?
+
+        A write counts only once confirmed: a store can answer a put with 200
+        and keep nothing (measured). S3: HEAD with the stored checksum.
+        """
         ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from extproc.errors import ObjectExistsError, ObjectNotFoundError, StorageError
-from extproc.store.base import ObjectInfo, Retention, RetentionPolicy, VersionedStore
+from extproc.store.base import (
+    Confirmation,
+    ObjectInfo,
+    Retention,
+    RetentionPolicy,
+    VersionedStore,
+    confirmation,
+)
 
 
 class LocalStore:
@@ -72,6 +79,13 @@ class LocalStore:
             raise ObjectNotFoundError(key) from None
         except OSError as e:
             raise StorageError(f"cannot read {path}: {e.strerror}") from e
+
+    def confirm(self, key: str, sha256: bytes) -> Confirmation:
+        try:
+            stored: bytes | None = self.get(key)
+        except ObjectNotFoundError:
+            stored = None
+        return confirmation(stored, sha256)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root

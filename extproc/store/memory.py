@@ -10,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 
 from extproc.errors import ObjectExistsError, ObjectNotFoundError
 from extproc.store.base import (
+    Confirmation,
     ObjectInfo,
     ObjectLockInfo,
     ObjectVersion,
     Retention,
     RetentionPolicy,
     VersionedStore,
+    confirmation,
 )
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -77,6 +79,9 @@ class MemoryStore:
             return self.objects[key]
         except KeyError:
             raise ObjectNotFoundError(key) from None
+
+    def confirm(self, key: str, sha256: bytes) -> Confirmation:
+        return confirmation(self.objects.get(key), sha256)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         for key in sorted(self.objects):

@@ -19,12 +19,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from extproc.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StorageError
 from extproc.store.base import (
+    CONFIRMED,
+    DIFFERENT,
+    MISSING,
+    Confirmation,
     ObjectInfo,
     ObjectLockInfo,
     ObjectVersion,
     Retention,
     RetentionPolicy,
     VersionedStore,
+    confirmation,
 )
 
 # S3 answers a lost If-None-Match race with 412, or 409 while a conflicting
@@ -168,6 +173,23 @@ class S3Store:
         with self._errors("get", key):
             body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
+
+    def confirm(self, key: str, sha256: bytes) -> Confirmation:
+        """HEAD with checksum mode: S3 returns the SHA-256 it stored with the put."""
+        try:
+            with self._errors("head", key):
+                head = self._s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ObjectNotFoundError:
+            return MISSING
+        stored = head.get("ChecksumSHA256")
+        if stored:
+            want = base64.b64encode(sha256).decode()
+            return CONFIRMED if stored == want else DIFFERENT
+        # An S3 API without checksums: read the object back.
+        try:
+            return confirmation(self.get(key), sha256)
+        except ObjectNotFoundError:
+            return MISSING
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         with self._errors("list", prefix):
