@@ -1035,9 +1035,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if config.listen.endswith(":0") or config.unix_socket is not None:
             raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
         return run_workers(config, args.workers)
-    from extproc.server.app import serve
+    from extproc.server.app import exit_after_serving, serve
 
-    return serve(config)
+    status = serve(config)
+    exit_after_serving(status)
+    return status
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

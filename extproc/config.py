@@ -159,7 +159,7 @@ class ServeConfig:
         at_least: list[tuple[str, float, float]] = [
             ("--bundle-max-entries", self.bundle_max_entries, 1),
             ("--bundle-max-bytes", self.bundle_max_bytes, 64 * 1024),
-            ("--max-backlog-bytes", self.max_backlog_bytes, 64 * 1024),
+            ("--max-backlog-bytes", self.max_backlog_bytes, 1024),
             ("--drain-timeout", self.drain_timeout, 0),
             ("--access-log-grace", self.access_log_grace, 0),
             ("--heartbeat-interval", self.heartbeat_interval, 0),

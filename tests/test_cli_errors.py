@@ -116,7 +116,7 @@ MATRIX = [
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--drain-timeout", "-1",
          message="--drain-timeout must be at least 0", id="serve-drain-timeout"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--max-backlog-bytes", "0",
-         message="--max-backlog-bytes must be at least 65536", id="serve-max-backlog"),
+         message="--max-backlog-bytes must be at least 1024", id="serve-max-backlog"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--workers", "0",
          message="'0' is not an integer >= 1", id="serve-workers-0"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--listen", "garbage",

@@ -71,6 +71,7 @@ OURS, FORK, FOREIGN = "ours", "fork", "foreign"
 MAX_FOREIGN_PER_ROUND = 8
 # Objects beyond the published size inspected at startup (each is one read).
 MAX_RECONCILE_READS = 64
+PROBE_WHILE_DENYING = 1.0  # seconds between store retries while requests are refused
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Publisher:
         self.last_leaf = audit_log.published.last_leaf
         self.epoch = max(1, audit_log.published.epoch)
         self.fenced: str | None = None
+        self.last_error = ""  # the latest store error, for the shutdown message
         self.reconciled = False
         self.checkpoints_written = 0
         self._prefix = store.prefix
@@ -617,8 +619,14 @@ class Publisher:
 
     async def _backoff(self, what: str, attempt: int, error: StorageError) -> None:
         metrics.PUBLISH_ERRORS.inc()
+        self.last_error = str(error)
         delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
         delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+        if self.log.backlog_bytes > self.log.max_backlog_bytes:
+            # Requests are refused until a write gets through: probe every
+            # second, so that the refusals end within a second of the store's
+            # return, not after the backoff (up to --retry-max-delay).
+            delay = min(delay, PROBE_WHILE_DENYING)
         log.warning(
             "publish %s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, error
         )

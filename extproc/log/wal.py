@@ -14,6 +14,7 @@ damage followed by valid lines is corruption and stops the start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 SEGMENT_PREFIX = "segment-"
 SEGMENT_SUFFIX = ".wal"
 STATE_FILE = "published.json"
+# Space held back for the bookkeeping that frees space: on a full disk, saving
+# published.json (which lets covered segments go) must not need free space.
+RESERVE_FILE = "reserve"
+RESERVE_BYTES = 1 << 20
 LOCK_FILE = "LOCK"
 
 
@@ -147,6 +152,7 @@ class WAL:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._keep_reserve()
         except BlockingIOError as e:
             self.close()
             raise StorageError(
@@ -370,7 +376,29 @@ class WAL:
     # --- publication ------------------------------------------------------------------
 
     def save_published(self, state: TreeState) -> None:
-        """Record the published tree state atomically, then drop covered segments."""
+        """Record the published tree state atomically, then drop covered segments.
+
+        On a full disk the reserve file is given up to make room, so that the
+        segments the new state covers can go; it is taken back afterwards.
+        """
+        try:
+            self._write_state(state)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not self._release_reserve():
+                raise StorageError(
+                    f"cannot write {STATE_FILE} in {self.dir}: {e.strerror}"
+                ) from e
+            try:
+                self._write_state(state)
+            except OSError as again:
+                raise StorageError(
+                    f"cannot write {STATE_FILE} in {self.dir}: {again.strerror}"
+                ) from again
+            log.warning("WAL %s: disk full; the space reserve let publication go on", self.dir)
+        self._prune(state.size)
+        self._keep_reserve()
+
+    def _write_state(self, state: TreeState) -> None:
         tmp = self.dir / (STATE_FILE + ".tmp")
         try:
             with tmp.open("wb") as f:
@@ -379,9 +407,34 @@ class WAL:
                 os.fsync(f.fileno())
             tmp.replace(self.dir / STATE_FILE)
             _fsync_dir(self.dir)
-        except OSError as e:
-            raise StorageError(f"cannot write {STATE_FILE} in {self.dir}: {e.strerror}") from e
-        self._prune(state.size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    def _release_reserve(self) -> bool:
+        try:
+            (self.dir / RESERVE_FILE).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _keep_reserve(self) -> None:
+        """Make sure the reserve exists (best effort: the disk may still be full)."""
+        path = self.dir / RESERVE_FILE
+        if path.exists():
+            return
+        tmp = self.dir / (RESERVE_FILE + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            tmp.replace(path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def _prune(self, published_size: int) -> None:
         segments = self.segments()

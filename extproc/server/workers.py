@@ -23,7 +23,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from extproc.config import ServeConfig
-from extproc.server.app import serve
+from extproc.server.app import exit_after_serving, serve
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ def _worker_main(config: ServeConfig) -> None:
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s [{config.log_id}] %(name)s: %(message)s",
     )
-    raise SystemExit(serve(config))
+    status = serve(config)
+    exit_after_serving(status)
+    raise SystemExit(status)
 
 
 def run_workers(config: ServeConfig, count: int) -> int:
