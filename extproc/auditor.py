@@ -13,6 +13,7 @@ import base64
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from extproc.core import entry
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
-from extproc.core.state import AuditState, LogState
+from extproc.core.state import AuditState, LogState, RetentionRecord
 from extproc.core.verify import (
+    ERROR,
+    WARNING,
     Finding,
     LogChecker,
     LogReport,
@@ -35,7 +38,7 @@ from extproc.core.verify import (
 from extproc.errors import ObjectNotFoundError, StorageError, VerificationError
 from extproc.reader import LogObjects, LogReader, open_logs
 from extproc.reader import list_logs as list_logs  # scripts/bench.py reads it from here
-from extproc.store.base import ObjectStore
+from extproc.store.base import ObjectStore, RetentionPolicy
 
 DAY_S = 86400
 
@@ -49,7 +52,8 @@ class AuditOptions:
     parallel: int = 8
     state: AuditState | None = None  # previous run's state: verify incrementally
     full: bool = False  # ignore the state's frontier, re-read everything (still compare)
-    min_retention_days: float | None = None
+    min_retention_days: float | None = None  # None: the recorded rule, else the bucket's
+    accept_retention: bool = False  # record the bucket's current rule as the new bar
     gap_threshold_s: float = 300.0
     since_ms: int | None = None
     until_ms: int | None = None
@@ -65,6 +69,7 @@ class AuditResult:
     state: AuditState  # the state to save if the run is valid
     ok: bool  # every log verified (shown or not)
     logs: int  # logs verified
+    retention: RetentionRule
 
 
 def _fingerprint(objects: LogObjects, key: str) -> str:
@@ -90,6 +95,7 @@ def verify_log(
     deep: bool = False,
     prior: LogState | None = None,
     min_retention_days: float | None = None,
+    seen: RetentionSeen | None = None,
 ) -> LogReport:
     """Verify one log; with `prior`, resume from the tree an earlier run verified."""
     objects = reader.objects
@@ -109,7 +115,7 @@ def verify_log(
         ]
         for key in keys:
             if key not in below:  # older objects: checked when they were new
-                _check_retention(reader, checker, key, min_retention_days)
+                _check_retention(reader, checker, key, min_retention_days, seen)
     report = checker.finish()
     if prior is not None:
         report.findings.extend(
@@ -154,8 +160,27 @@ def _compare_old_objects(checker: LogChecker, objects: LogObjects, prior: LogSta
         )
 
 
+class RetentionSeen:
+    """The strongest retention the objects of a run were written with: what the
+    bucket's rule was, at the latest, when they were written (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.compliance = False
+        self.days = 0.0
+
+    def add(self, mode: str, days: float) -> None:
+        with self._lock:
+            self.compliance = self.compliance or mode == "COMPLIANCE"
+            self.days = max(self.days, days)
+
+
 def _check_retention(
-    reader: LogReader, checker: LogChecker, key: str, min_days: float | None
+    reader: LogReader,
+    checker: LogChecker,
+    key: str,
+    min_days: float | None,
+    seen: RetentionSeen | None = None,
 ) -> None:
     original = reader.objects.originals.get(key)
     versioned = reader.store.versioned()
@@ -170,17 +195,138 @@ def _check_retention(
     if retention is None:
         checker.add_retention_missing(key)
         return
-    if min_days is not None and written is not None:
-        days = (retention.until - written).total_seconds() / DAY_S
-        if days < min_days - 1 / 24:  # an hour of slack for clock skew and rounding
-            checker.report.findings.append(
+    if written is None:
+        return
+    days = (retention.until - written).total_seconds() / DAY_S
+    if seen is not None:
+        seen.add(retention.mode, days)
+    if min_days is not None and days < min_days - SLACK_DAYS:
+        checker.report.findings.append(
+            Finding(
+                checker.log_id,
+                key,
+                f"object retained {days:.1f} days ({retention.mode} until "
+                f"{retention.until.isoformat()}), less than the required {min_days:g}",
+            )
+        )
+
+
+SLACK_DAYS = 1 / 24  # an hour, for clock skew and rounding
+
+
+def _weaker(mode: str, days: float, than_mode: str, than_days: float) -> bool:
+    return days < than_days - SLACK_DAYS or (mode != "COMPLIANCE" and than_mode == "COMPLIANCE")
+
+
+def _rule_text(mode: str, days: float) -> str:
+    return f"{mode} {days:g} days"
+
+
+@dataclass
+class RetentionRule:
+    """The bucket-level retention check of one run (docs/AUDITING.md)."""
+
+    checked: bool  # the store has Object Lock retention at all
+    current: RetentionPolicy | None  # the bucket's default rule now (None: none/unreadable)
+    readable: bool
+    recorded: RetentionRecord | None  # the bar, as the state holds it after this run
+    min_days: float | None  # what every object is held to
+    findings: list[Finding]
+
+
+def check_retention_rule(
+    store: ObjectStore,
+    recorded: RetentionRecord | None,
+    min_days: float | None,
+    *,
+    accept: bool = False,
+    now_ms: int,
+) -> RetentionRule:
+    """Compare the bucket's default rule with the one recorded on first use.
+
+    A rule lowered or removed since it was recorded is an error: lowering it
+    is how a writer with PutBucketObjectLockConfiguration would make future
+    objects deletable soon, and the per-object check alone follows the rule
+    down. Without a record, the current rule is recorded (trust on first use).
+    """
+    if not store.supports_retention:
+        return RetentionRule(False, None, True, recorded, None, [])
+    findings: list[Finding] = []
+    readable = True
+    try:
+        current = store.default_retention()
+    except StorageError as e:
+        current, readable = None, False
+        findings.append(
+            Finding(
+                "",
+                "",
+                f"cannot read the bucket's default retention rule ({e}): "
+                + (
+                    f"objects held to the rule recorded {recorded.recorded_at}"
+                    if recorded is not None
+                    else "only 'has retention' is checked (pass --min-retention-days)"
+                ),
+                WARNING,
+            )
+        )
+    at = datetime.fromtimestamp(now_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    if readable and (accept or recorded is None):
+        if current is not None:
+            recorded = RetentionRecord(current.mode, current.days, at)
+        elif accept:
+            recorded = None  # a removal accepted: nothing to hold the bucket to
+    elif readable and recorded is not None:
+        was = _rule_text(recorded.mode, recorded.days)
+        if current is None:
+            findings.append(
                 Finding(
-                    checker.log_id,
-                    key,
-                    f"object retained {days:.1f} days ({retention.mode} until "
-                    f"{retention.until.isoformat()}), less than the required {min_days:g}",
+                    "",
+                    "",
+                    f"the bucket's default retention rule was removed (recorded {was} at "
+                    f"{recorded.recorded_at}); if deliberate, run once with --accept-retention",
                 )
             )
+        elif _weaker(current.mode, current.days, recorded.mode, recorded.days):
+            findings.append(
+                Finding(
+                    "",
+                    "",
+                    f"the bucket's default retention rule was lowered to "
+                    f"{_rule_text(current.mode, current.days)} (recorded {was} at "
+                    f"{recorded.recorded_at}); if deliberate, run once with --accept-retention",
+                )
+            )
+    if min_days is None:
+        if recorded is not None:
+            min_days = float(recorded.days)
+        elif current is not None:
+            min_days = float(current.days)
+    return RetentionRule(True, current, readable, recorded, min_days, findings)
+
+
+def check_rule_against_objects(rule: RetentionRule, seen: RetentionSeen) -> list[Finding]:
+    """Without a record to compare with, the objects' own retention shows the
+    rule they were written under: a weaker rule now was lowered since (or the
+    writer sets its own, longer, --retention-days)."""
+    if not rule.readable or not seen.days or any(f.severity == ERROR for f in rule.findings):
+        return []
+    strongest = ("COMPLIANCE" if seen.compliance else "GOVERNANCE", seen.days)
+    current = rule.current
+    if current is not None and not _weaker(current.mode, current.days, *strongest):
+        return []
+    now = "removed" if current is None else _rule_text(current.mode, current.days)
+    return [
+        Finding(
+            "",
+            "",
+            f"the bucket's default retention rule ({now}) is weaker than the objects were "
+            f"written with (up to {_rule_text(strongest[0], round(strongest[1], 1))}): "
+            "lowered since, or the writer sets its own --retention-days; verify with --state "
+            "to hold the bucket to the rule recorded on first use",
+            WARNING,
+        )
+    ]
 
 
 def verify_store(
@@ -198,15 +344,6 @@ def verify_store(
     return result.reports, result.general
 
 
-def default_min_retention_days(store: ObjectStore) -> float | None:
-    """The bucket's default retention (days), if the store has one and it is readable."""
-    try:
-        policy = store.default_retention()
-    except StorageError:
-        return None
-    return float(policy.days) if policy is not None and policy.days else None
-
-
 def audit_store(
     store: ObjectStore, verifier: Keyring | Verifier, options: AuditOptions
 ) -> AuditResult:
@@ -216,6 +353,15 @@ def audit_store(
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
     logs, general = open_logs(store)
     prior_state = options.state or AuditState()
+    rule = check_retention_rule(
+        store,
+        prior_state.retention,
+        options.min_retention_days,
+        accept=options.accept_retention,
+        now_ms=now_ms,
+    )
+    general.extend(rule.findings)
+    seen = RetentionSeen()
     for log_id in sorted(set(prior_state.logs) - set(logs)):
         general.append(
             Finding(log_id, "", "log verified in the last run has no objects any more (deleted)")
@@ -237,7 +383,8 @@ def audit_store(
             options.on_entries,
             deep=options.deep,
             prior=priors[log_id],
-            min_retention_days=options.min_retention_days,
+            min_retention_days=rule.min_days,
+            seen=seen,
         )
         old = prior_state.logs.get(log_id)
         if options.full and old is not None:
@@ -267,14 +414,16 @@ def audit_store(
 
     with ThreadPoolExecutor(max(1, options.parallel)) as pool:
         reports = list(pool.map(one, sorted(logs)))
+    general.extend(check_rule_against_objects(rule, seen))
     state = _next_state(prior_state, reports, {i: r.objects for i, r in logs.items()}, now_ms)
+    state.retention = rule.recorded
     ok = all_ok(reports, general)
     shown = reports
     if options.since_ms is not None or options.until_ms is not None:
         # The window selects what is reported; hashing still covered every
         # log (a tree is cumulative), and an invalid log is always shown.
         shown = [r for r in reports if r.status is None or r.status.in_window or not r.ok]
-    return AuditResult(shown, general, state, ok, len(reports))
+    return AuditResult(shown, general, state, ok, len(reports), rule)
 
 
 def _next_state(
@@ -352,9 +501,14 @@ def _finding_json(f: Finding) -> dict[str, object]:
     return doc
 
 
-def result_to_json(
-    result: AuditResult, store_url: str, retention_checked: bool
-) -> dict[str, object]:
+def _rule_json(mode: str, days: int, recorded_at: str | None = None) -> dict[str, object]:
+    doc: dict[str, object] = {"mode": mode, "days": days}
+    if recorded_at is not None:
+        doc["recorded_at"] = recorded_at
+    return doc
+
+
+def result_to_json(result: AuditResult, store_url: str) -> dict[str, object]:
     """The `verify --format json` document (schema in docs/AUDITING.md)."""
     logs = []
     for r in result.reports:
@@ -413,7 +567,21 @@ def result_to_json(
         "valid": result.ok,
         "logs_verified": result.logs,
         "entries": sum(r.entries for r in result.reports),
-        "retention_checked": retention_checked,
+        "retention_checked": result.retention.checked,
+        "retention": {
+            "rule": None
+            if result.retention.current is None
+            else _rule_json(result.retention.current.mode, result.retention.current.days),
+            "rule_readable": result.retention.readable,
+            "recorded": None
+            if result.retention.recorded is None
+            else _rule_json(
+                result.retention.recorded.mode,
+                result.retention.recorded.days,
+                result.retention.recorded.recorded_at,
+            ),
+            "min_days": result.retention.min_days,
+        },
         "findings": [{"log_id": f.log_id, **_finding_json(f)} for f in result.general],
         "logs": logs,
     }

@@ -764,7 +764,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DAYS",
         help="Object Lock retention each object must have from its write time "
-        "(default: the bucket's default retention, if readable)",
+        "(default: the rule recorded in --state on first use, else the bucket's "
+        "current default retention, if readable)",
+    )
+    p.add_argument(
+        "--accept-retention",
+        action="store_true",
+        help="with --state: record the bucket's current default retention rule as the "
+        "bar (after a deliberate change; a lowered or removed rule is otherwise an error)",
     )
     p.add_argument(
         "--gap-threshold",
@@ -1051,16 +1058,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     verifier = _keyring(args)
     store = open_store(args.url)
-    min_days = args.min_retention_days
-    if min_days is None and store.supports_retention:
-        min_days = auditor.default_min_retention_days(store)
+    if args.accept_retention and not args.state:
+        raise ConfigError("--accept-retention records the bucket's rule in --state: give --state")
     options = auditor.AuditOptions(
         origin_prefix=args.origin_prefix,
         deep=args.deep,
         parallel=args.parallel,
         state=auditor.load_state(args.state) if args.state else None,
         full=args.full,
-        min_retention_days=min_days,
+        min_retention_days=args.min_retention_days,
+        accept_retention=args.accept_retention,
         gap_threshold_s=args.gap_threshold,
         since_ms=auditor.parse_time_ms(args.since) if args.since else None,
         until_ms=auditor.parse_time_ms(args.until) if args.until else None,
@@ -1078,7 +1085,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if result.ok and args.state:
         auditor.save_state(args.state, result.state)
     if args.format == "json":
-        doc = auditor.result_to_json(result, store.url, store.supports_retention)
+        doc = auditor.result_to_json(result, store.url)
         print(json.dumps(doc, indent=1))
         return EXIT_OK if result.ok else EXIT_INVALID
     from extproc.core.display import escape

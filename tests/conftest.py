@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,15 +31,33 @@ from tests.helpers import read_entries as read_entries  # imported from here by 
 
 
 @dataclass
-class MotoServer:
+class S3Server:
+    """A real S3 API server on loopback. `strict`: it enforces Object Lock
+    (retention, version deletes, versioning suspension) and checksums, as AWS
+    does; moto does none of that (tests assert the strict behaviours only there)."""
+
+    name: str
     endpoint: str
-    port: int
-    server: Any
+    strict: bool
 
     def s3(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
-    def new_bucket(self, *, lock: bool = True, days: int = 1) -> str:
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def new_bucket(self, *, lock: bool = True, days: int = 1, mode: str = "COMPLIANCE") -> str:
         bucket = f"audit-{uuid.uuid4().hex[:12]}"
         s3 = self.s3()
         s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=lock)
@@ -47,10 +66,16 @@ class MotoServer:
                 Bucket=bucket,
                 ObjectLockConfiguration={
                     "ObjectLockEnabled": "Enabled",
-                    "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": days}},
+                    "Rule": {"DefaultRetention": {"Mode": mode, "Days": days}},
                 },
             )
         return bucket
+
+
+@dataclass
+class MotoServer(S3Server):
+    port: int = 0
+    server: Any = None
 
 
 def start_moto(port: int) -> Any:
@@ -74,13 +99,99 @@ def moto() -> Iterator[MotoServer]:
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
     )
-    yield MotoServer(endpoint, port, server)
+    yield MotoServer("moto", endpoint, False, port, server)
     server.stop()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+LOCALSTACK_DIR = Path(
+    os.environ.get("EXTPROC_LOCALSTACK_DIR", Path(__file__).parent.parent / ".localstack")
+)
+LOCALSTACK_SKIPS: list[str] = []  # reasons, repeated loudly at the end of the run
+
+
+def _localstack_unavailable(reason: str) -> None:
+    LOCALSTACK_SKIPS.append(reason)
+    pytest.skip(f"strict S3 lane (LocalStack) unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """LocalStack's S3 on a loopback port (host mode, its own venv: see
+    scripts/setup_localstack.sh): the strict S3 of the tests."""
+    python = LOCALSTACK_DIR / "venv" / "bin" / "python"
+    pem = LOCALSTACK_DIR / "server.pem"
+    if not python.exists() or not pem.exists():
+        _localstack_unavailable(f"not set up in {LOCALSTACK_DIR}: run scripts/setup_localstack.sh")
+    port = processes.free_port()
+    volume = tmp_path_factory.mktemp("localstack")
+    log_path = volume / "localstack.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHON"))},
+        "SERVICES": "s3",
+        "GATEWAY_SERVER": "hypercorn",
+        "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+        "LOCALSTACK_HOST": f"127.0.0.1:{port}",
+        "CUSTOM_SSL_CERT_PATH": str(pem),
+        "LOCALSTACK_VOLUME_DIR": str(volume),
+        "SKIP_SSL_CERT_DOWNLOAD": "1",
+        "DISABLE_EVENTS": "1",
+    }
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(python), "-m", "localstack.runtime.main"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    server = S3Server("localstack", endpoint, strict=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                server.s3().list_buckets()
+                break
+            except Exception:  # not up yet: any failure until the deadline
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                    _localstack_unavailable(
+                        f"did not start on {endpoint} (exit {proc.poll()}): {' | '.join(tail)}"
+                    )
+                time.sleep(0.5)
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)  # it ignores SIGTERM for a while
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(params=["moto", pytest.param("localstack", marks=pytest.mark.strict_s3)])
+def s3api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """Each S3 test on moto and on the strict LocalStack; the CLI and the
+    stores of the test talk to the one chosen (environment)."""
+    moto: MotoServer = request.getfixturevalue("moto")  # sets the AWS_* defaults
+    server: S3Server = moto if request.param == "moto" else request.getfixturevalue("localstack")
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    return server
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if LOCALSTACK_SKIPS:
+        terminalreporter.section("STRICT S3 LANE SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.line(
+            f"LocalStack tests did not run: {LOCALSTACK_SKIPS[0]}", red=True, bold=True
+        )
 
 
 _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")

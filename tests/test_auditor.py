@@ -21,9 +21,9 @@ from extproc.core.claim import Claim
 from extproc.core.merkle import CompactRange, leaf_hash
 from extproc.core.note import Signer
 from extproc.core.state import AuditState, LogState
-from extproc.core.verify import log_status
+from extproc.core.verify import ERROR, WARNING, log_status
 from extproc.errors import ConfigError
-from extproc.store.base import Retention
+from extproc.store.base import Retention, RetentionPolicy
 from extproc.store.memory import _EPOCH, MemoryStore
 
 SIGNER = Signer.generate("auditor-test")
@@ -259,3 +259,97 @@ def test_log_status_window() -> None:
     inside = log_status(cps, 60 * MIN, 5 * MIN, since_ms=10 * MIN, until_ms=15 * MIN)
     assert inside.in_window and [g.kind for g in inside.gaps] == ["quiet"]
     assert log_status([], 0, MIN).state == "empty"
+
+
+# The bucket's default retention rule: recorded on first use, held to later.
+
+
+def _ruled(mode: str = "COMPLIANCE", days: int = 30) -> MemoryStore:
+    store = MemoryStore(versioned=True)
+    store.default_rule = RetentionPolicy(mode, days)
+    _log(store)
+    return store
+
+
+def test_first_run_records_the_rule_and_holds_objects_to_it() -> None:
+    store = _ruled()
+    first = _audit(store, state=AuditState())
+    assert first.ok, _messages(first)
+    assert first.state.retention is not None
+    assert (first.state.retention.mode, first.state.retention.days) == ("COMPLIANCE", 30)
+    assert AuditState.from_bytes(first.state.to_bytes()).retention == first.state.retention
+    assert first.retention.min_days == 30
+
+
+@pytest.mark.parametrize(
+    ("lowered", "expect"),
+    [
+        (RetentionPolicy("GOVERNANCE", 30), "lowered to GOVERNANCE 30 days"),
+        (RetentionPolicy("COMPLIANCE", 1), "lowered to COMPLIANCE 1 days"),
+        (None, "rule was removed"),
+    ],
+)
+def test_rule_lowered_since_recorded_is_an_error(
+    lowered: RetentionPolicy | None, expect: str
+) -> None:
+    store = _ruled()
+    state = _audit(store, state=AuditState()).state
+    store.default_rule = lowered
+    result = _audit(store, state=state)
+    assert not result.ok
+    finding = next(f for f in result.general if expect in f.message)
+    assert finding.severity == ERROR and "recorded COMPLIANCE 30 days" in finding.message
+    # The bar stays where it was recorded, not where the bucket is now.
+    assert result.retention.min_days == 30
+    # Accepting the change deliberately records the new rule.
+    if lowered is not None:
+        accepted = _audit(store, state=state, accept_retention=True)
+        assert accepted.ok, _messages(accepted)
+        assert accepted.state.retention is not None
+        assert accepted.state.retention.days == lowered.days
+
+
+def test_raised_rule_is_not_a_finding_and_the_record_stays() -> None:
+    store = _ruled(days=30)
+    state = _audit(store, state=AuditState()).state
+    store.default_rule = RetentionPolicy("COMPLIANCE", 90)
+    result = _audit(store, state=state)
+    assert result.ok, _messages(result)
+    assert result.state.retention is not None and result.state.retention.days == 30
+
+
+def test_with_state_new_objects_are_held_to_the_recorded_rule() -> None:
+    store = MemoryStore(versioned=True)
+    store.default_rule = RetentionPolicy("COMPLIANCE", 30)
+    w = _log(store)
+    state = _audit(store, state=AuditState()).state
+    # The rule is lowered and a writer restarted under it locks new objects for a day.
+    store.default_rule = RetentionPolicy("COMPLIANCE", 1)
+    w.publish(5)
+    short = Retention("COMPLIANCE", _EPOCH + timedelta(days=1))
+    new = [
+        layout.claim_key("", LOG, 20),
+        layout.bundle_key("", LOG, 20, 24),
+        layout.checkpoint_key("", LOG, 25),
+    ]
+    for key in new:
+        store.retentions[key] = short
+    result = _audit(store, state=state)
+    assert not result.ok
+    assert sorted(f.key for r in result.reports for f in r.findings) == sorted(new)
+    assert all("less than the required 30" in f.message for f in result.reports[0].findings)
+    # Without the state the bar would have followed the bucket down.
+    assert _audit(store).reports[0].ok
+
+
+def test_without_state_a_rule_weaker_than_the_objects_is_a_warning() -> None:
+    store = _ruled(mode="GOVERNANCE", days=1)  # objects carry COMPLIANCE 30 days
+    result = _audit(store)
+    assert result.ok  # a warning: the writer may set its own, longer retention
+    warning = next(f for f in result.general if "weaker than the objects" in f.message)
+    assert warning.severity == WARNING
+    assert "GOVERNANCE 1 days" in warning.message and "COMPLIANCE 30" in warning.message
+    store.default_rule = None
+    assert any("(removed)" in f.message for f in _audit(store).general)
+    store.default_rule = RetentionPolicy("COMPLIANCE", 30)
+    assert not _audit(store).general

@@ -34,6 +34,8 @@ from extproc.log.wal import WAL, TreeState
 from extproc.store.base import ObjectStore, Retention, RetentionPolicy
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
+from extproc.store.s3 import S3Store
+from tests.conftest import S3Server
 from tests.helpers import eventually, read_entries, run
 
 T = TypeVar("T")
@@ -53,11 +55,24 @@ def signer() -> Signer:
     return Signer.generate("test-audit")
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "local",
+        pytest.param("moto", marks=pytest.mark.s3),
+        pytest.param("localstack", marks=[pytest.mark.s3, pytest.mark.strict_s3]),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """The publisher's store: in memory, on disk, and real S3 (moto, and
+    LocalStack, which enforces Object Lock and If-None-Match as AWS does)."""
     if request.param == "memory":
         return MemoryStore(PREFIX)
-    return LocalStore(tmp_path / "store", PREFIX)
+    if request.param == "local":
+        return LocalStore(tmp_path / "store", PREFIX)
+    server: S3Server = request.getfixturevalue(request.param)
+    bucket = server.new_bucket(days=RETENTION.days)
+    return S3Store(bucket, PREFIX, client=server.s3())
 
 
 @dataclass
@@ -173,6 +188,10 @@ def test_published_bundles_and_checkpoints_verify(
     run(scenario)
     keys = [o.key for o in store.list(PREFIX)]
     assert all(k.endswith(".jsonl.gz") == compress for k in keys if "/entries/" in k)
+    if store.supports_retention:
+        for key in keys:
+            retention = store.retention(key)
+            assert retention is not None and retention.mode == "COMPLIANCE", key
     assert [e["n"] for e in read_entries(store, LOG_ID)] == list(range(32))
 
 
@@ -670,10 +689,12 @@ def foreign_records(store: ObjectStore) -> list[dict[str, Any]]:
     return [e for e in read_entries(store, LOG_ID) if e.get("event") == "foreign"]
 
 
-def test_foreign_bundle_at_next_key_starts_a_new_epoch(tmp_path: Path, signer: Signer) -> None:
+def test_foreign_bundle_at_next_key_starts_a_new_epoch(
+    tmp_path: Path, signer: Signer, store: ObjectStore
+) -> None:
     # An object planted where the writer must write next cannot be removed under
-    # Object Lock: it must not stop the log (it used to fence it for good).
-    store = MemoryStore(PREFIX)
+    # Object Lock: it must not stop the log (it used to fence it for good). On
+    # S3 the refusal is the store's own (If-None-Match: PreconditionFailed).
     planted = layout.bundle_key(PREFIX, LOG_ID, 5, 9)
 
     async def scenario() -> None:

@@ -1,8 +1,9 @@
 """`verify` against an adversary with write access to the bucket.
 
 One real log is produced once (Envoy + audit server), then each attack is
-applied to a fresh copy, on the local store and on moto's S3 server, and the
-real CLI must exit 1 naming what is wrong. On S3 (versioned, as Object Lock
+applied to a fresh copy, on the local store and on S3 (moto, and LocalStack,
+which enforces Object Lock as AWS does), and the real CLI must exit 1 naming
+what is wrong. On S3 (versioned, as Object Lock
 requires) an overwrite or a delete leaves the original version: the finding
 is the new version or the delete marker, and the original still verifies.
 A state file (`--state`) adds the attacks across runs: rollback and fork.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, sign_checkpoint
@@ -28,7 +30,7 @@ from extproc.core.merkle import CompactRange, leaf_hash, verify_consistency
 from extproc.core.note import Signer, verify_note
 from extproc.errors import VerificationError
 from extproc.keys import load_signer
-from tests.conftest import MotoServer, run_cli, stack_factory
+from tests.conftest import S3Server, run_cli, stack_factory
 
 pytestmark = [pytest.mark.envoy]
 
@@ -169,10 +171,10 @@ def _local_bucket(root: Path) -> Bucket:
     return Bucket(lambda k: (root / k).read_bytes(), write, lambda k: (root / k).unlink())
 
 
-def _upload(moto: MotoServer, root: Path, *, days: int = 1) -> tuple[str, Any, str]:
+def _upload(s3api: S3Server, root: Path, *, days: int = 1) -> tuple[str, Any, str]:
     """A copy of a local store in a fresh Object Lock bucket: (bucket, client, url)."""
-    bucket = moto.new_bucket(days=days)
-    s3 = moto.s3()
+    bucket = s3api.new_bucket(days=days)
+    s3 = s3api.s3()
     for path in sorted(root.rglob("*")):
         if path.is_file():
             key = "audit/" + path.relative_to(root).as_posix()
@@ -183,9 +185,9 @@ def _upload(moto: MotoServer, root: Path, *, days: int = 1) -> tuple[str, Any, s
 
 
 def _s3_bucket(s3: Any, bucket: str) -> Bucket:
-    # moto does not enforce Object Lock, so it stands in for an attacker who
-    # writes over keys (a new version) or deletes them (a delete marker): what
-    # PutObject/DeleteObject permission allows even on a COMPLIANCE bucket.
+    # An attacker who writes over keys (a new version) or deletes them (a
+    # delete marker): what PutObject/DeleteObject permission allows even on a
+    # COMPLIANCE bucket (LocalStack, which enforces the lock, allows it too).
     return Bucket(
         lambda k: s3.get_object(Bucket=bucket, Key="audit/" + k)["Body"].read(),
         lambda k, d: s3.put_object(Bucket=bucket, Key="audit/" + k, Body=d,
@@ -214,8 +216,8 @@ def test_tampering_detected_local(attack: Attack, pristine: Pristine, tmp_path: 
 
 @pytest.mark.s3
 @pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
-def test_tampering_detected_s3(attack: Attack, pristine: Pristine, moto: MotoServer) -> None:
-    bucket, s3, url = _upload(moto, pristine.root)
+def test_tampering_detected_s3(attack: Attack, pristine: Pristine, s3api: S3Server) -> None:
+    bucket, s3, url = _upload(s3api, pristine.root)
     assert run_cli("verify", url, "--vkey", pristine.vkey).returncode == 0
     expected = attack.run(_s3_bucket(s3, bucket), pristine)
     result = run_cli("verify", url, "--vkey", pristine.vkey, "--format", "json")
@@ -231,9 +233,9 @@ def test_tampering_detected_s3(attack: Attack, pristine: Pristine, moto: MotoSer
 
 @pytest.mark.s3
 def test_new_version_over_checkpoint_names_both_versions_s3(
-    pristine: Pristine, moto: MotoServer
+    pristine: Pristine, s3api: S3Server
 ) -> None:
-    bucket, s3, url = _upload(moto, pristine.root)
+    bucket, s3, url = _upload(s3api, pristine.root)
     key = pristine.keys("checkpoint")[-1]
     _resign_checkpoint(_s3_bucket(s3, bucket), pristine)
     versions = s3.list_object_versions(Bucket=bucket, Prefix="audit/" + key)["Versions"]
@@ -247,9 +249,9 @@ def test_new_version_over_checkpoint_names_both_versions_s3(
 
 @pytest.mark.s3
 def test_delete_marker_on_bundle_still_verifies_original_s3(
-    pristine: Pristine, moto: MotoServer
+    pristine: Pristine, s3api: S3Server
 ) -> None:
-    bucket, s3, url = _upload(moto, pristine.root)
+    bucket, s3, url = _upload(s3api, pristine.root)
     s3.delete_object(Bucket=bucket, Key="audit/" + pristine.keys("bundle")[1])
     result = run_cli("verify", url, "--vkey", pristine.vkey)
     assert result.returncode == 1
@@ -258,17 +260,27 @@ def test_delete_marker_on_bundle_still_verifies_original_s3(
 
 
 @pytest.mark.s3
-def test_short_retention_is_a_finding_s3(pristine: Pristine, moto: MotoServer) -> None:
-    bucket, s3, url = _upload(moto, pristine.root, days=30)
+def test_short_retention_is_refused_or_a_finding_s3(pristine: Pristine, s3api: S3Server) -> None:
+    bucket, s3, url = _upload(s3api, pristine.root, days=30)
     assert run_cli("verify", url, "--vkey", pristine.vkey).returncode == 0
-    # Shortened retention (moto does not refuse it; a GOVERNANCE bypass would).
     key = "audit/" + pristine.keys("bundle")[0]
-    s3.put_object_retention(
-        Bucket=bucket,
-        Key=key,
-        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": datetime.now(UTC) + timedelta(days=2)},
-        BypassGovernanceRetention=True,
-    )
+    shorten = {
+        "Bucket": bucket,
+        "Key": key,
+        "Retention": {
+            "Mode": "GOVERNANCE",
+            "RetainUntilDate": datetime.now(UTC) + timedelta(days=2),
+        },
+        "BypassGovernanceRetention": True,
+    }
+    if s3api.strict:  # COMPLIANCE: nobody shortens it
+        with pytest.raises(ClientError) as refused:
+            s3.put_object_retention(**shorten)
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+        assert run_cli("verify", url, "--vkey", pristine.vkey).returncode == 0
+        return
+    # moto lets it happen, as a GOVERNANCE bypass would: verify must notice.
+    s3.put_object_retention(**shorten)
     result = run_cli("verify", url, "--vkey", pristine.vkey)
     assert result.returncode == 1, result.stdout
     assert "less than the required 30" in result.stdout
@@ -277,9 +289,55 @@ def test_short_retention_is_a_finding_s3(pristine: Pristine, moto: MotoServer) -
 
 
 @pytest.mark.s3
-def test_object_without_retention_is_a_finding(pristine: Pristine, moto: MotoServer) -> None:
-    bucket = moto.new_bucket(lock=False)
-    s3 = moto.s3()
+def test_lowered_bucket_rule_is_reported_s3(
+    pristine: Pristine, localstack: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer allowed PutBucketObjectLockConfiguration lowers the default rule
+    (S3 accepts it, also on COMPLIANCE buckets): verify must say so. LocalStack
+    only: moto refuses any lock configuration change on a bucket with objects."""
+    for name, value in localstack.env().items():
+        monkeypatch.setenv(name, value)
+    bucket, s3, url = _upload(localstack, pristine.root, days=30)
+    state = tmp_path / "state.json"
+    verify = ("verify", url, "--vkey", pristine.vkey)
+    assert run_cli(*verify, "--state", str(state)).returncode == 0
+    recorded = state.read_bytes()
+
+    def set_rule(rule: dict[str, Any] | None) -> None:
+        config: dict[str, Any] = {"ObjectLockEnabled": "Enabled"}
+        if rule is not None:
+            config["Rule"] = {"DefaultRetention": rule}
+        s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration=config)
+
+    set_rule({"Mode": "GOVERNANCE", "Days": 1})
+    lowered = run_cli(*verify, "--state", str(state))
+    assert lowered.returncode == 1, lowered.stdout
+    assert "error: the bucket's default retention rule was lowered to GOVERNANCE 1 days" in (
+        lowered.stdout
+    )
+    assert state.read_bytes() == recorded  # an invalid run keeps the record
+    # Without the state the objects' own retention gives it away (a warning).
+    stateless = run_cli(*verify)
+    assert stateless.returncode == 0, stateless.stdout
+    assert "warning: the bucket's default retention rule (GOVERNANCE 1 days) is weaker" in (
+        stateless.stdout
+    )
+    set_rule(None)
+    removed = run_cli(*verify, "--state", str(state), "--format", "json")
+    assert removed.returncode == 1
+    doc = json.loads(removed.stdout)
+    assert doc["retention"]["rule"] is None
+    assert doc["retention"]["recorded"]["days"] == 30 and doc["retention"]["min_days"] == 30
+    assert any("rule was removed" in f["message"] for f in doc["findings"])
+    # The operator restores the rule: valid again, nothing to accept.
+    set_rule({"Mode": "COMPLIANCE", "Days": 30})
+    assert run_cli(*verify, "--state", str(state)).returncode == 0
+
+
+@pytest.mark.s3
+def test_object_without_retention_is_a_finding(pristine: Pristine, s3api: S3Server) -> None:
+    bucket = s3api.new_bucket(lock=False)
+    s3 = s3api.s3()
     for path in sorted(pristine.root.rglob("*")):
         if path.is_file():
             s3.put_object(Bucket=bucket, Key=path.relative_to(pristine.root).as_posix(),
@@ -442,14 +500,14 @@ def test_old_bundle_replaced_after_state_detected(pristine: Pristine, tmp_path: 
 
 @pytest.mark.s3
 def test_rollback_and_fork_against_state_detected_s3(
-    pristine: Pristine, moto: MotoServer, tmp_path: Path
+    pristine: Pristine, s3api: S3Server, tmp_path: Path
 ) -> None:
     state = tmp_path / "state.json"
-    _, _, url = _upload(moto, pristine.root)
+    _, _, url = _upload(s3api, pristine.root)
     assert _verify_state(url, pristine, state).returncode == 0
-    _, _, older = _upload(moto, _truncated(pristine, tmp_path / "older", _sizes(pristine)[-2]))
+    _, _, older = _upload(s3api, _truncated(pristine, tmp_path / "older", _sizes(pristine)[-2]))
     assert "rollback:" in _verify_state(older, pristine, state).stdout
-    _, _, forked = _upload(moto, _forked(pristine, tmp_path / "fork"))
+    _, _, forked = _upload(s3api, _forked(pristine, tmp_path / "fork"))
     result = _verify_state(forked, pristine, state)
     assert result.returncode == 1
     assert "fork: checkpoint at tree size" in result.stdout

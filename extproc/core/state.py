@@ -9,7 +9,9 @@ file I/O (atomic replace) and reads the clock.
 
 Format (JSON, UTF-8, sorted keys):
 
-    {"version": 1, "logs": {"<log id>": {
+    {"version": 1,
+     "retention": {"mode": "COMPLIANCE", "days": N, "recorded_at": "<RFC 3339 UTC>"},
+     "logs": {"<log id>": {
         "origin": "...", "size": N, "root": "<base64>",
         "checkpoint": "<the signed note, as published>",
         "frontier": ["<base64>", ...], "last_leaf": "<hex>",
@@ -96,17 +98,44 @@ def _int(value: Any) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class RetentionRecord:
+    """The bucket's default Object Lock rule as the auditor first saw it: the
+    bar a later run holds the bucket to (a rule lowered since is a finding)."""
+
+    mode: str  # COMPLIANCE | GOVERNANCE
+    days: int
+    recorded_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "days": self.days, "recorded_at": self.recorded_at}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RetentionRecord:
+        try:
+            record = cls(_str(data["mode"]), _int(data["days"]), _str(data["recorded_at"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"state file: malformed retention record ({e})") from e
+        if record.mode not in ("COMPLIANCE", "GOVERNANCE"):
+            raise ConfigError(f"state file: unknown retention mode {record.mode!r}")
+        return record
+
+
 @dataclass
 class AuditState:
-    """Every log's last verified state, keyed by log id."""
+    """Every log's last verified state, keyed by log id, and the bucket's
+    retention rule as recorded on first use (None: not recorded yet)."""
 
     logs: dict[str, LogState] = field(default_factory=dict)
+    retention: RetentionRecord | None = None
 
     def to_bytes(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "version": STATE_VERSION,
             "logs": {log_id: s.to_json() for log_id, s in sorted(self.logs.items())},
         }
+        if self.retention is not None:
+            doc["retention"] = self.retention.to_json()
         return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
 
     @classmethod
@@ -120,4 +149,8 @@ class AuditState:
         logs = doc.get("logs")
         if not isinstance(logs, dict):
             raise ConfigError("state file: 'logs' must be an object")
-        return cls({str(k): LogState.from_json(str(k), v) for k, v in logs.items()})
+        retention = doc.get("retention")
+        return cls(
+            {str(k): LogState.from_json(str(k), v) for k, v in logs.items()},
+            None if retention is None else RetentionRecord.from_json(retention),
+        )

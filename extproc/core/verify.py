@@ -97,7 +97,8 @@ class Finding:
 
     def __str__(self) -> str:
         where = f"{self.key}: " if self.key else ""
-        return f"{self.severity}: log {self.log_id}: {where}{self.message}"
+        log = f"log {self.log_id}: " if self.log_id else ""  # "": the bucket as a whole
+        return f"{self.severity}: {log}{where}{self.message}"
 
 
 @dataclass

@@ -34,6 +34,7 @@ class MemoryStore:
         self.prefix = prefix
         self.objects: dict[str, bytes] = {}
         self.retentions: dict[str, Retention] = {}
+        self.default_rule: RetentionPolicy | None = None  # the bucket's rule, set by tests
         self._versioned = versioned
         # key -> [(version, bytes or None for a delete marker)], oldest first
         self.history: dict[str, list[tuple[ObjectVersion, bytes | None]]] = {}
@@ -54,7 +55,7 @@ class MemoryStore:
         self.history.setdefault(key, []).append((version, data))
 
     def check_writable(self, *, require_lock: bool) -> RetentionPolicy | None:
-        return None
+        return self.default_rule
 
     def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
         if key in self.objects:
@@ -92,7 +93,7 @@ class MemoryStore:
         return self.retentions.get(key)
 
     def default_retention(self) -> RetentionPolicy | None:
-        return None
+        return self.default_rule
 
     def versioned(self) -> VersionedStore | None:
         return self if self._versioned else None

@@ -1,13 +1,18 @@
-"""The S3 store against real S3 APIs: moto always, MinIO (Object Lock) where Docker runs.
+"""The S3 store against real S3 APIs: moto always, LocalStack (the strict lane:
+Object Lock enforced, see scripts/setup_localstack.sh), MinIO where Docker runs.
 
-The same test body runs on each backend. moto does not enforce retention, so
-the MinIO run is where a locked object is shown to survive a delete; without
-a Docker engine that run is skipped with the reason, and the moto run still
+The same test body runs on each backend. moto enforces neither retention nor
+checksums, so the strict runs are where a locked object is shown to survive a
+delete, a shortened retention and a versioning suspension, and a corrupted
+upload to be refused; where LocalStack cannot start, or no Docker engine
+answers, that run is skipped with the reason, and the moto run still
 exercises every call the compose demo's bucket-init job and server make.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import urllib.request
 import uuid
@@ -21,9 +26,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from extproc.errors import ObjectExistsError
-from extproc.store.base import Retention, RetentionPolicy
+from extproc.store.base import Confirmation, Retention, RetentionPolicy
 from extproc.store.s3 import S3Store
-from tests.conftest import MotoServer, run_cli
+from tests.conftest import S3Server, run_cli
 
 # Same tag as docker-compose.yml (tests/test_deploy_compose.py checks the format).
 MINIO_IMAGE = "minio/minio:RELEASE.2025-04-22T22-12-26Z"
@@ -97,11 +102,19 @@ def minio() -> Iterator[S3Backend]:
         yield S3Backend("minio", endpoint, MINIO_USER, MINIO_PASSWORD, enforces_retention=True)
 
 
-@pytest.fixture(params=["moto", pytest.param("minio", marks=pytest.mark.docker)])
+@pytest.fixture(
+    params=[
+        "moto",
+        pytest.param("localstack", marks=pytest.mark.strict_s3),
+        pytest.param("minio", marks=pytest.mark.docker),
+    ]
+)
 def backend(request: pytest.FixtureRequest) -> S3Backend:
-    if request.param == "moto":
-        moto: MotoServer = request.getfixturevalue("moto")
-        return S3Backend("moto", moto.endpoint, "testing", "testing", enforces_retention=False)
+    if request.param in ("moto", "localstack"):
+        server: S3Server = request.getfixturevalue(request.param)
+        return S3Backend(
+            request.param, server.endpoint, "testing", "testing", enforces_retention=server.strict
+        )
     backend: S3Backend = request.getfixturevalue("minio")
     return backend
 
@@ -130,6 +143,11 @@ def test_locked_bucket_write_once_read_list_retention(backend: S3Backend) -> Non
     assert retention is not None and retention.mode == "COMPLIANCE"
     assert abs((retention.until - until).total_seconds()) < 2
 
+    # What confirmed writes rest on: the store shows the SHA-256 it holds.
+    assert store.confirm(key, hashlib.sha256(data).digest()) is Confirmation.CONFIRMED
+    assert store.confirm(key, hashlib.sha256(b"other").digest()) is Confirmation.DIFFERENT
+    assert store.confirm(key + "9", hashlib.sha256(data).digest()) is Confirmation.MISSING
+
     # Write once: a second writer with other bytes is refused, the first stays.
     with pytest.raises(ObjectExistsError):
         store.put_once(key, b"forged\n", Retention("COMPLIANCE", until))
@@ -142,3 +160,36 @@ def test_locked_bucket_write_once_read_list_retention(backend: S3Backend) -> Non
         with pytest.raises(ClientError):
             s3.delete_object(Bucket=bucket, Key=key, VersionId=version)
         assert s3.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read() == data
+        # Nor shortens its retention, even with the governance bypass.
+        with pytest.raises(ClientError) as shortened:
+            s3.put_object_retention(
+                Bucket=bucket,
+                Key=key,
+                VersionId=version,
+                Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until - timedelta(hours=12)},
+                BypassGovernanceRetention=True,
+            )
+        assert _code(shortened.value) == "AccessDenied"
+        after = store.retention(key)
+        assert after is not None and after.mode == "COMPLIANCE"
+        # Versioning, which Object Lock rests on, cannot be suspended.
+        with pytest.raises(ClientError) as suspended:
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+        assert _code(suspended.value) == "InvalidBucketState"
+        # A body that does not match the checksum sent with it is not stored.
+        other = "mesh/logs/t/checkpoints/00000000000000000002"
+        with pytest.raises(ClientError) as corrupted:
+            s3.put_object(
+                Bucket=bucket,
+                Key=other,
+                Body=b"the bytes that arrived",
+                ChecksumSHA256=base64.b64encode(
+                    hashlib.sha256(b"the bytes sent").digest()
+                ).decode(),
+            )
+        assert _code(corrupted.value) in ("BadDigest", "InvalidRequest")
+        assert list(store.list(other)) == []
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
