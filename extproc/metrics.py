@@ -118,3 +118,40 @@ OBJECTS_REPAIRED = Counter(
     "Writes the store acknowledged but did not keep, written again from the WAL, by kind",
     ["kind"],
 )
+BACKLOG_BYTES = Gauge(
+    "extproc_audit_backlog_bytes",
+    "WAL bytes appended but not yet published (requests are refused above "
+    "extproc_audit_backlog_limit_bytes)",
+)
+BACKLOG_LIMIT = Gauge(
+    "extproc_audit_backlog_limit_bytes", "The backlog bound (--max-backlog-bytes)"
+)
+LAST_CHECKPOINT = Gauge(
+    "extproc_audit_last_checkpoint_timestamp_seconds",
+    "Time of the newest checkpoint the store confirmed (0 before the first)",
+)
+REPORTER_LAST_SEEN = Gauge(
+    "extproc_audit_reporter_last_seen_timestamp_seconds",
+    "When each authenticated reporter (its SPIFFE ID, XFCC identity or peer) last sent an "
+    "entry: a reporter seen before and silent now has stopped reporting",
+    ["reporter"],
+)
+SELF_AUDIT_RUNS = Counter(
+    "extproc_audit_self_audit_runs_total",
+    "Self-audits of the published log, by result (ok, repaired: a gap filled from the WAL, "
+    "failed: a problem the WAL cannot repair, error: the store could not be read)",
+    ["result"],
+)
+SELF_AUDIT_UNREPAIRED = Gauge(
+    "extproc_audit_self_audit_unrepaired",
+    "Problems the last self-audit found in the published log and could not repair",
+)
+SELF_AUDIT_VERIFIED = Gauge(
+    "extproc_audit_self_audit_verified_entries",
+    "Entries of the published log the self-audit has verified, from the store, with the "
+    "verifier's code",
+)
+SELF_AUDIT_LAST_OK = Gauge(
+    "extproc_audit_self_audit_last_success_timestamp_seconds",
+    "Time the self-audit last found the published log valid",
+)

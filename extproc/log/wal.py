@@ -385,9 +385,7 @@ class WAL:
             self._write_state(state)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self._release_reserve():
-                raise StorageError(
-                    f"cannot write {STATE_FILE} in {self.dir}: {e.strerror}"
-                ) from e
+                raise StorageError(f"cannot write {STATE_FILE} in {self.dir}: {e.strerror}") from e
             try:
                 self._write_state(state)
             except OSError as again:
