@@ -96,19 +96,27 @@ def verify_log(
     prior: LogState | None = None,
     min_retention_days: float | None = None,
     seen: RetentionSeen | None = None,
+    compare_objects: bool = True,
+    check_retention: bool = True,
 ) -> LogReport:
-    """Verify one log; with `prior`, resume from the tree an earlier run verified."""
+    """Verify one log; with `prior`, resume from the tree an earlier run verified.
+
+    `compare_objects=False`: objects below the prior size are not held to the
+    prior's list (the writer's self-audit lists only what is new);
+    `check_retention=False`: no Object Lock checks (one HEAD per object).
+    """
     objects = reader.objects
     checker = LogChecker(reader.log_id, verifier, origin_prefix, deep=deep)
     base = 0
     if prior is not None:
         base = prior.size
         checker.resume(prior.tree(), prior.last_leaf)
-        _compare_old_objects(checker, objects, prior)
+        if compare_objects:
+            _compare_old_objects(checker, objects, prior)
     for bundle in reader.check(checker, base=base):
         if on_entries is not None:
             on_entries(bundle.name.last - bundle.name.first + 1)
-    if reader.store.supports_retention:
+    if check_retention and reader.store.supports_retention:
         below = set(_below(objects, base)) if base else set()
         keys = [k for k, _ in objects.checkpoints + objects.claims] + [
             k for k, _ in objects.bundles
@@ -315,15 +323,22 @@ def check_rule_against_objects(rule: RetentionRule, seen: RetentionSeen) -> list
     current = rule.current
     if current is not None and not _weaker(current.mode, current.days, *strongest):
         return []
-    now = "removed" if current is None else _rule_text(current.mode, current.days)
+    carried = _rule_text(strongest[0], round(strongest[1], 1))
+    if current is None:
+        what = f"the bucket has no default retention rule, but its objects carry up to {carried}"
+        why = "removed since"
+    else:
+        what = (
+            f"the bucket's default retention rule ({_rule_text(current.mode, current.days)}) "
+            f"is weaker than the objects were written with (up to {carried})"
+        )
+        why = "lowered since"
     return [
         Finding(
             "",
             "",
-            f"the bucket's default retention rule ({now}) is weaker than the objects were "
-            f"written with (up to {_rule_text(strongest[0], round(strongest[1], 1))}): "
-            "lowered since, or the writer sets its own --retention-days; verify with --state "
-            "to hold the bucket to the rule recorded on first use",
+            f"{what}: {why}, or the writer sets its own --retention-days; verify with "
+            "--state to hold the bucket to the rule recorded on first use",
             WARNING,
         )
     ]
@@ -431,27 +446,29 @@ def _next_state(
 ) -> AuditState:
     """The state after this run: every valid log advanced to its latest checkpoint."""
     state = AuditState(dict(prior.logs))
-    verified_at = datetime.fromtimestamp(now_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
     for report in reports:
-        latest = report.latest
-        if latest is None or not report.ok:
-            continue
-        frontier = report.frontier
-        if frontier is None:
-            continue
-        tree, last_leaf = frontier
-        objects = logs[report.log_id]
-        state.logs[report.log_id] = LogState(
-            origin=latest.origin,
-            size=latest.size,
-            root_hash=latest.root_hash,
-            checkpoint=report.latest_note,
-            frontier=tree.hashes,
-            last_leaf=last_leaf,
-            verified_at=verified_at,
-            objects={k: _fingerprint(objects, k) for k in _below(objects, latest.size)},
-        )
+        advanced = log_state_after(report, logs[report.log_id], now_ms)
+        if advanced is not None:
+            state.logs[report.log_id] = advanced
     return state
+
+
+def log_state_after(report: LogReport, objects: LogObjects, now_ms: int) -> LogState | None:
+    """A valid log's state at its latest checkpoint (None: nothing to advance to)."""
+    latest = report.latest
+    if latest is None or not report.ok or report.frontier is None:
+        return None
+    tree, last_leaf = report.frontier
+    return LogState(
+        origin=latest.origin,
+        size=latest.size,
+        root_hash=latest.root_hash,
+        checkpoint=report.latest_note,
+        frontier=tree.hashes,
+        last_leaf=last_leaf,
+        verified_at=datetime.fromtimestamp(now_ms / 1000, UTC).isoformat().replace("+00:00", "Z"),
+        objects={k: _fingerprint(objects, k) for k in _below(objects, latest.size)},
+    )
 
 
 def load_state(path: Path) -> AuditState:

@@ -234,6 +234,7 @@ _SERVE_FLAGS = (
     "allow_no_object_lock",
     "receipts",
     "ext_proc_responses",
+    "self_audit_fail_closed",
 )
 
 
@@ -400,6 +401,21 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         default=_env("heartbeat_interval", c.HEARTBEAT_INTERVAL),
         help="an idle writer logs a heartbeat entry this often (seconds), so auditors can "
         "tell 'no traffic' from 'writer down'; 0 disables",
+    )
+    p.add_argument(
+        "--self-audit-interval",
+        metavar="SECONDS",
+        type=_FLOAT,
+        default=_env("self_audit_interval", c.SELF_AUDIT_INTERVAL),
+        help="verify the published log (what is new since the last run) on start and this "
+        "often, writing again from the WAL what the store lost; 0 disables",
+    )
+    p.add_argument(
+        "--self-audit-fail-closed",
+        action="store_true",
+        default=None,
+        help="report NOT_SERVING on the health service while the self-audit finds a problem "
+        "the WAL cannot repair",
     )
     g = p.add_argument_group("entries")
     g.add_argument(
@@ -1016,6 +1032,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         access_log_grace=args.access_log_grace,
         heartbeat_interval=args.heartbeat_interval,
+        self_audit_interval=args.self_audit_interval,
+        self_audit_fail_closed=args.self_audit_fail_closed,
         redaction=policy,
         response_headers=response_headers,
         proof_listen=args.proof_listen,

@@ -40,6 +40,7 @@ DRAIN_TIMEOUT = 20.0
 # SIGTERM: time Envoy gets to flush its access logs (istiod's config flushes every 1 s).
 ACCESS_LOG_GRACE = 2.0
 HEARTBEAT_INTERVAL = 60.0
+SELF_AUDIT_INTERVAL = 300.0  # seconds between self-audits of the published log
 # Cost per caller, bounded before any work (docs/THREATS.md). Envoy itself
 # sends at most 100 headers in 60 KiB by default (max_headers_count,
 # max_request_headers_kb), and access-log batches of its 64 KiB buffer.
@@ -103,6 +104,8 @@ class ServeConfig:
     drain_timeout: float = DRAIN_TIMEOUT
     access_log_grace: float = ACCESS_LOG_GRACE
     heartbeat_interval: float = HEARTBEAT_INTERVAL  # idle writer appends a heartbeat; 0: never
+    self_audit_interval: float = SELF_AUDIT_INTERVAL  # 0: no self-audit
+    self_audit_fail_closed: bool = False  # NOT_SERVING while the published log has a hole
     reuse_port: bool = False  # set for `--workers`: several processes share the port
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
     response_headers: frozenset[str] | None = RESPONSE_HEADERS  # None: all
@@ -163,6 +166,7 @@ class ServeConfig:
             ("--drain-timeout", self.drain_timeout, 0),
             ("--access-log-grace", self.access_log_grace, 0),
             ("--heartbeat-interval", self.heartbeat_interval, 0),
+            ("--self-audit-interval", self.self_audit_interval, 0),
             ("--max-message-bytes", self.max_message_bytes, 64 * 1024),
             ("--max-headers", self.max_headers, 8),
             ("--max-header-bytes", self.max_header_bytes, 4096),

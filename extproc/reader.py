@@ -74,10 +74,12 @@ def _add(logs: dict[str, LogObjects], stray: list[str], store: ObjectStore, key:
 
 
 def list_logs(
-    store: ObjectStore, log_id: str | None = None
+    store: ObjectStore, log_id: str | None = None, from_seq: int = 0
 ) -> tuple[dict[str, LogObjects], list[str]]:
     """Group every object under <prefix>/logs/ (or only `log_id`'s) by log id;
-    also return the stray keys (under logs/ without a valid log id).
+    also return the stray keys (under logs/ without a valid log id). With
+    `log_id` and `from_seq`, only the log's objects numbered `from_seq` and up
+    (an incremental check from a verified size lists only what is new).
 
     On a versioned store, keys are listed from their versions: a key hidden by
     a delete marker is still there (its original is read), and every extra
@@ -85,19 +87,25 @@ def list_logs(
     """
     logs: dict[str, LogObjects] = defaultdict(LogObjects)
     stray: list[str] = []
+    ranges: list[tuple[str, str]]  # prefix, start after
     if log_id is None:
-        prefix = layout.logs_prefix(store.prefix)
+        ranges = [(layout.logs_prefix(store.prefix), "")]
+    elif from_seq > 0:
+        folders = layout.seq_folders(store.prefix, log_id)
+        ranges = [(folder, layout.start_after(folder, from_seq)) for folder in folders]
     else:
-        prefix = layout.log_prefix(store.prefix, log_id)
+        ranges = [(layout.log_prefix(store.prefix, log_id), "")]
     versioned = store.versioned()
     if versioned is None:
-        for obj in store.list(prefix):
-            if found := _add(logs, stray, store, obj.key):
-                logs[found].sizes[obj.key] = obj.size
+        for prefix, after in ranges:
+            for obj in store.list(prefix, after):
+                if found := _add(logs, stray, store, obj.key):
+                    logs[found].sizes[obj.key] = obj.size
         return dict(logs), stray
     by_key: dict[str, list[ObjectVersion]] = defaultdict(list)
-    for version in versioned.versions(prefix):
-        by_key[version.key].append(version)
+    for prefix, after in ranges:
+        for version in versioned.versions(prefix, after):
+            by_key[version.key].append(version)
     for key, versions in sorted(by_key.items()):
         real = [v for v in versions if not v.delete_marker]
         markers = [v for v in versions if v.delete_marker]
@@ -182,9 +190,10 @@ class LogReader:
         self._versioned = store.versioned()
 
     @classmethod
-    def open(cls, store: ObjectStore, log_id: str) -> LogReader:
-        """List the objects of one log (its prefix only); none if it has none."""
-        logs, _ = list_logs(store, log_id)
+    def open(cls, store: ObjectStore, log_id: str, from_seq: int = 0) -> LogReader:
+        """List the objects of one log (its prefix only; numbered `from_seq` and
+        up); none if it has none."""
+        logs, _ = list_logs(store, log_id, from_seq)
         return cls(store, log_id, logs.get(log_id, LogObjects()))
 
     # --- objects ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from extproc.core import layout
 from extproc.core.note import Signer
 from extproc.demo import ClientResult, UpstreamApp, send_requests
 from extproc.envoyconf import ClientTLS, Endpoint, SocketPath, bootstrap, to_yaml
+from extproc.health import check_health
 from extproc.keys import write_signer
 from extproc.store import open_store
 from tests.helpers import read_entries as read_entries  # imported from here by the server tests
@@ -256,7 +257,9 @@ class AuditStack:
         """The real `extproc-audit verify` over this stack's store."""
         return run_cli("verify", self.store_url, "--vkey", self.vkey())
 
-    def start_server(self) -> None:
+    def start_server(self, *, serving: bool = True) -> None:
+        """Start the server and wait until its health service says SERVING
+        (`serving=False`: until it answers at all)."""
         log = (self.workdir / "server.log").open("ab")
         self._logs.append(log)
         args = [
@@ -270,8 +273,11 @@ class AuditStack:
             *self.extra_args,
         ]  # fmt: skip
         self.server = processes.start_server(args, log)
+        address = f"127.0.0.1:{self.health_port}"
         processes.wait_until(
-            lambda: processes.grpc_serving(f"127.0.0.1:{self.health_port}"),
+            (lambda: processes.grpc_serving(address))
+            if serving
+            else (lambda: check_health(address).status != "UNREACHABLE"),
             f"audit server (see {self.workdir / 'server.log'})",
             self.server,
         )

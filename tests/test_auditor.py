@@ -350,6 +350,6 @@ def test_without_state_a_rule_weaker_than_the_objects_is_a_warning() -> None:
     assert warning.severity == WARNING
     assert "GOVERNANCE 1 days" in warning.message and "COMPLIANCE 30" in warning.message
     store.default_rule = None
-    assert any("(removed)" in f.message for f in _audit(store).general)
+    assert any("has no default retention rule" in f.message for f in _audit(store).general)
     store.default_rule = RetentionPolicy("COMPLIANCE", 30)
     assert not _audit(store).general

@@ -472,11 +472,11 @@ def test_store_unreachable_at_startup_is_retried(tmp_path: Path, signer: Signer)
     class DownAtFirst(MemoryStore):
         lists = 0
 
-        def list(self, prefix: str) -> Iterator[Any]:
+        def list(self, prefix: str, start_after: str = "") -> Iterator[Any]:
             self.lists += 1
             if self.lists <= 2:
                 raise StorageError("store unreachable listing")
-            return super().list(prefix)
+            return super().list(prefix, start_after)
 
     store = DownAtFirst(PREFIX)
 

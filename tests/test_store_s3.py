@@ -25,6 +25,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from extproc.core import layout
 from extproc.errors import ObjectExistsError
 from extproc.store.base import Confirmation, Retention, RetentionPolicy
 from extproc.store.s3 import S3Store
@@ -142,6 +143,14 @@ def test_locked_bucket_write_once_read_list_retention(backend: S3Backend) -> Non
     retention = store.retention(key)
     assert retention is not None and retention.mode == "COMPLIANCE"
     assert abs((retention.until - until).total_seconds()) < 2
+
+    # Listing from a size on (the self-audit's incremental runs).
+    folder = "mesh/logs/t/checkpoints/"
+    assert [o.key for o in store.list(folder, layout.start_after(folder, 1))] == [key]
+    assert list(store.list(folder, layout.start_after(folder, 2))) == []
+    if backend.name != "moto":  # moto 5.2 drops the first key after a KeyMarker it lacks
+        assert [v.key for v in store.versions(folder, layout.start_after(folder, 1))] == [key]
+        assert list(store.versions(folder, layout.start_after(folder, 2))) == []
 
     # What confirmed writes rest on: the store shows the SHA-256 it holds.
     assert store.confirm(key, hashlib.sha256(data).digest()) is Confirmation.CONFIRMED

@@ -71,6 +71,18 @@ def claim_key(prefix: str, log_id: str, first: int, epoch: int = 1) -> str:
     return join(prefix, f"logs/{log_id}/claims/{first:020d}{suffix}")
 
 
+def seq_folders(prefix: str, log_id: str) -> tuple[str, str, str]:
+    """The folders of a log whose keys start with a zero-padded seq or size."""
+    base = log_prefix(prefix, log_id)
+    return base + "checkpoints/", base + "entries/", base + "claims/"
+
+
+def start_after(folder: str, seq: int) -> str:
+    """The key to list `folder` after so that keys numbered `seq` and up come next
+    ("~" sorts after every character a key puts after its number)."""
+    return f"{folder}{seq - 1:020d}~" if seq > 0 else ""
+
+
 def claims_prefix(prefix: str, log_id: str) -> str:
     return join(prefix, f"logs/{log_id}/claims/")
 

@@ -126,6 +126,7 @@ class Publisher:
         self.fenced: str | None = None
         self.last_error = ""  # the latest store error, for the shutdown message
         self.reconciled = False
+        self.reconciled_event = asyncio.Event()  # set with `reconciled`
         self.checkpoints_written = 0
         self._prefix = store.prefix
         self._stopping = False
@@ -148,6 +149,11 @@ class Publisher:
             with contextlib.suppress(ConfigError):
                 verifiers.append(Verifier.from_text(previous))
         return Keyring.of(*verifiers)
+
+    @property
+    def own_keys(self) -> Keyring:
+        """The keys whose objects are this writer's own (current, and the previous one)."""
+        return self._own_keys
 
     def _io(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -218,10 +224,22 @@ class Publisher:
                 claims.append((name.size, name.epoch, obj.key))
         published, wal_size = self.log.published.size, self.log.durable_size
         if published and published not in checkpoints:
-            raise ForkError(
-                f"log {cfg.log_id}: this WAL published up to size {published} but the store "
-                f"has no checkpoint at that size: wrong store or prefix, or published "
-                "objects were removed"
+            if not checkpoints and not bundles:
+                raise ForkError(
+                    f"log {cfg.log_id}: this WAL published up to size {published} but the "
+                    "store has nothing of this log: wrong store or prefix, or the bucket "
+                    "was emptied"
+                )
+            # The store lost it (or acknowledged it without storing it, in an
+            # older version): this WAL signed that tree; sign it again.
+            log.error(
+                "log %s: the checkpoint at the published size %d is missing from the store; "
+                "writing it again",
+                cfg.log_id,
+                published,
+            )
+            checkpoints[published] = await self.checkpoint_again(
+                published, self.log.published.compact_range().root()
             )
         reads = 0
         latest = published
@@ -273,6 +291,7 @@ class Publisher:
             await self._check_rotation(checkpoints[published])
         metrics.EPOCH.set(self.epoch)
         self.reconciled = True
+        self.reconciled_event.set()
         log.info(
             "log %s: resuming at size %d (%d published, %d to publish), epoch %d",
             cfg.log_id,
@@ -462,13 +481,12 @@ class Publisher:
 
     async def _checkpoint(self, *, final: bool) -> None:
         size, root = self.tree.size, self.tree.root()
+        signed_at = self._wall_clock()
         cp = Checkpoint(
             self.config.origin,
             size,
             root,
-            make_extensions(
-                int(self._wall_clock() * 1000), self.writer_id, final=final, epoch=self.epoch
-            ),
+            make_extensions(int(signed_at * 1000), self.writer_id, final=final, epoch=self.epoch),
         )
         data = sign_checkpoint(cp, self.signer)
         key = self._checkpoint_key(size)
@@ -476,6 +494,7 @@ class Publisher:
             key, data, "checkpoint", lambda existing: self._judge_checkpoint(existing, cp)
         )
         self.checkpoints_written += 1
+        metrics.LAST_CHECKPOINT.set(signed_at)
         await self._record_published(size - self.log.published.size)
 
     def _judge_checkpoint(self, existing: bytes, ours: Checkpoint) -> str:
@@ -631,6 +650,45 @@ class Publisher:
             "publish %s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, error
         )
         await asyncio.sleep(delay)
+
+    # --- repairs (the self-audit, or a restart, found an object missing) ---------------
+
+    async def claim_again(self, first: int, last: int, last_leaf: bytes) -> str:
+        """Claim first..last again (in the current epoch); return its key."""
+        claim = Claim(
+            first, last, last_leaf.hex(), self.writer_id, self.epoch, self.config.origin
+        ).sign(self.signer)
+        key = layout.claim_key(self._prefix, self.config.log_id, first, self.epoch)
+        data = claim.to_bytes()
+        await self._put(key, data, "claim", _same_bytes(data))
+        metrics.OBJECTS_REPAIRED.labels("claim").inc()
+        return key
+
+    async def bundle_again(self, first: int, last: int, lines: list[bytes]) -> str:
+        """Write the bundle of entries first..last (from the WAL) again; return its key."""
+        key = self._bundle_key(first, last)
+        data = bundle_bytes(lines, compress=self.config.gzip)
+        await self._put(key, data, "bundle", _same_bytes(data))
+        metrics.OBJECTS_REPAIRED.labels("bundle").inc()
+        return key
+
+    async def checkpoint_again(self, size: int, root: bytes) -> str:
+        """Sign and write a checkpoint at a published size whose checkpoint is gone."""
+        cp = Checkpoint(
+            self.config.origin,
+            size,
+            root,
+            make_extensions(int(self._wall_clock() * 1000), self.writer_id, epoch=self.epoch),
+        )
+        key = self._checkpoint_key(size)
+        await self._put(
+            key,
+            sign_checkpoint(cp, self.signer),
+            "checkpoint",
+            lambda existing: self._judge_checkpoint(existing, cp),
+        )
+        metrics.OBJECTS_REPAIRED.labels("checkpoint").inc()
+        return key
 
     # --- lifecycle ----------------------------------------------------------------------
 

@@ -5,6 +5,12 @@ Layout of a WAL directory (one per log id):
     LOCK                          flock'd by the one writer process
     segment-<first seq:020d>.wal  entry lines, "\\n"-terminated, in seq order
     published.json                tree state at the last published checkpoint
+    audited.json                  the self-audit's verified state (core.state format)
+    reserve                       1 MiB held back for the bookkeeping of a full disk
+
+Segments are kept until their entries are published and, with the
+self-audit on, verified in the store: until then they are what a gap found
+in the store is repaired from.
 
 A line is acknowledged only after the write and fsync that contain it
 returned. On recovery a torn or garbled tail (never acknowledged) is cut off;
@@ -34,11 +40,13 @@ log = logging.getLogger(__name__)
 SEGMENT_PREFIX = "segment-"
 SEGMENT_SUFFIX = ".wal"
 STATE_FILE = "published.json"
+AUDITED_FILE = "audited.json"
 # Space held back for the bookkeeping that frees space: on a full disk, saving
 # published.json (which lets covered segments go) must not need free space.
 RESERVE_FILE = "reserve"
 RESERVE_BYTES = 1 << 20
 LOCK_FILE = "LOCK"
+NL = b"\n"
 
 
 @dataclass
@@ -119,6 +127,22 @@ def _write_all(f: IO[bytes], data: bytes) -> None:
         view = view[written:]
 
 
+def _replace_file(path: Path, data: bytes) -> None:
+    """Replace a small file atomically and durably (temp file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        _fsync_dir(path.parent)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def _segment_name(first_seq: int) -> str:
     return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
 
@@ -148,6 +172,9 @@ class WAL:
         self._file: IO[bytes] | None = None
         self._file_size = 0
         self._lock_fd: int | None = None
+        # With the self-audit on: entries below this size are verified in the
+        # store, and only those segments may go (None: prune at the published size).
+        self.audited_size: int | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -393,22 +420,60 @@ class WAL:
                     f"cannot write {STATE_FILE} in {self.dir}: {again.strerror}"
                 ) from again
             log.warning("WAL %s: disk full; the space reserve let publication go on", self.dir)
-        self._prune(state.size)
+            # Space first: segments kept for the self-audit go too (what they
+            # could repair is then only reported).
+            self._prune(state.size)
+        else:
+            self._prune(self._prunable(state.size))
         self._keep_reserve()
 
-    def _write_state(self, state: TreeState) -> None:
-        tmp = self.dir / (STATE_FILE + ".tmp")
+    def _prunable(self, published_size: int) -> int:
+        if self.audited_size is None:
+            return published_size
+        return min(published_size, self.audited_size)
+
+    def load_audited(self) -> bytes | None:
+        """The self-audit's saved state, if any."""
         try:
-            with tmp.open("wb") as f:
-                f.write(state.to_bytes())
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.dir / STATE_FILE)
-            _fsync_dir(self.dir)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+            return (self.dir / AUDITED_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot read {AUDITED_FILE} in {self.dir}: {e.strerror}") from e
+
+    def save_audited(self, data: bytes, size: int, published_size: int) -> None:
+        """Record the self-audit's verified state; segments below it may go."""
+        try:
+            _replace_file(self.dir / AUDITED_FILE, data)
+        except OSError as e:
+            raise StorageError(f"cannot write {AUDITED_FILE} in {self.dir}: {e.strerror}") from e
+        self.audited_size = size
+        self._prune(self._prunable(published_size))
+
+    def read_lines(self, first: int, count: int) -> list[bytes]:
+        """Entry lines first..first+count-1 from the segments still on disk
+        (fewer, or none, where they are gone). For repairs: reads whole segments."""
+        out: list[bytes] = []
+        segments = self.segments()
+        for index, (start, path) in enumerate(segments):
+            end = segments[index + 1][0] if index + 1 < len(segments) else None
+            if end is not None and end <= first + len(out):
+                continue
+            if start > first + len(out):
+                break  # a hole: what follows would not be contiguous
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise StorageError(f"cannot read WAL segment {path}: {e.strerror}") from e
+            lines = data.split(NL)[:-1]  # the last piece is empty or a torn tail
+            skip = first + len(out) - start
+            out.extend(lines[skip : skip + count - len(out)])
+            if len(out) == count:
+                break
+        return out
+
+    def _write_state(self, state: TreeState) -> None:
+        _replace_file(self.dir / STATE_FILE, state.to_bytes())
 
     def _release_reserve(self) -> bool:
         try:

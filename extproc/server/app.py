@@ -18,13 +18,14 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc import __version__
+from extproc import __version__, metrics
 from extproc.config import ServeConfig
 from extproc.core import entry, layout
 from extproc.errors import AuditError, BackpressureError, ConfigError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
+from extproc.log.selfaudit import ERRORED, FAILED, AuditOutcome, SelfAudit
 from extproc.log.wal import WAL
 from extproc.server.access import (
     ACCESS_LOG_SERVICE,
@@ -68,6 +69,7 @@ class AuditServer:
         self._stop = asyncio.Event()
         self._health = health.aio.HealthServicer()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fenced_reason: str | None = None
 
     def _retention(self) -> RetentionPolicy | None:
         cfg = self.config
@@ -154,10 +156,25 @@ class AuditServer:
     def _fenced(self, reason: str) -> None:
         # Keep answering (with 503s) so Envoy fails closed, but tell the
         # orchestrator this instance is not healthy.
-        self._tasks.add(
-            asyncio.get_running_loop().create_task(
-                self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            )
+        self._fenced_reason = reason
+        self._health_later(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _health_later(self, status: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _audited(self, outcome: AuditOutcome) -> None:
+        """--self-audit-fail-closed: NOT_SERVING while the published log has a hole
+        the WAL cannot fill; SERVING again once a run finds it whole."""
+        if not self.config.self_audit_fail_closed or outcome.result == ERRORED:
+            return
+        if self._fenced_reason is not None:
+            return  # a fenced log stays NOT_SERVING
+        self._health_later(
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if outcome.result == FAILED
+            else health_pb2.HealthCheckResponse.SERVING
         )
 
     async def _heartbeat(self, audit_log: AuditLog) -> None:
@@ -193,6 +210,8 @@ class AuditServer:
             wal.close()
             raise
         audit_log = AuditLog(wal, recovered, max_backlog_bytes=cfg.max_backlog_bytes)
+        metrics.BACKLOG_BYTES.set_function(lambda: audit_log.backlog_bytes)
+        metrics.BACKLOG_LIMIT.set(cfg.max_backlog_bytes)
         loop = asyncio.get_running_loop()
         publisher = Publisher(
             audit_log,
@@ -211,6 +230,11 @@ class AuditServer:
             writer_id=self.writer_id,
             on_fenced=self._fenced,
         )
+        self_audit = None
+        if cfg.self_audit_interval > 0:
+            self_audit = SelfAudit(
+                publisher, wal, interval=cfg.self_audit_interval, on_result=self._audited
+            )
         try:
             # Before serving: a store that holds what this WAL did not write means
             # another writer on this log id. Refuse to start rather than fork.
@@ -283,6 +307,7 @@ class AuditServer:
         heartbeat_task = (
             loop.create_task(self._heartbeat(audit_log)) if cfg.heartbeat_interval > 0 else None
         )
+        audit_task = loop.create_task(self_audit.run()) if self_audit is not None else None
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving ext_proc (%s mode) on %s (reporters: %s), log %s, size %d, store %s, wal %s",
@@ -309,6 +334,8 @@ class AuditServer:
 
         if heartbeat_task is not None:
             heartbeat_task.cancel()
+        if audit_task is not None:
+            audit_task.cancel()
         await self._health.enter_graceful_shutdown()
         # Access-log streams never end on their own: give Envoy a flush interval
         # and then some to deliver what it holds (0.2 s in envoyconf, 1 s in what

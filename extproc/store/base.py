@@ -83,8 +83,8 @@ class ObjectStore(Protocol):
         """
         ...
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object under `prefix`, in key order."""
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every object under `prefix` (with keys after `start_after`), in key order."""
         ...
 
     def retention(self, key: str) -> Retention | None:
@@ -133,8 +133,9 @@ class VersionedStore(ObjectStore, Protocol):
     Obtained from `ObjectStore.versioned()`, never by looking at attributes.
     """
 
-    def versions(self, prefix: str) -> Iterator[ObjectVersion]:
-        """Every version and delete marker under `prefix`, oldest first per key."""
+    def versions(self, prefix: str, start_after: str = "") -> Iterator[ObjectVersion]:
+        """Every version and delete marker under `prefix` (keys after
+        `start_after`), oldest first per key."""
         ...
 
     def get_version(self, key: str, version_id: str) -> bytes:

@@ -87,7 +87,7 @@ class LocalStore:
             stored = None
         return confirmation(stored, sha256)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         if not base.exists():
             return
@@ -98,7 +98,7 @@ class LocalStore:
                     continue
                 path = Path(dirpath) / name
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if key.startswith(prefix) and key > start_after:
                     found.append(ObjectInfo(key, path.stat().st_size))
         yield from sorted(found, key=lambda o: o.key)
 

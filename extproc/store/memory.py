@@ -84,9 +84,9 @@ class MemoryStore:
     def confirm(self, key: str, sha256: bytes) -> Confirmation:
         return confirmation(self.objects.get(key), sha256)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
         for key in sorted(self.objects):
-            if key.startswith(prefix):
+            if key.startswith(prefix) and key > start_after:
                 yield ObjectInfo(key, len(self.objects[key]))
 
     def retention(self, key: str) -> Retention | None:
@@ -98,9 +98,9 @@ class MemoryStore:
     def versioned(self) -> VersionedStore | None:
         return self if self._versioned else None
 
-    def versions(self, prefix: str) -> Iterator[ObjectVersion]:
+    def versions(self, prefix: str, start_after: str = "") -> Iterator[ObjectVersion]:
         for key in sorted(self.history):
-            if key.startswith(prefix):
+            if key.startswith(prefix) and key > start_after:
                 yield from (v for v, _ in self.history[key] if not v.delete_marker)
                 yield from (v for v, _ in self.history[key] if v.delete_marker)
 

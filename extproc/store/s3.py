@@ -191,10 +191,11 @@ class S3Store:
         except ObjectNotFoundError:
             return MISSING
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+        args = {"StartAfter": start_after} if start_after else {}
         with self._errors("list", prefix):
             paginator = self._s3.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **args):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"], int(obj["Size"]))
 
@@ -208,7 +209,7 @@ class S3Store:
             return None
         return Retention(str(mode), until)
 
-    def versions(self, prefix: str) -> Iterator[ObjectVersion]:
+    def versions(self, prefix: str, start_after: str = "") -> Iterator[ObjectVersion]:
         """Every version and delete marker under `prefix`, oldest first per key.
 
         S3 lists a key's versions newest first; that order, not LastModified
@@ -218,7 +219,10 @@ class S3Store:
         found: dict[str, list[ObjectVersion]] = {}
         with self._errors("list-versions", prefix):
             paginator = self._s3.get_paginator("list_object_versions")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            # Keys after KeyMarker (AWS, LocalStack); moto 5.2 also drops the
+            # first key after a marker that is not itself a key.
+            args = {"KeyMarker": start_after} if start_after else {}
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **args):
                 for v in page.get("Versions", []):
                     found.setdefault(v["Key"], []).append(
                         ObjectVersion(
