@@ -402,7 +402,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="an idle writer logs a heartbeat entry this often (seconds), so auditors can "
         "tell 'no traffic' from 'writer down'; 0 disables",
     )
-    p.add_argument(
+    g.add_argument(
         "--self-audit-interval",
         metavar="SECONDS",
         type=_FLOAT,
@@ -410,7 +410,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="verify the published log (what is new since the last run) on start and this "
         "often, writing again from the WAL what the store lost; 0 disables",
     )
-    p.add_argument(
+    g.add_argument(
         "--self-audit-fail-closed",
         action="store_true",
         default=None,

@@ -59,6 +59,7 @@ from extproc.errors import (
 )
 from extproc.log.appender import AuditLog, Durable
 from extproc.log.wal import WAL, TreeState
+from extproc.reader import LogReader
 from extproc.store.base import CONFIRMED, DIFFERENT, MISSING, ObjectStore, RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -206,22 +207,16 @@ class Publisher:
         not write, or lost what this WAL published. Detects a key rotation.
         """
         cfg = self.config
-        objects = await self._io(
-            lambda: list(self.store.list(layout.log_prefix(self._prefix, cfg.log_id)))
-        )
-        checkpoints: dict[int, str] = {}
-        bundles: list[tuple[layout.BundleName, str, int]] = []
+        # The store's view through the one reader: on S3 the original version
+        # of each key is what counts (a later version is not ours).
+        reader = await self._io(LogReader.open, self.store, cfg.log_id)
+        objects = reader.objects
+        checkpoints = {size: key for key, size in objects.checkpoints}
+        bundles = [(name, key, objects.sizes.get(key, 0)) for key, name in objects.bundles]
         claims: list[tuple[int, int, str]] = []
-        for obj in objects:
-            name = layout.parse_key(self._prefix, obj.key)
-            if name is None:
-                continue
-            if name.kind == "checkpoint" and name.size is not None:
-                checkpoints[name.size] = obj.key
-            elif name.kind == "bundle" and name.bundle is not None:
-                bundles.append((name.bundle, obj.key, obj.size))
-            elif name.kind == "claim" and name.size is not None:
-                claims.append((name.size, name.epoch, obj.key))
+        for key, first in objects.claims:
+            name = layout.parse_key(self._prefix, key)
+            claims.append((first, name.epoch if name is not None else 1, key))
         published, wal_size = self.log.published.size, self.log.durable_size
         if published and published not in checkpoints:
             if not checkpoints and not bundles:
@@ -248,7 +243,7 @@ class Publisher:
                 break
             reads += 1
             key = checkpoints[size]
-            data = await self._io(self.store.get, key)
+            data = await self._io(reader.read, key)
             try:
                 cp, _ = open_signed_checkpoint(data, self._own_keys)
             except VerificationError:
@@ -271,7 +266,7 @@ class Publisher:
             if reads == MAX_RECONCILE_READS:
                 break
             reads += 1
-            data = await self._io(self.store.get, key)
+            data = await self._io(reader.read, key)
             verdict, _ = self._judge_claim(data, first)
             if verdict == FORK:
                 raise ForkError(f"{key}: another writer's claim (signed by this log's key)")
@@ -285,7 +280,7 @@ class Publisher:
             if reads == MAX_RECONCILE_READS:
                 break
             reads += 1
-            if not await self._adopt_bundle(bundle, key, size):
+            if not await self._adopt_bundle(reader, bundle, key, size):
                 await self._record_foreign(key, switch=False)
         if published:
             await self._check_rotation(checkpoints[published])
@@ -315,7 +310,9 @@ class Publisher:
         self.epoch = max(self.epoch, cp.epoch)
         await self._record_published(len(pending))
 
-    async def _adopt_bundle(self, bundle: layout.BundleName, key: str, size: int) -> bool:
+    async def _adopt_bundle(
+        self, reader: LogReader, bundle: layout.BundleName, key: str, size: int
+    ) -> bool:
         """A bundle this writer put before a crash (it continues the tree and holds
         exactly the WAL's entries): add it to the tree. False if it is not ours."""
         count = bundle.last - bundle.first + 1
@@ -325,7 +322,7 @@ class Publisher:
         expected = bundle_bytes([d.line for d in entries], compress=bundle.gzip)
         if size != len(expected):  # listed size: no read for an object that cannot match
             return False
-        if await self._io(self.store.get, key) != expected:
+        if await self._io(reader.read, key) != expected:
             return False
         self.tree.extend(d.leaf for d in entries)
         self.last_leaf = entries[-1].leaf
@@ -544,29 +541,28 @@ class Publisher:
     async def _record_foreign_ahead(self) -> None:
         """After a collision: record every other foreign object at or beyond the
         position being written, so the log names all it found, not just the first."""
-        cfg = self.config
-        objects = await self._io(
-            lambda: list(self.store.list(layout.log_prefix(self._prefix, cfg.log_id)))
-        )
+        # Only keys from the position being written on are listed.
+        reader = await self._io(LogReader.open, self.store, self.config.log_id, self.bundled)
+        objects = reader.objects
         reads = 0
-        for obj in objects:
-            name = layout.parse_key(self._prefix, obj.key)
-            if name is None or obj.key in self._foreign or reads == MAX_RECONCILE_READS:
+        for key, name in objects.bundles:
+            if key not in self._foreign and name.last >= self.bundled:  # none of ours is there
+                await self._record_foreign(key, switch=False)
+        for key, first in objects.claims:
+            if key in self._foreign or first < self.bundled or reads == MAX_RECONCILE_READS:
                 continue
-            if name.kind == "bundle" and name.bundle is not None:
-                if name.bundle.last >= self.bundled:  # none of ours is written there yet
-                    await self._record_foreign(obj.key, switch=False)
-            elif name.kind == "claim" and name.size is not None and name.size >= self.bundled:
-                reads += 1
-                verdict, _ = self._judge_claim(await self._io(self.store.get, obj.key), name.size)
-                if verdict != OURS:  # a fork is found when the writer gets there
-                    await self._record_foreign(obj.key, switch=False)
-            elif name.kind == "checkpoint" and name.size is not None and name.size > self.bundled:
-                reads += 1
-                try:
-                    open_signed_checkpoint(await self._io(self.store.get, obj.key), self._own_keys)
-                except VerificationError:
-                    await self._record_foreign(obj.key, switch=False)
+            reads += 1
+            verdict, _ = self._judge_claim(await self._io(reader.read, key), first)
+            if verdict != OURS:  # a fork is found when the writer gets there
+                await self._record_foreign(key, switch=False)
+        for key, size in objects.checkpoints:
+            if key in self._foreign or size <= self.bundled or reads == MAX_RECONCILE_READS:
+                continue
+            reads += 1
+            try:
+                open_signed_checkpoint(await self._io(reader.read, key), self._own_keys)
+            except VerificationError:
+                await self._record_foreign(key, switch=False)
 
     async def _append_own(self, fields: dict[str, Any]) -> None:
         try:
