@@ -126,7 +126,7 @@ def test_enforce_fails_closed_when_store_unreachable_then_recovers(
     own = start_moto(0)
     own_port = own._server.server_port
     env_url = f"http://127.0.0.1:{own_port}"
-    stack = make_stack(store_url, extra_args=["--max-backlog-bytes", "6000"])
+    stack = make_stack(store_url, extra_args=["--max-backlog-bytes", "20000"])
     saved = os.environ["AWS_ENDPOINT_URL"]
     os.environ["AWS_ENDPOINT_URL"] = env_url
     try:

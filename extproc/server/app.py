@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,23 @@ def _split_host_port(value: str, what: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ConfigError(f"{what} {value!r} must be HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+@dataclass
+class Running:
+    """What start() set up and drain() takes down."""
+
+    wal: WAL
+    audit_log: AuditLog
+    publisher: Publisher
+    access: AccessLogServicer
+    server: grpc.aio.Server
+    health_server: grpc.aio.Server | None
+    proof_server: ProofServer | None
+    idle_task: asyncio.Task[None]
+    publish_task: asyncio.Task[None]
+    heartbeat_task: asyncio.Task[None] | None
+    audit_task: asyncio.Task[None] | None
 
 
 class AuditServer:
@@ -201,6 +219,14 @@ class AuditServer:
             await self._health.set(service, status)
 
     async def run(self) -> int:
+        """start, serve until SIGTERM/SIGINT (or stop()), drain; the exit status."""
+        running = await self.start()
+        await self._stop.wait()
+        return await self.drain(running)
+
+    async def start(self) -> Running:
+        """Open the WAL and the log, reconcile with the store, bind and start
+        every listener and background task; SERVING once this returns."""
         cfg = self.config
         retention = self._retention()
         wal = WAL(cfg.wal_dir / cfg.log_id)
@@ -319,10 +345,25 @@ class AuditServer:
             self.store.url,
             wal.dir,
         )
-        await self._stop.wait()
+        return Running(
+            wal,
+            audit_log,
+            publisher,
+            access,
+            server,
+            health_server,
+            proof_server,
+            idle_task,
+            publish_task,
+            heartbeat_task,
+            audit_task,
+        )
 
-        # Drain: refuse new work, let in-flight streams finish, then publish
-        # everything acknowledged under a final checkpoint.
+    async def drain(self, r: Running) -> int:
+        """Refuse new work, let in-flight streams finish, then publish everything
+        acknowledged under a final checkpoint, all within --drain-timeout."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
         log.info("shutting down: draining streams and publishing (up to %.0fs)", cfg.drain_timeout)
         # One deadline for the whole drain: streams, access-log flush, final
         # publication. An unreachable store costs the drain timeout, not a
@@ -332,53 +373,53 @@ class AuditServer:
         def left() -> float:
             return max(0.0, deadline - loop.time())
 
-        if heartbeat_task is not None:
-            heartbeat_task.cancel()
-        if audit_task is not None:
-            audit_task.cancel()
+        if r.heartbeat_task is not None:
+            r.heartbeat_task.cancel()
+        if r.audit_task is not None:
+            r.audit_task.cancel()
         await self._health.enter_graceful_shutdown()
         # Access-log streams never end on their own: give Envoy a flush interval
         # and then some to deliver what it holds (0.2 s in envoyconf, 1 s in what
         # istiod generates), then end them, so the drain below waits only for
         # ext_proc streams.
-        await access.close(min(cfg.access_log_grace, left()))
-        await server.stop(left())
-        idle_task.cancel()
-        if health_server is not None:
-            await health_server.stop(0)
-        if proof_server is not None:
-            await proof_server.stop(min(1.0, left()))
-        await audit_log.flush()
-        publisher.stop()
+        await r.access.close(min(cfg.access_log_grace, left()))
+        await r.server.stop(left())
+        r.idle_task.cancel()
+        if r.health_server is not None:
+            await r.health_server.stop(0)
+        if r.proof_server is not None:
+            await r.proof_server.stop(min(1.0, left()))
+        await r.audit_log.flush()
+        r.publisher.stop()
         try:
-            await asyncio.wait_for(asyncio.shield(publish_task), left())
+            await asyncio.wait_for(asyncio.shield(r.publish_task), left())
         except TimeoutError:
-            publish_task.cancel()  # stuck retrying an unreachable store
+            r.publish_task.cancel()  # stuck retrying an unreachable store
             with contextlib.suppress(asyncio.CancelledError):
-                await publish_task
+                await r.publish_task
         status = 0
         try:
-            await asyncio.wait_for(publisher.close(), left())
+            await asyncio.wait_for(r.publisher.close(), left())
             log.info(
                 "final checkpoint published: log %s size %d",
                 cfg.log_id,
-                audit_log.published.size,
+                r.audit_log.published.size,
             )
         except (TimeoutError, AuditError) as e:
             status = 1
             reason = str(e) or (
                 f"store unreachable for the drain timeout ({cfg.drain_timeout:g} s)"
-                + (f": {publisher.last_error}" if publisher.last_error else "")
+                + (f": {r.publisher.last_error}" if r.publisher.last_error else "")
             )
             log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
                 "final publication incomplete (%s): %d entries stay in WAL %s and are "
                 "published on the next start",
                 reason,
-                audit_log.durable_size - audit_log.published.size,
-                wal.dir,
+                r.audit_log.durable_size - r.audit_log.published.size,
+                r.wal.dir,
             )
         finally:
-            audit_log.close()
+            r.audit_log.close()
         return status
 
 
