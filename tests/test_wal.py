@@ -7,6 +7,7 @@ hashes), so recovery checks the same chain the auditor will.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -46,9 +47,16 @@ def chain(count: int, start: int = 0, prev: bytes = b"") -> tuple[list[bytes], l
     return lines, leaves
 
 
+def write_durably(wal: WAL, lines: list[bytes], first: int) -> None:
+    """One batch made durable in this thread (the appender leaves the fdatasync
+    to its syncer process; a new segment's directory entry is the syncer's too)."""
+    wal.write(lines, first)
+    os.fdatasync(wal.fileno())
+
+
 def write_all(wal: WAL, lines: list[bytes], batch: int = 3, start: int = 0) -> None:
     for i in range(0, len(lines), batch):
-        wal.write_batch(lines[i : i + batch], start + i)
+        write_durably(wal, lines[i : i + batch], start + i)
 
 
 def state_at(leaves: list[bytes], size: int) -> TreeState:
@@ -159,7 +167,7 @@ def test_torn_tail_is_cut_on_recovery(wal_dir: Path, tail: Callable[[bytes], byt
     assert last.read_bytes() == clean  # the tail is gone from disk, not just skipped
     # The log goes on from the last good entry and stays readable.
     more, _ = chain(3, 20, leaves[-1])
-    wal.write_batch(more, 20)
+    write_durably(wal, more, 20)
     wal.close()
     wal, got = recover(wal_dir)
     assert got == lines + more
@@ -174,7 +182,7 @@ def test_torn_first_line_of_new_segment_is_cut(wal_dir: Path) -> None:
     wal, got = recover(wal_dir)
     assert got == lines
     more, _ = chain(2, 20, leaves[-1])
-    wal.write_batch(more, 20)
+    write_durably(wal, more, 20)
     wal.close()
     wal, got = recover(wal_dir)
     assert got == lines + more
@@ -260,7 +268,7 @@ def test_prev_chain_break_is_corruption(wal_dir: Path) -> None:
     # Entry 5 is re-chained to a forged predecessor; 6.. chain to the forged 5.
     forged, _ = chain(5, 5, leaf_hash(b"forged"))
     wal = WAL(wal_dir)
-    wal.write_batch(lines[:5] + forged, 0)
+    write_durably(wal, lines[:5] + forged, 0)
     wal.close()
     wal = WAL(wal_dir)
     with pytest.raises(WALCorruptionError, match="entry 5 prev hash does not chain"):
@@ -272,8 +280,8 @@ def test_prev_chain_break_across_segments_is_corruption(wal_dir: Path) -> None:
     lines, _ = chain(6)
     forged, _ = chain(6, 6, leaf_hash(b"another log"))
     wal = WAL(wal_dir, segment_bytes=1)  # one batch per segment
-    wal.write_batch(lines, 0)
-    wal.write_batch(forged, 6)
+    write_durably(wal, lines, 0)
+    write_durably(wal, forged, 6)
     wal.close()
     assert len(segment_paths(wal_dir)) == 2
     wal = WAL(wal_dir)
@@ -433,7 +441,7 @@ import json, resource, signal, sys
 from pathlib import Path
 from extproc.errors import StorageError
 from extproc.log.wal import WAL
-from tests.test_wal import chain
+from tests.test_wal import chain, write_durably
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
 wal = WAL(Path(sys.argv[1]), segment_bytes=1 << 20)
@@ -443,13 +451,13 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (4000, hard))  # the disk fills up
 durable, errors = 0, []
 for first in range(0, 60, 3):
     try:
-        wal.write_batch(lines[first : first + 3], first)
+        write_durably(wal, lines[first : first + 3], first)
     except StorageError as e:
         errors.append(type(e).__name__)
         break
     durable = first + 3
 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is freed
-wal.write_batch(lines[durable:], durable)  # the log goes on from the last durable entry
+write_durably(wal, lines[durable:], durable)  # the log goes on from the last durable entry
 wal.close()
 wal = WAL(Path(sys.argv[1]))
 print(json.dumps({"errors": errors, "durable": durable, "ok": wal.recover().lines == lines}))

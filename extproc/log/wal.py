@@ -165,8 +165,6 @@ class WAL:
         self.segment_bytes = segment_bytes
         # sync=False only for benchmarks measuring the cost of fdatasync itself.
         self.sync_enabled = sync
-        # Set when a write created a segment: its directory entry needs an fsync.
-        self.new_segment = False
         # Bumped whenever a segment file is (re)opened: the syncer needs the new fd.
         self.generation = 0
         self._file: IO[bytes] | None = None
@@ -310,18 +308,6 @@ class WAL:
 
     # --- appending ------------------------------------------------------------------
 
-    def write_batch(self, lines: list[bytes], first_seq: int) -> None:
-        """Append entry lines and make them durable, all in this thread."""
-        undo = self.write(lines, first_seq)
-        try:
-            if self.new_segment:
-                _fsync_dir(self.dir)
-                self.new_segment = False
-            self.sync()
-        except OSError as e:
-            self.undo(undo)
-            raise StorageError(f"WAL sync failed in {self.dir}: {e.strerror or e}") from e
-
     def write(self, lines: list[bytes], first_seq: int) -> int:
         """Append entry lines to the page cache, no fsync; return the undo offset.
 
@@ -350,10 +336,6 @@ class WAL:
         """The current segment's file descriptor (valid after a write)."""
         assert self._file is not None
         return self._file.fileno()
-
-    def sync(self) -> None:
-        if self.sync_enabled and self._file is not None:
-            os.fdatasync(self._file.fileno())
 
     def undo(self, size: int) -> None:
         """Cut the current segment back to `size` (a write or its sync failed)."""
@@ -397,7 +379,6 @@ class WAL:
         except FileExistsError as e:
             raise WALCorruptionError(f"WAL segment {path} already exists") from e
         self._file_size = 0
-        self.new_segment = True
         self.generation += 1
 
     # --- publication ------------------------------------------------------------------
