@@ -15,10 +15,16 @@ cannot drift apart.
 provider (docs/ISTIO.md, "What istiod renders"), so the tests can run it in
 real Envoy without an istiod.
 
---build implements exactly the kustomize subset the overlays under istio/ use
-(`resources` of files and directories, `patches` of strategic-merge patches on
-maps), so the overlays can be checked where no kustomize binary exists; it
-refuses anything else. `kubectl kustomize DIR` renders the same documents.
+The alerts (istio/monitoring/: a Prometheus rules file, the same groups as a
+PrometheusRule, and their promtool unit tests) come from one table here:
+each alert's expression with its thresholds (AlertSettings), what it says, and
+the synthetic series under which it must fire (docs/RUNBOOK.md).
+
+--build implements exactly the kustomize subset the overlays and components
+under istio/ use (`resources` of files and directories, `components`,
+`patches` of strategic-merge patches on maps and on the lists merged by key),
+so they can be checked where no kustomize binary exists; it refuses anything
+else. `kubectl kustomize DIR` renders the same documents.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +87,17 @@ PROVIDER = "extproc-audit"
 # logs_written, logs_dropped, and since Envoy 1.39 grpc_entries_flushed,
 # grpc_entries_flush_failed); Istio's default stats matcher leaves them out.
 ALS_STATS_PREFIXES = ("access_logs.grpc_access_log",)
+# The ext_proc filter counts per HTTP connection manager under
+# http.<stat_prefix>.ext_proc.<name> (source/extensions/filters/http/ext_proc/
+# ext_proc.h, ALL_EXT_PROC_FILTER_STATS), exported to Prometheus as
+# envoy_http_ext_proc_<name>{envoy_http_conn_manager_prefix="..."}; the stat
+# prefix differs per listener, so they are kept by suffix. streams_started is
+# the denominator, streams_failed and message_timeouts are requests refused
+# (fail closed), failure_mode_allowed requests let through unaudited.
+EXT_PROC_STATS_SUFFIXES = tuple(
+    f"ext_proc.{name}"
+    for name in ("streams_started", "streams_failed", "message_timeouts", "failure_mode_allowed")
+)
 # What istiod puts in filter_state_objects_to_log when the provider names none
 # (pilot/pkg/model/telemetry_logging.go, envoyStateToLog).
 ISTIO_PEER_STATE = ("upstream_peer", "downstream_peer")
@@ -130,18 +148,34 @@ def _access_log_patch(context: str, cluster: str) -> dict[str, Any]:
 
 
 def _envoy_filter_doc(
-    name: str, selector: dict[str, str] | None, patches: list[dict[str, Any]]
+    name: str,
+    selector: dict[str, str] | None,
+    patches: list[dict[str, Any]],
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if selector is not None:
         spec["workloadSelector"] = {"labels": selector}
     spec["configPatches"] = patches
+    metadata: dict[str, Any] = {"name": name, "namespace": ROOT_NAMESPACE}
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    metadata["labels"] = dict(PART_OF)
     return {
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
-        "metadata": {"name": name, "namespace": ROOT_NAMESPACE, "labels": dict(PART_OF)},
+        "metadata": metadata,
         "spec": spec,
     }
+
+
+# A gateway under PILOT_FILTER_GATEWAY_CLUSTER_CONFIG=true gets only the clusters
+# of Services its VirtualServices route to, the mesh's extension providers
+# (since Istio 1.14) and, since 1.26, the Services its EnvoyFilters name in this
+# annotation (pilot/pkg/model/push_context.go, extraServicesForProxy;
+# pilot/pkg/model/envoyfilter.go). Without the cluster the gateway's ext_proc
+# filter has nowhere to go and every request fails closed.
+REFERENCED_SERVICES = "envoyfilter.istio.io/referenced-services"
 
 
 def envoy_filter(
@@ -151,6 +185,7 @@ def envoy_filter(
     selector: dict[str, str],
     local: bool,
     response_phase: bool = False,
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """An EnvoyFilter inserting the blocking ext_proc filter before the router
     of `context` listeners: request headers only (the outcome comes by the
@@ -166,7 +201,7 @@ def envoy_filter(
         shared = _filter_patch(
             context, OUTBOUND_CLUSTER, SERVICE_HOST, response_phase=response_phase
         )
-        return _envoy_filter_doc(name, selector, [shared])
+        return _envoy_filter_doc(name, selector, [shared], annotations)
     cluster = ext_proc_cluster(SocketPath(SOCKET_PATH), name=LOCAL_CLUSTER)
     patches = [
         {
@@ -177,7 +212,7 @@ def envoy_filter(
         _filter_patch(context, LOCAL_CLUSTER, None, response_phase=response_phase),
         _access_log_patch(context, LOCAL_CLUSTER),
     ]
-    return _envoy_filter_doc(name, selector, patches)
+    return _envoy_filter_doc(name, selector, patches, annotations)
 
 
 def affinity_filter() -> dict[str, Any]:
@@ -274,11 +309,17 @@ def extension_provider() -> dict[str, Any]:
 
 
 def mesh_config() -> dict[str, Any]:
-    """The meshConfig fragment: the provider, and Envoy's access-log counters
-    kept for Prometheus (Istio's bootstrap drops stats it does not include)."""
+    """The meshConfig fragment: the provider, and Envoy's access-log and ext_proc
+    counters kept for Prometheus (Istio's bootstrap drops stats it does not
+    include; the alerts in istio/monitoring/ read them)."""
     return {
         "extensionProviders": [extension_provider()],
-        "defaultConfig": {"proxyStatsMatcher": {"inclusionPrefixes": list(ALS_STATS_PREFIXES)}},
+        "defaultConfig": {
+            "proxyStatsMatcher": {
+                "inclusionPrefixes": list(ALS_STATS_PREFIXES),
+                "inclusionSuffixes": list(EXT_PROC_STATS_SUFFIXES),
+            }
+        },
     }
 
 
@@ -368,10 +409,594 @@ def istiod_listener_access_log(entry: dict[str, Any]) -> dict[str, Any]:
     return listener_entry
 
 
-def _dump(docs: list[dict[str, Any]], what: str) -> str:
-    body = "---\n".join(yaml.safe_dump(d, sort_keys=False, default_flow_style=False) for d in docs)
+# --- monitoring: alerts ----------------------------------------------------------------
+
+# The scrape job of the audit servers: the ServiceMonitor's (the Service's name),
+# the PodMonitor of the per-pod topology relabels to it, and a plain Prometheus
+# names its job so (docs/RUNBOOK.md).
+JOB = "extproc-audit"
+MONITORING = ISTIO / "monitoring"
+RUNBOOK = "docs/RUNBOOK.md"
+MONITORING_HEADER = "# Generated by scripts/render_istio.py (the alert table): do not edit.\n"
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """The thresholds and windows of the alerts: the shipped defaults, and what
+    the real-Prometheus test shrinks to seconds (tests/test_prometheus_e2e.py).
+
+    stall_after: seconds without a confirmed checkpoint. A healthy log publishes
+    within --bundle-max-age (0.5 s) of an entry, and an idle writer logs a
+    heartbeat entry every --heartbeat-interval (60 s), so its newest checkpoint
+    is at most ~61 s old: 120 s is twice that (240 bundle ages). Raise it with
+    --heartbeat-interval.
+    """
+
+    window: str = "5m"  # increase() over this: "any in the last ..."
+    slow_window: str = "1h"  # rarer events: repairs, foreign objects, self-audit runs
+    stall_after: int = 120
+    backlog_ratio: float = 0.8
+    silent_after: int = 900  # a reporter seen within `seen_within`, silent this long
+    seen_within: str = "6h"
+    self_audit_max_age: int = 6 * 3600
+    gap_window: str = "10m"
+    gap_ratio: float = 0.01  # share of Envoy's written entries no server logged, per namespace
+    for_short: str = "1m"
+    for_long: str = "10m"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.backlog_ratio < 1 or not 0 < self.gap_ratio < 1:
+            raise ValueError("backlog_ratio and gap_ratio are fractions in (0, 1)")
+        if min(self.stall_after, self.silent_after, self.self_audit_max_age) <= 0:
+            raise ValueError("thresholds in seconds must be positive")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert. The summary carries the values (label and $value templates);
+    the description is plain text: what it means and what is at risk."""
+
+    name: str
+    severity: str  # critical: requests failing or entries lost now; warning: soon, or maybe
+    expr: str
+    for_: str | None  # None: fires at the first evaluation that matches
+    summary: str
+    description: str
+
+    @property
+    def anchor(self) -> str:
+        """Its section of docs/RUNBOOK.md: a heading named after the alert."""
+        return self.name.lower()
+
+    def rule(self) -> dict[str, Any]:
+        rule: dict[str, Any] = {"alert": self.name, "expr": self.expr}
+        if self.for_ is not None:
+            rule["for"] = self.for_
+        rule["labels"] = {"severity": self.severity}
+        rule["annotations"] = {
+            "summary": self.summary,
+            "description": self.description,
+            "runbook_url": f"{RUNBOOK}#{self.anchor}",
+        }
+        return rule
+
+
+def counted(selector: str, window: str) -> str:
+    """Events of a counter within `window`: its increase; or, for a series born
+    within the window on a target Prometheus already scraped then, its value
+    (prometheus_client creates a labelled series at its first event: it starts
+    at 1, and increase() sees nothing). A target or a Prometheus that is new
+    within the window is not taken for a burst of old events."""
+    born = f"{selector} > 0 unless {selector} offset {window}"
+    return (
+        f"increase({selector}[{window}]) > 0 or ({born}) and on (job, instance) up offset {window}"
+    )
+
+
+def server_alerts(s: AlertSettings) -> list[Alert]:
+    """What the audit servers' own metrics (extproc/metrics.py) show."""
+    w, sw = s.window, s.slow_window
+    return [
+        Alert(
+            name="ExtprocAuditDown",
+            severity="critical",
+            expr=f'up{{job="{JOB}"}} == 0',
+            for_=s.for_short,
+            summary="audit server {{ $labels.instance }} cannot be scraped",
+            description="Prometheus cannot reach the audit server's metrics: the process is "
+            "down, crash-looping or cut off. Enforce mode: requests its proxies send to it fail "
+            "(503). Observe mode: Envoy buffers the access-log entries meant for it, then drops "
+            "them.",
+        ),
+        Alert(
+            name="ExtprocAuditMetricsAbsent",
+            severity="warning",
+            expr=f'absent(up{{job="{JOB}"}})',
+            for_=s.for_long,
+            summary=f'no audit server is scraped (job="{JOB}")',
+            description="Prometheus has no target for the audit servers: the ServiceMonitor, "
+            "PodMonitor or scrape config is missing or broken, or every server is gone. While "
+            "this fires, every other audit alert is blind.",
+        ),
+        Alert(
+            name="ExtprocAuditPublicationStalled",
+            severity="critical",
+            expr=f"time() - extproc_audit_last_checkpoint_timestamp_seconds > {s.stall_after}",
+            for_=s.for_short,
+            summary="log {{ $labels.instance }}: no checkpoint confirmed for "
+            "{{ $value | humanizeDuration }}",
+            description=f"The newest checkpoint the store confirmed is older than "
+            f"{s.stall_after} s; a healthy writer publishes within --bundle-max-age of an entry "
+            "and logs a heartbeat every minute. Acknowledged entries wait in the WAL (safe on "
+            "its volume), the backlog grows, and at its bound requests are denied (enforce) or "
+            "entries dropped (observe).",
+        ),
+        Alert(
+            name="ExtprocAuditBacklogNearLimit",
+            severity="warning",
+            expr="extproc_audit_backlog_bytes / extproc_audit_backlog_limit_bytes"
+            f" > {s.backlog_ratio:g} and extproc_audit_backlog_limit_bytes > 0",
+            for_=s.for_short,
+            summary="log {{ $labels.instance }}: unpublished backlog at "
+            "{{ $value | humanizePercentage }} of its bound",
+            description=f"The WAL holds more than {s.backlog_ratio:.0%} of --max-backlog-bytes "
+            "not yet published. At the bound the server refuses new entries: enforce-mode "
+            "requests get 503, observe-mode entries are dropped.",
+        ),
+        Alert(
+            name="ExtprocAuditRequestsDenied",
+            severity="critical",
+            expr=counted("extproc_audit_denied_total", w),
+            for_=None,
+            summary="log {{ $labels.instance }}: requests denied, their entry could not be logged",
+            description="Enforce mode failed closed: the log could not take these requests' "
+            "entries (backlog at its bound, WAL disk full or failing, publishing fenced), so "
+            "Envoy answered 503 and the requests did not happen.",
+        ),
+        Alert(
+            name="ExtprocAuditEntriesDropped",
+            severity="critical",
+            expr=counted("extproc_audit_dropped_total", w),
+            for_=None,
+            summary="log {{ $labels.instance }}: entries not logged ({{ $labels.reason }})",
+            description="Observe-mode exchanges or access-log entries reached the server and "
+            "were not logged: they are missing from the audit trail.",
+        ),
+        Alert(
+            name="ExtprocAuditStoreErrors",
+            severity="warning",
+            expr=counted("extproc_audit_publish_errors_total", w),
+            for_=s.for_short,
+            summary="log {{ $labels.instance }}: object store writes failing",
+            description="Writes of bundles or checkpoints to S3 fail and are retried. Nothing "
+            "is lost while the WAL holds the entries, but publication lags and the backlog "
+            "grows.",
+        ),
+        Alert(
+            name="ExtprocAuditWritesNotKept",
+            severity="critical",
+            expr=counted("extproc_audit_objects_repaired_total", sw),
+            for_=None,
+            summary="log {{ $labels.instance }}: the store acknowledged {{ $labels.kind }} "
+            "writes it did not keep",
+            description="Objects the store answered 200 for were missing, or not with the "
+            "SHA-256 written, when read back; the writer wrote them again from its WAL. S3, or "
+            "a proxy or endpoint in front of it, does not store what it acknowledges.",
+        ),
+        Alert(
+            name="ExtprocAuditFenced",
+            severity="critical",
+            expr="extproc_audit_fenced == 1",
+            for_=None,
+            summary="log {{ $labels.instance }}: publishing stopped, another writer on this log",
+            description="An object signed by this log's key, which this writer did not write, "
+            "is where it must write: two writers share a log id and key. Publication stopped "
+            "rather than fork the log, and every request through this server is denied (503).",
+        ),
+        Alert(
+            name="ExtprocAuditForeignObject",
+            severity="warning",
+            expr=counted("extproc_audit_foreign_objects_total", sw),
+            for_=None,
+            summary="log {{ $labels.instance }}: a foreign {{ $labels.kind }} in the log's prefix",
+            description="An object this writer did not write was at a key of its log. The "
+            "writer recorded it in a signed entry and continued in a new epoch; someone with "
+            "write access to the bucket put it there.",
+        ),
+        Alert(
+            name="ExtprocAuditSelfAuditUnrepaired",
+            severity="critical",
+            expr="extproc_audit_self_audit_unrepaired > 0",
+            for_=None,
+            summary="log {{ $labels.instance }}: {{ $value }} problem(s) in the published log "
+            "the WAL cannot repair",
+            description="The server's own verification of what it published found problems it "
+            "could not repair from its WAL: an auditor's verify reports them too.",
+        ),
+        Alert(
+            name="ExtprocAuditSelfAuditFailing",
+            severity="warning",
+            expr=counted('extproc_audit_self_audit_runs_total{result=~"failed|error"}', sw),
+            for_=None,
+            summary="log {{ $labels.instance }}: self-audit runs end in {{ $labels.result }}",
+            description="Self-audits of the published log did not complete: failed is a problem "
+            "the WAL cannot repair, error a store the server could not read.",
+        ),
+        Alert(
+            name="ExtprocAuditSelfAuditStale",
+            severity="warning",
+            expr="time() - (extproc_audit_self_audit_last_success_timestamp_seconds > 0"
+            f' or process_start_time_seconds{{job="{JOB}"}}) > {s.self_audit_max_age}',
+            for_=s.for_short,
+            summary="log {{ $labels.instance }}: no successful self-audit for "
+            "{{ $value | humanizeDuration }}",
+            description=f"The self-audit has not found the published log valid for "
+            f"{s.self_audit_max_age} s (or since the process started).",
+        ),
+        Alert(
+            name="ExtprocAuditReportersRefused",
+            severity="warning",
+            expr=counted("extproc_audit_reporters_refused_total", w),
+            for_=None,
+            summary="audit server {{ $labels.instance }} refuses reporters ({{ $labels.reason }})",
+            description="Ingest streams were refused before anything was logged: a proxy not on "
+            "the allow-list or not reaching the server through its own sidecar, or someone "
+            "trying to write entries. Enforce mode: that proxy's requests fail.",
+        ),
+        Alert(
+            name="ExtprocAuditUnauthenticatedReporter",
+            severity="critical",
+            expr=counted('extproc_audit_access_entries_total{reporter="unauthenticated"}', w),
+            for_=None,
+            summary="audit server {{ $labels.instance }} logs entries from unauthenticated "
+            "reporters",
+            description="Entries arrive on a listener without reporter authentication "
+            "(reporter.auth unauthenticated): anyone who reaches the port can write them. Only "
+            "acceptable in a local demo.",
+        ),
+        Alert(
+            name="ExtprocAuditReporterSilent",
+            severity="warning",
+            expr="time() - max by (reporter) (max_over_time("
+            f"extproc_audit_reporter_last_seen_timestamp_seconds[{s.seen_within}]))"
+            f" > {s.silent_after}",
+            for_=None,
+            summary="reporter {{ $labels.reporter }} silent for {{ $value | humanizeDuration }}",
+            description=f"A reporter that sent entries within {s.seen_within} has sent none for "
+            f"{s.silent_after} s: its proxies lost their audit configuration (EnvoyFilter, "
+            "Telemetry), cannot reach the audit Service, or its workload has no traffic.",
+        ),
+    ]
+
+
+def envoy_alerts(s: AlertSettings) -> list[Alert]:
+    """What the audited proxies' own counters show (istio-proxy's
+    :15090/stats/prometheus, kept by the mesh's proxyStatsMatcher, istio/mesh/)."""
+    w = s.window
+    by = "sum by (namespace, pod)"
+    written = (
+        "sum by (namespace) "
+        f"(increase(envoy_access_logs_grpc_access_log_logs_written[{s.gap_window}]))"
+    )
+    logged = (
+        "sum by (namespace) (label_replace("
+        f'increase(extproc_audit_access_entries_total[{s.gap_window}]), "namespace", "$1", '
+        '"reporter", "spiffe://[^/]+/ns/([^/]+)/sa/.*"))'
+    )
+    return [
+        Alert(
+            name="ExtprocAuditEnvoyExtProcFailures",
+            severity="critical",
+            expr=f"({by} (increase(envoy_http_ext_proc_streams_failed[{w}]))"
+            f" + {by} (increase(envoy_http_ext_proc_message_timeouts[{w}])))"
+            f" / {by} (increase(envoy_http_ext_proc_streams_started[{w}])) > 0",
+            for_=None,
+            summary="{{ $labels.namespace }}/{{ $labels.pod }}: "
+            "{{ $value | humanizePercentage }} of ext_proc streams failed",
+            description="The proxy's ext_proc filter got no answer from the audit server "
+            "(stream error or message timeout). The filters fail closed: those requests were "
+            "refused (5xx) and did not happen.",
+        ),
+        Alert(
+            name="ExtprocAuditEnvoyFailOpen",
+            severity="critical",
+            expr=f"{by} (increase(envoy_http_ext_proc_failure_mode_allowed[{w}])) > 0",
+            for_=None,
+            summary="{{ $labels.namespace }}/{{ $labels.pod }}: requests let through without "
+            "an audit entry",
+            description="An ext_proc filter with failure_mode_allow true forwarded requests "
+            "whose entry was never logged. The shipped EnvoyFilters fail closed: someone "
+            "changed one, or another filter is counted here.",
+        ),
+        Alert(
+            name="ExtprocAuditEnvoyAccessLogDropped",
+            severity="critical",
+            expr=f"{by} (increase(envoy_access_logs_grpc_access_log_logs_dropped[{w}])) > 0",
+            for_=None,
+            summary="{{ $labels.namespace }}/{{ $labels.pod }}: Envoy dropped access-log entries",
+            description="The proxy's gRPC access-log buffer was full (the audit server down, "
+            "slow or unreachable) and Envoy dropped entries: they are missing from the audit "
+            "trail.",
+        ),
+        Alert(
+            name="ExtprocAuditEnvoyAccessLogFlushFailing",
+            severity="warning",
+            expr=f"{by} (increase("
+            f"envoy_access_logs_grpc_access_log_grpc_entries_flush_failed[{w}])) > 0",
+            for_=s.for_long,
+            summary="{{ $labels.namespace }}/{{ $labels.pod }}: access-log batches not sent",
+            description="Envoy cannot write access-log batches to its gRPC stream (no stream, "
+            "or one backed up). It retries; meanwhile its buffer fills, and then it drops.",
+        ),
+        Alert(
+            name="ExtprocAuditAccessLogGap",
+            severity="critical",
+            expr=f"({written} - ({logged} or {written} * 0)) / {written} > {s.gap_ratio:g}",
+            for_=s.for_short,
+            summary="namespace {{ $labels.namespace }}: {{ $value | humanizePercentage }} of "
+            "its access-log entries not logged",
+            description="The proxies of this namespace counted more access-log entries "
+            f"written over {s.gap_window} than the audit servers logged from its reporters: "
+            "entries lost between the proxies and the log (a server gone while Envoy's stream "
+            "looked alive, a crash before the WAL, a proxy killed before its flush).",
+        ),
+    ]
+
+
+def alerts(settings: AlertSettings | None = None) -> list[Alert]:
+    s = settings or AlertSettings()
+    return [*server_alerts(s), *envoy_alerts(s)]
+
+
+def alert_groups(settings: AlertSettings | None = None) -> dict[str, Any]:
+    """The Prometheus rule groups of every alert (a rules file's content)."""
+    s = settings or AlertSettings()
+    return {
+        "groups": [
+            {"name": "extproc-audit.server", "rules": [a.rule() for a in server_alerts(s)]},
+            {"name": "extproc-audit.envoy", "rules": [a.rule() for a in envoy_alerts(s)]},
+        ]
+    }
+
+
+def prometheus_rule() -> dict[str, Any]:
+    """The same groups as a prometheus-operator PrometheusRule."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": SERVICE, "namespace": NAMESPACE, "labels": dict(PART_OF)},
+        "spec": alert_groups(),
+    }
+
+
+# --- monitoring: the alerts' unit tests (promtool test rules) ----------------------------
+
+SERVER = {"job": JOB, "instance": "extproc-audit-0:9464"}
+PROXY = {"namespace": "demo", "pod": "web-7d9c5-x2x7q"}
+REPORTER = "spiffe://cluster.local/ns/demo/sa/web"
+
+
+def _series(metric: str, labels: dict[str, str]) -> str:
+    inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{metric}{{{inner}}}"
+
+
+@dataclass(frozen=True)
+class AlertCase:
+    """Synthetic series under which `alert` must not fire at `quiet_at` and must
+    fire at `fires_at` with `labels` (besides alertname and severity) and the
+    summary an operator reads. Series values in promtool's notation, one a minute."""
+
+    alert: str
+    name: str
+    series: dict[str, str]
+    quiet_at: str
+    fires_at: str
+    labels: dict[str, str]
+    summary: str
+
+
+def _server(metric: str, values: str, **extra: str) -> dict[str, str]:
+    return {_series(metric, {**SERVER, **extra}): values}
+
+
+def _proxy(metric: str, values: str) -> dict[str, str]:
+    return {
+        _series(metric, {**PROXY, "envoy_http_conn_manager_prefix": "inbound_0.0.0.0_8080"})
+        if "ext_proc" in metric
+        else _series(metric, PROXY): values
+    }
+
+
+INST = SERVER["instance"]
+ALERT_CASES = [
+    AlertCase("ExtprocAuditDown", "scrape fails for a minute",
+              {_series("up", SERVER): "1 1 0 0 0"}, "2m", "4m", SERVER,
+              f"audit server {INST} cannot be scraped"),
+    AlertCase("ExtprocAuditMetricsAbsent", "the scrape target disappears",
+              {_series("up", SERVER): "1x5 _x25"}, "3m", "25m", {"job": JOB},
+              f'no audit server is scraped (job="{JOB}")'),
+    AlertCase("ExtprocAuditPublicationStalled", "checkpoints stop at minute 3 (S3 cut off)",
+              _server("extproc_audit_last_checkpoint_timestamp_seconds", "0+60x3 180x10"),
+              "5m", "7m", SERVER, f"log {INST}: no checkpoint confirmed for 4m 0s"),
+    AlertCase("ExtprocAuditPublicationStalled", "no checkpoint since the process started",
+              _server("extproc_audit_last_checkpoint_timestamp_seconds", "0x10"),
+              "1m", "4m", SERVER, f"log {INST}: no checkpoint confirmed for 4m 0s"),
+    AlertCase("ExtprocAuditBacklogNearLimit", "the backlog climbs to 95 % of its bound",
+              {**_server("extproc_audit_backlog_bytes", "0 50 90 95 95"),
+               **_server("extproc_audit_backlog_limit_bytes", "100x4")},
+              "2m", "3m", SERVER, f"log {INST}: unpublished backlog at 95% of its bound"),
+    AlertCase("ExtprocAuditRequestsDenied", "503s from minute 3",
+              _server("extproc_audit_denied_total", "0 0 0 5 10 10"),
+              "2m", "3m", SERVER, f"log {INST}: requests denied, their entry could not be logged"),
+    AlertCase("ExtprocAuditEntriesDropped", "observe-mode entries refused",
+              _server("extproc_audit_dropped_total", "0 0 4 4", reason="backpressure"),
+              "1m", "2m", {**SERVER, "reason": "backpressure"},
+              f"log {INST}: entries not logged (backpressure)"),
+    AlertCase("ExtprocAuditStoreErrors", "puts fail from minute 2",
+              _server("extproc_audit_publish_errors_total", "0 0 3 6 9 12"),
+              "2m", "3m", SERVER, f"log {INST}: object store writes failing"),
+    AlertCase("ExtprocAuditWritesNotKept", "a bundle acknowledged and not stored",
+              _server("extproc_audit_objects_repaired_total", "0 0 1 1", kind="bundle"),
+              "1m", "2m", {**SERVER, "kind": "bundle"},
+              f"log {INST}: the store acknowledged bundle writes it did not keep"),
+    AlertCase("ExtprocAuditFenced", "another writer's checkpoint found",
+              _server("extproc_audit_fenced", "0 0 1 1"), "1m", "2m", SERVER,
+              f"log {INST}: publishing stopped, another writer on this log"),
+    AlertCase("ExtprocAuditForeignObject", "the first foreign object: a series born at 1",
+              {**_server("extproc_audit_foreign_objects_total", "_x62 1 1", kind="checkpoint"),
+               _series("up", SERVER): "1x64"},
+              "61m", "63m", {**SERVER, "kind": "checkpoint"},
+              f"log {INST}: a foreign checkpoint in the log's prefix"),
+    AlertCase("ExtprocAuditForeignObject", "a planted claim",
+              _server("extproc_audit_foreign_objects_total", "0 0 1 1", kind="claim"),
+              "1m", "2m", {**SERVER, "kind": "claim"},
+              f"log {INST}: a foreign claim in the log's prefix"),
+    AlertCase("ExtprocAuditSelfAuditUnrepaired", "two problems the WAL cannot repair",
+              _server("extproc_audit_self_audit_unrepaired", "0 0 2 2"), "1m", "2m", SERVER,
+              f"log {INST}: 2 problem(s) in the published log the WAL cannot repair"),
+    AlertCase("ExtprocAuditSelfAuditFailing", "the store cannot be read",
+              {**_server("extproc_audit_self_audit_runs_total", "0 0 1 1", result="error"),
+               **_server("extproc_audit_self_audit_runs_total", "0+1x3", result="ok")},
+              "1m", "2m", {**SERVER, "result": "error"},
+              f"log {INST}: self-audit runs end in error"),
+    AlertCase("ExtprocAuditSelfAuditStale", "self-audits stop succeeding after 3 h",
+              {**_server("extproc_audit_self_audit_last_success_timestamp_seconds",
+                         "0+60x180 10800x400"),
+               **_server("process_start_time_seconds", "0x580")},
+              "500m", "542m", SERVER, f"log {INST}: no successful self-audit for 6h 2m 0s"),
+    AlertCase("ExtprocAuditSelfAuditStale", "never succeeded since the process started",
+              {**_server("extproc_audit_self_audit_last_success_timestamp_seconds", "0x400"),
+               **_server("process_start_time_seconds", "0x400")},
+              "300m", "362m", SERVER, f"log {INST}: no successful self-audit for 6h 2m 0s"),
+    AlertCase("ExtprocAuditReportersRefused", "the first refusal ever: a series born at 1",
+              {**_server("extproc_audit_reporters_refused_total", "_x6 1 1", reason="no_identity"),
+               _series("up", SERVER): "1x7"},
+              "5m", "7m", {**SERVER, "reason": "no_identity"},
+              f"audit server {INST} refuses reporters (no_identity)"),
+    AlertCase("ExtprocAuditReportersRefused", "a proxy not on the allow-list",
+              _server("extproc_audit_reporters_refused_total", "0 0 1 1", reason="not_allowed"),
+              "1m", "2m", {**SERVER, "reason": "not_allowed"},
+              f"audit server {INST} refuses reporters (not_allowed)"),
+    AlertCase("ExtprocAuditUnauthenticatedReporter", "a plaintext listener in production",
+              _server("extproc_audit_access_entries_total", "0 0 10 20",
+                      reporter="unauthenticated"),
+              "1m", "2m", {**SERVER, "reporter": "unauthenticated"},
+              f"audit server {INST} logs entries from unauthenticated reporters"),
+    AlertCase("ExtprocAuditReporterSilent", "a reporter stops at minute 10",
+              _server("extproc_audit_reporter_last_seen_timestamp_seconds", "0+60x10 600x30",
+                      reporter=REPORTER),
+              "20m", "26m", {"reporter": REPORTER},
+              f"reporter {REPORTER} silent for 16m 0s"),
+    AlertCase("ExtprocAuditEnvoyExtProcFailures", "1 stream in 20 fails",
+              {**_proxy("envoy_http_ext_proc_streams_started", "0+100x10"),
+               **_proxy("envoy_http_ext_proc_streams_failed", "0 0 0 5 10 15 20 25 30 35 40"),
+               **_proxy("envoy_http_ext_proc_message_timeouts", "0x10")},
+              "2m", "8m", PROXY, f"{PROXY['namespace']}/{PROXY['pod']}: 5% of ext_proc "
+              "streams failed"),
+    AlertCase("ExtprocAuditEnvoyFailOpen", "failure_mode_allow flipped to true",
+              _proxy("envoy_http_ext_proc_failure_mode_allowed", "0 0 3 3"), "1m", "2m", PROXY,
+              f"{PROXY['namespace']}/{PROXY['pod']}: requests let through without an audit "
+              "entry"),
+    AlertCase("ExtprocAuditEnvoyAccessLogDropped", "the proxy's buffer overflows",
+              _proxy("envoy_access_logs_grpc_access_log_logs_dropped", "0 0 7 7"), "1m", "2m",
+              PROXY, f"{PROXY['namespace']}/{PROXY['pod']}: Envoy dropped access-log entries"),
+    AlertCase("ExtprocAuditEnvoyAccessLogFlushFailing", "batches fail for 10 minutes",
+              _proxy("envoy_access_logs_grpc_access_log_grpc_entries_flush_failed", "0+5x20"),
+              "5m", "12m", PROXY,
+              f"{PROXY['namespace']}/{PROXY['pod']}: access-log batches not sent"),
+    AlertCase("ExtprocAuditAccessLogGap", "the server stops logging a namespace's entries",
+              {**_proxy("envoy_access_logs_grpc_access_log_logs_written", "0+100x20"),
+               **_server("extproc_audit_access_entries_total", "0+100x5 500x15",
+                         reporter=REPORTER, namespace="extproc-audit")},
+              "4m", "8m", {"namespace": PROXY["namespace"]},
+              "namespace demo: 37.5% of its access-log entries not logged"),
+    AlertCase("ExtprocAuditAccessLogGap", "no server ever logged the namespace",
+              _proxy("envoy_access_logs_grpc_access_log_logs_written", "0+100x20"),
+              "0m", "2m", {"namespace": PROXY["namespace"]},
+              "namespace demo: 100% of its access-log entries not logged"),
+]  # fmt: skip
+
+# A healthy half hour: every metric present and normal (an idle writer whose newest
+# checkpoint is up to a minute old, every written entry logged, counters that moved
+# long ago); nothing fires, neither in a Prometheus just started nor later.
+HEALTHY_SERIES = {
+    _series("up", SERVER): "1x30",
+    **_server("extproc_audit_last_checkpoint_timestamp_seconds", "0+60x30"),
+    **_server("extproc_audit_backlog_bytes", "0 1000 0 2000 0x26"),
+    **_server("extproc_audit_backlog_limit_bytes", "134217728x30"),
+    **_server("extproc_audit_denied_total", "0x30"),
+    **_server("extproc_audit_dropped_total", "2x30", reason="backpressure"),
+    **_server("extproc_audit_publish_errors_total", "2x30"),
+    **_server("extproc_audit_objects_repaired_total", "1x30", kind="bundle"),
+    **_server("extproc_audit_fenced", "0x30"),
+    **_server("extproc_audit_foreign_objects_total", "1x30", kind="claim"),
+    **_server("extproc_audit_self_audit_unrepaired", "0x30"),
+    **_server("extproc_audit_self_audit_runs_total", "0+1x30", result="ok"),
+    **_server("extproc_audit_self_audit_last_success_timestamp_seconds", "0+60x30"),
+    **_server("process_start_time_seconds", "0x30"),
+    **_server("extproc_audit_reporters_refused_total", "3x30", reason="not_allowed"),
+    **_server("extproc_audit_reporter_last_seen_timestamp_seconds", "0+60x30", reporter=REPORTER),
+    **_server("extproc_audit_access_entries_total", "0+100x30", reporter=REPORTER,
+              namespace="extproc-audit"),
+    **_proxy("envoy_access_logs_grpc_access_log_logs_written", "0+100x30"),
+    **_proxy("envoy_access_logs_grpc_access_log_logs_dropped", "0x30"),
+    **_proxy("envoy_access_logs_grpc_access_log_grpc_entries_flush_failed", "0x30"),
+    **_proxy("envoy_http_ext_proc_streams_started", "0+50x30"),
+    **_proxy("envoy_http_ext_proc_streams_failed", "0x30"),
+    **_proxy("envoy_http_ext_proc_message_timeouts", "0x30"),
+    **_proxy("envoy_http_ext_proc_failure_mode_allowed", "0x30"),
+}  # fmt: skip
+
+
+def alert_tests() -> dict[str, Any]:
+    """promtool's unit-test file for alerts.yaml: each case, and the healthy half hour."""
+    by_name = {a.name: a for a in alerts()}
+    tests: list[dict[str, Any]] = []
+    for case in ALERT_CASES:
+        alert = by_name[case.alert]
+        annotations = alert.rule()["annotations"]
+        tests.append(
+            {
+                "name": f"{case.alert}: {case.name}",
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in case.series.items()],
+                "alert_rule_test": [
+                    {"eval_time": case.quiet_at, "alertname": case.alert, "exp_alerts": []},
+                    {
+                        "eval_time": case.fires_at,
+                        "alertname": case.alert,
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**case.labels, "severity": alert.severity},
+                                "exp_annotations": {**annotations, "summary": case.summary},
+                            }
+                        ],
+                    },
+                ],
+            }
+        )
+    tests.append(
+        {
+            "name": "a healthy half hour fires nothing",
+            "interval": "1m",
+            "input_series": [{"series": k, "values": v} for k, v in HEALTHY_SERIES.items()],
+            "alert_rule_test": [
+                {"eval_time": at, "alertname": name, "exp_alerts": []}
+                for at in ("2m", "30m")
+                for name in by_name
+            ],
+        }
+    )
+    return {"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": tests}
+
+
+def _dump(docs: list[dict[str, Any]], what: str, *, header: str = HEADER, width: int = 80) -> str:
+    body = "---\n".join(
+        yaml.safe_dump(d, sort_keys=False, default_flow_style=False, width=width) for d in docs
+    )
     comment = "".join(f"# {line}".rstrip() + "\n" for line in what.splitlines())
-    return HEADER + comment + body
+    return header + comment + body
 
 
 MESH_USAGE = """\
@@ -395,7 +1020,7 @@ def rendered() -> dict[Path, str]:
         ISTIO / "mesh" / "istio-operator.yaml": _dump(
             [istio_operator()],
             "The audit's meshConfig for istioctl: the envoyHttpAls extension provider and\n"
-            "Envoy's access-log counters in the proxies' stats.\n"
+            "Envoy's access-log and ext_proc counters in the proxies' stats.\n"
             "  istioctl install -f istio/mesh/istio-operator.yaml [-f your-own.yaml ...]\n"
             + MESH_USAGE.format(provider=PROVIDER),
         ),
@@ -450,10 +1075,17 @@ def rendered() -> dict[Path, str]:
         f"for the whole mesh).",
     )
     gateway = envoy_filter(
-        name="extproc-audit-gateway", context="GATEWAY", selector=GATEWAY_SELECTOR, local=False
+        name="extproc-audit-gateway",
+        context="GATEWAY",
+        selector=GATEWAY_SELECTOR,
+        local=False,
+        annotations={REFERENCED_SERVICES: f"{NAMESPACE}/{SERVICE_HOST}"},
     )
     files[ISTIO / "overlays" / "gateway" / "envoyfilter.yaml"] = _dump(
-        [gateway], "ext_proc (enforce, request headers) on the ingress gateway's listeners."
+        [gateway],
+        "ext_proc (enforce, request headers) on the ingress gateway's listeners. The annotation\n"
+        "keeps the audit Service's cluster on a gateway that only gets the clusters it\n"
+        "references (PILOT_FILTER_GATEWAY_CLUSTER_CONFIG; honoured from Istio 1.26).",
     )
     files[ISTIO / "overlays" / "gateway" / "telemetry.yaml"] = _dump(
         [
@@ -478,12 +1110,48 @@ def rendered() -> dict[Path, str]:
         f"ext_proc (enforce, request headers) and the access log to the audit container\n"
         f"in the same pod ({OPT_IN_LABEL}=sidecar), over its Unix socket.",
     )
+    files[MONITORING / "alerts.yaml"] = _dump(
+        [alert_groups()],
+        "Every alert of the audit log, as a Prometheus rules file (rule_files:); the same\n"
+        "groups as prometheusrule.yaml. Thresholds: AlertSettings in scripts/render_istio.py.\n"
+        "Each alert's runbook_url names its section of docs/RUNBOOK.md.\n"
+        "  promtool check rules istio/monitoring/alerts.yaml\n"
+        "  promtool test rules istio/monitoring/alerts_test.yaml",
+        header=MONITORING_HEADER,
+        width=100,
+    )
+    files[MONITORING / "prometheusrule.yaml"] = _dump(
+        [prometheus_rule()],
+        "Every alert of the audit log for the prometheus-operator (the groups of alerts.yaml).\n"
+        "Add the labels your Prometheus's ruleSelector asks for.",
+        header=MONITORING_HEADER,
+        width=100,
+    )
+    files[MONITORING / "alerts_test.yaml"] = _dump(
+        [alert_tests()],
+        "Unit tests of alerts.yaml: synthetic series under which each alert stays quiet, then\n"
+        "fires with the summary an operator reads; and a healthy half hour that fires nothing.\n"
+        "  promtool test rules istio/monitoring/alerts_test.yaml",
+        header=MONITORING_HEADER,
+        width=100,
+    )
     return files
 
 
 # --- the kustomize subset ------------------------------------------------------------
 
-_KNOWN_KEYS = {"apiVersion", "kind", "resources", "patches"}
+_KNOWN_KEYS = {"apiVersion", "kind", "resources", "components", "patches"}
+# Lists a strategic-merge patch merges item by item, by this key (the Kubernetes
+# API's patchMergeKey of each field: PodSpec.containers/initContainers/volumes by
+# name, Container.env by name, Container.volumeMounts by mountPath). Every
+# other list in a patch is refused.
+_MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "volumeMounts": "mountPath",
+}
 
 
 class KustomizeError(Exception):
@@ -496,21 +1164,36 @@ def _load_docs(path: Path) -> list[dict[str, Any]]:
 
 def build(directory: Path) -> list[dict[str, Any]]:
     """The documents a kustomization renders, in resource order."""
+    docs: list[dict[str, Any]] = []
+    _accumulate(directory, docs, kind="Kustomization")
+    return docs
+
+
+def _accumulate(directory: Path, docs: list[dict[str, Any]], *, kind: str) -> None:
+    """Kustomize's order (api/internal/target/kusttarget.go, AccumulateTarget):
+    resources, then components (each adds its resources and patches what has
+    been accumulated so far, the including kustomization's resources too), then
+    the kustomization's own patches."""
     spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
     unknown = set(spec) - _KNOWN_KEYS
     if unknown:
         raise KustomizeError(f"{directory}: unsupported kustomization keys {sorted(unknown)}")
-    docs: list[dict[str, Any]] = []
+    if spec.get("kind", "Kustomization") != kind:
+        raise KustomizeError(f"{directory}: expected a {kind}, got {spec.get('kind')}")
     for entry in spec.get("resources", []):
         path = (directory / entry).resolve()
-        docs.extend(build(path) if path.is_dir() else _load_docs(path))
+        if path.is_dir():
+            docs.extend(build(path))
+        else:
+            docs.extend(_load_docs(path))
+    for entry in spec.get("components", []):
+        _accumulate((directory / entry).resolve(), docs, kind="Component")
     for patch in spec.get("patches", []):
         if set(patch) != {"path"}:
             raise KustomizeError(f"{directory}: only file patches are supported, got {patch}")
         for change in _load_docs(directory / patch["path"]):
             target = _find(docs, change)
             merge(target, change)
-    return docs
 
 
 def _identity(doc: dict[str, Any]) -> tuple[str, str, str]:
@@ -528,20 +1211,39 @@ def _find(docs: list[dict[str, Any]], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
-    """Strategic merge restricted to maps: keys merge recursively, scalars replace.
-
-    Lists are refused: their strategic-merge semantics depend on the schema
-    (merge keys), which this renderer does not model.
-    """
+    """Strategic merge, restricted: maps merge key by key, scalars replace, and
+    the lists of _MERGE_KEYS merge item by item on their merge key (an item
+    with a new key is appended). Any other list, and any `$patch`-style
+    directive, is refused: their semantics depend on the schema, which this
+    renderer does not model."""
     for key, value in patch.items():
+        if key.startswith("$"):
+            raise KustomizeError(f"patch directive {key!r}: not supported by this renderer")
         if isinstance(value, list):
-            raise KustomizeError(f"patch sets list {key!r}: not supported by this renderer")
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            if key not in _MERGE_KEYS or not isinstance(target.get(key, []), list):
+                raise KustomizeError(f"patch sets list {key!r}: not supported by this renderer")
+            _merge_list(target.setdefault(key, []), value, _MERGE_KEYS[key])
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
             merge(target[key], value)
         elif value is None:
             target.pop(key, None)
         else:
             target[key] = value
+
+
+def _merge_list(target: list[Any], patch: list[Any], merge_key: str) -> None:
+    """Items with a key already there merge into it; new ones go first, in the
+    patch's order (what kustomize's strategic merge does)."""
+    added = []
+    for item in patch:
+        if not isinstance(item, dict) or merge_key not in item:
+            raise KustomizeError(f"list item without its merge key {merge_key!r}: {item!r}")
+        same = [t for t in target if isinstance(t, dict) and t.get(merge_key) == item[merge_key]]
+        if same:
+            merge(same[0], item)
+        else:
+            added.append(copy.deepcopy(item))
+    target[:0] = added
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import signal
 import stat
@@ -190,6 +191,167 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
         render_istio.build(tmp_path)
     with pytest.raises(render_istio.KustomizeError, match="list"):
         render_istio.merge({"a": [1]}, {"a": [2]})
+    with pytest.raises(render_istio.KustomizeError, match="merge key"):
+        render_istio.merge({"env": [{"name": "A"}]}, {"env": [{"value": "x"}]})
+    with pytest.raises(render_istio.KustomizeError, match="directive"):
+        render_istio.merge({"env": []}, {"$patch": "replace"})
+    # A component is not a kustomization to build on its own.
+    with pytest.raises(render_istio.KustomizeError, match="expected a Kustomization"):
+        render_istio.build(COMPONENTS / "native-sidecar")
+
+
+# --- platform variants: kustomize Components added to an overlay ---------------------
+
+COMPONENTS = ISTIO / "components"
+COMPONENT_NAMES = sorted(p.parent.name for p in COMPONENTS.glob("*/kustomization.yaml"))
+SHARED_OVERLAYS = ["enforce", "receipts", "observe", "gateway"]
+VARIANTS = [(o, c) for o in SHARED_OVERLAYS for c in COMPONENT_NAMES] + [
+    ("enforce", "+".join(COMPONENT_NAMES))  # all at once: they do not collide
+]
+
+
+def _variant(tmp_path: Path, overlay: str, components: str) -> Path:
+    """A kustomization as a user writes one: an overlay plus platform components."""
+    here = tmp_path / "variant"
+    here.mkdir()
+    rel = Path(os.path.relpath(ISTIO, here))
+    (here / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(rel / "overlays" / overlay)],
+                "components": [str(rel / "components" / c) for c in components.split("+")],
+            }
+        )
+    )
+    return here
+
+
+def test_components_exist() -> None:
+    assert COMPONENT_NAMES == [
+        "aws-web-identity", "eks-pod-identity", "gke-cloud-dns", "native-sidecar", "nodelocal-dns",
+    ]  # fmt: skip
+    for name in COMPONENT_NAMES:
+        (spec,) = _docs(COMPONENTS / name / "kustomization.yaml")
+        assert spec["kind"] == "Component", name
+
+
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=[f"{o}-{c}" for o, c in VARIANTS])
+def test_platform_variant_renders_and_validates(
+    tmp_path: Path, overlay: str, components: str
+) -> None:
+    """Each platform component on each shared-topology overlay: it renders (and as
+    kubectl kustomize renders it, where kubectl is installed), every document
+    validates against its schema, and the overlay's own resources are unchanged
+    but for what the component adds."""
+    docs = render_istio.build(_variant(tmp_path, overlay, components))
+    plain = _rendered(ISTIO / "overlays" / overlay)
+    keys = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(keys) == len(set(keys)), "duplicate resources"
+    assert {(d["kind"], d["metadata"]["name"]) for d in plain} <= set(keys)
+    for doc in docs:
+        if any(g in doc["apiVersion"] for g in ISTIO_GROUPS):
+            schema = ISTIO_SCHEMAS[(doc["apiVersion"], doc["kind"])]
+            jsonschema.validate(doc["spec"], schema["properties"]["spec"])
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    unchanged = {"StatefulSet", "NetworkPolicy"}
+    for before in plain:
+        after = next(d for d in docs if (d["kind"], d["metadata"]["name"]) ==
+                     (before["kind"], before["metadata"]["name"]))  # fmt: skip
+        if before["kind"] not in unchanged:
+            assert after == before, before["kind"]
+    if shutil.which("kubectl") is not None:
+        result = subprocess.run(
+            ["kubectl", "kustomize", str(tmp_path / "variant")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+        def keyed(found: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+            return {(d["kind"], d["metadata"]["name"]): d for d in found}
+
+        assert keyed(_docs_text(result.stdout)) == keyed(docs)
+
+
+def _component(tmp_path: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    docs = render_istio.build(_variant(tmp_path, "enforce", name))
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def _egress_opened(policy: dict[str, Any]) -> set[tuple[str, str, int]]:
+    assert policy["spec"]["policyTypes"] == ["Egress"] and "ingress" not in policy["spec"]
+    return {
+        (peer["ipBlock"]["cidr"], port["protocol"], port["port"])
+        for rule in policy["spec"]["egress"]
+        for peer in rule["to"]
+        for port in rule["ports"]
+    }
+
+
+# What each platform component opens, and nothing else: one /32 (/128) and its port.
+PLATFORM_EGRESS = {
+    "eks-pod-identity": {("169.254.170.23/32", "TCP", 80), ("fd00:ec2::23/128", "TCP", 80)},
+    "gke-cloud-dns": {("169.254.169.254/32", "UDP", 53), ("169.254.169.254/32", "TCP", 53)},
+    "nodelocal-dns": {("169.254.20.10/32", "UDP", 53), ("169.254.20.10/32", "TCP", 53)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLATFORM_EGRESS))
+def test_platform_component_opens_exactly_its_endpoint(tmp_path: Path, name: str) -> None:
+    docs = _component(tmp_path, name)
+    base = docs[("NetworkPolicy", "extproc-audit")]
+    assert base == next(d for d in _rendered(ISTIO / "overlays" / "enforce")
+                        if d["kind"] == "NetworkPolicy")  # fmt: skip
+    (added,) = [d for k, d in docs.items() if k[0] == "NetworkPolicy" and d is not base]
+    assert added["spec"]["podSelector"] == base["spec"]["podSelector"]
+    assert _egress_opened(added) == PLATFORM_EGRESS[name]
+
+
+def test_eks_pod_identity_reaches_its_agent_around_the_proxy(tmp_path: Path) -> None:
+    # The agent's credentials at shutdown must not depend on istio-proxy, as S3 does not.
+    pod = _component(tmp_path, "eks-pod-identity")[("StatefulSet", "extproc-audit")]
+    annotations = pod["spec"]["template"]["metadata"]["annotations"]
+    excluded = set(annotations["traffic.sidecar.istio.io/excludeOutboundIPRanges"].split(","))
+    assert excluded == {c for c, _, _ in PLATFORM_EGRESS["eks-pod-identity"]}
+    assert annotations["traffic.sidecar.istio.io/excludeOutboundPorts"] == "443"
+
+
+def test_aws_web_identity_gives_boto3_a_token_and_a_role(tmp_path: Path) -> None:
+    import botocore.credentials
+
+    pod = _component(tmp_path, "aws-web-identity")[("StatefulSet", "extproc-audit")]
+    spec = pod["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # The variables boto3's AssumeRoleWithWebIdentity provider reads.
+    provider = botocore.credentials.AssumeRoleWithWebIdentityProvider
+    assert provider._CONFIG_TO_ENV_VAR == {  # type: ignore[attr-defined]
+        "web_identity_token_file": "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "role_session_name": "AWS_ROLE_SESSION_NAME",
+        "role_arn": "AWS_ROLE_ARN",
+    }
+    assert env["AWS_ROLE_ARN"].startswith("arn:aws:iam::")
+    assert "EXTPROC_AUDIT_LOG_ID" in env  # merged, not replaced
+    token = Path(env["AWS_WEB_IDENTITY_TOKEN_FILE"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert (
+        Path(mounts["aws-token"]["mountPath"]) == token.parent and mounts["aws-token"]["readOnly"]
+    )
+    assert {"wal", "signing-key", "tmp"} <= set(mounts)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (source,) = volumes["aws-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "sts.amazonaws.com"
+    assert source["serviceAccountToken"]["path"] == token.name
+
+
+def test_native_sidecar_component_sets_the_annotation(tmp_path: Path) -> None:
+    pod = _component(tmp_path, "native-sidecar")[("StatefulSet", "extproc-audit")]
+    annotations = pod["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["sidecar.istio.io/nativeSidecar"] == "true"
+    # What Istio's own template reads to decide (the injection template uses it too).
+    assert "sidecar.istio.io/nativeSidecar" in _audit_template()
 
 
 # --- schemas -------------------------------------------------------------------------
@@ -247,6 +409,32 @@ def test_audit_server_pod_is_locked_down() -> None:
     ports = {p["name"]: p for p in docs["Service"]["spec"]["ports"]}
     assert ports["grpc"]["appProtocol"] == "grpc"
     assert docs["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+
+
+def _duration(value: str) -> float:
+    assert value.endswith("s"), value
+    return float(value[:-1])
+
+
+def test_audit_pod_proxy_outlives_the_server_drain() -> None:
+    """Every ext_proc and access-log stream reaches the server through its own
+    pod's istio-proxy. A regular sidecar drains terminationDrainDuration (Istio's
+    default 5 s, pkg/config/mesh/mesh.go) after SIGTERM and exits
+    (pkg/envoy/agent.go), while the server drains --drain-timeout plus
+    --access-log-grace: the proxy must stay at least that long. With a native
+    sidecar the proxy is stopped only after the server exited, so the grace period
+    must hold both, one after the other."""
+    from extproc import config
+
+    docs = {d["kind"]: d for d in _rendered(ISTIO / "overlays" / "enforce")}
+    template = docs["StatefulSet"]["spec"]["template"]
+    proxy = json.loads(template["metadata"]["annotations"]["proxy.istio.io/config"])
+    settings = docs["ConfigMap"]["data"]
+    drain = float(settings["EXTPROC_AUDIT_DRAIN_TIMEOUT"])
+    grace = float(settings.get("EXTPROC_AUDIT_ACCESS_LOG_GRACE", config.ACCESS_LOG_GRACE))
+    proxy_drain = _duration(proxy["terminationDrainDuration"])
+    assert proxy_drain >= drain + grace
+    assert template["spec"]["terminationGracePeriodSeconds"] >= drain + grace + proxy_drain
 
 
 def test_destination_rule_lifts_the_default_circuit_breaker() -> None:
@@ -327,6 +515,36 @@ def _istio_config(
         config = envoyfilter.apply_telemetry(
             config, contexts, entry, listener_entry, listener_contexts=telemetry
         )
+    return config
+
+
+# What Istio's bootstrap does to stats (tools/packaging/common/envoy_bootstrap.json and
+# pkg/bootstrap/config.go at ISTIO_COMMIT): only Istio's own tags, the HCM's stat
+# prefix ended by ";" (util.DelimitedStatsPrefix) for its http_conn_manager_prefix
+# tag, and a stats matcher of its required names plus the mesh's proxyStatsMatcher.
+ISTIO_REQUIRED_PREFIXES = ["cluster_manager", "listener_manager", "server", "cluster.xds-grpc",
+                           "wasm", "reporter=", "component", "istio"]  # fmt: skip
+ISTIO_REQUIRED_SUFFIXES = ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied",
+                           "downstream_cx_active"]  # fmt: skip
+ISTIO_HCM_PREFIX_TAG = r"^http\.(((?:[_.[:digit:]\w]*|[_\[\]aAbBcCdDeEfF[:digit:]\w\:]*));\.)"
+
+
+def _with_istio_stats(config: dict[str, Any]) -> dict[str, Any]:
+    """The proxy's stats as Istio's bootstrap shapes them, with our mesh config's
+    proxyStatsMatcher (istio/mesh/): what a pod's /stats/prometheus shows."""
+    matcher = render_istio.mesh_config()["defaultConfig"]["proxyStatsMatcher"]
+    patterns = [{"prefix": p} for p in [*ISTIO_REQUIRED_PREFIXES, *matcher["inclusionPrefixes"]]]
+    patterns += [{"suffix": s} for s in [*ISTIO_REQUIRED_SUFFIXES, *matcher["inclusionSuffixes"]]]
+    config["stats_config"] = {
+        "use_all_default_tags": False,
+        "stats_tags": [{"tag_name": "http_conn_manager_prefix", "regex": ISTIO_HCM_PREFIX_TAG}],
+        "stats_matcher": {"inclusion_list": {"patterns": patterns}},
+    }
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"] == envoyfilter.HCM:
+                    network_filter["typed_config"]["stat_prefix"] += ";"
     return config
 
 
@@ -481,6 +699,25 @@ def test_filters_point_at_the_right_cluster_and_mode() -> None:
     }
 
 
+def test_gateway_filter_keeps_the_audit_cluster_on_a_filtered_gateway() -> None:
+    """With PILOT_FILTER_GATEWAY_CLUSTER_CONFIG a gateway gets only the clusters it
+    references; istiod adds the Services an EnvoyFilter names in this annotation
+    (Istio 1.26+, pilot/pkg/model/envoyfilter.go: `namespace/host` is namespaced)
+    and the mesh's extension providers (1.14+, push_context.go
+    extraServicesForProxy): both name the audit Service's cluster."""
+    annotations = _envoy_filter("gateway")["metadata"]["annotations"]
+    namespace, host = annotations["envoyfilter.istio.io/referenced-services"].split("/")
+    cluster = _ext_proc("gateway")["grpc_service"]["envoy_grpc"]["cluster_name"]
+    assert cluster == f"outbound|{render_istio.GRPC_PORT}||{host}"
+    service = next(d for d in _rendered(ISTIO / "overlays" / "gateway") if d["kind"] == "Service")
+    assert (namespace, host.split(".")[0]) == (
+        service["metadata"]["namespace"],
+        service["metadata"]["name"],
+    )
+    (provider,) = _mesh_files()["helm"]["extensionProviders"]
+    assert provider["envoyHttpAls"]["service"] == host
+
+
 # --- the mesh's extension provider and the Telemetry resources -------------------------
 
 
@@ -517,8 +754,15 @@ def test_mesh_config_provider_is_rendered_from_envoyconf() -> None:
     ports = {p["port"]: p for p in service["spec"]["ports"]}
     assert ports[provider["envoyHttpAls"]["port"]]["appProtocol"] == "grpc"
     # Envoy's written/dropped counters reach Prometheus (Istio's stats matcher).
+    # So do the ext_proc filter's, whose prefix names the listener: kept by suffix.
     matcher = meshes["helm"]["defaultConfig"]["proxyStatsMatcher"]
-    assert matcher == {"inclusionPrefixes": ["access_logs.grpc_access_log"]}
+    assert matcher == {
+        "inclusionPrefixes": ["access_logs.grpc_access_log"],
+        "inclusionSuffixes": [
+            "ext_proc.streams_started", "ext_proc.streams_failed",
+            "ext_proc.message_timeouts", "ext_proc.failure_mode_allowed",
+        ],
+    }  # fmt: skip
 
 
 def _telemetries() -> dict[str, dict[str, Any]]:
@@ -652,6 +896,7 @@ def test_istiod_access_log_and_enforce_filter_audit_real_traffic(tmp_path: Path)
         ports = {"outbound": proxy.envoy_port, "listen": inbound, "app": app.port,
                  "admin": proxy.admin_port, "grpc": [p.grpc_port for p in pods]}  # fmt: skip
         config = _istio_config("enforce", ports, telemetry=_telemetry_contexts("enforce"))
+        config = _with_istio_stats(config)
         path = tmp_path / "istio-envoy.yaml"
         path.write_text(to_yaml(config))
         with (tmp_path / "envoy.log").open("ab") as log:
@@ -663,6 +908,8 @@ def test_istiod_access_log_and_enforce_filter_audit_real_traffic(tmp_path: Path)
             assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
             stats = _wait_for_als(proxy.admin_port, 60)
             exported = _prometheus_stats(proxy.admin_port, "envoy_access_logs_grpc_access_log_")
+            ext_proc_stats = processes.envoy_stats(proxy.admin_port, "http.")
+            ext_proc_exported = _prometheus_stats(proxy.admin_port, "envoy_http_ext_proc_")
             for pod in pods:
                 assert pod.stop_server(signal.SIGTERM) == 0
             # Enforce fails closed: with the audit servers gone nothing passes.
@@ -672,6 +919,19 @@ def test_istiod_access_log_and_enforce_filter_audit_real_traffic(tmp_path: Path)
     assert exported["envoy_access_logs_grpc_access_log_logs_written"] == 60
     assert exported["envoy_access_logs_grpc_access_log_logs_dropped"] == 0
     assert exported["envoy_access_logs_grpc_access_log_grpc_entries_flush_failed"] == 0
+    # The ext_proc counters the mesh keeps by suffix (and the alerts read): each
+    # suffix names a stat of this listener's filter, exported as envoy_http_ext_proc_*.
+    kept = {}
+    for suffix in render_istio.EXT_PROC_STATS_SUFFIXES:
+        (name,) = [n for n in ext_proc_stats if n.endswith("." + suffix)]
+        kept[suffix] = ext_proc_stats[name]
+        assert f"envoy_http_{suffix.replace('.', '_')}" in ext_proc_exported, ext_proc_exported
+    assert kept["ext_proc.streams_started"] == 30
+    # A healthy run fails no stream: the failures alert has no false positives here.
+    assert kept["ext_proc.streams_failed"] == kept["ext_proc.message_timeouts"] == 0
+    assert kept["ext_proc.failure_mode_allowed"] == 0
+    # Istio's matcher is in effect: the filter's other counters are not kept.
+    assert not [n for n in ext_proc_stats if n.endswith("ext_proc.stream_msgs_sent")]
     logs = {p.log_id: [e for e in read_entries(store, p.log_id) if e["kind"] != "writer"]
             for p in pods}  # fmt: skip
     busy = [log_id for log_id, entries in logs.items() if entries]
@@ -848,7 +1108,8 @@ def test_shared_server_trusts_only_its_own_proxy() -> None:
     annotations = _shared("StatefulSet")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["sidecar.istio.io/interceptionMode"] == "REDIRECT"
     proxy_config = json.loads(annotations["proxy.istio.io/config"])
-    assert proxy_config == {"proxyHeaders": {"forwardedClientCert": "SANITIZE_SET"}}
+    assert proxy_config["proxyHeaders"] == {"forwardedClientCert": "SANITIZE_SET"}
+    assert set(proxy_config) == {"proxyHeaders", "terminationDrainDuration"}
     assert "traffic.sidecar.istio.io/excludeInboundPorts" not in annotations
 
 
@@ -1144,6 +1405,19 @@ def test_example_app_keeps_its_own_traffic_in_the_mesh() -> None:
     # EKS: the pod's AWS credentials go to the audit container only.
     apps = {c["name"] for c in _example_app_pod()["spec"]["containers"]}
     assert set(annotations["eks.amazonaws.com/skip-containers"].split(",")) == apps
+
+
+def test_example_app_has_a_service_account_of_its_own() -> None:
+    # The sidecar writer role is bound to the pod's service account, which every
+    # container of the pod shares: never the namespace's `default` account.
+    docs = _rendered(ISTIO / "overlays" / "sidecar")
+    pod = _example_app_pod()
+    account = pod["spec"].get("serviceAccountName", "default")
+    assert account != "default"
+    accounts = [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert [(a["metadata"]["namespace"], a["metadata"]["name"]) for a in accounts] == [
+        (pod["metadata"].get("namespace", render_istio.APP_NAMESPACE), account)
+    ]
 
 
 def test_injection_renderer_refuses_what_it_does_not_implement() -> None:
@@ -1784,6 +2058,26 @@ def test_kind_e2e_script_is_valid_bash() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "set -euo pipefail" in script.read_text()
+
+
+def test_kind_e2e_keygen_step_yields_the_key_and_its_verifier_key(tmp_path: Path) -> None:
+    """The script's keygen step, with its `toolbox` (a pod of the image) replaced
+    by the same command run here: the signing key file and the verifier key it
+    prints belong together (the old step read an empty line as the verifier key
+    and could never pass)."""
+    from extproc.keys import load_signer
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    script = ROOT / "scripts" / "kind-e2e.sh"
+    result = subprocess.run(
+        ["bash", "-c", f'source "{script}"; toolbox() {{ "$@"; }}; make_keys "$1"', "kind-e2e",
+         str(tmp_path / "signing.key")],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    vkey = result.stdout.strip()
+    assert vkey and "\n" not in vkey
+    assert load_signer(tmp_path / "signing.key").verifier().to_text() == vkey
 
 
 def test_kind_e2e_script_passes_shellcheck() -> None:
