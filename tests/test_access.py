@@ -19,6 +19,8 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import duration_pb2, timestamp_pb2, wrappers_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc import processes
 from extproc.core import entry
@@ -26,6 +28,7 @@ from extproc.core.redact import REDACTED, RedactionPolicy
 from extproc.server.access import AccessCapture, OutcomeMatcher, address_text
 from tests.conftest import AuditStack, all_bundle_bytes, read_entries, run_cli
 from tests.pki import TestCA
+from tests.test_capture import _NAMES, _VALUES, _plain
 
 SPIFFE = "spiffe://cluster.local/ns/shop/sa/frontend"
 SERVED_AS = "spiffe://cluster.local/ns/shop/sa/api"
@@ -383,3 +386,25 @@ def test_listener_level_entry_without_a_request_is_marked() -> None:
     assert fields["no_request"] is True and fields["flags"] == "NR"
     assert fields["resp"]["status"] is None
     assert "no_request" not in capture(http_entry())
+
+
+@given(
+    headers=st.dictionaries(_NAMES.map(str.lower), _VALUES, max_size=12),
+    max_value_bytes=st.sampled_from([64, 65, 100, 2048]),
+)
+@settings(max_examples=300, deadline=None)
+def test_access_headers_are_what_the_policy_makes_of_them(
+    headers: dict[str, str], max_value_bytes: int
+) -> None:
+    # The ALS fast path (no policy.header() for names it has no work for, no
+    # policy.truncate() for short values) held to the plain reading.
+    policy = RedactionPolicy(max_value_bytes=max_value_bytes)
+    fields = capture(http_entry(request_headers=headers), policy)
+    expected = {"user-agent": "curl/8"}
+    cut_names = set()
+    for name, value in headers.items():
+        expected[name.lower()], cut = _plain(policy, name.lower(), value)
+        if cut:
+            cut_names.add(f"req.headers.{name.lower()}")
+    assert fields["req"]["headers"] == expected
+    assert cut_names == {t for t in fields.get("trunc", []) if t.startswith("req.headers.")}

@@ -16,9 +16,16 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc.core import entry
-from extproc.core.redact import DEFAULT_REDACT_HEADERS, REDACTED, RedactionPolicy
+from extproc.core.redact import (
+    DEFAULT_REDACT_HEADERS,
+    REDACTED,
+    TRUNCATED_MARK,
+    RedactionPolicy,
+)
 from extproc.errors import ConfigError
 from extproc.server.capture import ATTR_NAMESPACE, DEFAULT_MAX_HEADERS, Capturer, xfcc_uris
 
@@ -574,3 +581,71 @@ def test_fit_drops_only_as_much_as_needed() -> None:
     dropped = [n for n, v in fields["req"]["headers"].items() if v == entry.DROPPED]
     # 100 KiB of headers against a ~62 KiB target: about 15 must go, not all 40.
     assert 10 <= len(dropped) <= 20
+
+
+# --- the fast path stores what the policy says --------------------------------------------
+# Capture skips policy.header() for names it has no work for and policy.truncate()
+# for values short enough to fit whatever their characters. These properties hold
+# it to the plain reading: every stored header is policy.truncate(policy.header(v)).
+
+_ODD_NAMES = ["Authorization", "COOKIE", "referer", "Location", "x-plain", "accept", "x-é"]
+_NAMES = st.sampled_from([*sorted(DEFAULT_REDACT_HEADERS), *_ODD_NAMES])
+_VALUES = st.one_of(
+    st.text(max_size=40),
+    st.text(min_size=15, max_size=90),  # around the 64-byte limit
+    # Few characters, many bytes: the shortcut must count 4 bytes for each.
+    st.text(st.characters(min_codepoint=0x800, exclude_categories=["Cs"]), min_size=8, max_size=40),
+    st.sampled_from(["Bearer tok", "https://a/?code=S1#access_token=S2", "sid=s; x=y"]),
+)
+
+
+def _fitted(policy: RedactionPolicy, value: str) -> tuple[str, bool]:
+    """policy.truncate() written out, without its shortcut."""
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) <= policy.max_value_bytes:
+        return value, False
+    kept = encoded[: policy.max_value_bytes].decode("utf-8", "ignore")
+    return kept + TRUNCATED_MARK.format(len(encoded) - len(kept.encode())), True
+
+
+def _plain(policy: RedactionPolicy, name: str, value: str) -> tuple[str, bool]:
+    return _fitted(policy, policy.header(name, value))
+
+
+@given(
+    headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=12),
+    max_value_bytes=st.sampled_from([64, 65, 100, 2048]),
+)
+@settings(max_examples=300, deadline=None)
+def test_ext_proc_headers_are_what_the_policy_makes_of_them(
+    headers: list[tuple[str, str]], max_value_bytes: int
+) -> None:
+    policy = RedactionPolicy(max_value_bytes=max_value_bytes)
+    fields = capture(list(headers), policy)
+    expected: dict[str, Any] = {}
+    cut_names = set()
+    for name, value in headers:
+        stored, cut = _plain(policy, name.lower(), value)
+        if cut:
+            cut_names.add(f"req.headers.{name.lower()}")
+        previous = expected.get(name.lower())
+        if previous is None:
+            expected[name.lower()] = stored
+        elif isinstance(previous, list):
+            previous.append(stored)
+        else:
+            expected[name.lower()] = [previous, stored]
+    assert fields["req"]["headers"] == expected
+    assert cut_names == {t for t in fields.get("trunc", []) if t.startswith("req.headers.")}
+
+
+@given(path=_VALUES, max_value_bytes=st.sampled_from([64, 100]))
+@settings(max_examples=200, deadline=None)
+def test_ext_proc_request_line_is_truncated_as_the_policy_says(
+    path: str, max_value_bytes: int
+) -> None:
+    policy = RedactionPolicy(max_value_bytes=max_value_bytes, query_mode="keep")
+    fields = capture([], policy, path="/" + path.replace("?", "").replace("#", ""))
+    stored, cut = _fitted(policy, "/" + path.replace("?", "").replace("#", ""))
+    assert fields["req"]["path"] == stored
+    assert cut == ("req.path" in fields.get("trunc", []))

@@ -154,7 +154,10 @@ class RedactionPolicy:
     # URL-valued headers: their query and fragment are redacted (url()).
     url_headers: frozenset[str] = DEFAULT_URL_HEADERS
     # Every header name header() has work for (one set lookup on the hot path).
-    _watched: frozenset[str] = field(init=False, repr=False, compare=False)
+    watched_headers: frozenset[str] = field(init=False, repr=False, compare=False)
+    # A string of at most this many characters fits max_value_bytes whatever its
+    # characters (4 bytes each at most): truncate() has no work for it.
+    short_chars: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.query_mode not in QUERY_MODES:
@@ -166,7 +169,8 @@ class RedactionPolicy:
         for name in ("redact_headers", "redact_query_params", "url_headers"):
             lowered = frozenset(n.lower() for n in getattr(self, name))
             object.__setattr__(self, name, lowered)  # frozen: set once, here
-        object.__setattr__(self, "_watched", self.redact_headers | self.url_headers)
+        object.__setattr__(self, "watched_headers", self.redact_headers | self.url_headers)
+        object.__setattr__(self, "short_chars", self.max_value_bytes // 4)
 
     def secret(self, value: str) -> str:
         """The stand-in for a secret value."""
@@ -185,7 +189,7 @@ class RedactionPolicy:
         for any caller.
         """
         name = name.lower()
-        if name not in self._watched:
+        if name not in self.watched_headers:
             return value
         if name not in self.redact_headers:
             return self.url(value)
@@ -344,7 +348,7 @@ class RedactionPolicy:
 
     def truncate(self, value: str) -> tuple[str, bool]:
         """Cut a value to max_value_bytes of UTF-8, with a marker saying how much went."""
-        if len(value) * 4 <= self.max_value_bytes:  # fits whatever the characters: hot path
+        if len(value) <= self.short_chars:  # fits whatever the characters: hot path
             return value, False
         encoded = value.encode("utf-8", "surrogatepass")
         if len(encoded) <= self.max_value_bytes:

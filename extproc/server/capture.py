@@ -40,16 +40,6 @@ DEFAULT_MAX_HEADER_BYTES = config.MAX_HEADER_BYTES
 MAX_HEADER_NAME_BYTES = 1024
 
 
-def _decode(raw: bytes, value: str) -> str | dict[str, str]:
-    # Envoy puts header values in raw_value (bytes); `value` is for old proxies.
-    if not raw:
-        return value
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"b64": base64.b64encode(raw).decode()}
-
-
 def _attributes(msg: Any) -> dict[str, Any]:
     """The attributes we asked for, looked up by name: a message stuffed with
     thousands of others costs no more than one with ours only."""
@@ -102,37 +92,50 @@ class Capturer:
         max_header_bytes (or with an absurd name) are not looked at, only counted.
         """
         policy = self.policy
+        watched, short = policy.watched_headers, policy.short_chars
         pseudo: dict[str, str] = {}
         headers: dict[str, Any] = {}
         items = header_map.headers
-        budget = self.max_header_bytes
+        budget, max_headers = self.max_header_bytes, self.max_headers
         seen = skipped = 0
         for h in items:
-            if seen == self.max_headers:
+            if seen == max_headers:
                 break
             seen += 1
             raw = h.raw_value
+            old_value = h.value
             # Names are case-insensitive: Envoy sends lower case, a forger may not,
             # and redaction must match either way.
             name = h.key.lower()
-            budget -= len(name) + len(raw) + len(h.value)
+            budget -= len(name) + len(raw) + len(old_value)
             if budget < 0:
                 seen -= 1
                 break
-            if keep is not None and name not in keep and not name.startswith(":"):
+            is_pseudo = name.startswith(":")
+            if keep is not None and not is_pseudo and name not in keep:
                 continue
             if len(name) > MAX_HEADER_NAME_BYTES:
                 skipped += 1
                 continue
-            value = _decode(raw, h.value)
-            if name.startswith(":"):
+            # Envoy puts header values in raw_value (bytes); `value` is for old proxies.
+            value: Any
+            if raw:
+                try:
+                    value = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    value = {"b64": base64.b64encode(raw).decode()}
+            else:
+                value = old_value
+            if is_pseudo:
                 pseudo[name] = value if isinstance(value, str) else ""
                 continue
             if isinstance(value, str):
-                value = policy.header(name, value)
-                value, cut = policy.truncate(value)
-                if cut:
-                    trunc.append(f"{section}.headers.{name}")
+                if name in watched:
+                    value = policy.header(name, value)
+                if len(value) > short:
+                    value, cut = policy.truncate(value)
+                    if cut:
+                        trunc.append(f"{section}.headers.{name}")
             elif (redacted := policy.header_bytes(name, raw)) is not None:
                 # Not UTF-8 but a secret or a URL: never store its bytes, not even as b64.
                 value, cut = policy.truncate(redacted)
@@ -173,10 +176,12 @@ class Capturer:
                 req["query"], cut = self.policy.truncate(stored_query)
                 if cut:
                     trunc.append("req.query")
+        short = self.policy.short_chars
         for name in ("path", "authority", "method", "scheme"):
-            req[name], cut = self.policy.truncate(req[name])
-            if cut:
-                trunc.append(f"req.{name}")
+            if len(req[name]) > short:
+                req[name], cut = self.policy.truncate(req[name])
+                if cut:
+                    trunc.append(f"req.{name}")
         if protocol := attrs.get("request.protocol"):
             req["protocol"] = self._bounded(protocol, "req.protocol", trunc)
         fields: dict[str, Any] = {"req": req, "src": self._source(attrs, headers, trunc)}
@@ -198,6 +203,8 @@ class Capturer:
         return fields
 
     def _bounded(self, value: Any, path: str, trunc: list[str]) -> str:
+        if isinstance(value, str) and len(value) <= self.policy.short_chars:
+            return value  # fits: the common case
         text, cut = self.policy.truncate(value if isinstance(value, str) else str(value))
         if cut:
             trunc.append(path)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import traceback
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -41,6 +40,7 @@ from extproc import metrics
 from extproc.core import receipt
 from extproc.errors import BackpressureError
 from extproc.log.appender import AuditLog
+from extproc.ratelog import RateLimitedLog
 from extproc.server.capture import Capturer
 from extproc.server.reporters import Reporter, ReporterPolicy, ReporterRefused
 
@@ -71,24 +71,6 @@ _UNSUPPORTED = {
     "request_trailers": "request_trailer_mode: SKIP",
     "response_trailers": "response_trailer_mode: SKIP",
 }
-
-
-class RateLimitedLog:
-    """At most one log line per interval for a repeating condition."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.interval = interval
-        self._last = 0.0
-        self._suppressed = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        suffix = f" ({self._suppressed} more since last report)" if self._suppressed else ""
-        log.warning(msg + suffix, *args)
-        self._last, self._suppressed = now, 0
 
 
 class IdleStreams:
@@ -210,9 +192,9 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.mode = mode
         self.reporters = reporters or ReporterPolicy()
         self.idle = idle or IdleStreams(0)
-        self._refusals = RateLimitedLog()
-        self._denials = RateLimitedLog()
-        self._drops = RateLimitedLog()
+        self._refusals = RateLimitedLog(log)
+        self._denials = RateLimitedLog(log)
+        self._drops = RateLimitedLog(log)
         self._streams = metrics.STREAMS.labels(mode)
         self._requests = metrics.ENTRIES.labels("request")
         self._entries: dict[str, Any] = {}  # label children, bound once
