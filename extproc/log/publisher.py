@@ -131,6 +131,7 @@ class Publisher:
         self.checkpoints_written = 0
         self._prefix = store.prefix
         self._stopping = False
+        self._stop_recorded = False
         self._key_text = signer.verifier().to_text()
         # Keys whose objects are this writer's own: the current one and the one
         # that signed the last published checkpoint (a rotation in progress).
@@ -637,15 +638,22 @@ class Publisher:
         self.last_error = str(error)
         delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
         delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-        if self.log.backlog_bytes > self.log.max_backlog_bytes:
-            # Requests are refused until a write gets through: probe every
-            # second, so that the refusals end within a second of the store's
-            # return, not after the backoff (up to --retry-max-delay).
+        if self.log.refusing(within=2 * PROBE_WHILE_DENYING):
+            # Requests are refused until a write gets through (the backlog is
+            # over its bound, or the disk is full and only publication frees
+            # it): probe every second, so that the refusals end within a second
+            # of the store's return, not after the backoff (up to --retry-max-delay).
             delay = min(delay, PROBE_WHILE_DENYING)
         log.warning(
             "publish %s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, error
         )
-        await asyncio.sleep(delay)
+        # Refusals can begin during a long wait (the bound is reached, the disk
+        # fills): from then on the next probe is at most a second away.
+        until = time.monotonic() + delay
+        while (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, PROBE_WHILE_DENYING))
+            if self.log.refusing(within=2 * PROBE_WHILE_DENYING):
+                break
 
     # --- repairs (the self-audit, or a restart, found an object missing) ---------------
 
@@ -737,14 +745,22 @@ class Publisher:
         self._stopping = True
         self.log.durable_event.set()
 
+    async def record_stop(self) -> None:
+        """Append the `writer stop` entry, once: durable in the WAL, published by
+        close(), or by the next start if the store stays down for the drain."""
+        if self._stop_recorded:
+            return
+        self._stop_recorded = True
+        with contextlib.suppress(BackpressureError):  # a refusing log still publishes
+            await self.log.append(entry.writer_event("stop", self.writer_id))
+
     async def close(self) -> None:
         """Record the clean stop in the log, publish everything under a final checkpoint."""
         if self.fenced is not None:
             raise ForkError(self.fenced)
         if not self.reconciled:
             await self.reconcile()
-        with contextlib.suppress(BackpressureError):  # a refusing log still publishes
-            await self.log.append(entry.writer_event("stop", self.writer_id))
+        await self.record_stop()
         try:
             await self.publish(final=True)
         except ForkError as e:

@@ -46,6 +46,12 @@ AUDITED_FILE = "audited.json"
 RESERVE_FILE = "reserve"
 RESERVE_BYTES = 1 << 20
 LOCK_FILE = "LOCK"
+# A segment goes only once a newer one exists and the published size reaches
+# it, so the WAL's volume must hold several: on one that holds less than two,
+# the first segment never goes and a full disk stays full. Segments are at most
+# this fraction of the volume (64 MiB on any volume of 512 MiB or more).
+SEGMENTS_PER_VOLUME = 8
+MIN_SEGMENT_BYTES = 64 << 10
 NL = b"\n"
 
 
@@ -143,6 +149,13 @@ def _replace_file(path: Path, data: bytes) -> None:
         raise
 
 
+def _segment_size(directory: Path, wanted: int) -> int:
+    """`wanted`, or less on a volume that would not hold SEGMENTS_PER_VOLUME of them."""
+    st = os.statvfs(directory)
+    fits = st.f_blocks * st.f_frsize // SEGMENTS_PER_VOLUME
+    return max(min(wanted, MIN_SEGMENT_BYTES), min(wanted, fits))
+
+
 def _segment_name(first_seq: int) -> str:
     return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
 
@@ -175,6 +188,7 @@ class WAL:
         self.audited_size: int | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self.segment_bytes = _segment_size(self.dir, segment_bytes)
             self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._keep_reserve()
@@ -409,9 +423,16 @@ class WAL:
         self._keep_reserve()
 
     def _prunable(self, published_size: int) -> int:
-        if self.audited_size is None:
+        if self.audited_size is None or self._short_of_space():
             return published_size
         return min(published_size, self.audited_size)
+
+    def _short_of_space(self) -> bool:
+        """Less than two segments free: segments kept only for the self-audit go
+        now, before appends fail on a full disk (what they could repair is then
+        only reported)."""
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize < 2 * self.segment_bytes + RESERVE_BYTES
 
     def load_audited(self) -> bytes | None:
         """The self-audit's saved state, if any."""

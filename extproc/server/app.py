@@ -390,6 +390,10 @@ class AuditServer:
         if r.proof_server is not None:
             await r.proof_server.stop(min(1.0, left()))
         await r.audit_log.flush()
+        # The clean stop into the WAL first (a local fsync): should the store
+        # stay down for the rest of the drain, the next start publishes it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(r.publisher.record_stop(), left())
         r.publisher.stop()
         try:
             await asyncio.wait_for(asyncio.shield(r.publish_task), left())
