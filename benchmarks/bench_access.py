@@ -140,8 +140,8 @@ async def run(raw: list[bytes], repeat: int, profile: bool) -> dict[str, float]:
                 if prof is not None:
                     prof.disable()
                 elapsed += time.perf_counter() - started
-                while len(log.unpublished) > KEEP_DURABLE:  # publication, simulated
-                    log.unpublished.popleft()
+                while len(log._unpublished) > KEEP_DURABLE:  # publication, simulated
+                    log._unpublished.popleft()
             timed("all", elapsed)
             await log.flush()
             log.close()

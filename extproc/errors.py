@@ -66,8 +66,25 @@ class ObjectNotFoundError(StorageError):
         self.key = key
 
 
-class BackpressureError(AuditError):
-    """The log cannot take more right now; the request must be denied (503)."""
+class LogUnavailableError(AuditError):
+    """The log cannot take an entry now: its request is denied (503), its
+    access-log entry counted as dropped. The subclasses say why."""
+
+
+class BackpressureError(LogUnavailableError):
+    """The backlog of unpublished entries is over its bound (the store is behind)."""
+
+
+class DurabilityError(LogUnavailableError):
+    """The WAL write or fsync of the entry's batch failed (a full or failing disk)."""
+
+
+class LogRefusedError(LogUnavailableError):
+    """The log refuses entries for good (a fork, a WAL that cannot be cut back)."""
+
+
+class LogClosedError(LogUnavailableError):
+    """The log was closed before the entry became durable."""
 
 
 class WALCorruptionError(StorageError):

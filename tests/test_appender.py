@@ -21,7 +21,7 @@ import pytest
 
 from extproc.core import entry
 from extproc.core.merkle import CompactRange, leaf_hash
-from extproc.errors import BackpressureError, StorageError
+from extproc.errors import BackpressureError, DurabilityError, LogRefusedError, StorageError
 from extproc.log.appender import AuditLog
 from extproc.log.syncer import Syncer
 from extproc.log.wal import WAL, TreeState
@@ -122,10 +122,14 @@ def open_faked_log(
     wal: WAL, *, held: bool = False, fail_calls: frozenset[int] = frozenset(), **kwargs: Any
 ) -> tuple[AuditLog, FakeSyncer]:
     """An audit log whose syncs the test controls (call inside the event loop)."""
-    log = open_log(wal, **kwargs)
-    syncer = FakeSyncer(log._sync_done, held=held, fail_calls=set(fail_calls))
-    log._syncer = syncer
-    return log, syncer
+    made: list[FakeSyncer] = []
+
+    def fake(directory: str, on_done: Callable[[str | None], None]) -> FakeSyncer:
+        made.append(FakeSyncer(on_done, held=held, fail_calls=set(fail_calls)))
+        return made[0]
+
+    log = open_log(wal, syncer=fake, **kwargs)
+    return log, made[0]
 
 
 def request(i: int) -> dict[str, Any]:
@@ -227,11 +231,11 @@ def test_append_returns_only_after_sync_is_reported(tmp_path: Path) -> None:
         assert syncer.requests == [(wal.fileno(), wal.generation)]
         # ... but not acknowledged, nor offered to the publisher.
         assert not task.done(), "acknowledged before the sync was reported done"
-        assert (log.durable_size, len(log.unpublished)) == (0, 0)
+        assert (log.durable_size, log.waiting) == (0, 0)
         syncer.finish()
         seq = await task
         assert log.durable_size > seq
-        assert [d.line for d in log.unpublished] == recovered_lines_open()
+        assert [d.line for d in log.durable_from(log.published.size)] == recovered_lines_open()
         log.close()
 
     def recovered_lines_open() -> list[bytes]:
@@ -249,7 +253,7 @@ def test_flush_waits_for_every_sequenced_entry(tmp_path: Path) -> None:
         assert log.size == 10
         await log.flush()
         assert log.durable_size == 10
-        assert [d.line for d in log.unpublished] == recovered_lines_open(log)
+        assert [d.line for d in log.durable_from(log.published.size)] == recovered_lines_open(log)
         log.close()
 
     def recovered_lines_open(log: AuditLog) -> list[bytes]:
@@ -301,8 +305,9 @@ def test_unheld_concurrent_appends_need_fewer_syncs_than_entries(tmp_path: Path)
     wal = CountingWAL(tmp_path)
 
     async def scenario() -> int:
-        log = open_log(wal)
-        syncer = log._syncer = CountingSyncer(str(tmp_path), log._sync_done)
+        log = open_log(wal, syncer=CountingSyncer)
+        syncer = log._syncer
+        assert isinstance(syncer, CountingSyncer)
         await asyncio.gather(*(log.append(request(i)) for i in range(200)))
         log.close()
         return syncer.syncs
@@ -337,15 +342,15 @@ def test_publisher_is_woken_by_news_not_by_every_sync(tmp_path: Path) -> None:
     # news: the first entry to publish (its age starts) or a full bundle.
     async def scenario() -> None:
         log = open_log(WAL(tmp_path))
-        log.wake_threshold = 3
+        log.wake_when_waiting(3)
         woken = []
         for i in range(5):
             log.durable_event.clear()
             await log.append(request(i))
             woken.append(log.durable_event.is_set())
         assert woken == [True, False, True, False, False]
-        taken = list(log.unpublished)[:5]
-        log.mark_published(state_of([d.leaf for d in taken]), len(taken))
+        taken = log.entries(0, 5)
+        log.mark_published(state_of([d.leaf for d in taken]))
         log.durable_event.clear()
         await log.append(request(5))
         assert log.durable_event.is_set()
@@ -369,8 +374,8 @@ def test_backlog_over_bound_is_refused_until_published(tmp_path: Path) -> None:
         assert log.size == accepted  # the refused entry took no seq
         assert log.backlog_bytes > 2000
         # Publication frees the backlog: appends are taken again, chain intact.
-        taken = list(log.unpublished)[:accepted]
-        log.mark_published(state_of([d.leaf for d in taken]), len(taken))
+        taken = log.entries(0, accepted)
+        log.mark_published(state_of([d.leaf for d in taken]))
         assert log.backlog_bytes == 0
         assert await log.append(request(99)) == accepted
         log.close()
@@ -419,7 +424,7 @@ def test_failed_sync_denies_batch_and_everything_behind_it(tmp_path: Path) -> No
         assert log.size == 5
         syncer.finish(SYNC_FAILED)
         results = await asyncio.gather(failing, *behind, return_exceptions=True)
-        assert all(isinstance(r, BackpressureError) for r in results), results
+        assert all(isinstance(r, DurabilityError) for r in results), results
         assert all("Input/output error" in str(r) for r in results), results
         assert segment_bytes(tmp_path) == durable_bytes  # WAL.undo cut the batch off
         assert log.refusal is None  # the WAL is consistent again: the log goes on
@@ -446,7 +451,7 @@ def test_failed_write_is_denied_at_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         log = open_log(wal)
         assert await log.append(request(0)) == 0
-        with pytest.raises(BackpressureError, match="No space left"):
+        with pytest.raises(DurabilityError, match="No space left"):
             log.append_nowait(request(1))
         assert (log.size, log.durable_size) == (1, 1)
         assert log.refusal is None
@@ -477,7 +482,7 @@ def test_failed_write_of_queued_batch_denies_it(tmp_path: Path) -> None:
         syncer.finish()  # entry 1 is durable; the write of 2..4 fails
         assert await syncing == 1
         results = await asyncio.gather(*queued, return_exceptions=True)
-        assert all(isinstance(r, BackpressureError) for r in results), results
+        assert all(isinstance(r, DurabilityError) for r in results), results
         assert not syncer.in_flight
         assert log.refusal is None
         assert (log.size, log.durable_size) == (2, 2)
@@ -515,8 +520,8 @@ def test_failed_first_batch_restarts_chain_from_published_state(
             log = open_log(FailingWAL(tmp_path, fail_calls={1}))
         else:
             log, _ = open_faked_log(WAL(tmp_path), fail_calls=frozenset({1}))
-        assert not log.unpublished
-        with pytest.raises(BackpressureError):
+        assert not log.waiting
+        with pytest.raises(DurabilityError):
             await log.append(request(3))
         assert await log.append(request(4)) == 3
         log.close()
@@ -546,10 +551,10 @@ def test_uncut_failed_write_refuses_the_log(tmp_path: Path, when: str) -> None:
         if when == "queued":
             syncer.finish()
         assert await first == 0
-        with pytest.raises(BackpressureError):
+        with pytest.raises(DurabilityError):
             await failing
         assert log.refusal is not None
-        with pytest.raises(BackpressureError, match="WAL cannot be written"):
+        with pytest.raises(LogRefusedError, match="WAL cannot be written"):
             await log.append(request(2))
         assert (log.size, log.durable_size) == (1, 1)
         assert not syncer.in_flight
@@ -573,9 +578,9 @@ def test_uncut_failed_sync_refuses_the_log(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         syncer.finish(SYNC_FAILED)
         results = await asyncio.gather(failing, queued, return_exceptions=True)
-        assert all(isinstance(r, BackpressureError) for r in results), results
+        assert all(isinstance(r, DurabilityError) for r in results), results
         assert log.refusal is not None
-        with pytest.raises(BackpressureError, match="WAL cannot be cut back"):
+        with pytest.raises(LogRefusedError, match="WAL cannot be cut back"):
             await log.append(request(3))
         assert (log.size, log.durable_size) == (1, 1)
         log.close()
@@ -598,7 +603,7 @@ def test_refused_log_denies_every_append(tmp_path: Path, use_nowait: bool) -> No
         log.refuse("log fenced: another writer")
         log.refuse("a later reason does not replace the first")
         assert log.refusal == "log fenced: another writer"
-        with pytest.raises(BackpressureError, match="another writer"):
+        with pytest.raises(LogRefusedError, match="another writer"):
             if use_nowait:
                 log.append_nowait(request(1))
             else:

@@ -27,7 +27,7 @@ from extproc.core.keyring import Keyring, TrustedKey
 from extproc.core.merkle import leaf_hash, root_of
 from extproc.core.note import Signer
 from extproc.core.verify import LogReport, all_ok
-from extproc.errors import BackpressureError, ForkError, StorageError
+from extproc.errors import ForkError, LogRefusedError, StorageError
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL, TreeState
@@ -172,7 +172,7 @@ def test_published_bundles_and_checkpoints_verify(
         await w.publisher.publish()
         assert bundle_ranges(store) == [(0, 9), (10, 19), (20, 24)]
         assert checkpoint_sizes(store) == [25]
-        assert (w.log.published.size, len(w.log.unpublished)) == (25, 0)
+        assert (w.log.published.size, w.log.waiting) == (25, 0)
         report = verify(store, signer)
         assert (report.entries, report.bundles, report.checkpoints) == (25, 3, 1)
 
@@ -625,7 +625,7 @@ def test_crash_after_checkpoint_put_before_wal_state_save(tmp_path: Path, signer
         assert w.log.published.size == 0  # the WAL never learnt of the checkpoint
         await w.publisher.reconcile()
         assert w.log.published.size == 10
-        assert not w.log.unpublished
+        assert not w.log.waiting
         await w.append(3)
         await w.publisher.close()
         w.crash()
@@ -763,7 +763,7 @@ def test_second_writer_claim_signed_by_the_log_key_fences_the_log(
         task = asyncio.create_task(w.publisher.run())
         await asyncio.wait_for(task, 10)  # run() returns once fenced
         assert w.publisher.fenced is not None and fenced_reasons == [w.publisher.fenced]
-        with pytest.raises(BackpressureError, match="fenced"):
+        with pytest.raises(LogRefusedError, match="fenced"):
             await w.log.append({"kind": "request"})
         with pytest.raises(ForkError):
             await w.publisher.close()
@@ -834,7 +834,7 @@ def test_different_checkpoint_by_the_log_key_at_next_key_is_a_fork(
         w = open_writer(tmp_path / "wal", store, signer)
         await w.publisher.reconcile()
         await w.append(4)
-        root = root_of([d.leaf for d in w.log.unpublished])
+        root = root_of([d.leaf for d in w.log.durable_from(w.log.published.size)])
         plant(store, layout.checkpoint_key(PREFIX, LOG_ID, 4), clash(signer, root))
         with pytest.raises(ForkError, match="another writer"):
             await w.publisher.publish()
@@ -857,7 +857,7 @@ def test_foreign_checkpoint_at_next_key_is_stepped_over(
         w = open_writer(tmp_path / "wal", store, signer)
         await w.publisher.reconcile()
         await w.append(4)
-        root = root_of([d.leaf for d in w.log.unpublished])
+        root = root_of([d.leaf for d in w.log.durable_from(w.log.published.size)])
         plant(store, planted, clash(signer, root))
         await w.publisher.publish()
         # The writer's record of the plant is entry 4; the tree is signed at 5 instead.
@@ -878,7 +878,7 @@ def test_own_earlier_checkpoint_at_next_key_is_accepted(tmp_path: Path, signer: 
         w = open_writer(tmp_path / "wal", store, signer)
         await w.publisher.reconcile()
         await w.append(4)
-        root = root_of([d.leaf for d in w.log.unpublished])
+        root = root_of([d.leaf for d in w.log.durable_from(w.log.published.size)])
         earlier = _checkpoint_by(signer, 4, root)
         plant(store, layout.checkpoint_key(PREFIX, LOG_ID, 4), earlier)
         await w.publisher.publish()
@@ -921,7 +921,7 @@ def test_planted_object_at_every_next_key_never_stops_the_log(
 
 
 def _store_ahead(store: MemoryStore, signer: Signer, w: Writer) -> None:
-    leaves = [d.leaf for d in w.log.unpublished]
+    leaves = [d.leaf for d in w.log.durable_from(w.log.published.size)]
     plant(
         store,
         layout.checkpoint_key(PREFIX, LOG_ID, 50),
@@ -947,7 +947,7 @@ def _bundle_past_a_gap(store: MemoryStore, signer: Signer, w: Writer) -> None:
 
 
 def _checkpoint_of_another_key(store: MemoryStore, signer: Signer, w: Writer) -> None:
-    leaves = [d.leaf for d in list(w.log.unpublished)[:2]]
+    leaves = [d.leaf for d in w.log.entries(w.log.published.size, 2)]
     data = _checkpoint_by(Signer.generate("intruder"), 7, root_of(leaves))
     plant(store, layout.checkpoint_key(PREFIX, LOG_ID, 7), data)
 
@@ -1000,7 +1000,7 @@ def test_reconcile_refuses_store_this_wal_did_not_write(
         objects = dict(store.objects)
         await w.publisher.run()
         assert w.publisher.fenced is not None
-        with pytest.raises(BackpressureError):
+        with pytest.raises(LogRefusedError):
             w.log.append_nowait({"kind": "request"})
         assert store.objects == objects
         w.crash()

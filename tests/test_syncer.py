@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +22,8 @@ import pytest
 
 from extproc.core import entry
 from extproc.core.merkle import leaf_hash
-from extproc.errors import BackpressureError
-from extproc.log.appender import AuditLog
+from extproc.errors import DurabilityError
+from extproc.log.appender import AuditLog, SyncerFactory
 from extproc.log.syncer import Syncer
 from extproc.log.wal import WAL
 from tests.helpers import eventually, run
@@ -30,9 +31,9 @@ from tests.helpers import eventually, run
 T = TypeVar("T")
 
 
-def open_log(directory: Path, **wal_options: Any) -> AuditLog:
+def open_log(directory: Path, syncer: SyncerFactory = Syncer, **wal_options: Any) -> AuditLog:
     wal = WAL(directory, **wal_options)
-    return AuditLog(wal, wal.recover())
+    return AuditLog(wal, wal.recover(), syncer=syncer)
 
 
 def request(i: int) -> dict[str, Any]:
@@ -147,18 +148,20 @@ def test_helper_that_cannot_start_fails_the_batch_not_the_log(tmp_path: Path) ->
     # As a failed fork would: the batch is denied, and the log is not left
     # waiting for an answer that never comes.
     async def scenario() -> None:
-        with contextlib.closing(open_log(tmp_path)) as log:
-            working = log._syncer
-            log._syncer = Syncer(str(tmp_path / "missing"), log._sync_done)
-            with pytest.raises(BackpressureError, match="syncer unreachable"):
+        later = tmp_path / "later"  # the helper opens its directory when it starts
+
+        def syncer(_directory: str, on_done: Callable[[str | None], None]) -> Syncer:
+            return Syncer(str(later), on_done)
+
+        with contextlib.closing(open_log(tmp_path / "wal", syncer)) as log:
+            with pytest.raises(DurabilityError, match="syncer unreachable"):
                 await log.append(request(0))
             assert (log.size, log.durable_size, log.refusal) == (0, 0, None)
-            assert not log._syncer.in_flight
-            log._syncer = working
+            later.mkdir()  # the next batch starts a helper
             assert await log.append(request(1)) == 0
 
     run(scenario)
-    assert paths(recovered_lines(tmp_path)) == ["/r/1"]
+    assert paths(recovered_lines(tmp_path / "wal")) == ["/r/1"]
 
 
 # --- segment switch ------------------------------------------------------------------------
@@ -225,7 +228,7 @@ def test_helper_killed_with_batch_in_flight_denies_the_batch(tmp_path: Path) -> 
                 os.kill(old.pid, signal.SIGKILL)
             results = await asyncio.gather(*waits, return_exceptions=True)
             # The batch in flight and everything sequenced behind it are denied.
-            assert all(isinstance(r, BackpressureError) for r in results), results
+            assert all(isinstance(r, DurabilityError) for r in results), results
             assert all("syncer" in str(r) for r in results), results
             assert segment_bytes(tmp_path) == durable_bytes  # cut back
             assert (log.size, log.durable_size, log.refusal) == (1, 1, None)

@@ -15,14 +15,22 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from itertools import repeat
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice, repeat
 from typing import Any, NamedTuple
 
 from extproc import metrics
 from extproc.core import entry
 from extproc.core.merkle import leaf_hash
-from extproc.errors import AuditError, BackpressureError, StorageError
+from extproc.errors import (
+    AuditError,
+    BackpressureError,
+    DurabilityError,
+    LogClosedError,
+    LogRefusedError,
+    LogUnavailableError,
+    StorageError,
+)
 from extproc.log.syncer import Syncer
 from extproc.log.wal import WAL, Recovered, TreeState
 from extproc.ratelog import RateLimitedLog
@@ -67,7 +75,33 @@ class Durable(NamedTuple):
     appended_at: float  # monotonic, for the publisher's age trigger
 
 
+class _Batch:
+    """Entries sequenced together, written to the WAL and fsync'd in one group
+    commit (the next batch collects while this one is synced)."""
+
+    __slots__ = ("bytes", "first", "leaves", "lines", "started", "undo")
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # seq of lines[0]
+        self.lines: list[bytes] = []
+        self.leaves: list[bytes] = []
+        self.bytes = 0
+        self.undo = 0  # WAL offset that cuts this batch off again
+        self.started = 0.0  # perf_counter when written
+
+
+SyncerFactory = Callable[[str, Callable[[str | None], None]], Syncer]
+
+
 class AuditLog:
+    """Sequences entries, group-commits them to the WAL, and holds the durable
+    ones until the publisher has them under a checkpoint.
+
+    The publisher reads durable entries by seq (entries(), durable_from()) and
+    hands back what a checkpoint covers (mark_published()); it never sees how
+    they are kept.
+    """
+
     def __init__(
         self,
         wal: WAL,
@@ -75,36 +109,34 @@ class AuditLog:
         *,
         max_backlog_bytes: int = 128 << 20,
         wall_clock: Callable[[], float] = time.time,
+        syncer: SyncerFactory = Syncer,
     ) -> None:
+        """`syncer` builds the fdatasync helper from the WAL directory and the callback it
+        reports to (tests pass a fake)."""
         self._wal = wal
         self._wall_clock = wall_clock
         self.max_backlog_bytes = max_backlog_bytes
         self.published = recovered.published
         # Durable, not yet published entries: what the publisher takes from.
         now = time.monotonic()
-        self.unpublished: deque[Durable] = deque(
+        self._unpublished: deque[Durable] = deque(
             Durable(line, leaf, now)
             for line, leaf in zip(recovered.lines, recovered.leaves, strict=True)
         )
-        self._unpublished_bytes = sum(len(d.line) for d in self.unpublished)
+        self._unpublished_bytes = sum(len(d.line) for d in self._unpublished)
         self.durable_size = recovered.size
         self._size = recovered.size  # next seq to assign
         self._prev = recovered.last_leaf.hex()
-        self._pending: list[bytes] = []
-        self._pending_leaves: list[bytes] = []
-        self._pending_bytes = 0
-        self._in_flight_bytes = 0  # the batch being synced
+        self._pending = _Batch(self._size)  # sequenced, collecting
+        self._in_flight: _Batch | None = None  # written, being synced
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-        self._flushing = False
-        self._syncer = Syncer(str(wal.dir), self._sync_done)
-        # The batch being synced: lines, leaf hashes, first seq, undo offset, start time.
-        self._in_flight: tuple[list[bytes], list[bytes], int, int, float] | None = None
+        self._syncer = syncer(str(wal.dir), self._sync_done)
         self._refusal: str | None = None  # set when the log must refuse appends
         self._last_error = ""
         self.last_wal_denial = -math.inf  # monotonic time a WAL write last failed a batch
         self._denials = RateLimitedLog(log)  # a full disk fails every batch
         self.durable_event = asyncio.Event()
-        self.wake_threshold = 1  # the publisher sets its bundle size here
+        self._wake_at = 1  # see wake_when_waiting()
         metrics.LOG_SIZE.set(self.durable_size)
 
     # --- appending ------------------------------------------------------------
@@ -127,13 +159,14 @@ class AuditLog:
     def append_nowait(self, fields: dict[str, Any], *, own: bool = False) -> int:
         """Sequence an entry; it becomes durable with the next group commit.
 
-        Raises BackpressureError when the log cannot take it. `fields` is
+        Raises LogUnavailableError (which subclass says why) when the log cannot
+        take it. `fields` is
         completed in place with v, seq, prev and ts. `own`: the writer's own
         record (a foreign object, a key rotation), taken even past the backlog
         bound, since publication may need it to get going again.
         """
         if self._refusal is not None:
-            raise BackpressureError(self._refusal)
+            raise LogRefusedError(self._refusal)
         if not own and self.backlog_bytes > self.max_backlog_bytes:
             metrics.BACKPRESSURE.labels("backlog").inc()
             raise BackpressureError(
@@ -150,20 +183,21 @@ class AuditLog:
         leaf = leaf_hash(line)
         self._prev = leaf.hex()
         self._size = seq + 1
-        self._pending.append(line)
-        self._pending_leaves.append(leaf)
-        self._pending_bytes += len(line)
-        if not self._flushing:
+        batch = self._pending
+        batch.lines.append(line)
+        batch.leaves.append(leaf)
+        batch.bytes += len(line)
+        if self._in_flight is None:
             self._start_flush()
             if seq >= self._size:  # the write failed at once and was rolled back
-                raise BackpressureError(self._last_error)
+                raise DurabilityError(self._last_error)
         return seq
 
     def append_batch_nowait(self, batch: Iterable[dict[str, Any]]) -> int:
         """Sequence a batch of entries in one call (the access-log path); each
         becomes durable with the next group commit. Returns the seq of the first.
 
-        All or nothing: raises BackpressureError, with nothing appended (and
+        All or nothing: raises LogUnavailableError, with nothing appended (and
         `batch` not iterated), when the log cannot take them. The backlog bound
         is checked once per batch, so a batch may pass it by its own size. Each
         dict is completed in place with v, seq, prev and ts; the entries of a
@@ -172,7 +206,7 @@ class AuditLog:
         fields need to be alive at a time.
         """
         if self._refusal is not None:
-            raise BackpressureError(self._refusal)
+            raise LogRefusedError(self._refusal)
         if self.backlog_bytes > self.max_backlog_bytes:
             metrics.BACKPRESSURE.labels("backlog").inc()
             raise BackpressureError(
@@ -182,7 +216,7 @@ class AuditLog:
         prev = self._prev
         ts = utc_timestamp(self._wall_clock())
         version, encode, max_bytes = entry.FORMAT_VERSION, entry.encode, entry.MAX_ENTRY_BYTES
-        lines, leaves = self._pending, self._pending_leaves
+        lines, leaves = self._pending.lines, self._pending.leaves
         added = 0
         try:
             for fields in batch:
@@ -202,11 +236,11 @@ class AuditLog:
         finally:
             # Whatever was sequenced stays consistent, even if an entry failed to encode.
             self._prev, self._size = prev, seq
-            self._pending_bytes += added
-        if seq > first and not self._flushing:
+            self._pending.bytes += added
+        if seq > first and self._in_flight is None:
             self._start_flush()
             if first >= self._size:  # the write failed at once and was rolled back
-                raise BackpressureError(self._last_error)
+                raise DurabilityError(self._last_error)
         return first
 
     async def append(self, fields: dict[str, Any], *, own: bool = False) -> int:
@@ -225,62 +259,59 @@ class AuditLog:
     # --- group commit -------------------------------------------------------------
 
     def _start_flush(self) -> None:
-        lines, leaves = self._pending, self._pending_leaves
-        first = self._size - len(lines)
-        in_flight_bytes = self._pending_bytes
-        self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
-        started = time.perf_counter()
+        batch = self._pending
+        self._pending = _Batch(self._size)
+        batch.started = time.perf_counter()
         try:
-            undo = self._wal.write(lines, first)
+            batch.undo = self._wal.write(batch.lines, batch.first)
         except AuditError as e:
-            self._deny_from(first, e)
+            self._deny_from(batch.first, e)
             return
         except OSError as e:
             # The WAL could not cut the failed write off: the segment may end
             # in half a batch, so nothing may be chained after it.
             self.refuse(f"WAL cannot be written: {e}")
-            self._deny_from(first, StorageError(f"failed write not cut off: {e}"))
+            self._deny_from(batch.first, StorageError(f"failed write not cut off: {e}"))
             return
-        self._flushing = True
-        self._in_flight = (lines, leaves, first, undo, started)
-        self._in_flight_bytes = in_flight_bytes
+        self._in_flight = batch
         if self._wal.sync_enabled:
             self._syncer.sync(self._wal.fileno(), self._wal.generation)
         else:
             asyncio.get_running_loop().call_soon(self._sync_done, None)
 
     def _sync_done(self, error: str | None) -> None:
-        assert self._in_flight is not None
-        lines, leaves, first, undo, started = self._in_flight
-        batch_bytes = self._in_flight_bytes
+        batch = self._in_flight
+        assert batch is not None
         self._in_flight = None
-        self._in_flight_bytes = 0
-        self._flushing = False
         if error is None:
-            metrics.WAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
-            metrics.WAL_BATCH_ENTRIES.observe(len(lines))
+            metrics.WAL_COMMIT_SECONDS.observe(time.perf_counter() - batch.started)
+            metrics.WAL_BATCH_ENTRIES.observe(len(batch.lines))
             # Durable(line, leaf, now) for each, built in C (map over tuple.__new__).
-            self.unpublished.extend(
-                map(tuple.__new__, repeat(Durable), zip(lines, leaves, repeat(time.monotonic())))
+            self._unpublished.extend(
+                map(
+                    tuple.__new__,
+                    repeat(Durable),
+                    zip(batch.lines, batch.leaves, repeat(time.monotonic())),
+                )
             )
-            self._unpublished_bytes += batch_bytes
+            self._unpublished_bytes += batch.bytes
             before = self.durable_size - self.published.size
-            self.durable_size = first + len(lines)
+            self.durable_size = batch.first + len(batch.lines)
             after = self.durable_size - self.published.size
             # Wake the publisher only when there is news for it: the first
             # entry to publish (age trigger starts) or a full bundle (count).
-            if before == 0 or before < self.wake_threshold <= after:
+            if before == 0 or before < self._wake_at <= after:
                 self.durable_event.set()
             metrics.LOG_SIZE.set(self.durable_size)
             self._wake_waiters(self.durable_size, None)
-            if self._pending:
+            if self._pending.lines:
                 self._start_flush()
             return
         try:
-            self._wal.undo(undo)
+            self._wal.undo(batch.undo)
         except OSError as e:
             self.refuse(f"WAL cannot be cut back after a failed sync: {e}")
-        self._deny_from(first, BackpressureError(error))
+        self._deny_from(batch.first, DurabilityError(error))
 
     def _deny_from(self, first: int, error: AuditError) -> None:
         """The batch at `first` is not on disk (the WAL cut it off).
@@ -292,16 +323,16 @@ class AuditLog:
         denied = self._size - first
         metrics.BACKPRESSURE.labels("wal").inc(denied)
         self._denials.error("WAL commit failed, denying %d entries: %s", denied, error)
-        self._pending, self._pending_leaves, self._pending_bytes = [], [], 0
         self._size = first
+        self._pending = _Batch(first)
         self._prev = self._last_durable_leaf()
         self._last_error = f"WAL commit failed: {error}"
         self.last_wal_denial = time.monotonic()
-        self._wake_waiters(None, BackpressureError(self._last_error))
+        self._wake_waiters(None, DurabilityError(self._last_error))
 
     def _last_durable_leaf(self) -> str:
-        if self.unpublished:
-            return self.unpublished[-1].leaf.hex()
+        if self._unpublished:
+            return self._unpublished[-1].leaf.hex()
         return self.published.last_leaf.hex()
 
     def _wake_waiters(self, durable: int | None, error: BaseException | None) -> None:
@@ -318,15 +349,42 @@ class AuditLog:
     async def flush(self) -> None:
         """Wait until everything sequenced so far is durable (or failed)."""
         if self._size > self.durable_size:
-            with contextlib.suppress(BackpressureError):  # failed batches are denied, not lost
+            with contextlib.suppress(LogUnavailableError):  # failed batches are denied, not lost
                 await self.wait_durable(self._size - 1)
 
     # --- publication hand-off -------------------------------------------------------
 
-    def mark_published(self, state: TreeState, count: int) -> None:
-        """Drop `count` entries now covered by a checkpoint at `state.size`."""
-        for _ in range(count):
-            self._unpublished_bytes -= len(self.unpublished.popleft().line)
+    def wake_when_waiting(self, count: int) -> None:
+        """Set durable_event when `count` entries wait (the publisher's bundle
+        size), as well as when the first one does (its age trigger starts)."""
+        self._wake_at = max(1, count)
+
+    @property
+    def waiting(self) -> int:
+        """Durable entries not yet under a published checkpoint."""
+        return self.durable_size - self.published.size
+
+    def durable_from(self, first: int) -> Iterator[Durable]:
+        """Durable, unpublished entries from seq `first` on (none before the
+        published size). Iterate before the next await: the log moves on."""
+        offset = first - self.published.size
+        if offset < 0:
+            return iter(())
+        return islice(self._unpublished, offset, None)
+
+    def entries(self, first: int, count: int) -> list[Durable]:
+        """Durable, unpublished entries first..first+count-1 (fewer if the WAL
+        has fewer)."""
+        return list(islice(self.durable_from(first), max(0, count)))
+
+    def mark_published(self, state: TreeState) -> None:
+        """A checkpoint at `state.size` covers the entries up to it: drop them."""
+        if not self.published.size <= state.size <= self.durable_size:
+            raise AuditError(
+                f"published size {state.size} outside {self.published.size}..{self.durable_size}"
+            )
+        for _ in range(state.size - self.published.size):
+            self._unpublished_bytes -= len(self._unpublished.popleft().line)
         self.published = state
         metrics.PUBLISHED_SIZE.set(state.size)
 
@@ -340,11 +398,12 @@ class AuditLog:
 
     @property
     def backlog_bytes(self) -> int:
-        return self._unpublished_bytes + self._in_flight_bytes + self._pending_bytes
+        in_flight = self._in_flight.bytes if self._in_flight is not None else 0
+        return self._unpublished_bytes + in_flight + self._pending.bytes
 
     def close(self) -> None:
         # Anyone still waiting (error paths only: the server flushes first) is
         # told the entry is not durable rather than left hanging.
-        self._wake_waiters(None, BackpressureError("audit log closed"))
+        self._wake_waiters(None, LogClosedError("audit log closed"))
         self._syncer.close()
         self._wal.close()

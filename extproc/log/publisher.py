@@ -30,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
 from typing import Any, TypeVar
 
 from extproc import metrics
@@ -48,10 +47,10 @@ from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange
 from extproc.core.note import Signer, Verifier, parse_note
 from extproc.errors import (
-    BackpressureError,
     ConfigError,
     ForeignObjectError,
     ForkError,
+    LogUnavailableError,
     ObjectExistsError,
     ObjectNotFoundError,
     StorageError,
@@ -138,7 +137,7 @@ class Publisher:
         self._own_keys = self._own_keyring(audit_log.published.key)
         self._foreign: set[str] = set()  # keys known to hold foreign objects
         metrics.EPOCH.set(self.epoch)
-        audit_log.wake_threshold = config.bundle_max_entries
+        audit_log.wake_when_waiting(config.bundle_max_entries)
         # Store and state-file calls block: a small pool of our own, not the
         # loop's default executor, keeps the thread (and malloc arena) count
         # flat over days of uptime.
@@ -169,10 +168,9 @@ class Publisher:
 
     def _unbundled(self) -> list[Durable]:
         """Durable entries not yet in a bundle, oldest first (one bundle's worth at most)."""
-        offset = self.bundled - self.log.published.size
         out: list[Durable] = []
         size = 0
-        for d in islice(self.log.unpublished, offset, None):
+        for d in self.log.durable_from(self.bundled):
             if out and (
                 len(out) >= self.config.bundle_max_entries
                 or size + len(d.line) + 1 > self.config.bundle_max_bytes
@@ -181,13 +179,6 @@ class Publisher:
             out.append(d)
             size += len(d.line) + 1
         return out
-
-    def _pending(self, first: int, count: int) -> list[Durable]:
-        """Durable unpublished entries first..first+count-1 (fewer if the WAL has fewer)."""
-        offset = first - self.log.published.size
-        if offset < 0 or count <= 0:
-            return []
-        return list(islice(self.log.unpublished, offset, offset + count))
 
     def _bundle_key(self, first: int, last: int) -> str:
         return layout.bundle_key(
@@ -302,14 +293,14 @@ class Publisher:
         key = self._checkpoint_key(size)
         data = await self._io(self.store.get, key)
         cp, _ = open_signed_checkpoint(data, self._own_keys)
-        pending = self._pending(self.bundled, size - self.bundled)
+        pending = self.log.entries(self.bundled, size - self.bundled)
         for d in pending:
             self.tree.append(d.leaf)
         if cp.root_hash != self.tree.root():
             raise ForkError(f"{key}: root differs from this WAL's log at size {size}")
         self.last_leaf = pending[-1].leaf if pending else self.last_leaf
         self.epoch = max(self.epoch, cp.epoch)
-        await self._record_published(len(pending))
+        await self._record_published()
 
     async def _adopt_bundle(
         self, reader: LogReader, bundle: layout.BundleName, key: str, size: int
@@ -317,7 +308,7 @@ class Publisher:
         """A bundle this writer put before a crash (it continues the tree and holds
         exactly the WAL's entries): add it to the tree. False if it is not ours."""
         count = bundle.last - bundle.first + 1
-        entries = self._pending(bundle.first, count)
+        entries = self.log.entries(bundle.first, count)
         if bundle.first != self.bundled or len(entries) != count or bundle.gzip != self.config.gzip:
             return False
         expected = bundle_bytes([d.line for d in entries], compress=bundle.gzip)
@@ -366,14 +357,14 @@ class Publisher:
 
     def due_in(self) -> float | None:
         """Seconds until the next bundle is due; 0 if now; None if nothing waits."""
-        waiting = len(self.log.unpublished) - (self.bundled - self.log.published.size)
+        waiting = self.log.durable_size - self.bundled
         if waiting <= 0:
             # Bundled but not yet under a checkpoint (adopted at startup, or the
             # last checkpoint failed): the checkpoint is due now.
             return 0.0 if self.bundled > self.log.published.size else None
         if waiting >= self.config.bundle_max_entries or self._blocked_checkpoint():
             return 0.0
-        oldest = self.log.unpublished[self.bundled - self.log.published.size]
+        oldest = next(self.log.durable_from(self.bundled))
         return max(0.0, oldest.appended_at + self.config.max_age - time.monotonic())
 
     def _blocked_checkpoint(self) -> bool:
@@ -424,7 +415,7 @@ class Publisher:
             if len(batch) > 1:
                 batch = batch[:-1]
                 continue
-            more = self._pending(first, 2)
+            more = self.log.entries(first, 2)
             if len(more) < 2 or self._bundle_key(first, first + 1) in self._foreign:
                 return []
             return more
@@ -462,7 +453,7 @@ class Publisher:
             theirs = Claim.from_bytes(existing)
         except VerificationError:
             return FOREIGN, []
-        entries = self._pending(first, theirs.last - first + 1)
+        entries = self.log.entries(first, theirs.last - first + 1)
         if (
             theirs.first == first
             and len(entries) == theirs.last - first + 1
@@ -493,7 +484,7 @@ class Publisher:
         )
         self.checkpoints_written += 1
         metrics.LAST_CHECKPOINT.set(signed_at)
-        await self._record_published(size - self.log.published.size)
+        await self._record_published()
 
     def _judge_checkpoint(self, existing: bytes, ours: Checkpoint) -> str:
         try:
@@ -507,12 +498,12 @@ class Publisher:
         )
         return OURS if same else FORK
 
-    async def _record_published(self, count: int) -> None:
+    async def _record_published(self) -> None:
         state = TreeState(
             self.tree.size, self.tree.hashes, self.last_leaf, self.epoch, self._key_text
         )
         await self._io(self.wal.save_published, state)
-        self.log.mark_published(state, count)
+        self.log.mark_published(state)
 
     async def _record_foreign(self, key: str, *, switch: bool) -> None:
         """Write the foreign object into the log, under this writer's signature;
@@ -568,7 +559,7 @@ class Publisher:
     async def _append_own(self, fields: dict[str, Any]) -> None:
         try:
             await self.log.append(fields, own=True)
-        except BackpressureError as e:
+        except LogUnavailableError as e:
             raise StorageError(f"cannot record {fields.get('event')} in the log: {e}") from e
 
     async def _put(self, key: str, data: bytes, kind: str, judge: Callable[[bytes], str]) -> None:
@@ -751,7 +742,7 @@ class Publisher:
         if self._stop_recorded:
             return
         self._stop_recorded = True
-        with contextlib.suppress(BackpressureError):  # a refusing log still publishes
+        with contextlib.suppress(LogUnavailableError):  # a refusing log still publishes
             await self.log.append(entry.writer_event("stop", self.writer_id))
 
     async def close(self) -> None:

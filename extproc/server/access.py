@@ -31,7 +31,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extproc import config, metrics
 from extproc.core.redact import RedactionPolicy
-from extproc.errors import BackpressureError
+from extproc.errors import LogUnavailableError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.reporters import XFCC_HEADER, Reporter, xfcc_elements
@@ -449,7 +449,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             first = self.log.append_batch_nowait(
                 self._entries_of(entries, reporter, node, stream, matched)
             )
-        except BackpressureError as e:
+        except LogUnavailableError as e:
             metrics.DROPPED.labels("backpressure").inc(len(entries))
             self._drops.warning("%d access-log entries not logged: %s", len(entries), e)
             return

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc import __version__, metrics
 from extproc.config import ServeConfig
 from extproc.core import entry, layout
-from extproc.errors import AuditError, BackpressureError, ConfigError, StorageError
+from extproc.errors import AuditError, ConfigError, LogUnavailableError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
@@ -210,7 +210,7 @@ class AuditServer:
             if audit_log.size == seen:
                 try:
                     audit_log.append_nowait(entry.writer_event("heartbeat", self.writer_id))
-                except BackpressureError as e:  # store down or fenced: the gap is the truth
+                except LogUnavailableError as e:  # store down or fenced: the gap is the truth
                     log.warning("heartbeat not logged: %s", e)
             seen = audit_log.size
 

@@ -38,7 +38,7 @@ from envoy.type.v3 import http_status_pb2
 
 from extproc import metrics
 from extproc.core import receipt
-from extproc.errors import BackpressureError
+from extproc.errors import LogUnavailableError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.capture import Capturer
@@ -247,7 +247,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     if self.mode == "enforce":
                         try:
                             request_seq = await self.log.append(fields)
-                        except BackpressureError as e:
+                        except LogUnavailableError as e:
                             metrics.DENIED.inc()
                             self._denials.warning("denying request (503): %s", e)
                             yield _DENY
@@ -339,7 +339,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         """Append without waiting for the disk; the seq, or None if dropped (counted)."""
         try:
             seq = self.log.append_nowait(fields)
-        except BackpressureError as e:
+        except LogUnavailableError as e:
             metrics.DROPPED.labels("backpressure").inc()
             self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
             return None
