@@ -8,6 +8,9 @@ count next to `*_total`; a counter's reset is visible as a drop anyway.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # prometheus_client declares it without annotations.
@@ -155,3 +158,29 @@ SELF_AUDIT_LAST_OK = Gauge(
     "extproc_audit_self_audit_last_success_timestamp_seconds",
     "Time the self-audit last found the published log valid",
 )
+
+
+T = TypeVar("T")
+
+# Distinct reporter labels per metric: a caller cycling identities (each
+# allowed one costs a certificate) cannot grow the metrics without bound.
+MAX_REPORTER_LABELS = 1000
+
+
+class PerReporter(Generic[T]):
+    """Metric children by reporter label, made on first use; past
+    MAX_REPORTER_LABELS distinct labels the rest share "other"."""
+
+    def __init__(self, make: Callable[[str], T]) -> None:
+        self._make = make
+        self._children: dict[str, T] = {}
+
+    def get(self, label: str) -> T:
+        child = self._children.get(label)
+        if child is None:
+            if len(self._children) >= MAX_REPORTER_LABELS:
+                label = "other"
+                child = self._children.get(label)
+            if child is None:
+                child = self._children[label] = self._make(label)
+        return child

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import signal
 import stat
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from extproc import processes
+from extproc import metrics, processes
 from extproc.envoyconf import ClientTLS, Endpoint
 from extproc.errors import ConfigError
 from extproc.server.reporters import (
@@ -224,6 +226,25 @@ def test_mtls_allowed_reporter_is_logged_with_its_identity(
     for e in entries:
         assert e["reporter"]["auth"] == "mtls" and e["reporter"]["id"] == ALLOWED
         assert e["reporter"]["peer"].startswith("ipv4:127.0.0.1:")
+
+
+def test_ext_proc_reporter_shows_as_last_seen(make_stack: Any, pki: TestCA) -> None:
+    # The "reporter silent" alert reads this gauge: a proxy that reports over
+    # ext_proc alone (no access log) must be seen too.
+    metrics_port = processes.free_port()
+    stack = make_stack(
+        extra_args=[*_tls_args(pki), "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    )
+    stack.start_server()
+    address = f"127.0.0.1:{stack.grpc_port}"
+    before = time.time()
+    with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+        _forged_exchange(channel, "seen-1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    series = f'extproc_audit_reporter_last_seen_timestamp_seconds{{reporter="{ALLOWED}"}}'
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(series)]
+    assert values and before - 1 <= values[0] <= time.time() + 1, values
 
 
 FORGERS = {
@@ -486,3 +507,19 @@ def test_istio_shaped_sidecar_xfcc_names_the_reporting_proxy(
     assert len(entries) == 40
     assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {(AUTH_XFCC, ALLOWED)}
     assert all(e["reporter"]["peer"].startswith("ipv4:127.0.0.6:") for e in entries)
+
+
+def test_reporter_metric_labels_are_bounded() -> None:
+    # A caller cycling identities cannot grow the metrics without bound.
+    made: list[str] = []
+
+    def make(label: str) -> str:
+        made.append(label)
+        return label
+
+    per = metrics.PerReporter(make)
+    for i in range(metrics.MAX_REPORTER_LABELS + 50):
+        per.get(f"spiffe://cluster.local/ns/a/sa/r{i}")
+    assert len(made) == metrics.MAX_REPORTER_LABELS + 1 and made[-1] == "other"
+    assert per.get("spiffe://cluster.local/ns/a/sa/r0") == "spiffe://cluster.local/ns/a/sa/r0"
+    assert per.get("spiffe://cluster.local/ns/a/sa/new") == "other"

@@ -90,7 +90,6 @@ _REQUEST_FIELD_HEADERS = (
 )
 DEFAULT_OUTCOME_WINDOW = config.OUTCOME_WINDOW
 DEFAULT_OUTCOME_PENDING = 100_000  # request entries waiting at most
-_MAX_REPORTER_LABELS = 1000
 
 
 class _SeenCounter:
@@ -356,24 +355,20 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self.outcomes = outcomes
         self._drops = RateLimitedLog(log)
         self._tcp = RateLimitedLog(log)
-        self._entries: dict[str, Any] = {}
+        self._entries = metrics.PerReporter(
+            lambda label: _SeenCounter(
+                metrics.ACCESS_ENTRIES.labels(label), metrics.REPORTER_LAST_SEEN.labels(label)
+            )
+        )
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._matched = metrics.OUTCOMES.labels("matched")
         self._unmatched = metrics.OUTCOMES.labels("unmatched")
 
-    def _counter(self, reporter: Reporter) -> Any:
+    def _counter(self, reporter: Reporter) -> _SeenCounter:
         """The reporter's entry counter, and its last-seen gauge set with it (a
         reporter seen before and silent now has stopped reporting: an alert)."""
-        label = reporter.id or reporter.auth
-        counter = self._entries.get(label)
-        if counter is None:
-            if len(self._entries) >= _MAX_REPORTER_LABELS:
-                label = "other"
-            counter = self._entries[label] = _SeenCounter(
-                metrics.ACCESS_ENTRIES.labels(label), metrics.REPORTER_LAST_SEEN.labels(label)
-            )
-        return counter
+        return self._entries.get(reporter.label)
 
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]

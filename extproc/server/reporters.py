@@ -76,6 +76,11 @@ class Reporter:
             fields["id"] = self.id
         object.__setattr__(self, "fields", fields)
 
+    @property
+    def label(self) -> str:
+        """The reporter in metric labels: its identity, else how it connected."""
+        return self.id or self.auth
+
 
 def parse_networks(values: Iterable[str], option: str) -> tuple[IPNetwork, ...]:
     nets = []

@@ -198,6 +198,9 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._streams = metrics.STREAMS.labels(mode)
         self._requests = metrics.ENTRIES.labels("request")
         self._entries: dict[str, Any] = {}  # label children, bound once
+        # When each reporter last had a request logged (as the access-log path
+        # does): a proxy that stops reporting is an alert, whichever stream it uses.
+        self._last_seen = metrics.PerReporter(metrics.REPORTER_LAST_SEEN.labels)
 
     async def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Reporter:
         """The stream's reporter; a caller that may not report gets PERMISSION_DENIED
@@ -258,6 +261,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         request_seq = self._append_nowait(fields)
                         if request_seq is None:
                             return
+                    self._last_seen.get(reporter.label).set_to_current_time()
                     if self.outcomes is not None:
                         self.outcomes.expect(reporter.id, rid, dst, request_seq)
                     yield _CONTINUE_REQUEST
