@@ -210,6 +210,17 @@ class RedactionPolicy:
         cookie_name, sep, cookie_value = pair.strip().partition("=")
         return f"{cookie_name}={self.secret(cookie_value)}" if sep else self.secret(pair.strip())
 
+    def stored_header(self, name: str, value: str) -> tuple[str, bool]:
+        """A header value as an entry stores it: header(), then truncate(); and
+        whether it was cut. `name` must be lower case. Both captures call this
+        once per header: names with nothing to redact and values that fit cost
+        no further call."""
+        if name in self.watched_headers:
+            value = self.header(name, value)
+        if len(value) > self.short_chars:
+            return self.truncate(value)
+        return value, False
+
     def header_bytes(self, name: str, raw: bytes) -> str | None:
         """The stored text of a header value that is not UTF-8, or None when
         the policy has nothing to hide in that header (capture then stores

@@ -176,8 +176,7 @@ class AccessCapture:
         total = len(pairs) + len(extra)
         if not total:
             return headers, 0
-        policy = self.policy
-        watched, short = policy.watched_headers, policy.short_chars
+        stored = self.policy.stored_header
         budget, seen, max_headers = self.max_header_bytes, 0, self.max_headers
         # Keys of a upb map iterate natively; .items() goes through the Python
         # Mapping mixin (a generator and a lookup per pair).
@@ -189,12 +188,9 @@ class AccessCapture:
                 break
             seen += 1
             name = name.lower()
-            if name in watched:
-                value = policy.header(name, value)
-            if len(value) > short:
-                value, cut = policy.truncate(value)
-                if cut:
-                    trunc.append(f"{section}.headers.{name}")
+            value, cut = stored(name, value)
+            if cut:
+                trunc.append(f"{section}.headers.{name}")
             headers[name] = value
         omitted = total - seen
         if omitted:

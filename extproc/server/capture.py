@@ -92,7 +92,6 @@ class Capturer:
         max_header_bytes (or with an absurd name) are not looked at, only counted.
         """
         policy = self.policy
-        watched, short = policy.watched_headers, policy.short_chars
         pseudo: dict[str, str] = {}
         headers: dict[str, Any] = {}
         items = header_map.headers
@@ -130,12 +129,9 @@ class Capturer:
                 pseudo[name] = value if isinstance(value, str) else ""
                 continue
             if isinstance(value, str):
-                if name in watched:
-                    value = policy.header(name, value)
-                if len(value) > short:
-                    value, cut = policy.truncate(value)
-                    if cut:
-                        trunc.append(f"{section}.headers.{name}")
+                value, cut = policy.stored_header(name, value)
+                if cut:
+                    trunc.append(f"{section}.headers.{name}")
             elif (redacted := policy.header_bytes(name, raw)) is not None:
                 # Not UTF-8 but a secret or a URL: never store its bytes, not even as b64.
                 value, cut = policy.truncate(redacted)
