@@ -225,6 +225,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         # costs (docs/PERFORMANCE.md), so the hot path has exactly one await of
         # its own, the request entry's durability.
         reporter = await self.identify(context)
+        seen = self._last_seen.get(reporter.label)
         self._streams.inc()
         request_seq: int | None = None
         rid = ""
@@ -261,7 +262,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         request_seq = self._append_nowait(fields)
                         if request_seq is None:
                             return
-                    self._last_seen.get(reporter.label).set_to_current_time()
+                    seen.set_to_current_time()
                     if self.outcomes is not None:
                         self.outcomes.expect(reporter.id, rid, dst, request_seq)
                     yield _CONTINUE_REQUEST
