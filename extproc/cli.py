@@ -387,6 +387,14 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="seconds to drain streams and publish on SIGTERM",
     )
     g.add_argument(
+        "--drain-delay",
+        metavar="SECONDS",
+        type=_FLOAT,
+        default=_env("drain_delay", c.DRAIN_DELAY),
+        help="on SIGTERM, seconds the server reports NOT_SERVING but still takes new streams, "
+        "so callers' proxies drop its endpoint first (SIGINT: none)",
+    )
+    g.add_argument(
         "--access-log-grace",
         metavar="SECONDS",
         type=_FLOAT,
@@ -1030,6 +1038,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_no_object_lock=args.allow_no_object_lock,
         max_backlog_bytes=args.max_backlog_bytes,
         drain_timeout=args.drain_timeout,
+        drain_delay=args.drain_delay,
         access_log_grace=args.access_log_grace,
         heartbeat_interval=args.heartbeat_interval,
         self_audit_interval=args.self_audit_interval,

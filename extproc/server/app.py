@@ -12,7 +12,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+READINESS_SERVICES = ("", EXT_PROC_SERVICE, ACCESS_LOG_SERVICE)
+# The liveness probe's gRPC health service name: SERVING from start to exit,
+# whatever readiness says (fenced, --self-audit-fail-closed, draining): alive is
+# not ready, and a restart would fix none of those.
+LIVENESS_SERVICE = "liveness"
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -88,6 +93,7 @@ class AuditServer:
         self._health = health.aio.HealthServicer()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fenced_reason: str | None = None
+        self._drain_delay = 0.0
 
     def _retention(self) -> RetentionPolicy | None:
         cfg = self.config
@@ -101,7 +107,10 @@ class AuditServer:
             )
         return default
 
-    def stop(self) -> None:
+    def stop(self, *, delay: bool = False) -> None:
+        """Begin the drain; `delay`: first keep taking streams for --drain-delay
+        while NOT_SERVING (SIGTERM: a rollout; SIGINT stops at once)."""
+        self._drain_delay = self.config.drain_delay if delay else 0.0
         self._stop.set()
 
     def _bind(
@@ -215,11 +224,14 @@ class AuditServer:
             seen = audit_log.size
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", EXT_PROC_SERVICE, ACCESS_LOG_SERVICE):
+        """Readiness: the whole server and each ingest service. Liveness
+        (LIVENESS_SERVICE) is not touched: a fenced or draining server is alive."""
+        for service in READINESS_SERVICES:
             await self._health.set(service, status)
 
     async def run(self) -> int:
         """start, serve until SIGTERM/SIGINT (or stop()), drain; the exit status."""
+        quiet_closed_streams(asyncio.get_running_loop())
         running = await self.start()
         await self._stop.wait()
         return await self.drain(running)
@@ -321,8 +333,8 @@ class AuditServer:
                 start_http_server(m_port, m_host)
             except OSError as e:
                 raise ConfigError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from e
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGTERM, lambda: self.stop(delay=True))
+        loop.add_signal_handler(signal.SIGINT, self.stop)
 
         proof_server = await self._start_proof_api()
         await server.start()
@@ -335,6 +347,7 @@ class AuditServer:
         )
         audit_task = loop.create_task(self_audit.run()) if self_audit is not None else None
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving ext_proc (%s mode) on %s (reporters: %s), log %s, size %d, store %s, wal %s",
             cfg.mode,
@@ -360,10 +373,33 @@ class AuditServer:
         )
 
     async def drain(self, r: Running) -> int:
-        """Refuse new work, let in-flight streams finish, then publish everything
-        acknowledged under a final checkpoint, all within --drain-timeout."""
+        """Take the server down without failing a request that was routed to it.
+
+        1. Readiness NOT_SERVING (the kubelet takes the pod out of the Service;
+           callers' proxies drop the endpoint when istiod pushes), liveness stays
+           SERVING.
+        2. --drain-delay: new streams are still taken (on SIGTERM), so a proxy
+           that has not heard yet is not refused.
+        3. Admission ends (no new stream of any kind); --access-log-grace later,
+           at least one Envoy flush interval, the outcome of the last admitted
+           request has been sent: each access-log stream is ended right after
+           its next batch. In-flight ext_proc streams finish.
+        4. Everything acknowledged is published under a final checkpoint.
+        Steps 3 and 4 share one deadline, --drain-timeout.
+        """
         cfg = self.config
         loop = asyncio.get_running_loop()
+        if r.heartbeat_task is not None:
+            r.heartbeat_task.cancel()
+        if r.audit_task is not None:
+            r.audit_task.cancel()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._drain_delay > 0:
+            log.info(
+                "shutting down: NOT_SERVING, still taking streams for %gs (--drain-delay)",
+                self._drain_delay,
+            )
+            await asyncio.sleep(self._drain_delay)
         log.info("shutting down: draining streams and publishing (up to %.0fs)", cfg.drain_timeout)
         # One deadline for the whole drain: streams, access-log flush, final
         # publication. An unreachable store costs the drain timeout, not a
@@ -373,17 +409,12 @@ class AuditServer:
         def left() -> float:
             return max(0.0, deadline - loop.time())
 
-        if r.heartbeat_task is not None:
-            r.heartbeat_task.cancel()
-        if r.audit_task is not None:
-            r.audit_task.cancel()
-        await self._health.enter_graceful_shutdown()
-        # Access-log streams never end on their own: give Envoy a flush interval
-        # and then some to deliver what it holds (0.2 s in envoyconf, 1 s in what
-        # istiod generates), then end them, so the drain below waits only for
-        # ext_proc streams.
+        # Admission ends now; the access-log streams are ours to end (below),
+        # so the server's own grace is the whole deadline.
+        stopping = loop.create_task(r.server.stop(left()))
+        await asyncio.sleep(min(cfg.access_log_grace, left()))
         await r.access.close(min(cfg.access_log_grace, left()))
-        await r.server.stop(left())
+        await stopping
         r.idle_task.cancel()
         if r.health_server is not None:
             await r.health_server.stop(0)
@@ -425,6 +456,43 @@ class AuditServer:
         finally:
             r.audit_log.close()
         return status
+
+
+def _peer_gone(exc: BaseException | None, message: str = "") -> bool:
+    """grpc.aio's error when it sends a stream's final status to a caller that
+    already closed the stream (Envoy ends ext_proc streams itself after the last
+    reply, or on a timeout): the exchange is over, nothing is lost."""
+    text = f"{type(exc).__name__ if exc is not None else ''} {exc or ''} {message}"
+    return "ExecuteBatchError" in text and "SendStatusFromServer" in text
+
+
+class _PeerGoneFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if _peer_gone(exc, record.getMessage()):
+            metrics.STREAMS_CLOSED_BY_PEER.inc()
+            return False
+        return True
+
+
+def quiet_closed_streams(loop: asyncio.AbstractEventLoop) -> None:
+    """Count, do not log with a traceback, the final status of a stream the
+    caller already closed (grpc's logger, and the event loop's handler for an
+    exception no task retrieved); every other error is reported as before."""
+    for name in ("grpc._cython.cygrpc", "grpc.aio", "asyncio"):
+        logging.getLogger(name).addFilter(_PeerGoneFilter())
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _peer_gone(context.get("exception"), str(context.get("message", ""))):
+            metrics.STREAMS_CLOSED_BY_PEER.inc()
+            return
+        if default is None:
+            loop.default_exception_handler(context)
+        else:
+            default(loop, context)
+
+    loop.set_exception_handler(handler)
 
 
 def _read(path: Path, what: str) -> bytes:
