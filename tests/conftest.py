@@ -30,7 +30,6 @@ from extproc.keys import write_signer
 from extproc.store import open_store
 from tests.helpers import read_entries as read_entries  # imported from here by the server tests
 
-
 # SIGTERM's --drain-delay waits for callers' proxies to drop the endpoint (a
 # rollout); the tests' servers have no such callers: no delay unless a test
 # sets it (tests/test_rollout.py). One place for every `serve` a test starts.
