@@ -5,8 +5,9 @@ One audit server (enforce mode, local store) behind the venv's Envoy with the
 hybrid config of envoy/envoy-compose.yaml (every request access-logged, the
 routes under /api held by ext_proc until logged), an upstream app, and a paced
 load of the demo's workload for --minutes. Along the way the server is
-SIGKILLed and restarted every --kill-every seconds, and once SIGTERMed under
-load and restarted (a rollout of one pod). Every --interval it prints:
+SIGKILLed and restarted --kills times, --kill-every seconds apart, then once
+SIGTERMed under load and restarted (a rollout of one pod); the last process
+then runs undisturbed to the end, for the steady-state memory figure. Every --interval it prints:
 
     t, RSS (MB) and open fds of the server, WAL size, age of the newest
     published checkpoint, requests and their outcome (2xx / 5xx / errors) in
@@ -20,7 +21,7 @@ shown beside Envoy's logs_written/logs_dropped), and the RSS slope after the
 warm-up (MB/min, least squares over the samples past --warmup).
 
     python scripts/soak.py --minutes 30 --rate 300          # the soak of docs/PERFORMANCE.md
-    python scripts/soak.py --minutes 2 --rate 100 --kill-every 40   # a quick look
+    python scripts/soak.py --minutes 2 --rate 100 --kills 2 --kill-every 30   # a quick look
     python scripts/soak.py --tracemalloc 10                 # also the top allocation growth
 
 `PacedLoad` is the load generator, also used by tests/test_rollout.py.
@@ -266,8 +267,10 @@ class Soak:
         load = PacedLoad(self.envoy_port, args.rate, threads=args.threads).start()
         start = time.monotonic()
         end = start + args.minutes * 60
-        next_kill = start + args.kill_every if args.kill_every > 0 else float("inf")
-        sigterm_at = start + args.minutes * 60 / 2
+        # --kills SIGKILLs every --kill-every s, then one SIGTERM under load, then
+        # the last process runs undisturbed: its RSS is the steady-state figure.
+        schedule = [(start + args.kill_every * (k + 1), "kill") for k in range(args.kills)]
+        schedule.append((start + args.kill_every * (args.kills + 1), "term"))
         next_sample = start
         rss: list[tuple[float, float]] = []
         last_statuses: Counter[int] = Counter()
@@ -282,18 +285,17 @@ class Soak:
         while time.monotonic() < end:
             now = time.monotonic()
             event = ""
-            if now >= sigterm_at:
-                sigterm_at = float("inf")
-                status = self.stop_server(signal.SIGTERM)
+            if schedule and now >= schedule[0][0]:
+                _, kind = schedule.pop(0)
+                if kind == "term":
+                    status = self.stop_server(signal.SIGTERM)
+                    sigterms += 1
+                    event = f"SIGTERM (exit {status}), restarted"
+                else:
+                    self.stop_server(signal.SIGKILL)
+                    kills += 1
+                    event = "SIGKILL, restarted"
                 self.start_server()
-                sigterms += 1
-                event = f"SIGTERM (exit {status}), restarted"
-            elif now >= next_kill:
-                next_kill = now + args.kill_every
-                self.stop_server(signal.SIGKILL)
-                self.start_server()
-                kills += 1
-                event = "SIGKILL, restarted"
             if event:
                 events.append(f"{now - start:.0f}s {event}")
                 event_times.append(now)
@@ -409,7 +411,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=300.0, help="requests per second")
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--kill-every", type=float, default=300.0, help="SIGKILL period (s)")
+    parser.add_argument("--kills", type=int, default=6, help="SIGKILLs, then one SIGTERM")
+    parser.add_argument("--kill-every", type=float, default=90.0, help="seconds between them")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=120.0, help="seconds of a process's "
                         "life left out of the RSS slope")  # fmt: skip
