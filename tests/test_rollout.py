@@ -1,0 +1,165 @@
+"""A rollout of the audit service costs no enforced request (DESIGN.md promise 10).
+
+Two real audit servers (two pods of the Service) behind one Envoy cluster whose
+endpoints come from EDS, as a sidecar's do: here Envoy's filesystem EDS
+(`path_config_source` on a watched directory), rewritten by the test as istiod
+would push it. Under a steady load of enforced requests one server gets
+SIGTERM, and its endpoint is removed from EDS some time later, as Kubernetes
+and istiod do. The server's drain (readiness NOT_SERVING, still taking streams
+for --drain-delay, then admission ends, then the access-log streams end after
+their last batch) must cost no request and no entry: every request answers 2xx,
+each has its request entry and its outcome (access entry) in one of the two
+logs, Envoy dropped nothing, and both logs verify. Without the drain delay the
+same rollout fails requests (the test can fail).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from soak import PacedLoad
+
+from extproc import processes
+from extproc.envoyconf import EXT_PROC_CLUSTER, Endpoint, bootstrap, to_yaml
+from tests.conftest import ALS_STATS, read_entries, run_cli
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
+DRAIN_DELAY = 3.0  # seconds the terminated server still takes streams
+EDS_LAG = 1.5  # seconds from SIGTERM to the endpoint's removal (EndpointSlice, istiod push)
+
+
+def _eds_cluster(config: dict[str, Any], eds_dir: Path) -> None:
+    """Turn the audit cluster of an envoyconf bootstrap into an EDS cluster fed
+    from `eds_dir/eds.yaml` (Envoy reloads it when a file is moved in)."""
+    clusters = config["static_resources"]["clusters"]
+    (cluster,) = [c for c in clusters if c["name"] == EXT_PROC_CLUSTER]
+    del cluster["load_assignment"]
+    cluster["type"] = "EDS"
+    cluster["eds_cluster_config"] = {
+        "eds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": str(eds_dir / "eds.yaml"),
+                "watched_directory": {"path": str(eds_dir)},
+            },
+        }
+    }
+
+
+def _publish_endpoints(eds_dir: Path, ports: list[int], version: int) -> None:
+    """What istiod pushes: the cluster's endpoints, written whole and moved in."""
+    response = {
+        "version_info": str(version),
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": EXT_PROC_CLUSTER,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {"endpoint": {"address": Endpoint("127.0.0.1", p).address()}}
+                            for p in ports
+                        ]
+                    }
+                ],
+            }
+        ],
+    }
+    staged = eds_dir.parent / f"eds-{version}.yaml"
+    staged.write_text(yaml.safe_dump(response))
+    staged.rename(eds_dir / "eds.yaml")
+
+
+def _healthy_hosts(admin_port: int) -> int:
+    stats = processes.envoy_stats(admin_port, f"cluster.{EXT_PROC_CLUSTER}.membership_total")
+    return stats.get(f"cluster.{EXT_PROC_CLUSTER}.membership_total", 0)
+
+
+def _rollout(tmp_path: Path, make_stack: Any, envoy_bin: str, drain_delay: float) -> dict[str, Any]:
+    store = str(tmp_path / "store")
+    args = ["--drain-delay", str(drain_delay)]
+    pods = [make_stack(store, log_id=f"extproc-audit-{i}", extra_args=args) for i in range(2)]
+    pods[1].key_path.write_bytes(pods[0].key_path.read_bytes())
+    for pod in pods:
+        pod.start_server()
+    proxy = pods[0]
+    eds_dir = tmp_path / "eds"
+    eds_dir.mkdir()
+    _publish_endpoints(eds_dir, [p.grpc_port for p in pods], 1)
+    config = bootstrap(
+        listen=Endpoint("127.0.0.1", proxy.envoy_port),
+        ext_proc=Endpoint("127.0.0.1", pods[0].grpc_port),
+        upstream=Endpoint("127.0.0.1", proxy.app.port),
+        admin=Endpoint("127.0.0.1", proxy.admin_port),
+    )
+    _eds_cluster(config, eds_dir)
+    path = tmp_path / "envoy.yaml"
+    path.write_text(to_yaml(config))
+    with (tmp_path / "envoy.log").open("ab") as log:
+        proxy.envoy = processes.start_envoy(path, log, binary=envoy_bin)
+        processes.wait_until(lambda: processes.envoy_ready(proxy.admin_port), "envoy", proxy.envoy)
+        processes.wait_until(lambda: _healthy_hosts(proxy.admin_port) == 2, "EDS", proxy.envoy)
+        load = PacedLoad(proxy.envoy_port, rate=150, threads=6).start()
+        try:
+            time.sleep(2.0)
+            leaving = pods[0].server
+            assert leaving is not None
+            leaving.send_signal(signal.SIGTERM)
+            time.sleep(EDS_LAG)
+            _publish_endpoints(eds_dir, [pods[1].grpc_port], 2)
+            processes.wait_until(lambda: _healthy_hosts(proxy.admin_port) == 1, "EDS update")
+            status = leaving.wait(30)
+            pods[0].server = None
+            time.sleep(2.0)  # the remaining server alone under load
+        finally:
+            result = load.stop()
+        time.sleep(1.0)  # Envoy's last access-log flush (0.2 s)
+        stats = processes.envoy_stats(proxy.admin_port, ALS_STATS)
+        remaining = pods[1].stop_server(signal.SIGTERM)
+    entries = [e for p in pods for e in read_entries(store, p.log_id)]
+    return {
+        "result": result,
+        "exit": (status, remaining),
+        "stats": stats,
+        "requests": {e["rid"] for e in entries if e["kind"] == "request"},
+        "outcomes": {e["rid"] for e in entries if e["kind"] == "access"},
+        "per_log": {
+            p.log_id: sum(1 for e in read_entries(store, p.log_id) if e["kind"] == "request")
+            for p in pods
+        },
+        "verify": run_cli("verify", store, "--vkey", pods[0].vkey()),
+    }
+
+
+def test_rollout_under_load_fails_no_request_and_loses_no_entry(
+    tmp_path: Path, make_stack: Any, envoy_bin: str
+) -> None:
+    run = _rollout(tmp_path, make_stack, envoy_bin, DRAIN_DELAY)
+    result = run["result"]
+    ok = result.ok_enforced + result.ok_observed
+    assert result.sent > 500, result.statuses
+    assert result.non_2xx == 0, (result.statuses, result.errors)
+    assert run["exit"] == (0, 0)
+    assert all(run["per_log"].values()), run["per_log"]  # both pods took requests
+    # Nothing acknowledged is lost: each request's entry was durable before it
+    # went upstream, and each outcome reached one of the logs.
+    assert [r for r in ok if r not in run["requests"]] == []
+    assert [r for r in ok if r not in run["outcomes"]] == []
+    assert run["stats"][ALS_STATS + "logs_dropped"] == 0
+    verified = run["verify"]
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.count("OK") == 2, verified.stdout
+
+
+def test_rollout_without_drain_delay_fails_requests(tmp_path: Path, make_stack: Any) -> None:
+    """The control: a server that stops taking streams at SIGTERM, while EDS
+    still lists it, fails the enforced requests routed to it (503)."""
+    run = _rollout(tmp_path, make_stack, processes.envoy_binary(), 0.0)
+    assert run["result"].statuses[503] > 0, run["result"].statuses
+    assert run["verify"].returncode == 0
