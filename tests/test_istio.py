@@ -107,12 +107,16 @@ MANIFESTS = _all_manifests()
 
 
 def test_overlays_exist() -> None:
-    assert {o.name for o in OVERLAYS} == {"enforce", "observe", "gateway", "receipts", "sidecar"}
+    assert {o.name for o in OVERLAYS} == {
+        "enforce", "observe", "gateway", "receipts", "sidecar", "waypoint",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ISTIO)))
 def test_every_yaml_parses(path: Path) -> None:
-    docs = _docs(path)
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    if path.name == "storage-class.yaml":  # a JSON patch: a list of operations
+        docs = docs[0]
     assert docs and all(isinstance(d, dict) for d in docs)
 
 
@@ -177,7 +181,7 @@ def test_observe_overlay_switches_both_sides() -> None:
     filters = [d for d in docs if d["kind"] == "EnvoyFilter"]
     assert [f["metadata"]["name"] for f in filters] == ["extproc-audit-affinity"]
     assert "HTTP_FILTER" not in {p["applyTo"] for f in filters for p in f["spec"]["configPatches"]}
-    (tel,) = [d for d in docs if d["kind"] == "Telemetry"]
+    tel = _audit_telemetry(docs)
     assert tel["spec"]["accessLogging"] == [
         {"providers": [{"name": render_istio.PROVIDER}], "match": {"mode": "SERVER"}}
     ]
@@ -204,10 +208,12 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
 
 COMPONENTS = ISTIO / "components"
 COMPONENT_NAMES = sorted(p.parent.name for p in COMPONENTS.glob("*/kustomization.yaml"))
-SHARED_OVERLAYS = ["enforce", "receipts", "observe", "gateway"]
-VARIANTS = [(o, c) for o in SHARED_OVERLAYS for c in COMPONENT_NAMES] + [
-    ("enforce", "+".join(COMPONENT_NAMES))  # all at once: they do not collide
-]
+SHARED_OVERLAYS = ["enforce", "receipts", "observe", "gateway", "waypoint"]
+# Every component on every shared-topology overlay (the gateway overlay is the
+# gateway component already), and all of them at once: the combinations the docs name.
+VARIANTS = [
+    (o, c) for o in SHARED_OVERLAYS for c in COMPONENT_NAMES if (o, c) != ("gateway", "gateway")
+] + [("enforce", "+".join(COMPONENT_NAMES))]
 
 
 def _variant(tmp_path: Path, overlay: str, components: str) -> Path:
@@ -230,7 +236,8 @@ def _variant(tmp_path: Path, overlay: str, components: str) -> Path:
 
 def test_components_exist() -> None:
     assert COMPONENT_NAMES == [
-        "aws-web-identity", "eks-pod-identity", "gke-cloud-dns", "native-sidecar", "nodelocal-dns",
+        "aws-web-identity", "eks-pod-identity", "gateway", "gateway-api", "gke-cloud-dns",
+        "native-sidecar", "nodelocal-dns", "storage-class",
     ]  # fmt: skip
     for name in COMPONENT_NAMES:
         (spec,) = _docs(COMPONENTS / name / "kustomization.yaml")
@@ -452,8 +459,17 @@ ENFORCING = ["enforce", "receipts", "gateway", "sidecar"]
 ALS_STATS = "access_logs.grpc_access_log."
 
 
+# Where each ext_proc EnvoyFilter lives: the gateway's is a component (it adds to
+# an overlay), the others belong to their overlay.
+ENVOYFILTER_FILES = {
+    "gateway": ISTIO / "components" / "gateway" / "envoyfilter.yaml",
+    "gateway-api": ISTIO / "components" / "gateway-api" / "envoyfilter.yaml",
+}
+
+
 def _envoy_filter(overlay: str) -> dict[str, Any]:
-    (doc,) = _docs(ISTIO / "overlays" / overlay / "envoyfilter.yaml")
+    path = ENVOYFILTER_FILES.get(overlay, ISTIO / "overlays" / overlay / "envoyfilter.yaml")
+    (doc,) = _docs(path)
     return doc
 
 
@@ -773,10 +789,19 @@ def _telemetries() -> dict[str, dict[str, Any]]:
     return found
 
 
+def _audit_telemetry(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The overlay's Telemetry that turns the provider on (not the base's own)."""
+    (doc,) = [d for d in docs if d["kind"] == "Telemetry" and d["metadata"]["name"] != SELF]
+    return doc
+
+
+SELF = "extproc-audit-self"
+
+
 def test_telemetry_names_the_provider_where_the_filters_are() -> None:
-    telemetries = _telemetries()
+    telemetries = {n: d for n, d in _telemetries().items() if d["metadata"]["name"] != SELF}
     assert {n.split(":")[0].split("/")[0] for n in telemetries} == {
-        "enforce", "receipts", "observe", "gateway", "telemetry",
+        "enforce", "receipts", "observe", "gateway", "telemetry", "waypoint",
     }  # fmt: skip
     for name, doc in telemetries.items():
         assert doc["apiVersion"] == "telemetry.istio.io/v1", name
@@ -784,8 +809,8 @@ def test_telemetry_names_the_provider_where_the_filters_are() -> None:
         assert logging["providers"] == [{"name": render_istio.PROVIDER}], name
         assert "disabled" not in logging
     by_overlay = {
-        o: next(d for d in _rendered(ISTIO / "overlays" / o) if d["kind"] == "Telemetry")
-        for o in ("enforce", "gateway", "observe")
+        o: _audit_telemetry(_rendered(ISTIO / "overlays" / o))
+        for o in ("enforce", "gateway", "observe", "waypoint")
     }
     # Enforce: the outcome from exactly the pods whose requests the filter holds
     # (a selector applies in its own namespace only: telemetry.go).
@@ -800,9 +825,38 @@ def test_telemetry_names_the_provider_where_the_filters_are() -> None:
     gateway_selector = _envoy_filter("gateway")["spec"]["workloadSelector"]["labels"]
     assert gateway["spec"]["selector"]["matchLabels"] == gateway_selector
     assert "match" not in gateway["spec"]["accessLogging"][0]
+    # Ambient: the waypoint, by targetRefs, in its own namespace.
+    waypoint = by_overlay["waypoint"]
+    assert waypoint["spec"]["targetRefs"] == [render_istio.WAYPOINT_TARGET]
+    assert "selector" not in waypoint["spec"]
+    assert waypoint["metadata"]["namespace"] == render_istio.APP_NAMESPACE
     (mesh_wide,) = _docs(ISTIO / "telemetry" / "mesh-wide.yaml")
     assert mesh_wide["metadata"]["namespace"] == render_istio.ROOT_NAMESPACE
     assert "selector" not in mesh_wide["spec"]
+
+
+def test_audit_namespace_does_not_audit_itself() -> None:
+    """The audit pods' own sidecars must not report their streams to the audit
+    Service (a mesh-wide Telemetry would make them): a namespace-wide Telemetry
+    there turns the provider off, and no ext_proc EnvoyFilter can select them."""
+    for overlay in SHARED_OVERLAYS:
+        docs = _rendered(ISTIO / "overlays" / overlay)
+        (own,) = [d for d in docs if d["kind"] == "Telemetry" and d["metadata"]["name"] == SELF]
+        assert own["metadata"]["namespace"] == render_istio.NAMESPACE
+        assert "selector" not in own["spec"] and "targetRefs" not in own["spec"]
+        assert own["spec"]["accessLogging"] == [
+            {"providers": [{"name": render_istio.PROVIDER}], "disabled": True}
+        ]
+        pod_labels = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"][
+            "metadata"
+        ]["labels"]
+        for name in [*ENFORCING, "gateway-api"]:
+            spec = _envoy_filter(name)["spec"]
+            if "workloadSelector" in spec:
+                wanted = spec["workloadSelector"]["labels"]
+                assert not wanted.items() <= pod_labels.items(), name
+            else:  # targetRefs: a Gateway, in its own namespace
+                assert _envoy_filter(name)["metadata"]["namespace"] != render_istio.NAMESPACE
 
 
 def test_telemetry_schema_catches_a_typo() -> None:
