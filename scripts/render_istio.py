@@ -93,7 +93,12 @@ PROVIDER = "extproc-audit"
 # Envoy's gRPC access logger counts into these (access_logs.grpc_access_log.
 # logs_written, logs_dropped, and since Envoy 1.39 grpc_entries_flushed,
 # grpc_entries_flush_failed); Istio's default stats matcher leaves them out.
-ALS_STATS_PREFIXES = ("access_logs.grpc_access_log",)
+# And, on every supported Envoy (1.36 has neither grpc_entries_flushed nor
+# grpc_entries_flush_failed), the failed connections of each proxy to the audit
+# Service: istiod names the cluster's stats "<cluster name>;" (alt_stat_name,
+# cluster_builder.go), tagged cluster_name by Istio's bootstrap.
+AUDIT_CONNECT_FAIL_STAT = f"cluster.{OUTBOUND_CLUSTER};.upstream_cx_connect_fail"
+ALS_STATS_PREFIXES = ("access_logs.grpc_access_log", AUDIT_CONNECT_FAIL_STAT)
 # The ext_proc filter counts per HTTP connection manager under
 # http.<stat_prefix>.ext_proc.<name> (source/extensions/filters/http/ext_proc/
 # ext_proc.h, ALL_EXT_PROC_FILTER_STATS), exported to Prometheus as
@@ -118,11 +123,30 @@ ISTIO_COMMIT = "86c9f01fd735fb01d8192f5bcaf0d424afb7f14c"
 AFFINITY_HASH_HEADER = "x-forwarded-for"
 
 
-# The Istio minors the EnvoyFilters were checked on (docs/ISTIO.md, "Supported
-# releases"): istiod applies a patch only to proxies whose ISTIO_VERSION matches
-# (pilot/pkg/model/envoyfilter.go, proxyMatch). A proxy outside the range gets no
-# filter: widen this only after checking the new release (the support table).
-SUPPORTED_ISTIO = ("1.28", "1.29", "1.30", "1.31")
+@dataclass(frozen=True)
+class IstioRelease:
+    """One row of the support table (docs/ISTIO.md, "Supported releases")."""
+
+    minor: str
+    envoy: str  # the Envoy minor its proxy is built on (DESIGN.md)
+    tag: str  # the release tag whose source was read
+    supported: bool
+    why_not: str = ""
+
+
+SUPPORT_TABLE = (
+    IstioRelease("1.26", "1.34", "1.26.0", False, "hash_policy dropped, no NativeSidecars"),
+    IstioRelease("1.27", "1.35", "1.27.0", False, "hash_policy dropped by istiod"),
+    IstioRelease("1.28", "1.36", "1.28.0", True),
+    IstioRelease("1.29", "1.37", "1.29.0", True),
+    IstioRelease("1.30", "1.38", "1.30.0", True),
+    IstioRelease("1.31", "1.39", "1.31.0-rc.0", True),
+)
+# The Istio minors the EnvoyFilters were checked on: istiod applies a patch only
+# to proxies whose ISTIO_VERSION matches (pilot/pkg/model/envoyfilter.go,
+# proxyMatch). A proxy outside the range gets no filter: widen this only after
+# checking the new release (the support table).
+SUPPORTED_ISTIO = tuple(r.minor for r in SUPPORT_TABLE if r.supported)
 PROXY_VERSION = r"^1\.(" + "|".join(v.split(".")[1] for v in SUPPORTED_ISTIO) + r")([.-].*)?$"
 PROXY_MATCH = {"proxyVersion": PROXY_VERSION}
 
@@ -783,12 +807,17 @@ def envoy_alerts(s: AlertSettings) -> list[Alert]:
         Alert(
             name="ExtprocAuditEnvoyAccessLogFlushFailing",
             severity="warning",
+            # grpc_entries_flush_failed exists from Envoy 1.39 on; the failed
+            # connections to the audit Service on every supported Envoy.
             expr=f"{by} (increase("
-            f"envoy_access_logs_grpc_access_log_grpc_entries_flush_failed[{w}])) > 0",
+            f"envoy_access_logs_grpc_access_log_grpc_entries_flush_failed[{w}])) > 0"
+            f" or {by} (increase(envoy_cluster_upstream_cx_connect_fail"
+            f'{{cluster_name="{OUTBOUND_CLUSTER}"}}[{w}])) > 0',
             for_=s.for_long,
             summary="{{ $labels.namespace }}/{{ $labels.pod }}: access-log batches not sent",
             description="Envoy cannot write access-log batches to its gRPC stream (no stream, "
-            "or one backed up). It retries; meanwhile its buffer fills, and then it drops.",
+            "or one backed up), or cannot connect to the audit Service at all. It retries; "
+            "meanwhile its buffer fills, and then it drops.",
         ),
         Alert(
             name="ExtprocAuditAccessLogGap",
@@ -967,6 +996,13 @@ ALERT_CASES = [
               _proxy("envoy_access_logs_grpc_access_log_grpc_entries_flush_failed", "0+5x20"),
               "5m", "12m", PROXY,
               f"{PROXY['namespace']}/{PROXY['pod']}: access-log batches not sent"),
+    AlertCase("ExtprocAuditEnvoyAccessLogFlushFailing",
+              "Envoy 1.36 (no flush counters): the audit Service unreachable for 10 minutes",
+              {**_proxy("envoy_access_logs_grpc_access_log_logs_written", "0+50x20"),
+               _series("envoy_cluster_upstream_cx_connect_fail",
+                       {**PROXY, "cluster_name": OUTBOUND_CLUSTER}): "0+3x20"},
+              "5m", "12m", PROXY,
+              f"{PROXY['namespace']}/{PROXY['pod']}: access-log batches not sent"),
     AlertCase("ExtprocAuditAccessLogGap", "the server stops logging a namespace's entries",
               {**_proxy("envoy_access_logs_grpc_access_log_logs_written", "0+100x20"),
                **_server("extproc_audit_access_entries_total", "0+100x5 500x15",
@@ -1011,6 +1047,30 @@ HEALTHY_SERIES = {
 }  # fmt: skip
 
 
+# Envoy 1.36 (the oldest of the range) has no grpc_entries_flushed or
+# grpc_entries_flush_failed: a healthy half hour with only the counters it emits.
+HEALTHY_SERIES_OLDEST_ENVOY = {
+    k: v for k, v in HEALTHY_SERIES.items() if "grpc_entries_flush" not in k
+} | {_series("envoy_cluster_upstream_cx_connect_fail", {**PROXY, "cluster_name": OUTBOUND_CLUSTER}):
+     "0x30"}  # fmt: skip
+# The audit namespace with its own Telemetry (istio/base/telemetry-self.yaml): its
+# pods' sidecars have no access logger, so no access-log counters; its servers
+# log the demo namespace's entries. Nothing fires for the audit namespace.
+AUDIT_POD = {"namespace": NAMESPACE, "pod": "extproc-audit-0"}
+AUDIT_NAMESPACE_SERIES = {
+    **HEALTHY_SERIES,
+    _series("envoy_cluster_upstream_cx_connect_fail",
+            {**AUDIT_POD, "cluster_name": OUTBOUND_CLUSTER}): "0x30",
+    _series("envoy_http_ext_proc_streams_started",
+            {**AUDIT_POD, "envoy_http_conn_manager_prefix": "inbound_0.0.0.0_50051"}): "0x30",
+}  # fmt: skip
+QUIET_RUNS = {
+    "a healthy half hour fires nothing": HEALTHY_SERIES,
+    "a healthy half hour on Envoy 1.36's counters fires nothing": HEALTHY_SERIES_OLDEST_ENVOY,
+    "the audit namespace's own pods (no access logger) raise no gap": AUDIT_NAMESPACE_SERIES,
+}
+
+
 def alert_tests() -> dict[str, Any]:
     """promtool's unit-test file for alerts.yaml: each case, and the healthy half hour."""
     by_name = {a.name: a for a in alerts()}
@@ -1038,18 +1098,19 @@ def alert_tests() -> dict[str, Any]:
                 ],
             }
         )
-    tests.append(
-        {
-            "name": "a healthy half hour fires nothing",
-            "interval": "1m",
-            "input_series": [{"series": k, "values": v} for k, v in HEALTHY_SERIES.items()],
-            "alert_rule_test": [
-                {"eval_time": at, "alertname": name, "exp_alerts": []}
-                for at in ("2m", "30m")
-                for name in by_name
-            ],
-        }
-    )
+    for title, series in QUIET_RUNS.items():
+        tests.append(
+            {
+                "name": title,
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "alert_rule_test": [
+                    {"eval_time": at, "alertname": name, "exp_alerts": []}
+                    for at in ("2m", "30m")
+                    for name in by_name
+                ],
+            }
+        )
     return {"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": tests}
 
 

@@ -6,6 +6,7 @@ Every process a test starts is stopped by a finalizer, also when it fails.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,9 +242,9 @@ def envoy_bin(request: pytest.FixtureRequest) -> str:
 def envoy_version(binary: str) -> tuple[int, int]:
     """(major, minor) of an Envoy binary, from `envoy --version`."""
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
-    version = out.stdout.split("/")[1]
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
+    found = re.search(r"version: \w+/(\d+)\.(\d+)\.", out.stdout)
+    assert found is not None, out.stdout
+    return int(found.group(1)), int(found.group(2))
 
 
 ALS_STATS = "access_logs.grpc_access_log."

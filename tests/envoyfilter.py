@@ -139,6 +139,10 @@ def istio_like_bootstrap(
         )
         contexts[out_name] = "SIDECAR_OUTBOUND"
         clusters.append(_static(out_cluster, listen))
+    for cluster in clusters:
+        # istiod names every cluster's stats "<name>;" (cluster_builder.go), for
+        # the cluster_name tag of its bootstrap.
+        cluster["alt_stat_name"] = f"{cluster['name']};"
     config = {
         "node": {
             "id": "sidecar~10.0.0.1~app-0.demo~demo.svc.cluster.local",
