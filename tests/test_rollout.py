@@ -28,8 +28,6 @@ from extproc import processes
 from extproc.envoyconf import EXT_PROC_CLUSTER, Endpoint, bootstrap, to_yaml
 from tests.conftest import ALS_STATS, read_entries, run_cli
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow]
-
 DRAIN_DELAY = 3.0  # seconds the terminated server still takes streams
 EDS_LAG = 1.5  # seconds from SIGTERM to the endpoint's removal (EndpointSlice, istiod push)
 
@@ -137,6 +135,8 @@ def _rollout(tmp_path: Path, make_stack: Any, envoy_bin: str, drain_delay: float
     }
 
 
+@pytest.mark.envoy
+@pytest.mark.slow
 def test_rollout_under_load_fails_no_request_and_loses_no_entry(
     tmp_path: Path, make_stack: Any, envoy_bin: str
 ) -> None:
@@ -157,9 +157,83 @@ def test_rollout_under_load_fails_no_request_and_loses_no_entry(
     assert verified.stdout.count("OK") == 2, verified.stdout
 
 
+@pytest.mark.envoy
+@pytest.mark.slow
 def test_rollout_without_drain_delay_fails_requests(tmp_path: Path, make_stack: Any) -> None:
     """The control: a server that stops taking streams at SIGTERM, while EDS
     still lists it, fails the enforced requests routed to it (503)."""
     run = _rollout(tmp_path, make_stack, processes.envoy_binary(), 0.0)
     assert run["result"].statuses[503] > 0, run["result"].statuses
     assert run["verify"].returncode == 0
+
+
+def test_draining_server_is_not_ready_but_alive_and_still_takes_streams(
+    tmp_path: Path, make_stack: Any
+) -> None:
+    """SIGTERM: readiness (the whole server and each ingest service) goes
+    NOT_SERVING at once, liveness stays SERVING, and for --drain-delay a new
+    ext_proc stream is still taken and its entry logged: a proxy that has not
+    yet heard that the endpoint is gone is not refused."""
+    import grpc
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+    from extproc.health import check_health
+    from extproc.server.app import LIVENESS_SERVICE, READINESS_SERVICES
+
+    stack = make_stack(extra_args=["--drain-delay", "3"])
+    stack.start_server()
+    address = f"127.0.0.1:{stack.grpc_port}"
+    assert check_health(address, LIVENESS_SERVICE).serving
+    assert stack.server is not None
+    stack.server.send_signal(signal.SIGTERM)
+    processes.wait_until(lambda: not check_health(address).serving, "NOT_SERVING")
+    assert [check_health(address, s).status for s in READINESS_SERVICES] == ["NOT_SERVING"] * 3
+    assert check_health(address, LIVENESS_SERVICE).serving
+    headers = pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=":path", raw_value=b"/late"),
+                     base_pb2.HeaderValue(key="x-request-id", raw_value=b"late-1")]
+        ),
+        end_of_stream=True,
+    )  # fmt: skip
+    with grpc.insecure_channel(address) as channel:
+        replies = list(
+            pb_grpc.ExternalProcessorStub(channel).Process(
+                iter([pb.ProcessingRequest(request_headers=headers)]), timeout=5
+            )
+        )
+    assert replies[0].HasField("request_headers"), replies  # continue: logged, not denied
+    assert stack.server.wait(30) == 0
+    stack.server = None
+    entries = read_entries(stack.store_url, stack.log_id)
+    assert [e["rid"] for e in entries if e["kind"] == "request"] == ["late-1"]
+
+
+def test_a_stream_the_caller_closed_first_logs_no_traceback() -> None:
+    """grpc.aio's failure to send the final status of a stream Envoy already
+    closed (ExecuteBatchError ... SendStatusFromServerOperation) is counted, not
+    logged with a traceback; any other error still is."""
+    import logging
+
+    from extproc import metrics
+    from extproc.server.app import _PeerGoneFilter
+
+    def record(message: str, exc: BaseException | None) -> logging.LogRecord:
+        return logging.LogRecord(
+            "grpc._cython.cygrpc", logging.ERROR, __file__, 1, message, None,
+            (type(exc), exc, None) if exc is not None else None,
+        )  # fmt: skip
+
+    class ExecuteBatchError(Exception):
+        pass
+
+    gone = ExecuteBatchError("Failed \"execute_batch\": (<grpc._cython.cygrpc."
+                             "SendStatusFromServerOperation object at 0x7f>,)")  # fmt: skip
+    before = metrics.STREAMS_CLOSED_BY_PEER._value.get()
+    quiet = _PeerGoneFilter()
+    assert quiet.filter(record("Unexpected error in the servicer", gone)) is False
+    assert metrics.STREAMS_CLOSED_BY_PEER._value.get() == before + 1
+    assert quiet.filter(record("Unexpected error", ExecuteBatchError("other op"))) is True
+    assert quiet.filter(record("Unexpected error", RuntimeError("boom"))) is True
