@@ -854,7 +854,10 @@ def test_mesh_config_provider_is_rendered_from_envoyconf() -> None:
     # So do the ext_proc filter's, whose prefix names the listener: kept by suffix.
     matcher = meshes["helm"]["defaultConfig"]["proxyStatsMatcher"]
     assert matcher == {
-        "inclusionPrefixes": ["access_logs.grpc_access_log"],
+        "inclusionPrefixes": [
+            "access_logs.grpc_access_log",
+            f"cluster.{render_istio.OUTBOUND_CLUSTER};.upstream_cx_connect_fail",
+        ],
         "inclusionSuffixes": [
             "ext_proc.streams_started", "ext_proc.streams_failed",
             "ext_proc.message_timeouts", "ext_proc.failure_mode_allowed",
