@@ -65,6 +65,7 @@ class Running:
     wal: WAL
     audit_log: AuditLog
     publisher: Publisher
+    ext_proc: AuditServicer
     access: AccessLogServicer
     server: grpc.aio.Server
     health_server: grpc.aio.Server | None
@@ -362,6 +363,7 @@ class AuditServer:
             wal,
             audit_log,
             publisher,
+            ext_proc,
             access,
             server,
             health_server,
@@ -380,10 +382,11 @@ class AuditServer:
            SERVING.
         2. --drain-delay: new streams are still taken (on SIGTERM), so a proxy
            that has not heard yet is not refused.
-        3. Admission ends (no new stream of any kind); --access-log-grace later,
-           at least one Envoy flush interval, the outcome of the last admitted
-           request has been sent: each access-log stream is ended right after
-           its next batch. In-flight ext_proc streams finish.
+        3. Admission ends (new ext_proc streams get UNAVAILABLE; access-log
+           streams are still taken); --access-log-grace later, at least one
+           Envoy flush interval, the outcome of the last admitted request has
+           been sent: each access-log stream is ended right after its next
+           batch. Then the listener closes; in-flight ext_proc streams finish.
         4. Everything acknowledged is published under a final checkpoint.
         Steps 3 and 4 share one deadline, --drain-timeout.
         """
@@ -409,12 +412,14 @@ class AuditServer:
         def left() -> float:
             return max(0.0, deadline - loop.time())
 
-        # Admission ends now; the access-log streams are ours to end (below),
-        # so the server's own grace is the whole deadline.
-        stopping = loop.create_task(r.server.stop(left()))
+        # Admission ends now: new ext_proc streams are refused, while the
+        # listener stays up for access-log streams (Envoy opens one lazily, at
+        # its next flush, if it has none). A grace later the outcome of the last
+        # admitted request has been sent; each stream ends after its next batch.
+        r.ext_proc.admitting = False
         await asyncio.sleep(min(cfg.access_log_grace, left()))
         await r.access.close(min(cfg.access_log_grace, left()))
-        await stopping
+        await r.server.stop(left())
         r.idle_task.cancel()
         if r.health_server is not None:
             await r.health_server.stop(0)
