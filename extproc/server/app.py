@@ -234,7 +234,10 @@ class AuditServer:
         """start, serve until SIGTERM/SIGINT (or stop()), drain; the exit status."""
         quiet_closed_streams(asyncio.get_running_loop())
         running = await self.start()
+        memory = _memory_trace()
         await self._stop.wait()
+        if memory is not None:
+            memory.cancel()
         return await self.drain(running)
 
     async def start(self) -> Running:
@@ -461,6 +464,40 @@ class AuditServer:
         finally:
             r.audit_log.close()
         return status
+
+
+def _memory_trace() -> asyncio.Task[None] | None:
+    """EXTPROC_AUDIT_TRACEMALLOC=FRAMES (a diagnostic, scripts/soak.py
+    --tracemalloc): trace allocations and log, every minute, what grew most
+    since a snapshot two minutes in (after warm-up), with the gc counts."""
+    frames = os.environ.get("EXTPROC_AUDIT_TRACEMALLOC", "")
+    if not frames.isdigit() or int(frames) < 1:
+        return None
+    import gc
+    import tracemalloc
+
+    tracemalloc.start(int(frames))
+
+    async def report() -> None:
+        await asyncio.sleep(120)
+        base = tracemalloc.take_snapshot()
+        while True:
+            await asyncio.sleep(60)
+            top = tracemalloc.take_snapshot().compare_to(base, "traceback")[:8]
+            log.warning(
+                "tracemalloc: traced %.1f MB, gc counts %s, objects %d; "
+                "top growth since warm-up:\n%s",
+                tracemalloc.get_traced_memory()[0] / 1e6,
+                gc.get_count(),
+                len(gc.get_objects()),
+                "\n".join(
+                    f"  {stat.size_diff / 1e3:+.0f} kB {stat.count_diff:+d} blocks "
+                    f"{stat.traceback.format()[-1].strip()}"
+                    for stat in top
+                ),
+            )
+
+    return asyncio.get_running_loop().create_task(report())
 
 
 def _peer_gone(exc: BaseException | None, message: str = "") -> bool:
