@@ -395,6 +395,14 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         "so callers' proxies drop its endpoint first (SIGINT: none)",
     )
     g.add_argument(
+        "--max-rss-mb",
+        metavar="MB",
+        type=_INT,
+        default=_env("max_rss_mb", 0),
+        help="above this resident memory, drain as on SIGTERM and exit 0, for the orchestrator "
+        "to restart a fresh process (gRPC's native memory grows per stream); 0: never",
+    )
+    g.add_argument(
         "--access-log-grace",
         metavar="SECONDS",
         type=_FLOAT,
@@ -1039,6 +1047,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_backlog_bytes=args.max_backlog_bytes,
         drain_timeout=args.drain_timeout,
         drain_delay=args.drain_delay,
+        max_rss_mb=args.max_rss_mb,
         access_log_grace=args.access_log_grace,
         heartbeat_interval=args.heartbeat_interval,
         self_audit_interval=args.self_audit_interval,

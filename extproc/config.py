@@ -107,6 +107,10 @@ class ServeConfig:
     max_backlog_bytes: int = MAX_BACKLOG_BYTES
     drain_timeout: float = DRAIN_TIMEOUT
     drain_delay: float = DRAIN_DELAY  # SIGTERM: keep taking streams this long, NOT_SERVING
+    # Above this resident size (MB), drain as on SIGTERM and exit 0 for the
+    # orchestrator to restart the process: grpc.aio leaks native memory per
+    # stream (docs/PERFORMANCE.md). 0: never.
+    max_rss_mb: int = 0
     access_log_grace: float = ACCESS_LOG_GRACE
     heartbeat_interval: float = HEARTBEAT_INTERVAL  # idle writer appends a heartbeat; 0: never
     self_audit_interval: float = SELF_AUDIT_INTERVAL  # 0: no self-audit
@@ -170,6 +174,7 @@ class ServeConfig:
             ("--max-backlog-bytes", self.max_backlog_bytes, 1024),
             ("--drain-timeout", self.drain_timeout, 0),
             ("--drain-delay", self.drain_delay, 0),
+            ("--max-rss-mb", self.max_rss_mb, 0),
             ("--access-log-grace", self.access_log_grace, 0),
             ("--heartbeat-interval", self.heartbeat_interval, 0),
             ("--self-audit-interval", self.self_audit_interval, 0),

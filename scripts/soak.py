@@ -209,7 +209,8 @@ class Soak:
         self.event_times: dict[str, float] = {}
 
     def server_args(self) -> list[str]:
-        return [
+        extra = ["--max-rss-mb", str(self.args.max_rss_mb)] if self.args.max_rss_mb else []
+        return [*extra,
             "--store", str(self.store), "--key", str(self.key),
             "--listen", f"127.0.0.1:{self.grpc_port}",
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
@@ -277,7 +278,7 @@ class Soak:
         last_errors = 0
         events: list[str] = []
         event_times: list[float] = []
-        kills = sigterms = 0
+        kills = sigterms = recycles = 0
         print(
             "   t(s)  rss(MB)  fds  wal(MB)  ckpt_age(s)   sent    2xx   5xx  err  peer_closed  "
             "event"
@@ -285,7 +286,14 @@ class Soak:
         while time.monotonic() < end:
             now = time.monotonic()
             event = ""
-            if schedule and now >= schedule[0][0]:
+            if self.server is not None and self.server.poll() is not None:
+                # It left on its own (--max-rss-mb): restart it, as the kubelet would.
+                status = self.server.returncode
+                self.server = None
+                self.start_server()
+                recycles += 1
+                event = f"exited by itself (status {status}: --max-rss-mb), restarted"
+            elif schedule and now >= schedule[0][0]:
                 _, kind = schedule.pop(0)
                 if kind == "term":
                     status = self.stop_server(signal.SIGTERM)
@@ -329,20 +337,21 @@ class Soak:
         envoy_stats = processes.envoy_stats(self.admin_port, "access_logs.grpc_access_log.")
         status = self.stop_server(signal.SIGTERM)
         self.event_times = dict(zip(events, event_times, strict=True))
-        return self._report(result, rss, events, kills, sigterms, status, envoy_stats)
+        return self._report(result, rss, events, (kills, sigterms, recycles), status, envoy_stats)
 
     def _report(
         self,
         result: LoadResult,
         rss: list[tuple[float, float]],
         events: list[str],
-        kills: int,
-        sigterms: int,
+        counts: tuple[int, int, int],
         status: int,
         envoy_stats: dict[str, int],
     ) -> int:
         from extproc.core import entry
         from extproc.reader import entry_lines
+
+        kills, sigterms, recycles = counts
         from extproc.store import open_store
 
         entries = [entry.parse(line) for line in entry_lines(open_store(str(self.store)), "soak")]
@@ -382,6 +391,7 @@ class Soak:
             "errors": result.errors,
             "sigkills": kills,
             "sigterms_under_load": sigterms,
+            "memory_recycles": recycles,
             "final_sigterm_exit": status,
             "enforced_2xx": len(result.ok_enforced),
             "enforced_2xx_without_request_entry": len(lost_requests),
@@ -420,6 +430,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=120.0, help="seconds of a process's "
                         "life left out of the RSS slope")  # fmt: skip
     parser.add_argument("--drain-delay", type=float, default=1.0)
+    parser.add_argument("--max-rss-mb", type=int, default=0, help="the server's memory bound")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                         help="run the server under tracemalloc (logs the top growth)")  # fmt: skip
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp)")

@@ -237,3 +237,23 @@ def test_a_stream_the_caller_closed_first_logs_no_traceback() -> None:
     assert metrics.STREAMS_CLOSED_BY_PEER._value.get() == before + 1
     assert quiet.filter(record("Unexpected error", ExecuteBatchError("other op"))) is True
     assert quiet.filter(record("Unexpected error", RuntimeError("boom"))) is True
+
+
+def test_server_past_its_memory_bound_drains_and_exits_cleanly(
+    tmp_path: Path, make_stack: Any
+) -> None:
+    """--max-rss-mb: a server whose resident memory passes the bound (here any)
+    drains as on SIGTERM (its final checkpoint covers everything acknowledged)
+    and exits 0, for the orchestrator to start a fresh process: grpc.aio's
+    native memory grows per stream, and a planned restart beats an OOM kill."""
+    stack = make_stack(extra_args=["--max-rss-mb", "1"]).start()
+    result = stack.send(6)
+    assert sum(result.statuses.values()) == 6 and not result.errors
+    assert stack.server is not None
+    assert stack.server.wait(60) == 0
+    stack.server = None
+    assert "above --max-rss-mb 1: draining to restart" in stack.server_log()
+    verified = stack.verify()
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    entries = read_entries(stack.store_url, stack.log_id)
+    assert entries[-1]["kind"] == "writer" and entries[-1].get("event") == "stop"

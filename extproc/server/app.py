@@ -49,6 +49,7 @@ READINESS_SERVICES = ("", EXT_PROC_SERVICE, ACCESS_LOG_SERVICE)
 # whatever readiness says (fenced, --self-audit-fail-closed, draining): alive is
 # not ready, and a restart would fix none of those.
 LIVENESS_SERVICE = "liveness"
+RSS_CHECK_INTERVAL = 5.0  # seconds between --max-rss-mb checks
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -224,6 +225,31 @@ class AuditServer:
                     log.warning("heartbeat not logged: %s", e)
             seen = audit_log.size
 
+    def _watch_rss(self) -> asyncio.Task[None] | None:
+        """--max-rss-mb: past it, drain as on SIGTERM (NOT_SERVING, the drain
+        delay, the final checkpoint) and exit 0, for the orchestrator to start a
+        fresh process. A planned restart instead of an OOM kill: grpc.aio leaks
+        native memory per stream (docs/PERFORMANCE.md, "Soak")."""
+        limit = self.config.max_rss_mb
+        if limit <= 0:
+            return None
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(RSS_CHECK_INTERVAL)
+                rss_mb = _rss_mb()
+                if rss_mb > limit:
+                    log.warning(
+                        "resident memory %d MB is above --max-rss-mb %d: draining to restart "
+                        "with a fresh process (gRPC's native memory, docs/PERFORMANCE.md)",
+                        rss_mb,
+                        limit,
+                    )
+                    self.stop(delay=True)
+                    return
+
+        return asyncio.get_running_loop().create_task(watch())
+
     async def _set_health(self, status: int) -> None:
         """Readiness: the whole server and each ingest service. Liveness
         (LIVENESS_SERVICE) is not touched: a fenced or draining server is alive."""
@@ -234,10 +260,10 @@ class AuditServer:
         """start, serve until SIGTERM/SIGINT (or stop()), drain; the exit status."""
         quiet_closed_streams(asyncio.get_running_loop())
         running = await self.start()
-        memory = _memory_trace()
+        watchers = [t for t in (_memory_trace(), self._watch_rss()) if t is not None]
         await self._stop.wait()
-        if memory is not None:
-            memory.cancel()
+        for task in watchers:
+            task.cancel()
         return await self.drain(running)
 
     async def start(self) -> Running:
@@ -464,6 +490,12 @@ class AuditServer:
         finally:
             r.audit_log.close()
         return status
+
+
+def _rss_mb() -> int:
+    """This process's resident memory in MB (procfs: no syscall beyond a read)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") >> 20
 
 
 def _memory_trace() -> asyncio.Task[None] | None:
