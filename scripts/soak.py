@@ -373,11 +373,26 @@ class Soak:
             if not label or abs(self.event_times[label] - at) >= 5.0:
                 label = "not near any kill"
             lost_near[f"{label}: {'enforced' if rid in enforced else 'observed'}"] += 1
-        # The RSS slope of the last process's life, after its warm-up.
-        life: list[tuple[float, float]] = []
+        # The RSS slope of each process's life after its warm-up (a NaN sample
+        # marks a restart); the longest such stretch is the steady figure.
+        lives: list[list[tuple[float, float]]] = [[]]
         for t, mb in rss:
-            life = [] if mb != mb else [*life, (t, mb)]  # NaN: a restart
-        steady = [(t, mb) for t, mb in life if t - (life[0][0] if life else 0) >= self.args.warmup]
+            if mb != mb:
+                lives.append([])
+            else:
+                lives[-1].append((t, mb))
+        stretches = [
+            [(t, mb) for t, mb in life if t - life[0][0] >= self.args.warmup]
+            for life in lives
+            if life
+        ]
+        stretches = [s for s in stretches if len(s) >= 3]
+        steady = max(stretches, key=len, default=[])
+        per_life = [
+            f"{s[0][0]:.0f}-{s[-1][0]:.0f}s: {s[0][1]:.1f} -> {s[-1][1]:.1f} MB, "
+            f"{slope_mb_per_min(s):+.2f} MB/min"
+            for s in stretches
+        ]
         verify = subprocess.run(
             [sys.executable, "-m", "extproc", "verify", str(self.store),
              "--vkey", self._vkey()],
@@ -403,6 +418,7 @@ class Soak:
             "entries": len(entries),
             "rss_slope_after_warmup_mb_per_min": round(slope_mb_per_min(steady), 3),
             "rss_steady_window_s": round(steady[-1][0] - steady[0][0]) if steady else 0,
+            "rss_per_life_after_warmup": per_life,
             "verify": verify.stdout.strip().splitlines()[:1],
             "events": events,
         }
