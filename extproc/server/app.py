@@ -300,7 +300,7 @@ class AuditServer:
         pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
         access = AccessLogServicer(
             audit_log,
-            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes),
+            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
             ext_proc,
             outcomes,
         )
