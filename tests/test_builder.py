@@ -17,14 +17,17 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.core.redact import DEFAULT_CLEAR_HEADERS, DEFAULT_URL_HEADERS, RedactionPolicy
 from extproc.hashkey import write_hash_key
 from extproc.server.access import AccessCapture
-from extproc.server.builder import MAX_HEADER_NAME_BYTES, byte_size
-from extproc.server.capture import Capturer
+from extproc.server.builder import MAX_HEADER_NAME_BYTES, Claims, byte_size
+from extproc.server.capture import ATTR_NAMESPACE, LOCAL_SAN, Capturer
+from extproc.server.reporters import AUTH_MTLS, Reporter, ReporterPolicy, ReporterRefused
 from tests.conftest import read_entries
 
 HMAC_KEY = b"builder-test-key-0123456789"
@@ -204,3 +207,73 @@ def test_envoy_differential_both_captures_store_the_same_headers(
     assert stored["cookie"].startswith("a=hmac-sha256:") and ",b=hmac-sha256:" in stored["cookie"]
     assert stored["user-agent"].endswith("...[truncated 72 bytes]")
     assert "S4" not in stored["referer"] and stored["referer"].startswith("https://a.example/p;s=")
+
+
+# --- the reporter field: authenticated identity beside what the reporter claims --------------
+
+
+SERVED_AS = "spiffe://cluster.local/ns/shop/sa/api"
+REPORTER = Reporter(AUTH_MTLS, SERVED_AS, "ipv4:10.0.0.5:1")
+
+
+def _tls_entry(local: str) -> al.HTTPAccessLogEntry:
+    e = al.HTTPAccessLogEntry()
+    e.request.path = "/x"
+    if local:
+        cert = al.TLSProperties.CertificateProperties(
+            subject_alt_name=[al.TLSProperties.CertificateProperties.SubjectAltName(uri=local)]
+        )
+        e.common_properties.tls_properties.local_certificate_properties.CopyFrom(cert)
+    return e
+
+
+def _ext_proc_request(local: str) -> pb.ProcessingRequest:
+    msg = pb.ProcessingRequest(request_headers=pb.HttpHeaders())
+    attrs = struct_pb2.Struct()
+    attrs.update({"xds.node.id": "sidecar~1", **({LOCAL_SAN: local} if local else {})})
+    msg.attributes[ATTR_NAMESPACE].CopyFrom(attrs)
+    return msg
+
+
+def _captures(mode: str) -> list[Any]:
+    policy = ReporterPolicy(transport="tls", destination=mode)
+    access = AccessCapture(RedactionPolicy(), reporters=policy)
+    claims = access.claims(REPORTER, "sidecar~1", {"cluster": "shop", "log": "audit"})
+    ext = Capturer(RedactionPolicy())
+    return [
+        lambda local: access.fields(_tls_entry(local), claims)["reporter"],
+        lambda local: ext.request(_ext_proc_request(local), Claims(REPORTER, policy))["reporter"],
+    ]
+
+
+def test_claims_are_stored_beside_the_authenticated_reporter() -> None:
+    access, ext = _captures("off")
+    assert access(SERVED_AS) == {
+        "auth": "mtls",
+        "id": SERVED_AS,
+        "peer": "ipv4:10.0.0.5:1",
+        "claimed": {
+            "node": "sidecar~1",
+            "cluster": "shop",
+            "log": "audit",
+            "dst_principal": SERVED_AS,
+        },
+    }
+    assert ext(SERVED_AS)["claimed"] == {"node": "sidecar~1", "dst_principal": SERVED_AS}
+
+
+@pytest.mark.parametrize("capture", [0, 1], ids=["access-log", "ext_proc"])
+def test_reporter_not_the_destination_is_recorded_or_refused_by_both_captures(
+    capture: int,
+) -> None:
+    intruder = "spiffe://cluster.local/ns/evil/sa/evil"
+    record = _captures("record")[capture]
+    assert "dst_mismatch" not in record(SERVED_AS)
+    assert record(intruder)["dst_mismatch"] is True
+    assert "dst_mismatch" not in record("")  # record: nothing to compare, not marked
+    refuse = _captures("refuse")[capture]
+    assert refuse(SERVED_AS)["id"] == SERVED_AS
+    for local in (intruder, ""):  # refuse: naming no destination is a mismatch too
+        with pytest.raises(ReporterRefused) as refused:
+            refuse(local)
+        assert refused.value.reason == "destination_mismatch"
