@@ -1134,11 +1134,6 @@ def _redaction_policy(args: argparse.Namespace) -> Any:
     if len(key_files) > 1:
         raise ConfigError("--hash-key and --hmac-key-file name different files: give one")
     hash_key = load_hash_key(key_files.pop()) if key_files else None
-    if hash_key is None:
-        logging.getLogger("extproc.cli").warning(
-            "no --hash-key: values not on the allow-list are stored as [redacted], and an "
-            "auditor cannot tell which token was used (create a key with `hash-keygen`)"
-        )
 
     def headers(option: str) -> frozenset[str]:
         flag = "--" + option.replace("_", "-")

@@ -171,6 +171,7 @@ class AccessCapture:
             policy, max_headers=max_headers, max_header_bytes=max_header_bytes
         )
         self.reporters = reporters  # --reporter-is-destination, as for ext_proc
+        self._anonymous = Claims(UNKNOWN_REPORTER)  # fields() without a stream (tests, benchmarks)
 
     def claims(self, reporter: Reporter, node: str, stream: dict[str, Any]) -> Claims:
         """A stream's reporter and what its identifier claims (node id, cluster, log name)."""
@@ -193,7 +194,10 @@ class AccessCapture:
         # Mapping mixin (a generator and a lookup per pair). No more are read
         # than the builder may look at.
         if pairs:
-            extra += [(k, pairs[k]) for k in islice(pairs, builder.max_headers)]
+            keys = (
+                pairs if len(pairs) <= builder.max_headers else islice(pairs, builder.max_headers)
+            )
+            extra += [(k, pairs[k]) for k in keys]
         return builder.headers(extra, total, section, trunc)
 
     def fields(self, e: Any, claims: Claims | None = None) -> dict[str, Any]:
@@ -244,14 +248,18 @@ class AccessCapture:
         has_status = response.HasField("response_code")
         if has_status:
             code = response.response_code.value
-            builder.status(resp, str(code), trunc)
+            if 100 <= code <= 999:
+                resp["status"] = code
+            else:
+                builder.status(resp, str(code), trunc)
         else:
             resp["status"] = None
         resp["headers"] = r.stored
         if r.omitted:
             resp["headers_omitted"] = r.omitted
+        short = self.policy.short_chars
         if v := response.response_code_details:
-            resp["details"] = builder.bounded(v, "resp.details", trunc)
+            resp["details"] = v if len(v) <= short else builder.bounded(v, "resp.details", trunc)
         if v := response.response_body_bytes:
             resp["body_bytes"] = v
 
@@ -277,13 +285,15 @@ class AccessCapture:
         if has("upstream_remote_address"):
             upstream["host"] = address_text(common.upstream_remote_address)
         if v := common.upstream_cluster:
-            upstream["cluster"] = builder.bounded(v, "upstream.cluster", trunc)
+            upstream["cluster"] = (
+                v if len(v) <= short else builder.bounded(v, "upstream.cluster", trunc)
+            )
         if v := common.upstream_transport_failure_reason:
             upstream["failure"] = builder.bounded(v, "upstream.failure", trunc)
         if upstream:
             fields["upstream"] = upstream
         if v := common.route_name:
-            fields["route"] = builder.bounded(v, "route", trunc)
+            fields["route"] = v if len(v) <= short else builder.bounded(v, "route", trunc)
         if has("response_flags"):
             set_flags = common.response_flags.ListFields()
             codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
@@ -312,9 +322,9 @@ class AccessCapture:
         fields["rid"] = builder.rid(request.request_id, trunc)
         local = _uri_san(tls.local_certificate_properties) if tls is not None else ""
         fields["kind"] = "access"
-        fields["reporter"] = (claims or Claims(UNKNOWN_REPORTER)).field(
-            builder.bounded(local, "reporter.claimed.dst_principal", trunc)
-        )
+        if len(local) > short:
+            local = builder.bounded(local, "reporter.claimed.dst_principal", trunc)
+        fields["reporter"] = (claims or self._anonymous).field(local)
         if trunc:
             fields["trunc"] = trunc
         return fields

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from extproc import config, metrics
-from extproc.core.redact import RedactionPolicy, ascii_lower
+from extproc.core.redact import CLEAR, RedactionPolicy, ascii_lower
 from extproc.server.reporters import (
     AUTH_NONE,
     XFCC_HEADER,
@@ -59,6 +59,7 @@ class EntryBuilder:
         self.policy = policy
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        self._rid_clear = policy.kind(REQUEST_ID) == CLEAR
 
     def headers(
         self,
@@ -82,12 +83,23 @@ class EntryBuilder:
         """
         pseudo: dict[str, str] = {}
         raw: dict[str, Any] = {}
+        stored: dict[str, Any] = {}
+        policy = self.policy
+        store = policy.stored_header
         budget = self.max_header_bytes
         seen = skipped = 0
+        max_headers = self.max_headers
+        binary = bool(pairs) and isinstance(pairs[0][1], bytes)  # one kind per map
         for key, value in pairs:
-            if seen == self.max_headers:
+            if seen == max_headers:
                 break
-            budget -= byte_size(key) + byte_size(value)
+            # byte_size() of name and value, written out: this loop is the hot path.
+            budget -= len(key) + len(value)
+            ascii_key = key.isascii()
+            if not ascii_key:
+                budget -= byte_size(key) - len(key)
+            if not binary and not value.isascii():
+                budget -= byte_size(value) - len(value)
             if budget < 0:
                 break
             seen += 1
@@ -95,7 +107,7 @@ class EntryBuilder:
                 skipped += 1
                 continue
             # Names are case-insensitive: Envoy sends lower case, a forger may not.
-            name = key.lower() if key.isascii() else ascii_lower(key)
+            name = key.lower() if ascii_key else ascii_lower(key)
             if name[:1] == ":":
                 if name not in pseudo:
                     pseudo[name] = (
@@ -105,18 +117,14 @@ class EntryBuilder:
             if keep is not None and name not in keep:
                 continue
             previous = raw.get(name)
-            if previous is None:
-                raw[name] = value
-            else:
-                raw[name] = previous + (b"," if isinstance(value, bytes) else ",") + value
-        stored: dict[str, Any] = {}
-        store = self.policy.stored_header
-        for name, value in raw.items():
+            if previous is not None:  # rare: joined, then stored again as one
+                value = previous + (b"," if isinstance(value, bytes) else ",") + value
+            raw[name] = value
             if isinstance(value, bytes):
                 try:
                     text = value.decode()
                 except UnicodeDecodeError:
-                    hidden = self.policy.header_bytes(name, value)
+                    hidden = policy.header_bytes(name, value)
                     if hidden is None:  # allowed in clear: the bytes as sent
                         stored[name] = {"b64": base64.b64encode(value).decode()}
                         continue
@@ -124,12 +132,13 @@ class EntryBuilder:
             else:
                 text = value
             stored[name], cut = store(name, text)
-            if cut:
+            if cut and (previous is None or f"{section}.headers.{name}" not in trunc):
                 trunc.append(f"{section}.headers.{name}")
         omitted = total - seen + skipped
         if omitted:
             trunc.append(f"{section}.headers.*")
-        return HeaderMap(pseudo, stored, omitted, raw)
+        # tuple.__new__ is HeaderMap() without its Python-level __new__ (hot path).
+        return tuple.__new__(HeaderMap, (pseudo, stored, omitted, raw))
 
     def bounded(self, value: str, path: str, trunc: list[str]) -> str:
         """A value stored in clear, cut to max_value_bytes (named in `trunc` if cut)."""
@@ -146,24 +155,31 @@ class EntryBuilder:
         """req.method/scheme/authority/path, and query and fragment when present:
         the target through the policy's URL parser, everything bounded."""
         policy = self.policy
+        short = policy.short_chars
         path, query, fragment = policy.target(target, request=True)
         if "@" in authority:  # userinfo has no place in :authority; a forger's may
             authority = policy.target("//" + authority)[0][2:]
-        req: dict[str, Any] = {}
-        for name, value in (
-            ("method", method),
-            ("scheme", scheme),
-            ("authority", authority),
-            ("path", path),
-            ("query", query),
-            ("fragment", fragment),
-        ):
-            if value is not None:
+        req: dict[str, Any] = {
+            "method": method,
+            "scheme": scheme,
+            "authority": authority,
+            "path": path,
+        }
+        if query is not None:
+            req["query"] = query
+        if fragment is not None:
+            req["fragment"] = fragment
+        if len(authority) > short or len(path) > short or query is not None or len(method) > short:
+            for name, value in req.items():  # rare: something may be too long
                 req[name] = self.bounded(value, f"req.{name}", trunc)
+        elif len(scheme) > short:
+            req["scheme"] = self.bounded(scheme, "req.scheme", trunc)
         return req
 
     def rid(self, rid: str, trunc: list[str]) -> str:
         """The request id as stored: the x-request-id header's policy, bounded."""
+        if self._rid_clear and len(rid) <= self.policy.short_chars:
+            return rid  # the common case
         stored, cut = self.policy.stored_header(REQUEST_ID, rid)
         if cut:
             trunc.append("rid")

@@ -99,9 +99,10 @@ class Capturer:
         raw_value (bytes); `value` is for old proxies, read only when raw_value
         is empty. No more headers are read than the builder may look at."""
         items = header_map.headers
+        limit = self.builder.max_headers
         pairs = [
             (h.key, h.raw_value or h.value.encode())
-            for h in islice(items, self.builder.max_headers)
+            for h in (items if len(items) <= limit else islice(items, limit))
         ]
         return self.builder.headers(pairs, len(items), section, trunc, keep)
 
