@@ -235,6 +235,7 @@ _SERVE_FLAGS = (
     "receipts",
     "ext_proc_responses",
     "self_audit_fail_closed",
+    "allow_unauthenticated",
 )
 
 
@@ -498,9 +499,10 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group(
         "reporters",
-        "Who may write entries (docs/THREATS.md). Without --tls-cert/--tls-key/--client-ca, "
-        "--trust-xfcc-from or a unix: listener, every entry is marked unauthenticated "
-        "(development only).",
+        "Who may write entries (docs/THREATS.md). One of --tls-cert/--tls-key/--client-ca, "
+        "--trust-xfcc-from or a unix: listener is required; without them serve refuses to "
+        "start unless --allow-unauthenticated (development only: every entry is then marked "
+        "unauthenticated).",
     )
     g.add_argument(
         "--tls-cert",
@@ -538,6 +540,23 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
         default=_env("xfcc_by"),
         metavar="GLOB",
         help="with --trust-xfcc-from: the element's By= (the server's own identity) must match",
+    )
+    g.add_argument(
+        "--xfcc-mode",
+        choices=c.XFCC_MODES,
+        type=_choice(c.XFCC_MODES),
+        default=_env("xfcc_mode", c.XFCC_MODES[0]),
+        help="with --trust-xfcc-from: what the own sidecar does with x-forwarded-client-cert "
+        "(its forward_client_cert_details): SANITIZE_SET (default, as the shipped StatefulSet "
+        "pins it) leaves exactly its own element, APPEND_FORWARD appends it to the caller's; "
+        "any other header is refused",
+    )
+    g.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=None,
+        help="development only: a plaintext listener without --trust-xfcc-from takes anyone's "
+        "entries, each marked reporter.auth unauthenticated (verify counts them)",
     )
     g.add_argument(
         "--allow-reporter",
@@ -1045,6 +1064,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         xfcc_by=args.xfcc_by or None,
         allow_reporters=tuple(_env_list(args, "allow_reporter")),
         reporter_is_destination=args.reporter_is_destination,
+        xfcc_mode=args.xfcc_mode,
+        allow_unauthenticated=args.allow_unauthenticated,
         health_listen=args.health_listen,
         max_message_bytes=args.max_message_bytes,
         max_headers=args.max_headers,
