@@ -821,6 +821,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until", default=None, help="report logs and gaps up to this RFC 3339 time/date"
     )
+    p.add_argument(
+        "--require-authenticated",
+        action="store_true",
+        help="an entry from an unauthenticated reporter (serve --allow-unauthenticated) is a "
+        "finding: the log is INVALID (exit 1); without it they are counted",
+    )
 
     p = sub.add_parser(
         "demo",
@@ -1110,6 +1116,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         gap_threshold_s=args.gap_threshold,
         since_ms=auditor.parse_time_ms(args.since) if args.since else None,
         until_ms=auditor.parse_time_ms(args.until) if args.until else None,
+        require_authenticated=args.require_authenticated,
     )
     with contextlib.ExitStack() as stack:
         if args.format == "text" and not args.quiet and sys.stderr.isatty():
@@ -1138,9 +1145,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     elif not result.reports:
         print("no log was active in the --since/--until window")
     entries = sum(r.entries for r in result.reports)
+    unauthenticated = sum(r.unauthenticated for r in result.reports)
+    unauth = f" ({unauthenticated} from unauthenticated reporters)" if unauthenticated else ""
     retention = "checked" if store.supports_retention else "not applicable (local store)"
     print(
-        f"{'VALID' if result.ok else 'INVALID'}: {result.logs} logs, {entries} entries, "
+        f"{'VALID' if result.ok else 'INVALID'}: {result.logs} logs, {entries} entries{unauth}, "
         f"Object Lock retention {retention}"
     )
     return EXIT_OK if result.ok else EXIT_INVALID
@@ -1182,6 +1191,9 @@ def _print_log(report: LogReport, *, quiet: bool) -> None:
                       f"{gap.writer or '?'}")  # fmt: skip
         if len(report.keys) > 1 or report.epoch > 1:
             print(f"  signed by {escape(', '.join(report.keys))}; epoch {report.epoch}")
+        if report.unauthenticated:
+            print(f"  {report.unauthenticated} entries from unauthenticated reporters "
+                  "(reporter.auth; verify --require-authenticated refuses them)")  # fmt: skip
     # Findings quote object keys and signed notes: bucket content, so escaped
     # before it reaches a terminal (core/display.py).
     for finding in report.findings:

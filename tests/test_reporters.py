@@ -9,6 +9,7 @@ gRPC on loopback and real Envoy; certificates made by tests/pki.py.
 
 from __future__ import annotations
 
+import json
 import signal
 import stat
 import time
@@ -377,6 +378,8 @@ def test_unix_socket_listener_is_group_only_and_names_the_reporter(
     assert stack.stop_server() == 0
     (entry,) = [e for e in _business_entries(stack) if e["kind"] == "request"]
     assert entry["reporter"] == {"auth": "unix", "id": f"unix:{sock}", "peer": "unix:"}
+    strict = run_cli("verify", stack.store_url, "--vkey", stack.vkey(), "--require-authenticated")
+    assert strict.returncode == 0 and "unauthenticated" not in strict.stdout, strict.stdout
 
 
 def test_default_serve_without_authentication_refuses_to_start(tmp_path: Path) -> None:
@@ -394,14 +397,32 @@ def test_default_serve_without_authentication_refuses_to_start(tmp_path: Path) -
     assert run_cli(*args, env={UNAUTH_ENV: "0"}).stderr == refused.stderr
 
 
-def test_unauthenticated_entries_say_so(make_stack: Any) -> None:
-    stack = make_stack()
+def test_unauthenticated_entries_say_so_and_verify_counts_them(make_stack: Any) -> None:
+    stack = make_stack()  # --allow-unauthenticated (tests/conftest.py)
     stack.start_server()
     with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
-        _forged_exchange(channel, "dev-1")
+        for i in range(3):
+            _forged_exchange(channel, f"dev-{i}")
     assert stack.stop_server() == 0
-    for e in _business_entries(stack):
+    entries = _business_entries(stack)
+    assert len(entries) == 3
+    for e in entries:
         assert e["reporter"]["auth"] == "unauthenticated" and "id" not in e["reporter"]
+    # A plain VALID does not hide them; --require-authenticated refuses them.
+    vkey = stack.vkey()
+    plain = run_cli("verify", stack.store_url, "--vkey", vkey)
+    assert plain.returncode == 0, plain.stdout
+    assert "3 entries from unauthenticated reporters" in plain.stdout
+    assert "(3 from unauthenticated reporters), Object Lock" in plain.stdout.splitlines()[-1]
+    doc = json.loads(run_cli("verify", stack.store_url, "--vkey", vkey, "--format", "json").stdout)
+    assert doc["unauthenticated"] == 3 and doc["logs"][0]["unauthenticated"] == 3
+    strict = run_cli("verify", stack.store_url, "--vkey", vkey, "--require-authenticated")
+    assert strict.returncode == 1, strict.stdout
+    assert "error: log e2e: 3 entries from unauthenticated reporters" in strict.stdout
+    assert strict.stdout.splitlines()[-1].startswith("INVALID: 1 logs")
+    table = run_cli("search", stack.store_url, "--vkey", vkey, "--format", "table")
+    rows = [line for line in table.stdout.splitlines() if " request " in line]
+    assert len(rows) == 3 and all(" unauthenticated " in row for row in rows)
 
 
 def test_unauthenticated_listener_on_a_public_address_warns(make_stack: Any) -> None:
