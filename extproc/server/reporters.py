@@ -245,7 +245,8 @@ class ReporterPolicy:
         if not values:
             raise ReporterRefused(
                 REFUSED_NO_IDENTITY,
-                f"no {XFCC_HEADER} from the server's own proxy: is mTLS required on this port?",
+                f"{XFCC_HEADER} missing: no client certificate reached the server's own proxy "
+                "(is mTLS required on this port?)",
             )
         if len(values) > 1:
             raise ReporterRefused(
