@@ -8,20 +8,21 @@ Envoy's HTTP connection manager writes one element per hop
 
 pairs joined by `;`, elements by `,` (APPEND_FORWARD appends `,<element>` to
 what the client sent; SANITIZE_SET replaces the header with one element).
-Envoy quotes Cert, Chain and Subject and nothing else, and escapes nothing
-itself: a quoted value is an RFC 2253 subject (whose own escapes are `\\X`
-and `\\XX`) or URL-encoded PEM, and a bare value is a URI, a DNS name or hex.
-Envoy's docs: keys are case-insensitive, values case-sensitive.
+Envoy quotes Cert, Chain and Subject, and escapes nothing itself: a quoted
+value is an RFC 2253 subject (whose own escapes are `\\X` and `\\XX`) or
+URL-encoded PEM, and a bare value is a URI, a DNS name or hex. Envoy's docs
+(x-forwarded-client-cert): keys are case-insensitive, values case-sensitive,
+and a value holding `,` `;` or `=` is double-quoted, with `\\"` for a quote.
 
-This module accepts exactly that language and refuses everything else with an
-XfccError: an unbalanced quote, a bad escape, a bare value with a quote,
-backslash, `=` or a character outside printable ASCII, a quoted value where
-Envoy writes a bare one (or the reverse), an unknown or repeated key (Envoy
-repeats By, URI and DNS only for a certificate with several such SANs: which
-one would be the identity?), an empty pair or element, and more elements or
-bytes than the bounds. A header it accepts has one reading: `render` writes
-the elements back in Envoy's form and `parse` of that gives the same elements
-(tests/test_xfcc.py). Pure: no I/O.
+This module accepts that grammar and refuses everything else with an
+XfccError: an unbalanced quote, a bad escape (a backslash not followed by a
+printable character, or outside quotes), a bare value with a quote, `,` `;`
+`=` or a character outside printable ASCII, text after a closing quote, an
+unknown or repeated key (Envoy repeats By, URI and DNS only for a certificate
+with several such SANs: which one would be the identity?), an empty pair or
+element, and more elements or bytes than the bounds. A header it accepts has
+one reading: `render` writes the elements back in Envoy's form and `parse` of
+that gives the same elements (tests/test_xfcc.py). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def parse(value: str, *, max_elements: int = MAX_ELEMENTS) -> list[dict[str, str
     """The elements of an XFCC header, oldest first, each as lower-case key -> value.
 
     A quoted value is returned as written between its quotes (escapes kept:
-    they belong to the subject's own RFC 2253 form). Raises XfccError for any
-    header Envoy's grammar does not produce, naming the offset.
+    they belong to the subject's own RFC 2253 form; Envoy adds none). Raises
+    XfccError for any header outside Envoy's grammar, naming the offset.
     """
     if len(value) > MAX_BYTES:
         raise XfccError(f"longer than {MAX_BYTES} bytes")
@@ -82,16 +83,17 @@ def parse(value: str, *, max_elements: int = MAX_ELEMENTS) -> list[dict[str, str
         if key in element:
             raise XfccError(f"at {at}: {KEYS[key]} repeated in one element")
         at = key_match.end()
-        if key in QUOTED_KEYS:
-            quoted = _QUOTED.match(value, at)
-            if quoted is None:
+        quoted = value.startswith('"', at)
+        if quoted:
+            match = _QUOTED.match(value, at)
+            if match is None:
                 raise XfccError(f"at {at}: {KEYS[key]}: {_quoted_fault(value, at)}")
-            element[key] = quoted.group(1)
+            element[key] = match.group(1)
         else:
-            quoted = _BARE.match(value, at)
-            assert quoted is not None  # `*`: matches the empty string
-            element[key] = quoted.group(0)
-        at = quoted.end()
+            match = _BARE.match(value, at)
+            assert match is not None  # `*`: matches the empty string
+            element[key] = match.group(0)
+        at = match.end()
         if at == end:
             elements.append(element)
             return elements
@@ -102,7 +104,7 @@ def parse(value: str, *, max_elements: int = MAX_ELEMENTS) -> list[dict[str, str
                 raise XfccError(f"more than {max_elements} elements")
             element = {}
         elif separator != ";":
-            where = "after the quoted value" if key in QUOTED_KEYS else "in the value"
+            where = "after the quoted value" if quoted else "in the value"
             raise XfccError(f"at {at}: {_char(separator)} {where} of {KEYS[key]}")
         at += 1
         if at == end:
@@ -110,9 +112,7 @@ def parse(value: str, *, max_elements: int = MAX_ELEMENTS) -> list[dict[str, str
 
 
 def _quoted_fault(value: str, at: int) -> str:
-    """Why no quoted value starts at `at` (the error path only)."""
-    if at >= len(value) or value[at] != '"':
-        return "Envoy writes this value double-quoted"
+    """Why the quoted value at `at` does not end (the error path only)."""
     i = at + 1
     while i < len(value) and value[i] != '"':  # a closing quote: _QUOTED would have matched
         c = value[i]
@@ -132,10 +132,14 @@ def _char(c: str) -> str:
 
 
 def render(elements: list[dict[str, str]]) -> str:
-    """Elements back in Envoy's own form (what `parse` reads as the same elements)."""
+    """Elements back in Envoy's form (what `parse` reads as the same elements):
+    Cert, Chain and Subject quoted as Envoy writes them, any other value bare
+    unless it holds what only a quoted value may."""
     return ",".join(
         ";".join(
-            f'{KEYS[key]}="{val}"' if key in QUOTED_KEYS else f"{KEYS[key]}={val}"
+            f"{KEYS[key]}={val}"
+            if key not in QUOTED_KEYS and _BARE.fullmatch(val)
+            else f'{KEYS[key]}="{val}"'
             for key, val in element.items()
         )
         for element in elements
