@@ -187,3 +187,19 @@ def test_a_callers_prefix_never_changes_the_appended_element(
     except XfccError:
         return
     assert elements[-1] == own
+
+
+# The costliest headers within the byte bound: each is one linear pass.
+_LARGEST = {
+    "quoted_escapes": 'Subject="' + "\\a" * (xfcc.MAX_BYTES // 2 - 5) + '"',
+    "unbalanced_escapes": 'Subject="' + "\\a" * (xfcc.MAX_BYTES // 2 - 5),
+    "long_bare_value": "URI=" + "a" * (xfcc.MAX_BYTES - 4),
+    "most_elements": ",".join(["URI=" + "a" * 100] * (xfcc.MAX_ELEMENTS - 1)),
+    "over_the_bound": "URI=" + "a" * xfcc.MAX_BYTES,
+}
+
+
+@pytest.mark.parametrize("header", _LARGEST.values(), ids=_LARGEST.keys())
+def test_largest_headers_stay_within_budget(header: str) -> None:
+    with within_budget(memory=512 * KIB, cpu=0.5):
+        xfcc.parse(header)
