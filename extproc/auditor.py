@@ -58,6 +58,7 @@ class AuditOptions:
     since_ms: int | None = None
     until_ms: int | None = None
     now_ms: int | None = None  # the clock, passed in (default: now)
+    require_authenticated: bool = False  # an entry from an unauthenticated reporter is an error
     on_total: Callable[[int], None] | None = None  # entries this run will hash
     on_entries: Callable[[int], None] | None = None  # entries hashed so far (delta)
 
@@ -401,6 +402,15 @@ def audit_store(
             min_retention_days=rule.min_days,
             seen=seen,
         )
+        if options.require_authenticated and report.unauthenticated:
+            report.findings.append(
+                Finding(
+                    log_id,
+                    "",
+                    f"{report.unauthenticated} entries from unauthenticated reporters "
+                    "(reporter.auth; --require-authenticated)",
+                )
+            )
         old = prior_state.logs.get(log_id)
         if options.full and old is not None:
             # --full re-reads everything but still holds the log to what was verified.
@@ -536,6 +546,7 @@ def result_to_json(result: AuditResult, store_url: str) -> dict[str, object]:
                 "log_id": r.log_id,
                 "ok": r.ok,
                 "entries": r.entries,
+                "unauthenticated": r.unauthenticated,
                 "rehashed": r.rehashed,
                 "resumed_from": r.resumed_from,
                 "consistency_proof": None
@@ -584,6 +595,7 @@ def result_to_json(result: AuditResult, store_url: str) -> dict[str, object]:
         "valid": result.ok,
         "logs_verified": result.logs,
         "entries": sum(r.entries for r in result.reports),
+        "unauthenticated": sum(r.unauthenticated for r in result.reports),
         "retention_checked": result.retention.checked,
         "retention": {
             "rule": None

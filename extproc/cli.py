@@ -235,6 +235,7 @@ _SERVE_FLAGS = (
     "receipts",
     "ext_proc_responses",
     "self_audit_fail_closed",
+    "allow_unauthenticated",
 )
 
 
@@ -537,9 +538,10 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group(
         "reporters",
-        "Who may write entries (docs/THREATS.md). Without --tls-cert/--tls-key/--client-ca, "
-        "--trust-xfcc-from or a unix: listener, every entry is marked unauthenticated "
-        "(development only).",
+        "Who may write entries (docs/THREATS.md). One of --tls-cert/--tls-key/--client-ca, "
+        "--trust-xfcc-from or a unix: listener is required; without them serve refuses to "
+        "start unless --allow-unauthenticated (development only: every entry is then marked "
+        "unauthenticated).",
     )
     g.add_argument(
         "--tls-cert",
@@ -577,6 +579,23 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
         default=_env("xfcc_by"),
         metavar="GLOB",
         help="with --trust-xfcc-from: the element's By= (the server's own identity) must match",
+    )
+    g.add_argument(
+        "--xfcc-mode",
+        choices=c.XFCC_MODES,
+        type=_choice(c.XFCC_MODES),
+        default=_env("xfcc_mode", c.XFCC_MODES[0]),
+        help="with --trust-xfcc-from: what the own sidecar does with x-forwarded-client-cert "
+        "(its forward_client_cert_details): SANITIZE_SET (default, as the shipped StatefulSet "
+        "pins it) leaves exactly its own element, APPEND_FORWARD appends it to the caller's; "
+        "any other header is refused",
+    )
+    g.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=None,
+        help="development only: a plaintext listener without --trust-xfcc-from takes anyone's "
+        "entries, each marked reporter.auth unauthenticated (verify counts them)",
     )
     g.add_argument(
         "--allow-reporter",
@@ -877,6 +896,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until", default=None, help="report logs and gaps up to this RFC 3339 time/date"
     )
+    p.add_argument(
+        "--require-authenticated",
+        action="store_true",
+        help="an entry from an unauthenticated reporter (serve --allow-unauthenticated) is a "
+        "finding: the log is INVALID (exit 1); without it they are counted",
+    )
 
     p = sub.add_parser(
         "demo",
@@ -1097,6 +1122,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         xfcc_by=args.xfcc_by or None,
         allow_reporters=tuple(_env_list(args, "allow_reporter")),
         reporter_is_destination=args.reporter_is_destination,
+        xfcc_mode=args.xfcc_mode,
+        allow_unauthenticated=args.allow_unauthenticated,
         health_listen=args.health_listen,
         max_message_bytes=args.max_message_bytes,
         max_headers=args.max_headers,
@@ -1209,6 +1236,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         gap_threshold_s=args.gap_threshold,
         since_ms=auditor.parse_time_ms(args.since) if args.since else None,
         until_ms=auditor.parse_time_ms(args.until) if args.until else None,
+        require_authenticated=args.require_authenticated,
     )
     with contextlib.ExitStack() as stack:
         if args.format == "text" and not args.quiet and sys.stderr.isatty():
@@ -1237,9 +1265,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     elif not result.reports:
         print("no log was active in the --since/--until window")
     entries = sum(r.entries for r in result.reports)
+    unauthenticated = sum(r.unauthenticated for r in result.reports)
+    unauth = f" ({unauthenticated} from unauthenticated reporters)" if unauthenticated else ""
     retention = "checked" if store.supports_retention else "not applicable (local store)"
     print(
-        f"{'VALID' if result.ok else 'INVALID'}: {result.logs} logs, {entries} entries, "
+        f"{'VALID' if result.ok else 'INVALID'}: {result.logs} logs, {entries} entries{unauth}, "
         f"Object Lock retention {retention}"
     )
     return EXIT_OK if result.ok else EXIT_INVALID
@@ -1281,6 +1311,9 @@ def _print_log(report: LogReport, *, quiet: bool) -> None:
                       f"{gap.writer or '?'}")  # fmt: skip
         if len(report.keys) > 1 or report.epoch > 1:
             print(f"  signed by {escape(', '.join(report.keys))}; epoch {report.epoch}")
+        if report.unauthenticated:
+            print(f"  {report.unauthenticated} entries from unauthenticated reporters "
+                  "(reporter.auth; verify --require-authenticated refuses them)")  # fmt: skip
     # Findings quote object keys and signed notes: bucket content, so escaped
     # before it reaches a terminal (core/display.py).
     for finding in report.findings:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 MODES = ("enforce", "observe")
 RETENTION_MODES = ("COMPLIANCE", "GOVERNANCE")
 DESTINATION_CHECKS = ("off", "record", "refuse")  # --reporter-is-destination
+# --xfcc-mode: the own sidecar's forward_client_cert_details (Envoy's names);
+# the first, the default, leaves exactly one element.
+XFCC_MODES = ("SANITIZE_SET", "APPEND_FORWARD")
 
 LISTEN = "0.0.0.0:50051"
 METRICS_LISTEN = "0.0.0.0:9464"
@@ -119,6 +122,8 @@ class ServeConfig:
     xfcc_by: str | None = None
     allow_reporters: tuple[str, ...] = ()
     reporter_is_destination: str = "off"
+    xfcc_mode: str = XFCC_MODES[0]
+    allow_unauthenticated: bool = False  # a plaintext listener without XFCC trust: development
     health_listen: str = "off"  # plaintext gRPC health only (probes of a TLS listener)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_headers: int = MAX_HEADERS
@@ -216,6 +221,8 @@ class ServeConfig:
             xfcc_by=self.xfcc_by,
             allow=self.allow_reporters,
             destination=self.reporter_is_destination,
+            xfcc_mode=self.xfcc_mode,
+            allow_unauthenticated=self.allow_unauthenticated,
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:

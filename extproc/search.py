@@ -329,8 +329,21 @@ class StoreSearch:
 
 def table_header(log_width: int) -> str:
     return _row(
-        "TS", "LOG", "SEQ", "KIND", "METHOD", "PATH", "STATUS", "PRINCIPAL", "RID", log_width
-    )
+        "TS", "LOG", "SEQ", "KIND", "METHOD", "PATH", "STATUS", "PRINCIPAL", "REPORTER", "RID",
+        log_width,
+    )  # fmt: skip
+
+
+def reporter_text(fields: dict[str, Any]) -> str:
+    """Who reported an entry, as `auth:id` (`xfcc:spiffe://...`, `unix:/run/a.sock`),
+    or the bare `auth` when it has no id (`unauthenticated`)."""
+    reporter = fields.get("reporter")
+    if not isinstance(reporter, dict):
+        return ""
+    auth, rid = str(reporter.get("auth", "")), reporter.get("id")
+    if not isinstance(rid, str) or not rid:
+        return auth
+    return rid if rid.startswith(f"{auth}:") else f"{auth}:{rid}"
 
 
 def table_row(match: Match, log_width: int) -> str:
@@ -357,6 +370,7 @@ def table_row(match: Match, log_width: int) -> str:
         path,
         "" if status is None else str(status),
         str(_get(src, "src", "principal") or ""),
+        reporter_text(f),
         str(f.get("rid", "")),
         log_width,
     )
@@ -375,13 +389,15 @@ def _row(
     path: str,
     status: str,
     principal: str,
+    reporter: str,
     rid: str,
     log_width: int,
 ) -> str:
     ts, log_id, seq, kind = escape(ts), escape(log_id), escape(seq), escape(kind)
     method, path, status = escape(method), escape(path), escape(status)
-    principal, rid = escape(principal), escape(rid)
+    principal, reporter, rid = escape(principal), escape(reporter), escape(rid)
     return (
         f"{ts:<27} {_cut(log_id, log_width):<{log_width}} {seq:>10} {kind:<8} "
-        f"{_cut(method, 7):<7} {_cut(path, 40):<40} {status:>6} {_cut(principal, 40):<40} {rid}"
+        f"{_cut(method, 7):<7} {_cut(path, 40):<40} {status:>6} {_cut(principal, 40):<40} "
+        f"{_cut(reporter, 40):<40} {rid}"
     ).rstrip()

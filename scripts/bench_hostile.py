@@ -214,6 +214,8 @@ class Server:
                 "--listen", self.address, "--metrics-listen", "off",
                 "--log-id", LOG_ID, "--wal-dir", str(work / "wal"), "--mode", "enforce",
                 "--max-message-bytes", str(MAX_MESSAGE),
+                # The hostile callers are this script on loopback (development mode).
+                "--allow-unauthenticated",
             ],
             self.log,
         )  # fmt: skip

@@ -234,6 +234,9 @@ class AuditStack:
     envoy_tls: ClientTLS | None = None
     # Changes the test makes to the rendered Envoy config (routes, logged headers).
     envoy_patch: Callable[[dict[str, Any]], None] | None = None
+    # Stacks that do not test authentication run as local development does: a
+    # plaintext listener without --trust-xfcc-from gets --allow-unauthenticated.
+    allow_unauthenticated: bool = True
     server: subprocess.Popen[bytes] | None = None
     envoy: subprocess.Popen[bytes] | None = None
 
@@ -272,6 +275,7 @@ class AuditStack:
             "--mode", self.mode, "--bundle-max-age", "0.2", "--drain-timeout", "10",
             # Envoy flushes its access logs every 0.2 s (envoyconf).
             "--access-log-grace", "0.5",
+            *self._reporter_args(),
             *self.extra_args,
         ]  # fmt: skip
         self.server = processes.start_server(args, log)
@@ -282,6 +286,14 @@ class AuditStack:
             else (lambda: check_health(address).status != "UNREACHABLE"),
             f"audit server (see {self.workdir / 'server.log'})",
             self.server,
+        )
+
+    def _reporter_args(self) -> list[str]:
+        authenticated = (self.listen or "").startswith("unix:") or bool(
+            {"--tls-cert", "--trust-xfcc-from"} & set(self.extra_args)
+        )
+        return (
+            ["--allow-unauthenticated"] if self.allow_unauthenticated and not authenticated else []
         )
 
     def start_envoy(self) -> None:

@@ -112,7 +112,13 @@ MATRIX = [
     case("serve", "--store", "http://x", "--key", "{tmp}/missing.key",
          message="unsupported store URL 'http://x'", id="serve-bad-store"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--wal-dir", "{tmp}/wal",
-         "--metrics-listen", "off", message="missing.key not found", id="serve-missing-key"),
+         "--metrics-listen", "off", "--allow-unauthenticated", message="missing.key not found",
+         id="serve-missing-key"),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key",
+         message="no authenticated reporters: give --tls-cert", id="serve-unauthenticated"),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--trust-xfcc-from",
+         "127.0.0.6/32", "--xfcc-mode", "FORWARD_ONLY", message="'FORWARD_ONLY' is not one of",
+         id="serve-bad-xfcc-mode"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--drain-timeout", "-1",
          message="--drain-timeout must be at least 0", id="serve-drain-timeout"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--max-backlog-bytes", "0",
@@ -326,6 +332,7 @@ def test_serve_on_a_port_in_use_ends_with_one_error_and_no_traceback(tmp_path: P
                 "serve", "--store", str(tmp_path / "s"), "--key", str(tmp_path / "k"),
                 "--listen", f"127.0.0.1:{port}", "--metrics-listen", "off",
                 "--wal-dir", str(tmp_path / "wal"), "--log-id", f"run{run}",
+                "--allow-unauthenticated",
             )  # fmt: skip
             assert result.returncode == 2, result.stderr
             assert "Traceback" not in result.stderr, result.stderr
@@ -358,6 +365,7 @@ def test_s3_bucket_errors_are_one_line(moto: MotoServer, tmp_path: Path) -> None
     serve = run_cli(
         "serve", "--store", f"s3://{no_lock}", "--key", str(tmp_path / "k"),
         "--listen", "127.0.0.1:0", "--wal-dir", str(tmp_path / "wal"), "--metrics-listen", "off",
+        "--allow-unauthenticated",
     )  # fmt: skip
     assert serve.returncode == 2
     assert "Traceback" not in serve.stderr

@@ -225,7 +225,7 @@ def test_second_writer_on_same_log_id_is_stopped_not_forked(make_stack: Any) -> 
         proc = processes.start_server(
             ["--store", first.store_url, "--key", str(first.key_path),
              "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--log-id", "shared",
-             "--wal-dir", str(second.workdir / "wal")],
+             "--wal-dir", str(second.workdir / "wal"), "--allow-unauthenticated"],
             log,
         )  # fmt: skip
         assert proc.wait(30) == 2

@@ -12,8 +12,9 @@ import hashlib
 import itertools
 import re
 from binascii import hexlify
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from extproc.core import entry
 from extproc.core.bundle import split_lines
@@ -38,6 +39,9 @@ _CLAIM_NAME_RE = re.compile(r"[0-9]{20}(?:\.e([0-9]+))?$")
 # The writer's own records of foreign objects and key changes (docs/FORMAT.md);
 # found with one search per bundle, then confirmed by a full parse.
 _OWN_RECORDS = (b'"event":"foreign"', b'"event":"rotate"')
+# Entries from unauthenticated reporters and outcomes in conflict (docs/FORMAT.md):
+# found the same way, counted and reported after a parse of the lines that hold them.
+_REPORTER_MARKS = (b'"auth":"unauthenticated"', b'"conflict":')
 
 
 def _quick_chain_mismatches(
@@ -124,10 +128,25 @@ class LogReport:
     epoch: int = 1  # the writer's latest epoch (claims and checkpoints)
     # The writer's own records: `writer foreign` and `writer rotate` entries, as read.
     records: list[dict[str, object]] = field(default_factory=list)
+    # Entries read by this run whose reporter was not authenticated (reporter.auth).
+    unauthenticated: int = 0
 
     @property
     def ok(self) -> bool:
         return not any(f.severity == ERROR for f in self.findings)
+
+
+def _entries_holding(
+    lines: list[bytes], first: int, needles: tuple[bytes, ...]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(seq, fields) of each line that holds one of `needles` and parses as an
+    entry (one that does not is reported by the chain checks)."""
+    for offset, line in enumerate(lines):
+        if any(needle in line for needle in needles):
+            try:
+                yield first + offset, entry.parse(line)
+            except VerificationError:
+                continue
 
 
 class LogChecker:
@@ -381,6 +400,8 @@ class LogChecker:
             self._check_entry(key, lines[offset], first + offset, prev)
         if any(record in lines_data for record in _OWN_RECORDS):
             self._read_own_records(lines, first)
+        if any(mark in lines_data for mark in _REPORTER_MARKS):
+            self._read_reporter_marks(key, lines, first)
         # Extend the tree up to each checkpoint inside this bundle, then check it.
         tree, done = self._tree, 0
         for size in sorted(s for s in self._checkpoints if first < s <= first + len(leaves)):
@@ -400,13 +421,7 @@ class LogChecker:
         """The writer's `foreign` and `rotate` entries: what it saw and did, under its
         own signature (a client cannot forge one: it would not be a top-level `writer`
         entry)."""
-        for offset, line in enumerate(lines):
-            if not any(record in line for record in _OWN_RECORDS):
-                continue
-            try:
-                fields = entry.parse(line)
-            except VerificationError:
-                continue  # reported by the chain checks
+        for seq, fields in _entries_holding(lines, first, _OWN_RECORDS):
             if fields.get("kind") != "writer" or fields.get("event") not in ("foreign", "rotate"):
                 continue
             keep = ("seq", "event", "object", "epoch", "old_key", "new_key", "ts")
@@ -415,7 +430,24 @@ class LogChecker:
             if isinstance(epoch := fields.get("epoch"), int):
                 self.report.epoch = max(self.report.epoch, epoch)
             if fields["event"] == "foreign" and isinstance(obj := fields.get("object"), str):
-                self._explained.setdefault(obj, first + offset)
+                self._explained.setdefault(obj, seq)
+
+    def _read_reporter_marks(self, key: str, lines: list[bytes], first: int) -> None:
+        """Count entries from unauthenticated reporters; warn of every outcome
+        stored as a conflict, naming both outcomes and their request."""
+        for seq, fields in _entries_holding(lines, first, _REPORTER_MARKS):
+            reporter = fields.get("reporter")
+            if isinstance(reporter, dict) and reporter.get("auth") == "unauthenticated":
+                self.report.unauthenticated += 1
+            conflict, ref = fields.get("conflict"), fields.get("ref")
+            if type(conflict) is int and type(ref) is int:
+                self._find(
+                    key,
+                    f"entry {seq}: a second outcome of request entry {ref}, "
+                    f"whose first outcome is entry {conflict}: the log cannot tell which "
+                    "one happened (two streams under one identity, or a reused request id)",
+                    WARNING,
+                )
 
     def _explained_by(self, key: str) -> int | None:
         for relative, seq in self._explained.items():

@@ -121,6 +121,12 @@ class OutcomeMatcher:
     entry for a request id propagated downstream has another local address,
     and another proxy's entry another reporter, so neither takes the match.
     Bounded in count and age; what expires unmatched is counted.
+
+    A request has one outcome. Once matched, the request is remembered (same
+    bounds) with the seq of its first outcome entry, so that a second outcome
+    for it (another stream under the same identity, or a reused request id)
+    is linked too, and marked as a conflict naming the first: neither one
+    silently wins (docs/FORMAT.md, `conflict`).
     """
 
     def __init__(
@@ -133,25 +139,52 @@ class OutcomeMatcher:
         self.max_pending = max_pending
         self._clock = clock
         self._pending: OrderedDict[tuple[str, str, str], tuple[int, float]] = OrderedDict()
+        # Matched requests: key -> (request seq, first outcome's seq, when matched).
+        self._matched: OrderedDict[tuple[str, str, str], tuple[int, int, float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._matched)
 
     def expect(self, reporter: str, rid: str, dst: str, seq: int) -> None:
         if not rid:
             return
         now = self._clock()
         pending = self._pending
-        pending[(reporter, rid, dst)] = (seq, now)
+        key = (reporter, rid, dst)
+        pending[key] = (seq, now)
+        self._matched.pop(key, None)  # a new request entry: its outcome is still to come
         while pending and (
             len(pending) > self.max_pending or next(iter(pending.values()))[1] < now - self.window
         ):
             pending.popitem(last=False)
             metrics.OUTCOMES.labels("expired").inc()
+        self._forget_old(now)
 
-    def take(self, reporter: str, rid: str, dst: str) -> int | None:
-        found = self._pending.pop((reporter, rid, dst), None)
-        return None if found is None else found[0]
+    def take(self, reporter: str, rid: str, dst: str) -> tuple[int, int | None] | None:
+        """(the request entry's seq, None) for its first outcome; (that seq, the
+        first outcome's seq) for a later one; None if no request waits.
+
+        After a first match, call `taken` with the outcome entry's seq before
+        the next take."""
+        key = (reporter, rid, dst)
+        found = self._pending.pop(key, None)
+        if found is not None:
+            return found[0], None
+        matched = self._matched.get(key)
+        return None if matched is None else (matched[0], matched[1])
+
+    def taken(self, reporter: str, rid: str, dst: str, ref: int, outcome: int) -> None:
+        """Remember that entry `outcome` was the first outcome of request entry `ref`."""
+        now = self._clock()
+        self._matched[(reporter, rid, dst)] = (ref, outcome, now)
+        self._forget_old(now)
+
+    def _forget_old(self, now: float) -> None:
+        matched = self._matched
+        while matched and (
+            len(matched) > self.max_pending or next(iter(matched.values()))[2] < now - self.window
+        ):
+            matched.popitem(last=False)
 
 
 class AccessCapture:
@@ -368,6 +401,8 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self._closing = False
         self._matched = metrics.OUTCOMES.labels("matched")
         self._unmatched = metrics.OUTCOMES.labels("unmatched")
+        self._conflicts = metrics.OUTCOMES.labels("conflict")
+        self._conflict_log = RateLimitedLog(log)
 
     def _counter(self, reporter: Reporter) -> _SeenCounter:
         """The reporter's entry counter, and its last-seen gauge set with it (a
@@ -443,7 +478,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         entry's fields are alive at a time (docs/PERFORMANCE.md)."""
         if not entries:
             return
-        matched = [0]
+        matched = [0, 0]  # first outcomes, conflicting ones
         try:
             first = self.log.append_batch_nowait(
                 self._entries_of(entries, reporter, node, stream, matched)
@@ -454,7 +489,15 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             return
         counter.inc(self.log.size - first)
         self._matched.inc(matched[0])
-        self._unmatched.inc(len(entries) - matched[0])
+        self._unmatched.inc(len(entries) - matched[0] - matched[1])
+        if matched[1]:
+            self._conflicts.inc(matched[1])
+            self._conflict_log.warning(
+                "%d access-log entries are a second outcome of a request already matched "
+                "(stored with `conflict`) from %s",
+                matched[1],
+                reporter.id or reporter.peer,
+            )
 
     def _entries_of(
         self,
@@ -476,8 +519,15 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 self._refusals.warning("refused an access-log entry: %s", refused.message)
                 continue
             if take is not None and "partial" not in fields:
-                ref = take(reporter_id, fields["rid"], fields.get("dst", ""))
-                if ref is not None:
-                    fields["ref"] = ref
-                    matched[0] += 1
+                key = (reporter_id, fields["rid"], fields.get("dst", ""))
+                found = take(*key)
+                if found is not None:
+                    fields["ref"], first = found
+                    if first is not None:
+                        fields["conflict"] = first  # docs/FORMAT.md
+                    matched[first is not None] += 1
+                    yield fields
+                    if first is None:  # the log has numbered it: the request's first outcome
+                        self.outcomes.taken(*key, fields["ref"], fields["seq"])
+                    continue
             yield fields

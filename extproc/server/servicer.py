@@ -173,7 +173,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         mode: str = "enforce",
         receipts: ReceiptReplies | None = None,
         *,
-        reporters: ReporterPolicy | None = None,
+        reporters: ReporterPolicy,
         idle: IdleStreams | None = None,
         response_phase: bool = False,
         outcomes: OutcomeRegistry | None = None,
@@ -191,7 +191,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.log = audit_log
         self.capturer = capturer
         self.mode = mode
-        self.reporters = reporters or ReporterPolicy()
+        self.reporters = reporters  # no default: who may write is always stated
         self.idle = idle or IdleStreams(0)
         self._refusals = RateLimitedLog(log)
         self._denials = RateLimitedLog(log)
