@@ -20,6 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc.core.redact import RedactionPolicy
 from extproc.server.capture import Capturer
+from extproc.server.reporters import ReporterPolicy
 from extproc.server.servicer import AuditServicer
 from tests.conftest import AuditStack, read_entries
 from tests.test_server import request_headers, response_headers, server, stub  # noqa: F401
@@ -72,7 +73,11 @@ class _BrokenCapturer(Capturer):
 def test_unexpected_failures_log_one_line_per_interval_without_their_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    servicer = AuditServicer(None, _BrokenCapturer(RedactionPolicy()))  # type: ignore[arg-type]
+    servicer = AuditServicer(
+        None,  # type: ignore[arg-type]
+        _BrokenCapturer(RedactionPolicy()),
+        reporters=ReporterPolicy(allow_unauthenticated=True),
+    )
 
     async def one_stream() -> None:
         async def messages() -> AsyncIterator[pb.ProcessingRequest]:
