@@ -12,7 +12,7 @@ StreamAccessLogsMessage batches exactly as Envoy sent them.
 
 Then, on one core, without gRPC: each recorded message is parsed (upb), and
 its entries go through `AccessCapture.fields` alone ("capture") and through
-`AccessLogServicer._log_batch` into a real `AuditLog` ("all": capture,
+`AccessLogServicer._admit` (the budgets) and `_log_batch` into a real `AuditLog` ("all": capture,
 outcome lookup, sequencing, encoding, leaf hash, WAL write into the page
 cache; no fdatasync, and publication simulated by dropping the oldest
 durable entries past 12,500, about what 0.5 s of bundles holds at 25,000
@@ -42,7 +42,13 @@ from extproc.core.redact import RedactionPolicy  # noqa: E402
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml  # noqa: E402
 from extproc.log.appender import AuditLog  # noqa: E402
 from extproc.log.wal import WAL, Recovered, TreeState  # noqa: E402
-from extproc.server.access import AccessCapture, AccessLogServicer, OutcomeMatcher  # noqa: E402
+from extproc.server.access import (  # noqa: E402
+    AccessCapture,
+    AccessLimits,
+    AccessLogServicer,
+    OutcomeMatcher,
+    RateBudget,
+)
 from extproc.server.reporters import Reporter  # noqa: E402
 
 KEEP_DURABLE = 12_500
@@ -128,14 +134,18 @@ async def run(raw: list[bytes], repeat: int, profile: bool) -> dict[str, float]:
 
         with tempfile.TemporaryDirectory(prefix="bench-access-wal-") as wal_dir:
             log = AuditLog(WAL(Path(wal_dir), sync=False), Recovered(TreeState()))
-            servicer = AccessLogServicer(log, capture, None, OutcomeMatcher())  # type: ignore[arg-type]
+            # The budgets are checked as in serve, with rates this loop cannot reach.
+            limits = AccessLimits(stream_rate=1e12, reporter_rate=1e12)
+            servicer = AccessLogServicer(log, capture, None, OutcomeMatcher(), limits)  # type: ignore[arg-type]
+            budget = RateBudget(limits.stream_rate, limits.max_entries, time.monotonic)
             prof = cProfile.Profile() if profile else None
             elapsed = 0.0
             for batch in batches:
                 started = time.perf_counter()
                 if prof is not None:
                     prof.enable()
-                servicer._log_batch(batch, reporter, "node", stream, counter)
+                servicer._admit(len(batch), reporter, budget)
+                await servicer._log_batch(batch, reporter, "node", stream, counter)
                 await asyncio.sleep(0)  # the (no-op) sync completes: entries become durable
                 if prof is not None:
                     prof.disable()
