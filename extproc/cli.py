@@ -445,42 +445,81 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="NAME",
         help="name of the receipt header",
     )
-    g = p.add_argument_group("redaction (docs/FORMAT.md)")
-    g.add_argument(
-        "--redact-header",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="also redact this header (repeatable)",
+    g = p.add_argument_group(
+        "redaction (docs/FORMAT.md)",
+        "Default-deny: a value is stored in clear only under a name on the allow-list; "
+        "every other value is stored as its keyed hash (--hash-key) or [redacted]. Names "
+        "stay visible.",
     )
     g.add_argument(
-        "--redact-url-header",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="also redact the query and fragment of this URL-valued header like the request "
-        "query (repeatable; location, referer, content-location, ... always)",
-    )
-    g.add_argument(
-        "--redact-query-param",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="also redact this query parameter's value (repeatable)",
-    )
-    g.add_argument(
-        "--query-mode",
-        choices=QUERY_MODES,
-        type=_choice(QUERY_MODES),
-        default=_env("query_mode", "sensitive"),
-        help="query strings: redact sensitive params, all values, keep, or drop",
+        "--hash-key",
+        metavar="FILE",
+        type=Path,
+        default=_env("hash_key"),
+        help="store values that are not allowed as HMAC-SHA-256 under this key "
+        "(hmac-sha256:<key id>:<digest>; `hash-keygen` creates one, `hash-value` computes "
+        "the stored form of a candidate) instead of [redacted]",
     )
     g.add_argument(
         "--hmac-key-file",
         metavar="FILE",
         type=Path,
         default=_env("hmac_key_file"),
-        help="replace secrets by HMAC-SHA256 under this key instead of [redacted]",
+        help="the same as --hash-key (its earlier name)",
+    )
+    g.add_argument(
+        "--clear-header",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also store this header's value in clear (repeatable; widens the allow-list)",
+    )
+    g.add_argument(
+        "--clear-param",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also store this query parameter's value in clear (repeatable; widens the allow-list)",
+    )
+    g.add_argument(
+        "--hash-path-template",
+        action="append",
+        default=None,
+        metavar="TEMPLATE",
+        help="hash the path segments this route template names, e.g. '/reset/{token}' "
+        "({name} is one segment; repeatable)",
+    )
+    g.add_argument(
+        "--redact-header",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="hash this header's value even if it is on the allow-list (repeatable)",
+    )
+    g.add_argument(
+        "--redact-url-header",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="store this header as a URL, like the request path (host and path in clear, "
+        "parameters as the allow-list says) instead of hashing it whole (repeatable; "
+        "location, referer, origin, content-location, ... always)",
+    )
+    g.add_argument(
+        "--redact-query-param",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="hash this query parameter's value even if it is on the allow-list (repeatable)",
+    )
+    g.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        type=_choice(QUERY_MODES),
+        default=_env("query_mode", "sensitive"),
+        help="query strings: sensitive (values of allowed parameters in clear, others "
+        "hashed; default), all (every value hashed), keep (query and fragment as sent), "
+        "drop (not stored)",
     )
     g.add_argument(
         "--max-value-bytes",
@@ -710,6 +749,42 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also write the (public) verifier key here; if it cannot be written, no new "
         "signing key is left behind",
     )
+
+    p = sub.add_parser(
+        "hash-keygen",
+        help="create the hash key for values stored as keyed hashes (serve --hash-key)",
+        description="Create a hash key file (32 random bytes as hex, mode 0600) and print its "
+        "key id. serve --hash-key stores every value that is not on the allow-list as "
+        "hmac-sha256:<key id>:<digest> under it; an auditor holding it answers 'was this "
+        "token used?' with hash-value. Keep it secret: with it, guesses can be tested.",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="key file to create (mode 0600)"
+    )
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="keep an existing key file (first start of a container)",
+    )
+
+    p = sub.add_parser(
+        "hash-value",
+        help="print the stored form of a candidate value under a hash key",
+        description="Print hmac-sha256:<key id>:<digest> for each value, as serve --hash-key "
+        "stores it: search the log for it to tell whether a token was used. Values are "
+        "read one a line from standard input unless given as arguments (an argument "
+        "shows in ps and shell history). A value is hashed as it stood in the header or "
+        "URL: percent-encoding included, without a credential's scheme (`Bearer `) or a "
+        "cookie's name.",
+    )
+    p.add_argument(
+        "--hash-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the deployment's hash key file (serve --hash-key)",
+    )
+    p.add_argument("value", nargs="*", help="values to hash (default: lines of standard input)")
 
     p = sub.add_parser(
         "health",
@@ -1004,32 +1079,9 @@ def _cmd_init_bucket(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from extproc.config import ServeConfig
-    from extproc.core.redact import (
-        DEFAULT_REDACT_HEADERS,
-        DEFAULT_REDACT_QUERY_PARAMS,
-        DEFAULT_URL_HEADERS,
-        RedactionPolicy,
-    )
 
     _env_flags(args, _SERVE_FLAGS)
-    hmac_key = None
-    if args.hmac_key_file:
-        try:
-            hmac_key = Path(args.hmac_key_file).read_bytes().strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read HMAC key file: {e.strerror}") from e
-
-    def names(option: str) -> frozenset[str]:
-        return frozenset(v.strip().lower() for v in _env_list(args, option) if v.strip())
-
-    policy = RedactionPolicy(
-        redact_headers=DEFAULT_REDACT_HEADERS | names("redact_header"),
-        redact_query_params=DEFAULT_REDACT_QUERY_PARAMS | names("redact_query_param"),
-        url_headers=DEFAULT_URL_HEADERS | names("redact_url_header"),
-        query_mode=args.query_mode,
-        hmac_key=hmac_key,
-        max_value_bytes=args.max_value_bytes,
-    )
+    policy = _redaction_policy(args)
     response_headers = None
     if args.response_headers.strip() != "*":
         response_headers = frozenset(
@@ -1091,6 +1143,74 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     status = serve(config)
     exit_after_serving(status)
     return status
+
+
+def _redaction_policy(args: argparse.Namespace) -> Any:
+    """serve's RedactionPolicy: the default allow-lists, widened and narrowed as told."""
+    from extproc.core.redact import (
+        DEFAULT_CLEAR_HEADERS,
+        DEFAULT_CLEAR_PARAMS,
+        DEFAULT_URL_HEADERS,
+        RedactionPolicy,
+        check_header_name,
+    )
+    from extproc.hashkey import load_hash_key
+
+    key_files = {Path(f) for f in (args.hash_key, args.hmac_key_file) if f}
+    if len(key_files) > 1:
+        raise ConfigError("--hash-key and --hmac-key-file name different files: give one")
+    hash_key = load_hash_key(key_files.pop()) if key_files else None
+
+    def headers(option: str) -> frozenset[str]:
+        flag = "--" + option.replace("_", "-")
+        return frozenset(check_header_name(v, flag) for v in _env_list(args, option) if v.strip())
+
+    def names(option: str) -> frozenset[str]:
+        return frozenset(v.strip().lower() for v in _env_list(args, option) if v.strip())
+
+    return RedactionPolicy(
+        clear_headers=DEFAULT_CLEAR_HEADERS | headers("clear_header"),
+        clear_params=DEFAULT_CLEAR_PARAMS | names("clear_param"),
+        redact_headers=headers("redact_header"),
+        redact_query_params=names("redact_query_param"),
+        url_headers=DEFAULT_URL_HEADERS | headers("redact_url_header"),
+        path_templates=tuple(_env_list(args, "hash_path_template")),
+        query_mode=args.query_mode,
+        hmac_key=hash_key,
+        max_value_bytes=args.max_value_bytes,
+    )
+
+
+def _cmd_hash_keygen(args: argparse.Namespace) -> int:
+    from extproc.core.redact import hash_key_id
+    from extproc.hashkey import load_hash_key, write_hash_key
+
+    if args.if_missing and args.out.exists():
+        key = load_hash_key(args.out)
+        print(f"hash key {args.out} exists; kept (key id {hash_key_id(key)})", file=sys.stderr)
+    else:
+        key = write_hash_key(args.out)
+        print(
+            f"hash key written to {args.out} (mode 0600; key id {hash_key_id(key)}); keep it "
+            "secret: whoever holds it can test guesses against the stored hashes",
+            file=sys.stderr,
+        )
+    print(hash_key_id(key))
+    return EXIT_OK
+
+
+def _cmd_hash_value(args: argparse.Namespace) -> int:
+    from extproc.core.redact import stored_hash
+    from extproc.hashkey import load_hash_key
+
+    key = load_hash_key(args.hash_key)
+    if args.value:
+        values = [v.encode("utf-8", "surrogateescape") for v in args.value]
+    else:  # one value a line: a value on the command line shows in ps and shell history
+        values = [line.rstrip(b"\r\n") for line in sys.stdin.buffer]
+    for value in values:
+        print(stored_hash(key, value))
+    return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -1473,6 +1593,8 @@ COMMANDS = {
     "prove": _cmd_prove,
     "check-proof": _cmd_check_proof,
     "keygen": _cmd_keygen,
+    "hash-keygen": _cmd_hash_keygen,
+    "hash-value": _cmd_hash_value,
     "health": _cmd_health,
     "init-bucket": _cmd_init_bucket,
     "serve": _cmd_serve,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +232,8 @@ class AuditStack:
     # which client certificate (mTLS listeners).
     envoy_ext_proc: Endpoint | SocketPath | None = None
     envoy_tls: ClientTLS | None = None
+    # Changes the test makes to the rendered Envoy config (routes, logged headers).
+    envoy_patch: Callable[[dict[str, Any]], None] | None = None
     server: subprocess.Popen[bytes] | None = None
     envoy: subprocess.Popen[bytes] | None = None
 
@@ -295,6 +297,8 @@ class AuditStack:
             # or logging outcomes from ext_proc instead of the access-log stream).
             response_phase=bool({"--receipts", "--ext-proc-responses"} & set(self.extra_args)),
         )
+        if self.envoy_patch is not None:
+            self.envoy_patch(config)
         path = self.workdir / "envoy.yaml"
         path.write_text(to_yaml(config))
         log = (self.workdir / "envoy.log").open("ab")

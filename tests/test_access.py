@@ -132,7 +132,8 @@ def test_access_entry_carries_what_an_audit_asks_after_the_fact() -> None:
             "principal": "access_log:peer_certificate",
         },
     }
-    assert fields["dst"] == "10.0.0.5:8080" and fields["dst_principal"] == SERVED_AS
+    assert fields["dst"] == "10.0.0.5:8080"
+    assert fields["reporter"]["claimed"] == {"dst_principal": SERVED_AS}  # a claim
     assert fields["upstream"] == {"host": "10.0.0.9:9000", "cluster": "inbound|8080||"}
     assert fields["route"] == "default" and fields["flags"] == "UF,URX"
     assert fields["timing"] == {"start_ms": 1_780_000_000_123, "duration_us": 4500}
@@ -249,10 +250,16 @@ def test_batches_become_access_entries_naming_the_stream(server: AuditStack) -> 
     assert server.stop_server() == 0
     access = [e for e in read_entries(server.store_url, server.log_id) if e["kind"] == "access"]
     assert [e["rid"] for e in access] == [f"b{b}-{i}" for b in range(4) for i in range(25)]
-    assert {e["node"] for e in access} == {"sidecar~10.0.0.5~web-1.shop~shop.svc.cluster.local"}
-    assert {str(e["stream"]) for e in access} == {
-        str({"cluster": "web.shop", "log": "extproc-audit"})
-    }
+    # What the stream's identifier says about its sender: claims, beside the reporter.
+    assert all(
+        e["reporter"]["claimed"]
+        == {
+            "node": "sidecar~10.0.0.5~web-1.shop~shop.svc.cluster.local",
+            "cluster": "web.shop",
+            "log": "extproc-audit",
+        }
+        for e in access
+    )
     assert all(e["reporter"]["auth"] == "unauthenticated" for e in access)
     assert "3 TCP access-log entries refused" in server.server_log()  # counted, not logged
     assert server.verify().returncode == 0

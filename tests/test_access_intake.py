@@ -42,6 +42,7 @@ from extproc.log.appender import AuditLog
 from extproc.log.wal import WAL
 from extproc.server import access
 from extproc.server.access import AccessCapture, AccessLimits, AccessLogServicer, OutcomeMatcher
+from extproc.server.builder import Claims
 from extproc.server.reporters import Reporter
 from tests.budget import FUZZ, MIB, within_budget
 from tests.conftest import AuditStack, read_entries
@@ -125,11 +126,11 @@ class CountingCapture(AccessCapture):
         self.built = 0
         self.fail_at = fail_at
 
-    def fields(self, e: Any) -> dict[str, Any]:
+    def fields(self, e: Any, claims: Claims | None = None) -> dict[str, Any]:
         if self.built == self.fail_at:
             raise RuntimeError(f"capture failed on {SECRET}")
         self.built += 1
-        return super().fields(e)
+        return super().fields(e, claims)
 
 
 def reporter(name: str) -> Reporter:

@@ -315,7 +315,7 @@ def test_every_option_of_every_command_has_help() -> None:
         if not (action.help or "").strip()
     ]
     assert missing == []
-    assert len(commands.choices) == 9
+    assert len(commands.choices) == 11
 
 
 # --- the fsync helper ---------------------------------------------------------------------

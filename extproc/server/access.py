@@ -44,7 +44,8 @@ from extproc.core.redact import RedactionPolicy
 from extproc.errors import LogUnavailableError, OverBudgetError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
-from extproc.server.reporters import XFCC_HEADER, Reporter, xfcc_elements
+from extproc.server.builder import UNKNOWN_REPORTER, Claims, EntryBuilder, HeaderMap
+from extproc.server.reporters import XFCC_HEADER, Reporter, ReporterPolicy, ReporterRefused
 from extproc.server.servicer import AuditServicer, _close_reader
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,6 @@ _FLAG_CODES = {
     "dns_resolution_failure": "DF",
     "downstream_remote_reset": "DR",
 }
-# Fields Envoy always sends in the request properties, stored as the headers they are.
-_REQUEST_FIELD_HEADERS = (
-    ("user_agent", "user-agent"),
-    ("referer", "referer"),
-    ("forwarded_for", "x-forwarded-for"),
-)
 DEFAULT_OUTCOME_WINDOW = config.OUTCOME_WINDOW
 DEFAULT_OUTCOME_PENDING = 100_000  # request entries waiting at most
 
@@ -169,137 +164,145 @@ class OutcomeMatcher:
 
 
 class AccessCapture:
-    """Entry fields from an HTTPAccessLogEntry, under the same redaction and
-    bounds as ext_proc capture (server/capture.py)."""
+    """Entry fields from an HTTPAccessLogEntry, through the one entry builder
+    the ext_proc capture uses too (server/builder.py): same names, bounds,
+    redaction, truncation and identity."""
 
     def __init__(
-        self, policy: RedactionPolicy, max_headers: int = 256, max_header_bytes: int = 128 * 1024
+        self,
+        policy: RedactionPolicy,
+        max_headers: int = config.MAX_HEADERS,
+        max_header_bytes: int = config.MAX_HEADER_BYTES,
+        reporters: ReporterPolicy | None = None,
     ) -> None:
         self.policy = policy
-        self.max_headers = max_headers
-        self.max_header_bytes = max_header_bytes
+        self.builder = EntryBuilder(
+            policy, max_headers=max_headers, max_header_bytes=max_header_bytes
+        )
+        self.reporters = reporters  # --reporter-is-destination, as for ext_proc
+        self._anonymous = Claims(UNKNOWN_REPORTER)  # fields() without a stream (tests, benchmarks)
+
+    def claims(self, reporter: Reporter, node: str, stream: dict[str, Any]) -> Claims:
+        """A stream's reporter and what its identifier claims (node id, cluster, log name)."""
+        return Claims(
+            reporter,
+            self.reporters,
+            node=node,
+            cluster=stream.get("cluster", ""),
+            log=stream.get("log", ""),
+        )
 
     def _headers(
         self, pairs: Any, extra: list[tuple[str, str]], section: str, trunc: list[str]
-    ) -> tuple[dict[str, Any], int]:
-        headers: dict[str, Any] = {}
+    ) -> HeaderMap:
+        builder = self.builder
         total = len(pairs) + len(extra)
         if not total:
-            return headers, 0
-        stored = self.policy.stored_header
-        budget, seen, max_headers = self.max_header_bytes, 0, self.max_headers
+            return _NO_HEADERS
         # Keys of a upb map iterate natively; .items() goes through the Python
-        # Mapping mixin (a generator and a lookup per pair).
-        for name, value in extra + [(k, pairs[k]) for k in pairs] if pairs else extra:
-            if seen == max_headers:
-                break
-            budget -= len(name) + len(value)
-            if budget < 0:
-                break
-            seen += 1
-            name = name.lower()
-            value, cut = stored(name, value)
-            if cut:
-                trunc.append(f"{section}.headers.{name}")
-            headers[name] = value
-        omitted = total - seen
-        if omitted:
-            trunc.append(f"{section}.headers.*")
-        return headers, omitted
+        # Mapping mixin (a generator and a lookup per pair). No more are read
+        # than the builder may look at.
+        if pairs:
+            keys = (
+                pairs if len(pairs) <= builder.max_headers else islice(pairs, builder.max_headers)
+            )
+            extra += [(k, pairs[k]) for k in keys]
+        return builder.headers(extra, total, section, trunc)
 
-    def fields(self, e: Any) -> dict[str, Any]:
+    def fields(self, e: Any, claims: Claims | None = None) -> dict[str, Any]:
+        """The fields of an `access` entry. `claims`: the stream's reporter and
+        what it claims (the `reporter` field; may raise ReporterRefused under
+        --reporter-is-destination refuse)."""
         # The hot path of observe mode (one call per request): each protobuf
         # field is read once, a value goes through policy.truncate() only when
         # it may be too long, and empty header maps cost one len().
-        policy = self.policy
-        short = policy.short_chars
+        builder = self.builder
         common = e.common_properties
         request = e.request
         response = e.response
         trunc: list[str] = []
+        logged = request.request_headers
         extra = []
-        if v := request.user_agent:
-            extra.append(("user-agent", v))
-        if v := request.referer:
-            extra.append(("referer", v))
-        if v := request.forwarded_for:
-            extra.append(("x-forwarded-for", v))
-        req_headers, omitted = self._headers(request.request_headers, extra, "req", trunc)
-        full_path = request.path
-        method = request.request_method
-        req: dict[str, Any] = {
-            "method": _METHODS[method] if method < len(_METHODS) else "",
-            "headers": req_headers,
-        }
-        if omitted:
-            req["headers_omitted"] = omitted
-        path, sep, query = full_path.partition("?")
+        # Request properties Envoy always sends, stored as the headers they are
+        # (unless the logger was told to log that header too: then once).
         for name, value in (
-            ("path", path),
-            ("authority", request.authority),
-            ("scheme", request.scheme),
-            ("query", policy.query(query) if sep else None),
+            ("user-agent", request.user_agent),
+            ("referer", request.referer),
+            ("x-forwarded-for", request.forwarded_for),
         ):
-            if value is None:
-                continue
-            if len(value) > short:
-                value, cut = policy.truncate(value)
-                if cut:
-                    trunc.append(f"req.{name}")
-            req[name] = value
+            if value and name not in logged:
+                extra.append((name, value))
+        h = self._headers(logged, extra, "req", trunc)
+        method = request.request_method
+        full_path = request.path
+        req = builder.request_line(
+            _METHODS[method] if method < len(_METHODS) else "",
+            request.scheme,
+            request.authority,
+            full_path,
+            trunc,
+        )
+        req["headers"] = h.stored
+        if h.omitted:
+            req["headers_omitted"] = h.omitted
         if protocol := _PROTOCOLS.get(e.protocol_version):
             req["protocol"] = protocol
         if v := request.request_body_bytes:
             req["body_bytes"] = v
         if v := request.original_path:
-            req["original_path"], _ = policy.truncate(policy.url(v))
+            req["original_path"] = builder.bounded(self.policy.url(v), "req.original_path", trunc)
 
-        resp_headers, omitted = self._headers(response.response_headers, [], "resp", trunc)
+        r = self._headers(response.response_headers, [], "resp", trunc)
+        resp: dict[str, Any] = {}
         has_status = response.HasField("response_code")
-        resp: dict[str, Any] = {
-            "status": response.response_code.value if has_status else None,
-            "headers": resp_headers,
-        }
-        if omitted:
-            resp["headers_omitted"] = omitted
+        if has_status:
+            code = response.response_code.value
+            if 100 <= code <= 999:
+                resp["status"] = code
+            else:
+                builder.status(resp, str(code), trunc)
+        else:
+            resp["status"] = None
+        resp["headers"] = r.stored
+        if r.omitted:
+            resp["headers_omitted"] = r.omitted
+        short = self.policy.short_chars
         if v := response.response_code_details:
-            resp["details"] = v if len(v) <= short else policy.truncate(v)[0]
+            resp["details"] = v if len(v) <= short else builder.bounded(v, "resp.details", trunc)
         if v := response.response_body_bytes:
             resp["body_bytes"] = v
 
         has = common.HasField
-        src: dict[str, Any] = {}
-        origin: dict[str, str] = {}
-        if has("downstream_remote_address"):
-            src["address"] = address_text(common.downstream_remote_address)
-            origin["address"] = "access_log:downstream_remote_address"
         tls = common.tls_properties if has("tls_properties") else None
-        if tls is not None and (peer := _uri_san(tls.peer_certificate_properties)):
-            src["san"] = src["principal"] = policy.truncate(peer)[0]
-            origin["san"] = origin["principal"] = "access_log:peer_certificate"
-        elif isinstance(xfcc := req_headers.get(XFCC_HEADER), str):
-            elements = xfcc_elements(xfcc)
-            if uri := (elements[-1].get("uri") if elements else None):
-                src["principal"] = policy.truncate(uri)[0]
-                origin["principal"] = f"header:{XFCC_HEADER}"
-        if origin:
-            src["from"] = origin
-        fields: dict[str, Any] = {"req": req, "resp": resp, "src": src}
+        fields: dict[str, Any] = {
+            "req": req,
+            "resp": resp,
+            "src": builder.source(
+                address_text(common.downstream_remote_address)
+                if has("downstream_remote_address")
+                else "",
+                "access_log:downstream_remote_address",
+                _uri_san(tls.peer_certificate_properties) if tls is not None else "",
+                "access_log:peer_certificate",
+                h.raw.get(XFCC_HEADER),
+                trunc,
+            ),
+        }
         if has("downstream_local_address"):
             fields["dst"] = address_text(common.downstream_local_address)
-        if tls is not None and (local := _uri_san(tls.local_certificate_properties)):
-            fields["dst_principal"] = policy.truncate(local)[0]
         upstream: dict[str, Any] = {}
         if has("upstream_remote_address"):
             upstream["host"] = address_text(common.upstream_remote_address)
         if v := common.upstream_cluster:
-            upstream["cluster"] = v if len(v) <= short else policy.truncate(v)[0]
+            upstream["cluster"] = (
+                v if len(v) <= short else builder.bounded(v, "upstream.cluster", trunc)
+            )
         if v := common.upstream_transport_failure_reason:
-            upstream["failure"] = v if len(v) <= short else policy.truncate(v)[0]
+            upstream["failure"] = builder.bounded(v, "upstream.failure", trunc)
         if upstream:
             fields["upstream"] = upstream
         if v := common.route_name:
-            fields["route"] = v if len(v) <= short else policy.truncate(v)[0]
+            fields["route"] = v if len(v) <= short else builder.bounded(v, "route", trunc)
         if has("response_flags"):
             set_flags = common.response_flags.ListFields()
             codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
@@ -325,15 +328,18 @@ class AccessCapture:
             # A listener-level access log (istiod adds one for connections no
             # filter chain took): a connection, not an HTTP request.
             fields["no_request"] = True
-        rid = request.request_id
-        if len(rid) > short:
-            rid, cut = policy.truncate(rid)
-            if cut:
-                trunc.append("rid")
-        fields["rid"] = rid
+        fields["rid"] = builder.rid(request.request_id, trunc)
+        local = _uri_san(tls.local_certificate_properties) if tls is not None else ""
+        fields["kind"] = "access"
+        if len(local) > short:
+            local = builder.bounded(local, "reporter.claimed.dst_principal", trunc)
+        fields["reporter"] = (claims or self._anonymous).field(local)
         if trunc:
             fields["trunc"] = trunc
         return fields
+
+
+_NO_HEADERS = HeaderMap({}, {}, 0, {})
 
 
 def _micros(duration: Any) -> int:
@@ -406,6 +412,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self._clock = clock
         self._drops = RateLimitedLog(log)
         self._tcp = RateLimitedLog(log)
+        self._refusals = RateLimitedLog(log)
         self._over_budget = RateLimitedLog(log)
         self._errors = RateLimitedLog(log)
         self._entries = metrics.PerReporter(
@@ -601,17 +608,17 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         stream: dict[str, Any],
         matched: list[int],
     ) -> Iterator[dict[str, Any]]:
-        capture, who, reporter_id = self.capture.fields, reporter.fields, reporter.id
+        capture, reporter_id = self.capture.fields, reporter.id
+        claims = self.capture.claims(reporter, node, stream)
         # No request entry waits for its outcome (observe mode): no lookups.
         take = self.outcomes.take if len(self.outcomes) else None
         for e in entries:
-            fields = capture(e)
-            fields["kind"] = "access"
-            fields["reporter"] = who
-            if node:
-                fields["node"] = node
-            if stream:
-                fields["stream"] = stream
+            try:
+                fields = capture(e, claims)
+            except ReporterRefused as refused:  # --reporter-is-destination refuse
+                metrics.REPORTERS_REFUSED.labels(refused.reason).inc()
+                self._refusals.warning("refused an access-log entry: %s", refused.message)
+                continue
             if take is not None and "partial" not in fields:
                 ref = take(reporter_id, fields["rid"], fields.get("dst", ""))
                 if ref is not None:

@@ -140,6 +140,13 @@ class AuditServer:
             raise ConfigError(f"cannot listen on {address} ({option}): {e}") from e
         return port
 
+    def _warn_if_no_hash_key(self) -> None:
+        if self.config.redaction.hmac_key is None:
+            log.warning(
+                "no --hash-key: values not on the allow-list are stored as [redacted], and "
+                "an auditor cannot tell which token was used (create a key with `hash-keygen`)"
+            )
+
     def _warn_if_unauthenticated(self) -> None:
         if self.reporters.authenticated:
             if not self.reporters.allow:
@@ -301,7 +308,7 @@ class AuditServer:
         pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
         access = AccessLogServicer(
             audit_log,
-            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes),
+            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
             ext_proc,
             outcomes,
             AccessLimits(
@@ -319,6 +326,7 @@ class AuditServer:
             health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
             self.health_port = self._bind(health_server, cfg.health_listen, "--health-listen", None)
         self._warn_if_unauthenticated()
+        self._warn_if_no_hash_key()
         if cfg.metrics_listen and cfg.metrics_listen != "off":
             from prometheus_client import start_http_server
 

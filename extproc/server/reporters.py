@@ -258,13 +258,16 @@ class ReporterPolicy:
 
         `destination` is the identity in the audited connection's local
         certificate (Envoy attribute connection.uri_san_local_certificate).
-        Raises ReporterRefused in `refuse` mode.
+        Raises ReporterRefused in `refuse` mode, where a request that names no
+        destination (plaintext inbound, an outbound request) is refused too.
         """
-        if self.destination == "off" or not destination or destination == reporter.id:
+        if self.destination == "off" or (destination and destination == reporter.id):
             return True
+        if not destination and self.destination == "record":
+            return True  # nothing to compare: not marked
         if self.destination == "refuse":
+            served = f"served as {destination!r}" if destination else "naming no destination"
             raise ReporterRefused(
-                REFUSED_DESTINATION,
-                f"reporter {reporter.id!r} reported a request served as {destination!r}",
+                REFUSED_DESTINATION, f"reporter {reporter.id!r} reported a request {served}"
             )
         return False
