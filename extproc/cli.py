@@ -664,6 +664,29 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         help="end an ext_proc stream silent this many seconds (with a response phase, the "
         "longest wait for response headers); 0: never",
     )
+    g.add_argument(
+        "--max-access-log-entries",
+        metavar="N",
+        type=_INT,
+        default=_env("max_access_log_entries", c.MAX_ACCESS_LOG_ENTRIES),
+        help="entries per access-log message; a larger one is refused whole (RESOURCE_EXHAUSTED) "
+        "before any entry is built (Envoy's 64 KiB buffer holds ~220)",
+    )
+    g.add_argument(
+        "--max-access-log-rate",
+        metavar="N",
+        type=_FLOAT,
+        default=_env("max_access_log_rate", c.MAX_ACCESS_LOG_RATE),
+        help="access-log entries per second per stream (one second's worth may come at once); "
+        "a message past it is refused whole",
+    )
+    g.add_argument(
+        "--max-reporter-access-log-rate",
+        metavar="N",
+        type=_FLOAT,
+        default=_env("max_reporter_access_log_rate", c.MAX_REPORTER_ACCESS_LOG_RATE),
+        help="access-log entries per second per reporter, all its streams together",
+    )
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -1132,6 +1155,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connection_age=args.max_connection_age,
         stream_idle_timeout=args.stream_idle_timeout,
         ext_proc_responses=args.ext_proc_responses,
+        max_access_log_entries=args.max_access_log_entries,
+        max_access_log_rate=args.max_access_log_rate,
+        max_reporter_access_log_rate=args.max_reporter_access_log_rate,
     )
     if args.workers > 1:
         from extproc.server.workers import run_workers

@@ -54,6 +54,14 @@ MAX_STREAMS_PER_CONNECTION = 100
 MAX_CONNECTION_AGE = 1800.0
 STREAM_IDLE_TIMEOUT = 300.0
 OUTCOME_WINDOW = 300.0  # seconds an enforced request waits for its access-log outcome
+# Access-log intake, checked when a message's entry count is known and before
+# any entry is built. Envoy sends a batch at 64 KiB (envoy/*.yaml) or 16 KiB
+# (istiod's default) of ~300-byte entries: ~220 or ~55 per message; one stream
+# is one Envoy worker thread, ~25,000 entries/s at saturation on the 2-core
+# benchmark machine (docs/PERFORMANCE.md).
+MAX_ACCESS_LOG_ENTRIES = 5_000  # per message
+MAX_ACCESS_LOG_RATE = 50_000  # entries per second per stream
+MAX_REPORTER_ACCESS_LOG_RATE = 100_000  # entries per second per reporter, all its streams
 MAX_VALUE_BYTES = 2048
 RECEIPT_HEADER = DEFAULT_HEADER
 RESPONSE_HEADERS = frozenset(
@@ -135,6 +143,9 @@ class ServeConfig:
     # filter config, no access-log service); receipts imply it.
     ext_proc_responses: bool = False
     outcome_window: float = OUTCOME_WINDOW
+    max_access_log_entries: int = MAX_ACCESS_LOG_ENTRIES
+    max_access_log_rate: float = MAX_ACCESS_LOG_RATE
+    max_reporter_access_log_rate: float = MAX_REPORTER_ACCESS_LOG_RATE
 
     def __post_init__(self) -> None:
         self.validate()
@@ -179,6 +190,9 @@ class ServeConfig:
             ("--max-connection-age", self.max_connection_age, 0),
             ("--stream-idle-timeout", self.stream_idle_timeout, 0),
             ("outcome window", self.outcome_window, 1),
+            ("--max-access-log-entries", self.max_access_log_entries, 1),
+            ("--max-access-log-rate", self.max_access_log_rate, 1),
+            ("--max-reporter-access-log-rate", self.max_reporter_access_log_rate, 1),
         ]
         for option, value, least in at_least:
             if not value >= least:  # also refuses NaN

@@ -66,6 +66,11 @@ class ObjectNotFoundError(StorageError):
         self.key = key
 
 
+class OverBudgetError(AuditError):
+    """An input is over one of its budgets (docs/THREATS.md): refused before any
+    work on it, with gRPC RESOURCE_EXHAUSTED on a stream."""
+
+
 class LogUnavailableError(AuditError):
     """The log cannot take an entry now: its request is denied (503), its
     access-log entry counted as dropped. The subclasses say why."""

@@ -103,6 +103,13 @@ ACCESS_REFUSED = Counter(
     "Access-log entries refused, by type (tcp: the audit is of HTTP requests)",
     ["type"],
 )
+ACCESS_BUDGET_REFUSED = Counter(
+    "extproc_audit_access_budget_refused_total",
+    "Access-log entries refused whole with their message before any was built, by reporter "
+    "and budget (message: --max-access-log-entries, stream_rate: --max-access-log-rate, "
+    "reporter_rate: --max-reporter-access-log-rate); the stream ended with RESOURCE_EXHAUSTED",
+    ["reporter", "budget"],
+)
 OUTCOMES = Counter(
     "extproc_audit_outcomes_total",
     "Access-log entries matched to the enforce-mode request entry they complete (matched), "

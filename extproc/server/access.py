@@ -9,6 +9,13 @@ log that cannot take them counts each one it drops. What Envoy wrote and
 dropped on its side is in its own counters (access_logs.grpc_access_log.*),
 to compare with extproc_audit_access_entries_total (docs/ARCHITECTURE.md).
 
+What a message may cost is known as soon as it is parsed (its entry count)
+and checked before any entry is built: entries per message, per second per
+stream and per second per reporter (AccessLimits; over budget, the stream ends
+with RESOURCE_EXHAUSTED), then room in the backlog for each entry; a large
+message is sequenced in chunks with the event loop free between them, so
+that enforce requests keep flowing (docs/THREATS.md).
+
 The stream is authenticated exactly like ext_proc (server/reporters.py). An
 `access` entry of a request that was also held by ext_proc (enforce mode)
 links to that request's entry with `ref` (OutcomeMatcher). TCP access logs
@@ -20,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -32,12 +41,12 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extproc import config, metrics
 from extproc.core.redact import RedactionPolicy
-from extproc.errors import LogUnavailableError
+from extproc.errors import LogUnavailableError, OverBudgetError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import UNKNOWN_REPORTER, Claims, EntryBuilder, HeaderMap
 from extproc.server.reporters import XFCC_HEADER, Reporter, ReporterPolicy, ReporterRefused
-from extproc.server.servicer import AuditServicer
+from extproc.server.servicer import AuditServicer, _close_reader
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +386,47 @@ def _uri_san(cert: Any) -> str:
     return ""
 
 
+# Entries sequenced between two yields of the event loop: a few ms of work, so
+# that enforce requests keep flowing while a large message is logged. A batch
+# of Envoy's 64 KiB buffer (~220 entries) is one chunk: no yield at all.
+ACCESS_LOG_CHUNK = 256
+BUDGETS = ("message", "stream_rate", "reporter_rate")  # the label of each refusal
+
+
+@dataclass(frozen=True)
+class AccessLimits:
+    """What one access-log message, stream and reporter may cost, checked when
+    a message's entry count is known (right after parsing) and before any of
+    its entries is built (docs/THREATS.md, "Stalling or stopping the server")."""
+
+    max_entries: int = config.MAX_ACCESS_LOG_ENTRIES  # per message
+    stream_rate: float = config.MAX_ACCESS_LOG_RATE  # entries per second per stream
+    reporter_rate: float = config.MAX_REPORTER_ACCESS_LOG_RATE  # all of one reporter's streams
+
+
+class RateBudget:
+    """Entries a second, as a token bucket that saves up one second's worth
+    (and at least one message of `floor` entries)."""
+
+    __slots__ = ("_at", "_clock", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, floor: int, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = max(rate, floor)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def available(self) -> float:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return self._tokens
+
+    def take(self, count: int) -> None:
+        self._tokens -= count
+
+
 class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -384,18 +434,32 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         capture: AccessCapture,
         ext_proc: AuditServicer,
         outcomes: OutcomeMatcher,
+        limits: AccessLimits = AccessLimits(),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = audit_log
         self.capture = capture
         self.ext_proc = ext_proc  # same reporter rules, same idle bookkeeping
         self.outcomes = outcomes
+        self.limits = limits
+        self._clock = clock
         self._drops = RateLimitedLog(log)
         self._tcp = RateLimitedLog(log)
         self._refusals = RateLimitedLog(log)
+        self._over_budget = RateLimitedLog(log)
+        self._errors = RateLimitedLog(log)
         self._entries = metrics.PerReporter(
             lambda label: _SeenCounter(
                 metrics.ACCESS_ENTRIES.labels(label), metrics.REPORTER_LAST_SEEN.labels(label)
             )
+        )
+        # One budget per reporter across its streams (a caller opening more
+        # streams gets no more), bounded in count like the metric labels.
+        self._reporter_budgets = metrics.PerReporter(
+            lambda _: RateBudget(limits.reporter_rate, limits.max_entries, clock)
+        )
+        self._refused = metrics.PerReporter(
+            lambda label: {b: metrics.ACCESS_BUDGET_REFUSED.labels(label, b) for b in BUDGETS}
         )
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -418,15 +482,33 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
+        status: tuple[grpc.StatusCode, str] | None = None
         try:
             await self._read(request_iterator, reporter, counter)
+        except OverBudgetError as e:
+            status = (grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except asyncio.CancelledError:
             if not self._closing:
                 raise
             # Ended by close(): answer OK, so Envoy opens a new stream next time.
+        except Exception as e:
+            # Never echo the exception text: it could carry request data.
+            self._errors.error(
+                "access-log stream of %s failed (%s); traceback:\n%s",
+                reporter.id or reporter.peer,
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+            status = (grpc.StatusCode.INTERNAL, "internal error in audit server")
         finally:
             if task is not None:
                 self._streams.discard(task)
+            # A stream refused mid-way would otherwise keep its last message
+            # (up to --max-message-bytes, ~25 MB parsed for a 500,000-entry one)
+            # until a garbage collection: measured, RSS +27 MB per refusal.
+            await _close_reader(request_iterator)
+        if status is not None:
+            await context.abort(*status)
         return als_pb2.StreamAccessLogsResponse()
 
     async def close(self, grace: float) -> None:
@@ -442,6 +524,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
     ) -> None:
         stream: dict[str, Any] = {}
         node = ""
+        budget = RateBudget(self.limits.stream_rate, self.limits.max_entries, self._clock)
         async for msg in request_iterator:
             if msg.HasField("identifier"):
                 ident = msg.identifier
@@ -452,7 +535,9 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 }
             kind = msg.WhichOneof("log_entries")
             if kind == "http_logs":
-                self._log_batch(msg.http_logs.log_entry, reporter, node, stream, counter)
+                entries = msg.http_logs.log_entry
+                self._admit(len(entries), reporter, budget)
+                await self._log_batch(entries, reporter, node, stream, counter)
             elif kind == "tcp_logs":
                 n = len(msg.tcp_logs.log_entry)
                 metrics.ACCESS_REFUSED.labels("tcp").inc(n)
@@ -463,7 +548,34 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     reporter.id or reporter.peer,
                 )
 
-    def _log_batch(
+    def _admit(self, count: int, reporter: Reporter, stream: RateBudget) -> None:
+        """Take `count` entries from the stream's and the reporter's budgets, or
+        refuse the whole message (OverBudgetError, counted) before any entry of
+        it is built."""
+        limits = self.limits
+        mine = self._reporter_budgets.get(reporter.label)
+        if count > limits.max_entries:
+            budget, why = "message", f"over --max-access-log-entries ({limits.max_entries})"
+        elif count > stream.available():
+            budget = "stream_rate"
+            why = f"over --max-access-log-rate ({limits.stream_rate:g} entries/s per stream)"
+        elif count > mine.available():
+            budget = "reporter_rate"
+            why = (
+                f"over --max-reporter-access-log-rate ({limits.reporter_rate:g} entries/s "
+                "per reporter)"
+            )
+        else:
+            stream.take(count)
+            mine.take(count)
+            return
+        self._refused.get(reporter.label)[budget].inc(count)
+        metrics.DROPPED.labels("budget").inc(count)
+        message = f"access-log message of {count} entries refused: {why}"
+        self._over_budget.warning("%s (reporter %s)", message, reporter.id or reporter.peer)
+        raise OverBudgetError(message)
+
+    async def _log_batch(
         self,
         entries: Any,
         reporter: Reporter,
@@ -471,25 +583,57 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         stream: dict[str, Any],
         counter: Any,
     ) -> None:
-        """Append a batch without awaiting: Envoy does not wait, and the batch must
-        not interleave with anything (one task, no suspension). The batch goes to
-        the log in one call (one back-pressure check, one timestamp, one flush
-        start), each entry captured as the log takes it, so that only one
-        entry's fields are alive at a time (docs/PERFORMANCE.md)."""
-        if not entries:
+        """Log one message's entries, admitted by its budgets. They are reserved
+        in the backlog before any is built (a message that does not fit is
+        dropped whole, counted), then sequenced in chunks of ACCESS_LOG_CHUNK
+        with a yield of the event loop between two (docs/PERFORMANCE.md)."""
+        count = len(entries)
+        if not count:
             return
+        try:
+            self.log.reserve(count)
+        except LogUnavailableError as e:
+            metrics.DROPPED.labels("backpressure").inc(count)
+            self._drops.warning("%d access-log entries not logged: %s", count, e)
+            return
+        left, it = count, iter(entries)
+        try:
+            while left:
+                size = min(left, ACCESS_LOG_CHUNK)
+                left -= size
+                self._log_chunk(islice(it, size), size, reporter, node, stream, counter)
+                if left:
+                    await asyncio.sleep(0)
+        finally:
+            if left:  # the stream ended between two chunks (shutdown, reset, an error)
+                self.log.release(left)
+                metrics.DROPPED.labels("stream_ended").inc(left)
+
+    def _log_chunk(
+        self,
+        entries: Iterator[Any],
+        size: int,
+        reporter: Reporter,
+        node: str,
+        stream: dict[str, Any],
+        counter: Any,
+    ) -> None:
+        """Append `size` reserved entries without awaiting: the chunk goes to the
+        log in one call (one timestamp, one flush start), each entry captured as
+        the log takes it, so that only one entry's fields are alive at a time
+        (docs/PERFORMANCE.md)."""
         matched = [0, 0]  # first outcomes, conflicting ones
         try:
             first = self.log.append_batch_nowait(
-                self._entries_of(entries, reporter, node, stream, matched)
+                self._entries_of(entries, reporter, node, stream, matched), reserved=size
             )
         except LogUnavailableError as e:
-            metrics.DROPPED.labels("backpressure").inc(len(entries))
-            self._drops.warning("%d access-log entries not logged: %s", len(entries), e)
+            metrics.DROPPED.labels("backpressure").inc(size)
+            self._drops.warning("%d access-log entries not logged: %s", size, e)
             return
         counter.inc(self.log.size - first)
         self._matched.inc(matched[0])
-        self._unmatched.inc(len(entries) - matched[0] - matched[1])
+        self._unmatched.inc(size - matched[0] - matched[1])
         if matched[1]:
             self._conflicts.inc(matched[1])
             self._conflict_log.warning(

@@ -31,6 +31,7 @@ from extproc.log.wal import WAL
 from extproc.server.access import (
     ACCESS_LOG_SERVICE,
     AccessCapture,
+    AccessLimits,
     AccessLogServicer,
     OutcomeMatcher,
 )
@@ -310,6 +311,11 @@ class AuditServer:
             AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
             ext_proc,
             outcomes,
+            AccessLimits(
+                cfg.max_access_log_entries,
+                cfg.max_access_log_rate,
+                cfg.max_reporter_access_log_rate,
+            ),
         )
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(access, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
