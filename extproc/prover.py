@@ -293,8 +293,8 @@ class Prover:
         """The checkpoint at `size` if it is usable: verifies (or parses) and names its size."""
         key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
         try:
-            note = objects.reader.read(key)
-        except ObjectNotFoundError:
+            note = objects.reader.read_checkpoint(key)
+        except (ObjectNotFoundError, VerificationError):  # gone, over its bound, not a file
             return None
         try:
             if self.keyring is not None:
@@ -341,7 +341,7 @@ class Prover:
         """The checkpoint at `size` reads as one of this log, whoever signed it."""
         key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
         try:
-            cp = Checkpoint.from_text(parse_note(objects.reader.read(key))[0])
+            cp = Checkpoint.from_text(parse_note(objects.reader.read_checkpoint(key))[0])
         except (ObjectNotFoundError, VerificationError):
             return False
         return cp.size == size and cp.origin.endswith(f"/{self.log_id}")
