@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from extproc.core import entry
+from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
@@ -60,6 +61,7 @@ class AuditOptions:
     now_ms: int | None = None  # the clock, passed in (default: now)
     on_total: Callable[[int], None] | None = None  # entries this run will hash
     on_entries: Callable[[int], None] | None = None  # entries hashed so far (delta)
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES  # a bundle's lines, at most (--max-bundle-bytes)
 
 
 @dataclass
@@ -366,7 +368,7 @@ def audit_store(
     now_ms = options.now_ms
     if now_ms is None:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    logs, general = open_logs(store)
+    logs, general = open_logs(store, options.max_bundle_bytes)
     prior_state = options.state or AuditState()
     rule = check_retention_rule(
         store,

@@ -16,7 +16,6 @@ the bound in memory, never what it expands to.
 from __future__ import annotations
 
 import gzip
-import io
 import zlib
 from collections.abc import Sequence
 
@@ -24,6 +23,7 @@ from extproc.errors import VerificationError
 
 # Fixed so that a retried put is byte-identical (and mtime=0 below).
 GZIP_LEVEL = 6
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: a gzip header and trailer (RFC 1952)
 #: The largest bundle the format allows (its newline-terminated lines, decompressed).
 MAX_BUNDLE_BYTES = 64 << 20
 
@@ -53,14 +53,24 @@ def bundle_lines(data: bytes, *, compressed: bool, limit: int = MAX_BUNDLE_BYTES
         if len(data) > limit:
             raise VerificationError(_over(limit))
         return data
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as f:
-            lines = f.read(limit + 1)
-    except (OSError, EOFError, zlib.error) as e:
-        raise VerificationError(f"bundle is not valid gzip: {e}") from e
-    if len(lines) > limit:
-        raise VerificationError(_over(limit))
-    return lines
+    parts: list[bytes] = []
+    got = 0
+    rest = data
+    while True:  # one gzip member after another (RFC 1952 2.2), as gzip.decompress
+        member = zlib.decompressobj(wbits=_GZIP_WBITS)
+        try:
+            part = member.decompress(rest, limit + 1 - got)
+        except zlib.error as e:
+            raise VerificationError(f"bundle is not valid gzip: {e}") from e
+        got += len(part)
+        if got > limit:
+            raise VerificationError(_over(limit))
+        parts.append(part)
+        if not member.eof:
+            raise VerificationError("bundle is not valid gzip: it ends inside a member")
+        rest = member.unused_data
+        if not rest.strip(b"\0"):  # the end, or zero padding after the last member
+            return b"".join(parts)
 
 
 def _over(limit: int) -> str:
