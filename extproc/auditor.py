@@ -124,7 +124,8 @@ def verify_log(
             k for k, _ in objects.bundles
         ]
         for key in keys:
-            if key not in below:  # older objects: checked when they were new
+            # Older objects were checked when they were new; foreign ones are not the log's.
+            if key not in below and not checker.is_foreign(key):
                 _check_retention(reader, checker, key, min_retention_days, seen)
     report = checker.finish()
     if prior is not None:

@@ -30,6 +30,7 @@ class ForeignObjectError(VerificationError):
     def __init__(self, key: str, why: str) -> None:
         super().__init__(f"{key}: foreign object ({why})")
         self.key = key
+        self.why = why
 
 
 class ObjectTooLargeError(VerificationError):

@@ -41,7 +41,12 @@ from extproc.core.claim import MAX_CLAIM_BYTES, Claim, claim_in_effect
 from extproc.core.keyring import Keyring
 from extproc.core.note import MAX_NOTE_BYTES
 from extproc.core.verify import WARNING, Finding, LogChecker
-from extproc.errors import ObjectNotFoundError, ObjectTooLargeError, VerificationError
+from extproc.errors import (
+    ForeignObjectError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    VerificationError,
+)
 from extproc.store.base import ObjectStore, ObjectVersion
 
 Bundle = tuple[str, layout.BundleName]  # key, and what its name says
@@ -423,6 +428,8 @@ class LogReader:
 
 def _why(key: str, e: VerificationError) -> str:
     """A reader error's message without the key it starts with (findings name it)."""
+    if isinstance(e, ForeignObjectError):
+        return e.why
     return str(e).removeprefix(f"{key}: ")
 
 

@@ -237,6 +237,12 @@ class LogChecker:
         """An object that was listed, then could not be found when read."""
         self._find(key, "object listed, then gone before it could be read (deleted)")
 
+    def is_foreign(self, key: str) -> bool:
+        """Is `key` not the log's (a foreign object, or a second history's)? Known
+        once every object was added: what is not the log's is not held to its
+        rules (retention), only reported."""
+        return key in self._foreign or any(key in keys for keys in self._second.values())
+
     def add_retention_missing(self, key: str) -> None:
         self._find(key, "object has no Object Lock retention")
 

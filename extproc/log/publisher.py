@@ -757,7 +757,7 @@ class Publisher:
             except ObjectNotFoundError:
                 continue  # gone again: write it
             except VerificationError as e:  # over the bound, not a file: not ours
-                raise ForeignObjectError(key, f"not a {kind} of this log's writer: {e}") from e
+                raise ForeignObjectError(key, f"not a {kind} of this log's writer") from e
             except StorageError as e:
                 attempt += 1
                 await self._backoff(key, attempt, e)
