@@ -683,7 +683,7 @@ class Publisher:
         shown = ", ".join(escape(n) for n in names[:3])
         log.error(
             "log %s: %d objects not written by this log's writer (foreign objects) at its "
-            "keys: %s%s; recorded in the log, continuing in epoch %d",
+            "keys: %s%s; recorded in the log (epoch %d)",
             self.config.log_id,
             len(keys),
             shown,
