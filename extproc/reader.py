@@ -411,7 +411,18 @@ class LogReader:
                 if checker is not None:
                     checker.add_bundle(key, name, b"")  # reported, not read
                 yield ReadBundle(key, name, b"", in_log=False)
-        for key, name, data in self.read_ahead(todo, prefetch):
+        read = self.read_ahead(todo, prefetch)
+        for group in _by_range(todo):
+            got = [next(read) for _ in group]
+            if len(got) > 1 and checker is not None:
+                got, others = _the_claimed_one(checker, got)
+                yield from (ReadBundle(key, name, b"", in_log=False) for key, name in others)
+            yield from self._checked(checker, got)
+
+    def _checked(
+        self, checker: LogChecker | None, got: list[tuple[str, layout.BundleName, Read]]
+    ) -> Iterator[ReadBundle]:
+        for key, name, data in got:
             if isinstance(data, ObjectNotFoundError):
                 if checker is not None:
                     checker.add_gone(key)  # listed, then gone
@@ -424,6 +435,34 @@ class LogReader:
             else:
                 in_log = checker.add_bundle(key, name, data) if checker is not None else True
                 yield ReadBundle(key, name, data, in_log)
+
+
+def _by_range(bundles: list[Bundle]) -> Iterator[list[Bundle]]:
+    """Bundles (sorted) in groups of one range: more than one is a `.jsonl` and a
+    `.jsonl.gz` of the same range."""
+    group: list[Bundle] = []
+    for bundle in bundles:
+        if group and (group[0][1].first, group[0][1].last) != (bundle[1].first, bundle[1].last):
+            yield group
+            group = []
+        group.append(bundle)
+    if group:
+        yield group
+
+
+def _the_claimed_one(
+    checker: LogChecker, got: list[tuple[str, layout.BundleName, Read]]
+) -> tuple[list[tuple[str, layout.BundleName, Read]], list[Bundle]]:
+    """Two objects for one claimed range: a claim names the range, not the
+    encoding, so the one whose last entry is the claim's is the log's and the
+    others are foreign objects (each was read within its bound). Without one
+    that matches, the first is checked as the log's (and fails)."""
+    matching = [g for g in got if isinstance(g[2], bytes) and checker.claim_matches(g[1], g[2])]
+    chosen = matching[0] if matching else got[0]
+    others = [(key, name) for key, name, _ in got if key != chosen[0]]
+    for key, _ in others:
+        checker.add_foreign(key, f"a second bundle for the range claimed at {chosen[1].first}")
+    return [chosen], others
 
 
 def _why(key: str, e: VerificationError) -> str:

@@ -27,6 +27,7 @@ import pytest
 
 from extproc.auditor import AuditOptions, audit_store, verify_log, verify_store
 from extproc.core import layout
+from extproc.core.bundle import bundle_bytes
 from extproc.core.note import Signer
 from extproc.core.verify import ERROR, WARNING, LogReport, all_ok
 from extproc.errors import ForeignObjectError, ObjectTooLargeError
@@ -135,6 +136,29 @@ def test_gzip_bomb_at_a_claimed_key_is_cut_at_the_bound_detected(
     assert any("over the reader's bound" in e for e in errors), errors
     assert report.entries == 8  # the bundle before it verified
     assert report.bundles == 3
+
+
+@pytest.mark.parametrize("log_gzip", [False, True], ids=["log-jsonl", "log-gzip"])
+def test_second_encoding_of_a_claimed_range_is_foreign_whichever_sorts_first(
+    tmp_path: Path, signer: Signer, bomb: bytes, log_gzip: bool
+) -> None:
+    """A claim names a range, not its encoding: a `.jsonl.gz` bomb (or a `.jsonl`
+    of made-up entries, which sorts first) next to the log's bundle is read within
+    its bound, found not to be what the claim says, and reported as foreign."""
+    store = MemoryStore()
+    _log(tmp_path, signer, store, gzip=log_gzip)
+    planted = layout.bundle_key("", LOG_ID, 8, 15, gzip=not log_gzip)
+    fake = bundle_bytes([b'{"v":1}'] * 8, compress=False)
+    store.put_once(planted, fake if log_gzip else bomb, None)
+    reader = LogReader.open(store, LOG_ID, max_bundle_bytes=4 * MIB)
+    with within_budget(memory=16 * MIB, cpu=30.0):
+        report = verify_log(reader, signer.verifier())
+    assert report.ok, [str(f) for f in report.findings]
+    assert report.entries == 24
+    (finding,) = [f for f in report.findings if f.key == planted]
+    assert finding.severity == WARNING and "a second bundle for the range claimed at 8" in (
+        finding.message
+    )
 
 
 def test_bundle_over_the_readers_bound_by_its_listed_size_is_not_read(

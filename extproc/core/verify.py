@@ -426,6 +426,16 @@ class LogChecker:
             name.last,
         )
 
+    def claim_matches(self, name: BundleName, lines_data: bytes) -> bool:
+        """Does the claim in effect at the bundle's position describe these lines
+        (its range, and the leaf hash of the last one)?"""
+        lines = split_lines(lines_data)
+        claimed = self._claims.get(name.first) if self.claimed_here(name) else None
+        if claimed is None or not lines:
+            return False
+        last = hashlib.sha256(LEAF_PREFIX + lines[-1]).digest()
+        return claimed[1].matches(name.first, name.last, last)
+
     def add_bundle(self, key: str, name: BundleName, lines_data: bytes) -> bool:
         """`lines_data`: the bundle's newline-terminated lines (decompressed).
 
