@@ -32,6 +32,7 @@ from extproc.core.note import Signer
 from extproc.core.verify import ERROR, WARNING, LogReport, all_ok
 from extproc.errors import ForeignObjectError, ObjectTooLargeError
 from extproc.log.publisher import MAX_RECORDED_NAMES
+from extproc.log.selfaudit import OK, SelfAudit
 from extproc.reader import LogReader
 from extproc.search import Filters, StoreSearch
 from extproc.store.base import (
@@ -118,6 +119,37 @@ def test_unclaimed_gzip_bomb_is_reported_and_never_read(
     assert planted not in store.read_keys  # the body of an unclaimed bundle is never read
     (warning,) = [f for f in reports[0].findings if f.key == planted]
     assert warning.severity == WARNING and "foreign object" in warning.message
+
+
+def test_writer_restart_and_self_audit_never_read_a_planted_bomb(
+    tmp_path: Path, signer: Signer, bomb: bytes
+) -> None:
+    # ~10 MB of these put the writer into a crash loop: its start-up self-audit
+    # decompressed every bundle listed.
+    store = CountingStore(PREFIX)
+    planted = [layout.bundle_key(PREFIX, LOG_ID, 0, 40 + i, gzip=True) for i in range(10)]
+
+    async def first_run() -> None:
+        w = open_writer(tmp_path / "wal", store, signer, gzip=True)
+        await w.publisher.reconcile()
+        await w.append(5)
+        await w.publisher.publish()
+        w.crash()
+
+    async def restart() -> None:
+        w = open_writer(tmp_path / "wal", store, signer, gzip=True)
+        await w.publisher.reconcile()
+        outcome = await SelfAudit(w.publisher, w.wal, interval=3600).audit_once()
+        assert outcome.result == OK, outcome.problems
+        w.crash()
+
+    run(first_run)
+    for key in planted:
+        store.put_once(key, bomb, None)
+    store.read_keys.clear()
+    with within_budget(memory=64 * MIB, cpu=30.0):
+        run(restart)
+    assert not set(planted) & set(store.read_keys)
 
 
 def test_gzip_bomb_at_a_claimed_key_is_cut_at_the_bound_detected(
