@@ -1,6 +1,6 @@
 """Search published bundles for entries, verifying the log as it is read.
 
-Streams: one bundle (at most --bundle-max-bytes, 16 MiB by default) per
+Streams: one bundle (read with at most --max-bundle-bytes of lines) per
 fetch in flight, plus a bounded map of request entries waiting for their
 response, so memory does not grow with the log. Matching rules are in
 docs/SEARCH.md. The store is read by extproc.reader, which feeds
