@@ -188,6 +188,7 @@ class LogChecker:
         # A second history: a trusted key that began the log again (_restarted_keys).
         # signer -> its objects, the bundle ranges its claims name, its latest note.
         self._second: dict[str, list[str]] = {}
+        self._second_keys: set[str] = set()
         self._second_ranges: dict[tuple[int, int], str] = {}
         self._second_notes: dict[str, tuple[int, str]] = {}
         self._tree = CompactRange()
@@ -241,7 +242,7 @@ class LogChecker:
         """Is `key` not the log's (a foreign object, or a second history's)? Known
         once every object was added: what is not the log's is not held to its
         rules (retention), only reported."""
-        return key in self._foreign or any(key in keys for keys in self._second.values())
+        return key in self._foreign or key in self._second_keys
 
     def add_retention_missing(self, key: str) -> None:
         self._find(key, "object has no Object Lock retention")
@@ -360,6 +361,10 @@ class LogChecker:
                     restarted[signer] = min(restarted.get(signer, epoch), epoch)
         return restarted
 
+    def _set_apart(self, signer: str, key: str) -> None:
+        self._second.setdefault(signer, []).append(key)
+        self._second_keys.add(key)
+
     def _settle(self) -> None:
         """Which checkpoints and claims are the log's: everything but a second
         history (_restarted_keys); then the claim in effect at each position
@@ -371,7 +376,7 @@ class LogChecker:
         restarted = self._restarted_keys()
         for key, cp, signer, note in self._read_checkpoints:
             if cp.epoch >= restarted.get(signer, _NEVER):
-                self._second.setdefault(signer, []).append(key)
+                self._set_apart(signer, key)
                 if cp.size >= self._second_notes.get(signer, (-1, ""))[0]:
                     self._second_notes[signer] = (cp.size, note)
             else:
@@ -380,7 +385,7 @@ class LogChecker:
             candidates = []
             for epoch, key, claim, trusted, signer in listed:
                 if trusted and epoch >= restarted.get(signer, _NEVER):
-                    self._second.setdefault(signer, []).append(key)
+                    self._set_apart(signer, key)
                     self._second_ranges[(claim.first, claim.last)] = signer
                 else:
                     candidates.append((epoch, key, claim, trusted))
@@ -447,7 +452,7 @@ class LogChecker:
         if name.last >= self._base and not self.claimed_here(name):
             second = self._second_ranges.get((name.first, name.last))
             if second is not None:
-                self._second[second].append(key)
+                self._set_apart(second, key)
                 return False
             claimed = self._claims.get(name.first)
             self._foreign_object(
