@@ -44,8 +44,9 @@ from extproc.store.base import (
 )
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
+from extproc.store.s3 import S3Store, _read_capped
 from tests.budget import MIB, within_budget
-from tests.conftest import run_cli
+from tests.conftest import MotoServer, run_cli
 from tests.helpers import read_entries, run, write_log
 from tests.test_publisher import LOG_ID, PREFIX, open_writer, published
 
@@ -207,9 +208,16 @@ def test_bundle_over_the_readers_bound_by_its_listed_size_is_not_read(
     assert any(f.key == key and "over the bound" in f.message for f in report.findings)
 
 
-@pytest.mark.parametrize("kind", ["memory", "local"])
-def test_reads_are_capped_even_when_the_listing_lies(tmp_path: Path, kind: str) -> None:
-    store: ObjectStore = MemoryStore() if kind == "memory" else LocalStore(tmp_path / "s")
+@pytest.mark.parametrize("kind", ["memory", "local", pytest.param("moto", marks=pytest.mark.s3)])
+def test_reads_are_capped_even_when_the_listing_lies(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    store: ObjectStore
+    if kind == "moto":
+        server: MotoServer = request.getfixturevalue("moto")
+        store = S3Store(server.new_bucket(lock=False), client=server.s3())
+    else:
+        store = MemoryStore() if kind == "memory" else LocalStore(tmp_path / "s")
     store.put_once("logs/a/checkpoints/x", b"y" * 5000, None)
     with pytest.raises(ObjectTooLargeError, match="over the bound of 4096"):
         store.get("logs/a/checkpoints/x", 4096)
@@ -219,6 +227,30 @@ def test_reads_are_capped_even_when_the_listing_lies(tmp_path: Path, kind: str) 
     reader.objects.sizes["logs/a/checkpoints/x"] = 10
     with pytest.raises(ObjectTooLargeError):
         reader.read("logs/a/checkpoints/x", 4096)
+
+
+class EndlessBody:
+    """An S3 response body that never ends (what a proxy or a broken store can send)."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+        self.closed = False
+
+    def read(self, amt: int) -> bytes:
+        self.read_bytes += amt
+        return bytes(amt)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_s3_read_stops_one_byte_past_the_bound_whatever_content_length_says() -> None:
+    body = EndlessBody()
+    with pytest.raises(ObjectTooLargeError):
+        _read_capped("logs/a/claims/x", {"Body": body, "ContentLength": 10}, 4096)
+    assert body.read_bytes == 4097 and body.closed
+    with pytest.raises(ObjectTooLargeError, match="holds 5000 bytes"):
+        _read_capped("logs/a/claims/x", {"Body": EndlessBody(), "ContentLength": 5000}, 4096)
 
 
 def _plant_non_files(root: Path, log_dir: Path) -> dict[str, str]:
