@@ -119,7 +119,7 @@ def _same_bytes(data: bytes) -> Callable[[bytes], str]:
 
 def recorded_name(relative_key: str) -> str:
     """An object name as a `writer foreign` entry holds it: any character JSON can
-    carry (a name that is not UTF-8 keeps its bytes as `\\x..` escapes), cut to
+    carry (a byte that is not UTF-8 in a local name stays as a `\\udcXX` escape), cut to
     MAX_RECORDED_NAME_CHARS with the original length said."""
     name = relative_key.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(name) > MAX_RECORDED_NAME_CHARS:
