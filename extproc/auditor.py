@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from extproc.core import entry
+from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
@@ -61,6 +62,7 @@ class AuditOptions:
     require_authenticated: bool = False  # an entry from an unauthenticated reporter is an error
     on_total: Callable[[int], None] | None = None  # entries this run will hash
     on_entries: Callable[[int], None] | None = None  # entries hashed so far (delta)
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES  # a bundle's lines, at most (--max-bundle-bytes)
 
 
 @dataclass
@@ -123,7 +125,8 @@ def verify_log(
             k for k, _ in objects.bundles
         ]
         for key in keys:
-            if key not in below:  # older objects: checked when they were new
+            # Older objects were checked when they were new; foreign ones are not the log's.
+            if key not in below and not checker.is_foreign(key):
                 _check_retention(reader, checker, key, min_retention_days, seen)
     report = checker.finish()
     if prior is not None:
@@ -367,7 +370,7 @@ def audit_store(
     now_ms = options.now_ms
     if now_ms is None:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    logs, general = open_logs(store)
+    logs, general = open_logs(store, options.max_bundle_bytes)
     prior_state = options.state or AuditState()
     rule = check_retention_rule(
         store,

@@ -106,6 +106,20 @@ def _int_at_least(least: int) -> Callable[[str], object]:
     return _typed(_at_least(least, int), f"an integer >= {least}")
 
 
+def _add_bundle_bound(p: _Parser) -> None:
+    """--max-bundle-bytes of the commands that read bundles."""
+    from extproc.core.bundle import MAX_BUNDLE_BYTES
+
+    p.add_argument(
+        "--max-bundle-bytes",
+        type=_int_at_least(64 * 1024),
+        default=MAX_BUNDLE_BYTES,
+        metavar="BYTES",
+        help="refuse (as a finding) a bundle whose lines take more, stored or decompressed "
+        f"(default {MAX_BUNDLE_BYTES}: the format's bound, serve's largest --bundle-max-bytes)",
+    )
+
+
 def _above(bound: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = float(text)
@@ -925,6 +939,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="an entry from an unauthenticated reporter (serve --allow-unauthenticated) is a "
         "finding: the log is INVALID (exit 1); without it they are counted",
     )
+    _add_bundle_bound(p)
 
     p = sub.add_parser(
         "demo",
@@ -1263,6 +1278,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         since_ms=auditor.parse_time_ms(args.since) if args.since else None,
         until_ms=auditor.parse_time_ms(args.until) if args.until else None,
         require_authenticated=args.require_authenticated,
+        max_bundle_bytes=args.max_bundle_bytes,
     )
     with contextlib.ExitStack() as stack:
         if args.format == "text" and not args.quiet and sys.stderr.isatty():
@@ -1404,6 +1420,7 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="prove under the checkpoint of this tree size (default: the newest)",
     )
     _add_key_options(p, required=False, what="only use checkpoints signed by a key given")
+    _add_bundle_bound(p)
 
     p = sub.add_parser("check-proof", help="verify a proof file offline")
     p.add_argument("file", type=Path, help="tlog-proof file ('-': stdin)")
@@ -1425,7 +1442,9 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     if args.all and str(args.out) == "-":
         raise ConfigError("--all writes one proof file per entry: --out must be a directory")
     verifier = _optional_keyring(args)
-    prover = Prover(open_store(args.url), args.log, verifier)
+    prover = Prover(
+        open_store(args.url), args.log, verifier, max_bundle_bytes=args.max_bundle_bytes
+    )
     seq, expected = args.seq, None
     if args.request_id is not None:
         # Clients choose request ids, so several entries can carry one: never
@@ -1547,6 +1566,7 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="N",
         help="bundles fetched ahead (S3 latency)",
     )
+    _add_bundle_bound(p)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -1585,6 +1605,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         log_ids=args.log,
         prefetch=args.prefetch,
         keep_requests=args.format == "table",
+        max_bundle_bytes=args.max_bundle_bytes,
     )
     out = sys.stdout.buffer
     width = max((len(escape(i)) for i in search.select_logs()), default=3)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extproc.core import layout
+from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.receipt import DEFAULT_HEADER, validate_header_name
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import ConfigError
@@ -197,6 +198,11 @@ class ServeConfig:
         for option, value, least in at_least:
             if not value >= least:  # also refuses NaN
                 raise ConfigError(f"{option} must be at least {least:g}, not {value:g}")
+        if self.bundle_max_bytes > MAX_BUNDLE_BYTES:  # readers refuse larger bundles
+            raise ConfigError(
+                f"--bundle-max-bytes must be at most {MAX_BUNDLE_BYTES} (the format's bundle "
+                f"bound, docs/FORMAT.md), not {self.bundle_max_bytes}"
+            )
         if not self.bundle_max_age > 0:
             raise ConfigError(f"--bundle-max-age must be positive, not {self.bundle_max_age:g}")
         if self.receipt_header is not None:

@@ -1,6 +1,6 @@
 """Search published bundles for entries, verifying the log as it is read.
 
-Streams: one bundle (at most --bundle-max-bytes, 16 MiB by default) per
+Streams: one bundle (read with at most --max-bundle-bytes of lines) per
 fetch in flight, plus a bounded map of request entries waiting for their
 response, so memory does not grow with the log. Matching rules are in
 docs/SEARCH.md. The store is read by extproc.reader, which feeds
@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from extproc.core import entry
+from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.display import escape
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
@@ -259,8 +260,10 @@ class StoreSearch:
         log_ids: Sequence[str] = (),
         prefetch: int = 4,
         keep_requests: bool = False,
+        max_bundle_bytes: int = MAX_BUNDLE_BYTES,
     ) -> None:
         self.store = store
+        self.max_bundle_bytes = max_bundle_bytes
         self.filters = filters
         self.verifier = verifier
         self.origin_prefix = origin_prefix
@@ -275,7 +278,7 @@ class StoreSearch:
     def select_logs(self) -> list[str]:
         """List the store once and return the log ids that will be searched, in order."""
         if self._selected is None:
-            logs, self.stats.general = open_logs(self.store)
+            logs, self.stats.general = open_logs(self.store, self.max_bundle_bytes)
             ids = sorted(set(self.log_ids)) if self.log_ids else sorted(logs)
             missing = [i for i in ids if i not in logs]
             if missing:

@@ -42,11 +42,20 @@ at all, `--metrics-listen off`):
    the published log verifies and every entry line in the store's bundles is
    under 65,536 bytes.
 
+4. A store holding gzip bombs (`store_bomb`; alone: `--store-bomb`): at the
+   end, a 1 MB `.jsonl.gz` that expands to 1 GiB is planted under the run's
+   log's `entries/` where no claim names it (the review's attack 3); then the
+   same bomb at the range a claim names, next to the log's `.jsonl` (read, and
+   cut at the 64 MiB bound); then one of the log's own bundles is replaced by a
+   1 GiB (sparse) file. `verify` and `search` run on each as child processes,
+   and their peak RSS (ru_maxrss) is measured.
+
 Targets (issue "Trusted ingestion", part 2): <= 50 ms of server CPU per 4 MiB
 message of 60,000 headers; p99 of requests through Envoy < 100 ms while such
 messages arrive. Issue 16, item 4: while one 500,000-entry access-log message
 arrives every second, p99 through Envoy < 100 ms, no enforce request times
-out (or fails), and the server's RSS stays < 500 MB.
+out (or fails), and the server's RSS stays < 500 MB. On a store
+holding a gzip bomb, `verify` peaks below 300 MB RSS.
 
     .venv/bin/python scripts/bench_hostile.py --quick          # ~30 s
     .venv/bin/python scripts/bench_hostile.py --json out.json  # ~2.5 min
@@ -66,6 +75,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import gzip
 import io
 import json
 import os
@@ -91,10 +101,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc import processes
 from extproc.auditor import verify_store
-from extproc.core import entry
+from extproc.core import entry, layout
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
-from extproc.keys import write_signer
+from extproc.keys import load_signer, write_signer
 from extproc.reader import entry_lines, list_logs
 from extproc.store import open_store
 
@@ -913,6 +923,119 @@ def run(
     return report
 
 
+# --- 4. a store holding gzip bombs ------------------------------------------------------
+
+BOMB_EXPANDS_TO = 1 << 30  # the review's bomb: 1 MB of gzip, 1 GiB of zeros
+BOMB_RSS_TARGET_MB = 300.0  # issue 16: verify on a store holding a gzip bomb
+
+
+def gzip_bomb(size: int = BOMB_EXPANDS_TO) -> bytes:
+    """`size` bytes of zeros as one gzip member (about size / 1000 bytes)."""
+    out = io.BytesIO()
+    zeros = bytes(1 << 20)
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:
+        for _ in range(size >> 20):
+            f.write(zeros)
+    return out.getvalue()
+
+
+def child_peak(args: list[str]) -> dict[str, Any]:
+    """Run `extproc-audit ARGS` as a child; its exit status, peak RSS and time."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extproc", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "exit_status": proc.returncode,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def store_bomb(store_url: str, vkey: str) -> dict[str, Any]:
+    """verify and search on this run's store with a gzip bomb planted, then with
+    one of the log's own bundles replaced by a 1 GiB file (`store_url` is a
+    local directory; it is changed)."""
+    store = open_store(store_url)
+    logs, _ = list_logs(store)
+    log_id = sorted(logs)[0]
+    bundles = sorted(logs[log_id].bundles, key=lambda b: b[1].first)
+    key, name = bundles[len(bundles) // 2]
+    planted = layout.bundle_key(store.prefix, log_id, name.first, name.last + 1, gzip=True)
+    bomb = gzip_bomb()
+    store.put_once(planted, bomb, None)
+    verify = ["verify", store_url, "--vkey", vkey]
+    search = ["search", store_url, "--vkey", vkey, "--status", "5xx"]
+    cases: list[dict[str, Any]] = [
+        {"case": "unclaimed bomb", "command": "verify", **child_peak(verify)},
+        {"case": "unclaimed bomb", "command": "search", **child_peak(search)},
+    ]
+    # The claim names a range, not its encoding: a .gz of the claimed range is read.
+    store.put_once(
+        layout.bundle_key(store.prefix, log_id, name.first, name.last, gzip=True), bomb, None
+    )
+    cases += [
+        {"case": "bomb at a claimed range", "command": "verify", **child_peak(verify)},
+        {"case": "bomb at a claimed range", "command": "search", **child_peak(search)},
+    ]
+    # A store without versions lets an attacker replace the log's own bundle:
+    # 1 GiB, sparse on disk, at a key a claim names (refused by its size).
+    path = Path(store_url) / key
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        f.truncate(BOMB_EXPANDS_TO)
+    cases += [
+        {"case": "claimed 1 GiB bundle", "command": "verify", **child_peak(verify)},
+        {"case": "claimed 1 GiB bundle", "command": "search", **child_peak(search)},
+    ]
+    return {"bomb_bytes": len(bomb), "expands_to": BOMB_EXPANDS_TO, "cases": cases}
+
+
+def store_bomb_targets(result: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    peak = max(c["peak_rss_mb"] for c in result["cases"] if c["command"] == "verify")
+    return {
+        f"verify on a store holding a gzip bomb < {BOMB_RSS_TARGET_MB:.0f} MB RSS": (
+            f"peak {peak:.0f} MB",
+            peak < BOMB_RSS_TARGET_MB,
+        )
+    }
+
+
+def print_store_bomb(result: dict[str, Any]) -> None:
+    print(
+        f"\n4. a store holding a gzip bomb ({result['bomb_bytes']:,} bytes expanding to "
+        f"{result['expands_to']:,}): child processes"
+    )
+    head = f"{'case':<25}{'command':<9}{'exit':>5}{'peak RSS MB':>13}{'seconds':>9}"
+    print(head)
+    print("-" * len(head))
+    for c in result["cases"]:
+        print(
+            f"{c['case']:<25}{c['command']:<9}{c['exit_status']:>5}{c['peak_rss_mb']:>13.0f}"
+            f"{c['seconds']:>9.1f}"
+        )
+
+
+def store_bomb_alone(work: Path) -> dict[str, Any]:
+    """`--store-bomb`: a short run of normal messages for a log, then section 4."""
+    server = Server(work)
+    try:
+        client = Client(server.address)
+        try:
+            for _ in range(200):
+                client.exchange(request_message(SHAPES["normal"]))
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    result = store_bomb(server.store_url, server.verifier.to_text())
+    return {"store_bomb": result, "targets": store_bomb_targets(result)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -950,7 +1073,19 @@ def main() -> int:
     )
     parser.add_argument("--no-envoy", action="store_true", help="only the CPU measurement")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--store-bomb", action="store_true", help="only section 4: a store holding gzip bombs"
+    )
     args = parser.parse_args()
+    if args.store_bomb:
+        with tempfile.TemporaryDirectory(prefix="extproc-bomb-", dir=args.dir) as tmp:
+            alone = store_bomb_alone(Path(tmp))
+        print_store_bomb(alone["store_bomb"])
+        for target, (value, met) in alone["targets"].items():
+            print(f"  {target}: {value} -> {'met' if met else 'NOT MET'}")
+        if args.json:
+            args.json.write_text(json.dumps(alone, indent=2) + "\n")
+        return 0 if all(met for _, met in alone["targets"].values()) else 1
     normal = args.normal or (300 if args.quick else 2000)
     hostile = args.hostile or (8 if args.quick else 40)
     seconds = args.seconds or (5.0 if args.quick else 20.0)
@@ -980,7 +1115,11 @@ def main() -> int:
             als_rate=args.als_rate,
             flood_rate=flood_rate,
         )
+        vkey = load_signer(Path(tmp) / "signing.key").verifier().to_text()
+        report["store_bomb"] = store_bomb(str(Path(tmp) / "store"), vkey)
+        report["targets"].update(store_bomb_targets(report["store_bomb"]))
     report = {"command": [sys.executable, *sys.argv], "machine": facts, **report}
+    print_store_bomb(report["store_bomb"])
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -607,7 +607,7 @@ def test_search_findings_escape_object_keys(
     stray.parent.mkdir()
     stray.write_bytes(b"")
     code, _, err = search(capsysbinary, signer, log.url, "--request-id", "rid-001")
-    assert code == 1
+    assert code == 0  # a stray object cannot change a log: a warning
     assert "logs/evil\\x1b[2J\\rVALID/x: object under logs/ with an invalid log id" in err
     assert "\x1b" not in err and "\r" not in err
 
