@@ -292,6 +292,7 @@ def test_serve_under_another_key_refuses_to_start(tmp_path: Path, signer: Signer
         "serve", "--store", str(store), "--key", str(other), "--log-id", LOG_ID,
         "--wal-dir", str(tmp_path / "fresh-wal"), "--listen", "127.0.0.1:0",
         "--metrics-listen", "off", "--health-listen", "off", "--allow-no-object-lock",
+        "--allow-unauthenticated",
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if "refusing to start" in x]
