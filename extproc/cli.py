@@ -24,6 +24,7 @@ from extproc.errors import AuditError, ConfigError, VerificationError
 if TYPE_CHECKING:
     from extproc.core.keyring import Keyring
     from extproc.core.verify import LogReport
+    from extproc.prover import Prover
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 ENV_PREFIX = "EXTPROC_AUDIT_"
@@ -1205,6 +1206,14 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="the request (or exchange) entry with this request id (rid); refused if several "
         "carry it (see --all)",
     )
+    which.add_argument(
+        "--consistency-from",
+        type=_int_at_least(1),
+        metavar="SIZE",
+        help="instead of an inclusion proof, a consistency proof from the checkpoint of this "
+        "tree size to the one of --tree-size (default: the newest), for check-proof "
+        "--consistency",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -1233,6 +1242,22 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--entry", type=Path, default=None, metavar="FILE", help="entry bytes, if not in the proof"
     )
     p.add_argument("--origin", default=None, help="require this checkpoint origin")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="verify's state file (read only): its checkpoints are trusted, so a checkpoint "
+        "consistent with one of them counts even if its key has retired since",
+    )
+    p.add_argument(
+        "--consistency",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a consistency proof from the proof's checkpoint to a newer one (`prove "
+        "--consistency-from`): the newer one, if trusted, vouches for the older",
+    )
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
@@ -1247,6 +1272,8 @@ def _cmd_prove(args: argparse.Namespace) -> int:
         raise ConfigError("--all writes one proof file per entry: --out must be a directory")
     verifier = _optional_keyring(args)
     prover = Prover(open_store(args.url), args.log, verifier)
+    if args.consistency_from is not None:
+        return _write_consistency(prover, args)
     seq, expected = args.seq, None
     if args.request_id is not None:
         # Clients choose request ids, so several entries can carry one: never
@@ -1295,14 +1322,7 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     inclusion = prover.inclusion(seq=seq, tree_size=args.tree_size)
     if expected is not None and inclusion.entry != expected:
         raise VerificationError(f"entry {seq} changed while it was read")
-    text = inclusion.to_proof().to_text()
-    if str(args.out) == "-":
-        sys.stdout.write(text)
-    else:
-        try:
-            args.out.write_text(text)
-        except OSError as e:
-            raise ConfigError(f"cannot write {args.out}: {e.strerror}") from e
+    _write_out(args.out, inclusion.to_proof().to_text())
     print(
         f"entry {inclusion.index} of log {args.log} proven under signed tree size "
         f"{inclusion.checkpoint.size} ({len(inclusion.hashes)} hashes)",
@@ -1311,20 +1331,88 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_consistency(prover: Prover, args: argparse.Namespace) -> int:
+    """prove --consistency-from: a tlog-witness style body, old size to newer checkpoint."""
+    from extproc.core.tlogproof import ConsistencyProof
+    from extproc.prover import EntryNotFoundError
+
+    if args.all:
+        raise ConfigError("--all goes with --request-id")
+    proof = prover.consistency(args.consistency_from, args.tree_size)
+    if proof.first_note is None or proof.second_note is None:
+        missing = proof.first if proof.first_note is None else proof.second
+        raise EntryNotFoundError(f"log {args.log} has no signed checkpoint of tree size {missing}")
+    text = ConsistencyProof(proof.first, proof.hashes, proof.second_note).to_text()
+    _write_out(args.out, text)
+    print(
+        f"log {args.log}: tree size {proof.first} proven consistent with signed tree size "
+        f"{proof.second} ({len(proof.hashes)} hashes)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _write_out(out: Path, text: str) -> None:
+    """Write a proof to a file, or to stdout for '-'."""
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror}") from e
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small text file the user named ('-': stdin), read with a size bound."""
+    limit = 1 << 20
+    try:
+        if str(path) == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with path.open("rb") as f:
+                raw = f.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    if len(raw) > limit:
+        raise ConfigError(f"{path}: {what} is larger than 1 MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from e
+
+
 def _cmd_check_proof(args: argparse.Namespace) -> int:
-    from extproc.core.tlogproof import TlogProof, verify_proof
+    import time
+
+    from extproc.core.state import AuditState
+    from extproc.core.tlogproof import ConsistencyProof, TlogProof, verify_proof
 
     verifier = _keyring(args)
+    proof = TlogProof.from_text(_read_text(args.file, "proof"))
     try:
-        raw = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
         entry = args.entry.read_bytes() if args.entry else None
-        text = raw.decode("utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{args.file}: proof is not UTF-8 text") from e
-    proof = TlogProof.from_text(text)
-    checkpoint = verify_proof(proof, verifier, entry, origin=args.origin)
+        raise ConfigError(f"cannot read {args.entry}: {e.strerror}") from e
+    state = None
+    if args.state is not None:
+        # Read only, and never trust on first use: a missing state file is an error.
+        try:
+            state = AuditState.from_bytes(args.state.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read state file {args.state}: {e.strerror}") from e
+    consistency = None
+    if args.consistency is not None:
+        consistency = ConsistencyProof.from_text(_read_text(args.consistency, "consistency proof"))
+    checkpoint = verify_proof(
+        proof,
+        verifier,
+        entry,
+        origin=args.origin,
+        now_ms=int(time.time() * 1000),
+        state=state,
+        consistency=consistency,
+    )
     print(
         f"OK: entry {proof.index} is in log {checkpoint.origin} "
         f"at signed tree size {checkpoint.size}"

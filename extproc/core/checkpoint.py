@@ -25,6 +25,7 @@ from extproc.errors import VerificationError
 _SIZE_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 _MAX_TREE_SIZE = (1 << 64) - 1  # RFC 9162 tree_size is a uint64
 _TIME_RE = re.compile(r"time ([0-9]{1,16})")
+_MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last time a datetime holds
 _WRITER_RE = re.compile(r"writer ([0-9a-f]{1,64})")
 _EPOCH_RE = re.compile(r"epoch ([1-9][0-9]{0,8})")
 
@@ -69,7 +70,7 @@ class Checkpoint:
     @property
     def timestamp_ms(self) -> int | None:
         for line in self.extensions:
-            if m := _TIME_RE.fullmatch(line):
+            if (m := _TIME_RE.fullmatch(line)) and int(m.group(1)) <= _MAX_TIME_MS:
                 return int(m.group(1))
         return None
 

@@ -6,10 +6,17 @@ A keyring file holds one key per line (docs/AUDITING.md, "Keys and rotation"):
     <verifier key> [logs=<glob>[,<glob>...]] [from=<RFC 3339 or date>] [until=<RFC 3339 or date>]
 
 `logs` globs (fnmatch, case-sensitive) say which logs the key may sign
-(default: all); `from`/`until` bound when it may sign: a checkpoint signed
-outside the window (by its own `time` line, or the store's write time where
-known) is a finding, so a retired key that leaks cannot extend a log
-unnoticed. Pure code: the clock and the times are passed in.
+(default: all); `from`/`until` bound when it may sign. Time comes from
+outside the signer (docs/AUDITING.md, "Keys and rotation"): a checkpoint's
+own `time` line is written by whoever holds the key, so it can only convict
+(a key that says it signed outside its window did), never acquit. A key
+past its `until` is trusted for a checkpoint only when something the signer
+does not control shows the signature is older than that date (`SignedBy`:
+the auditor's clock, the store's write time on S3, a witness cosignature
+once logs are witnessed), or when the checkpoint is consistent with one the
+auditor already trusts (`vouched_by`). So a retired key that leaks cannot
+extend a log, or sign a made-up one, by backdating. Pure code: the clock
+and the times are passed in.
 """
 
 from __future__ import annotations
@@ -22,6 +29,28 @@ from extproc.core import entry
 from extproc.core.display import escape
 from extproc.core.note import Verifier, parse_note
 from extproc.errors import ConfigError, VerificationError
+
+
+@dataclass(frozen=True)
+class SignedBy:
+    """Evidence from outside the signer that a signature existed by `ms` at the latest.
+
+    Sources today: the auditor's clock (what exists now was signed before
+    now) and the store's write time of an S3 object version (set by S3, not
+    by the writer; verify reads it). Witnesses (c2sp.org/tlog-cosignature, a
+    later issue) plug in here: a cosignature by a witness the auditor trusts
+    carries the time the witness saw the checkpoint, so once it verifies it
+    is one more `SignedBy(timestamp_ms, f"witness {name}")`; nothing else
+    changes.
+    """
+
+    ms: int
+    source: str  # says where the time comes from, in findings: "the store's write time"
+
+
+def clock(now_ms: int | None) -> list[SignedBy]:
+    """The auditor's clock as evidence (none if the caller has no clock)."""
+    return [] if now_ms is None else [SignedBy(now_ms, "the auditor's clock")]
 
 
 @dataclass(frozen=True)
@@ -39,16 +68,58 @@ class TrustedKey:
     def covers(self, log_id: str) -> bool:
         return any(fnmatch.fnmatchcase(log_id, glob) for glob in self.logs)
 
-    def window_problem(self, times_ms: Iterable[int | None]) -> str | None:
-        """Why a signature made at these times is outside the key's window (None: it is not)."""
-        for t in times_ms:
-            if t is None:
-                continue
-            if self.not_after_ms is not None and t > self.not_after_ms:
-                return f"signed by key {self.label} after its end date {_iso(self.not_after_ms)}"
-            if self.not_before_ms is not None and t < self.not_before_ms:
-                return f"signed by key {self.label} before its start {_iso(self.not_before_ms)}"
+    def window_problem(
+        self,
+        claimed_ms: int | None,
+        outside: Iterable[SignedBy] = (),
+        *,
+        vouched_by: str | None = None,
+    ) -> str | None:
+        """Why this key's signature cannot be trusted at the time it was made (None: it can).
+
+        `claimed_ms`: the time the signed text states (a checkpoint's `time`
+        line), written by the signer: outside the window it convicts the key,
+        inside it proves nothing. `outside`: upper bounds on when the signature
+        existed, from sources the signer does not control. `vouched_by`: the
+        trusted checkpoint this one is consistent with, if any (its content is
+        then vouched for, whoever signed it and whenever).
+        """
+        bounds = list(outside)
+        if problem := self.signed_outside_window(claimed_ms, bounds):
+            return problem
+        return None if vouched_by is not None else self.retired_without_evidence(bounds)
+
+    def signed_outside_window(
+        self, claimed_ms: int | None, outside: Iterable[SignedBy] = ()
+    ) -> str | None:
+        """Evidence that the key signed outside its window: its own time line says
+        so, or an outside time shows the signature existed before the key's start."""
+        start, end = self.not_before_ms, self.not_after_ms
+        if claimed_ms is not None:
+            if end is not None and claimed_ms > end:
+                return f"signed by key {self.label} after its end date {_iso(end)} (its time line)"
+            if start is not None and claimed_ms < start:
+                return f"signed by key {self.label} before its start {_iso(start)} (its time line)"
+        for bound in outside:
+            if start is not None and bound.ms < start:
+                return (
+                    f"signed by key {self.label} before its start {_iso(start)} "
+                    f"({bound.source} says {_iso(bound.ms)})"
+                )
         return None
+
+    def retired_without_evidence(self, outside: Iterable[SignedBy] = ()) -> str | None:
+        """The key has an end date and no outside time shows it signed by then."""
+        end = self.not_after_ms
+        bounds = list(outside)
+        if end is None or any(b.ms <= end for b in bounds):
+            return None
+        said = "; ".join(f"{b.source} says {_iso(b.ms)}" for b in bounds) or "no outside time"
+        return (
+            f"signed by key {self.label}, retired {_iso(end)}, and nothing outside the signer "
+            f"shows it signed before then ({said}; its own time line is no evidence), nor is "
+            "it consistent with a checkpoint the auditor trusts"
+        )
 
     def to_text(self) -> str:
         parts = [self.verifier.to_text()]

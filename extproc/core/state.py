@@ -129,6 +129,10 @@ class AuditState:
     logs: dict[str, LogState] = field(default_factory=dict)
     retention: RetentionRecord | None = None
 
+    def by_origin(self, origin: str) -> LogState | None:
+        """The log whose verified checkpoint has this origin (check-proof --state)."""
+        return next((s for s in self.logs.values() if s.origin == origin), None)
+
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
             "version": STATE_VERSION,

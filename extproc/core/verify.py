@@ -19,7 +19,7 @@ from extproc.core import entry
 from extproc.core.bundle import split_lines
 from extproc.core.checkpoint import Checkpoint
 from extproc.core.claim import Claim, claim_in_effect
-from extproc.core.keyring import Keyring
+from extproc.core.keyring import Keyring, SignedBy, clock
 from extproc.core.layout import BundleName
 from extproc.core.merkle import (
     LEAF_PREFIX,
@@ -142,9 +142,11 @@ class LogChecker:
         origin_prefix: str | None = None,
         *,
         deep: bool = False,
+        now_ms: int | None = None,
     ) -> None:
         self.log_id = log_id
         self.deep = deep  # parse every entry as JSON, not only where the quick check fails
+        self.now_ms = now_ms  # the auditor's clock: evidence of when keys signed
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.of(keyring)
         self.origin_prefix = origin_prefix
         self.report = LogReport(log_id)
@@ -170,6 +172,9 @@ class LogChecker:
         self._proof_ranges: list[tuple[int, int]] | None = None
         self._proof_parts: dict[tuple[int, int], CompactRange] = {}
         self._roots_ok: set[int] = set()
+        # Checkpoints by retired keys with no outside time (size -> key, problem):
+        # trusted at finish() if a trusted checkpoint at least as large vouches.
+        self._unvouched: dict[int, tuple[str, str]] = {}
         # tree size -> (frontier, last leaf hex) at each checkpoint whose root matched
         self._verified: dict[int, tuple[CompactRange, str]] = {0: (CompactRange(), "")}
 
@@ -220,7 +225,11 @@ class LogChecker:
         if not signer.covers(self.log_id):
             self._find(key, f"checkpoint signed by key {signer.label}, not trusted for this log")
             return
-        if problem := signer.window_problem((cp.timestamp_ms, written_ms)):
+        # The store's write time is S3's, not the signer's (a versioned store only).
+        outside = clock(self.now_ms)
+        if written_ms is not None:
+            outside.append(SignedBy(written_ms, "the store's write time"))
+        if problem := signer.signed_outside_window(cp.timestamp_ms, outside):
             self._find(key, f"checkpoint {problem} (a retired key must not sign)")
             return
         if signer.label not in self.report.keys:
@@ -237,6 +246,8 @@ class LogChecker:
         if cp.size != size:
             self._find(key, f"checkpoint says tree size {cp.size}, its name says {size}")
             return
+        if problem := signer.retired_without_evidence(outside):
+            self._unvouched[size] = (key, problem)
         self.report.checkpoints += 1
         self.report.valid.append(cp)
         if self.report.latest is None or cp.size > self.report.latest.size:
@@ -496,10 +507,22 @@ class LogChecker:
             )
         return False
 
+    def _check_vouched(self) -> None:
+        """A retired key's checkpoint without outside time counts if its root matched
+        the entries and a trusted checkpoint at least as large (or the state's
+        tree) matched them too: it is then a prefix of a tree the auditor trusts."""
+        trusted = [s for s in self._roots_ok if s not in self._unvouched]
+        largest = max([self._base, *trusted])
+        for size, (key, problem) in sorted(self._unvouched.items()):
+            if size < self._base or (size in self._roots_ok and size <= largest):
+                continue
+            self._find(key, f"checkpoint {problem}")
+
     def finish(self) -> LogReport:
         report = self.report
         self._settle_claims()
         self._check_consistency()
+        self._check_vouched()
         if self._foreign and not report.checkpoints and not self._trusted_claims:
             # Nothing verifies: the wrong key, not a bucket full of plants. One line.
             self._find(
