@@ -154,12 +154,12 @@ def _demo_store(text: str) -> str:
 
 def _bucket_url(text: str) -> str:
     """init-bucket's s3://BUCKET: it sets up a whole bucket, so no prefix."""
-    if not text.startswith("s3://"):
+    from extproc.store import parse_store_url
+
+    parsed = parse_store_url(text)
+    bucket, prefix = parsed.bucket, parsed.prefix
+    if bucket is None:
         raise ConfigError(f"init-bucket needs an s3://BUCKET URL, not {text!r}")
-    bucket, _, prefix = text[len("s3://") :].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise ConfigError(f"{text!r} names no bucket: give s3://BUCKET")
     if prefix:
         raise ConfigError(
             f"init-bucket sets up a whole bucket: give s3://{bucket} without the prefix "

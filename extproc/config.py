@@ -146,6 +146,12 @@ class ServeConfig:
         """Raise ConfigError, naming the option, for any setting serve cannot run with."""
         if not self.store:
             raise ConfigError("--store is required (or EXTPROC_AUDIT_STORE)")
+        from extproc.store import check_store_url  # pure: the URL grammar, no client
+
+        try:
+            check_store_url(self.store)
+        except ConfigError as e:
+            raise ConfigError(f"--store: {e}") from None
         if not str(self.key):
             raise ConfigError("--key is required (or EXTPROC_AUDIT_KEY)")
         layout.validate_log_id(self.log_id)
