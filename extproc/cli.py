@@ -142,6 +142,12 @@ def _log_id(text: str) -> str:
     return layout.validate_log_id(text)
 
 
+def _origin_prefix(text: str) -> str:
+    from extproc.core.checkpoint import validate_origin_prefix
+
+    return validate_origin_prefix(text, "origin prefix")
+
+
 def _demo_store(text: str) -> str:
     from extproc.store import check_store_url
 
@@ -292,6 +298,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--origin-prefix",
         metavar="PREFIX",
+        type=_typed(_origin_prefix, "an origin prefix"),
         default=_env("origin_prefix", c.ORIGIN_PREFIX),
         help="checkpoint origin is <origin prefix>/<log id>",
     )
@@ -750,6 +757,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_key_options(p, required=True, what="trusted key")
     p.add_argument(
         "--origin-prefix",
+        type=_typed(_origin_prefix, "an origin prefix"),
         default=None,
         help="require checkpoint origins to be <origin prefix>/<log id>",
     )
@@ -1430,7 +1438,12 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("url", type=_reader_store, help="s3://bucket/prefix or a directory")
     _add_key_options(p, required=False, what="trusted key")
     p.add_argument("--no-verify", action="store_true", help="do not verify (no hashing)")
-    p.add_argument("--origin-prefix", default=None, help="require this checkpoint origin prefix")
+    p.add_argument(
+        "--origin-prefix",
+        type=_typed(_origin_prefix, "an origin prefix"),
+        default=None,
+        help="require this checkpoint origin prefix",
+    )
     p.add_argument(
         "--log", action="append", default=[], metavar="ID", help="only this log (repeatable)"
     )

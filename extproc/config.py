@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extproc.core import layout
+from extproc.core.checkpoint import validate_origin_prefix
 from extproc.core.receipt import DEFAULT_HEADER, validate_header_name
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import ConfigError
@@ -155,6 +156,7 @@ class ServeConfig:
         if not str(self.key):
             raise ConfigError("--key is required (or EXTPROC_AUDIT_KEY)")
         layout.validate_log_id(self.log_id)
+        validate_origin_prefix(self.origin_prefix)  # a newline would forge checkpoint lines
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.retention_mode not in RETENTION_MODES:

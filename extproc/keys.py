@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 from pathlib import Path
 
 from extproc.core.note import Signer
 from extproc.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def write_signer(path: Path, signer: Signer, *, overwrite: bool = False) -> None:
@@ -28,24 +25,54 @@ def write_signer(path: Path, signer: Signer, *, overwrite: bool = False) -> None
         f.write(signer.to_text() + "\n")
 
 
+_MAX_KEY_FILE_BYTES = 4096  # one key string (~100 bytes) and a newline
+
+
 def load_signer(path: Path) -> Signer:
+    """The signer in key file `path`; ConfigError (exit 2) if it is not a small
+    regular file only its owner can touch (check_key_mode)."""
     try:
-        st = path.stat()
-        text = path.read_text()
+        # O_NONBLOCK: a FIFO put in the key's place must not hang the start.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as e:
         raise ConfigError(f"signing key {path} not found (create one with `keygen`)") from e
     except OSError as e:
         raise ConfigError(f"cannot read signing key {path}: {e.strerror}") from e
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        log.warning("signing key %s is writable by group or others; chmod 600 it", path)
-    elif st.st_uid == os.getuid() and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        # Only for our own files: a mounted Kubernetes Secret is root-owned and
-        # group-readable (fsGroup) by design, and we could not chmod it anyway.
-        log.warning("signing key %s is readable by group or others; chmod 600 it", path)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())  # the file opened, not whatever the name points at later
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"signing key {path} is not a regular file")
+        if st.st_size > _MAX_KEY_FILE_BYTES:
+            raise ConfigError(f"signing key {path} is larger than {_MAX_KEY_FILE_BYTES} bytes")
+        check_key_mode(path, st.st_mode, st.st_uid)
+        data = f.read(_MAX_KEY_FILE_BYTES + 1)
     try:
-        return Signer.from_text(text)
+        return Signer.from_text(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"signing key {path} is not UTF-8 text") from None
     except ConfigError as e:
         raise ConfigError(f"signing key {path}: {e}") from None
+
+
+def check_key_mode(path: Path, mode: int, owner: int) -> None:
+    """Refuse a signing key anyone but its owner could read or change.
+
+    Others: no access at all. Group: never write; read only when the file
+    belongs to another user, which is how Kubernetes mounts a Secret for a
+    non-root container (root:<fsGroup>, defaultMode 0440) and what the
+    process cannot chmod anyway. A key file of our own is 0600 or 0400, like
+    ssh's private keys. docs/DEPLOYMENT.md, "Signing key".
+    """
+    loose = stat.S_IMODE(mode)
+    if mode & stat.S_IRWXO:
+        why = "readable or writable by others"
+    elif mode & stat.S_IWGRP:
+        why = "writable by its group"
+    elif mode & (stat.S_IRGRP | stat.S_IXGRP) and owner == os.getuid():
+        why = "readable by its group"
+    else:
+        return
+    raise ConfigError(f"signing key {path} is {why} (mode {loose:04o}): chmod 600 {path}")
 
 
 def ensure_signer(path: Path, name: str) -> tuple[Signer, bool]:

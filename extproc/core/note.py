@@ -149,12 +149,13 @@ def sign_note(text: str, signer: Signer) -> str:
 
 
 def _check_note_text(text: str) -> None:
+    """ConfigError unless `text` may be signed (and is what parse_note returns)."""
     if not text.endswith("\n"):
-        raise ValueError("note text must end with a newline")
+        raise ConfigError("note text must end with a newline")
     if "\n\n" in text:
-        raise ValueError("note text must not contain a blank line")
+        raise ConfigError("note text must not contain a blank line")
     if any(c < " " and c != "\n" for c in text):
-        raise ValueError("note text must not contain control characters")
+        raise ConfigError("note text must not contain control characters")
 
 
 def parse_note(note: str | bytes) -> tuple[str, list[NoteSignature]]:
@@ -172,7 +173,7 @@ def parse_note(note: str | bytes) -> tuple[str, list[NoteSignature]]:
     text, block = note[: split + 1], note[split + 2 :]
     try:
         _check_note_text(text)
-    except ValueError as e:
+    except ConfigError as e:
         raise VerificationError(f"malformed signed note: {e}") from e
     if not block.endswith("\n"):
         raise VerificationError("malformed signed note: signature block must end with a newline")
