@@ -17,6 +17,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
+from extproc.core import b64
 from extproc.core.display import escape
 from extproc.core.keyring import Keyring, TrustedKey
 from extproc.core.merkle import HASH_SIZE
@@ -36,6 +37,7 @@ _TIME_RE = re.compile(r"time ([0-9]{1,16})")
 _MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last time a datetime holds
 _WRITER_RE = re.compile(r"writer ([0-9a-f]{1,64})")
 _EPOCH_RE = re.compile(r"epoch ([1-9][0-9]{0,8})")
+MAX_EPOCH = 999_999_999  # what _EPOCH_RE reads back
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Checkpoint:
         if int(size_text) > _MAX_TREE_SIZE:
             raise VerificationError(f"checkpoint tree size {size_text} does not fit in 64 bits")
         try:
-            root = base64.b64decode(root_text, validate=True)
+            root = b64.decode(root_text)
         except (binascii.Error, ValueError) as e:
             raise VerificationError("checkpoint root hash is not base64") from e
         if len(root) != HASH_SIZE:
@@ -104,6 +106,13 @@ class Checkpoint:
 def make_extensions(
     timestamp_ms: int, writer: str, *, final: bool = False, epoch: int = 1
 ) -> tuple[str, ...]:
+    """Our extension lines; ConfigError for a value their readers would not take back."""
+    if not 0 <= timestamp_ms <= _MAX_TIME_MS:
+        raise ConfigError(f"checkpoint time {timestamp_ms} out of range")
+    if not _WRITER_RE.fullmatch(f"writer {writer}"):
+        raise ConfigError(f"writer id {writer!r} is not 1 to 64 lower-case hex digits")
+    if not 1 <= epoch <= MAX_EPOCH:
+        raise ConfigError(f"epoch {epoch} out of range (1 to {MAX_EPOCH})")
     ext = [f"time {timestamp_ms}", f"writer {writer}"]
     if epoch > 1:
         ext.append(f"epoch {epoch}")

@@ -22,6 +22,7 @@ and the times are passed in.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -122,6 +123,12 @@ class TrustedKey:
         )
 
     def to_text(self) -> str:
+        """One keyring line (parse_keyring_lines reads it back)."""
+        if self.verifier.name.startswith("#"):
+            raise ConfigError(f"key {self.label}: a keyring line cannot start with '#'")
+        if any(not g or "," in g or g.startswith("#") or not g.isprintable() or " " in g
+               for g in self.logs):  # fmt: skip
+            raise ConfigError(f"key {self.label}: logs {self.logs!r} cannot be written")
         parts = [self.verifier.to_text()]
         if self.logs != ("*",):
             parts.append("logs=" + ",".join(self.logs))
@@ -133,16 +140,24 @@ class TrustedKey:
 
 
 def _iso(ms: int) -> str:
-    from datetime import UTC, datetime
+    """RFC 3339 UTC, to the millisecond where the time has one (to_text keeps it)."""
+    from datetime import UTC, datetime, timedelta
 
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    # Not strftime: "%Y" drops the zeros of years before 1000 on glibc.
+    text = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+    return text + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
 
 
 def _time_ms(value: str, option: str) -> int:
+    """Milliseconds since the epoch, exactly (a float timestamp would round some down)."""
+    from datetime import UTC, datetime, timedelta
+
     try:
-        return int(entry.parse_time(value).timestamp() * 1000)
+        moment = entry.parse_time(value)
     except ConfigError as e:
         raise ConfigError(f"{option}: {e}") from None
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 class Keyring:
@@ -218,11 +233,13 @@ class Keyring:
 def parse_keyring_lines(text: str, source: str) -> list[TrustedKey]:
     keys = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        # A comment starts at a word beginning with '#': a key name may hold '#'.
+        words = raw.split()
+        words = list(itertools.takewhile(lambda w: not w.startswith("#"), words))
+        if not words:
             continue
         where = f"{source} line {number}"
-        vkey, *options = line.split()
+        vkey, *options = words
         try:
             verifier = Verifier.from_text(vkey)
         except ConfigError as e:
@@ -235,6 +252,8 @@ def parse_keyring_lines(text: str, source: str) -> list[TrustedKey]:
                 raise ConfigError(f"{where}: {option!r} is not NAME=VALUE")
             if name == "logs":
                 logs = tuple(g for g in value.split(",") if g)
+                if not logs:
+                    raise ConfigError(f"{where}: logs= names no log")
             elif name == "from":
                 not_before = _time_ms(value, f"{where}: from")
             elif name == "until":

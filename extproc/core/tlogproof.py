@@ -36,6 +36,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from extproc.core import b64
 from extproc.core import entry as entry_format
 from extproc.core.checkpoint import Checkpoint, open_checkpoint, open_signed_checkpoint
 from extproc.core.keyring import Keyring, clock
@@ -60,7 +61,7 @@ class ProofFormatError(ConfigError):
 
 def _b64(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        return b64.decode(text)
     except (binascii.Error, ValueError) as e:
         raise ProofFormatError(f"malformed proof: {what} is not base64") from e
 
