@@ -22,6 +22,7 @@ from extproc import __version__
 from extproc.errors import AuditError, ConfigError, VerificationError
 
 if TYPE_CHECKING:
+    from extproc.config import ServeConfig
     from extproc.core.keyring import Keyring
     from extproc.core.verify import LogReport
     from extproc.prover import Prover
@@ -117,6 +118,14 @@ def _above(bound: float) -> Callable[[str], float]:
     return parse
 
 
+def _non_empty_path(text: str) -> Path:
+    # Path("") is ".": an empty EXTPROC_AUDIT_WAL_DIR would write the WAL here.
+    if not text:
+        raise ConfigError("an empty path")
+    return Path(text)
+
+
+_PATH = _typed(_non_empty_path, "a path")
 _NON_NEGATIVE = _typed(_at_least(0.0), "a number >= 0")
 _POSITIVE = _typed(_above(0.0), "a number > 0")
 
@@ -269,7 +278,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--key",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("key"),
         help="signing key file from keygen (required)",
     )
@@ -283,7 +292,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--wal-dir",
         metavar="DIR",
-        type=Path,
+        type=_PATH,
         default=_env("wal_dir", c.WAL_DIR),
         help="write-ahead log directory; the WAL lives in <wal-dir>/<log-id>/",
     )
@@ -486,7 +495,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--hmac-key-file",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("hmac_key_file"),
         help="replace secrets by HMAC-SHA256 under this key instead of [redacted]",
     )
@@ -513,21 +522,21 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tls-cert",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("tls_cert"),
         help="server certificate (PEM): mTLS",
     )
     g.add_argument(
         "--tls-key",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("tls_key"),
         help="its private key (PEM)",
     )
     g.add_argument(
         "--client-ca",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("client_ca"),
         help="CA bundle (PEM) that signs reporters' client certificates; a certificate is then "
         "required, and the reporter is its SPIFFE id (URI SAN), else its subject",
@@ -989,6 +998,23 @@ def _cmd_init_bucket(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
+    if args.workers > 1:
+        from extproc.server.workers import run_workers
+
+        if config.listen.endswith(":0") or config.unix_socket is not None:
+            raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
+        return run_workers(config, args.workers)
+    from extproc.server.app import exit_after_serving, serve
+
+    status = serve(config)
+    exit_after_serving(status)
+    return status
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """serve's parsed options and their environment forms as a checked ServeConfig
+    (ConfigError for a bad one), before anything is opened or started."""
     from extproc.config import ServeConfig
     from extproc.core.redact import (
         DEFAULT_REDACT_HEADERS,
@@ -1000,10 +1026,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _env_flags(args, _SERVE_FLAGS)
     hmac_key = None
     if args.hmac_key_file:
+        limit = 64 * 1024  # a key is 32 bytes or so; /dev/zero is not one
         try:
-            hmac_key = Path(args.hmac_key_file).read_bytes().strip()
+            with Path(args.hmac_key_file).open("rb") as f:
+                hmac_key = f.read(limit + 1).strip()
         except OSError as e:
-            raise ConfigError(f"cannot read HMAC key file: {e.strerror}") from e
+            raise ConfigError(f"--hmac-key-file {args.hmac_key_file}: {e.strerror}") from e
+        if len(hmac_key) > limit:
+            raise ConfigError(f"--hmac-key-file {args.hmac_key_file}: larger than {limit} bytes")
 
     def names(option: str) -> frozenset[str]:
         return frozenset(v.strip().lower() for v in _env_list(args, option) if v.strip())
@@ -1021,7 +1051,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         response_headers = frozenset(
             h.strip().lower() for h in args.response_headers.split(",") if h.strip()
         )
-    config = ServeConfig(
+    return ServeConfig(
         store=args.store or "",
         key=Path(args.key or ""),
         listen=args.listen,
@@ -1063,17 +1093,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         stream_idle_timeout=args.stream_idle_timeout,
         ext_proc_responses=args.ext_proc_responses,
     )
-    if args.workers > 1:
-        from extproc.server.workers import run_workers
-
-        if config.listen.endswith(":0") or config.unix_socket is not None:
-            raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
-        return run_workers(config, args.workers)
-    from extproc.server.app import exit_after_serving, serve
-
-    status = serve(config)
-    exit_after_serving(status)
-    return status
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
