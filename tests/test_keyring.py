@@ -157,3 +157,14 @@ def test_plain_vkey_trusts_every_log_at_any_time() -> None:
     assert key.covers("anything")
     assert key.window_problem(None) is None
     assert key.window_problem(10**15, [SignedBy(0, "clock")]) is None
+
+
+def test_hash_inside_a_key_name_is_not_a_comment() -> None:
+    """Key names may hold '#' (c2sp.org/signed-note): only a word starting with
+    '#' starts a comment. Found by the round-trip fuzzer."""
+    odd = Signer.generate("audit#2")
+    ring = Keyring.from_text(
+        f"{odd.verifier().to_text()} logs=a #shop only\n# {OLD.verifier().to_text()}\n"
+    )
+    assert [k.label for k in ring] == [f"audit#2+{odd.key_id.hex()}"]
+    assert ring.get(odd.name, odd.key_id) == TrustedKey(odd.verifier(), ("a",))

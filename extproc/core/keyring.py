@@ -2,7 +2,7 @@
 
 A keyring file holds one key per line (docs/AUDITING.md, "Keys and rotation"):
 
-    # comment
+    # comment (a word starting with "#" starts one)
     <verifier key> [logs=<glob>[,<glob>...]] [from=<RFC 3339 or date>] [until=<RFC 3339 or date>]
 
 `logs` globs (fnmatch, case-sensitive) say which logs the key may sign
