@@ -101,15 +101,19 @@ def verify_log(
     seen: RetentionSeen | None = None,
     compare_objects: bool = True,
     check_retention: bool = True,
+    now_ms: int | None = None,
 ) -> LogReport:
     """Verify one log; with `prior`, resume from the tree an earlier run verified.
 
     `compare_objects=False`: objects below the prior size are not held to the
     prior's list (the writer's self-audit lists only what is new);
-    `check_retention=False`: no Object Lock checks (one HEAD per object).
+    `check_retention=False`: no Object Lock checks (one HEAD per object);
+    `now_ms`: the auditor's clock (default: now), evidence for keys with an end date.
     """
     objects = reader.objects
-    checker = LogChecker(reader.log_id, verifier, origin_prefix, deep=deep)
+    if now_ms is None:
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    checker = LogChecker(reader.log_id, verifier, origin_prefix, deep=deep, now_ms=now_ms)
     base = 0
     if prior is not None:
         base = prior.size
@@ -404,6 +408,7 @@ def audit_store(
             prior=priors[log_id],
             min_retention_days=rule.min_days,
             seen=seen,
+            now_ms=now_ms,
         )
         if options.require_authenticated and report.unauthenticated:
             report.findings.append(

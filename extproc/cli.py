@@ -22,8 +22,10 @@ from extproc import __version__
 from extproc.errors import AuditError, ConfigError, VerificationError
 
 if TYPE_CHECKING:
+    from extproc.config import ServeConfig
     from extproc.core.keyring import Keyring
     from extproc.core.verify import LogReport
+    from extproc.prover import Prover
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 ENV_PREFIX = "EXTPROC_AUDIT_"
@@ -130,6 +132,14 @@ def _above(bound: float) -> Callable[[str], float]:
     return parse
 
 
+def _non_empty_path(text: str) -> Path:
+    # Path("") is ".": an empty EXTPROC_AUDIT_WAL_DIR would write the WAL here.
+    if not text:
+        raise ConfigError("an empty path")
+    return Path(text)
+
+
+_PATH = _typed(_non_empty_path, "a path")
 _NON_NEGATIVE = _typed(_at_least(0.0), "a number >= 0")
 _POSITIVE = _typed(_above(0.0), "a number > 0")
 
@@ -155,6 +165,12 @@ def _log_id(text: str) -> str:
     return layout.validate_log_id(text)
 
 
+def _origin_prefix(text: str) -> str:
+    from extproc.core.checkpoint import validate_origin_prefix
+
+    return validate_origin_prefix(text, "origin prefix")
+
+
 def _demo_store(text: str) -> str:
     from extproc.store import check_store_url
 
@@ -167,12 +183,12 @@ def _demo_store(text: str) -> str:
 
 def _bucket_url(text: str) -> str:
     """init-bucket's s3://BUCKET: it sets up a whole bucket, so no prefix."""
-    if not text.startswith("s3://"):
+    from extproc.store import parse_store_url
+
+    parsed = parse_store_url(text)
+    bucket, prefix = parsed.bucket, parsed.prefix
+    if bucket is None:
         raise ConfigError(f"init-bucket needs an s3://BUCKET URL, not {text!r}")
-    bucket, _, prefix = text[len("s3://") :].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise ConfigError(f"{text!r} names no bucket: give s3://BUCKET")
     if prefix:
         raise ConfigError(
             f"init-bucket sets up a whole bucket: give s3://{bucket} without the prefix "
@@ -277,7 +293,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--key",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("key"),
         help="signing key file from keygen (required)",
     )
@@ -291,7 +307,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--wal-dir",
         metavar="DIR",
-        type=Path,
+        type=_PATH,
         default=_env("wal_dir", c.WAL_DIR),
         help="write-ahead log directory; the WAL lives in <wal-dir>/<log-id>/",
     )
@@ -306,6 +322,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--origin-prefix",
         metavar="PREFIX",
+        type=_typed(_origin_prefix, "an origin prefix"),
         default=_env("origin_prefix", c.ORIGIN_PREFIX),
         help="checkpoint origin is <origin prefix>/<log id>",
     )
@@ -478,7 +495,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--hmac-key-file",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("hmac_key_file"),
         help="the same as --hash-key (its earlier name)",
     )
@@ -560,21 +577,21 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tls-cert",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("tls_cert"),
         help="server certificate (PEM): mTLS",
     )
     g.add_argument(
         "--tls-key",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("tls_key"),
         help="its private key (PEM)",
     )
     g.add_argument(
         "--client-ca",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("client_ca"),
         help="CA bundle (PEM) that signs reporters' client certificates; a certificate is then "
         "required, and the reporter is its SPIFFE id (URI SAN), else its subject",
@@ -880,6 +897,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_key_options(p, required=True, what="trusted key")
     p.add_argument(
         "--origin-prefix",
+        type=_typed(_origin_prefix, "an origin prefix"),
         default=None,
         help="require checkpoint origins to be <origin prefix>/<log id>",
     )
@@ -1118,6 +1136,23 @@ def _cmd_init_bucket(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
+    if args.workers > 1:
+        from extproc.server.workers import run_workers
+
+        if config.listen.endswith(":0") or config.unix_socket is not None:
+            raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
+        return run_workers(config, args.workers)
+    from extproc.server.app import exit_after_serving, serve
+
+    status = serve(config)
+    exit_after_serving(status)
+    return status
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """serve's parsed options and their environment forms as a checked ServeConfig
+    (ConfigError for a bad one), before anything is opened or started."""
     from extproc.config import ServeConfig
 
     _env_flags(args, _SERVE_FLAGS)
@@ -1127,7 +1162,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         response_headers = frozenset(
             h.strip().lower() for h in args.response_headers.split(",") if h.strip()
         )
-    config = ServeConfig(
+    return ServeConfig(
         store=args.store or "",
         key=Path(args.key or ""),
         listen=args.listen,
@@ -1174,17 +1209,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_access_log_rate=args.max_access_log_rate,
         max_reporter_access_log_rate=args.max_reporter_access_log_rate,
     )
-    if args.workers > 1:
-        from extproc.server.workers import run_workers
-
-        if config.listen.endswith(":0") or config.unix_socket is not None:
-            raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
-        return run_workers(config, args.workers)
-    from extproc.server.app import exit_after_serving, serve
-
-    status = serve(config)
-    exit_after_serving(status)
-    return status
 
 
 def _redaction_policy(args: argparse.Namespace) -> Any:
@@ -1400,6 +1424,14 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="the request (or exchange) entry with this request id (rid); refused if several "
         "carry it (see --all)",
     )
+    which.add_argument(
+        "--consistency-from",
+        type=_int_at_least(1),
+        metavar="SIZE",
+        help="instead of an inclusion proof, a consistency proof from the checkpoint of this "
+        "tree size to the one of --tree-size (default: the newest), for check-proof "
+        "--consistency",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -1429,6 +1461,22 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--entry", type=Path, default=None, metavar="FILE", help="entry bytes, if not in the proof"
     )
     p.add_argument("--origin", default=None, help="require this checkpoint origin")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="verify's state file (read only): its checkpoints are trusted, so a checkpoint "
+        "consistent with one of them counts even if its key has retired since",
+    )
+    p.add_argument(
+        "--consistency",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a consistency proof from the proof's checkpoint to a newer one (`prove "
+        "--consistency-from`): the newer one, if trusted, vouches for the older",
+    )
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
@@ -1445,6 +1493,8 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     prover = Prover(
         open_store(args.url), args.log, verifier, max_bundle_bytes=args.max_bundle_bytes
     )
+    if args.consistency_from is not None:
+        return _write_consistency(prover, args)
     seq, expected = args.seq, None
     if args.request_id is not None:
         # Clients choose request ids, so several entries can carry one: never
@@ -1493,14 +1543,7 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     inclusion = prover.inclusion(seq=seq, tree_size=args.tree_size)
     if expected is not None and inclusion.entry != expected:
         raise VerificationError(f"entry {seq} changed while it was read")
-    text = inclusion.to_proof().to_text()
-    if str(args.out) == "-":
-        sys.stdout.write(text)
-    else:
-        try:
-            args.out.write_text(text)
-        except OSError as e:
-            raise ConfigError(f"cannot write {args.out}: {e.strerror}") from e
+    _write_out(args.out, inclusion.to_proof().to_text())
     print(
         f"entry {inclusion.index} of log {args.log} proven under signed tree size "
         f"{inclusion.checkpoint.size} ({len(inclusion.hashes)} hashes)",
@@ -1509,20 +1552,88 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_consistency(prover: Prover, args: argparse.Namespace) -> int:
+    """prove --consistency-from: a tlog-witness style body, old size to newer checkpoint."""
+    from extproc.core.tlogproof import ConsistencyProof
+    from extproc.prover import EntryNotFoundError
+
+    if args.all:
+        raise ConfigError("--all goes with --request-id")
+    proof = prover.consistency(args.consistency_from, args.tree_size)
+    if proof.first_note is None or proof.second_note is None:
+        missing = proof.first if proof.first_note is None else proof.second
+        raise EntryNotFoundError(f"log {args.log} has no signed checkpoint of tree size {missing}")
+    text = ConsistencyProof(proof.first, proof.hashes, proof.second_note).to_text()
+    _write_out(args.out, text)
+    print(
+        f"log {args.log}: tree size {proof.first} proven consistent with signed tree size "
+        f"{proof.second} ({len(proof.hashes)} hashes)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _write_out(out: Path, text: str) -> None:
+    """Write a proof to a file, or to stdout for '-'."""
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror}") from e
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small text file the user named ('-': stdin), read with a size bound."""
+    limit = 1 << 20
+    try:
+        if str(path) == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with path.open("rb") as f:
+                raw = f.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    if len(raw) > limit:
+        raise ConfigError(f"{path}: {what} is larger than 1 MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from e
+
+
 def _cmd_check_proof(args: argparse.Namespace) -> int:
-    from extproc.core.tlogproof import TlogProof, verify_proof
+    import time
+
+    from extproc.core.state import AuditState
+    from extproc.core.tlogproof import ConsistencyProof, TlogProof, verify_proof
 
     verifier = _keyring(args)
+    proof = TlogProof.from_text(_read_text(args.file, "proof"))
     try:
-        raw = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
         entry = args.entry.read_bytes() if args.entry else None
-        text = raw.decode("utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{args.file}: proof is not UTF-8 text") from e
-    proof = TlogProof.from_text(text)
-    checkpoint = verify_proof(proof, verifier, entry, origin=args.origin)
+        raise ConfigError(f"cannot read {args.entry}: {e.strerror}") from e
+    state = None
+    if args.state is not None:
+        # Read only, and never trust on first use: a missing state file is an error.
+        try:
+            state = AuditState.from_bytes(args.state.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read state file {args.state}: {e.strerror}") from e
+    consistency = None
+    if args.consistency is not None:
+        consistency = ConsistencyProof.from_text(_read_text(args.consistency, "consistency proof"))
+    checkpoint = verify_proof(
+        proof,
+        verifier,
+        entry,
+        origin=args.origin,
+        now_ms=int(time.time() * 1000),
+        state=state,
+        consistency=consistency,
+    )
     print(
         f"OK: entry {proof.index} is in log {checkpoint.origin} "
         f"at signed tree size {checkpoint.size}"
@@ -1540,7 +1651,12 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("url", type=_reader_store, help="s3://bucket/prefix or a directory")
     _add_key_options(p, required=False, what="trusted key")
     p.add_argument("--no-verify", action="store_true", help="do not verify (no hashing)")
-    p.add_argument("--origin-prefix", default=None, help="require this checkpoint origin prefix")
+    p.add_argument(
+        "--origin-prefix",
+        type=_typed(_origin_prefix, "an origin prefix"),
+        default=None,
+        help="require this checkpoint origin prefix",
+    )
     p.add_argument(
         "--log", action="append", default=[], metavar="ID", help="only this log (repeatable)"
     )

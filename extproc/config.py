@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from extproc.core import layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES
+from extproc.core.checkpoint import validate_origin_prefix
 from extproc.core.receipt import DEFAULT_HEADER, validate_header_name
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import ConfigError
@@ -163,9 +164,16 @@ class ServeConfig:
         """Raise ConfigError, naming the option, for any setting serve cannot run with."""
         if not self.store:
             raise ConfigError("--store is required (or EXTPROC_AUDIT_STORE)")
+        from extproc.store import check_store_url  # pure: the URL grammar, no client
+
+        try:
+            check_store_url(self.store)
+        except ConfigError as e:
+            raise ConfigError(f"--store: {e}") from None
         if not str(self.key):
             raise ConfigError("--key is required (or EXTPROC_AUDIT_KEY)")
         layout.validate_log_id(self.log_id)
+        validate_origin_prefix(self.origin_prefix)  # a newline would forge checkpoint lines
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.retention_mode not in RETENTION_MODES:

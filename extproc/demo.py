@@ -42,7 +42,7 @@ from extproc.envoyconf import Endpoint, SocketPath, bootstrap, to_yaml
 from extproc.errors import ConfigError
 from extproc.keys import load_signer, write_signer
 from extproc.reader import entry_lines
-from extproc.store import open_store
+from extproc.store import open_store, parse_store_url
 
 DEMO_LOG_ID = "demo"
 DEMO_REDIRECT = "https://client.example/cb?code=demo-oauth-code-S1#access_token=demo-token-S2"
@@ -181,11 +181,12 @@ def _prepare_workdir(workdir: Path) -> Path:
 
 def _store_identity(store_url: str) -> str:
     """One name per store: a normalized URL, and for S3 the endpoint it is on."""
-    if store_url.startswith("s3://"):
-        bucket, _, prefix = store_url[len("s3://") :].partition("/")
+    parsed = parse_store_url(store_url)
+    if parsed.bucket is not None:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return f"s3://{bucket}/{prefix.strip('/')} at {endpoint or 'AWS'}"
-    return str(Path(store_url.removeprefix("file://")).resolve())
+        return f"s3://{parsed.bucket}/{parsed.prefix} at {endpoint or 'AWS'}"
+    assert parsed.path is not None
+    return str(parsed.path.resolve())
 
 
 def _wal_dir(workdir: Path, store_url: str) -> Path:
@@ -340,10 +341,12 @@ def run_demo(
     vkey = signer.verifier().to_text()
     if store_url is None:
         store_url = str(workdir / "store")
-    elif store_url.startswith("s3://"):
+    elif parse_store_url(store_url).is_s3:
         _check_bucket(store_url)
     else:
-        store_url = str(Path(store_url.removeprefix("file://")).absolute())
+        local = parse_store_url(store_url).path
+        assert local is not None
+        store_url = str(local.absolute())
     wal_dir = _wal_dir(workdir, store_url)
     metrics_port = processes.free_port()
     envoy_port, admin_port = processes.free_port(), processes.free_port()

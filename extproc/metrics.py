@@ -85,6 +85,12 @@ FOREIGN_OBJECTS = Counter(
     "records each in the log and continues in a new epoch",
     ["kind"],
 )
+STORE_WORM = Gauge(
+    "extproc_audit_store_worm",
+    "1 when the store keeps what is published write-once under retention (S3 Object Lock); "
+    "0 for a local directory or a bucket without Object Lock (--allow-no-object-lock), where "
+    "anyone with write access can change or delete published objects",
+)
 EPOCH = Gauge(
     "extproc_audit_epoch",
     "The writer's epoch: raised by a foreign object at a key it had to write or a key rotation",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,7 +296,8 @@ class StoreSearch:
     def _search_log(self, reader: LogReader) -> Iterator[Match]:
         checker = None
         if self.verifier is not None:
-            checker = LogChecker(reader.log_id, self.verifier, self.origin_prefix)
+            now_ms = int(time.time() * 1000)  # the clock: evidence for keys with an end date
+            checker = LogChecker(reader.log_id, self.verifier, self.origin_prefix, now_ms=now_ms)
         scan = _LogScan(reader.log_id, self.filters, self.keep_requests)
         stats = self.stats
         for bundle in reader.check(checker, prefetch=self.prefetch):

@@ -23,7 +23,7 @@ from extproc.core.bundle import split_lines
 from extproc.core.checkpoint import Checkpoint
 from extproc.core.claim import Claim, claim_in_effect
 from extproc.core.display import escape
-from extproc.core.keyring import Keyring
+from extproc.core.keyring import Keyring, SignedBy, clock
 from extproc.core.layout import BundleName
 from extproc.core.merkle import (
     LEAF_PREFIX,
@@ -181,9 +181,11 @@ class LogChecker:
         origin_prefix: str | None = None,
         *,
         deep: bool = False,
+        now_ms: int | None = None,
     ) -> None:
         self.log_id = log_id
         self.deep = deep  # parse every entry as JSON, not only where the quick check fails
+        self.now_ms = now_ms  # the auditor's clock: evidence of when keys signed
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.of(keyring)
         self.origin_prefix = origin_prefix
         self.report = LogReport(log_id)
@@ -191,7 +193,8 @@ class LogChecker:
         # Valid signed checkpoints as read (key, checkpoint, signer, note) and claims
         # by first seq (epoch, key, claim, trusted, signer): which are the log's is
         # settled once, before the first bundle (_settle).
-        self._read_checkpoints: list[tuple[str, Checkpoint, str, str]] = []
+        # (key, checkpoint, signer, note, why a retired signer lacks outside time or None)
+        self._read_checkpoints: list[tuple[str, Checkpoint, str, str, str | None]] = []
         self._candidates: dict[int, list[tuple[int, str, Claim, bool, str]]] = {}
         self._claims: dict[int, tuple[str, Claim]] = {}
         self._settled = False
@@ -221,6 +224,9 @@ class LogChecker:
         self._proof_ranges: list[tuple[int, int]] | None = None
         self._proof_parts: dict[tuple[int, int], CompactRange] = {}
         self._roots_ok: set[int] = set()
+        # Checkpoints by retired keys with no outside time (size -> key, problem):
+        # trusted at finish() if a trusted checkpoint at least as large vouches.
+        self._unvouched: dict[int, tuple[str, str]] = {}
         # tree size -> (frontier, last leaf hex) at each checkpoint whose root matched
         self._verified: dict[int, tuple[CompactRange, str]] = {0: (CompactRange(), "")}
 
@@ -291,7 +297,11 @@ class LogChecker:
         if not signer.covers(self.log_id):
             self._find(key, f"checkpoint signed by key {signer.label}, not trusted for this log")
             return
-        if problem := signer.window_problem((cp.timestamp_ms, written_ms)):
+        # The store's write time is S3's, not the signer's (a versioned store only).
+        outside = clock(self.now_ms)
+        if written_ms is not None:
+            outside.append(SignedBy(written_ms, "the store's write time"))
+        if problem := signer.signed_outside_window(cp.timestamp_ms, outside):
             self._find(key, f"checkpoint {problem} (a retired key must not sign)")
             return
         expected = f"/{self.log_id}"
@@ -305,13 +315,19 @@ class LogChecker:
         if cp.size != size:
             self._find(key, f"checkpoint says tree size {cp.size}, its name says {size}")
             return
-        self._read_checkpoints.append((key, cp, signer.label, note))
+        self._read_checkpoints.append(
+            (key, cp, signer.label, note, signer.retired_without_evidence(outside))
+        )
 
-    def _accept_checkpoint(self, key: str, cp: Checkpoint, signer: str, note: str) -> None:
+    def _accept_checkpoint(
+        self, key: str, cp: Checkpoint, signer: str, note: str, unvouched: str | None
+    ) -> None:
         report = self.report
         if signer not in report.keys:
             report.keys.append(signer)
         report.epoch = max(report.epoch, cp.epoch)
+        if unvouched:
+            self._unvouched[cp.size] = (key, unvouched)
         report.checkpoints += 1
         report.valid.append(cp)
         if report.latest is None or cp.size > report.latest.size:
@@ -368,7 +384,7 @@ class LogChecker:
         objects from that epoch on are not the log's (they would replace what the
         first writer published)."""
         covered: dict[int, int] = {}  # epoch -> the largest checkpoint of that epoch
-        for _, cp, _, _ in self._read_checkpoints:
+        for _, cp, *_ in self._read_checkpoints:
             covered[cp.epoch] = max(covered.get(cp.epoch, 0), cp.size)
         epochs = sorted(covered)
         below = list(itertools.accumulate((covered[e] for e in epochs), max))
@@ -393,13 +409,13 @@ class LogChecker:
             return
         self._settled = True
         restarted = self._restarted_keys()
-        for key, cp, signer, note in self._read_checkpoints:
+        for key, cp, signer, note, unvouched in self._read_checkpoints:
             if cp.epoch >= restarted.get(signer, _NEVER):
                 self._set_apart(signer, key)
                 if cp.size >= self._second_notes.get(signer, (-1, ""))[0]:
                     self._second_notes[signer] = (cp.size, note)
             else:
-                self._accept_checkpoint(key, cp, signer, note)
+                self._accept_checkpoint(key, cp, signer, note, unvouched)
         for first, listed in self._candidates.items():
             candidates = []
             for epoch, key, claim, trusted, signer in listed:
@@ -743,10 +759,22 @@ class LogChecker:
                 ours + ((theirs[1],) if theirs else ()),
             )
 
+    def _check_vouched(self) -> None:
+        """A retired key's checkpoint without outside time counts if its root matched
+        the entries and a trusted checkpoint at least as large (or the state's
+        tree) matched them too: it is then a prefix of a tree the auditor trusts."""
+        trusted = [s for s in self._roots_ok if s not in self._unvouched]
+        largest = max([self._base, *trusted])
+        for size, (key, problem) in sorted(self._unvouched.items()):
+            if size < self._base or (size in self._roots_ok and size <= largest):
+                continue
+            self._find(key, f"checkpoint {problem}")
+
     def finish(self) -> LogReport:
         report = self.report
         self._settle()
         self._check_consistency()
+        self._check_vouched()
         if self._foreign and not report.checkpoints and not self._trusted_claims:
             # Nothing verifies: the wrong key, not a bucket full of plants. One line.
             self._find(

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from extproc import metrics
 from extproc.auditor import log_state_after, verify_log
 from extproc.core import layout
+from extproc.core.display import escape
 from extproc.core.merkle import leaf_hash
 from extproc.core.state import AuditState, LogState
 from extproc.core.verify import ERROR, LogReport
@@ -104,7 +105,9 @@ class SelfAudit:
             outcome = await self._audit()
         except (StorageError, OSError) as e:
             # The store could not be read: nothing is known, nothing is wrong yet.
-            log.warning("self-audit of log %s could not read the store: %s", self.log_id, e)
+            log.warning(
+                "self-audit of log %s could not read the store: %s", self.log_id, escape(str(e))
+            )
             outcome = AuditOutcome(ERRORED, self.verified_size, [str(e)])
         metrics.SELF_AUDIT_RUNS.labels(outcome.result).inc()
         if outcome.result != ERRORED:
@@ -113,7 +116,8 @@ class SelfAudit:
             metrics.SELF_AUDIT_LAST_OK.set(self._wall_clock())
         if outcome.result == FAILED:
             for problem in outcome.problems[:MAX_LOGGED_PROBLEMS]:
-                log.error("SELF-AUDIT: log %s: %s", self.log_id, problem)
+                # Problems quote object names: whoever can write the bucket chose them.
+                log.error("SELF-AUDIT: log %s: %s", self.log_id, escape(problem))
             if len(outcome.problems) > MAX_LOGGED_PROBLEMS:
                 log.error(
                     "SELF-AUDIT: log %s: %d more problems (run `extproc-audit verify`)",

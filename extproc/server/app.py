@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc import __version__, metrics
 from extproc.config import ServeConfig
 from extproc.core import entry, layout
+from extproc.core.display import escape
 from extproc.errors import AuditError, ConfigError, LogUnavailableError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
@@ -101,6 +102,27 @@ class AuditServer:
                 "or set one with `extproc-audit init-bucket`"
             )
         return default
+
+    def _say_worm(self, retention: RetentionPolicy | None) -> None:
+        """Say at start, and in a metric, whether what is published is write-once."""
+        worm = self.store.supports_retention and retention is not None
+        metrics.STORE_WORM.set(int(worm))
+        if worm:
+            return
+        if not self.store.supports_retention:
+            log.warning(
+                "store %s is a local directory: no WORM (no Object Lock); anyone with file "
+                "access can change or delete published objects. Development only: use "
+                "s3://bucket/prefix with Object Lock for an audit log",
+                escape(self.store.url),
+            )
+        else:
+            log.warning(
+                "store %s: objects are written without Object Lock retention "
+                "(--allow-no-object-lock): anyone with write access to the bucket can "
+                "overwrite or delete them. Development only",
+                escape(self.store.url),
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -237,6 +259,7 @@ class AuditServer:
         every listener and background task; SERVING once this returns."""
         cfg = self.config
         retention = self._retention()
+        self._say_worm(retention)
         wal = WAL(cfg.wal_dir / cfg.log_id)
         try:
             recovered = await asyncio.to_thread(wal.recover)
