@@ -486,7 +486,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--hash-key",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("hash_key"),
         help="store values that are not allowed as HMAC-SHA-256 under this key "
         "(hmac-sha256:<key id>:<digest>; `hash-keygen` creates one, `hash-value` computes "
@@ -1225,7 +1225,13 @@ def _redaction_policy(args: argparse.Namespace) -> Any:
     key_files = {Path(f) for f in (args.hash_key, args.hmac_key_file) if f}
     if len(key_files) > 1:
         raise ConfigError("--hash-key and --hmac-key-file name different files: give one")
-    hash_key = load_hash_key(key_files.pop()) if key_files else None
+    hash_key = None
+    if key_files:
+        flag = "--hash-key" if args.hash_key else "--hmac-key-file"
+        try:
+            hash_key = load_hash_key(key_files.pop())
+        except ConfigError as e:
+            raise ConfigError(f"{flag}: {e}") from None
 
     def headers(option: str) -> frozenset[str]:
         flag = "--" + option.replace("_", "-")

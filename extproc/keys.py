@@ -45,14 +45,16 @@ def read_secret_file(path: Path, what: str, create_with: str) -> bytes:
         raise ConfigError(f"{what} {path} not found (create one with `{create_with}`)") from e
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())  # the file opened, not whatever the name points at later
+    try:
+        st = os.fstat(fd)  # the file opened, not whatever the name points at later
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{what} {path} is not a regular file")
         if st.st_size > _MAX_KEY_FILE_BYTES:
             raise ConfigError(f"{what} {path} is larger than {_MAX_KEY_FILE_BYTES} bytes")
         check_key_mode(path, st.st_mode, st.st_uid, what)
-        return f.read(_MAX_KEY_FILE_BYTES + 1)
+        return os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def load_signer(path: Path) -> Signer:

@@ -96,7 +96,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @FUZZ
 @given(st.sampled_from(SERVE_OPTIONS), values)
 def test_serve_option_value_fuzz(workdir: Path, option: argparse.Action, value: str) -> None:
+    # --allow-unauthenticated: so that the value fuzzed is what is checked last.
     base = ["serve", "--store", str(workdir / "s"), "--key", str(workdir / "k")]
+    base.append("--allow-unauthenticated")
     with within_budget(**BUDGET, allowed=()):
         code, err = _run([*base, f"{option.option_strings[-1]}={value}"])
     _assert_usage_outcome(code, err)
@@ -106,7 +108,11 @@ def test_serve_option_value_fuzz(workdir: Path, option: argparse.Action, value: 
 @given(st.sampled_from([*(a.dest for a in SERVE_OPTIONS), *SERVE_FLAGS]), values)
 def test_serve_environment_value_fuzz(workdir: Path, dest: str, value: str) -> None:
     variable = cli._env_name(dest)
-    base = {"EXTPROC_AUDIT_STORE": str(workdir / "s"), "EXTPROC_AUDIT_KEY": str(workdir / "k")}
+    base = {
+        "EXTPROC_AUDIT_STORE": str(workdir / "s"),
+        "EXTPROC_AUDIT_KEY": str(workdir / "k"),
+        "EXTPROC_AUDIT_ALLOW_UNAUTHENTICATED": "1",
+    }
     with (
         mock.patch.dict(os.environ, {**base, variable: value}),
         within_budget(**BUDGET, allowed=()),

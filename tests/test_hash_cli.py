@@ -64,6 +64,7 @@ def run_cli_stdin(args: list[str], text: str) -> str:
 def test_short_or_missing_hash_key_is_a_usage_error(tmp_path: Path) -> None:
     short = tmp_path / "short.key"
     short.write_text("tooshort\n")
+    short.chmod(0o600)  # a key file others can read is refused before its length is looked at
     for path, message in ((short, "at least 16 bytes"), (tmp_path / "none", "not found")):
         done = run_cli("hash-value", "--hash-key", str(path), "x")
         assert done.returncode == 2 and message in done.stderr

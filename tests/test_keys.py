@@ -76,7 +76,8 @@ def test_world_readable_key_stops_serve_with_one_line(
     path = tmp_path / "signing.key"
     write_signer(path, Signer.generate("a"))
     path.chmod(0o644)
-    code = cli.main(["serve", "--store", str(tmp_path / "s"), "--key", str(path)])
+    argv = ["serve", "--store", str(tmp_path / "s"), "--key", str(path), "--allow-unauthenticated"]
+    code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == 2
     assert err == (
