@@ -49,4 +49,7 @@ VOLUME ["/var/lib/extproc-audit"]
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["extproc-audit", "health", "--addr", "127.0.0.1:50051"]
 ENTRYPOINT ["extproc-audit"]
+# serve refuses to start until told who may report: EXTPROC_AUDIT_TLS_CERT,
+# _TLS_KEY and _CLIENT_CA (mTLS), _TRUST_XFCC_FROM (behind the pod's own
+# sidecar), a unix: EXTPROC_AUDIT_LISTEN, or _ALLOW_UNAUTHENTICATED=1 (development).
 CMD ["serve"]

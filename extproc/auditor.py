@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from extproc.core import entry
+from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
@@ -58,8 +59,10 @@ class AuditOptions:
     since_ms: int | None = None
     until_ms: int | None = None
     now_ms: int | None = None  # the clock, passed in (default: now)
+    require_authenticated: bool = False  # an entry from an unauthenticated reporter is an error
     on_total: Callable[[int], None] | None = None  # entries this run will hash
     on_entries: Callable[[int], None] | None = None  # entries hashed so far (delta)
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES  # a bundle's lines, at most (--max-bundle-bytes)
 
 
 @dataclass
@@ -98,15 +101,19 @@ def verify_log(
     seen: RetentionSeen | None = None,
     compare_objects: bool = True,
     check_retention: bool = True,
+    now_ms: int | None = None,
 ) -> LogReport:
     """Verify one log; with `prior`, resume from the tree an earlier run verified.
 
     `compare_objects=False`: objects below the prior size are not held to the
     prior's list (the writer's self-audit lists only what is new);
-    `check_retention=False`: no Object Lock checks (one HEAD per object).
+    `check_retention=False`: no Object Lock checks (one HEAD per object);
+    `now_ms`: the auditor's clock (default: now), evidence for keys with an end date.
     """
     objects = reader.objects
-    checker = LogChecker(reader.log_id, verifier, origin_prefix, deep=deep)
+    if now_ms is None:
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    checker = LogChecker(reader.log_id, verifier, origin_prefix, deep=deep, now_ms=now_ms)
     base = 0
     if prior is not None:
         base = prior.size
@@ -122,7 +129,8 @@ def verify_log(
             k for k, _ in objects.bundles
         ]
         for key in keys:
-            if key not in below:  # older objects: checked when they were new
+            # Older objects were checked when they were new; foreign ones are not the log's.
+            if key not in below and not checker.is_foreign(key):
                 _check_retention(reader, checker, key, min_retention_days, seen)
     report = checker.finish()
     if prior is not None:
@@ -366,7 +374,7 @@ def audit_store(
     now_ms = options.now_ms
     if now_ms is None:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    logs, general = open_logs(store)
+    logs, general = open_logs(store, options.max_bundle_bytes)
     prior_state = options.state or AuditState()
     rule = check_retention_rule(
         store,
@@ -400,7 +408,17 @@ def audit_store(
             prior=priors[log_id],
             min_retention_days=rule.min_days,
             seen=seen,
+            now_ms=now_ms,
         )
+        if options.require_authenticated and report.unauthenticated:
+            report.findings.append(
+                Finding(
+                    log_id,
+                    "",
+                    f"{report.unauthenticated} entries from unauthenticated reporters "
+                    "(reporter.auth; --require-authenticated)",
+                )
+            )
         old = prior_state.logs.get(log_id)
         if options.full and old is not None:
             # --full re-reads everything but still holds the log to what was verified.
@@ -536,6 +554,7 @@ def result_to_json(result: AuditResult, store_url: str) -> dict[str, object]:
                 "log_id": r.log_id,
                 "ok": r.ok,
                 "entries": r.entries,
+                "unauthenticated": r.unauthenticated,
                 "rehashed": r.rehashed,
                 "resumed_from": r.resumed_from,
                 "consistency_proof": None
@@ -584,6 +603,7 @@ def result_to_json(result: AuditResult, store_url: str) -> dict[str, object]:
         "valid": result.ok,
         "logs_verified": result.logs,
         "entries": sum(r.entries for r in result.reports),
+        "unauthenticated": sum(r.unauthenticated for r in result.reports),
         "retention_checked": result.retention.checked,
         "retention": {
             "rule": None

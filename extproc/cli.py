@@ -22,8 +22,10 @@ from extproc import __version__
 from extproc.errors import AuditError, ConfigError, VerificationError
 
 if TYPE_CHECKING:
+    from extproc.config import ServeConfig
     from extproc.core.keyring import Keyring
     from extproc.core.verify import LogReport
+    from extproc.prover import Prover
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 ENV_PREFIX = "EXTPROC_AUDIT_"
@@ -106,6 +108,20 @@ def _int_at_least(least: int) -> Callable[[str], object]:
     return _typed(_at_least(least, int), f"an integer >= {least}")
 
 
+def _add_bundle_bound(p: _Parser) -> None:
+    """--max-bundle-bytes of the commands that read bundles."""
+    from extproc.core.bundle import MAX_BUNDLE_BYTES
+
+    p.add_argument(
+        "--max-bundle-bytes",
+        type=_int_at_least(64 * 1024),
+        default=MAX_BUNDLE_BYTES,
+        metavar="BYTES",
+        help="refuse (as a finding) a bundle whose lines take more, stored or decompressed "
+        f"(default {MAX_BUNDLE_BYTES}: the format's bound, serve's largest --bundle-max-bytes)",
+    )
+
+
 def _above(bound: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = float(text)
@@ -116,6 +132,14 @@ def _above(bound: float) -> Callable[[str], float]:
     return parse
 
 
+def _non_empty_path(text: str) -> Path:
+    # Path("") is ".": an empty EXTPROC_AUDIT_WAL_DIR would write the WAL here.
+    if not text:
+        raise ConfigError("an empty path")
+    return Path(text)
+
+
+_PATH = _typed(_non_empty_path, "a path")
 _NON_NEGATIVE = _typed(_at_least(0.0), "a number >= 0")
 _POSITIVE = _typed(_above(0.0), "a number > 0")
 
@@ -141,6 +165,12 @@ def _log_id(text: str) -> str:
     return layout.validate_log_id(text)
 
 
+def _origin_prefix(text: str) -> str:
+    from extproc.core.checkpoint import validate_origin_prefix
+
+    return validate_origin_prefix(text, "origin prefix")
+
+
 def _demo_store(text: str) -> str:
     from extproc.store import check_store_url
 
@@ -153,12 +183,12 @@ def _demo_store(text: str) -> str:
 
 def _bucket_url(text: str) -> str:
     """init-bucket's s3://BUCKET: it sets up a whole bucket, so no prefix."""
-    if not text.startswith("s3://"):
+    from extproc.store import parse_store_url
+
+    parsed = parse_store_url(text)
+    bucket, prefix = parsed.bucket, parsed.prefix
+    if bucket is None:
         raise ConfigError(f"init-bucket needs an s3://BUCKET URL, not {text!r}")
-    bucket, _, prefix = text[len("s3://") :].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise ConfigError(f"{text!r} names no bucket: give s3://BUCKET")
     if prefix:
         raise ConfigError(
             f"init-bucket sets up a whole bucket: give s3://{bucket} without the prefix "
@@ -235,6 +265,7 @@ _SERVE_FLAGS = (
     "receipts",
     "ext_proc_responses",
     "self_audit_fail_closed",
+    "allow_unauthenticated",
 )
 
 
@@ -262,7 +293,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--key",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("key"),
         help="signing key file from keygen (required)",
     )
@@ -276,7 +307,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--wal-dir",
         metavar="DIR",
-        type=Path,
+        type=_PATH,
         default=_env("wal_dir", c.WAL_DIR),
         help="write-ahead log directory; the WAL lives in <wal-dir>/<log-id>/",
     )
@@ -291,6 +322,7 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     g.add_argument(
         "--origin-prefix",
         metavar="PREFIX",
+        type=_typed(_origin_prefix, "an origin prefix"),
         default=_env("origin_prefix", c.ORIGIN_PREFIX),
         help="checkpoint origin is <origin prefix>/<log id>",
     )
@@ -461,42 +493,81 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="NAME",
         help="name of the receipt header",
     )
-    g = p.add_argument_group("redaction (docs/FORMAT.md)")
+    g = p.add_argument_group(
+        "redaction (docs/FORMAT.md)",
+        "Default-deny: a value is stored in clear only under a name on the allow-list; "
+        "every other value is stored as its keyed hash (--hash-key) or [redacted]. Names "
+        "stay visible.",
+    )
+    g.add_argument(
+        "--hash-key",
+        metavar="FILE",
+        type=_PATH,
+        default=_env("hash_key"),
+        help="store values that are not allowed as HMAC-SHA-256 under this key "
+        "(hmac-sha256:<key id>:<digest>; `hash-keygen` creates one, `hash-value` computes "
+        "the stored form of a candidate) instead of [redacted]",
+    )
+    g.add_argument(
+        "--hmac-key-file",
+        metavar="FILE",
+        type=_PATH,
+        default=_env("hmac_key_file"),
+        help="the same as --hash-key (its earlier name)",
+    )
+    g.add_argument(
+        "--clear-header",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also store this header's value in clear (repeatable; widens the allow-list)",
+    )
+    g.add_argument(
+        "--clear-param",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also store this query parameter's value in clear (repeatable; widens the allow-list)",
+    )
+    g.add_argument(
+        "--hash-path-template",
+        action="append",
+        default=None,
+        metavar="TEMPLATE",
+        help="hash the path segments this route template names, e.g. '/reset/{token}' "
+        "({name} is one segment; repeatable)",
+    )
     g.add_argument(
         "--redact-header",
         action="append",
         default=None,
         metavar="NAME",
-        help="also redact this header (repeatable)",
+        help="hash this header's value even if it is on the allow-list (repeatable)",
     )
     g.add_argument(
         "--redact-url-header",
         action="append",
         default=None,
         metavar="NAME",
-        help="also redact the query and fragment of this URL-valued header like the request "
-        "query (repeatable; location, referer, content-location, ... always)",
+        help="store this header as a URL, like the request path (host and path in clear, "
+        "parameters as the allow-list says) instead of hashing it whole (repeatable; "
+        "location, referer, origin, content-location, ... always)",
     )
     g.add_argument(
         "--redact-query-param",
         action="append",
         default=None,
         metavar="NAME",
-        help="also redact this query parameter's value (repeatable)",
+        help="hash this query parameter's value even if it is on the allow-list (repeatable)",
     )
     g.add_argument(
         "--query-mode",
         choices=QUERY_MODES,
         type=_choice(QUERY_MODES),
         default=_env("query_mode", "sensitive"),
-        help="query strings: redact sensitive params, all values, keep, or drop",
-    )
-    g.add_argument(
-        "--hmac-key-file",
-        metavar="FILE",
-        type=Path,
-        default=_env("hmac_key_file"),
-        help="replace secrets by HMAC-SHA256 under this key instead of [redacted]",
+        help="query strings: sensitive (values of allowed parameters in clear, others "
+        "hashed; default), all (every value hashed), keep (query and fragment as sent), "
+        "drop (not stored)",
     )
     g.add_argument(
         "--max-value-bytes",
@@ -514,28 +585,29 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group(
         "reporters",
-        "Who may write entries (docs/THREATS.md). Without --tls-cert/--tls-key/--client-ca, "
-        "--trust-xfcc-from or a unix: listener, every entry is marked unauthenticated "
-        "(development only).",
+        "Who may write entries (docs/THREATS.md). One of --tls-cert/--tls-key/--client-ca, "
+        "--trust-xfcc-from or a unix: listener is required; without them serve refuses to "
+        "start unless --allow-unauthenticated (development only: every entry is then marked "
+        "unauthenticated).",
     )
     g.add_argument(
         "--tls-cert",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("tls_cert"),
         help="server certificate (PEM): mTLS",
     )
     g.add_argument(
         "--tls-key",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("tls_key"),
         help="its private key (PEM)",
     )
     g.add_argument(
         "--client-ca",
         metavar="FILE",
-        type=Path,
+        type=_PATH,
         default=_env("client_ca"),
         help="CA bundle (PEM) that signs reporters' client certificates; a certificate is then "
         "required, and the reporter is its SPIFFE id (URI SAN), else its subject",
@@ -554,6 +626,23 @@ def _add_reporter_options(p: argparse.ArgumentParser) -> None:
         default=_env("xfcc_by"),
         metavar="GLOB",
         help="with --trust-xfcc-from: the element's By= (the server's own identity) must match",
+    )
+    g.add_argument(
+        "--xfcc-mode",
+        choices=c.XFCC_MODES,
+        type=_choice(c.XFCC_MODES),
+        default=_env("xfcc_mode", c.XFCC_MODES[0]),
+        help="with --trust-xfcc-from: what the own sidecar does with x-forwarded-client-cert "
+        "(its forward_client_cert_details): SANITIZE_SET (default, as the shipped StatefulSet "
+        "pins it) leaves exactly its own element, APPEND_FORWARD appends it to the caller's; "
+        "any other header is refused",
+    )
+    g.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=None,
+        help="development only: a plaintext listener without --trust-xfcc-from takes anyone's "
+        "entries, each marked reporter.auth unauthenticated (verify counts them)",
     )
     g.add_argument(
         "--allow-reporter",
@@ -621,6 +710,29 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         default=_env("stream_idle_timeout", c.STREAM_IDLE_TIMEOUT),
         help="end an ext_proc stream silent this many seconds (with a response phase, the "
         "longest wait for response headers); 0: never",
+    )
+    g.add_argument(
+        "--max-access-log-entries",
+        metavar="N",
+        type=_INT,
+        default=_env("max_access_log_entries", c.MAX_ACCESS_LOG_ENTRIES),
+        help="entries per access-log message; a larger one is refused whole (RESOURCE_EXHAUSTED) "
+        "before any entry is built (Envoy's 64 KiB buffer holds ~220)",
+    )
+    g.add_argument(
+        "--max-access-log-rate",
+        metavar="N",
+        type=_FLOAT,
+        default=_env("max_access_log_rate", c.MAX_ACCESS_LOG_RATE),
+        help="access-log entries per second per stream (one second's worth may come at once); "
+        "a message past it is refused whole",
+    )
+    g.add_argument(
+        "--max-reporter-access-log-rate",
+        metavar="N",
+        type=_FLOAT,
+        default=_env("max_reporter_access_log_rate", c.MAX_REPORTER_ACCESS_LOG_RATE),
+        help="access-log entries per second per reporter, all its streams together",
     )
 
 
@@ -705,6 +817,42 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "hash-keygen",
+        help="create the hash key for values stored as keyed hashes (serve --hash-key)",
+        description="Create a hash key file (32 random bytes as hex, mode 0600) and print its "
+        "key id. serve --hash-key stores every value that is not on the allow-list as "
+        "hmac-sha256:<key id>:<digest> under it; an auditor holding it answers 'was this "
+        "token used?' with hash-value. Keep it secret: with it, guesses can be tested.",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="key file to create (mode 0600)"
+    )
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="keep an existing key file (first start of a container)",
+    )
+
+    p = sub.add_parser(
+        "hash-value",
+        help="print the stored form of a candidate value under a hash key",
+        description="Print hmac-sha256:<key id>:<digest> for each value, as serve --hash-key "
+        "stores it: search the log for it to tell whether a token was used. Values are "
+        "read one a line from standard input unless given as arguments (an argument "
+        "shows in ps and shell history). A value is hashed as it stood in the header or "
+        "URL: percent-encoding included, without a credential's scheme (`Bearer `) or a "
+        "cookie's name.",
+    )
+    p.add_argument(
+        "--hash-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the deployment's hash key file (serve --hash-key)",
+    )
+    p.add_argument("value", nargs="*", help="values to hash (default: lines of standard input)")
+
+    p = sub.add_parser(
         "health",
         help="gRPC health check of a server (exit 0 if SERVING, else 1)",
         description="Ask a server's gRPC health service (the container health check). Exit 0 "
@@ -765,6 +913,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_key_options(p, required=True, what="trusted key")
     p.add_argument(
         "--origin-prefix",
+        type=_typed(_origin_prefix, "an origin prefix"),
         default=None,
         help="require checkpoint origins to be <origin prefix>/<log id>",
     )
@@ -818,6 +967,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until", default=None, help="report logs and gaps up to this RFC 3339 time/date"
     )
+    p.add_argument(
+        "--require-authenticated",
+        action="store_true",
+        help="an entry from an unauthenticated reporter (serve --allow-unauthenticated) is a "
+        "finding: the log is INVALID (exit 1); without it they are counted",
+    )
+    _add_bundle_bound(p)
 
     p = sub.add_parser(
         "demo",
@@ -996,39 +1152,33 @@ def _cmd_init_bucket(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
+    if args.workers > 1:
+        from extproc.server.workers import run_workers
+
+        if config.listen.endswith(":0") or config.unix_socket is not None:
+            raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
+        return run_workers(config, args.workers)
+    from extproc.server.app import exit_after_serving, serve
+
+    status = serve(config)
+    exit_after_serving(status)
+    return status
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """serve's parsed options and their environment forms as a checked ServeConfig
+    (ConfigError for a bad one), before anything is opened or started."""
     from extproc.config import ServeConfig
-    from extproc.core.redact import (
-        DEFAULT_REDACT_HEADERS,
-        DEFAULT_REDACT_QUERY_PARAMS,
-        DEFAULT_URL_HEADERS,
-        RedactionPolicy,
-    )
 
     _env_flags(args, _SERVE_FLAGS)
-    hmac_key = None
-    if args.hmac_key_file:
-        try:
-            hmac_key = Path(args.hmac_key_file).read_bytes().strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read HMAC key file: {e.strerror}") from e
-
-    def names(option: str) -> frozenset[str]:
-        return frozenset(v.strip().lower() for v in _env_list(args, option) if v.strip())
-
-    policy = RedactionPolicy(
-        redact_headers=DEFAULT_REDACT_HEADERS | names("redact_header"),
-        redact_query_params=DEFAULT_REDACT_QUERY_PARAMS | names("redact_query_param"),
-        url_headers=DEFAULT_URL_HEADERS | names("redact_url_header"),
-        query_mode=args.query_mode,
-        hmac_key=hmac_key,
-        max_value_bytes=args.max_value_bytes,
-    )
+    policy = _redaction_policy(args)
     response_headers = None
     if args.response_headers.strip() != "*":
         response_headers = frozenset(
             h.strip().lower() for h in args.response_headers.split(",") if h.strip()
         )
-    config = ServeConfig(
+    return ServeConfig(
         store=args.store or "",
         key=Path(args.key or ""),
         listen=args.listen,
@@ -1063,6 +1213,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         xfcc_by=args.xfcc_by or None,
         allow_reporters=tuple(_env_list(args, "allow_reporter")),
         reporter_is_destination=args.reporter_is_destination,
+        xfcc_mode=args.xfcc_mode,
+        allow_unauthenticated=args.allow_unauthenticated,
         health_listen=args.health_listen,
         max_message_bytes=args.max_message_bytes,
         max_headers=args.max_headers,
@@ -1071,18 +1223,84 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connection_age=args.max_connection_age,
         stream_idle_timeout=args.stream_idle_timeout,
         ext_proc_responses=args.ext_proc_responses,
+        max_access_log_entries=args.max_access_log_entries,
+        max_access_log_rate=args.max_access_log_rate,
+        max_reporter_access_log_rate=args.max_reporter_access_log_rate,
     )
-    if args.workers > 1:
-        from extproc.server.workers import run_workers
 
-        if config.listen.endswith(":0") or config.unix_socket is not None:
-            raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
-        return run_workers(config, args.workers)
-    from extproc.server.app import exit_after_serving, serve
 
-    status = serve(config)
-    exit_after_serving(status)
-    return status
+def _redaction_policy(args: argparse.Namespace) -> Any:
+    """serve's RedactionPolicy: the default allow-lists, widened and narrowed as told."""
+    from extproc.core.redact import (
+        DEFAULT_CLEAR_HEADERS,
+        DEFAULT_CLEAR_PARAMS,
+        DEFAULT_URL_HEADERS,
+        RedactionPolicy,
+        check_header_name,
+    )
+    from extproc.hashkey import load_hash_key
+
+    key_files = {Path(f) for f in (args.hash_key, args.hmac_key_file) if f}
+    if len(key_files) > 1:
+        raise ConfigError("--hash-key and --hmac-key-file name different files: give one")
+    hash_key = None
+    if key_files:
+        flag = "--hash-key" if args.hash_key else "--hmac-key-file"
+        try:
+            hash_key = load_hash_key(key_files.pop())
+        except ConfigError as e:
+            raise ConfigError(f"{flag}: {e}") from None
+
+    def headers(option: str) -> frozenset[str]:
+        flag = "--" + option.replace("_", "-")
+        return frozenset(check_header_name(v, flag) for v in _env_list(args, option) if v.strip())
+
+    def names(option: str) -> frozenset[str]:
+        return frozenset(v.strip().lower() for v in _env_list(args, option) if v.strip())
+
+    return RedactionPolicy(
+        clear_headers=DEFAULT_CLEAR_HEADERS | headers("clear_header"),
+        clear_params=DEFAULT_CLEAR_PARAMS | names("clear_param"),
+        redact_headers=headers("redact_header"),
+        redact_query_params=names("redact_query_param"),
+        url_headers=DEFAULT_URL_HEADERS | headers("redact_url_header"),
+        path_templates=tuple(_env_list(args, "hash_path_template")),
+        query_mode=args.query_mode,
+        hmac_key=hash_key,
+        max_value_bytes=args.max_value_bytes,
+    )
+
+
+def _cmd_hash_keygen(args: argparse.Namespace) -> int:
+    from extproc.core.redact import hash_key_id
+    from extproc.hashkey import load_hash_key, write_hash_key
+
+    if args.if_missing and args.out.exists():
+        key = load_hash_key(args.out)
+        print(f"hash key {args.out} exists; kept (key id {hash_key_id(key)})", file=sys.stderr)
+    else:
+        key = write_hash_key(args.out)
+        print(
+            f"hash key written to {args.out} (mode 0600; key id {hash_key_id(key)}); keep it "
+            "secret: whoever holds it can test guesses against the stored hashes",
+            file=sys.stderr,
+        )
+    print(hash_key_id(key))
+    return EXIT_OK
+
+
+def _cmd_hash_value(args: argparse.Namespace) -> int:
+    from extproc.core.redact import stored_hash
+    from extproc.hashkey import load_hash_key
+
+    key = load_hash_key(args.hash_key)
+    if args.value:
+        values = [v.encode("utf-8", "surrogateescape") for v in args.value]
+    else:  # one value a line: a value on the command line shows in ps and shell history
+        values = [line.rstrip(b"\r\n") for line in sys.stdin.buffer]
+    for value in values:
+        print(stored_hash(key, value))
+    return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -1107,6 +1325,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         gap_threshold_s=args.gap_threshold,
         since_ms=auditor.parse_time_ms(args.since) if args.since else None,
         until_ms=auditor.parse_time_ms(args.until) if args.until else None,
+        require_authenticated=args.require_authenticated,
+        max_bundle_bytes=args.max_bundle_bytes,
     )
     with contextlib.ExitStack() as stack:
         if args.format == "text" and not args.quiet and sys.stderr.isatty():
@@ -1135,9 +1355,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     elif not result.reports:
         print("no log was active in the --since/--until window")
     entries = sum(r.entries for r in result.reports)
+    unauthenticated = sum(r.unauthenticated for r in result.reports)
+    unauth = f" ({unauthenticated} from unauthenticated reporters)" if unauthenticated else ""
     retention = "checked" if store.supports_retention else "not applicable (local store)"
     print(
-        f"{'VALID' if result.ok else 'INVALID'}: {result.logs} logs, {entries} entries, "
+        f"{'VALID' if result.ok else 'INVALID'}: {result.logs} logs, {entries} entries{unauth}, "
         f"Object Lock retention {retention}"
     )
     return EXIT_OK if result.ok else EXIT_INVALID
@@ -1179,6 +1401,9 @@ def _print_log(report: LogReport, *, quiet: bool) -> None:
                       f"{gap.writer or '?'}")  # fmt: skip
         if len(report.keys) > 1 or report.epoch > 1:
             print(f"  signed by {escape(', '.join(report.keys))}; epoch {report.epoch}")
+        if report.unauthenticated:
+            print(f"  {report.unauthenticated} entries from unauthenticated reporters "
+                  "(reporter.auth; verify --require-authenticated refuses them)")  # fmt: skip
     # Findings quote object keys and signed notes: bucket content, so escaped
     # before it reaches a terminal (core/display.py).
     for finding in report.findings:
@@ -1223,6 +1448,14 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="the request (or exchange) entry with this request id (rid); refused if several "
         "carry it (see --all)",
     )
+    which.add_argument(
+        "--consistency-from",
+        type=_int_at_least(1),
+        metavar="SIZE",
+        help="instead of an inclusion proof, a consistency proof from the checkpoint of this "
+        "tree size to the one of --tree-size (default: the newest), for check-proof "
+        "--consistency",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -1243,6 +1476,7 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="prove under the checkpoint of this tree size (default: the newest)",
     )
     _add_key_options(p, required=False, what="only use checkpoints signed by a key given")
+    _add_bundle_bound(p)
 
     p = sub.add_parser("check-proof", help="verify a proof file offline")
     p.add_argument("file", type=Path, help="tlog-proof file ('-': stdin)")
@@ -1251,6 +1485,22 @@ def _add_prove(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--entry", type=Path, default=None, metavar="FILE", help="entry bytes, if not in the proof"
     )
     p.add_argument("--origin", default=None, help="require this checkpoint origin")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="verify's state file (read only): its checkpoints are trusted, so a checkpoint "
+        "consistent with one of them counts even if its key has retired since",
+    )
+    p.add_argument(
+        "--consistency",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a consistency proof from the proof's checkpoint to a newer one (`prove "
+        "--consistency-from`): the newer one, if trusted, vouches for the older",
+    )
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
@@ -1264,7 +1514,11 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     if args.all and str(args.out) == "-":
         raise ConfigError("--all writes one proof file per entry: --out must be a directory")
     verifier = _optional_keyring(args)
-    prover = Prover(open_store(args.url), args.log, verifier)
+    prover = Prover(
+        open_store(args.url), args.log, verifier, max_bundle_bytes=args.max_bundle_bytes
+    )
+    if args.consistency_from is not None:
+        return _write_consistency(prover, args)
     seq, expected = args.seq, None
     if args.request_id is not None:
         # Clients choose request ids, so several entries can carry one: never
@@ -1313,14 +1567,7 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     inclusion = prover.inclusion(seq=seq, tree_size=args.tree_size)
     if expected is not None and inclusion.entry != expected:
         raise VerificationError(f"entry {seq} changed while it was read")
-    text = inclusion.to_proof().to_text()
-    if str(args.out) == "-":
-        sys.stdout.write(text)
-    else:
-        try:
-            args.out.write_text(text)
-        except OSError as e:
-            raise ConfigError(f"cannot write {args.out}: {e.strerror}") from e
+    _write_out(args.out, inclusion.to_proof().to_text())
     print(
         f"entry {inclusion.index} of log {args.log} proven under signed tree size "
         f"{inclusion.checkpoint.size} ({len(inclusion.hashes)} hashes)",
@@ -1329,20 +1576,88 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_consistency(prover: Prover, args: argparse.Namespace) -> int:
+    """prove --consistency-from: a tlog-witness style body, old size to newer checkpoint."""
+    from extproc.core.tlogproof import ConsistencyProof
+    from extproc.prover import EntryNotFoundError
+
+    if args.all:
+        raise ConfigError("--all goes with --request-id")
+    proof = prover.consistency(args.consistency_from, args.tree_size)
+    if proof.first_note is None or proof.second_note is None:
+        missing = proof.first if proof.first_note is None else proof.second
+        raise EntryNotFoundError(f"log {args.log} has no signed checkpoint of tree size {missing}")
+    text = ConsistencyProof(proof.first, proof.hashes, proof.second_note).to_text()
+    _write_out(args.out, text)
+    print(
+        f"log {args.log}: tree size {proof.first} proven consistent with signed tree size "
+        f"{proof.second} ({len(proof.hashes)} hashes)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _write_out(out: Path, text: str) -> None:
+    """Write a proof to a file, or to stdout for '-'."""
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror}") from e
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small text file the user named ('-': stdin), read with a size bound."""
+    limit = 1 << 20
+    try:
+        if str(path) == "-":
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            with path.open("rb") as f:
+                raw = f.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    if len(raw) > limit:
+        raise ConfigError(f"{path}: {what} is larger than 1 MiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from e
+
+
 def _cmd_check_proof(args: argparse.Namespace) -> int:
-    from extproc.core.tlogproof import TlogProof, verify_proof
+    import time
+
+    from extproc.core.state import AuditState
+    from extproc.core.tlogproof import ConsistencyProof, TlogProof, verify_proof
 
     verifier = _keyring(args)
+    proof = TlogProof.from_text(_read_text(args.file, "proof"))
     try:
-        raw = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
         entry = args.entry.read_bytes() if args.entry else None
-        text = raw.decode("utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{args.file}: proof is not UTF-8 text") from e
-    proof = TlogProof.from_text(text)
-    checkpoint = verify_proof(proof, verifier, entry, origin=args.origin)
+        raise ConfigError(f"cannot read {args.entry}: {e.strerror}") from e
+    state = None
+    if args.state is not None:
+        # Read only, and never trust on first use: a missing state file is an error.
+        try:
+            state = AuditState.from_bytes(args.state.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read state file {args.state}: {e.strerror}") from e
+    consistency = None
+    if args.consistency is not None:
+        consistency = ConsistencyProof.from_text(_read_text(args.consistency, "consistency proof"))
+    checkpoint = verify_proof(
+        proof,
+        verifier,
+        entry,
+        origin=args.origin,
+        now_ms=int(time.time() * 1000),
+        state=state,
+        consistency=consistency,
+    )
     print(
         f"OK: entry {proof.index} is in log {checkpoint.origin} "
         f"at signed tree size {checkpoint.size}"
@@ -1360,7 +1675,12 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("url", type=_reader_store, help="s3://bucket/prefix or a directory")
     _add_key_options(p, required=False, what="trusted key")
     p.add_argument("--no-verify", action="store_true", help="do not verify (no hashing)")
-    p.add_argument("--origin-prefix", default=None, help="require this checkpoint origin prefix")
+    p.add_argument(
+        "--origin-prefix",
+        type=_typed(_origin_prefix, "an origin prefix"),
+        default=None,
+        help="require this checkpoint origin prefix",
+    )
     p.add_argument(
         "--log", action="append", default=[], metavar="ID", help="only this log (repeatable)"
     )
@@ -1386,6 +1706,7 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="N",
         help="bundles fetched ahead (S3 latency)",
     )
+    _add_bundle_bound(p)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -1424,6 +1745,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         log_ids=args.log,
         prefetch=args.prefetch,
         keep_requests=args.format == "table",
+        max_bundle_bytes=args.max_bundle_bytes,
     )
     out = sys.stdout.buffer
     width = max((len(escape(i)) for i in search.select_logs()), default=3)
@@ -1465,6 +1787,8 @@ COMMANDS = {
     "prove": _cmd_prove,
     "check-proof": _cmd_check_proof,
     "keygen": _cmd_keygen,
+    "hash-keygen": _cmd_hash_keygen,
+    "hash-value": _cmd_hash_value,
     "health": _cmd_health,
     "init-bucket": _cmd_init_bucket,
     "serve": _cmd_serve,

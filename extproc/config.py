@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from extproc.core import layout
+from extproc.core.bundle import MAX_BUNDLE_BYTES
+from extproc.core.checkpoint import validate_origin_prefix
 from extproc.core.receipt import DEFAULT_HEADER, validate_header_name
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import ConfigError
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
 MODES = ("enforce", "observe")
 RETENTION_MODES = ("COMPLIANCE", "GOVERNANCE")
 DESTINATION_CHECKS = ("off", "record", "refuse")  # --reporter-is-destination
+# --xfcc-mode: the own sidecar's forward_client_cert_details (Envoy's names);
+# the first, the default, leaves exactly one element.
+XFCC_MODES = ("SANITIZE_SET", "APPEND_FORWARD")
 
 LISTEN = "0.0.0.0:50051"
 METRICS_LISTEN = "0.0.0.0:9464"
@@ -55,6 +60,14 @@ MAX_STREAMS_PER_CONNECTION = 100
 MAX_CONNECTION_AGE = 1800.0
 STREAM_IDLE_TIMEOUT = 300.0
 OUTCOME_WINDOW = 300.0  # seconds an enforced request waits for its access-log outcome
+# Access-log intake, checked when a message's entry count is known and before
+# any entry is built. Envoy sends a batch at 64 KiB (envoy/*.yaml) or 16 KiB
+# (istiod's default) of ~300-byte entries: ~220 or ~55 per message; one stream
+# is one Envoy worker thread, ~25,000 entries/s at saturation on the 2-core
+# benchmark machine (docs/PERFORMANCE.md).
+MAX_ACCESS_LOG_ENTRIES = 5_000  # per message
+MAX_ACCESS_LOG_RATE = 50_000  # entries per second per stream
+MAX_REPORTER_ACCESS_LOG_RATE = 100_000  # entries per second per reporter, all its streams
 MAX_VALUE_BYTES = 2048
 RECEIPT_HEADER = DEFAULT_HEADER
 RESPONSE_HEADERS = frozenset(
@@ -128,6 +141,8 @@ class ServeConfig:
     xfcc_by: str | None = None
     allow_reporters: tuple[str, ...] = ()
     reporter_is_destination: str = "off"
+    xfcc_mode: str = XFCC_MODES[0]
+    allow_unauthenticated: bool = False  # a plaintext listener without XFCC trust: development
     health_listen: str = "off"  # plaintext gRPC health only (probes of a TLS listener)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_headers: int = MAX_HEADERS
@@ -139,6 +154,9 @@ class ServeConfig:
     # filter config, no access-log service); receipts imply it.
     ext_proc_responses: bool = False
     outcome_window: float = OUTCOME_WINDOW
+    max_access_log_entries: int = MAX_ACCESS_LOG_ENTRIES
+    max_access_log_rate: float = MAX_ACCESS_LOG_RATE
+    max_reporter_access_log_rate: float = MAX_REPORTER_ACCESS_LOG_RATE
 
     def __post_init__(self) -> None:
         self.validate()
@@ -155,9 +173,16 @@ class ServeConfig:
         """Raise ConfigError, naming the option, for any setting serve cannot run with."""
         if not self.store:
             raise ConfigError("--store is required (or EXTPROC_AUDIT_STORE)")
+        from extproc.store import check_store_url  # pure: the URL grammar, no client
+
+        try:
+            check_store_url(self.store)
+        except ConfigError as e:
+            raise ConfigError(f"--store: {e}") from None
         if not str(self.key):
             raise ConfigError("--key is required (or EXTPROC_AUDIT_KEY)")
         layout.validate_log_id(self.log_id)
+        validate_origin_prefix(self.origin_prefix)  # a newline would forge checkpoint lines
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.retention_mode not in RETENTION_MODES:
@@ -185,10 +210,18 @@ class ServeConfig:
             ("--max-connection-age", self.max_connection_age, 0),
             ("--stream-idle-timeout", self.stream_idle_timeout, 0),
             ("outcome window", self.outcome_window, 1),
+            ("--max-access-log-entries", self.max_access_log_entries, 1),
+            ("--max-access-log-rate", self.max_access_log_rate, 1),
+            ("--max-reporter-access-log-rate", self.max_reporter_access_log_rate, 1),
         ]
         for option, value, least in at_least:
             if not value >= least:  # also refuses NaN
                 raise ConfigError(f"{option} must be at least {least:g}, not {value:g}")
+        if self.bundle_max_bytes > MAX_BUNDLE_BYTES:  # readers refuse larger bundles
+            raise ConfigError(
+                f"--bundle-max-bytes must be at most {MAX_BUNDLE_BYTES} (the format's bundle "
+                f"bound, docs/FORMAT.md), not {self.bundle_max_bytes}"
+            )
         if not self.bundle_max_age > 0:
             raise ConfigError(f"--bundle-max-age must be positive, not {self.bundle_max_age:g}")
         if self.receipt_header is not None:
@@ -227,6 +260,8 @@ class ServeConfig:
             xfcc_by=self.xfcc_by,
             allow=self.allow_reporters,
             destination=self.reporter_is_destination,
+            xfcc_mode=self.xfcc_mode,
+            allow_unauthenticated=self.allow_unauthenticated,
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:

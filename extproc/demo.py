@@ -4,10 +4,16 @@ Starts a small upstream app, the audit server, and a real Envoy in front of
 the app with the ext_proc filter; sends real HTTP requests through Envoy;
 stops the server with SIGTERM (final checkpoint); verifies the published log
 and prints what happened.
+
+Envoy reaches the server over a Unix socket (`serve --listen unix:PATH`), so
+every entry names an authenticated reporter (`reporter.auth: unix`): only a
+process that can open the socket, in a directory only the demo's user can
+enter, can write entries. No `--allow-unauthenticated`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -17,10 +23,12 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +38,16 @@ from extproc import processes
 from extproc.auditor import verify_store
 from extproc.core.note import Signer
 from extproc.core.verify import all_ok
-from extproc.envoyconf import Endpoint, bootstrap, to_yaml
+from extproc.envoyconf import Endpoint, SocketPath, bootstrap, to_yaml
 from extproc.errors import ConfigError
 from extproc.keys import load_signer, write_signer
 from extproc.reader import entry_lines
-from extproc.store import open_store
+from extproc.store import open_store, parse_store_url
 
 DEMO_LOG_ID = "demo"
 DEMO_REDIRECT = "https://client.example/cb?code=demo-oauth-code-S1#access_token=demo-token-S2"
 DEMO_KEY_NAME = "extproc-audit-demo"
+_MAX_SOCKET_PATH = 100  # a Unix socket path fits in sun_path (108 bytes on Linux)
 
 
 class UpstreamApp:
@@ -172,11 +181,12 @@ def _prepare_workdir(workdir: Path) -> Path:
 
 def _store_identity(store_url: str) -> str:
     """One name per store: a normalized URL, and for S3 the endpoint it is on."""
-    if store_url.startswith("s3://"):
-        bucket, _, prefix = store_url[len("s3://") :].partition("/")
+    parsed = parse_store_url(store_url)
+    if parsed.bucket is not None:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return f"s3://{bucket}/{prefix.strip('/')} at {endpoint or 'AWS'}"
-    return str(Path(store_url.removeprefix("file://")).resolve())
+        return f"s3://{parsed.bucket}/{parsed.prefix} at {endpoint or 'AWS'}"
+    assert parsed.path is not None
+    return str(parsed.path.resolve())
 
 
 def _wal_dir(workdir: Path, store_url: str) -> Path:
@@ -273,6 +283,7 @@ class RunEntries:
 
     kinds: Counter[str] = field(default_factory=Counter)
     sample: dict[str, Any] | None = None
+    reporters: Counter[str] = field(default_factory=Counter)  # "auth id" -> entries
 
 
 def _run_entries(store_url: str, request_ids: list[str], sample_kind: str) -> RunEntries:
@@ -284,10 +295,25 @@ def _run_entries(store_url: str, request_ids: list[str], sample_kind: str) -> Ru
             continue
         kind = str(fields.get("kind"))
         found.kinds[kind] += 1
+        reporter = fields.get("reporter") or {}
+        found.reporters[f"{reporter.get('auth')} {reporter.get('id', '')}".strip()] += 1
         headers = (fields.get("req") or {}).get("headers") or {}
         if found.sample is None and kind == sample_kind and headers.get("authorization"):
             found.sample = fields
     return found
+
+
+@contextlib.contextmanager
+def _socket_path(workdir: Path) -> Iterator[Path]:
+    """Where the server listens: in the workdir, so the reporter keeps its name
+    from run to run, or in a private temporary directory where that path is
+    too long for a socket."""
+    socket = workdir / "audit.sock"
+    if len(str(socket)) <= _MAX_SOCKET_PATH:
+        yield socket
+        return
+    with tempfile.TemporaryDirectory(prefix="extproc-demo-") as private:
+        yield Path(private) / "audit.sock"
 
 
 def _describe_run(mode: str, kinds: Counter[str]) -> str:
@@ -315,20 +341,20 @@ def run_demo(
     vkey = signer.verifier().to_text()
     if store_url is None:
         store_url = str(workdir / "store")
-    elif store_url.startswith("s3://"):
+    elif parse_store_url(store_url).is_s3:
         _check_bucket(store_url)
     else:
-        store_url = str(Path(store_url.removeprefix("file://")).absolute())
+        local = parse_store_url(store_url).path
+        assert local is not None
+        store_url = str(local.absolute())
     wal_dir = _wal_dir(workdir, store_url)
-    grpc_port, metrics_port = processes.free_port(), processes.free_port()
+    metrics_port = processes.free_port()
     envoy_port, admin_port = processes.free_port(), processes.free_port()
     server_args = [
         "--store",
         store_url,
         "--key",
         str(workdir / "signing.key"),
-        "--listen",
-        f"127.0.0.1:{grpc_port}",
         "--metrics-listen",
         f"127.0.0.1:{metrics_port}",
         "--log-id",
@@ -352,10 +378,12 @@ def run_demo(
             UpstreamApp() as app,
             server_log_path.open("wb") as server_log,
             envoy_log_path.open("wb") as envoy_log,
+            _socket_path(workdir) as socket,
         ):
+            server_args += ["--listen", f"unix:{socket}"]
             config = bootstrap(
                 listen=Endpoint("127.0.0.1", envoy_port),
-                ext_proc=Endpoint("127.0.0.1", grpc_port),
+                ext_proc=SocketPath(str(socket)),
                 upstream=Endpoint("127.0.0.1", app.port),
                 admin=Endpoint("127.0.0.1", admin_port),
                 mode=mode,
@@ -367,7 +395,7 @@ def run_demo(
             try:
                 try:
                     processes.wait_until(
-                        lambda: processes.grpc_serving(f"127.0.0.1:{grpc_port}"), "", server
+                        lambda: processes.grpc_serving(f"unix:{socket}"), "", server
                     )
                 except (RuntimeError, TimeoutError) as e:
                     reason = "exited" if server.poll() is not None else "did not start"
@@ -421,6 +449,8 @@ def run_demo(
             f"checkpoints          {demo_report.checkpoints}, latest tree size "
             f"{latest.size if latest else 0}"
         )
+    for reporter, count in sorted(this_run.reporters.items()):
+        print(f"reporter             {reporter} ({count} entries; Envoy over the Unix socket)")
     if mode == "enforce":
         started_streams = stats.get("http.ingress_http.ext_proc.streams_started", 0)
         failed_streams = stats.get("http.ingress_http.ext_proc.streams_failed", 0)

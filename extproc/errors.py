@@ -30,6 +30,18 @@ class ForeignObjectError(VerificationError):
     def __init__(self, key: str, why: str) -> None:
         super().__init__(f"{key}: foreign object ({why})")
         self.key = key
+        self.why = why
+
+
+class ObjectTooLargeError(VerificationError):
+    """An object holds more bytes than a reader takes for its kind (the listed
+    size, or what came back while reading): more than an honest writer writes."""
+
+    def __init__(self, key: str, limit: int, size: int | None = None) -> None:
+        got = f"{size} bytes" if size is not None else "more"
+        super().__init__(f"{key}: object holds {got}, over the bound of {limit} bytes: not read")
+        self.key = key
+        self.limit = limit
 
 
 # --- Infrastructure and configuration. ------------------------------------------
@@ -64,6 +76,11 @@ class ObjectNotFoundError(StorageError):
     def __init__(self, key: str) -> None:
         super().__init__(f"object not found: {key}")
         self.key = key
+
+
+class OverBudgetError(AuditError):
+    """An input is over one of its budgets (docs/THREATS.md): refused before any
+    work on it, with gRPC RESOURCE_EXHAUSTED on a stream."""
 
 
 class LogUnavailableError(AuditError):

@@ -89,6 +89,12 @@ FOREIGN_OBJECTS = Counter(
     "records each in the log and continues in a new epoch",
     ["kind"],
 )
+STORE_WORM = Gauge(
+    "extproc_audit_store_worm",
+    "1 when the store keeps what is published write-once under retention (S3 Object Lock); "
+    "0 for a local directory or a bucket without Object Lock (--allow-no-object-lock), where "
+    "anyone with write access can change or delete published objects",
+)
 EPOCH = Gauge(
     "extproc_audit_epoch",
     "The writer's epoch: raised by a foreign object at a key it had to write or a key rotation",
@@ -106,6 +112,13 @@ ACCESS_REFUSED = Counter(
     "extproc_audit_access_refused_total",
     "Access-log entries refused, by type (tcp: the audit is of HTTP requests)",
     ["type"],
+)
+ACCESS_BUDGET_REFUSED = Counter(
+    "extproc_audit_access_budget_refused_total",
+    "Access-log entries refused whole with their message before any was built, by reporter "
+    "and budget (message: --max-access-log-entries, stream_rate: --max-access-log-rate, "
+    "reporter_rate: --max-reporter-access-log-rate); the stream ended with RESOURCE_EXHAUSTED",
+    ["reporter", "budget"],
 )
 OUTCOMES = Counter(
     "extproc_audit_outcomes_total",

@@ -28,7 +28,7 @@ import orjson
 
 from extproc.core import entry as entry_format
 from extproc.core import layout
-from extproc.core.bundle import split_lines
+from extproc.core.bundle import MAX_BUNDLE_BYTES, split_lines
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
 from extproc.core.display import escape, quote
 from extproc.core.keyring import Keyring
@@ -236,8 +236,10 @@ class Prover:
         log_id: str,
         verifier: Keyring | Verifier | None = None,
         cache: LeafCache | None = None,
+        max_bundle_bytes: int = MAX_BUNDLE_BYTES,
     ) -> None:
         self.store = store
+        self.max_bundle_bytes = max_bundle_bytes
         self.log_id = layout.validate_log_id(log_id)
         if isinstance(verifier, Keyring):
             self.keyring: Keyring | None = verifier
@@ -248,7 +250,7 @@ class Prover:
     # --- objects --------------------------------------------------------------------
 
     def _objects(self) -> _LogObjects:
-        reader = LogReader.open(self.store, self.log_id)
+        reader = LogReader.open(self.store, self.log_id, max_bundle_bytes=self.max_bundle_bytes)
         listed = reader.objects
         if not (listed.checkpoints or listed.bundles):
             raise EntryNotFoundError(f"log {self.log_id} not found in {self.store.url}")
@@ -293,8 +295,8 @@ class Prover:
         """The checkpoint at `size` if it is usable: verifies (or parses) and names its size."""
         key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
         try:
-            note = objects.reader.read(key)
-        except ObjectNotFoundError:
+            note = objects.reader.read_checkpoint(key)
+        except (ObjectNotFoundError, VerificationError):  # gone, over its bound, not a file
             return None
         try:
             if self.keyring is not None:
@@ -341,7 +343,7 @@ class Prover:
         """The checkpoint at `size` reads as one of this log, whoever signed it."""
         key = layout.checkpoint_key(self.store.prefix, self.log_id, size)
         try:
-            cp = Checkpoint.from_text(parse_note(objects.reader.read(key))[0])
+            cp = Checkpoint.from_text(parse_note(objects.reader.read_checkpoint(key))[0])
         except (ObjectNotFoundError, VerificationError):
             return False
         return cp.size == size and cp.origin.endswith(f"/{self.log_id}")

@@ -15,6 +15,14 @@ demo, the tests and the scripts read a store through here:
   `verify` and `search`.
 - `entry_lines`: every entry of a log, as stored.
 
+Every read has a budget, checked before reading (the listed size) and while
+reading (the store stops one byte past it): a claim `MAX_CLAIM_BYTES`, a
+checkpoint `MAX_NOTE_BYTES`, a bundle `max_bundle_bytes` of lines (default
+the format's bound, `core.bundle.MAX_BUNDLE_BYTES`; `--max-bundle-bytes`),
+decompressed as a stream that stops there. The bodies of bundles that are
+not the log's (no claim names them: planted, superseded, another writer's)
+are never read, and an object whose name is not in the layout is never read.
+
 Formats come from extproc.core; nothing of the writer (extproc.log,
 extproc.server) is imported here (tests/test_boundaries.py).
 """
@@ -22,17 +30,23 @@ extproc.server) is imported here (tests/test_boundaries.py).
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from extproc.core import layout
-from extproc.core.bundle import bundle_lines, split_lines
-from extproc.core.claim import Claim, claim_in_effect
+from extproc.core.bundle import MAX_BUNDLE_BYTES, bundle_lines, split_lines, stored_bound
+from extproc.core.claim import MAX_CLAIM_BYTES, Claim, claim_in_effect
 from extproc.core.keyring import Keyring
-from extproc.core.verify import Finding, LogChecker
-from extproc.errors import ObjectNotFoundError, VerificationError
+from extproc.core.note import MAX_NOTE_BYTES
+from extproc.core.verify import WARNING, Finding, LogChecker
+from extproc.errors import (
+    ForeignObjectError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    VerificationError,
+)
 from extproc.store.base import ObjectStore, ObjectVersion
 
 Bundle = tuple[str, layout.BundleName]  # key, and what its name says
@@ -159,8 +173,11 @@ def _vlist(versions: list[ObjectVersion]) -> str:
 
 
 def stray_findings(stray: Sequence[str]) -> list[Finding]:
-    """The findings of keys under logs/ that name no valid log id."""
-    return [Finding("-", key, "object under logs/ with an invalid log id") for key in stray]
+    """The findings of keys under logs/ that name no valid log id: warnings, like
+    every object no log claims (none of them can change a log)."""
+    return [
+        Finding("-", key, "object under logs/ with an invalid log id", WARNING) for key in stray
+    ]
 
 
 @dataclass(frozen=True)
@@ -183,28 +200,54 @@ class ReadBundle:
 class LogReader:
     """One log's objects in a store, read as its writer wrote them."""
 
-    def __init__(self, store: ObjectStore, log_id: str, objects: LogObjects) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        log_id: str,
+        objects: LogObjects,
+        max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+    ) -> None:
         self.store = store
         self.log_id = log_id
         self.objects = objects
+        self.max_bundle_bytes = max_bundle_bytes
         self._versioned = store.versioned()
 
     @classmethod
-    def open(cls, store: ObjectStore, log_id: str, from_seq: int = 0) -> LogReader:
+    def open(
+        cls,
+        store: ObjectStore,
+        log_id: str,
+        from_seq: int = 0,
+        max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+    ) -> LogReader:
         """List the objects of one log (its prefix only; numbered `from_seq` and
         up); none if it has none."""
         logs, _ = list_logs(store, log_id, from_seq)
-        return cls(store, log_id, logs.get(log_id, LogObjects()))
+        return cls(store, log_id, logs.get(log_id, LogObjects()), max_bundle_bytes)
 
     # --- objects ------------------------------------------------------------------------
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, limit: int) -> bytes:
         """The object as the log wrote it: on a versioned store its original
-        version (a later version or a delete marker is reported by list_logs)."""
+        version (a later version or a delete marker is reported by list_logs).
+        ObjectTooLargeError past `limit` bytes: by the listed size before any
+        read, and by the store while reading (a listing can lie)."""
+        size = self.objects.sizes.get(key)
+        if size is not None and size > limit:
+            raise ObjectTooLargeError(key, limit, size)
         original = self.objects.originals.get(key)
         if original is not None and self._versioned is not None:
-            return self._versioned.get_version(key, original.version_id)
-        return self.store.get(key)
+            return self._versioned.get_version(key, original.version_id, limit)
+        return self.store.get(key, limit)
+
+    def read_checkpoint(self, key: str) -> bytes:
+        """A checkpoint object (a signed note: at most MAX_NOTE_BYTES)."""
+        return self.read(key, MAX_NOTE_BYTES)
+
+    def read_claim(self, key: str) -> bytes:
+        """A claim object (at most MAX_CLAIM_BYTES)."""
+        return self.read(key, MAX_CLAIM_BYTES)
 
     def written_ms(self, key: str) -> int | None:
         """When the store says the object was written (versioned stores), if it says."""
@@ -218,8 +261,13 @@ class LogReader:
 
     def bundle_data(self, key: str, name: layout.BundleName) -> bytes:
         """A bundle's newline-terminated lines, decompressed (VerificationError if
-        its gzip is broken)."""
-        return bundle_lines(self.read(key), compressed=name.gzip)
+        its gzip is broken or it is over `max_bundle_bytes`, stored or decompressed)."""
+        bound = self.max_bundle_bytes
+        data = self.read(key, stored_bound(bound) if name.gzip else bound)
+        try:
+            return bundle_lines(data, compressed=name.gzip, limit=bound)
+        except VerificationError as e:
+            raise VerificationError(f"{key}: {e}") from e
 
     def _fetch(self, key: str, name: layout.BundleName) -> Read:
         try:
@@ -263,7 +311,7 @@ class LogReader:
                 continue
             name = layout.parse_key(self.store.prefix, key)
             try:
-                claim = Claim.from_bytes(self.read(key))
+                claim = Claim.from_bytes(self.read_claim(key))
             except (VerificationError, ObjectNotFoundError):
                 continue
             trusted = claim.signed
@@ -306,23 +354,31 @@ class LogReader:
         objects = self.objects
         checker.report.findings.extend(objects.version_findings)
         for key in objects.unknown:
-            checker.add_unknown(key)
+            checker.add_unknown(key)  # not read: nothing in the layout is named so
         checkpoints = sorted(objects.checkpoints, key=lambda c: c[1])
         if base:
             newer = [c for c in checkpoints if c[1] >= base]
             checkpoints = newer or checkpoints[-1:]
         for key, size in checkpoints:
             try:
-                checker.add_checkpoint(key, size, self.read(key), self.written_ms(key))
+                data = self.read_checkpoint(key)
             except ObjectNotFoundError:
-                checker.add_unknown(key)  # listed, then gone: report it, keep going
+                checker.add_gone(key)  # listed, then gone: report it, keep going
+            except VerificationError as e:  # over its bound, not a regular file
+                checker.add_foreign(key, _why(key, e))
+            else:
+                checker.add_checkpoint(key, size, data, self.written_ms(key))
         for key, first in objects.claims:
             if first < base:
                 continue
             try:
-                checker.add_claim(key, first, self.read(key))
+                data = self.read_claim(key)
             except ObjectNotFoundError:
-                checker.add_unknown(key)
+                checker.add_gone(key)
+            except VerificationError as e:
+                checker.add_foreign(key, _why(key, e))
+            else:
+                checker.add_claim(key, first, data)
 
     def check(
         self, checker: LogChecker | None, *, base: int = 0, prefetch: int = 0
@@ -332,25 +388,48 @@ class LogReader:
         Call `checker.finish()` once this is exhausted.
 
         Bundles wholly below `base` were verified by an earlier run: counted,
-        not read or yielded. An unreadable bundle is reported and yielded with
-        no lines; without a checker nothing is decided.
+        not read or yielded. Bundles that are not the log's (with a checker: not
+        the one the claim in effect at their position names; without one: off
+        `bundles_in_effect`) are yielded without being read, not in the log. An
+        unreadable bundle is reported and yielded with no lines; without a
+        checker nothing is decided.
         """
+        theirs: Callable[[layout.BundleName], bool]
         if checker is not None:
             self.feed(checker, base=base)
+            theirs = checker.claimed_here
+        else:
+            theirs = {name for _, name in self.bundles_in_effect()}.__contains__
         todo: list[Bundle] = []
         for key, name in self.bundles():
-            if name.last >= base:
+            if name.last < base:
+                if checker is not None:
+                    checker.add_bundle(key, name, b"")  # counted, not read
+            elif theirs(name):
                 todo.append((key, name))
-            elif checker is not None:
-                checker.add_bundle(key, name, b"")  # counted, not read
-        for key, name, data in self.read_ahead(todo, prefetch):
+            else:
+                if checker is not None:
+                    checker.add_bundle(key, name, b"")  # reported, not read
+                yield ReadBundle(key, name, b"", in_log=False)
+        read = self.read_ahead(todo, prefetch)
+        for group in _by_range(todo):
+            got = [next(read) for _ in group]
+            if len(got) > 1 and checker is not None:
+                got, others = _the_claimed_one(checker, got)
+                yield from (ReadBundle(key, name, b"", in_log=False) for key, name in others)
+            yield from self._checked(checker, got)
+
+    def _checked(
+        self, checker: LogChecker | None, got: list[tuple[str, layout.BundleName, Read]]
+    ) -> Iterator[ReadBundle]:
+        for key, name, data in got:
             if isinstance(data, ObjectNotFoundError):
                 if checker is not None:
-                    checker.add_unknown(key)  # listed, then gone
+                    checker.add_gone(key)  # listed, then gone
                 yield ReadBundle(key, name, b"", in_log=False)
             elif isinstance(data, VerificationError):
                 if checker is not None:
-                    checker.report.findings.append(Finding(self.log_id, key, str(data)))
+                    checker.report.findings.append(Finding(self.log_id, key, _why(key, data)))
                     checker.add_bundle(key, name, b"")
                 yield ReadBundle(key, name, b"", in_log=False)
             else:
@@ -358,10 +437,50 @@ class LogReader:
                 yield ReadBundle(key, name, data, in_log)
 
 
-def open_logs(store: ObjectStore) -> tuple[dict[str, LogReader], list[Finding]]:
+def _by_range(bundles: list[Bundle]) -> Iterator[list[Bundle]]:
+    """Bundles (sorted) in groups of one range: more than one is a `.jsonl` and a
+    `.jsonl.gz` of the same range."""
+    group: list[Bundle] = []
+    for bundle in bundles:
+        if group and (group[0][1].first, group[0][1].last) != (bundle[1].first, bundle[1].last):
+            yield group
+            group = []
+        group.append(bundle)
+    if group:
+        yield group
+
+
+def _the_claimed_one(
+    checker: LogChecker, got: list[tuple[str, layout.BundleName, Read]]
+) -> tuple[list[tuple[str, layout.BundleName, Read]], list[Bundle]]:
+    """Two objects for one claimed range: a claim names the range, not the
+    encoding, so the one whose last entry is the claim's is the log's and the
+    others are foreign objects (each was read within its bound). Without one
+    that matches, the first is checked as the log's (and fails)."""
+    matching = [g for g in got if isinstance(g[2], bytes) and checker.claim_matches(g[1], g[2])]
+    chosen = matching[0] if matching else got[0]
+    others = [(key, name) for key, name, _ in got if key != chosen[0]]
+    for key, _ in others:
+        checker.add_foreign(key, f"a second bundle for the range claimed at {chosen[1].first}")
+    return [chosen], others
+
+
+def _why(key: str, e: VerificationError) -> str:
+    """A reader error's message without the key it starts with (findings name it)."""
+    if isinstance(e, ForeignObjectError):
+        return e.why
+    return str(e).removeprefix(f"{key}: ")
+
+
+def open_logs(
+    store: ObjectStore, max_bundle_bytes: int = MAX_BUNDLE_BYTES
+) -> tuple[dict[str, LogReader], list[Finding]]:
     """A reader for every log under the store's prefix, and the stray keys' findings."""
     logs, stray = list_logs(store)
-    readers = {log_id: LogReader(store, log_id, objects) for log_id, objects in logs.items()}
+    readers = {
+        log_id: LogReader(store, log_id, objects, max_bundle_bytes)
+        for log_id, objects in logs.items()
+    }
     return readers, stray_findings(stray)
 
 

@@ -1,6 +1,6 @@
 """Search published bundles for entries, verifying the log as it is read.
 
-Streams: one bundle (at most --bundle-max-bytes, 16 MiB by default) per
+Streams: one bundle (read with at most --max-bundle-bytes of lines) per
 fetch in flight, plus a bounded map of request entries waiting for their
 response, so memory does not grow with the log. Matching rules are in
 docs/SEARCH.md. The store is read by extproc.reader, which feeds
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 
 from extproc.core import entry
+from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.display import escape
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
@@ -259,8 +261,10 @@ class StoreSearch:
         log_ids: Sequence[str] = (),
         prefetch: int = 4,
         keep_requests: bool = False,
+        max_bundle_bytes: int = MAX_BUNDLE_BYTES,
     ) -> None:
         self.store = store
+        self.max_bundle_bytes = max_bundle_bytes
         self.filters = filters
         self.verifier = verifier
         self.origin_prefix = origin_prefix
@@ -275,7 +279,7 @@ class StoreSearch:
     def select_logs(self) -> list[str]:
         """List the store once and return the log ids that will be searched, in order."""
         if self._selected is None:
-            logs, self.stats.general = open_logs(self.store)
+            logs, self.stats.general = open_logs(self.store, self.max_bundle_bytes)
             ids = sorted(set(self.log_ids)) if self.log_ids else sorted(logs)
             missing = [i for i in ids if i not in logs]
             if missing:
@@ -292,7 +296,8 @@ class StoreSearch:
     def _search_log(self, reader: LogReader) -> Iterator[Match]:
         checker = None
         if self.verifier is not None:
-            checker = LogChecker(reader.log_id, self.verifier, self.origin_prefix)
+            now_ms = int(time.time() * 1000)  # the clock: evidence for keys with an end date
+            checker = LogChecker(reader.log_id, self.verifier, self.origin_prefix, now_ms=now_ms)
         scan = _LogScan(reader.log_id, self.filters, self.keep_requests)
         stats = self.stats
         for bundle in reader.check(checker, prefetch=self.prefetch):
@@ -329,8 +334,21 @@ class StoreSearch:
 
 def table_header(log_width: int) -> str:
     return _row(
-        "TS", "LOG", "SEQ", "KIND", "METHOD", "PATH", "STATUS", "PRINCIPAL", "RID", log_width
-    )
+        "TS", "LOG", "SEQ", "KIND", "METHOD", "PATH", "STATUS", "PRINCIPAL", "REPORTER", "RID",
+        log_width,
+    )  # fmt: skip
+
+
+def reporter_text(fields: dict[str, Any]) -> str:
+    """Who reported an entry, as `auth:id` (`xfcc:spiffe://...`, `unix:/run/a.sock`),
+    or the bare `auth` when it has no id (`unauthenticated`)."""
+    reporter = fields.get("reporter")
+    if not isinstance(reporter, dict):
+        return ""
+    auth, rid = str(reporter.get("auth", "")), reporter.get("id")
+    if not isinstance(rid, str) or not rid:
+        return auth
+    return rid if rid.startswith(f"{auth}:") else f"{auth}:{rid}"
 
 
 def table_row(match: Match, log_width: int) -> str:
@@ -357,6 +375,7 @@ def table_row(match: Match, log_width: int) -> str:
         path,
         "" if status is None else str(status),
         str(_get(src, "src", "principal") or ""),
+        reporter_text(f),
         str(f.get("rid", "")),
         log_width,
     )
@@ -375,13 +394,15 @@ def _row(
     path: str,
     status: str,
     principal: str,
+    reporter: str,
     rid: str,
     log_width: int,
 ) -> str:
     ts, log_id, seq, kind = escape(ts), escape(log_id), escape(seq), escape(kind)
     method, path, status = escape(method), escape(path), escape(status)
-    principal, rid = escape(principal), escape(rid)
+    principal, reporter, rid = escape(principal), escape(reporter), escape(rid)
     return (
         f"{ts:<27} {_cut(log_id, log_width):<{log_width}} {seq:>10} {kind:<8} "
-        f"{_cut(method, 7):<7} {_cut(path, 40):<40} {status:>6} {_cut(principal, 40):<40} {rid}"
+        f"{_cut(method, 7):<7} {_cut(path, 40):<40} {status:>6} {_cut(principal, 40):<40} "
+        f"{_cut(reporter, 40):<40} {rid}"
     ).rstrip()

@@ -619,6 +619,8 @@ class Bench:
             "1",
             "--retention-mode",
             "GOVERNANCE",
+            # Envoy on loopback, plaintext: what the no-op floors measure too.
+            "--allow-unauthenticated",
         ]
         return [*args, "--workers", str(workers)] if workers > 1 else args
 

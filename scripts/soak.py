@@ -218,6 +218,8 @@ class Soak:
             "--log-id", "soak", "--wal-dir", str(self.work / "wal"),
             "--access-log-grace", "0.5", "--drain-delay", str(self.args.drain_delay),
             "--allow-no-object-lock",
+            # A loopback soak: no reporter authentication (every entry says so).
+            "--allow-unauthenticated",
         ]  # fmt: skip
 
     def start_server(self) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +303,11 @@ class AuditStack:
     # which client certificate (mTLS listeners).
     envoy_ext_proc: Endpoint | SocketPath | None = None
     envoy_tls: ClientTLS | None = None
+    # Changes the test makes to the rendered Envoy config (routes, logged headers).
+    envoy_patch: Callable[[dict[str, Any]], None] | None = None
+    # Stacks that do not test authentication run as local development does: a
+    # plaintext listener without --trust-xfcc-from gets --allow-unauthenticated.
+    allow_unauthenticated: bool = True
     server: subprocess.Popen[bytes] | None = None
     envoy: subprocess.Popen[bytes] | None = None
     envoy_bin: str | None = None  # another Envoy build than the venv's (fixture envoy_bin)
@@ -342,6 +347,7 @@ class AuditStack:
             "--mode", self.mode, "--bundle-max-age", "0.2", "--drain-timeout", "10",
             # Envoy flushes its access logs every 0.2 s (envoyconf).
             "--access-log-grace", "0.5",
+            *self._reporter_args(),
             *self.extra_args,
         ]  # fmt: skip
         self.server = processes.start_server(args, log)
@@ -352,6 +358,14 @@ class AuditStack:
             else (lambda: check_health(address).status != "UNREACHABLE"),
             f"audit server (see {self.workdir / 'server.log'})",
             self.server,
+        )
+
+    def _reporter_args(self) -> list[str]:
+        authenticated = (self.listen or "").startswith("unix:") or bool(
+            {"--tls-cert", "--trust-xfcc-from"} & set(self.extra_args)
+        )
+        return (
+            ["--allow-unauthenticated"] if self.allow_unauthenticated and not authenticated else []
         )
 
     def start_envoy(self) -> None:
@@ -367,6 +381,8 @@ class AuditStack:
             # or logging outcomes from ext_proc instead of the access-log stream).
             response_phase=bool({"--receipts", "--ext-proc-responses"} & set(self.extra_args)),
         )
+        if self.envoy_patch is not None:
+            self.envoy_patch(config)
         path = self.workdir / "envoy.yaml"
         path.write_text(to_yaml(config))
         log = (self.workdir / "envoy.log").open("ab")

@@ -52,6 +52,7 @@ def write_log(
     writer_id: str = "abcd",
     final: bool = False,
     stop: bool = False,
+    signed_at: float | None = None,
     **config: Any,
 ) -> None:
     """Publish `batches` of entry fields with the real writer, in-process.
@@ -61,7 +62,8 @@ def write_log(
     place (v, seq, prev, ts). `times`: the wall clock at each entry, in order
     (default: the real clock); `final`: the last checkpoint is marked final;
     `stop`: then shut down as the server does on SIGTERM (a `writer stop`
-    entry under another final checkpoint). `config`: PublisherConfig options
+    entry under another final checkpoint). `signed_at`: the time every checkpoint's
+    `time` line states (default: the real clock). `config`: PublisherConfig options
     (max_age defaults to 0: bundles are cut by size, or when published).
     """
     clock = iter(times) if times is not None else None
@@ -74,7 +76,15 @@ def write_log(
         )
         settings: dict[str, Any] = {"max_age": 0.0, **config}
         cfg = PublisherConfig(log_id, layout.origin_for(ORIGIN_PREFIX, log_id), **settings)
-        publisher = Publisher(audit_log, wal, store, signer, cfg, writer_id=writer_id)
+        publisher = Publisher(
+            audit_log,
+            wal,
+            store,
+            signer,
+            cfg,
+            writer_id=writer_id,
+            wall_clock=time.time if signed_at is None else _fixed_clock(signed_at),
+        )
         await publisher.reconcile()
         for i, batch in enumerate(batches):
             last = None
@@ -90,6 +100,10 @@ def write_log(
         audit_log.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def _fixed_clock(at: float) -> Callable[[], float]:
+    return lambda: at
 
 
 def _store(store: ObjectStore | str) -> ObjectStore:

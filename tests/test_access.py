@@ -132,7 +132,8 @@ def test_access_entry_carries_what_an_audit_asks_after_the_fact() -> None:
             "principal": "access_log:peer_certificate",
         },
     }
-    assert fields["dst"] == "10.0.0.5:8080" and fields["dst_principal"] == SERVED_AS
+    assert fields["dst"] == "10.0.0.5:8080"
+    assert fields["reporter"]["claimed"] == {"dst_principal": SERVED_AS}  # a claim
     assert fields["upstream"] == {"host": "10.0.0.9:9000", "cluster": "inbound|8080||"}
     assert fields["route"] == "default" and fields["flags"] == "UF,URX"
     assert fields["timing"] == {"start_ms": 1_780_000_000_123, "duration_us": 4500}
@@ -193,8 +194,27 @@ def test_outcome_matches_reporter_request_id_and_local_address() -> None:
     matcher.expect(SPIFFE, "rid-1", "10.0.0.5:8080", 17)
     assert matcher.take("spiffe://other", "rid-1", "10.0.0.5:8080") is None  # another proxy
     assert matcher.take(SPIFFE, "rid-1", "10.1.1.1:80") is None  # its own outbound call
-    assert matcher.take(SPIFFE, "rid-1", "10.0.0.5:8080") == 17
-    assert matcher.take(SPIFFE, "rid-1", "10.0.0.5:8080") is None  # taken once
+    assert matcher.take(SPIFFE, "rid-1", "10.0.0.5:8080") == (17, None)
+    matcher.taken(SPIFFE, "rid-1", "10.0.0.5:8080", 17, 40)  # entry 40 is its outcome
+    # A second outcome for the same request: linked, naming the first (a conflict).
+    assert matcher.take(SPIFFE, "rid-1", "10.0.0.5:8080") == (17, 40)
+    assert matcher.take(SPIFFE, "rid-1", "10.0.0.5:8080") == (17, 40)
+    matcher.expect(SPIFFE, "rid-1", "10.0.0.5:8080", 50)  # a new request reusing the id
+    assert matcher.take(SPIFFE, "rid-1", "10.0.0.5:8080") == (50, None)
+
+
+def test_matched_requests_are_remembered_within_the_same_bounds() -> None:
+    clock = FakeClock()
+    matcher = OutcomeMatcher(window=10.0, max_pending=2, clock=clock)
+    for i in range(3):
+        matcher.expect("r", f"rid-{i}", "d", i)
+        assert matcher.take("r", f"rid-{i}", "d") == (i, None)
+        matcher.taken("r", f"rid-{i}", "d", i, 100 + i)
+    assert len(matcher) == 2 and matcher.take("r", "rid-0", "d") is None  # over the bound
+    assert matcher.take("r", "rid-2", "d") == (2, 102)
+    clock.now = 11.0
+    matcher.expect("r", "rid-new", "d", 9)
+    assert len(matcher) == 1 and matcher.take("r", "rid-2", "d") is None  # past the window
 
 
 def test_outcome_window_and_bound_expire_the_oldest() -> None:
@@ -249,10 +269,16 @@ def test_batches_become_access_entries_naming_the_stream(server: AuditStack) -> 
     assert server.stop_server() == 0
     access = [e for e in read_entries(server.store_url, server.log_id) if e["kind"] == "access"]
     assert [e["rid"] for e in access] == [f"b{b}-{i}" for b in range(4) for i in range(25)]
-    assert {e["node"] for e in access} == {"sidecar~10.0.0.5~web-1.shop~shop.svc.cluster.local"}
-    assert {str(e["stream"]) for e in access} == {
-        str({"cluster": "web.shop", "log": "extproc-audit"})
-    }
+    # What the stream's identifier says about its sender: claims, beside the reporter.
+    assert all(
+        e["reporter"]["claimed"]
+        == {
+            "node": "sidecar~10.0.0.5~web-1.shop~shop.svc.cluster.local",
+            "cluster": "web.shop",
+            "log": "extproc-audit",
+        }
+        for e in access
+    )
     assert all(e["reporter"]["auth"] == "unauthenticated" for e in access)
     assert "3 TCP access-log entries refused" in server.server_log()  # counted, not logged
     assert server.verify().returncode == 0
@@ -304,6 +330,50 @@ def test_access_log_stream_obeys_the_reporter_rules(make_stack: Any, tmp_path: A
     assert stack.stop_server() == 0
     access = [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] == "access"]
     assert [(e["rid"], e["reporter"]["id"]) for e in access] == [("honest", SPIFFE)]
+
+
+def test_second_outcome_from_another_stream_is_a_conflict_not_a_silent_win(
+    make_stack: Any, tmp_path: Any
+) -> None:
+    """The review's attack: a second connection under the same identity sends a
+    forged 200 for another stream's request before the real 500 arrives."""
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+
+    from tests.test_server import request_headers
+
+    sock = tmp_path / "run" / "audit.sock"
+    sock.parent.mkdir()
+    stack = make_stack(listen=f"unix:{sock}", extra_args=["--allow-reporter", "unix:*"])
+    stack.start_server()
+    request = request_headers(path="/payments/42", rid="victim")
+    attrs = request.attributes["envoy.filters.http.ext_proc"]
+    attrs.fields["destination.address"].string_value = "10.0.0.5:8080"  # as http_entry's
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        replies = list(ext_proc_grpc.ExternalProcessorStub(channel).Process(iter([request])))
+        assert [r.WhichOneof("response") for r in replies] == ["request_headers"]
+    for status in (200, 500):  # the forger's stream first, then the real one
+        with grpc.insecure_channel(f"unix:{sock}") as channel:
+            stub = als_pb2_grpc.AccessLogServiceStub(channel)
+            stub.StreamAccessLogs(
+                _als_messages([[http_entry(rid="victim", status=status)]]), timeout=10
+            )
+    assert stack.stop_server() == 0
+    assert "1 access-log entries are a second outcome of a request" in stack.server_log()
+    entries = [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] != "writer"]
+    request_entry, forged, real = entries
+    assert request_entry["kind"] == "request" and forged["resp"]["status"] == 200
+    assert forged["ref"] == real["ref"] == request_entry["seq"] and "conflict" not in forged
+    assert real["resp"]["status"] == 500 and real["conflict"] == forged["seq"]
+    shown = (
+        f"entry {real['seq']}: a second outcome of request entry {request_entry['seq']}, "
+        f"whose first outcome is entry {forged['seq']}"
+    )
+    verify = stack.verify()
+    assert verify.returncode == 0 and "warning: log e2e: " in verify.stdout
+    assert shown in verify.stdout, verify.stdout
+    search = run_cli("search", stack.store_url, "--vkey", stack.vkey(), "--request-id", "victim")
+    assert search.returncode == 0 and shown in search.stderr, search.stderr
+    assert len(search.stdout.splitlines()) == 3  # the request and both outcomes
 
 
 # --- real Envoy ----------------------------------------------------------------------------------

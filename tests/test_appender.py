@@ -401,6 +401,56 @@ def test_backlog_bound_counts_entries_waiting_for_disk(tmp_path: Path) -> None:
     run(scenario, timeout=20)
 
 
+def test_flood_of_reserved_entries_is_refused_before_any_is_built(tmp_path: Path) -> None:
+    # Each batch entry counts against the backlog before it is built (the
+    # access-log path): a flood becomes refusals, not memory.
+    built: list[int] = []
+
+    def entries(n: int) -> Any:
+        for i in range(n):
+            built.append(i)
+            yield request(i)
+
+    async def scenario() -> None:
+        log, _ = open_faked_log(WAL(tmp_path), max_backlog_bytes=64 * 1024)
+        with pytest.raises(BackpressureError, match="with 500000 entries more"):
+            log.reserve(500_000)
+        assert log.reserved == 0 and log.backlog_bytes == 0 and not built
+        log.reserve(40)
+        assert log.reserved == 40 and log.backlog_bytes > 0  # the estimate counts
+        with pytest.raises(BackpressureError):  # the reservation leaves no room for more
+            log.reserve(100)
+        log.append_batch_nowait(entries(30), reserved=30)
+        log.release(10)
+        assert log.reserved == 0 and log.size == 30 == len(built)
+        await log.flush()
+        # The estimate is gone: what counts is the real size of each line.
+        assert log.backlog_bytes == sum(len(d.line) for d in log.entries(0, 30))
+        log.close()
+
+    run(scenario, timeout=20)
+
+
+def test_batch_entry_that_fails_to_build_keeps_those_before_it_durable(tmp_path: Path) -> None:
+    def entries() -> Any:
+        yield request(0)
+        yield request(1)
+        raise RuntimeError("capture failed")
+
+    async def scenario() -> None:
+        log, _ = open_faked_log(WAL(tmp_path))
+        log.reserve(3)
+        with pytest.raises(RuntimeError, match="capture failed"):
+            log.append_batch_nowait(entries(), reserved=3)
+        assert log.reserved == 0 and log.size == 2
+        await log.flush()  # the two before it were sent to disk without another append
+        assert log.durable_size == 2
+        log.close()
+
+    run(scenario, timeout=20)
+    assert paths(recovered_lines(tmp_path)) == ["/r/0", "/r/1"]
+
+
 # --- a failed sync or write -------------------------------------------------------------------
 
 

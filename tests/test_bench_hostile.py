@@ -27,17 +27,23 @@ def test_bench_hostile_measures_cpu_latency_and_entry_sizes(tmp_path: Path) -> N
         side_rate=2,
         rounds=1,
         envoy=with_envoy,
-        shapes=("normal", "60k"),
+        shapes=("normal", "60k", "als500k"),
         idle_seconds=0.5,
+        als_rate=2,
     )
     json.dumps(report)  # what --json writes
 
     cpu = {r["shape"]: r for r in report["cpu"]}
-    assert set(cpu) == {"normal", "60k"}
+    assert set(cpu) == {"normal", "60k", "als500k"}
     hostile = cpu["60k"]
     assert 4_000_000 < hostile["message_bytes"] <= bench_hostile.MAX_MESSAGE - 5
     assert hostile["messages"] == 3
     assert hostile["cpu_ms_per_msg"] > 0  # the server did measurable work
+    # The review's access-log message: refused by its entry budget, every time.
+    als = cpu["als500k"]
+    assert 900_000 < als["message_bytes"] < 1 << 20
+    assert als["status"] == "RESOURCE_EXHAUSTED" and als["messages"] == 3
+    assert als["rss_mb_max"] > 0
     assert cpu["normal"]["cpu_ms_per_msg"] >= 0
     assert hostile["ratio_to_normal"] is None or hostile["ratio_to_normal"] > 0
 
@@ -50,9 +56,17 @@ def test_bench_hostile_measures_cpu_latency_and_entry_sizes(tmp_path: Path) -> N
     assert report["exit_status"] == 0
 
     if with_envoy:
-        baseline, attacked = report["envoy"]
-        assert baseline["name"] == "baseline" and attacked["name"] == "hostile"
+        baseline, attacked, als_phase = report["envoy"]
+        assert [baseline["name"], attacked["name"], als_phase["name"]] == [
+            "baseline",
+            "hostile",
+            "als",
+        ]
         assert baseline["latency"]["requests"] > 0 and attacked["latency"]["requests"] > 0
         assert attacked["side"]["sent"] > 0
+        assert als_phase["side"]["sent"] > 0
+        assert als_phase["side"]["refused"] == als_phase["side"]["sent"]
+        assert als_phase["rss_mb_max"] > 0
+        assert any(name.startswith("als: ") for name in report["targets"])
     for value, met in report["targets"].values():
         assert isinstance(value, str) and isinstance(met, bool)

@@ -11,20 +11,24 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc import cli
+from extproc.config import ServeConfig
 from extproc.core.checkpoint import (
+    MAX_ORIGIN_CHARS,
     Checkpoint,
     make_extensions,
     open_checkpoint,
     sign_checkpoint,
 )
 from extproc.core.note import Signer, parse_note, sign_note
-from extproc.errors import VerificationError
+from extproc.errors import ConfigError, VerificationError
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 EMPTY_ROOT_B64 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # base64(SHA-256(""))
@@ -128,11 +132,17 @@ def test_checkpoint_text_round_trip(
 note_line = st.text(
     alphabet=st.characters(exclude_categories=["Cc", "Cs"]), min_size=1, max_size=40
 )
+# What this writer signs as an origin: printable ASCII, no space, no '+'.
+origins = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="+"),
+    min_size=1,
+    max_size=MAX_ORIGIN_CHARS,
+)
 
 
 @settings(max_examples=100, deadline=None)
 @given(
-    origin=note_line,
+    origin=origins,
     size=st.integers(0, UINT64_MAX),
     root=st.binary(min_size=32, max_size=32),
     extensions=st.lists(note_line, max_size=4).map(tuple),
@@ -284,8 +294,11 @@ def test_make_extensions_lines() -> None:
         pytest.param(("vendor thing", "time 7", "other"), 7, None, False, id="unknown-lines-kept"),
         pytest.param(("time 0",), 0, None, False, id="time-zero"),
         pytest.param(
-            ("time 9999999999999999",), 9999999999999999, None, False, id="time-16-digits"
+            ("time 253402300799999",), 253402300799999, None, False, id="time-last-of-9999"
         ),
+        # Past year 9999 no datetime holds it: such a line is not a time (verify's
+        # report would fail to print it).
+        pytest.param(("time 9999999999999999",), None, None, False, id="time-past-9999"),
         pytest.param(("time 99999999999999999",), None, None, False, id="time-17-digits"),
         pytest.param(("time -5",), None, None, False, id="time-negative"),
         pytest.param(("time 1.5",), None, None, False, id="time-fraction"),
@@ -307,3 +320,58 @@ def test_extension_properties(
     assert (cp.timestamp_ms, cp.writer, cp.final) == (timestamp_ms, writer, final)
     parsed = Checkpoint.from_text(cp.to_text())
     assert (parsed.timestamp_ms, parsed.writer, parsed.final) == (timestamp_ms, writer, final)
+
+
+# --- Origins: what the writer signs (issue 16, point 10) ---------------------------------
+
+MALFORMED_ORIGINS = {
+    "newline": "extproc-audit\n18446744073709551615/pod-a",
+    "carriage return": "extproc-audit\r/pod-a",
+    "space": "extproc audit/pod-a",
+    "plus": "extproc+audit/pod-a",
+    "empty": "",
+    "non-ASCII": "extproc-audit\u202e/pod-a",
+    "too long": "a" * (MAX_ORIGIN_CHARS + 1),
+}
+
+
+@pytest.mark.parametrize("origin", MALFORMED_ORIGINS.values(), ids=MALFORMED_ORIGINS.keys())
+def test_malformed_origin_never_signed(origin: str) -> None:
+    with pytest.raises(ConfigError):
+        sign_checkpoint(Checkpoint(origin, 1, ROOT), SIGNER)
+
+
+@pytest.mark.parametrize(
+    "extensions",
+    [("",), ("two\nlines",), ("time 1\n\n— forged",)],
+    ids=["empty", "newline", "blank"],
+)
+def test_checkpoint_that_would_not_read_back_never_signed(extensions: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError):
+        sign_checkpoint(Checkpoint("audit.example/log", 1, ROOT, extensions), SIGNER)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--store", "{tmp}/s", "--key", "{tmp}/k", "--origin-prefix", "audit\nforged"],
+        ["verify", "{tmp}", "--vkey", SIGNER.verifier().to_text(), "--origin-prefix", "a b"],
+        ["search", "{tmp}", "--no-verify", "--origin-prefix", "a+b"],
+    ],
+    ids=["serve", "verify", "search"],
+)
+def test_malformed_origin_prefix_is_a_usage_error(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "origin prefix" in err and "printable ASCII" in err
+    assert err.count("\n") == 1
+
+
+def test_malformed_origin_prefix_refused_by_serve_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--origin-prefix"):
+        ServeConfig(str(tmp_path / "s"), tmp_path / "k", origin_prefix="audit\nforged")

@@ -71,6 +71,7 @@ def test_serve_refuses_bucket_without_object_lock(moto: MotoServer, tmp_path: Pa
     result = run_cli(
         "serve", "--store", f"s3://{bucket}", "--key", str(tmp_path / "k"),
         "--listen", "127.0.0.1:0", "--wal-dir", str(tmp_path / "wal"), "--metrics-listen", "off",
+        "--allow-unauthenticated",
     )  # fmt: skip
     assert result.returncode == 2
     assert "has no Object Lock" in result.stderr
@@ -79,7 +80,12 @@ def test_serve_refuses_bucket_without_object_lock(moto: MotoServer, tmp_path: Pa
 
 def test_serve_options_come_from_the_environment(tmp_path: Path) -> None:
     result = run_cli(
-        "serve", env={"EXTPROC_AUDIT_STORE": str(tmp_path), "EXTPROC_AUDIT_KEY": "/nonexistent"}
+        "serve",
+        env={
+            "EXTPROC_AUDIT_STORE": str(tmp_path),
+            "EXTPROC_AUDIT_KEY": "/nonexistent",
+            "EXTPROC_AUDIT_ALLOW_UNAUTHENTICATED": "1",
+        },
     )
     assert result.returncode == 2
     assert "signing key /nonexistent not found" in result.stderr
@@ -89,7 +95,10 @@ def test_serve_options_come_from_the_environment(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["serve", "--key", "k"], "--store is required"),
-        (["serve", "--store", "x", "--key", "missing.key"], "missing.key not found"),
+        (
+            ["serve", "--store", "x", "--key", "missing.key", "--allow-unauthenticated"],
+            "missing.key not found",
+        ),
         (["verify", ".", "--vkey", "not-a-key"], "verifier key must look like"),
         (["verify", "ftp://x", "--vkey", VKEY], "unsupported store URL"),
         (["init-bucket", "some/dir"], "needs an s3://BUCKET URL"),

@@ -112,11 +112,25 @@ MATRIX = [
     case("serve", "--store", "http://x", "--key", "{tmp}/missing.key",
          message="unsupported store URL 'http://x'", id="serve-bad-store"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--wal-dir", "{tmp}/wal",
-         "--metrics-listen", "off", message="missing.key not found", id="serve-missing-key"),
+         "--metrics-listen", "off", "--allow-unauthenticated", message="missing.key not found",
+         id="serve-missing-key"),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key",
+         message="no authenticated reporters: give --tls-cert", id="serve-unauthenticated"),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--trust-xfcc-from",
+         "127.0.0.6/32", "--xfcc-mode", "FORWARD_ONLY", message="'FORWARD_ONLY' is not one of",
+         id="serve-bad-xfcc-mode"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--drain-timeout", "-1",
          message="--drain-timeout must be at least 0", id="serve-drain-timeout"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--max-backlog-bytes", "0",
          message="--max-backlog-bytes must be at least 1024", id="serve-max-backlog"),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key",
+         "--max-access-log-entries", "0", message="--max-access-log-entries must be at least 1",
+         id="serve-max-access-log-entries"),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--bundle-max-bytes",
+         "67108865", message="--bundle-max-bytes must be at most 67108864",
+         id="serve-bundle-over-the-format-bound"),
+    case("verify", "{tmp}", "--vkey", "x", "--max-bundle-bytes", "1",
+         message="'1' is not an integer >= 65536", id="verify-bundle-bound-too-small"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--workers", "0",
          message="'0' is not an integer >= 1", id="serve-workers-0"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--listen", "garbage",
@@ -138,6 +152,11 @@ MATRIX = [
             ("EXTPROC_AUDIT_MAX_BACKLOG_BYTES", "0",
              "(set by EXTPROC_AUDIT_MAX_BACKLOG_BYTES='0')"),
             ("EXTPROC_AUDIT_LISTEN", "garbage", "(set by EXTPROC_AUDIT_LISTEN='garbage')"),
+            ("EXTPROC_AUDIT_MAX_ACCESS_LOG_RATE", "0",
+             "--max-access-log-rate must be at least 1, not 0 "
+             "(set by EXTPROC_AUDIT_MAX_ACCESS_LOG_RATE='0')"),
+            ("EXTPROC_AUDIT_MAX_REPORTER_ACCESS_LOG_RATE", "nan",
+             "--max-reporter-access-log-rate must be at least 1, not nan"),
             ("EXTPROC_AUDIT_MODE", "bogus", "EXTPROC_AUDIT_MODE='bogus' is not one of"),
             ("EXTPROC_AUDIT_LOG_ID", "bad/id", "EXTPROC_AUDIT_LOG_ID='bad/id': invalid log id"),
             ("EXTPROC_AUDIT_TRUST_XFCC_FROM", "garbage",
@@ -307,7 +326,7 @@ def test_every_option_of_every_command_has_help() -> None:
         if not (action.help or "").strip()
     ]
     assert missing == []
-    assert len(commands.choices) == 9
+    assert len(commands.choices) == 11
 
 
 # --- the fsync helper ---------------------------------------------------------------------
@@ -326,6 +345,7 @@ def test_serve_on_a_port_in_use_ends_with_one_error_and_no_traceback(tmp_path: P
                 "serve", "--store", str(tmp_path / "s"), "--key", str(tmp_path / "k"),
                 "--listen", f"127.0.0.1:{port}", "--metrics-listen", "off",
                 "--wal-dir", str(tmp_path / "wal"), "--log-id", f"run{run}",
+                "--allow-unauthenticated",
             )  # fmt: skip
             assert result.returncode == 2, result.stderr
             assert "Traceback" not in result.stderr, result.stderr
@@ -358,6 +378,7 @@ def test_s3_bucket_errors_are_one_line(moto: MotoServer, tmp_path: Path) -> None
     serve = run_cli(
         "serve", "--store", f"s3://{no_lock}", "--key", str(tmp_path / "k"),
         "--listen", "127.0.0.1:0", "--wal-dir", str(tmp_path / "wal"), "--metrics-listen", "off",
+        "--allow-unauthenticated",
     )  # fmt: skip
     assert serve.returncode == 2
     assert "Traceback" not in serve.stderr

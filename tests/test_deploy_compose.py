@@ -158,6 +158,7 @@ def test_ext_proc_cluster_is_the_audit_service_in_enforce_mode() -> None:
     settings = {name.removeprefix("EXTPROC_AUDIT_") for name in _env("audit")}
     reporters = ("TLS_", "CLIENT_CA", "TRUST_XFCC", "XFCC_BY", "ALLOW_REPORTER")
     assert not {name for name in settings if name.startswith(reporters)}
+    assert _env("audit")["EXTPROC_AUDIT_ALLOW_UNAUTHENTICATED"] == "1"  # said, not defaulted
     # The blocking filter: fails closed, one round trip (request headers only).
     filters = {f["name"]: f["typed_config"] for f in _hcm()["http_filters"]}
     ext_proc = filters[EXT_PROC_FILTER]
@@ -585,7 +586,9 @@ def test_compose_scripts_through_real_envoy_and_server(tmp_path: Path) -> None:
             ["--store", str(store), "--key", str(key), "--log-id", "audit-0",
              "--mode", _env("audit")["EXTPROC_AUDIT_MODE"],
              "--listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
-             "--wal-dir", str(tmp_path / "wal"), "--bundle-max-age", "0.2"],
+             "--wal-dir", str(tmp_path / "wal"), "--bundle-max-age", "0.2",
+             *(["--allow-unauthenticated"]
+               if _env("audit").get("EXTPROC_AUDIT_ALLOW_UNAUTHENTICATED") == "1" else [])],
             logs,
         )  # fmt: skip
         procs.append(server)

@@ -58,7 +58,7 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
     assert set(requests) == set(result.request_ids) == set(responses)
     assert [e["seq"] for e in entries] == list(range(total))
     for e in requests.values():
-        assert e["node"] == "e2e-node"
+        assert e["reporter"]["claimed"]["node"] == "e2e-node"
         assert e["src"]["address"].startswith("127.0.0.1:")
         assert e["req"]["scheme"] == "http"
         assert e["req"]["authority"] == f"127.0.0.1:{stack.envoy_port}"
@@ -72,12 +72,18 @@ def test_requests_through_envoy_become_verified_entries(make_stack: Any, moto: M
         assert response["resp"]["status"] == expected
         assert response["req"]["path"] == request["req"]["path"]
         assert response["upstream"]["cluster"] == "app"
-        assert response["node"] == "e2e-node" and response["stream"]["log"] == "extproc-audit"
-        assert response["reporter"] == request["reporter"]
+        assert response["reporter"]["claimed"] == {
+            "node": "e2e-node",
+            "cluster": "extproc-audit",
+            "log": "extproc-audit",
+        }
+        assert {k: v for k, v in response["reporter"].items() if k != "claimed"} == {
+            k: v for k, v in request["reporter"].items() if k != "claimed"
+        }
     # What was sent, field by field, for one known request shape.
     orders = [e for e in requests.values() if e["req"]["path"] == "/api/orders"]
     get_orders = next(e for e in orders if e["req"]["method"] == "GET")
-    assert get_orders["req"]["query"] == "page=2&token=[redacted]"
+    assert get_orders["req"]["query"] == "page=2&token=[redacted]"  # page: allowed
     assert get_orders["req"]["headers"]["authorization"] == "Bearer [redacted]"
     post = next(e for e in orders if e["req"]["method"] == "POST")
     assert post["req"]["headers"]["cookie"] == "session=[redacted]; theme=[redacted]"
@@ -219,7 +225,7 @@ def test_second_writer_on_same_log_id_is_stopped_not_forked(make_stack: Any) -> 
         proc = processes.start_server(
             ["--store", first.store_url, "--key", str(first.key_path),
              "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--log-id", "shared",
-             "--wal-dir", str(second.workdir / "wal")],
+             "--wal-dir", str(second.workdir / "wal"), "--allow-unauthenticated"],
             log,
         )  # fmt: skip
         assert proc.wait(30) == 2

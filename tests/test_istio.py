@@ -1096,7 +1096,8 @@ def test_istiod_access_log_and_enforce_filter_audit_real_traffic(
         side = sides[e["dst"]]
         seen[side] += 1
         request = requests[e["rid"]]
-        assert e["stream"]["log"] == ACCESS_LOG_NAME and e["reporter"] == request["reporter"]
+        assert e["reporter"]["claimed"]["log"] == ACCESS_LOG_NAME
+        assert all(e["reporter"].get(k) == request["reporter"].get(k) for k in ("auth", "id"))
         assert e["resp"]["status"] in (200, 201) and e["resp"]["headers"]["content-type"]
         if side == "inbound":
             assert e["ref"] == request["seq"] and e["seq"] > request["seq"]
@@ -1259,6 +1260,9 @@ def test_shared_server_trusts_only_its_own_proxy() -> None:
     assert annotations["sidecar.istio.io/interceptionMode"] == "REDIRECT"
     proxy_config = json.loads(annotations["proxy.istio.io/config"])
     assert proxy_config["proxyHeaders"] == {"forwardedClientCert": "SANITIZE_SET"}
+    # The server expects what the proxy is pinned to do (--xfcc-mode).
+    pinned = proxy_config["proxyHeaders"]["forwardedClientCert"]
+    assert settings["EXTPROC_AUDIT_XFCC_MODE"] == pinned
     assert set(proxy_config) == {"proxyHeaders", "terminationDrainDuration"}
     assert "traffic.sidecar.istio.io/excludeInboundPorts" not in annotations
 
@@ -1274,6 +1278,7 @@ def test_shared_settings_are_accepted_by_the_server() -> None:
         xfcc_by=settings["EXTPROC_AUDIT_XFCC_BY"],
         allow_reporters=tuple(settings["EXTPROC_AUDIT_ALLOW_REPORTER"].split(",")),
         reporter_is_destination=settings["EXTPROC_AUDIT_REPORTER_IS_DESTINATION"],
+        xfcc_mode=settings["EXTPROC_AUDIT_XFCC_MODE"],
     )  # fmt: skip
     policy = config.reporter_policy()
     assert policy.authenticated and policy.transport == "plain"

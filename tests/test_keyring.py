@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from extproc.core.checkpoint import Checkpoint, make_extensions, open_signed_checkpoint
-from extproc.core.keyring import Keyring, TrustedKey, parse_keyring_lines
+from extproc.core.keyring import Keyring, SignedBy, TrustedKey, parse_keyring_lines
 from extproc.core.note import Signer, sign_note
 from extproc.errors import ConfigError, VerificationError
 
@@ -55,15 +55,59 @@ def test_key_of_another_namespace_does_not_cover_this_log() -> None:
     assert key.covers("shop.web-1") and not key.covers("bank.web-1")
 
 
-def test_retired_key_signing_after_its_end_date_is_a_problem() -> None:
-    ring = Keyring.from_text(RING_TEXT)
-    old = ring.get(OLD.name, OLD.key_id)
-    assert old is not None
-    assert old.window_problem([T0 - DAY]) is None
-    problem = old.window_problem([T0 - DAY, T0 + 1])  # its own time line, the store's time
+def _key(ring: Keyring, signer: Signer) -> TrustedKey:
+    key = ring.get(signer.name, signer.key_id)
+    assert key is not None
+    return key
+
+
+def test_retired_key_convicted_by_its_own_time_line() -> None:
+    old = _key(Keyring.from_text(RING_TEXT), OLD)
+    problem = old.window_problem(T0 + 1, [SignedBy(T0 - DAY, "the store's write time")])
     assert problem is not None and "after its end date" in problem
-    new = ring.get(NEW.name, NEW.key_id)
-    assert new is not None and "before its start" in (new.window_problem([T0 - 1]) or "")
+    new = _key(Keyring.from_text(RING_TEXT), NEW)
+    assert "before its start" in (new.window_problem(T0 - 1) or "")
+
+
+# A retired key's signature with its time line backdated, or left out: the
+# signer's word is no evidence. Rows: (claimed time, outside times, vouched, trusted).
+RETIRED_KEY_EVIDENCE = {
+    "backdated time line, nothing else": (T0 - DAY, [], None, False),
+    "no time line, nothing else": (None, [], None, False),
+    "backdated, clock past the end": (T0 - DAY, [SignedBy(T0 + DAY, "clock")], None, False),
+    "store wrote it after the end date": (None, [SignedBy(T0 + 1, "store")], None, False),
+    "the clock before the end date": (None, [SignedBy(T0 - DAY, "clock")], None, True),
+    "store wrote it before the end date": (
+        None,
+        [SignedBy(T0 + DAY, "clock"), SignedBy(T0 - DAY, "store")],
+        None,
+        True,
+    ),
+    "consistent with a trusted checkpoint": (None, [SignedBy(T0 + DAY, "clock")], "state", True),
+}
+
+
+@pytest.mark.parametrize(
+    ("claimed", "outside", "vouched", "trusted"),
+    RETIRED_KEY_EVIDENCE.values(),
+    ids=RETIRED_KEY_EVIDENCE.keys(),
+)
+def test_backdated_or_untimed_signature_by_retired_key_needs_outside_evidence(
+    claimed: int | None, outside: list[SignedBy], vouched: str | None, trusted: bool
+) -> None:
+    old = _key(Keyring.from_text(RING_TEXT), OLD)
+    problem = old.window_problem(claimed, outside, vouched_by=vouched)
+    assert (problem is None) == trusted, problem
+    if problem is not None:
+        assert "retired" in problem and "time line is no evidence" in problem
+
+
+def test_outside_time_before_a_keys_start_convicts_it() -> None:
+    new = _key(Keyring.from_text(RING_TEXT), NEW)
+    problem = new.window_problem(T0 + DAY, [SignedBy(T0 - 1, "the store's write time")])
+    assert problem is not None and "before its start" in problem
+    assert "the store's write time says" in problem
+    assert new.window_problem(T0 + DAY, [SignedBy(T0 + DAY, "clock")]) is None
 
 
 def test_signature_by_an_untrusted_key_is_refused() -> None:
@@ -110,4 +154,17 @@ def test_empty_keyring_is_refused() -> None:
 
 def test_plain_vkey_trusts_every_log_at_any_time() -> None:
     key = TrustedKey(OLD.verifier())
-    assert key.covers("anything") and key.window_problem([0, 10**15]) is None
+    assert key.covers("anything")
+    assert key.window_problem(None) is None
+    assert key.window_problem(10**15, [SignedBy(0, "clock")]) is None
+
+
+def test_hash_inside_a_key_name_is_not_a_comment() -> None:
+    """Key names may hold '#' (c2sp.org/signed-note): only a word starting with
+    '#' starts a comment. Found by the round-trip fuzzer."""
+    odd = Signer.generate("audit#2")
+    ring = Keyring.from_text(
+        f"{odd.verifier().to_text()} logs=a #shop only\n# {OLD.verifier().to_text()}\n"
+    )
+    assert [k.label for k in ring] == [f"audit#2+{odd.key_id.hex()}"]
+    assert ring.get(odd.name, odd.key_id) == TrustedKey(odd.verifier(), ("a",))

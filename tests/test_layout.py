@@ -11,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.core.layout import (
+    MAX_EPOCH,
     BundleName,
     ObjectName,
     bundle_key,
     checkpoint_key,
+    claim_key,
     log_prefix,
     logs_prefix,
     origin_for,
@@ -22,6 +24,7 @@ from extproc.core.layout import (
     validate_log_id,
 )
 from extproc.errors import ConfigError
+from tests.budget import FUZZ, within_budget
 
 MAX_SEQ = 10**20 - 1  # the widest number a 20-digit field holds (> 2**64 - 1)
 Z = "0" * 20
@@ -363,3 +366,35 @@ def test_log_id_rule(log_id: str) -> None:
     else:
         with pytest.raises(ConfigError):
             validate_log_id(log_id)
+
+
+# --- fuzz: keys come from whoever can write the bucket ------------------------------------
+
+_KEY_PARTS = st.sampled_from(
+    ["logs/", "pod-a/", "entries/", "claims/", "checkpoints/", Z, "-", ".jsonl", ".gz", ".e", "/"]
+)
+hostile_keys = st.one_of(
+    st.text(max_size=2048),  # any characters: controls, surrogates, bidi overrides
+    st.lists(st.one_of(_KEY_PARTS, st.text(max_size=24)), max_size=40).map("".join),
+    st.integers(0, 64 * 1024).map(lambda n: "logs/pod-a/claims/" + "9" * n),  # huge names
+)
+
+
+@FUZZ
+@given(prefix=st.sampled_from(["", "audit", "a/b/"]), key=hostile_keys)
+def test_parse_key_fuzz_stays_within_budget_and_round_trips(prefix: str, key: str) -> None:
+    """Any key: classified within a budget, and what it is said to be is what the
+    layout's own functions would name so (no two readings of one key)."""
+    with within_budget(memory=1 << 20, cpu=0.2):
+        name = parse_key(prefix, key)
+    if name is None:
+        return
+    if name.kind == "bundle":
+        assert name.bundle is not None
+        first, last, gz = name.bundle.first, name.bundle.last, name.bundle.gzip
+        assert bundle_key(prefix, name.log_id, first, last, gzip=gz) == key
+    elif name.kind == "checkpoint":
+        assert name.size is not None and checkpoint_key(prefix, name.log_id, name.size) == key
+    elif name.kind == "claim":
+        assert name.size is not None and 1 <= name.epoch <= MAX_EPOCH
+        assert claim_key(prefix, name.log_id, name.size, name.epoch) == key

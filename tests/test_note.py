@@ -429,7 +429,7 @@ def test_signature_over_other_text_rejected() -> None:
     ids=["no-final-newline", "blank-line", "tab", "nul", "carriage-return", "empty"],
 )
 def test_sign_note_refuses_malformed_text(text: str) -> None:
-    with pytest.raises(ValueError, match="note text"):
+    with pytest.raises(ConfigError, match="note text"):
         sign_note(text, ALICE)
 
 

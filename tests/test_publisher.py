@@ -31,7 +31,7 @@ from extproc.errors import ForkError, LogRefusedError, StorageError
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL, TreeState
-from extproc.store.base import ObjectStore, Retention, RetentionPolicy
+from extproc.store.base import DEFAULT_READ_LIMIT, ObjectStore, Retention, RetentionPolicy
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
 from extproc.store.s3 import S3Store
@@ -414,10 +414,10 @@ class FlakyStore(MemoryStore):
         if fault == "lost-reply":
             raise StorageError(f"timeout writing {key}")
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
         if self.get_faults and self.get_faults.pop(0) == "down":
             raise StorageError(f"store unreachable reading {key}")
-        return super().get(key)
+        return super().get(key, limit)
 
 
 OUTAGES = {
@@ -689,6 +689,14 @@ def foreign_records(store: ObjectStore) -> list[dict[str, Any]]:
     return [e for e in read_entries(store, LOG_ID) if e.get("event") == "foreign"]
 
 
+def recorded_objects(store: ObjectStore) -> list[str]:
+    """Every object name the writer's `foreign` entries hold, in log order."""
+    names: list[str] = []
+    for record in foreign_records(store):
+        names += [record["object"]] if "object" in record else record["objects"]
+    return names
+
+
 def test_foreign_bundle_at_next_key_starts_a_new_epoch(
     tmp_path: Path, signer: Signer, store: ObjectStore
 ) -> None:
@@ -794,17 +802,18 @@ def test_planted_unsigned_claim_at_next_key_starts_a_new_epoch(
         await w.append(5)
         await w.publisher.publish(final=True)
         assert (w.publisher.epoch, w.publisher.fenced) == (2, None)
-        assert w.log.published.size == 12  # 10 entries and the writer's two records
+        assert w.log.published.size == 11  # 10 entries and the writer's one record of both
         w.crash()
 
     run(scenario)
     bundle = layout.bundle_key(PREFIX, LOG_ID, 5, 7)
-    recorded = [r["object"] for r in foreign_records(store)]
-    assert recorded == [layout.relative(PREFIX, k) for k in (planted, bundle)]
+    (record,) = foreign_records(store)
+    assert record["count"] == 2
+    assert record["objects"] == [layout.relative(PREFIX, k) for k in (planted, bundle)]
     report = verify_with_warnings(store, signer)
     flagged = {f.key: f.severity for f in report.findings}
     assert flagged[planted] == flagged[bundle] == "warning"  # both recorded by the writer
-    assert report.entries == 12
+    assert report.entries == 11
 
 
 def _checkpoint_by(signer: Signer, size: int, root: bytes, origin: str = ORIGIN) -> bytes:
@@ -909,7 +918,7 @@ def test_planted_object_at_every_next_key_never_stops_the_log(
         w.crash()
 
     run(scenario)
-    recorded = {r["object"] for r in foreign_records(store)}
+    recorded = set(recorded_objects(store))
     assert recorded == {
         layout.relative(PREFIX, layout.claim_key(PREFIX, LOG_ID, 0, e)) for e in (1, 2, 3, 4)
     }
@@ -1086,9 +1095,15 @@ def test_key_rotation_starts_an_epoch_recorded_in_the_log(tmp_path: Path, signer
     reports, general = verify_store(store, ring)
     assert all_ok(reports, general), [str(f) for r in reports for f in r.findings]
     assert reports[0].keys == [_label(signer), _label(new)]
-    # The old key alone cannot vouch for what the new one signed.
+    # The old key alone vouches for what it signed, and no more: the new key's
+    # objects are foreign (a warning naming that key), the log ends where it left it.
     reports, general = verify_store(store, signer.verifier())
-    assert not all_ok(reports, general)
+    assert all_ok(reports, general), [str(f) for r in reports for f in r.findings]
+    assert reports[0].entries == 3 + 1  # 3 entries and the stop record
+    assert any(
+        f.severity == "warning" and f"signed by key {_label(new)}" in f.message
+        for f in reports[0].findings
+    )
 
 
 def test_retired_key_signing_after_its_end_date_is_a_finding(

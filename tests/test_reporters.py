@@ -9,11 +9,13 @@ gRPC on loopback and real Envoy; certificates made by tests/pki.py.
 
 from __future__ import annotations
 
+import json
 import signal
 import stat
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,14 @@ from extproc.server.reporters import (
     peer_ip,
     xfcc_elements,
 )
-from tests.conftest import AuditStack, read_entries
+from tests.conftest import AuditStack, read_entries, run_cli
 from tests.pki import TestCA
 from tests.test_server import request_headers, response_headers
 
 ALLOWED = "spiffe://test.mesh/ns/shop/sa/frontend"
 INTRUDER = "spiffe://test.mesh/ns/admin/sa/ceo"
 AUDIT_SERVER_ID = "spiffe://test.mesh/ns/extproc-audit/sa/extproc-audit"
+UNAUTH_ENV = "EXTPROC_AUDIT_ALLOW_UNAUTHENTICATED"
 
 
 class _Md:
@@ -70,7 +73,7 @@ def test_mtls_reporter_is_the_certificate_identity(auth: Any, identity: str) -> 
 
 
 def test_unauthenticated_reporter_says_so() -> None:
-    reporter = ReporterPolicy().identify("ipv4:127.0.0.1:5000")
+    reporter = ReporterPolicy(allow_unauthenticated=True).identify("ipv4:127.0.0.1:5000")
     assert reporter.fields == {"auth": AUTH_NONE, "peer": "ipv4:127.0.0.1:5000"}
 
 
@@ -84,12 +87,59 @@ OWN_ELEMENT = f'By={AUDIT_SERVER_ID};Hash=ab12;Subject="";URI={ALLOWED}'
 
 
 def test_xfcc_reporter_is_the_element_the_own_proxy_added() -> None:
-    # A client may send any XFCC of its own; the proxy appends its element last.
+    # APPEND_FORWARD: a client may send any XFCC of its own; the proxy appends its element last.
     forged = f"By={AUDIT_SERVER_ID};URI={INTRUDER}"
-    reporter = ReporterPolicy(trust_xfcc_from=ISTIO).identify(
+    reporter = ReporterPolicy(trust_xfcc_from=ISTIO, xfcc_mode="APPEND_FORWARD").identify(
         "ipv4:127.0.0.6:33000", metadata=_xfcc(f"{forged},{OWN_ELEMENT}")
     )
     assert (reporter.auth, reporter.id) == (AUTH_XFCC, ALLOWED)
+
+
+def test_sanitize_set_reporter_is_the_only_element() -> None:
+    reporter = ReporterPolicy(trust_xfcc_from=ISTIO).identify(
+        "ipv4:127.0.0.6:33000", metadata=_xfcc(OWN_ELEMENT)
+    )
+    assert (reporter.auth, reporter.id) == (AUTH_XFCC, ALLOWED)
+
+
+# The caller's header, as the own proxy forwards it: (the header, --xfcc-mode, reason).
+REVIEW_ATTACK = f'By={AUDIT_SERVER_ID};URI={ALLOWED};x="'
+APPEND, SANITIZE = "APPEND_FORWARD", "SANITIZE_SET"
+AMBIGUOUS_XFCC = {
+    "review_attack_append_forward": (f"{REVIEW_ATTACK},{OWN_ELEMENT}", APPEND, "xfcc_malformed"),
+    "review_attack_sanitize_set": (f"{REVIEW_ATTACK},{OWN_ELEMENT}", SANITIZE, "xfcc_malformed"),
+    "quote_swallows_the_own_element": (
+        f'URI={ALLOWED};Subject=",{OWN_ELEMENT}', APPEND, "xfcc_malformed"
+    ),
+    "repeated_uri": (f"{OWN_ELEMENT};URI={INTRUDER}", SANITIZE, "xfcc_malformed"),
+    "empty_element": (f"{OWN_ELEMENT},", APPEND, "xfcc_malformed"),
+    "empty_header": ("", SANITIZE, "xfcc_malformed"),
+    "second_element_under_sanitize_set": (
+        f"By={AUDIT_SERVER_ID};URI={INTRUDER},{OWN_ELEMENT}", SANITIZE, "xfcc_foreign"
+    ),
+    "last_element_by_another_proxy": (
+        f"{OWN_ELEMENT},By=spiffe://other;URI={INTRUDER}", APPEND, "xfcc_foreign"
+    ),
+    "no_by_at_all": (f"URI={INTRUDER}", SANITIZE, "xfcc_foreign"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("header", "mode", "reason"), AMBIGUOUS_XFCC.values(), ids=AMBIGUOUS_XFCC.keys()
+)
+def test_ambiguous_or_foreign_xfcc_is_refused(header: str, mode: str, reason: str) -> None:
+    policy = ReporterPolicy(trust_xfcc_from=ISTIO, xfcc_by=AUDIT_SERVER_ID, xfcc_mode=mode)
+    with pytest.raises(ReporterRefused) as refused:
+        policy.identify("ipv4:127.0.0.6:1", metadata=_xfcc(header))
+    assert refused.value.reason == reason
+
+
+def test_several_xfcc_values_are_refused() -> None:
+    # One header per request from Envoy; two metadata values have two readings.
+    policy = ReporterPolicy(trust_xfcc_from=ISTIO)
+    with pytest.raises(ReporterRefused) as refused:
+        policy.identify("ipv4:127.0.0.6:1", metadata=_xfcc(OWN_ELEMENT) + _xfcc(OWN_ELEMENT))
+    assert refused.value.reason == "xfcc_malformed"
 
 
 def test_xfcc_from_a_connection_that_bypassed_the_proxy_is_refused() -> None:
@@ -106,7 +156,9 @@ def test_ipv6_inbound_source_is_trusted() -> None:
     assert reporter.id == ALLOWED
 
 
-@pytest.mark.parametrize("header", [None, "By=x;Hash=y", ""], ids=["missing", "no-uri", "empty"])
+@pytest.mark.parametrize(
+    "header", [None, "By=x;Hash=y", "By=x;URI="], ids=["missing", "no-uri", "empty-uri"]
+)
 def test_xfcc_without_identity_is_refused(header: str | None) -> None:
     # PeerAuthentication PERMISSIVE: a plaintext client passes the proxy without XFCC.
     policy = ReporterPolicy(trust_xfcc_from=ISTIO)
@@ -117,8 +169,9 @@ def test_xfcc_without_identity_is_refused(header: str | None) -> None:
 
 def test_xfcc_element_not_by_the_own_proxy_is_refused() -> None:
     policy = ReporterPolicy(trust_xfcc_from=ISTIO, xfcc_by=AUDIT_SERVER_ID)
-    with pytest.raises(ReporterRefused):
+    with pytest.raises(ReporterRefused) as refused:
         policy.identify("ipv4:127.0.0.6:1", metadata=_xfcc(f"By=spiffe://other;URI={ALLOWED}"))
+    assert refused.value.reason == "xfcc_foreign"
     assert policy.identify("ipv4:127.0.0.6:1", metadata=_xfcc(OWN_ELEMENT)).id == ALLOWED
 
 
@@ -152,6 +205,8 @@ CONFIG_ERRORS = {
     "destination_without_auth": {"destination": "record"},
     "xfcc_by_without_trust": {"xfcc_by": "spiffe://x"},
     "unknown_destination_mode": {"transport": "tls", "destination": "maybe"},
+    "unknown_xfcc_mode": {"trust_xfcc_from": ISTIO, "xfcc_mode": "FORWARD_ONLY"},
+    "unauthenticated_without_the_flag": {},
 }
 
 
@@ -169,7 +224,15 @@ def test_peer_ip_parses_grpc_peers() -> None:
 
 def test_xfcc_quoted_values_keep_separators() -> None:
     elements = xfcc_elements('Subject="CN=a,O=b;c \\"q\\"";URI=spiffe://x,By=y;URI=z')
-    assert elements == [{"subject": 'CN=a,O=b;c "q"', "uri": "spiffe://x"}, {"by": "y", "uri": "z"}]
+    assert elements == [
+        {"subject": 'CN=a,O=b;c \\"q\\"', "uri": "spiffe://x"},
+        {"by": "y", "uri": "z"},
+    ]
+
+
+def test_audited_request_xfcc_without_one_reading_names_nobody() -> None:
+    # The capture path (src.principal) reads the same grammar: no guess either.
+    assert xfcc_elements(f"{REVIEW_ATTACK},{OWN_ELEMENT}") == []
 
 
 # --- real gRPC: the hand-made stream of the review, against each listener -----------------------
@@ -315,16 +378,51 @@ def test_unix_socket_listener_is_group_only_and_names_the_reporter(
     assert stack.stop_server() == 0
     (entry,) = [e for e in _business_entries(stack) if e["kind"] == "request"]
     assert entry["reporter"] == {"auth": "unix", "id": f"unix:{sock}", "peer": "unix:"}
+    strict = run_cli("verify", stack.store_url, "--vkey", stack.vkey(), "--require-authenticated")
+    assert strict.returncode == 0 and "unauthenticated" not in strict.stdout, strict.stdout
 
 
-def test_unauthenticated_entries_say_so(make_stack: Any) -> None:
-    stack = make_stack()
+def test_default_serve_without_authentication_refuses_to_start(tmp_path: Path) -> None:
+    args = ["serve", "--store", str(tmp_path / "s"), "--key", str(tmp_path / "missing.key"),
+            "--listen", "127.0.0.1:0", "--metrics-listen", "off"]  # fmt: skip
+    refused = run_cli(*args)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()  # one line, no traceback
+    assert "no authenticated reporters" in line and "--allow-unauthenticated" in line
+    assert "--tls-cert" in line and "--trust-xfcc-from" in line and "unix:PATH" in line
+    # The flag and its environment form get past the check (to the missing key).
+    for extra, env in ((["--allow-unauthenticated"], {}), ([], {UNAUTH_ENV: "1"})):
+        allowed = run_cli(*args, *extra, env=env)
+        assert allowed.returncode == 2 and "missing.key" in allowed.stderr, allowed.stderr
+    assert run_cli(*args, env={UNAUTH_ENV: "0"}).stderr == refused.stderr
+
+
+def test_unauthenticated_entries_say_so_and_verify_counts_them(make_stack: Any) -> None:
+    stack = make_stack()  # --allow-unauthenticated (tests/conftest.py)
     stack.start_server()
     with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
-        _forged_exchange(channel, "dev-1")
+        for i in range(3):
+            _forged_exchange(channel, f"dev-{i}")
     assert stack.stop_server() == 0
-    for e in _business_entries(stack):
+    entries = _business_entries(stack)
+    assert len(entries) == 3
+    for e in entries:
         assert e["reporter"]["auth"] == "unauthenticated" and "id" not in e["reporter"]
+    # A plain VALID does not hide them; --require-authenticated refuses them.
+    vkey = stack.vkey()
+    plain = run_cli("verify", stack.store_url, "--vkey", vkey)
+    assert plain.returncode == 0, plain.stdout
+    assert "3 entries from unauthenticated reporters" in plain.stdout
+    assert "(3 from unauthenticated reporters), Object Lock" in plain.stdout.splitlines()[-1]
+    doc = json.loads(run_cli("verify", stack.store_url, "--vkey", vkey, "--format", "json").stdout)
+    assert doc["unauthenticated"] == 3 and doc["logs"][0]["unauthenticated"] == 3
+    strict = run_cli("verify", stack.store_url, "--vkey", vkey, "--require-authenticated")
+    assert strict.returncode == 1, strict.stdout
+    assert "error: log e2e: 3 entries from unauthenticated reporters" in strict.stdout
+    assert strict.stdout.splitlines()[-1].startswith("INVALID: 1 logs")
+    table = run_cli("search", stack.store_url, "--vkey", vkey, "--format", "table")
+    rows = [line for line in table.stdout.splitlines() if " request " in line]
+    assert len(rows) == 3 and all(" unauthenticated " in row for row in rows)
 
 
 def test_unauthenticated_listener_on_a_public_address_warns(make_stack: Any) -> None:
@@ -374,10 +472,11 @@ def test_envoy_with_a_disallowed_certificate_is_refused_and_fails_closed(
 
 
 def _sidecar_config(
-    pki: TestCA, listen_port: int, admin_port: int, audit_port: int
+    pki: TestCA, listen_port: int, admin_port: int, audit_port: int, xfcc_mode: str
 ) -> dict[str, Any]:
     """The audit server's own Istio sidecar, as far as reporters are concerned:
-    terminate mTLS, append the peer to XFCC (APPEND_FORWARD), forward from 127.0.0.6."""
+    terminate mTLS, write the peer into XFCC (SANITIZE_SET as the StatefulSet pins
+    it, or Istio's default APPEND_FORWARD), forward from 127.0.0.6."""
     own = pki.issue("audit-sidecar", uris=(AUDIT_SERVER_ID,), ips=("127.0.0.1",))
     tls = {
         "name": "envoy.transport_sockets.tls",
@@ -402,7 +501,7 @@ def _sidecar_config(
         "v3.HttpConnectionManager",
         "stat_prefix": "inbound_50051",
         "codec_type": "HTTP2",
-        "forward_client_cert_details": "APPEND_FORWARD",
+        "forward_client_cert_details": xfcc_mode,
         "set_current_client_cert_details": {"subject": True, "dns": True, "uri": True},
         "route_config": {
             "virtual_hosts": [
@@ -473,40 +572,101 @@ def _sidecar_config(
     }
 
 
+@contextmanager
+def _audit_sidecar(
+    pki: TestCA, tmp_path: Path, audit_port: int, xfcc_mode: str = "SANITIZE_SET"
+) -> Iterator[int]:
+    """The server's own sidecar (real Envoy) in front of `audit_port`; yields its mTLS port."""
+    from extproc.envoyconf import to_yaml
+
+    port, admin = processes.free_port(), processes.free_port()
+    config = tmp_path / f"sidecar-{port}.yaml"
+    config.write_text(to_yaml(_sidecar_config(pki, port, admin, audit_port, xfcc_mode)))
+    with (tmp_path / f"sidecar-{port}.log").open("ab") as log:
+        sidecar = processes.start_envoy(config, log)
+        try:
+            processes.wait_until(lambda: processes.envoy_ready(admin), "audit sidecar", sidecar)
+            yield port
+        finally:
+            processes.stop(sidecar, sig=signal.SIGKILL)
+
+
+XFCC_SERVER_ARGS = [
+    "--trust-xfcc-from", "127.0.0.6/32", "--xfcc-by", AUDIT_SERVER_ID,
+    "--allow-reporter", "spiffe://test.mesh/ns/shop/*",
+]  # fmt: skip
+
+
 @pytest.mark.envoy
 def test_istio_shaped_sidecar_xfcc_names_the_reporting_proxy(
     make_stack: Any, pki: TestCA, tmp_path: Path
 ) -> None:
-    from extproc.envoyconf import to_yaml
-
-    sidecar_port, sidecar_admin = processes.free_port(), processes.free_port()
     client = pki.issue("frontend", uris=(ALLOWED,))
     stack = make_stack(
-        extra_args=[
-            "--trust-xfcc-from", "127.0.0.6/32", "--xfcc-by", AUDIT_SERVER_ID,
-            "--allow-reporter", "spiffe://test.mesh/ns/shop/*",
-        ],
-        envoy_ext_proc=Endpoint("127.0.0.1", sidecar_port),
+        extra_args=XFCC_SERVER_ARGS,
         envoy_tls=ClientTLS(str(client.cert), str(client.key), str(pki.cert)),
-    )  # fmt: skip
-    config = tmp_path / "sidecar.yaml"
-    config.write_text(to_yaml(_sidecar_config(pki, sidecar_port, sidecar_admin, stack.grpc_port)))
-    with (tmp_path / "sidecar.log").open("ab") as log:
-        sidecar = processes.start_envoy(config, log)
-        try:
-            processes.wait_until(
-                lambda: processes.envoy_ready(sidecar_admin), "audit sidecar envoy", sidecar
-            )
-            stack.start()
-            result = stack.send(20)
-            assert len(result.request_ids) == 20
-            assert stack.stop_server() == 0
-        finally:
-            processes.stop(sidecar, sig=signal.SIGKILL)
+    )
+    with _audit_sidecar(pki, tmp_path, stack.grpc_port) as port:
+        stack.envoy_ext_proc = Endpoint("127.0.0.1", port)  # the reporting Envoy -> sidecar
+        stack.start()
+        result = stack.send(20)
+        assert len(result.request_ids) == 20
+        assert stack.stop_server() == 0
     entries = _business_entries(stack)
     assert len(entries) == 40
     assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {(AUTH_XFCC, ALLOWED)}
     assert all(e["reporter"]["peer"].startswith("ipv4:127.0.0.6:") for e in entries)
+
+
+WELL_FORMED_FORGERY = f"By={AUDIT_SERVER_ID};URI={ALLOWED}"
+# The review's attack through the server's own sidecar: a caller with a valid
+# certificate for another identity (INTRUDER) sends its own XFCC naming an
+# allowed reporter. (sidecar mode, --xfcc-mode, forged header, refusal reason)
+SIDECAR_ATTACKS = {
+    "review_attack_append_forward": (APPEND, APPEND, REVIEW_ATTACK, "xfcc_malformed"),
+    # The shipped setting: the caller's header is replaced; its own identity is not allowed.
+    "review_attack_sanitize_set": (SANITIZE, SANITIZE, REVIEW_ATTACK, "not_allowed"),
+    # A sidecar left at Istio's default while the server expects SANITIZE_SET.
+    "forged_element_appended": (APPEND, SANITIZE, WELL_FORMED_FORGERY, "xfcc_foreign"),
+}  # fmt: skip
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize(
+    ("sidecar_mode", "server_mode", "forged", "reason"),
+    SIDECAR_ATTACKS.values(),
+    ids=SIDECAR_ATTACKS.keys(),
+)
+def test_forged_xfcc_through_the_own_sidecar_is_refused(
+    make_stack: Any,
+    pki: TestCA,
+    tmp_path: Path,
+    sidecar_mode: str,
+    server_mode: str,
+    forged: str,
+    reason: str,
+) -> None:
+    stack = make_stack(extra_args=[*XFCC_SERVER_ARGS, "--xfcc-mode", server_mode])
+    stack.start_server()
+    with _audit_sidecar(pki, tmp_path, stack.grpc_port, sidecar_mode) as port:
+        address = f"127.0.0.1:{port}"
+        with grpc.secure_channel(address, _client_credentials(pki, INTRUDER)) as channel:
+            stub = pb_grpc.ExternalProcessorStub(channel)
+            metadata = [("x-forwarded-client-cert", forged)]
+            with pytest.raises(grpc.RpcError) as failure:
+                list(
+                    stub.Process(
+                        iter([request_headers(rid="forged")]), metadata=metadata, timeout=5
+                    )
+                )
+        assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # The same sidecar and server take an honest reporter.
+        with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+            assert len(_forged_exchange(channel, "honest")) == 1
+    assert stack.stop_server() == 0
+    assert f"refused a reporter ({reason})" in stack.server_log()
+    entries = _business_entries(stack)
+    assert [(e["rid"], e["reporter"]["id"]) for e in entries] == [("honest", ALLOWED)]
 
 
 def test_reporter_metric_labels_are_bounded() -> None:
@@ -523,3 +683,17 @@ def test_reporter_metric_labels_are_bounded() -> None:
     assert len(made) == metrics.MAX_REPORTER_LABELS + 1 and made[-1] == "other"
     assert per.get("spiffe://cluster.local/ns/a/sa/r0") == "spiffe://cluster.local/ns/a/sa/r0"
     assert per.get("spiffe://cluster.local/ns/a/sa/new") == "other"
+
+
+@pytest.mark.envoy
+@pytest.mark.slow
+def test_demo_showcase_entry_names_an_authenticated_reporter(tmp_path: Path) -> None:
+    result = run_cli("demo", "--requests", "6", "--workdir", str(tmp_path / "d"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    sock = tmp_path / "d" / "audit.sock"
+    # Every entry of the run (6 request entries, 6 access entries) names the socket.
+    assert f"reporter             unix unix:{sock} (12 entries" in result.stdout
+    showcase = result.stdout[result.stdout.index("that entry") :]
+    entry = json.loads(showcase[showcase.index("{") : showcase.rindex("}") + 1])
+    assert (entry["reporter"]["auth"], entry["reporter"]["id"]) == ("unix", f"unix:{sock}")
+    assert "unauthenticated" not in result.stdout

@@ -20,7 +20,7 @@ from extproc.core import layout
 from extproc.core.note import Signer
 from extproc.errors import ForkError
 from extproc.health import check_health
-from extproc.log.selfaudit import FAILED, OK, REPAIRED, SelfAudit
+from extproc.log.selfaudit import FAILED, OK, REPAIRED, AuditOutcome, SelfAudit
 from extproc.log.wal import AUDITED_FILE, WAL
 from extproc.store.memory import MemoryStore
 from tests.helpers import run
@@ -245,3 +245,26 @@ def test_server_repairs_on_start_and_fails_closed_when_it_cannot(make_stack: Any
     assert "SELF-AUDIT: log" in stack.server_log()
     assert len(stack.send(3, concurrency=1).request_ids) == 3  # requests still logged
     assert stack.stop_server() == 0, stack.server_log()
+
+
+def test_self_audit_lines_escape_control_characters_from_object_names(
+    tmp_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Problems quote object names, chosen by whoever can write the bucket: an ANSI
+    erase and a carriage return must not rewrite the server's log on a terminal."""
+    store = MemoryStore(PREFIX)
+    planted = f"{PREFIX}/logs/{LOG_ID}/entries/\x1b[2K\rall good\u202e"
+
+    class Planted(SelfAudit):
+        async def _audit(self) -> AuditOutcome:
+            return AuditOutcome(FAILED, 0, [f"{planted}: object is not part of the log layout"])
+
+    async def scenario() -> None:
+        w = open_writer(tmp_path / "wal", store, signer)
+        await Planted(w.publisher, w.wal, interval=60).audit_once()
+        w.crash()
+
+    run(scenario)
+    (line,) = [r.getMessage() for r in caplog.records if "SELF-AUDIT" in r.getMessage()]
+    assert line.isprintable(), line
+    assert "\\x1b[2K\\rall good\\u202e" in line

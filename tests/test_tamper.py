@@ -3,7 +3,8 @@
 One real log is produced once (Envoy + audit server), then each attack is
 applied to a fresh copy, on the local store and on S3 (moto, and LocalStack,
 which enforces Object Lock as AWS does), and the real CLI must exit 1 naming
-what is wrong. On S3 (versioned, as Object Lock
+what is wrong; an object the log never claims (a foreign object) cannot change
+it, so the CLI exits 0 and names it in a warning. On S3 (versioned, as Object Lock
 requires) an overwrite or a delete leaves the original version: the finding
 is the new version or the delete marker, and the original still verifies.
 A state file (`--state`) adds the attacks across runs: rollback and fork.
@@ -145,6 +146,8 @@ class Attack:
     run: Callable[[Bucket, Pristine], str]  # returns the finding expected on a plain store
     # On S3 the original version stays: what the auditor says instead (None: same).
     on_s3: str | None = None
+    # A foreign object the log does not claim: reported, and the log still verifies.
+    warning: bool = False
 
 
 OVERWRITTEN, DELETED = "object overwritten after publication", "object deleted after publication"
@@ -155,9 +158,9 @@ ATTACKS = {
     "bundles_swapped": Attack(_swap_bundles, OVERWRITTEN),
     "entry_removed_from_bundle": Attack(_drop_entry, OVERWRITTEN),
     "entry_rewritten": Attack(_forge_entry, OVERWRITTEN),
-    "foreign_object_under_log": Attack(_stray_object),
+    "foreign_object_under_log": Attack(_stray_object, warning=True),
     "checkpoint_replayed_under_other_size": Attack(_checkpoint_renamed),
-    "bundle_inserted": Attack(_insert_bundle),
+    "bundle_inserted": Attack(_insert_bundle, warning=True),
 }
 
 
@@ -209,6 +212,11 @@ def test_tampering_detected_local(attack: Attack, pristine: Pristine, tmp_path: 
     shutil.copytree(pristine.root, root)
     expected = attack.run(_local_bucket(root), pristine)
     result = run_cli("verify", str(root), "--vkey", pristine.vkey)
+    if attack.warning:
+        assert result.returncode == 0, result.stdout
+        line = next(x for x in result.stdout.splitlines() if expected in x)
+        assert line.lstrip().startswith("warning:") and "foreign object" in line
+        return
     assert result.returncode == 1, result.stdout
     assert expected in result.stdout
     assert "INVALID" in result.stdout
@@ -221,11 +229,13 @@ def test_tampering_detected_s3(attack: Attack, pristine: Pristine, s3api: S3Serv
     assert run_cli("verify", url, "--vkey", pristine.vkey).returncode == 0
     expected = attack.run(_s3_bucket(s3, bucket), pristine)
     result = run_cli("verify", url, "--vkey", pristine.vkey, "--format", "json")
-    assert result.returncode == 1, result.stdout
+    assert result.returncode == (0 if attack.warning else 1), result.stdout
     doc = json.loads(result.stdout)
-    messages = [f["message"] for log in doc["logs"] for f in log["findings"]]
-    messages += [f["message"] for f in doc["findings"]]
+    findings = [f for log in doc["logs"] for f in log["findings"]] + doc["findings"]
+    messages = [f["message"] for f in findings]
     assert any((attack.on_s3 or expected) in m for m in messages), messages
+    if attack.warning:
+        assert {f["severity"] for f in findings if expected in f["message"]} == {"warning"}
     if attack.on_s3 is not None:
         # The original versions are what got verified: the log itself is intact.
         assert not any("root hash does not match" in m for m in messages), messages

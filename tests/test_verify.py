@@ -112,3 +112,45 @@ def test_signed_chain_break_found_by_quick_check(second: dict[str, Any], message
     data, claim, cp = _signed([first, entry.encode(fields)])
     findings = _check(data, claim, cp, 2, deep=False)
     assert any(message in f for f in findings), findings
+
+
+def _report(entries: list[dict[str, Any]]) -> Any:
+    data, claim, cp = _log(entries)
+    checker = LogChecker("log", SIGNER.verifier())
+    checker.add_checkpoint("cp", len(entries), cp)
+    checker.add_claim("claim", 0, claim)
+    checker.add_bundle("bundle", BundleName(0, len(entries) - 1, False), data)
+    return checker.finish()
+
+
+def test_entries_from_unauthenticated_reporters_are_counted() -> None:
+    unauth = {"auth": "unauthenticated", "peer": "ipv4:10.9.9.9:5"}
+    xfcc = {"auth": "xfcc", "id": "spiffe://td/ns/a/sa/b", "peer": "ipv4:127.0.0.6:1"}
+    report = _report(
+        [
+            {"kind": "writer", "event": "start"},
+            {"kind": "request", "reporter": unauth},
+            {"kind": "access", "reporter": unauth},
+            {"kind": "request", "reporter": xfcc},
+            # A header a client named: the same bytes, not the entry's reporter.
+            {"kind": "request", "reporter": xfcc, "req": {"headers": {"auth": "unauthenticated"}}},
+        ]
+    )
+    assert report.ok and report.unauthenticated == 2
+
+
+def test_conflicting_outcomes_are_a_warning_naming_both_entries() -> None:
+    report = _report(
+        [
+            {"kind": "request", "rid": "victim"},
+            {"kind": "access", "rid": "victim", "ref": 0, "resp": {"status": 200}},
+            {"kind": "access", "rid": "victim", "ref": 0, "conflict": 1, "resp": {"status": 500}},
+            {"kind": "access", "rid": "x", "req": {"headers": {"conflict": "1"}}, "ref": 0},
+        ]
+    )
+    assert report.ok  # the log is as written; which outcome is true is the auditor's question
+    (finding,) = report.findings
+    assert finding.severity == "warning" and finding.key == "bundle"
+    assert finding.message.startswith(
+        "entry 2: a second outcome of request entry 0, whose first outcome is entry 1"
+    )

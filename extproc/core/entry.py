@@ -115,7 +115,10 @@ def parse_time(value: str) -> datetime:
         raise ConfigError(f"time {value!r} is not RFC 3339 or YYYY-MM-DD") from e
     if moment.tzinfo is None:
         raise ConfigError(f"time {value!r} has no time zone: add Z or an offset")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 pushed past the range by its offset
+        raise ConfigError(f"time {value!r} is out of range in UTC") from None
 
 
 def ts_text(moment: datetime) -> str:

@@ -2,19 +2,27 @@
 
 A keyring file holds one key per line (docs/AUDITING.md, "Keys and rotation"):
 
-    # comment
+    # comment (a word starting with "#" starts one)
     <verifier key> [logs=<glob>[,<glob>...]] [from=<RFC 3339 or date>] [until=<RFC 3339 or date>]
 
 `logs` globs (fnmatch, case-sensitive) say which logs the key may sign
-(default: all); `from`/`until` bound when it may sign: a checkpoint signed
-outside the window (by its own `time` line, or the store's write time where
-known) is a finding, so a retired key that leaks cannot extend a log
-unnoticed. Pure code: the clock and the times are passed in.
+(default: all); `from`/`until` bound when it may sign. Time comes from
+outside the signer (docs/AUDITING.md, "Keys and rotation"): a checkpoint's
+own `time` line is written by whoever holds the key, so it can only convict
+(a key that says it signed outside its window did), never acquit. A key
+past its `until` is trusted for a checkpoint only when something the signer
+does not control shows the signature is older than that date (`SignedBy`:
+the auditor's clock, the store's write time on S3, a witness cosignature
+once logs are witnessed), or when the checkpoint is consistent with one the
+auditor already trusts (`vouched_by`). So a retired key that leaks cannot
+extend a log, or sign a made-up one, by backdating. Pure code: the clock
+and the times are passed in.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +30,28 @@ from extproc.core import entry
 from extproc.core.display import escape
 from extproc.core.note import Verifier, parse_note
 from extproc.errors import ConfigError, VerificationError
+
+
+@dataclass(frozen=True)
+class SignedBy:
+    """Evidence from outside the signer that a signature existed by `ms` at the latest.
+
+    Sources today: the auditor's clock (what exists now was signed before
+    now) and the store's write time of an S3 object version (set by S3, not
+    by the writer; verify reads it). Witnesses (c2sp.org/tlog-cosignature, a
+    later issue) plug in here: a cosignature by a witness the auditor trusts
+    carries the time the witness saw the checkpoint, so once it verifies it
+    is one more `SignedBy(timestamp_ms, f"witness {name}")`; nothing else
+    changes.
+    """
+
+    ms: int
+    source: str  # says where the time comes from, in findings: "the store's write time"
+
+
+def clock(now_ms: int | None) -> list[SignedBy]:
+    """The auditor's clock as evidence (none if the caller has no clock)."""
+    return [] if now_ms is None else [SignedBy(now_ms, "the auditor's clock")]
 
 
 @dataclass(frozen=True)
@@ -39,18 +69,66 @@ class TrustedKey:
     def covers(self, log_id: str) -> bool:
         return any(fnmatch.fnmatchcase(log_id, glob) for glob in self.logs)
 
-    def window_problem(self, times_ms: Iterable[int | None]) -> str | None:
-        """Why a signature made at these times is outside the key's window (None: it is not)."""
-        for t in times_ms:
-            if t is None:
-                continue
-            if self.not_after_ms is not None and t > self.not_after_ms:
-                return f"signed by key {self.label} after its end date {_iso(self.not_after_ms)}"
-            if self.not_before_ms is not None and t < self.not_before_ms:
-                return f"signed by key {self.label} before its start {_iso(self.not_before_ms)}"
+    def window_problem(
+        self,
+        claimed_ms: int | None,
+        outside: Iterable[SignedBy] = (),
+        *,
+        vouched_by: str | None = None,
+    ) -> str | None:
+        """Why this key's signature cannot be trusted at the time it was made (None: it can).
+
+        `claimed_ms`: the time the signed text states (a checkpoint's `time`
+        line), written by the signer: outside the window it convicts the key,
+        inside it proves nothing. `outside`: upper bounds on when the signature
+        existed, from sources the signer does not control. `vouched_by`: the
+        trusted checkpoint this one is consistent with, if any (its content is
+        then vouched for, whoever signed it and whenever).
+        """
+        bounds = list(outside)
+        if problem := self.signed_outside_window(claimed_ms, bounds):
+            return problem
+        return None if vouched_by is not None else self.retired_without_evidence(bounds)
+
+    def signed_outside_window(
+        self, claimed_ms: int | None, outside: Iterable[SignedBy] = ()
+    ) -> str | None:
+        """Evidence that the key signed outside its window: its own time line says
+        so, or an outside time shows the signature existed before the key's start."""
+        start, end = self.not_before_ms, self.not_after_ms
+        if claimed_ms is not None:
+            if end is not None and claimed_ms > end:
+                return f"signed by key {self.label} after its end date {_iso(end)} (its time line)"
+            if start is not None and claimed_ms < start:
+                return f"signed by key {self.label} before its start {_iso(start)} (its time line)"
+        for bound in outside:
+            if start is not None and bound.ms < start:
+                return (
+                    f"signed by key {self.label} before its start {_iso(start)} "
+                    f"({bound.source} says {_iso(bound.ms)})"
+                )
         return None
 
+    def retired_without_evidence(self, outside: Iterable[SignedBy] = ()) -> str | None:
+        """The key has an end date and no outside time shows it signed by then."""
+        end = self.not_after_ms
+        bounds = list(outside)
+        if end is None or any(b.ms <= end for b in bounds):
+            return None
+        said = "; ".join(f"{b.source} says {_iso(b.ms)}" for b in bounds) or "no outside time"
+        return (
+            f"signed by key {self.label}, retired {_iso(end)}, and nothing outside the signer "
+            f"shows it signed before then ({said}; its own time line is no evidence), nor is "
+            "it consistent with a checkpoint the auditor trusts"
+        )
+
     def to_text(self) -> str:
+        """One keyring line (parse_keyring_lines reads it back)."""
+        if self.verifier.name.startswith("#"):
+            raise ConfigError(f"key {self.label}: a keyring line cannot start with '#'")
+        if any(not g or "," in g or g.startswith("#") or not g.isprintable() or " " in g
+               for g in self.logs):  # fmt: skip
+            raise ConfigError(f"key {self.label}: logs {self.logs!r} cannot be written")
         parts = [self.verifier.to_text()]
         if self.logs != ("*",):
             parts.append("logs=" + ",".join(self.logs))
@@ -62,16 +140,24 @@ class TrustedKey:
 
 
 def _iso(ms: int) -> str:
-    from datetime import UTC, datetime
+    """RFC 3339 UTC, to the millisecond where the time has one (to_text keeps it)."""
+    from datetime import UTC, datetime, timedelta
 
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    # Not strftime: "%Y" drops the zeros of years before 1000 on glibc.
+    text = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+    return text + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
 
 
 def _time_ms(value: str, option: str) -> int:
+    """Milliseconds since the epoch, exactly (a float timestamp would round some down)."""
+    from datetime import UTC, datetime, timedelta
+
     try:
-        return int(entry.parse_time(value).timestamp() * 1000)
+        moment = entry.parse_time(value)
     except ConfigError as e:
         raise ConfigError(f"{option}: {e}") from None
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 class Keyring:
@@ -147,11 +233,13 @@ class Keyring:
 def parse_keyring_lines(text: str, source: str) -> list[TrustedKey]:
     keys = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        # A comment starts at a word beginning with '#': a key name may hold '#'.
+        words = raw.split()
+        words = list(itertools.takewhile(lambda w: not w.startswith("#"), words))
+        if not words:
             continue
         where = f"{source} line {number}"
-        vkey, *options = line.split()
+        vkey, *options = words
         try:
             verifier = Verifier.from_text(vkey)
         except ConfigError as e:
@@ -164,6 +252,8 @@ def parse_keyring_lines(text: str, source: str) -> list[TrustedKey]:
                 raise ConfigError(f"{where}: {option!r} is not NAME=VALUE")
             if name == "logs":
                 logs = tuple(g for g in value.split(",") if g)
+                if not logs:
+                    raise ConfigError(f"{where}: logs= names no log")
             elif name == "from":
                 not_before = _time_ms(value, f"{where}: from")
             elif name == "until":

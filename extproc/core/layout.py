@@ -23,6 +23,7 @@ LOG_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _BUNDLE_RE = re.compile(r"([0-9]{20})-([0-9]{20})\.jsonl(\.gz)?")
 _CHECKPOINT_RE = re.compile(r"[0-9]{20}")
 _CLAIM_RE = re.compile(r"([0-9]{20})(?:\.e([2-9]|[1-9][0-9]{1,8}))?")
+MAX_EPOCH = 999_999_999  # the largest epoch a claim key names (_CLAIM_RE)
 
 
 def _is_log_id(log_id: str) -> bool:

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from extproc.core import b64
 from extproc.core.display import escape
 from extproc.errors import ConfigError, VerificationError
 
@@ -26,6 +27,7 @@ ALG_ED25519 = 0x01  # c2sp.org/signed-note: signature type 0x01 is Ed25519
 SIGNATURE_PREFIX = "\u2014 "  # "— ", em dash and space, starts every signature line
 _PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
 _MAX_NOTE_BYTES = 1 << 20
+MAX_NOTE_BYTES = _MAX_NOTE_BYTES  # what a reader takes for a note object (extproc/reader.py)
 _MAX_SIGNATURES = 100  # as golang.org/x/mod/sumdb/note
 _KEY_ID_RE = re.compile(r"[0-9a-fA-F]{8}")
 
@@ -42,7 +44,7 @@ def _check_key_name(name: str) -> None:
 
 def _b64decode(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        return b64.decode(text)
     except (binascii.Error, ValueError) as e:
         raise ConfigError(f"{what}: invalid base64") from e
 
@@ -59,9 +61,9 @@ class Verifier:
         parts = vkey.strip().split("+", 2)  # base64 key data may contain "+"
         if len(parts) != 3:
             raise ConfigError("verifier key must look like <name>+<keyid>+<base64 key>")
-        name, hex_id, b64 = parts
+        name, hex_id, encoded = parts
         _check_key_name(name)
-        data = _b64decode(b64, "verifier key")
+        data = _b64decode(encoded, "verifier key")
         if len(data) != 33 or data[0] != ALG_ED25519:
             raise ConfigError("verifier key is not an Ed25519 (type 0x01) key")
         if not _KEY_ID_RE.fullmatch(hex_id):
@@ -73,8 +75,8 @@ class Verifier:
 
     def to_text(self) -> str:
         raw = self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        b64 = base64.b64encode(bytes([ALG_ED25519]) + raw).decode()
-        return f"{self.name}+{self.key_id.hex()}+{b64}"
+        encoded = base64.b64encode(bytes([ALG_ED25519]) + raw).decode()
+        return f"{self.name}+{self.key_id.hex()}+{encoded}"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         try:
@@ -107,8 +109,8 @@ class Signer:
         parts = text[len(_PRIVATE_KEY_PREFIX) :].split("+", 2)
         if len(parts) != 3:
             raise ConfigError("signing key must look like PRIVATE+KEY+<name>+<keyid>+<base64>")
-        name, hex_id, b64 = parts
-        data = _b64decode(b64, "signing key")
+        name, hex_id, encoded = parts
+        data = _b64decode(encoded, "signing key")
         if len(data) != 33 or data[0] != ALG_ED25519:
             raise ConfigError("signing key is not an Ed25519 (type 0x01) key")
         signer = cls(name, Ed25519PrivateKey.from_private_bytes(data[1:]))
@@ -120,8 +122,8 @@ class Signer:
         from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
 
         seed = self._private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        b64 = base64.b64encode(bytes([ALG_ED25519]) + seed).decode()
-        return f"{_PRIVATE_KEY_PREFIX}{self.name}+{self.key_id.hex()}+{b64}"
+        encoded = base64.b64encode(bytes([ALG_ED25519]) + seed).decode()
+        return f"{_PRIVATE_KEY_PREFIX}{self.name}+{self.key_id.hex()}+{encoded}"
 
     def verifier(self) -> Verifier:
         return Verifier(self.name, self.key_id, self._private_key.public_key())
@@ -144,24 +146,25 @@ def sign_note(text: str, signer: Signer) -> str:
     """Return the signed note: text, a blank line, one signature line."""
     _check_note_text(text)
     sig = signer.sign(text.encode())
-    b64 = base64.b64encode(signer.key_id + sig).decode()
-    return f"{text}\n{SIGNATURE_PREFIX}{signer.name} {b64}\n"
+    encoded = base64.b64encode(signer.key_id + sig).decode()
+    return f"{text}\n{SIGNATURE_PREFIX}{signer.name} {encoded}\n"
 
 
 def _check_note_text(text: str) -> None:
+    """ConfigError unless `text` may be signed (and is what parse_note returns)."""
     if not text.endswith("\n"):
-        raise ValueError("note text must end with a newline")
+        raise ConfigError("note text must end with a newline")
     if "\n\n" in text:
-        raise ValueError("note text must not contain a blank line")
+        raise ConfigError("note text must not contain a blank line")
     if any(c < " " and c != "\n" for c in text):
-        raise ValueError("note text must not contain control characters")
+        raise ConfigError("note text must not contain control characters")
 
 
 def parse_note(note: str | bytes) -> tuple[str, list[NoteSignature]]:
     """Split a signed note into its text and signatures; checks syntax only."""
+    if len(note) > _MAX_NOTE_BYTES:  # bytes, or characters: at least as many bytes
+        raise VerificationError("signed note too large")
     if isinstance(note, bytes):
-        if len(note) > _MAX_NOTE_BYTES:
-            raise VerificationError("signed note too large")
         try:
             note = note.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -172,7 +175,7 @@ def parse_note(note: str | bytes) -> tuple[str, list[NoteSignature]]:
     text, block = note[: split + 1], note[split + 2 :]
     try:
         _check_note_text(text)
-    except ValueError as e:
+    except ConfigError as e:
         raise VerificationError(f"malformed signed note: {e}") from e
     if not block.endswith("\n"):
         raise VerificationError("malformed signed note: signature block must end with a newline")
@@ -183,9 +186,9 @@ def parse_note(note: str | bytes) -> tuple[str, list[NoteSignature]]:
     for line in lines:
         if not line.startswith(SIGNATURE_PREFIX):
             raise VerificationError("malformed signed note: bad signature line")
-        name, _, b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")
+        name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
         try:
-            raw = base64.b64decode(b64, validate=True)
+            raw = b64.decode(encoded)
         except (binascii.Error, ValueError) as e:
             raise VerificationError("malformed signed note: signature is not base64") from e
         if not name or len(raw) < 5:

@@ -24,13 +24,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from extproc.core import b64
 from extproc.core.merkle import CompactRange
 from extproc.errors import ConfigError
 
 STATE_VERSION = 1
+_LAST_LEAF_RE = re.compile(r"(?:[0-9a-f]{64})?")  # "" at size 0
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,10 @@ class LogState:
             state = cls(
                 origin=_str(data["origin"]),
                 size=_int(data["size"]),
-                root_hash=base64.b64decode(_str(data["root"]), validate=True),
+                root_hash=b64.decode(_str(data["root"])),
                 checkpoint=_str(data["checkpoint"]),
-                frontier=tuple(base64.b64decode(_str(h), validate=True) for h in data["frontier"]),
-                last_leaf=_str(data["last_leaf"]),
+                frontier=tuple(b64.decode(_str(h)) for h in data["frontier"]),
+                last_leaf=_last_leaf(data["last_leaf"]),
                 verified_at=_str(data["verified_at"]),
                 objects={_str(k): _str(v) for k, v in dict(data.get("objects", {})).items()},
             )
@@ -93,9 +96,16 @@ def _str(value: Any) -> str:
 
 
 def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise TypeError("expected a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
+        raise TypeError("expected an integer from 0 to 2^64-1")  # RFC 9162: a uint64
     return value
+
+
+def _last_leaf(value: Any) -> str:
+    text = _str(value)
+    if not _LAST_LEAF_RE.fullmatch(text):
+        raise ValueError("last_leaf is not a hex leaf hash")
+    return text
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,10 @@ class AuditState:
     logs: dict[str, LogState] = field(default_factory=dict)
     retention: RetentionRecord | None = None
 
+    def by_origin(self, origin: str) -> LogState | None:
+        """The log whose verified checkpoint has this origin (check-proof --state)."""
+        return next((s for s in self.logs.values() if s.origin == origin), None)
+
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
             "version": STATE_VERSION,
@@ -144,6 +158,8 @@ class AuditState:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise ConfigError(f"state file is not JSON: {e}") from e
+        except RecursionError:  # nested deeper than any state file is
+            raise ConfigError("state file is nested too deeply to be one") from None
         if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
             raise ConfigError(f"state file: unsupported version (expected {STATE_VERSION})")
         logs = doc.get("logs")

@@ -8,18 +8,22 @@ and what is wrong, so one run reports every problem it can see.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import re
 from binascii import hexlify
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from extproc.core import entry
 from extproc.core.bundle import split_lines
 from extproc.core.checkpoint import Checkpoint
 from extproc.core.claim import Claim, claim_in_effect
-from extproc.core.keyring import Keyring
+from extproc.core.display import escape
+from extproc.core.keyring import Keyring, SignedBy, clock
 from extproc.core.layout import BundleName
 from extproc.core.merkle import (
     LEAF_PREFIX,
@@ -28,7 +32,7 @@ from extproc.core.merkle import (
     consistency_ranges,
     verify_consistency,
 )
-from extproc.core.note import Verifier
+from extproc.core.note import Verifier, parse_note
 from extproc.errors import VerificationError
 
 ERROR = "error"
@@ -38,6 +42,26 @@ _CLAIM_NAME_RE = re.compile(r"[0-9]{20}(?:\.e([0-9]+))?$")
 # The writer's own records of foreign objects and key changes (docs/FORMAT.md);
 # found with one search per bundle, then confirmed by a full parse.
 _OWN_RECORDS = (b'"event":"foreign"', b'"event":"rotate"')
+# Entries from unauthenticated reporters and outcomes in conflict (docs/FORMAT.md):
+# found the same way, counted and reported after a parse of the lines that hold them.
+_REPORTER_MARKS = (b'"auth":"unauthenticated"', b'"conflict":')
+# Foreign objects reported one by one per log; the rest in one summary finding
+# (whoever can write the bucket chooses how many there are).
+MAX_FOREIGN_FINDINGS = 100
+_NEVER = 1 << 62  # an epoch no writer reaches
+
+
+def note_signer_label(data: bytes) -> str:
+    """`name+keyid` of the first signature on a signed note ("" if unreadable)."""
+    try:
+        _, signatures = parse_note(data)
+    except VerificationError:
+        return ""
+    return f"{signatures[0].name}+{signatures[0].key_id.hex()}" if signatures else ""
+
+
+def _claim_signer_label(claim: Claim) -> str:
+    return f"{claim.key_name}+{claim.signature[:4].hex()}" if len(claim.signature) > 4 else ""
 
 
 def _quick_chain_mismatches(
@@ -124,10 +148,25 @@ class LogReport:
     epoch: int = 1  # the writer's latest epoch (claims and checkpoints)
     # The writer's own records: `writer foreign` and `writer rotate` entries, as read.
     records: list[dict[str, object]] = field(default_factory=list)
+    # Entries read by this run whose reporter was not authenticated (reporter.auth).
+    unauthenticated: int = 0
 
     @property
     def ok(self) -> bool:
         return not any(f.severity == ERROR for f in self.findings)
+
+
+def _entries_holding(
+    lines: list[bytes], first: int, needles: tuple[bytes, ...]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(seq, fields) of each line that holds one of `needles` and parses as an
+    entry (one that does not is reported by the chain checks)."""
+    for offset, line in enumerate(lines):
+        if any(needle in line for needle in needles):
+            try:
+                yield first + offset, entry.parse(line)
+            except VerificationError:
+                continue
 
 
 class LogChecker:
@@ -142,23 +181,38 @@ class LogChecker:
         origin_prefix: str | None = None,
         *,
         deep: bool = False,
+        now_ms: int | None = None,
     ) -> None:
         self.log_id = log_id
         self.deep = deep  # parse every entry as JSON, not only where the quick check fails
+        self.now_ms = now_ms  # the auditor's clock: evidence of when keys signed
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.of(keyring)
         self.origin_prefix = origin_prefix
         self.report = LogReport(log_id)
         self._checkpoints: dict[int, tuple[str, Checkpoint]] = {}
-        # Claims by first seq: every candidate read, then the one in effect.
-        self._candidates: dict[int, list[tuple[int, str, Claim, bool]]] = {}
+        # Valid signed checkpoints as read (key, checkpoint, signer, note) and claims
+        # by first seq (epoch, key, claim, trusted, signer): which are the log's is
+        # settled once, before the first bundle (_settle).
+        # (key, checkpoint, signer, note, why a retired signer lacks outside time or None)
+        self._read_checkpoints: list[tuple[str, Checkpoint, str, str, str | None]] = []
+        self._candidates: dict[int, list[tuple[int, str, Claim, bool, str]]] = {}
         self._claims: dict[int, tuple[str, Claim]] = {}
-        self._claims_settled = False
+        self._settled = False
         self._used_claims: set[int] = set()
         self._trusted_claims = 0
-        # Objects at the log's keys that its writer did not write: key -> why.
-        # An error, unless the writer's own signed entries record it.
+        # Objects at the log's keys that its writer did not write: key -> why; the
+        # signer they name (an untrusted key), and foreign checkpoints' sizes.
         self._foreign: dict[str, str] = {}
+        self._foreign_signers: dict[str, str] = {}
+        self._foreign_sizes: dict[str, int] = {}
         self._explained: dict[str, int] = {}  # relative key -> seq of the entry naming it
+        self._counted: list[tuple[int, int]] = []  # (seq, count) of the writer's summaries
+        # A second history: a trusted key that began the log again (_restarted_keys).
+        # signer -> its objects, the bundle ranges its claims name, its latest note.
+        self._second: dict[str, list[str]] = {}
+        self._second_keys: set[str] = set()
+        self._second_ranges: dict[tuple[int, int], str] = {}
+        self._second_notes: dict[str, tuple[int, str]] = {}
         self._tree = CompactRange()
         self._prev = ""
         self._gap = False
@@ -170,6 +224,9 @@ class LogChecker:
         self._proof_ranges: list[tuple[int, int]] | None = None
         self._proof_parts: dict[tuple[int, int], CompactRange] = {}
         self._roots_ok: set[int] = set()
+        # Checkpoints by retired keys with no outside time (size -> key, problem):
+        # trusted at finish() if a trusted checkpoint at least as large vouches.
+        self._unvouched: dict[int, tuple[str, str]] = {}
         # tree size -> (frontier, last leaf hex) at each checkpoint whose root matched
         self._verified: dict[int, tuple[CompactRange, str]] = {0: (CompactRange(), "")}
 
@@ -189,17 +246,36 @@ class LogChecker:
         self.report.resumed_from = tree.size
         self._verified = {tree.size: (tree.copy(), last_leaf)}
 
-    def _find(self, key: str, message: str, severity: str = ERROR) -> None:
-        self.report.findings.append(Finding(self.log_id, key, message, severity))
+    def _find(
+        self, key: str, message: str, severity: str = ERROR, evidence: tuple[str, ...] = ()
+    ) -> None:
+        self.report.findings.append(Finding(self.log_id, key, message, severity, evidence))
 
     def add_unknown(self, key: str) -> None:
-        self._find(key, "object is not part of the log layout (not written by the log)")
+        """An object under the log's prefix whose name is not in the layout."""
+        self._foreign_object(key, "object is not part of the log layout")
+
+    def add_foreign(self, key: str, why: str) -> None:
+        """An object a reader refused to read (over its bound, not a regular file)."""
+        self._foreign_object(key, why)
+
+    def add_gone(self, key: str) -> None:
+        """An object that was listed, then could not be found when read."""
+        self._find(key, "object listed, then gone before it could be read (deleted)")
+
+    def is_foreign(self, key: str) -> bool:
+        """Is `key` not the log's (a foreign object, or a second history's)? Known
+        once every object was added: what is not the log's is not held to its
+        rules (retention), only reported."""
+        return key in self._foreign or key in self._second_keys
 
     def add_retention_missing(self, key: str) -> None:
         self._find(key, "object has no Object Lock retention")
 
-    def _foreign_object(self, key: str, why: str) -> None:
+    def _foreign_object(self, key: str, why: str, signer: str = "") -> None:
         self._foreign.setdefault(key, why)
+        if signer:
+            self._foreign_signers.setdefault(key, signer)
 
     def _names_this_log(self, origin: str) -> bool:
         if self.origin_prefix is not None:
@@ -215,17 +291,19 @@ class LogChecker:
             text, signer = self.keyring.verify_note(data)
             cp = Checkpoint.from_text(text)
         except VerificationError as e:
-            self._foreign_object(key, f"checkpoint does not verify: {e}")
+            self._foreign_object(key, f"checkpoint does not verify: {e}", note_signer_label(data))
+            self._foreign_sizes[key] = size
             return
         if not signer.covers(self.log_id):
             self._find(key, f"checkpoint signed by key {signer.label}, not trusted for this log")
             return
-        if problem := signer.window_problem((cp.timestamp_ms, written_ms)):
+        # The store's write time is S3's, not the signer's (a versioned store only).
+        outside = clock(self.now_ms)
+        if written_ms is not None:
+            outside.append(SignedBy(written_ms, "the store's write time"))
+        if problem := signer.signed_outside_window(cp.timestamp_ms, outside):
             self._find(key, f"checkpoint {problem} (a retired key must not sign)")
             return
-        if signer.label not in self.report.keys:
-            self.report.keys.append(signer.label)
-        self.report.epoch = max(self.report.epoch, cp.epoch)
         expected = f"/{self.log_id}"
         if self.origin_prefix is not None:
             if cp.origin != f"{self.origin_prefix.rstrip('/')}/{self.log_id}":
@@ -237,16 +315,26 @@ class LogChecker:
         if cp.size != size:
             self._find(key, f"checkpoint says tree size {cp.size}, its name says {size}")
             return
-        self.report.checkpoints += 1
-        self.report.valid.append(cp)
-        if self.report.latest is None or cp.size > self.report.latest.size:
-            self.report.latest = cp
-            self.report.latest_note = note
-        if size < self._base:
-            return  # its root was checked when the entries below the base were read
-        self._checkpoints[size] = (key, cp)
-        if size == self._base:
-            self._check_root(size)
+        self._read_checkpoints.append(
+            (key, cp, signer.label, note, signer.retired_without_evidence(outside))
+        )
+
+    def _accept_checkpoint(
+        self, key: str, cp: Checkpoint, signer: str, note: str, unvouched: str | None
+    ) -> None:
+        report = self.report
+        if signer not in report.keys:
+            report.keys.append(signer)
+        report.epoch = max(report.epoch, cp.epoch)
+        if unvouched:
+            self._unvouched[cp.size] = (key, unvouched)
+        report.checkpoints += 1
+        report.valid.append(cp)
+        if report.latest is None or cp.size > report.latest.size:
+            report.latest = cp
+            report.latest_note = note
+        if cp.size >= self._base:  # below: its root was checked with the entries below the base
+            self._checkpoints[cp.size] = (key, cp)
 
     def add_claim(self, key: str, first: int, data: bytes, epoch: int | None = None) -> None:
         """`epoch`: from the claim's key (`claims/<first>.e<n>`), parsed from it if None."""
@@ -265,7 +353,7 @@ class LogChecker:
             try:
                 signer = claim.verify(self.keyring)
             except VerificationError as e:
-                self._foreign_object(key, f"claim does not verify: {e}")
+                self._foreign_object(key, f"claim does not verify: {e}", _claim_signer_label(claim))
                 return
             if not signer.covers(self.log_id) or not self._names_this_log(claim.origin):
                 self._find(key, f"claim by key {signer.label} for {claim.origin!r}: not this log's")
@@ -282,18 +370,63 @@ class LogChecker:
                 key, f"claim names a bundle starting at {claim.first}, its name says {first}"
             )
             return
-        self._candidates.setdefault(first, []).append((epoch, key, claim, signed))
+        label = signer.label if signed else ""
+        self._candidates.setdefault(first, []).append((epoch, key, claim, signed, label))
         self._trusted_claims += signed
-        self.report.epoch = max(self.report.epoch, epoch)
 
-    def _settle_claims(self) -> None:
-        """The claim in effect at each position (claim_in_effect); the others are
-        superseded claims of the writer's or foreign objects."""
-        if self._claims_settled:
-            return
-        self._claims_settled = True
+    def _restarted_keys(self) -> dict[str, int]:
+        """Trusted keys that began the log again: signer -> the first epoch of theirs
+        to claim a position that a checkpoint of an earlier epoch already covers.
+
+        The writer never claims below a size it has signed (it moves to a new epoch
+        only ahead of its published size), so such a claim starts a second history:
+        a writer under that key started the log id again without its WAL. Its
+        objects from that epoch on are not the log's (they would replace what the
+        first writer published)."""
+        covered: dict[int, int] = {}  # epoch -> the largest checkpoint of that epoch
+        for _, cp, *_ in self._read_checkpoints:
+            covered[cp.epoch] = max(covered.get(cp.epoch, 0), cp.size)
+        epochs = sorted(covered)
+        below = list(itertools.accumulate((covered[e] for e in epochs), max))
+        restarted: dict[str, int] = {}
         for first, candidates in self._candidates.items():
-            chosen = claim_in_effect((e, c, signed) for e, _, c, signed in candidates)
+            for epoch, _, _, trusted, signer in candidates:
+                earlier = bisect.bisect_left(epochs, epoch)  # epochs[:earlier] < epoch
+                if trusted and earlier and below[earlier - 1] > first:
+                    restarted[signer] = min(restarted.get(signer, epoch), epoch)
+        return restarted
+
+    def _set_apart(self, signer: str, key: str) -> None:
+        self._second.setdefault(signer, []).append(key)
+        self._second_keys.add(key)
+
+    def _settle(self) -> None:
+        """Which checkpoints and claims are the log's: everything but a second
+        history (_restarted_keys); then the claim in effect at each position
+        (claim_in_effect); the other claims there are superseded claims of the
+        writer's or foreign objects."""
+        if self._settled:
+            return
+        self._settled = True
+        restarted = self._restarted_keys()
+        for key, cp, signer, note, unvouched in self._read_checkpoints:
+            if cp.epoch >= restarted.get(signer, _NEVER):
+                self._set_apart(signer, key)
+                if cp.size >= self._second_notes.get(signer, (-1, ""))[0]:
+                    self._second_notes[signer] = (cp.size, note)
+            else:
+                self._accept_checkpoint(key, cp, signer, note, unvouched)
+        for first, listed in self._candidates.items():
+            candidates = []
+            for epoch, key, claim, trusted, signer in listed:
+                if trusted and epoch >= restarted.get(signer, _NEVER):
+                    self._set_apart(signer, key)
+                    self._second_ranges[(claim.first, claim.last)] = signer
+                else:
+                    candidates.append((epoch, key, claim, trusted))
+            for epoch, *_ in candidates:
+                self.report.epoch = max(self.report.epoch, epoch)
+            chosen = claim_in_effect((e, c, trusted) for e, _, c, trusted in candidates)
             if chosen is None:
                 continue
             epoch, claim = chosen
@@ -309,6 +442,8 @@ class LogChecker:
                     )
                 else:
                     self._foreign_object(other_key, "unsigned claim where a signed one exists")
+        if self._base in self._checkpoints:
+            self._check_root(self._base)
 
     def _check_claim(self, key: str, name: BundleName, last_leaf: bytes) -> None:
         self._used_claims.add(name.first)
@@ -324,21 +459,36 @@ class LogChecker:
         """True if the claim in effect at the bundle's first seq names exactly this
         range. Otherwise the bundle is not the log's: the writer claims every
         bundle before writing it."""
-        self._settle_claims()
+        self._settle()
         claimed = self._claims.get(name.first)
         return claimed is not None and (claimed[1].first, claimed[1].last) == (
             name.first,
             name.last,
         )
 
+    def claim_matches(self, name: BundleName, lines_data: bytes) -> bool:
+        """Does the claim in effect at the bundle's position describe these lines
+        (its range, and the leaf hash of the last one)?"""
+        lines = split_lines(lines_data)
+        claimed = self._claims.get(name.first) if self.claimed_here(name) else None
+        if claimed is None or not lines:
+            return False
+        last = hashlib.sha256(LEAF_PREFIX + lines[-1]).digest()
+        return claimed[1].matches(name.first, name.last, last)
+
     def add_bundle(self, key: str, name: BundleName, lines_data: bytes) -> bool:
         """`lines_data`: the bundle's newline-terminated lines (decompressed).
 
         Returns False if the bundle is not part of the log (not the one its
-        position's claim names): it is reported, and none of its lines count.
+        position's claim names): it is reported, and none of its lines count
+        (a reader need not read it: pass b"").
         """
         report = self.report
         if name.last >= self._base and not self.claimed_here(name):
+            second = self._second_ranges.get((name.first, name.last))
+            if second is not None:
+                self._set_apart(second, key)
+                return False
             claimed = self._claims.get(name.first)
             self._foreign_object(
                 key,
@@ -381,6 +531,8 @@ class LogChecker:
             self._check_entry(key, lines[offset], first + offset, prev)
         if any(record in lines_data for record in _OWN_RECORDS):
             self._read_own_records(lines, first)
+        if any(mark in lines_data for mark in _REPORTER_MARKS):
+            self._read_reporter_marks(key, lines, first)
         # Extend the tree up to each checkpoint inside this bundle, then check it.
         tree, done = self._tree, 0
         for size in sorted(s for s in self._checkpoints if first < s <= first + len(leaves)):
@@ -400,27 +552,54 @@ class LogChecker:
         """The writer's `foreign` and `rotate` entries: what it saw and did, under its
         own signature (a client cannot forge one: it would not be a top-level `writer`
         entry)."""
-        for offset, line in enumerate(lines):
-            if not any(record in line for record in _OWN_RECORDS):
-                continue
-            try:
-                fields = entry.parse(line)
-            except VerificationError:
-                continue  # reported by the chain checks
+        for seq, fields in _entries_holding(lines, first, _OWN_RECORDS):
             if fields.get("kind") != "writer" or fields.get("event") not in ("foreign", "rotate"):
                 continue
-            keep = ("seq", "event", "object", "epoch", "old_key", "new_key", "ts")
-            record: dict[str, object] = {k: fields[k] for k in keep if k in fields}
+            keep = ("seq", "event", "object", "objects", "count", "epoch", "old_key", "new_key")
+            record: dict[str, object] = {k: fields[k] for k in (*keep, "ts") if k in fields}
             self.report.records.append(record)
             if isinstance(epoch := fields.get("epoch"), int):
                 self.report.epoch = max(self.report.epoch, epoch)
-            if fields["event"] == "foreign" and isinstance(obj := fields.get("object"), str):
-                self._explained.setdefault(obj, first + offset)
+            if fields["event"] != "foreign":
+                continue
+            # One object (`object`), or a summary: a sample of names and a count.
+            names = [fields.get("object")]
+            if isinstance(sample := fields.get("objects"), list):
+                names += sample
+            for name in names:
+                if isinstance(name, str):
+                    self._explained.setdefault(name, seq)
+            count = fields.get("count")
+            if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                self._counted.append((seq, count))
+
+    def _read_reporter_marks(self, key: str, lines: list[bytes], first: int) -> None:
+        """Count entries from unauthenticated reporters; warn of every outcome
+        stored as a conflict, naming both outcomes and their request."""
+        for seq, fields in _entries_holding(lines, first, _REPORTER_MARKS):
+            reporter = fields.get("reporter")
+            if isinstance(reporter, dict) and reporter.get("auth") == "unauthenticated":
+                self.report.unauthenticated += 1
+            conflict, ref = fields.get("conflict"), fields.get("ref")
+            if type(conflict) is int and type(ref) is int:
+                self._find(
+                    key,
+                    f"entry {seq}: a second outcome of request entry {ref}, "
+                    f"whose first outcome is entry {conflict}: the log cannot tell which "
+                    "one happened (two streams under one identity, or a reused request id)",
+                    WARNING,
+                )
 
     def _explained_by(self, key: str) -> int | None:
-        for relative, seq in self._explained.items():
-            if key == relative or key.endswith("/" + relative):
-                return seq
+        """The entry that names `key` (records name keys relative to the store prefix,
+        `logs/<log id>/...`): one lookup per place where that part could begin."""
+        at = key.find(f"logs/{self.log_id}/")
+        while at >= 0:
+            if at == 0 or key[at - 1] == "/":
+                seq = self._explained.get(key[at:])
+                if seq is not None:
+                    return seq
+            at = key.find(f"logs/{self.log_id}/", at + 1)
         return None
 
     def _collect_proof_leaves(self, first: int, leaves: list[bytes]) -> None:
@@ -496,10 +675,106 @@ class LogChecker:
             )
         return False
 
+    def _hides(self, key: str) -> bool:
+        """Could this foreign object hide something the log claims? Only a foreign
+        checkpoint where the log's own would cover entries read past its latest
+        checkpoint (a replaced or planted-first checkpoint: the log looks
+        shorter). Everything else foreign cannot change the log: its entries
+        are what the trusted claims name and the trusted checkpoints sign."""
+        size = self._foreign_sizes.get(key)
+        latest = self.report.latest.size if self.report.latest is not None else 0
+        return size is not None and latest < size <= self.report.entries
+
+    def _report_foreign(self) -> None:
+        """Foreign objects: warnings (an error only where one could hide something,
+        `_hides`), one by one up to MAX_FOREIGN_FINDINGS, then one summary; and one
+        line per untrusted key that signed some of them."""
+        listed = 0
+        unlisted: list[str] = []
+        for key, why in sorted(self._foreign.items()):
+            seq = self._explained_by(key)
+            hides = self._hides(key)
+            if not hides and listed >= MAX_FOREIGN_FINDINGS:
+                unlisted.append(key)
+                continue
+            listed += 1
+            if hides:
+                self._find(
+                    key,
+                    f"{why}: foreign object where the log's checkpoint covering the entries "
+                    "after its latest would be (it hides or replaced the log's own)",
+                )
+            elif seq is not None:
+                self._find(
+                    key,
+                    f"{why}: foreign object, recorded by the writer in entry {seq}, "
+                    "which went on without it",
+                    WARNING,
+                )
+            else:
+                counted = "".join(
+                    f"; entry {at} counted {n} foreign objects the writer found"
+                    for at, n in self._counted[:3]
+                )
+                self._find(
+                    key,
+                    f"{why}: foreign object (not written by this log's writer, and not "
+                    f"named in its records{counted}): it cannot change the log",
+                    WARNING,
+                )
+        if unlisted:
+            self._find(
+                "",
+                f"{len(unlisted)} more foreign objects, not listed one by one "
+                f"({unlisted[0]} .. {unlisted[-1]}): none can change the log",
+                WARNING,
+            )
+        for signer, count in sorted(Counter(self._foreign_signers.values()).items()):
+            self._find(
+                "",
+                f"{count} foreign objects signed by key {escape(signer)}, which is not trusted "
+                "for this log: another writer under another key, or planted; they do not "
+                "change the log (verify with that key too to see what it signed)",
+                WARNING,
+            )
+
+    def _report_second_history(self) -> None:
+        """A trusted key that began the log again (_restarted_keys): one error per key,
+        with a checkpoint of each history as evidence. The log as first published
+        is verified without it; but two trees signed for one origin by keys
+        trusted for it are a fork, whoever made it."""
+        ours = (self.report.latest_note,) if self.report.latest_note else ()
+        for signer, keys in sorted(self._second.items()):
+            theirs = self._second_notes.get(signer)
+            self._find(
+                "",
+                f"a second history signed by key {signer} ({len(keys)} objects, from "
+                f"{min(keys)}): it claims entries that checkpoints of an earlier epoch "
+                "already cover, so a writer under this key began the log id again without "
+                "its WAL. The log as first published verifies without it, but a key "
+                "trusted for this log signed another tree for the same origin (a fork): "
+                "verify with the first key alone to audit the log, and find out why "
+                f"{signer} signed (docs/AUDITING.md)",
+                ERROR,
+                ours + ((theirs[1],) if theirs else ()),
+            )
+
+    def _check_vouched(self) -> None:
+        """A retired key's checkpoint without outside time counts if its root matched
+        the entries and a trusted checkpoint at least as large (or the state's
+        tree) matched them too: it is then a prefix of a tree the auditor trusts."""
+        trusted = [s for s in self._roots_ok if s not in self._unvouched]
+        largest = max([self._base, *trusted])
+        for size, (key, problem) in sorted(self._unvouched.items()):
+            if size < self._base or (size in self._roots_ok and size <= largest):
+                continue
+            self._find(key, f"checkpoint {problem}")
+
     def finish(self) -> LogReport:
         report = self.report
-        self._settle_claims()
+        self._settle()
         self._check_consistency()
+        self._check_vouched()
         if self._foreign and not report.checkpoints and not self._trusted_claims:
             # Nothing verifies: the wrong key, not a bucket full of plants. One line.
             self._find(
@@ -509,17 +784,8 @@ class LogChecker:
                 f"(trusted: {self.keyring.describe()})",
             )
             self._foreign.clear()
-        for key, why in sorted(self._foreign.items()):
-            seq = self._explained_by(key)
-            if seq is not None:
-                self._find(
-                    key,
-                    f"{why}: foreign object, recorded by the writer in entry {seq}, "
-                    "which went on without it",
-                    WARNING,
-                )
-            else:
-                self._find(key, f"{why}: foreign object (not written by this log's writer)")
+        self._report_foreign()
+        self._report_second_history()
         for first, (key, claim) in sorted(self._claims.items()):
             if first in self._used_claims:
                 continue

@@ -37,6 +37,11 @@ from extproc.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
+# The size of an access entry before it is built (reserve()): about a real
+# Envoy entry's line (~750 bytes; an empty one ~430), then the running mean.
+BATCH_ENTRY_ESTIMATE = 512
+MIN_ENTRY_ESTIMATE = 256
+
 
 class _UtcTimestamp:
     """RFC 3339 UTC with microseconds, the `ts` field of every entry.
@@ -137,6 +142,10 @@ class AuditLog:
         self._denials = RateLimitedLog(log)  # a full disk fails every batch
         self.durable_event = asyncio.Event()
         self._wake_at = 1  # see wake_when_waiting()
+        # Batch entries admitted (reserve()) and not built yet, counted in the
+        # backlog at the estimated size of one.
+        self._reserved = 0
+        self._entry_estimate = BATCH_ENTRY_ESTIMATE
         metrics.LOG_SIZE.set(self.durable_size)
 
     # --- appending ------------------------------------------------------------
@@ -193,21 +202,52 @@ class AuditLog:
                 raise DurabilityError(self._last_error)
         return seq
 
-    def append_batch_nowait(self, batch: Iterable[dict[str, Any]]) -> int:
+    def reserve(self, count: int) -> None:
+        """Admit `count` batch entries before any of them is built: each counts
+        against the backlog bound at the estimated size of one (the mean of the
+        batch entries so far) until append_batch_nowait(reserved=...) replaces
+        the estimate with its real size; release() what is not appended.
+
+        Raises LogUnavailableError, reserving nothing, when they would not fit:
+        a flood of entries becomes counted refusals, not memory.
+        """
+        if self._refusal is not None:
+            raise LogRefusedError(self._refusal)
+        if self.backlog_bytes + count * self._entry_estimate > self.max_backlog_bytes:
+            metrics.BACKPRESSURE.labels("backlog").inc()
+            raise BackpressureError(
+                f"backlog over its bound ({self.max_backlog_bytes} bytes not yet published, "
+                f"with {count} entries more)"
+            )
+        self._reserved += count
+
+    def release(self, count: int) -> None:
+        """Give back the reservation of `count` entries that will not be appended."""
+        self._reserved -= count
+
+    @property
+    def reserved(self) -> int:
+        """Batch entries admitted by reserve() and not appended or released yet."""
+        return self._reserved
+
+    def append_batch_nowait(self, batch: Iterable[dict[str, Any]], *, reserved: int = 0) -> int:
         """Sequence a batch of entries in one call (the access-log path); each
         becomes durable with the next group commit. Returns the seq of the first.
 
         All or nothing: raises LogUnavailableError, with nothing appended (and
-        `batch` not iterated), when the log cannot take them. The backlog bound
-        is checked once per batch, so a batch may pass it by its own size. Each
-        dict is completed in place with v, seq, prev and ts; the entries of a
+        `batch` not iterated), when the log cannot take them. Without a
+        reservation the backlog bound is checked once per batch, so a batch may
+        pass it by its own size; `reserved`: the batch holds that many entries
+        admitted by reserve(), whose reservation it uses up (appended or not).
+        Each dict is completed in place with v, seq, prev and ts; the entries of a
         batch are sequenced at one instant and share their `ts`. `batch` may be
         a generator: each entry is encoded as it comes, so only one entry's
         fields need to be alive at a time.
         """
         if self._refusal is not None:
+            self._reserved -= reserved
             raise LogRefusedError(self._refusal)
-        if self.backlog_bytes > self.max_backlog_bytes:
+        if not reserved and self.backlog_bytes > self.max_backlog_bytes:
             metrics.BACKPRESSURE.labels("backlog").inc()
             raise BackpressureError(
                 f"backlog over its bound ({self.max_backlog_bytes} bytes not yet published)"
@@ -234,13 +274,20 @@ class AuditLog:
                 added += len(line)
                 seq += 1
         finally:
-            # Whatever was sequenced stays consistent, even if an entry failed to encode.
+            # Whatever was sequenced stays consistent and goes to disk, even if an
+            # entry failed to build or encode.
             self._prev, self._size = prev, seq
             self._pending.bytes += added
-        if seq > first and self._in_flight is None:
-            self._start_flush()
-            if first >= self._size:  # the write failed at once and was rolled back
-                raise DurabilityError(self._last_error)
+            self._reserved -= reserved
+            if seq > first:
+                # Correct the estimate: a running mean of the real sizes.
+                self._entry_estimate = max(
+                    MIN_ENTRY_ESTIMATE, (3 * self._entry_estimate + added // (seq - first)) // 4
+                )
+                if self._in_flight is None:
+                    self._start_flush()
+        if first >= self._size and seq > first:  # the write failed at once and was rolled back
+            raise DurabilityError(self._last_error)
         return first
 
     async def append(self, fields: dict[str, Any], *, own: bool = False) -> int:
@@ -398,8 +445,11 @@ class AuditLog:
 
     @property
     def backlog_bytes(self) -> int:
+        """Bytes not yet published: durable, being synced, sequenced, and the
+        estimated size of the batch entries reserved and not built yet."""
         in_flight = self._in_flight.bytes if self._in_flight is not None else 0
-        return self._unpublished_bytes + in_flight + self._pending.bytes
+        reserved = self._reserved * self._entry_estimate
+        return self._unpublished_bytes + in_flight + self._pending.bytes + reserved
 
     def close(self) -> None:
         # Anyone still waiting (error paths only: the server flushes first) is

@@ -13,6 +13,17 @@ judged by who wrote it:
   writer records it in a signed `writer foreign` entry and continues in a new
   epoch, whose claims have keys of their own (docs/FORMAT.md, "Epochs").
 
+Foreign objects cost O(1) each, whatever their number or names: on a
+collision the writer lists what is ahead of it once (at most every
+RELIST_AFTER seconds), records everything it found in one entry (a count and
+a bounded sample of names), and moves to an epoch above every claim epoch it
+saw, so that it never meets the same plants one round trip at a time.
+
+A writer whose WAL has published nothing refuses a log id whose store already
+holds checkpoints of its origin signed by another key (ForkError): that is a
+second deployment of somebody's log, not a new log. A key change is made by
+restarting the writer with its own WAL and the new key (a rotation, below).
+
 A key rotation (the server starts with a key other than the one that signed
 the last checkpoint) also starts a new epoch, recorded in a `writer rotate`
 entry: a log never silently continues under another key.
@@ -34,7 +45,7 @@ from typing import Any, TypeVar
 
 from extproc import metrics
 from extproc.core import entry, layout
-from extproc.core.bundle import bundle_bytes
+from extproc.core.bundle import MAX_BUNDLE_BYTES, bundle_bytes
 from extproc.core.bundle import bundle_lines as bundle_lines  # scripts/bench.py reads it here
 from extproc.core.checkpoint import (
     Checkpoint,
@@ -42,10 +53,12 @@ from extproc.core.checkpoint import (
     open_signed_checkpoint,
     sign_checkpoint,
 )
-from extproc.core.claim import Claim
+from extproc.core.claim import MAX_CLAIM_BYTES, Claim
+from extproc.core.display import escape
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange
-from extproc.core.note import Signer, Verifier, parse_note
+from extproc.core.note import MAX_NOTE_BYTES, Signer, Verifier, parse_note
+from extproc.core.verify import note_signer_label
 from extproc.errors import (
     ConfigError,
     ForeignObjectError,
@@ -66,11 +79,25 @@ T = TypeVar("T")
 
 # What an object found at a key we must write is (see the module docstring).
 OURS, FORK, FOREIGN = "ours", "fork", "foreign"
-# Foreign objects met in one publication round before backing off: each costs
-# a new entry and a new epoch; an attacker who planted many only slows us down.
+# Foreign objects met in one publication round before backing off. Each
+# collision lists what is ahead and steps over all of it, so this bounds only
+# objects planted while the round runs.
 MAX_FOREIGN_PER_ROUND = 8
-# Objects beyond the published size inspected at startup (each is one read).
+# Objects beyond the published size read at startup to tell ours from foreign
+# (each is one read); the rest are foreign without a read.
 MAX_RECONCILE_READS = 64
+# After a collision the writer lists what is ahead of it at most this often;
+# in between, a new plant costs one collision (a put and a read).
+RELIST_AFTER = 30.0
+# Keys of foreign objects kept in memory (each costs the attacker an object):
+# beyond, a plant is met when the writer gets to it, at O(1) each still.
+MAX_KNOWN_FOREIGN = 100_000
+# What one `writer foreign` entry names: a sample, each name cut to a bound
+# (the count says how many there were): an entry stays far under 64 KiB.
+MAX_RECORDED_NAMES = 16
+MAX_RECORDED_NAME_CHARS = 256
+# Other keys' checkpoints read to tell a log this WAL never wrote from plants.
+MAX_OTHER_KEY_READS = 4
 PROBE_WHILE_DENYING = 1.0  # seconds between store retries while requests are refused
 
 
@@ -86,17 +113,18 @@ class PublisherConfig:
     retry_max_delay: float = 30.0
 
 
-def note_signer_label(data: bytes) -> str:
-    """`name+keyid` of the first signature on a signed note ("" if unreadable)."""
-    try:
-        _, signatures = parse_note(data)
-    except VerificationError:
-        return ""
-    return f"{signatures[0].name}+{signatures[0].key_id.hex()}" if signatures else ""
-
-
 def _same_bytes(data: bytes) -> Callable[[bytes], str]:
     return lambda existing: OURS if existing == data else FOREIGN
+
+
+def recorded_name(relative_key: str) -> str:
+    """An object name as a `writer foreign` entry holds it: any character JSON can
+    carry (a byte that is not UTF-8 in a local name stays as a `\\udcXX` escape), cut to
+    MAX_RECORDED_NAME_CHARS with the original length said."""
+    name = relative_key.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(name) > MAX_RECORDED_NAME_CHARS:
+        name = f"{name[:MAX_RECORDED_NAME_CHARS]}...[{len(name)} chars]"
+    return name
 
 
 class Publisher:
@@ -136,6 +164,11 @@ class Publisher:
         # that signed the last published checkpoint (a rotation in progress).
         self._own_keys = self._own_keyring(audit_log.published.key)
         self._foreign: set[str] = set()  # keys known to hold foreign objects
+        self._foreign_epoch = 0  # the highest claim epoch among them
+        self._listed_at: float | None = None  # monotonic time of the last listing ahead
+        # Keys this writer confirmed since its last checkpoint (all ahead of it):
+        # a listing ahead finds them, and they are not foreign.
+        self._written: set[str] = set()
         metrics.EPOCH.set(self.epoch)
         audit_log.wake_when_waiting(config.bundle_max_entries)
         # Store and state-file calls block: a small pool of our own, not the
@@ -194,9 +227,11 @@ class Publisher:
         """Line up the WAL with what the store already holds for this log.
 
         Covers a crash between a put and the WAL state update; records foreign
-        objects ahead of the published size; refuses to go on (ForkError) if
-        the store holds something this writer's key signed that this WAL did
-        not write, or lost what this WAL published. Detects a key rotation.
+        objects ahead of the published size (and objects off the layout) in one
+        entry; refuses to go on (ForkError) if the store holds something this
+        writer's key signed that this WAL did not write, lost what this WAL
+        published, or holds this log under another key while this WAL has
+        published nothing of it. Detects a key rotation.
         """
         cfg = self.config
         # The store's view through the one reader: on S3 the original version
@@ -210,6 +245,8 @@ class Publisher:
             name = layout.parse_key(self._prefix, key)
             claims.append((first, name.epoch if name is not None else 1, key))
         published, wal_size = self.log.published.size, self.log.durable_size
+        if not published:
+            await self._refuse_other_keys_log(reader, checkpoints)
         if published and published not in checkpoints:
             if not checkpoints and not bundles:
                 raise ForkError(
@@ -228,18 +265,21 @@ class Publisher:
             checkpoints[published] = await self.checkpoint_again(
                 published, self.log.published.compact_range().root()
             )
+        found = list(objects.unknown)  # off the layout: foreign, never read
         reads = 0
         latest = published
         for size in sorted(s for s in checkpoints if s > published):
-            if reads == MAX_RECONCILE_READS:
-                break
-            reads += 1
             key = checkpoints[size]
-            data = await self._io(reader.read, key)
+            if reads == MAX_RECONCILE_READS:
+                found.append(key)
+                continue
+            reads += 1
             try:
-                cp, _ = open_signed_checkpoint(data, self._own_keys)
+                cp, _ = open_signed_checkpoint(
+                    await self._io(reader.read_checkpoint, key), self._own_keys
+                )
             except VerificationError:
-                await self._record_foreign(key, switch=False)
+                found.append(key)
                 continue
             if cp.origin != cfg.origin:
                 raise ForkError(f"{key}: signed by this writer's key for another log ({cp.origin})")
@@ -256,24 +296,31 @@ class Publisher:
             if first < self.bundled:
                 continue
             if reads == MAX_RECONCILE_READS:
-                break
+                found.append(key)
+                continue
             reads += 1
-            data = await self._io(reader.read, key)
-            verdict, _ = self._judge_claim(data, first)
+            try:
+                verdict, _ = self._judge_claim(await self._io(reader.read_claim, key), first)
+            except VerificationError:  # over its bound, not a file
+                verdict = FOREIGN
             if verdict == FORK:
                 raise ForkError(f"{key}: another writer's claim (signed by this log's key)")
             if verdict == OURS:
                 self.epoch = max(self.epoch, epoch)
             else:
-                await self._record_foreign(key, switch=False)
+                found.append(key)
         for bundle, key, size in sorted(bundles, key=lambda b: (b[0].first, b[0].last)):
             if bundle.last < self.bundled:
                 continue
             if reads == MAX_RECONCILE_READS:
-                break
+                found.append(key)
+                continue
             reads += 1
             if not await self._adopt_bundle(reader, bundle, key, size):
-                await self._record_foreign(key, switch=False)
+                found.append(key)
+        if found:
+            self._know_foreign(found)
+            await self._record_foreign(found)
         if published:
             await self._check_rotation(checkpoints[published])
         metrics.EPOCH.set(self.epoch)
@@ -288,10 +335,45 @@ class Publisher:
             self.epoch,
         )
 
+    async def _refuse_other_keys_log(self, reader: LogReader, checkpoints: dict[int, str]) -> None:
+        """This WAL has published nothing: if the store already holds checkpoints of
+        this log's origin signed by a key that is not this writer's, the log is
+        somebody else's (another deployment, or this log before a key change
+        without its WAL). Continuing would start a second history over it, so
+        refuse (ForkError) with what to do. Reads the largest few checkpoints;
+        anything that does not parse as this origin's is a foreign object."""
+        for size in sorted(checkpoints, reverse=True)[:MAX_OTHER_KEY_READS]:
+            key = checkpoints[size]
+            try:
+                data = await self._io(reader.read_checkpoint, key)
+            except (ObjectNotFoundError, VerificationError):  # gone, over its bound, not a file
+                continue
+            try:
+                open_signed_checkpoint(data, self._own_keys)
+            except VerificationError:
+                pass
+            else:
+                return  # ours: the store is ahead of this WAL (refused below)
+            try:
+                cp = Checkpoint.from_text(parse_note(data)[0])
+            except VerificationError:
+                continue  # not a checkpoint at all: a foreign object
+            if cp.origin != self.config.origin or cp.size != size:
+                continue
+            theirs = escape(note_signer_label(data)) or "unknown"
+            raise ForkError(
+                f"log {self.config.log_id} in {self.store.url} is already signed by key "
+                f"{theirs} (checkpoint at size {size}), not by this server's key "
+                f"{self.signer.name}+{self.signer.key_id.hex()}, and this WAL has published "
+                "nothing of it: refusing to start a second history. Start with that log's "
+                "key and WAL, or choose another --log-id (to move a log to a new key, restart "
+                "its writer with its own WAL and the new key: docs/AUDITING.md, rotating a key)"
+            )
+
     async def _adopt_checkpoint(self, size: int) -> None:
         """A checkpoint this writer put before a crash: check it, then record it."""
         key = self._checkpoint_key(size)
-        data = await self._io(self.store.get, key)
+        data = await self._io(self.store.get, key, MAX_NOTE_BYTES)
         cp, _ = open_signed_checkpoint(data, self._own_keys)
         pending = self.log.entries(self.bundled, size - self.bundled)
         for d in pending:
@@ -314,7 +396,10 @@ class Publisher:
         expected = bundle_bytes([d.line for d in entries], compress=bundle.gzip)
         if size != len(expected):  # listed size: no read for an object that cannot match
             return False
-        if await self._io(reader.read, key) != expected:
+        try:
+            if await self._io(reader.read, key, len(expected)) != expected:
+                return False
+        except VerificationError:  # grew past the listed size, not a file
             return False
         self.tree.extend(d.leaf for d in entries)
         self.last_leaf = entries[-1].leaf
@@ -330,7 +415,7 @@ class Publisher:
             old_label = f"{old[0]}+{old[1]}" if len(old) == 3 else previous
         else:
             # A WAL from before the key was recorded: ask the last checkpoint.
-            data = await self._io(self.store.get, checkpoint_key)
+            data = await self._io(self.store.get, checkpoint_key, MAX_NOTE_BYTES)
             try:
                 open_signed_checkpoint(data, Keyring.of(self.signer.verifier()))
             except VerificationError:
@@ -381,8 +466,7 @@ class Publisher:
             try:
                 await self._publish_due(final=final)
             except ForeignObjectError as e:
-                await self._record_foreign(e.key, switch=True)
-                await self._record_foreign_ahead()
+                await self._step_over(e.key)
             else:
                 return
         raise StorageError(
@@ -409,17 +493,34 @@ class Publisher:
             await self._checkpoint(final=final)
 
     def _avoid_foreign_bundle(self, batch: list[Durable]) -> list[Durable]:
-        """A range whose bundle key holds no known foreign object (shorter, or one longer)."""
+        """A range from the next position whose bundle key holds no known foreign
+        object: the longest up to `batch`, preferring one whose checkpoint key (the
+        tree size after it) is free too; else the shortest longer one within the
+        format's bound, from the entries there are. [] if there is none yet (more
+        entries will make one). One set lookup per length: O(1) per planted key."""
         first = self.bundled
-        while self._bundle_key(first, first + len(batch) - 1) in self._foreign:
-            if len(batch) > 1:
-                batch = batch[:-1]
-                continue
-            more = self.log.entries(first, 2)
-            if len(more) < 2 or self._bundle_key(first, first + 1) in self._foreign:
-                return []
-            return more
-        return batch
+
+        def free(n: int, *, checkpoint: bool) -> bool:
+            if self._bundle_key(first, first + n - 1) in self._foreign:
+                return False
+            return not checkpoint or self._checkpoint_key(first + n) not in self._foreign
+
+        if not self._foreign:
+            return batch
+        for checkpoint in (True, False):
+            for n in range(len(batch), 0, -1):
+                if free(n, checkpoint=checkpoint):
+                    return batch[:n]
+        longer: list[Durable] = []
+        size = 0
+        for d in self.log.durable_from(first):
+            size += len(d.line) + 1
+            if size > MAX_BUNDLE_BYTES:
+                break
+            longer.append(d)
+            if len(longer) > len(batch) and free(len(longer), checkpoint=False):
+                return longer
+        return []
 
     async def _claim(self, batch: list[Durable]) -> list[Durable]:
         """Claim the position of the next bundle; return the entries it must hold.
@@ -445,7 +546,7 @@ class Publisher:
                 adopted.append(entries)
             return verdict
 
-        await self._put(key, claim.to_bytes(), "claim", judge)
+        await self._put(key, claim.to_bytes(), "claim", judge, MAX_CLAIM_BYTES)
         return adopted[0] if adopted else batch
 
     def _judge_claim(self, existing: bytes, first: int) -> tuple[str, list[Durable]]:
@@ -480,7 +581,11 @@ class Publisher:
         data = sign_checkpoint(cp, self.signer)
         key = self._checkpoint_key(size)
         await self._put(
-            key, data, "checkpoint", lambda existing: self._judge_checkpoint(existing, cp)
+            key,
+            data,
+            "checkpoint",
+            lambda existing: self._judge_checkpoint(existing, cp),
+            MAX_NOTE_BYTES,
         )
         self.checkpoints_written += 1
         metrics.LAST_CHECKPOINT.set(signed_at)
@@ -504,57 +609,93 @@ class Publisher:
         )
         await self._io(self.wal.save_published, state)
         self.log.mark_published(state)
+        self._written.clear()  # everything written so far is under this checkpoint
 
-    async def _record_foreign(self, key: str, *, switch: bool) -> None:
-        """Write the foreign object into the log, under this writer's signature;
-        with `switch`, continue in a new epoch (new claim keys)."""
-        name = layout.parse_key(self._prefix, key)
-        metrics.FOREIGN_OBJECTS.labels(name.kind if name else "unknown").inc()
-        self._foreign.add(key)
-        if switch:
-            self.epoch += 1
-            metrics.EPOCH.set(self.epoch)
-        log.error(
-            "log %s: %s was not written by this log's writer (foreign object); recorded in "
-            "the log%s",
-            self.config.log_id,
-            key,
-            f", continuing in epoch {self.epoch}" if switch else "",
-        )
-        await self._append_own(
-            entry.writer_event(
-                "foreign",
-                self.writer_id,
-                object=layout.relative(self._prefix, key),
-                epoch=self.epoch,
+    def _know_foreign(self, keys: list[str]) -> None:
+        """Remember keys that hold foreign objects (up to MAX_KNOWN_FOREIGN)."""
+        for key in keys:
+            if len(self._foreign) >= MAX_KNOWN_FOREIGN:
+                break
+            self._foreign.add(key)
+            name = layout.parse_key(self._prefix, key)
+            if name is not None and name.kind == "claim":
+                self._foreign_epoch = max(self._foreign_epoch, name.epoch)
+
+    async def _step_over(self, key: str) -> None:
+        """A foreign object at `key`, which this writer had to write. List what else
+        is ahead of the writer (at most every RELIST_AFTER seconds), record what is
+        new in one entry, and continue in an epoch above every claim epoch known
+        to be taken: the plants ahead are stepped over at once, not met one round
+        trip at a time."""
+        found = [] if key in self._foreign else [key]
+        now = time.monotonic()
+        if self._listed_at is None or now - self._listed_at >= RELIST_AFTER:
+            self._listed_at = now
+            ahead = await self._io(self._keys_ahead)
+            found += [k for k in ahead if k not in self._foreign and k != key]
+        self._know_foreign(found)
+        self.epoch = self._next_epoch()
+        metrics.EPOCH.set(self.epoch)
+        if found:
+            await self._record_foreign(found)
+        else:
+            log.warning(
+                "log %s: %s holds a foreign object already recorded; continuing in epoch %d",
+                self.config.log_id,
+                escape(key),
+                self.epoch,
             )
-        )
 
-    async def _record_foreign_ahead(self) -> None:
-        """After a collision: record every other foreign object at or beyond the
-        position being written, so the log names all it found, not just the first."""
-        # Only keys from the position being written on are listed.
-        reader = await self._io(LogReader.open, self.store, self.config.log_id, self.bundled)
+    def _keys_ahead(self) -> list[str]:
+        """Every key at or beyond the position being written that this writer did
+        not write (one listing, from that position on; no object is read)."""
+        reader = LogReader.open(self.store, self.config.log_id, self.bundled)
         objects = reader.objects
-        reads = 0
-        for key, name in objects.bundles:
-            if key not in self._foreign and name.last >= self.bundled:  # none of ours is there
-                await self._record_foreign(key, switch=False)
-        for key, first in objects.claims:
-            if key in self._foreign or first < self.bundled or reads == MAX_RECONCILE_READS:
-                continue
-            reads += 1
-            verdict, _ = self._judge_claim(await self._io(reader.read, key), first)
-            if verdict != OURS:  # a fork is found when the writer gets there
-                await self._record_foreign(key, switch=False)
-        for key, size in objects.checkpoints:
-            if key in self._foreign or size <= self.bundled or reads == MAX_RECONCILE_READS:
-                continue
-            reads += 1
-            try:
-                open_signed_checkpoint(await self._io(reader.read, key), self._own_keys)
-            except VerificationError:
-                await self._record_foreign(key, switch=False)
+        keys = [k for k, name in objects.bundles if name.last >= self.bundled]
+        keys += [k for k, first in objects.claims if first >= self.bundled]
+        keys += [k for k, size in objects.checkpoints if size > self.bundled]
+        keys += objects.unknown
+        return [k for k in keys if k not in self._written]
+
+    def _next_epoch(self) -> int:
+        """An epoch above the current one and every claim epoch known to be taken
+        (then no planted claim is where this writer claims next, and its claims
+        are the highest at their positions); if that would pass the layout's
+        largest epoch, the next one whose claim key here is free."""
+        epoch = max(self.epoch, self._foreign_epoch) + 1
+        if epoch <= layout.MAX_EPOCH:
+            return epoch
+        epoch = self.epoch + 1
+        while layout.claim_key(self._prefix, self.config.log_id, self.bundled, epoch) in (
+            self._foreign
+        ):
+            epoch += 1
+        return epoch
+
+    async def _record_foreign(self, keys: list[str]) -> None:
+        """Write the foreign objects into the log, under this writer's signature: one
+        entry, naming the object (`object`), or, for several, how many (`count`)
+        and a bounded sample of their names (`objects`)."""
+        for key in keys:
+            name = layout.parse_key(self._prefix, key)
+            metrics.FOREIGN_OBJECTS.labels(name.kind if name else "unknown").inc()
+        names = [recorded_name(layout.relative(self._prefix, k)) for k in keys]
+        shown = ", ".join(escape(n) for n in names[:3])
+        log.error(
+            "log %s: %d objects not written by this log's writer (foreign objects) at its "
+            "keys: %s%s; recorded in the log (epoch %d)",
+            self.config.log_id,
+            len(keys),
+            shown,
+            ", ..." if len(keys) > 3 else "",
+            self.epoch,
+        )
+        details: dict[str, Any] = {"epoch": self.epoch}
+        if len(names) == 1:
+            details["object"] = names[0]
+        else:
+            details.update(count=len(names), objects=names[:MAX_RECORDED_NAMES])
+        await self._append_own(entry.writer_event("foreign", self.writer_id, **details))
 
     async def _append_own(self, fields: dict[str, Any]) -> None:
         try:
@@ -562,14 +703,22 @@ class Publisher:
         except LogUnavailableError as e:
             raise StorageError(f"cannot record {fields.get('event')} in the log: {e}") from e
 
-    async def _put(self, key: str, data: bytes, kind: str, judge: Callable[[bytes], str]) -> None:
+    async def _put(
+        self,
+        key: str,
+        data: bytes,
+        kind: str,
+        judge: Callable[[bytes], str],
+        limit: int | None = None,
+    ) -> None:
         """Write once and confirm it, retrying store errors with capped backoff.
 
         A write counts only once the store shows the object back with our
         SHA-256: a store that answered 200 and kept nothing (measured) gets
         the put again, still write-once. An object already at the key is
         judged: ours (an earlier attempt whose reply was lost), foreign, or
-        another writer's.
+        another writer's. It is read only up to `limit` bytes (default: the
+        size of ours): anything larger is foreign without being read.
         """
         if key in self._foreign:
             raise ForeignObjectError(key, f"{kind} key already known to be taken")
@@ -591,6 +740,7 @@ class Publisher:
             if found is CONFIRMED:
                 metrics.OBJECTS_WRITTEN.labels(kind).inc()
                 metrics.OBJECTS_CONFIRMED.labels(kind).inc()
+                self._written.add(key)
                 return
             if found is MISSING:
                 # Acknowledged, not stored: write it again from what we hold.
@@ -603,9 +753,11 @@ class Publisher:
                 )
                 continue
             try:
-                existing = await self._io(self.store.get, key)
+                existing = await self._io(self.store.get, key, limit or len(data))
             except ObjectNotFoundError:
                 continue  # gone again: write it
+            except VerificationError as e:  # over the bound, not a file: not ours
+                raise ForeignObjectError(key, f"not a {kind} of this log's writer") from e
             except StorageError as e:
                 attempt += 1
                 await self._backoff(key, attempt, e)
@@ -616,6 +768,7 @@ class Publisher:
                 log.info("%s already written by an earlier attempt of ours", key)
                 metrics.OBJECTS_WRITTEN.labels(kind).inc()
                 metrics.OBJECTS_CONFIRMED.labels(kind).inc()
+                self._written.add(key)
                 return
             if verdict == FOREIGN:
                 raise ForeignObjectError(key, f"not a {kind} by this log's key")
@@ -648,14 +801,20 @@ class Publisher:
 
     # --- repairs (the self-audit, or a restart, found an object missing) ---------------
 
-    async def claim_again(self, first: int, last: int, last_leaf: bytes) -> str:
-        """Claim first..last again (in the current epoch); return its key."""
-        claim = Claim(
-            first, last, last_leaf.hex(), self.writer_id, self.epoch, self.config.origin
-        ).sign(self.signer)
-        key = layout.claim_key(self._prefix, self.config.log_id, first, self.epoch)
+    async def claim_again(
+        self, first: int, last: int, last_leaf: bytes, epoch: int | None = None
+    ) -> str:
+        """Claim first..last again; return its key. `epoch` (default: the current
+        one): below the published size, the epoch of the checkpoints that cover
+        the position, since a claim of a later epoch there would start a second
+        history (core.verify, LogChecker._restarted_keys)."""
+        epoch = self.epoch if epoch is None else epoch
+        claim = Claim(first, last, last_leaf.hex(), self.writer_id, epoch, self.config.origin).sign(
+            self.signer
+        )
+        key = layout.claim_key(self._prefix, self.config.log_id, first, epoch)
         data = claim.to_bytes()
-        await self._put(key, data, "claim", _same_bytes(data))
+        await self._put(key, data, "claim", _same_bytes(data), MAX_CLAIM_BYTES)
         metrics.OBJECTS_REPAIRED.labels("claim").inc()
         return key
 
@@ -681,6 +840,7 @@ class Publisher:
             sign_checkpoint(cp, self.signer),
             "checkpoint",
             lambda existing: self._judge_checkpoint(existing, cp),
+            MAX_NOTE_BYTES,
         )
         metrics.OBJECTS_REPAIRED.labels("checkpoint").inc()
         return key

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from extproc import metrics
 from extproc.auditor import log_state_after, verify_log
 from extproc.core import layout
+from extproc.core.display import escape
 from extproc.core.merkle import leaf_hash
 from extproc.core.state import AuditState, LogState
 from extproc.core.verify import ERROR, LogReport
@@ -104,7 +105,9 @@ class SelfAudit:
             outcome = await self._audit()
         except (StorageError, OSError) as e:
             # The store could not be read: nothing is known, nothing is wrong yet.
-            log.warning("self-audit of log %s could not read the store: %s", self.log_id, e)
+            log.warning(
+                "self-audit of log %s could not read the store: %s", self.log_id, escape(str(e))
+            )
             outcome = AuditOutcome(ERRORED, self.verified_size, [str(e)])
         metrics.SELF_AUDIT_RUNS.labels(outcome.result).inc()
         if outcome.result != ERRORED:
@@ -113,7 +116,8 @@ class SelfAudit:
             metrics.SELF_AUDIT_LAST_OK.set(self._wall_clock())
         if outcome.result == FAILED:
             for problem in outcome.problems[:MAX_LOGGED_PROBLEMS]:
-                log.error("SELF-AUDIT: log %s: %s", self.log_id, problem)
+                # Problems quote object names: whoever can write the bucket chose them.
+                log.error("SELF-AUDIT: log %s: %s", self.log_id, escape(problem))
             if len(outcome.problems) > MAX_LOGGED_PROBLEMS:
                 log.error(
                     "SELF-AUDIT: log %s: %d more problems (run `extproc-audit verify`)",
@@ -131,7 +135,7 @@ class SelfAudit:
             await self._advance(report, reader)
             return AuditOutcome(OK, self.verified_size)
         root = published.compact_range().root()
-        repaired, problems = await self._repair(reader, published.size, root)
+        repaired, problems = await self._repair(reader, report, published.size, root)
         if problems:
             return AuditOutcome(FAILED, self.verified_size, problems, repaired)
         if repaired:
@@ -181,7 +185,7 @@ class SelfAudit:
         metrics.SELF_AUDIT_VERIFIED.set(state.size)
 
     async def _repair(
-        self, reader: LogReader, published: int, root: bytes
+        self, reader: LogReader, report: LogReport, published: int, root: bytes
     ) -> tuple[list[str], list[str]]:
         """Write again what is missing below `published`; (keys written, problems)."""
         repaired: list[str] = []
@@ -200,7 +204,7 @@ class SelfAudit:
             after = [first for first in by_first if first > position]
             end = min([*after, published]) - 1
             try:
-                repaired += await self._fill(reader, position, end)
+                repaired += await self._fill(reader, report, position, end)
             except AuditError as e:
                 problems.append(str(e))
                 break
@@ -212,8 +216,10 @@ class SelfAudit:
                 problems.append(f"checkpoint at size {published} missing, not rewritten: {e}")
         return repaired, problems
 
-    async def _fill(self, reader: LogReader, first: int, last: int) -> list[str]:
-        """Bundles (and claims where there are none) for entries first..last, from the WAL."""
+    async def _fill(self, reader: LogReader, report: LogReport, first: int, last: int) -> list[str]:
+        """Bundles (and claims where there are none) for entries first..last, from the WAL.
+        A claim is written in the epoch of the checkpoints that cover its position
+        (a later epoch there would read as a second history)."""
         lines = await asyncio.to_thread(self.wal.read_lines, first, last - first + 1)
         if len(lines) != last - first + 1:
             raise StorageError(
@@ -237,7 +243,9 @@ class SelfAudit:
                     f"{position}..{end}: not repairable from this WAL"
                 )
             if claim is None:
-                written.append(await self.publisher.claim_again(position, end, tail))
+                covering = [cp.epoch for cp in report.valid if cp.size > position]
+                epoch = min(covering) if covering else None
+                written.append(await self.publisher.claim_again(position, end, tail, epoch))
             written.append(await self.publisher.bundle_again(position, end, chunk))
             position = end + 1
         return written

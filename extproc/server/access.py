@@ -9,6 +9,13 @@ log that cannot take them counts each one it drops. What Envoy wrote and
 dropped on its side is in its own counters (access_logs.grpc_access_log.*),
 to compare with extproc_audit_access_entries_total (docs/ARCHITECTURE.md).
 
+What a message may cost is known as soon as it is parsed (its entry count)
+and checked before any entry is built: entries per message, per second per
+stream and per second per reporter (AccessLimits; over budget, the stream ends
+with RESOURCE_EXHAUSTED), then room in the backlog for each entry; a large
+message is sequenced in chunks with the event loop free between them, so
+that enforce requests keep flowing (docs/THREATS.md).
+
 The stream is authenticated exactly like ext_proc (server/reporters.py). An
 `access` entry of a request that was also held by ext_proc (enforce mode)
 links to that request's entry with `ref` (OutcomeMatcher). TCP access logs
@@ -20,8 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import grpc
@@ -31,11 +41,12 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extproc import config, metrics
 from extproc.core.redact import RedactionPolicy
-from extproc.errors import LogUnavailableError
+from extproc.errors import LogUnavailableError, OverBudgetError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
-from extproc.server.reporters import XFCC_HEADER, Reporter, xfcc_elements
-from extproc.server.servicer import AuditServicer
+from extproc.server.builder import UNKNOWN_REPORTER, Claims, EntryBuilder, HeaderMap
+from extproc.server.reporters import XFCC_HEADER, Reporter, ReporterPolicy, ReporterRefused
+from extproc.server.servicer import AuditServicer, _close_reader
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +93,6 @@ _FLAG_CODES = {
     "dns_resolution_failure": "DF",
     "downstream_remote_reset": "DR",
 }
-# Fields Envoy always sends in the request properties, stored as the headers they are.
-_REQUEST_FIELD_HEADERS = (
-    ("user_agent", "user-agent"),
-    ("referer", "referer"),
-    ("forwarded_for", "x-forwarded-for"),
-)
 DEFAULT_OUTCOME_WINDOW = config.OUTCOME_WINDOW
 DEFAULT_OUTCOME_PENDING = 100_000  # request entries waiting at most
 
@@ -125,6 +130,12 @@ class OutcomeMatcher:
     entry for a request id propagated downstream has another local address,
     and another proxy's entry another reporter, so neither takes the match.
     Bounded in count and age; what expires unmatched is counted.
+
+    A request has one outcome. Once matched, the request is remembered (same
+    bounds) with the seq of its first outcome entry, so that a second outcome
+    for it (another stream under the same identity, or a reused request id)
+    is linked too, and marked as a conflict naming the first: neither one
+    silently wins (docs/FORMAT.md, `conflict`).
     """
 
     def __init__(
@@ -137,159 +148,194 @@ class OutcomeMatcher:
         self.max_pending = max_pending
         self._clock = clock
         self._pending: OrderedDict[tuple[str, str, str], tuple[int, float]] = OrderedDict()
+        # Matched requests: key -> (request seq, first outcome's seq, when matched).
+        self._matched: OrderedDict[tuple[str, str, str], tuple[int, int, float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._matched)
 
     def expect(self, reporter: str, rid: str, dst: str, seq: int) -> None:
         if not rid:
             return
         now = self._clock()
         pending = self._pending
-        pending[(reporter, rid, dst)] = (seq, now)
+        key = (reporter, rid, dst)
+        pending[key] = (seq, now)
+        self._matched.pop(key, None)  # a new request entry: its outcome is still to come
         while pending and (
             len(pending) > self.max_pending or next(iter(pending.values()))[1] < now - self.window
         ):
             pending.popitem(last=False)
             metrics.OUTCOMES.labels("expired").inc()
+        self._forget_old(now)
 
-    def take(self, reporter: str, rid: str, dst: str) -> int | None:
-        found = self._pending.pop((reporter, rid, dst), None)
-        return None if found is None else found[0]
+    def take(self, reporter: str, rid: str, dst: str) -> tuple[int, int | None] | None:
+        """(the request entry's seq, None) for its first outcome; (that seq, the
+        first outcome's seq) for a later one; None if no request waits.
+
+        After a first match, call `taken` with the outcome entry's seq before
+        the next take."""
+        key = (reporter, rid, dst)
+        found = self._pending.pop(key, None)
+        if found is not None:
+            return found[0], None
+        matched = self._matched.get(key)
+        return None if matched is None else (matched[0], matched[1])
+
+    def taken(self, reporter: str, rid: str, dst: str, ref: int, outcome: int) -> None:
+        """Remember that entry `outcome` was the first outcome of request entry `ref`."""
+        now = self._clock()
+        self._matched[(reporter, rid, dst)] = (ref, outcome, now)
+        self._forget_old(now)
+
+    def _forget_old(self, now: float) -> None:
+        matched = self._matched
+        while matched and (
+            len(matched) > self.max_pending or next(iter(matched.values()))[2] < now - self.window
+        ):
+            matched.popitem(last=False)
 
 
 class AccessCapture:
-    """Entry fields from an HTTPAccessLogEntry, under the same redaction and
-    bounds as ext_proc capture (server/capture.py)."""
+    """Entry fields from an HTTPAccessLogEntry, through the one entry builder
+    the ext_proc capture uses too (server/builder.py): same names, bounds,
+    redaction, truncation and identity."""
 
     def __init__(
-        self, policy: RedactionPolicy, max_headers: int = 256, max_header_bytes: int = 128 * 1024
+        self,
+        policy: RedactionPolicy,
+        max_headers: int = config.MAX_HEADERS,
+        max_header_bytes: int = config.MAX_HEADER_BYTES,
+        reporters: ReporterPolicy | None = None,
     ) -> None:
         self.policy = policy
-        self.max_headers = max_headers
-        self.max_header_bytes = max_header_bytes
+        self.builder = EntryBuilder(
+            policy, max_headers=max_headers, max_header_bytes=max_header_bytes
+        )
+        self.reporters = reporters  # --reporter-is-destination, as for ext_proc
+        self._anonymous = Claims(UNKNOWN_REPORTER)  # fields() without a stream (tests, benchmarks)
+
+    def claims(self, reporter: Reporter, node: str, stream: dict[str, Any]) -> Claims:
+        """A stream's reporter and what its identifier claims (node id, cluster, log name)."""
+        return Claims(
+            reporter,
+            self.reporters,
+            node=node,
+            cluster=stream.get("cluster", ""),
+            log=stream.get("log", ""),
+        )
 
     def _headers(
         self, pairs: Any, extra: list[tuple[str, str]], section: str, trunc: list[str]
-    ) -> tuple[dict[str, Any], int]:
-        headers: dict[str, Any] = {}
+    ) -> HeaderMap:
+        builder = self.builder
         total = len(pairs) + len(extra)
         if not total:
-            return headers, 0
-        stored = self.policy.stored_header
-        budget, seen, max_headers = self.max_header_bytes, 0, self.max_headers
+            return _NO_HEADERS
         # Keys of a upb map iterate natively; .items() goes through the Python
-        # Mapping mixin (a generator and a lookup per pair).
-        for name, value in extra + [(k, pairs[k]) for k in pairs] if pairs else extra:
-            if seen == max_headers:
-                break
-            budget -= len(name) + len(value)
-            if budget < 0:
-                break
-            seen += 1
-            name = name.lower()
-            value, cut = stored(name, value)
-            if cut:
-                trunc.append(f"{section}.headers.{name}")
-            headers[name] = value
-        omitted = total - seen
-        if omitted:
-            trunc.append(f"{section}.headers.*")
-        return headers, omitted
+        # Mapping mixin (a generator and a lookup per pair). No more are read
+        # than the builder may look at.
+        if pairs:
+            keys = (
+                pairs if len(pairs) <= builder.max_headers else islice(pairs, builder.max_headers)
+            )
+            extra += [(k, pairs[k]) for k in keys]
+        return builder.headers(extra, total, section, trunc)
 
-    def fields(self, e: Any) -> dict[str, Any]:
+    def fields(self, e: Any, claims: Claims | None = None) -> dict[str, Any]:
+        """The fields of an `access` entry. `claims`: the stream's reporter and
+        what it claims (the `reporter` field; may raise ReporterRefused under
+        --reporter-is-destination refuse)."""
         # The hot path of observe mode (one call per request): each protobuf
         # field is read once, a value goes through policy.truncate() only when
         # it may be too long, and empty header maps cost one len().
-        policy = self.policy
-        short = policy.short_chars
+        builder = self.builder
         common = e.common_properties
         request = e.request
         response = e.response
         trunc: list[str] = []
+        logged = request.request_headers
         extra = []
-        if v := request.user_agent:
-            extra.append(("user-agent", v))
-        if v := request.referer:
-            extra.append(("referer", v))
-        if v := request.forwarded_for:
-            extra.append(("x-forwarded-for", v))
-        req_headers, omitted = self._headers(request.request_headers, extra, "req", trunc)
-        full_path = request.path
-        method = request.request_method
-        req: dict[str, Any] = {
-            "method": _METHODS[method] if method < len(_METHODS) else "",
-            "headers": req_headers,
-        }
-        if omitted:
-            req["headers_omitted"] = omitted
-        path, sep, query = full_path.partition("?")
+        # Request properties Envoy always sends, stored as the headers they are
+        # (unless the logger was told to log that header too: then once).
         for name, value in (
-            ("path", path),
-            ("authority", request.authority),
-            ("scheme", request.scheme),
-            ("query", policy.query(query) if sep else None),
+            ("user-agent", request.user_agent),
+            ("referer", request.referer),
+            ("x-forwarded-for", request.forwarded_for),
         ):
-            if value is None:
-                continue
-            if len(value) > short:
-                value, cut = policy.truncate(value)
-                if cut:
-                    trunc.append(f"req.{name}")
-            req[name] = value
+            if value and name not in logged:
+                extra.append((name, value))
+        h = self._headers(logged, extra, "req", trunc)
+        method = request.request_method
+        full_path = request.path
+        req = builder.request_line(
+            _METHODS[method] if method < len(_METHODS) else "",
+            request.scheme,
+            request.authority,
+            full_path,
+            trunc,
+        )
+        req["headers"] = h.stored
+        if h.omitted:
+            req["headers_omitted"] = h.omitted
         if protocol := _PROTOCOLS.get(e.protocol_version):
             req["protocol"] = protocol
         if v := request.request_body_bytes:
             req["body_bytes"] = v
         if v := request.original_path:
-            req["original_path"], _ = policy.truncate(policy.url(v))
+            req["original_path"] = builder.bounded(self.policy.url(v), "req.original_path", trunc)
 
-        resp_headers, omitted = self._headers(response.response_headers, [], "resp", trunc)
+        r = self._headers(response.response_headers, [], "resp", trunc)
+        resp: dict[str, Any] = {}
         has_status = response.HasField("response_code")
-        resp: dict[str, Any] = {
-            "status": response.response_code.value if has_status else None,
-            "headers": resp_headers,
-        }
-        if omitted:
-            resp["headers_omitted"] = omitted
+        if has_status:
+            code = response.response_code.value
+            if 100 <= code <= 999:
+                resp["status"] = code
+            else:
+                builder.status(resp, str(code), trunc)
+        else:
+            resp["status"] = None
+        resp["headers"] = r.stored
+        if r.omitted:
+            resp["headers_omitted"] = r.omitted
+        short = self.policy.short_chars
         if v := response.response_code_details:
-            resp["details"] = v if len(v) <= short else policy.truncate(v)[0]
+            resp["details"] = v if len(v) <= short else builder.bounded(v, "resp.details", trunc)
         if v := response.response_body_bytes:
             resp["body_bytes"] = v
 
         has = common.HasField
-        src: dict[str, Any] = {}
-        origin: dict[str, str] = {}
-        if has("downstream_remote_address"):
-            src["address"] = address_text(common.downstream_remote_address)
-            origin["address"] = "access_log:downstream_remote_address"
         tls = common.tls_properties if has("tls_properties") else None
-        if tls is not None and (peer := _uri_san(tls.peer_certificate_properties)):
-            src["san"] = src["principal"] = policy.truncate(peer)[0]
-            origin["san"] = origin["principal"] = "access_log:peer_certificate"
-        elif isinstance(xfcc := req_headers.get(XFCC_HEADER), str):
-            elements = xfcc_elements(xfcc)
-            if uri := (elements[-1].get("uri") if elements else None):
-                src["principal"] = policy.truncate(uri)[0]
-                origin["principal"] = f"header:{XFCC_HEADER}"
-        if origin:
-            src["from"] = origin
-        fields: dict[str, Any] = {"req": req, "resp": resp, "src": src}
+        fields: dict[str, Any] = {
+            "req": req,
+            "resp": resp,
+            "src": builder.source(
+                address_text(common.downstream_remote_address)
+                if has("downstream_remote_address")
+                else "",
+                "access_log:downstream_remote_address",
+                _uri_san(tls.peer_certificate_properties) if tls is not None else "",
+                "access_log:peer_certificate",
+                h.raw.get(XFCC_HEADER),
+                trunc,
+            ),
+        }
         if has("downstream_local_address"):
             fields["dst"] = address_text(common.downstream_local_address)
-        if tls is not None and (local := _uri_san(tls.local_certificate_properties)):
-            fields["dst_principal"] = policy.truncate(local)[0]
         upstream: dict[str, Any] = {}
         if has("upstream_remote_address"):
             upstream["host"] = address_text(common.upstream_remote_address)
         if v := common.upstream_cluster:
-            upstream["cluster"] = v if len(v) <= short else policy.truncate(v)[0]
+            upstream["cluster"] = (
+                v if len(v) <= short else builder.bounded(v, "upstream.cluster", trunc)
+            )
         if v := common.upstream_transport_failure_reason:
-            upstream["failure"] = v if len(v) <= short else policy.truncate(v)[0]
+            upstream["failure"] = builder.bounded(v, "upstream.failure", trunc)
         if upstream:
             fields["upstream"] = upstream
         if v := common.route_name:
-            fields["route"] = v if len(v) <= short else policy.truncate(v)[0]
+            fields["route"] = v if len(v) <= short else builder.bounded(v, "route", trunc)
         if has("response_flags"):
             set_flags = common.response_flags.ListFields()
             codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
@@ -315,15 +361,18 @@ class AccessCapture:
             # A listener-level access log (istiod adds one for connections no
             # filter chain took): a connection, not an HTTP request.
             fields["no_request"] = True
-        rid = request.request_id
-        if len(rid) > short:
-            rid, cut = policy.truncate(rid)
-            if cut:
-                trunc.append("rid")
-        fields["rid"] = rid
+        fields["rid"] = builder.rid(request.request_id, trunc)
+        local = _uri_san(tls.local_certificate_properties) if tls is not None else ""
+        fields["kind"] = "access"
+        if len(local) > short:
+            local = builder.bounded(local, "reporter.claimed.dst_principal", trunc)
+        fields["reporter"] = (claims or self._anonymous).field(local)
         if trunc:
             fields["trunc"] = trunc
         return fields
+
+
+_NO_HEADERS = HeaderMap({}, {}, 0, {})
 
 
 def _micros(duration: Any) -> int:
@@ -337,6 +386,47 @@ def _uri_san(cert: Any) -> str:
     return ""
 
 
+# Entries sequenced between two yields of the event loop: a few ms of work, so
+# that enforce requests keep flowing while a large message is logged. A batch
+# of Envoy's 64 KiB buffer (~220 entries) is one chunk: no yield at all.
+ACCESS_LOG_CHUNK = 256
+BUDGETS = ("message", "stream_rate", "reporter_rate")  # the label of each refusal
+
+
+@dataclass(frozen=True)
+class AccessLimits:
+    """What one access-log message, stream and reporter may cost, checked when
+    a message's entry count is known (right after parsing) and before any of
+    its entries is built (docs/THREATS.md, "Stalling or stopping the server")."""
+
+    max_entries: int = config.MAX_ACCESS_LOG_ENTRIES  # per message
+    stream_rate: float = config.MAX_ACCESS_LOG_RATE  # entries per second per stream
+    reporter_rate: float = config.MAX_REPORTER_ACCESS_LOG_RATE  # all of one reporter's streams
+
+
+class RateBudget:
+    """Entries a second, as a token bucket that saves up one second's worth
+    (and at least one message of `floor` entries)."""
+
+    __slots__ = ("_at", "_clock", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, floor: int, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = max(rate, floor)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def available(self) -> float:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return self._tokens
+
+    def take(self, count: int) -> None:
+        self._tokens -= count
+
+
 class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -344,22 +434,39 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         capture: AccessCapture,
         ext_proc: AuditServicer,
         outcomes: OutcomeMatcher,
+        limits: AccessLimits = AccessLimits(),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = audit_log
         self.capture = capture
         self.ext_proc = ext_proc  # same reporter rules, same idle bookkeeping
         self.outcomes = outcomes
+        self.limits = limits
+        self._clock = clock
         self._drops = RateLimitedLog(log)
         self._tcp = RateLimitedLog(log)
+        self._refusals = RateLimitedLog(log)
+        self._over_budget = RateLimitedLog(log)
+        self._errors = RateLimitedLog(log)
         self._entries = metrics.PerReporter(
             lambda label: _SeenCounter(
                 metrics.ACCESS_ENTRIES.labels(label), metrics.REPORTER_LAST_SEEN.labels(label)
             )
         )
+        # One budget per reporter across its streams (a caller opening more
+        # streams gets no more), bounded in count like the metric labels.
+        self._reporter_budgets = metrics.PerReporter(
+            lambda _: RateBudget(limits.reporter_rate, limits.max_entries, clock)
+        )
+        self._refused = metrics.PerReporter(
+            lambda label: {b: metrics.ACCESS_BUDGET_REFUSED.labels(label, b) for b in BUDGETS}
+        )
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._matched = metrics.OUTCOMES.labels("matched")
         self._unmatched = metrics.OUTCOMES.labels("unmatched")
+        self._conflicts = metrics.OUTCOMES.labels("conflict")
+        self._conflict_log = RateLimitedLog(log)
 
     def _counter(self, reporter: Reporter) -> _SeenCounter:
         """The reporter's entry counter, and its last-seen gauge set with it (a
@@ -375,15 +482,33 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
+        status: tuple[grpc.StatusCode, str] | None = None
         try:
             await self._read(request_iterator, reporter, counter)
+        except OverBudgetError as e:
+            status = (grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except asyncio.CancelledError:
             if not self._closing:
                 raise
             # Ended by close(): answer OK, so Envoy opens a new stream next time.
+        except Exception as e:
+            # Never echo the exception text: it could carry request data.
+            self._errors.error(
+                "access-log stream of %s failed (%s); traceback:\n%s",
+                reporter.id or reporter.peer,
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+            status = (grpc.StatusCode.INTERNAL, "internal error in audit server")
         finally:
             if task is not None:
                 self._streams.discard(task)
+            # A stream refused mid-way would otherwise keep its last message
+            # (up to --max-message-bytes, ~25 MB parsed for a 500,000-entry one)
+            # until a garbage collection: measured, RSS +27 MB per refusal.
+            await _close_reader(request_iterator)
+        if status is not None:
+            await context.abort(*status)
         return als_pb2.StreamAccessLogsResponse()
 
     async def close(self, linger: float) -> None:
@@ -402,6 +527,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
     ) -> None:
         stream: dict[str, Any] = {}
         node = ""
+        budget = RateBudget(self.limits.stream_rate, self.limits.max_entries, self._clock)
         async for msg in request_iterator:
             if msg.HasField("identifier"):
                 ident = msg.identifier
@@ -412,7 +538,9 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 }
             kind = msg.WhichOneof("log_entries")
             if kind == "http_logs":
-                self._log_batch(msg.http_logs.log_entry, reporter, node, stream, counter)
+                entries = msg.http_logs.log_entry
+                self._admit(len(entries), reporter, budget)
+                await self._log_batch(entries, reporter, node, stream, counter)
                 if self._closing:
                     return  # drain: end the stream right after a batch (close())
             elif kind == "tcp_logs":
@@ -425,7 +553,34 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     reporter.id or reporter.peer,
                 )
 
-    def _log_batch(
+    def _admit(self, count: int, reporter: Reporter, stream: RateBudget) -> None:
+        """Take `count` entries from the stream's and the reporter's budgets, or
+        refuse the whole message (OverBudgetError, counted) before any entry of
+        it is built."""
+        limits = self.limits
+        mine = self._reporter_budgets.get(reporter.label)
+        if count > limits.max_entries:
+            budget, why = "message", f"over --max-access-log-entries ({limits.max_entries})"
+        elif count > stream.available():
+            budget = "stream_rate"
+            why = f"over --max-access-log-rate ({limits.stream_rate:g} entries/s per stream)"
+        elif count > mine.available():
+            budget = "reporter_rate"
+            why = (
+                f"over --max-reporter-access-log-rate ({limits.reporter_rate:g} entries/s "
+                "per reporter)"
+            )
+        else:
+            stream.take(count)
+            mine.take(count)
+            return
+        self._refused.get(reporter.label)[budget].inc(count)
+        metrics.DROPPED.labels("budget").inc(count)
+        message = f"access-log message of {count} entries refused: {why}"
+        self._over_budget.warning("%s (reporter %s)", message, reporter.id or reporter.peer)
+        raise OverBudgetError(message)
+
+    async def _log_batch(
         self,
         entries: Any,
         reporter: Reporter,
@@ -433,25 +588,65 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         stream: dict[str, Any],
         counter: Any,
     ) -> None:
-        """Append a batch without awaiting: Envoy does not wait, and the batch must
-        not interleave with anything (one task, no suspension). The batch goes to
-        the log in one call (one back-pressure check, one timestamp, one flush
-        start), each entry captured as the log takes it, so that only one
-        entry's fields are alive at a time (docs/PERFORMANCE.md)."""
-        if not entries:
+        """Log one message's entries, admitted by its budgets. They are reserved
+        in the backlog before any is built (a message that does not fit is
+        dropped whole, counted), then sequenced in chunks of ACCESS_LOG_CHUNK
+        with a yield of the event loop between two (docs/PERFORMANCE.md)."""
+        count = len(entries)
+        if not count:
             return
-        matched = [0]
+        try:
+            self.log.reserve(count)
+        except LogUnavailableError as e:
+            metrics.DROPPED.labels("backpressure").inc(count)
+            self._drops.warning("%d access-log entries not logged: %s", count, e)
+            return
+        left, it = count, iter(entries)
+        try:
+            while left:
+                size = min(left, ACCESS_LOG_CHUNK)
+                left -= size
+                self._log_chunk(islice(it, size), size, reporter, node, stream, counter)
+                if left:
+                    await asyncio.sleep(0)
+        finally:
+            if left:  # the stream ended between two chunks (shutdown, reset, an error)
+                self.log.release(left)
+                metrics.DROPPED.labels("stream_ended").inc(left)
+
+    def _log_chunk(
+        self,
+        entries: Iterator[Any],
+        size: int,
+        reporter: Reporter,
+        node: str,
+        stream: dict[str, Any],
+        counter: Any,
+    ) -> None:
+        """Append `size` reserved entries without awaiting: the chunk goes to the
+        log in one call (one timestamp, one flush start), each entry captured as
+        the log takes it, so that only one entry's fields are alive at a time
+        (docs/PERFORMANCE.md)."""
+        matched = [0, 0]  # first outcomes, conflicting ones
         try:
             first = self.log.append_batch_nowait(
-                self._entries_of(entries, reporter, node, stream, matched)
+                self._entries_of(entries, reporter, node, stream, matched), reserved=size
             )
         except LogUnavailableError as e:
-            metrics.DROPPED.labels("backpressure").inc(len(entries))
-            self._drops.warning("%d access-log entries not logged: %s", len(entries), e)
+            metrics.DROPPED.labels("backpressure").inc(size)
+            self._drops.warning("%d access-log entries not logged: %s", size, e)
             return
         counter.inc(self.log.size - first)
         self._matched.inc(matched[0])
-        self._unmatched.inc(len(entries) - matched[0])
+        self._unmatched.inc(size - matched[0] - matched[1])
+        if matched[1]:
+            self._conflicts.inc(matched[1])
+            self._conflict_log.warning(
+                "%d access-log entries are a second outcome of a request already matched "
+                "(stored with `conflict`) from %s",
+                matched[1],
+                reporter.id or reporter.peer,
+            )
 
     def _entries_of(
         self,
@@ -461,20 +656,27 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         stream: dict[str, Any],
         matched: list[int],
     ) -> Iterator[dict[str, Any]]:
-        capture, who, reporter_id = self.capture.fields, reporter.fields, reporter.id
+        capture, reporter_id = self.capture.fields, reporter.id
+        claims = self.capture.claims(reporter, node, stream)
         # No request entry waits for its outcome (observe mode): no lookups.
         take = self.outcomes.take if len(self.outcomes) else None
         for e in entries:
-            fields = capture(e)
-            fields["kind"] = "access"
-            fields["reporter"] = who
-            if node:
-                fields["node"] = node
-            if stream:
-                fields["stream"] = stream
+            try:
+                fields = capture(e, claims)
+            except ReporterRefused as refused:  # --reporter-is-destination refuse
+                metrics.REPORTERS_REFUSED.labels(refused.reason).inc()
+                self._refusals.warning("refused an access-log entry: %s", refused.message)
+                continue
             if take is not None and "partial" not in fields:
-                ref = take(reporter_id, fields["rid"], fields.get("dst", ""))
-                if ref is not None:
-                    fields["ref"] = ref
-                    matched[0] += 1
+                key = (reporter_id, fields["rid"], fields.get("dst", ""))
+                found = take(*key)
+                if found is not None:
+                    fields["ref"], first = found
+                    if first is not None:
+                        fields["conflict"] = first  # docs/FORMAT.md
+                    matched[first is not None] += 1
+                    yield fields
+                    if first is None:  # the log has numbered it: the request's first outcome
+                        self.outcomes.taken(*key, fields["ref"], fields["seq"])
+                    continue
             yield fields

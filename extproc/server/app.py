@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc import __version__, metrics
 from extproc.config import ServeConfig
 from extproc.core import entry, layout
+from extproc.core.display import escape
 from extproc.errors import AuditError, ConfigError, LogUnavailableError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
@@ -31,6 +32,7 @@ from extproc.log.wal import WAL
 from extproc.server.access import (
     ACCESS_LOG_SERVICE,
     AccessCapture,
+    AccessLimits,
     AccessLogServicer,
     OutcomeMatcher,
 )
@@ -109,6 +111,27 @@ class AuditServer:
             )
         return default
 
+    def _say_worm(self, retention: RetentionPolicy | None) -> None:
+        """Say at start, and in a metric, whether what is published is write-once."""
+        worm = self.store.supports_retention and retention is not None
+        metrics.STORE_WORM.set(int(worm))
+        if worm:
+            return
+        if not self.store.supports_retention:
+            log.warning(
+                "store %s is a local directory: no WORM (no Object Lock); anyone with file "
+                "access can change or delete published objects. Development only: use "
+                "s3://bucket/prefix with Object Lock for an audit log",
+                escape(self.store.url),
+            )
+        else:
+            log.warning(
+                "store %s: objects are written without Object Lock retention "
+                "(--allow-no-object-lock): anyone with write access to the bucket can "
+                "overwrite or delete them. Development only",
+                escape(self.store.url),
+            )
+
     def stop(self, *, delay: bool = False) -> None:
         """Begin the drain; `delay`: first keep taking streams for --drain-delay
         while NOT_SERVING (SIGTERM: a rollout; SIGINT stops at once)."""
@@ -149,6 +172,13 @@ class AuditServer:
         except RuntimeError as e:
             raise ConfigError(f"cannot listen on {address} ({option}): {e}") from e
         return port
+
+    def _warn_if_no_hash_key(self) -> None:
+        if self.config.redaction.hmac_key is None:
+            log.warning(
+                "no --hash-key: values not on the allow-list are stored as [redacted], and "
+                "an auditor cannot tell which token was used (create a key with `hash-keygen`)"
+            )
 
     def _warn_if_unauthenticated(self) -> None:
         if self.reporters.authenticated:
@@ -271,6 +301,7 @@ class AuditServer:
         every listener and background task; SERVING once this returns."""
         cfg = self.config
         retention = self._retention()
+        self._say_worm(retention)
         wal = WAL(cfg.wal_dir / cfg.log_id)
         try:
             recovered = await asyncio.to_thread(wal.recover)
@@ -342,9 +373,14 @@ class AuditServer:
         pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
         access = AccessLogServicer(
             audit_log,
-            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes),
+            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
             ext_proc,
             outcomes,
+            AccessLimits(
+                cfg.max_access_log_entries,
+                cfg.max_access_log_rate,
+                cfg.max_reporter_access_log_rate,
+            ),
         )
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(access, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -355,6 +391,7 @@ class AuditServer:
             health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
             self.health_port = self._bind(health_server, cfg.health_listen, "--health-listen", None)
         self._warn_if_unauthenticated()
+        self._warn_if_no_hash_key()
         if cfg.metrics_listen and cfg.metrics_listen != "off":
             from prometheus_client import start_http_server
 

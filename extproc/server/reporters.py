@@ -7,14 +7,20 @@ when it opens, before any of its messages is read:
   --tls-key --client-ca`); the reporter is the certificate's SPIFFE id, else
   its first URI SAN, else its subject.
 - `xfcc`: the server sits behind its own sidecar (Istio), which terminates
-  mTLS and appends an element to `x-forwarded-client-cert`. Only connections
-  from `--trust-xfcc-from` addresses (Istio's inbound source, 127.0.0.6) come
-  through that proxy, so only there is the header the proxy's word; the
-  reporter is the URI of the element the proxy added (the last one).
+  mTLS and writes the caller's certificate into `x-forwarded-client-cert`.
+  Only connections from `--trust-xfcc-from` addresses (Istio's inbound
+  source, 127.0.0.6) come through that proxy, so only there is the header the
+  proxy's word. The header is read by Envoy's own grammar (core/xfcc.py), and
+  anything ambiguous is refused, never guessed. `--xfcc-mode` states what the
+  proxy does: SANITIZE_SET (the default, and what the shipped StatefulSet
+  pins) leaves exactly one element, the proxy's own; APPEND_FORWARD appends
+  it to what the caller sent. The reporter is the URI of that element (the
+  last), whose By= must match `--xfcc-by` (the server's own identity).
 - `unix`: `--listen unix:PATH` on a volume only the proxy and the audit
   container mount; the socket path is the reporter.
-- `unauthenticated`: none of the above (local development); every entry says
-  so.
+- `unauthenticated`: none of the above, only with `--allow-unauthenticated`
+  (local development): without it `serve` refuses to start. Every entry says
+  so, and `verify` counts them.
 
 `--allow-reporter GLOB` then admits only matching reporter ids; anyone else is
 refused with PERMISSION_DENIED before anything is logged (docs/THREATS.md).
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extproc import config
+from extproc.core import xfcc
 from extproc.errors import ConfigError
 
 AUTH_MTLS = "mtls"
@@ -41,12 +48,20 @@ XFCC_HEADER = "x-forwarded-client-cert"
 # addresses (InboundPassthroughBindIpv4/Ipv6 in istio/istio pilot).
 ISTIO_INBOUND_SOURCES = ("127.0.0.6/32", "::6/128")
 DESTINATION_CHECKS = config.DESTINATION_CHECKS
+XFCC_MODES = config.XFCC_MODES
 
 # Refusal reasons: the label of extproc_audit_reporters_refused_total.
 REFUSED_NOT_ALLOWED = "not_allowed"
 REFUSED_UNTRUSTED_PEER = "untrusted_peer"
 REFUSED_NO_IDENTITY = "no_identity"
 REFUSED_DESTINATION = "destination_mismatch"
+REFUSED_XFCC_MALFORMED = "xfcc_malformed"  # not Envoy's grammar: no one reading
+REFUSED_XFCC_FOREIGN = "xfcc_foreign"  # an element the server's own proxy did not write
+NEEDS_AUTHENTICATION = (
+    "no authenticated reporters: give --tls-cert/--tls-key/--client-ca (mTLS), "
+    "--trust-xfcc-from (behind the server's own sidecar) or --listen unix:PATH; "
+    "--allow-unauthenticated takes anyone's entries (development only)"
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -120,44 +135,13 @@ def certificate_identity(auth: Mapping[str, Sequence[bytes]]) -> str:
 
 
 def xfcc_elements(value: str) -> list[dict[str, str]]:
-    """The elements of an x-forwarded-client-cert header, each as key -> value.
-
-    Elements are comma-separated (one per proxy hop, oldest first), pairs
-    within an element semicolon-separated; values may be double-quoted and
-    then contain `,` `;` and `\\"`. Keys are case-insensitive (lower-cased
-    here); for a repeated key the first value is kept.
-    """
-    elements: list[dict[str, str]] = []
-    for raw in _split_unquoted(value, ","):
-        element: dict[str, str] = {}
-        for pair in _split_unquoted(raw, ";"):
-            key, sep, val = pair.strip().partition("=")
-            if not sep:
-                continue
-            val = val.strip()
-            if len(val) >= 2 and val[0] == val[-1] == '"':
-                val = val[1:-1].replace('\\"', '"')
-            element.setdefault(key.strip().lower(), val)
-        elements.append(element)
-    return elements
-
-
-def _split_unquoted(text: str, sep: str) -> list[str]:
-    parts: list[str] = []
-    start = 0
-    quoted = escaped = False
-    for i, ch in enumerate(text):
-        if escaped:
-            escaped = False
-        elif ch == "\\" and quoted:
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == sep and not quoted:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
+    """The elements of an audited request's x-forwarded-client-cert header
+    (core/xfcc.py: lower-case key -> value, oldest first), or none if the header
+    is not in Envoy's grammar: what has no one reading names nobody."""
+    try:
+        return xfcc.parse(value)
+    except xfcc.XfccError:
+        return []
 
 
 @dataclass(frozen=True)
@@ -170,6 +154,12 @@ class ReporterPolicy:
     xfcc_by: str | None = None  # glob the proxy's own identity (By=) must match
     allow: tuple[str, ...] = ()  # globs over reporter ids; empty: any authenticated reporter
     destination: str = "off"  # reporter must be the destination's own proxy: off|record|refuse
+    # What the own sidecar does with XFCC (Envoy's forward_client_cert_details):
+    # SANITIZE_SET leaves exactly its own element; APPEND_FORWARD appends it.
+    xfcc_mode: str = "SANITIZE_SET"
+    # A plaintext listener without --trust-xfcc-from takes anyone's entries,
+    # marked unauthenticated: only when asked for (development).
+    allow_unauthenticated: bool = False
 
     def __post_init__(self) -> None:
         if self.transport not in ("tls", "unix", "plain"):
@@ -178,6 +168,8 @@ class ReporterPolicy:
             raise ConfigError(
                 f"--reporter-is-destination must be one of {', '.join(DESTINATION_CHECKS)}"
             )
+        if self.xfcc_mode not in XFCC_MODES:
+            raise ConfigError(f"--xfcc-mode must be one of {', '.join(XFCC_MODES)}")
         if self.xfcc_by is not None and not self.trust_xfcc_from:
             raise ConfigError("--xfcc-by needs --trust-xfcc-from")
         if not self.authenticated:
@@ -188,6 +180,8 @@ class ReporterPolicy:
                 )
             if self.destination != "off":
                 raise ConfigError("--reporter-is-destination needs authenticated reporters")
+            if not self.allow_unauthenticated:
+                raise ConfigError(NEEDS_AUTHENTICATION)
 
     @property
     def authenticated(self) -> bool:
@@ -235,36 +229,68 @@ class ReporterPolicy:
                 f"connection from {peer} did not come through the server's own proxy "
                 "(--trust-xfcc-from)",
             )
-        values = [m.value for m in metadata if m.key == XFCC_HEADER]
-        elements = xfcc_elements(",".join(v for v in values if isinstance(v, str)))
-        own = elements[-1] if elements else {}
+        own = self._own_element([m.value for m in metadata if m.key == XFCC_HEADER])
         uri = own.get("uri", "")
         if not uri:
             raise ReporterRefused(
                 REFUSED_NO_IDENTITY,
                 "no client certificate identity from the server's own proxy "
-                f"({XFCC_HEADER} missing or without URI=): is mTLS required on this port?",
-            )
-        if self.xfcc_by is not None and not fnmatch.fnmatchcase(own.get("by", ""), self.xfcc_by):
-            raise ReporterRefused(
-                REFUSED_NO_IDENTITY,
-                f"the last {XFCC_HEADER} element was not added by the server's own proxy "
-                f"(By={own.get('by', '')!r})",
+                f"({XFCC_HEADER} without URI=): is mTLS required on this port?",
             )
         return Reporter(AUTH_XFCC, uri, peer)
+
+    def _own_element(self, values: list[Any]) -> dict[str, str]:
+        """The element the server's own proxy wrote; refuses any header that
+        has another reading, or holds an element that proxy did not write."""
+        if not values:
+            raise ReporterRefused(
+                REFUSED_NO_IDENTITY,
+                f"{XFCC_HEADER} missing: no client certificate reached the server's own proxy "
+                "(is mTLS required on this port?)",
+            )
+        if len(values) > 1:
+            raise ReporterRefused(
+                REFUSED_XFCC_MALFORMED,
+                f"{len(values)} {XFCC_HEADER} values: the server's own proxy writes one",
+            )
+        try:
+            if not isinstance(values[0], str):
+                raise xfcc.XfccError("not text")
+            elements = xfcc.parse(values[0])
+        except xfcc.XfccError as e:
+            raise ReporterRefused(
+                REFUSED_XFCC_MALFORMED, f"{XFCC_HEADER} is not in Envoy's grammar: {e}"
+            ) from e
+        if self.xfcc_mode == "SANITIZE_SET" and len(elements) > 1:
+            raise ReporterRefused(
+                REFUSED_XFCC_FOREIGN,
+                f"{XFCC_HEADER} holds {len(elements)} elements; the server's own proxy "
+                "(SANITIZE_SET, --xfcc-mode) writes exactly one",
+            )
+        own = elements[-1]
+        if self.xfcc_by is not None and not fnmatch.fnmatchcase(own.get("by", ""), self.xfcc_by):
+            raise ReporterRefused(
+                REFUSED_XFCC_FOREIGN,
+                f"the last {XFCC_HEADER} element was not added by the server's own proxy "
+                f"(By={own.get('by', '')!r}, --xfcc-by {self.xfcc_by!r})",
+            )
+        return own
 
     def check_destination(self, reporter: Reporter, destination: str | None) -> bool:
         """False if the reporter is not the proxy of the workload the request went to.
 
         `destination` is the identity in the audited connection's local
         certificate (Envoy attribute connection.uri_san_local_certificate).
-        Raises ReporterRefused in `refuse` mode.
+        Raises ReporterRefused in `refuse` mode, where a request that names no
+        destination (plaintext inbound, an outbound request) is refused too.
         """
-        if self.destination == "off" or not destination or destination == reporter.id:
+        if self.destination == "off" or (destination and destination == reporter.id):
             return True
+        if not destination and self.destination == "record":
+            return True  # nothing to compare: not marked
         if self.destination == "refuse":
+            served = f"served as {destination!r}" if destination else "naming no destination"
             raise ReporterRefused(
-                REFUSED_DESTINATION,
-                f"reporter {reporter.id!r} reported a request served as {destination!r}",
+                REFUSED_DESTINATION, f"reporter {reporter.id!r} reported a request {served}"
             )
         return False

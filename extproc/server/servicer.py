@@ -41,6 +41,7 @@ from extproc.core import receipt
 from extproc.errors import LogUnavailableError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
+from extproc.server.builder import Claims
 from extproc.server.capture import Capturer
 from extproc.server.reporters import Reporter, ReporterPolicy, ReporterRefused
 
@@ -172,7 +173,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         mode: str = "enforce",
         receipts: ReceiptReplies | None = None,
         *,
-        reporters: ReporterPolicy | None = None,
+        reporters: ReporterPolicy,
         idle: IdleStreams | None = None,
         response_phase: bool = False,
         outcomes: OutcomeRegistry | None = None,
@@ -190,7 +191,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.log = audit_log
         self.capturer = capturer
         self.mode = mode
-        self.reporters = reporters or ReporterPolicy()
+        self.reporters = reporters  # no default: who may write is always stated
         self.idle = idle or IdleStreams(0)
         # False once a drain ends admission: new streams get UNAVAILABLE (Envoy
         # fails the request closed), while the listener stays up for the
@@ -199,6 +200,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._refusals = RateLimitedLog(log)
         self._denials = RateLimitedLog(log)
         self._drops = RateLimitedLog(log)
+        self._failures = RateLimitedLog(log)
         self._streams = metrics.STREAMS.labels(mode)
         self._requests = metrics.ENTRIES.labels("request")
         self._entries: dict[str, Any] = {}  # label children, bound once
@@ -249,9 +251,9 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "request_headers received twice on one stream",
                         )
-                    fields = self.capturer.request(msg)
+                    fields = self.capturer.request(msg, Claims(reporter, self.reporters))
                     fields["kind"] = "request"
-                    fields["reporter"] = who = self._check_destination(reporter, fields)
+                    who = fields["reporter"]
                     rid = fields["rid"]
                     dst = fields.get("dst", "")
                     if self.mode == "enforce":
@@ -316,9 +318,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 raise
             # Ended by the idle watchdog: the stream is gone; record the outcome below.
         except Exception as e:
-            # Never echo the exception text: it could carry request data.
+            # A bug, not the caller's doing: one line (with the traceback, never
+            # the exception text: it could carry request data) per interval,
+            # however many streams hit it.
             metrics.STREAM_ERRORS.labels("INTERNAL").inc()
-            log.error(  # noqa: TRY400 - logs the traceback without the message on purpose
+            self._failures.error(
                 "ext_proc stream failed: %s\n%s",
                 type(e).__name__,
                 "".join(traceback.format_tb(e.__traceback__)),
@@ -337,14 +341,6 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         "reporter": who,
                     }
                 )
-
-    def _check_destination(self, reporter: Reporter, fields: dict[str, Any]) -> dict[str, Any]:
-        """The entry's `reporter` field; marks (or refuses) a reporter that is not
-        the proxy of the workload that served the request (--reporter-is-destination)."""
-        if self.reporters.check_destination(reporter, fields.get("dst_principal")):
-            return reporter.fields
-        metrics.DESTINATION_MISMATCHES.inc()
-        return {**reporter.fields, "dst_mismatch": True}
 
     def _append_nowait(self, fields: dict[str, Any]) -> int | None:
         """Append without waiting for the disk; the seq, or None if dropped (counted)."""

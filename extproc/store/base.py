@@ -9,6 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from extproc.core.bundle import MAX_BUNDLE_BYTES, stored_bound
+
+#: What a read takes by default: the largest object the format has (a gzip
+#: bundle at the format's bound). Callers that know the kind pass less.
+DEFAULT_READ_LIMIT = stored_bound(MAX_BUNDLE_BYTES)
+
 
 @dataclass(frozen=True)
 class Retention:
@@ -71,8 +77,12 @@ class ObjectStore(Protocol):
         """Create `key`; raise ObjectExistsError if anything is already there."""
         ...
 
-    def get(self, key: str) -> bytes:
-        """Read `key`; raise ObjectNotFoundError if absent."""
+    def get(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+        """Read `key`; raise ObjectNotFoundError if absent, ObjectTooLargeError
+        if it holds more than `limit` bytes (checked before reading where the
+        store says the size, and while reading: never more than `limit` + 1
+        bytes are read), ForeignObjectError if it is not an object at all (a
+        local store: anything but a regular file)."""
         ...
 
     def confirm(self, key: str, sha256: bytes) -> Confirmation:
@@ -138,8 +148,8 @@ class VersionedStore(ObjectStore, Protocol):
         `start_after`), oldest first per key."""
         ...
 
-    def get_version(self, key: str, version_id: str) -> bytes:
-        """Read one version of `key`; raise ObjectNotFoundError if absent."""
+    def get_version(self, key: str, version_id: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+        """Read one version of `key` (errors and `limit` as `get`)."""
         ...
 
     def lock_info(self, key: str, version_id: str | None = None) -> ObjectLockInfo:

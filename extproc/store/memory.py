@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from extproc.errors import ObjectExistsError, ObjectNotFoundError
+from extproc.errors import ObjectExistsError, ObjectNotFoundError, ObjectTooLargeError
 from extproc.store.base import (
+    DEFAULT_READ_LIMIT,
     Confirmation,
     ObjectInfo,
     ObjectLockInfo,
@@ -75,11 +76,12 @@ class MemoryStore:
         self.objects.pop(key, None)
         self._record(key, None)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
         try:
-            return self.objects[key]
+            data = self.objects[key]
         except KeyError:
             raise ObjectNotFoundError(key) from None
+        return _capped(key, data, limit)
 
     def confirm(self, key: str, sha256: bytes) -> Confirmation:
         return confirmation(self.objects.get(key), sha256)
@@ -104,10 +106,10 @@ class MemoryStore:
                 yield from (v for v, _ in self.history[key] if not v.delete_marker)
                 yield from (v for v, _ in self.history[key] if v.delete_marker)
 
-    def get_version(self, key: str, version_id: str) -> bytes:
+    def get_version(self, key: str, version_id: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
         for version, data in self.history.get(key, []):
             if version.version_id == version_id and data is not None:
-                return data
+                return _capped(key, data, limit)
         raise ObjectNotFoundError(key)
 
     def lock_info(self, key: str, version_id: str | None = None) -> ObjectLockInfo:
@@ -116,3 +118,9 @@ class MemoryStore:
             if version_id is None or version.version_id == version_id:
                 written = version.last_modified
         return ObjectLockInfo(self.retentions.get(key), written)
+
+
+def _capped(key: str, data: bytes, limit: int) -> bytes:
+    if len(data) > limit:
+        raise ObjectTooLargeError(key, limit, len(data))
+    return data

@@ -17,9 +17,16 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from extproc.errors import ConfigError, ObjectExistsError, ObjectNotFoundError, StorageError
+from extproc.errors import (
+    ConfigError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    StorageError,
+)
 from extproc.store.base import (
     CONFIRMED,
+    DEFAULT_READ_LIMIT,
     DIFFERENT,
     MISSING,
     Confirmation,
@@ -40,6 +47,32 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 def _code(e: ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
+
+
+_CHUNK = 1 << 20
+
+
+def _read_capped(key: str, response: dict[str, Any], limit: int) -> bytes:
+    """The body of a GetObject response, refused past `limit` bytes: by its
+    Content-Length before reading, and while reading (a length that lied)."""
+    body = response["Body"]
+    try:
+        size = response.get("ContentLength")
+        if isinstance(size, int) and size > limit:
+            raise ObjectTooLargeError(key, limit, size)
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            chunk: bytes = body.read(min(_CHUNK, limit + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > limit:
+            raise ObjectTooLargeError(key, limit)
+        return b"".join(chunks)
+    finally:
+        body.close()
 
 
 def s3_client() -> Any:
@@ -169,10 +202,10 @@ class S3Store:
         with self._errors("put", key):
             self._s3.put_object(**args)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
         with self._errors("get", key):
-            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        return body
+            response = self._s3.get_object(Bucket=self.bucket, Key=key)
+            return _read_capped(key, response, limit)
 
     def confirm(self, key: str, sha256: bytes) -> Confirmation:
         """HEAD with checksum mode: S3 returns the SHA-256 it stored with the put."""
@@ -251,11 +284,10 @@ class S3Store:
             yield from real
             yield from sorted(markers, key=lambda m: (m.last_modified is None, m.last_modified))
 
-    def get_version(self, key: str, version_id: str) -> bytes:
+    def get_version(self, key: str, version_id: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
         with self._errors("get", key):
             response = self._s3.get_object(Bucket=self.bucket, Key=key, VersionId=version_id)
-            body: bytes = response["Body"].read()
-        return body
+            return _read_capped(key, response, limit)
 
     def lock_info(self, key: str, version_id: str | None = None) -> ObjectLockInfo:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
