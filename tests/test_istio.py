@@ -1562,6 +1562,18 @@ def test_example_app_keeps_its_own_traffic_in_the_mesh() -> None:
     assert set(annotations["eks.amazonaws.com/skip-containers"].split(",")) == apps
 
 
+def test_example_app_grace_period_covers_the_audit_containers_shutdown() -> None:
+    """The per-pod audit container drains like the shared server (delay, then
+    drain and final publish) inside the application pod's grace period."""
+    from extproc import config
+
+    settings = _sidecar_settings()
+    delay = float(settings["EXTPROC_AUDIT_DRAIN_DELAY"])
+    drain = float(settings["EXTPROC_AUDIT_DRAIN_TIMEOUT"])
+    grace = float(settings.get("EXTPROC_AUDIT_ACCESS_LOG_GRACE", config.ACCESS_LOG_GRACE))
+    assert _example_app_pod()["spec"]["terminationGracePeriodSeconds"] > delay + drain + grace
+
+
 def test_example_app_has_a_service_account_of_its_own() -> None:
     # The sidecar writer role is bound to the pod's service account, which every
     # container of the pod shares: never the namespace's `default` account.
