@@ -27,7 +27,9 @@ from soak import PacedLoad
 from extproc import processes
 from extproc.envoyconf import EXT_PROC_CLUSTER, Endpoint, bootstrap, to_yaml
 from tests.conftest import ALS_STATS, read_entries, run_cli
+from tests.envoyfilter import proto_merge
 
+ROOT = Path(__file__).resolve().parents[1]
 DRAIN_DELAY = 3.0  # seconds the terminated server still takes streams
 EDS_LAG = 1.5  # seconds from SIGTERM to the endpoint's removal (EndpointSlice, istiod push)
 
@@ -79,7 +81,29 @@ def _healthy_hosts(admin_port: int) -> int:
     return stats.get(f"cluster.{EXT_PROC_CLUSTER}.membership_total", 0)
 
 
-def _rollout(tmp_path: Path, make_stack: Any, envoy_bin: str, drain_delay: float) -> dict[str, Any]:
+def _affinity(config: dict[str, Any]) -> None:
+    """The shipped affinity patch (istio/base/envoyfilter-affinity.yaml: ring
+    hash on the proxy's own address) merged into the audit cluster, as istiod
+    applies it: the whole proxy is pinned to one pod until EDS moves it."""
+    (doc,) = [
+        d
+        for d in yaml.safe_load_all((ROOT / "istio/base/envoyfilter-affinity.yaml").read_text())
+        if d
+    ]
+    (patch,) = doc["spec"]["configPatches"]
+    clusters = config["static_resources"]["clusters"]
+    (cluster,) = [c for c in clusters if c["name"] == EXT_PROC_CLUSTER]
+    proto_merge(cluster, patch["patch"]["value"])
+
+
+def _requests_logged(store: str, log_id: str) -> int:
+    """Request entries published so far (bundles are sealed every 0.2 s)."""
+    return sum(1 for e in read_entries(store, log_id) if e["kind"] == "request")
+
+
+def _rollout(
+    tmp_path: Path, make_stack: Any, envoy_bin: str, drain_delay: float, *, pinned: bool = False
+) -> dict[str, Any]:
     store = str(tmp_path / "store")
     args = ["--drain-delay", str(drain_delay)]
     pods = [make_stack(store, log_id=f"extproc-audit-{i}", extra_args=args) for i in range(2)]
@@ -97,6 +121,8 @@ def _rollout(tmp_path: Path, make_stack: Any, envoy_bin: str, drain_delay: float
         admin=Endpoint("127.0.0.1", proxy.admin_port),
     )
     _eds_cluster(config, eds_dir)
+    if pinned:
+        _affinity(config)
     path = tmp_path / "envoy.yaml"
     path.write_text(to_yaml(config))
     with (tmp_path / "envoy.log").open("ab") as log:
@@ -106,20 +132,24 @@ def _rollout(tmp_path: Path, make_stack: Any, envoy_bin: str, drain_delay: float
         load = PacedLoad(proxy.envoy_port, rate=150, threads=6).start()
         try:
             time.sleep(2.0)
-            leaving = pods[0].server
+            # The pod that has the proxy's streams (with the affinity: all of
+            # them) is the one that goes.
+            taken = [_requests_logged(store, p.log_id) for p in pods]
+            going, staying = (0, 1) if taken[0] >= taken[1] else (1, 0)
+            leaving = pods[going].server
             assert leaving is not None
             leaving.send_signal(signal.SIGTERM)
             time.sleep(EDS_LAG)
-            _publish_endpoints(eds_dir, [pods[1].grpc_port], 2)
+            _publish_endpoints(eds_dir, [pods[staying].grpc_port], 2)
             processes.wait_until(lambda: _healthy_hosts(proxy.admin_port) == 1, "EDS update")
             status = leaving.wait(30)
-            pods[0].server = None
+            pods[going].server = None
             time.sleep(2.0)  # the remaining server alone under load
         finally:
             result = load.stop()
         time.sleep(1.0)  # Envoy's last access-log flush (0.2 s)
         stats = processes.envoy_stats(proxy.admin_port, ALS_STATS)
-        remaining = pods[1].stop_server(signal.SIGTERM)
+        remaining = pods[staying].stop_server(signal.SIGTERM)
     entries = [e for p in pods for e in read_entries(store, p.log_id)]
     return {
         "result": result,
@@ -137,16 +167,21 @@ def _rollout(tmp_path: Path, make_stack: Any, envoy_bin: str, drain_delay: float
 
 @pytest.mark.envoy
 @pytest.mark.slow
+@pytest.mark.parametrize("pinned", [False, True], ids=["per-stream", "affinity"])
 def test_rollout_under_load_fails_no_request_and_loses_no_entry(
-    tmp_path: Path, make_stack: Any, envoy_bin: str
+    tmp_path: Path, make_stack: Any, envoy_bin: str, pinned: bool
 ) -> None:
-    run = _rollout(tmp_path, make_stack, envoy_bin, DRAIN_DELAY)
+    """Per stream (the DestinationRule's LEAST_REQUEST), and with the shipped
+    affinity patch, which pins the whole proxy to one pod: the terminated pod
+    is the busier one (with the affinity, the only one until EDS drops it)."""
+    run = _rollout(tmp_path, make_stack, envoy_bin, DRAIN_DELAY, pinned=pinned)
     result = run["result"]
     ok = result.ok_enforced + result.ok_observed
     assert result.sent > 500, result.statuses
     assert result.non_2xx == 0, (result.statuses, result.errors)
     assert run["exit"] == (0, 0)
-    assert all(run["per_log"].values()), run["per_log"]  # both pods took requests
+    # Both pods took requests: the one that left, then (pinned: only) the other.
+    assert all(run["per_log"].values()), run["per_log"]
     # Nothing acknowledged is lost: each request's entry was durable before it
     # went upstream, and each outcome reached one of the logs.
     assert [r for r in ok if r not in run["requests"]] == []
