@@ -419,6 +419,22 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="seconds to drain streams and publish on SIGTERM",
     )
     g.add_argument(
+        "--drain-delay",
+        metavar="SECONDS",
+        type=_FLOAT,
+        default=_env("drain_delay", c.DRAIN_DELAY),
+        help="on SIGTERM, seconds the server reports NOT_SERVING but still takes new streams, "
+        "so callers' proxies drop its endpoint first (SIGINT: none)",
+    )
+    g.add_argument(
+        "--max-rss-mb",
+        metavar="MB",
+        type=_INT,
+        default=_env("max_rss_mb", 0),
+        help="above this resident memory, drain as on SIGTERM and exit 0, for the orchestrator "
+        "to restart a fresh process (gRPC's native memory grows per stream); 0: never",
+    )
+    g.add_argument(
         "--access-log-grace",
         metavar="SECONDS",
         type=_FLOAT,
@@ -1180,6 +1196,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         allow_no_object_lock=args.allow_no_object_lock,
         max_backlog_bytes=args.max_backlog_bytes,
         drain_timeout=args.drain_timeout,
+        drain_delay=args.drain_delay,
+        max_rss_mb=args.max_rss_mb,
         access_log_grace=args.access_log_grace,
         heartbeat_interval=args.heartbeat_interval,
         self_audit_interval=args.self_audit_interval,

@@ -42,6 +42,10 @@ BUNDLE_MAX_AGE = 0.5  # seconds an entry may wait before its bundle is sealed
 RETRY_MAX_DELAY = 30.0  # seconds between store retries, at most
 MAX_BACKLOG_BYTES = 128 << 20  # unpublished bytes before requests are denied
 DRAIN_TIMEOUT = 20.0
+# SIGTERM: seconds the server still takes new streams after its readiness went
+# NOT_SERVING, so the callers' proxies learn the endpoint is gone (Kubernetes
+# EndpointSlices, then istiod's EDS push) before anything is refused.
+DRAIN_DELAY = 5.0
 # SIGTERM: time Envoy gets to flush its access logs (istiod's config flushes every 1 s).
 ACCESS_LOG_GRACE = 2.0
 HEARTBEAT_INTERVAL = 60.0
@@ -115,6 +119,11 @@ class ServeConfig:
     allow_no_object_lock: bool = False
     max_backlog_bytes: int = MAX_BACKLOG_BYTES
     drain_timeout: float = DRAIN_TIMEOUT
+    drain_delay: float = DRAIN_DELAY  # SIGTERM: keep taking streams this long, NOT_SERVING
+    # Above this resident size (MB), drain as on SIGTERM and exit 0 for the
+    # orchestrator to restart the process: grpc.aio leaks native memory per
+    # stream (docs/PERFORMANCE.md). 0: never.
+    max_rss_mb: int = 0
     access_log_grace: float = ACCESS_LOG_GRACE
     heartbeat_interval: float = HEARTBEAT_INTERVAL  # idle writer appends a heartbeat; 0: never
     self_audit_interval: float = SELF_AUDIT_INTERVAL  # 0: no self-audit
@@ -189,6 +198,8 @@ class ServeConfig:
             ("--bundle-max-bytes", self.bundle_max_bytes, 64 * 1024),
             ("--max-backlog-bytes", self.max_backlog_bytes, 1024),
             ("--drain-timeout", self.drain_timeout, 0),
+            ("--drain-delay", self.drain_delay, 0),
+            ("--max-rss-mb", self.max_rss_mb, 0),
             ("--access-log-grace", self.access_log_grace, 0),
             ("--heartbeat-interval", self.heartbeat_interval, 0),
             ("--self-audit-interval", self.self_audit_interval, 0),

@@ -38,6 +38,9 @@ ACCESS_LOG_RESPONSE_HEADERS = (
     "www-authenticate",
 )
 _TYPE = "type.googleapis.com/"
+# The HTTP status of a request refused because its entry could not be logged:
+# the server's own deny (ImmediateResponse) and Envoy's status_on_error agree.
+FAIL_CLOSED_STATUS = "ServiceUnavailable"
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,11 @@ def ext_proc_filter(
         "typed_config": {
             "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
-            # Fail closed: no request without its entry.
+            # Fail closed: no request without its entry. And say so with a 503
+            # (what docs promise): without status_on_error Envoy answers 500
+            # when the audit server cannot be reached or fails the stream.
             "failure_mode_allow": False,
+            "status_on_error": {"code": FAIL_CLOSED_STATUS},
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND" if response_phase else "SKIP",

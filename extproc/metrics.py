@@ -75,6 +75,10 @@ DESTINATION_MISMATCHES = Counter(
     "Entries whose reporter is not the proxy of the workload that served the request "
     "(recorded in the entry: --reporter-is-destination record)",
 )
+STREAMS_CLOSED_BY_PEER = Counter(
+    "extproc_audit_streams_closed_by_peer_total",
+    "Streams whose final status could not be sent: the caller had already closed them",
+)
 STREAMS_TIMED_OUT = Counter(
     "extproc_audit_streams_timed_out_total",
     "Ingest streams ended because they sent nothing for --stream-idle-timeout seconds",

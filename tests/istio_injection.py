@@ -5,9 +5,12 @@ text/template and applies the result to the pod as a Kubernetes strategic
 merge patch, in order (pkg/kube/inject/inject.go RunTemplate, webhook.go
 applyOverlayYAML). Here:
 
-- `render` evaluates exactly the template actions our template uses (the
-  `$nativeSidecar` variable copied from Istio's own "sidecar" template, `if`
-  on it, `.ProxyGID | default "1337"`) and refuses any other action;
+- `render` evaluates the template with Go's own text/template
+  (tests/injection_template/main.go, built with the mesh lane's Go toolchain,
+  scripts/setup_mesh_lane.sh) against a struct with exactly the fields of the
+  chosen Istio release's SidecarTemplateData (injection_template/releases.json,
+  read from Istio's source per release tag): a field the release lacks fails,
+  as istiod's webhook then rejects the pod. No regex stands in for an action;
 - `sidecar_pod` is an application pod after Istio's "sidecar" template, reduced
   to what the audit template touches (istio-proxy, where native sidecars put
   it, with the UID/GID and volumes Istio gives it);
@@ -20,53 +23,75 @@ applyOverlayYAML). Here:
 from __future__ import annotations
 
 import copy
-import re
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-# The line of Istio's injection template (manifests/charts/istio-control/
-# istio-discovery/files/injection-template.yaml) that decides native sidecars,
-# kept verbatim in ours.
-NATIVE_SIDECAR_LINE = (
-    "{{- $nativeSidecar := ne (index .ObjectMeta.Annotations `sidecar.istio.io/nativeSidecar` "
-    '| default (printf "%t" .NativeSidecars)) "false" }}'
-)
-PROXY_GID_ACTION = '{{ .ProxyGID | default "1337" }}'
 ISTIO_PROXY = "istio-proxy"
 ISTIO_PROXY_ID = 1337  # Istio's default ProxyUID and ProxyGID
-
-_BLOCK = re.compile(r"^\s*\{\{-? (if \$nativeSidecar|if not \$nativeSidecar|end) -?\}\}\s*$")
+HERE = Path(__file__).parent / "injection_template"
+RELEASES: dict[str, dict[str, Any]] = json.loads((HERE / "releases.json").read_text())["releases"]
+NEWEST = list(RELEASES)[-1]
 
 
 class UnsupportedTemplate(Exception):
-    """The template uses a text/template action this renderer does not implement."""
+    """Go's text/template refused the template with this release's template data."""
 
 
-def render(template: str, *, native: bool, proxy_gid: int = ISTIO_PROXY_ID) -> str:
-    out: list[str] = []
-    stack: list[bool] = []
-    for line in template.splitlines():
-        if line.strip() == NATIVE_SIDECAR_LINE:
-            continue
-        block = _BLOCK.match(line)
-        if block:
-            action = block.group(1)
-            if action == "end":
-                if not stack:
-                    raise UnsupportedTemplate("{{ end }} without {{ if }}")
-                stack.pop()
-            else:
-                stack.append(native if action == "if $nativeSidecar" else not native)
-            continue
-        line = line.replace(PROXY_GID_ACTION, str(proxy_gid))
-        if "{{" in line:
-            raise UnsupportedTemplate(f"template action not implemented here: {line.strip()}")
-        if all(stack):
-            out.append(line)
-    if stack:
-        raise UnsupportedTemplate("unterminated {{ if }}")
-    return "\n".join(out) + "\n"
+@functools.cache
+def _evaluator() -> str:
+    """The evaluator binary, built once per source version into the mesh lane."""
+    from tests.conftest import MESH_LANE_DIR, mesh_lane_tool
+
+    go = mesh_lane_tool("go")
+    source = (HERE / "main.go").read_bytes() + (HERE / "go.mod").read_bytes()
+    binary = MESH_LANE_DIR / "bin" / f"injection_template-{hashlib.sha256(source).hexdigest()[:12]}"
+    if not binary.exists():
+        env = {
+            **os.environ,
+            "GOCACHE": str(MESH_LANE_DIR / "gocache"),
+            "GOPATH": str(MESH_LANE_DIR / "gopath"),
+            "GOTOOLCHAIN": "local",
+            "GOFLAGS": "-mod=mod",
+            "CGO_ENABLED": "0",
+        }
+        subprocess.run(
+            [go, "build", "-C", str(HERE), "-o", str(binary), "."],
+            check=True, env=env, capture_output=True, timeout=600,
+        )  # fmt: skip
+    return str(binary)
+
+
+def render(
+    template: str,
+    *,
+    native: bool,
+    release: str = NEWEST,
+    proxy_gid: int = ISTIO_PROXY_ID,
+    annotations: dict[str, str] | None = None,
+) -> str:
+    """The template as istiod of `release` renders it for a pod with these
+    annotations, its mesh defaulting native sidecars to `native`."""
+    request = {
+        "template": template,
+        "fields": RELEASES[release]["fields"],
+        "annotations": annotations or {},
+        "nativeSidecars": native,
+        "proxyGID": proxy_gid,
+    }
+    result = subprocess.run(
+        [_evaluator()], input=json.dumps(request), capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise UnsupportedTemplate(result.stderr.strip())
+    return result.stdout
 
 
 def sidecar_pod(app: dict[str, Any], *, native: bool) -> dict[str, Any]:
@@ -103,9 +128,15 @@ def sidecar_pod(app: dict[str, Any], *, native: bool) -> dict[str, Any]:
     return pod
 
 
-def inject(app: dict[str, Any], template: str, *, native: bool) -> dict[str, Any]:
-    """The pod istiod makes of `app` with `inject.istio.io/templates: sidecar,audit`."""
-    patch = yaml.safe_load(render(template, native=native))
+def inject(
+    app: dict[str, Any], template: str, *, native: bool, release: str = NEWEST
+) -> dict[str, Any]:
+    """The pod istiod of `release` makes of `app` with `inject.istio.io/templates:
+    sidecar,audit`."""
+    annotations = app.get("metadata", {}).get("annotations", {})
+    patch = yaml.safe_load(
+        render(template, native=native, release=release, annotations=annotations)
+    )
     return strategic_merge(sidecar_pod(app, native=native), patch)
 
 

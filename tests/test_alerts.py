@@ -180,7 +180,15 @@ def test_rules_read_only_envoy_counters_the_mesh_keeps_and_the_pod_monitor_scrap
     kept = {
         f"envoy_{prefix.replace('.', '_')}_{name}"
         for prefix in matcher["inclusionPrefixes"]
+        if not prefix.startswith("cluster.")
         for name in als
+    }
+    # A cluster's stat, "cluster.<name>;.<stat>": Istio's cluster_name tag takes
+    # the name out, leaving envoy_cluster_<stat>{cluster_name="<name>"}.
+    kept |= {
+        "envoy_cluster_" + prefix.partition(";.")[2]
+        for prefix in matcher["inclusionPrefixes"]
+        if prefix.startswith("cluster.")
     }
     kept |= {f"envoy_http_{suffix.replace('.', '_')}" for suffix in matcher["inclusionSuffixes"]}
     read = {m for m in _metrics_read() if m.startswith("envoy_")}

@@ -281,8 +281,11 @@ def test_server_runs_read_only_with_wal_on_a_volume() -> None:
     # A fixed log id: the WAL is <wal dir>/<log id>, found again after a recreate.
     assert re.fullmatch(r"[A-Za-z0-9._-]{1,128}", _env("audit")["EXTPROC_AUDIT_LOG_ID"])
     # SIGTERM drains and publishes the final checkpoint before Docker kills it.
+    from extproc.config import DRAIN_DELAY
+
     grace = int(str(audit["stop_grace_period"]).rstrip("s"))
-    assert grace > float(_env("audit")["EXTPROC_AUDIT_DRAIN_TIMEOUT"])
+    delay = float(_env("audit").get("EXTPROC_AUDIT_DRAIN_DELAY", DRAIN_DELAY))
+    assert grace > delay + float(_env("audit")["EXTPROC_AUDIT_DRAIN_TIMEOUT"])
     assert set(_published("audit")) == {_port(_env("audit")["EXTPROC_AUDIT_METRICS_LISTEN"])}
 
 

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from extproc import processes
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.processes import envoy_binary
+from tests.conftest import ALS_STATS, read_entries, wait_for_access_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_CONFIGS = sorted((ROOT / "envoy").glob("*.yaml"))
@@ -117,3 +122,86 @@ def test_sensitive_routes_are_held_and_the_rest_only_logged() -> None:
     assert routes[0]["match"] == {"prefix": "/admin"} and "typed_per_filter_config" not in routes[0]
     per_route = routes[1]["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
     assert routes[1]["match"] == {"prefix": "/"} and per_route["disabled"] is True
+
+
+# --- the shipped configs with real traffic, on the oldest and the newest Envoy -------
+
+# What each shipped config needs from the server, and what it audits: request
+# entries held by ext_proc (all, or only the routes the compose file enforces),
+# response entries (the receipts' second phase), access entries (ALS).
+SHIPPED = {
+    "envoy.yaml": {"args": [], "request": True, "response": False, "access": True},
+    "envoy-observe.yaml": {"args": ["--mode", "observe"], "request": False, "response": False,
+                           "access": True},
+    "envoy-receipts.yaml": {"args": ["--receipts"], "request": True, "response": True,
+                            "access": False},
+    "envoy-compose.yaml": {"args": [], "request": False, "response": False, "access": True},
+}  # fmt: skip
+
+
+def _on_ports(config: dict[str, Any], ports: dict[int, int]) -> dict[str, Any]:
+    """A shipped config with its addresses moved to this test's loopback ports
+    (the compose file's service names too); nothing else changes."""
+    if isinstance(config, dict):
+        if "socket_address" in config:
+            address = config["socket_address"]
+            address["address"] = "127.0.0.1"
+            address["port_value"] = ports[address["port_value"]]
+        for value in config.values():
+            _on_ports(value, ports)
+    elif isinstance(config, list):
+        for value in config:
+            _on_ports(value, ports)
+    return config
+
+
+def _status(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED, ids=SHIPPED.keys())
+def test_shipped_config_audits_real_traffic(
+    tmp_path: Path, make_stack: Any, envoy_bin: str, name: str
+) -> None:
+    """Each envoy/*.yaml as shipped (only its addresses moved to loopback ports),
+    on the oldest and the newest Envoy of the supported range: 24 requests pass,
+    each has its entries, the log verifies after SIGTERM; then with no server,
+    every enforced route answers 503 (status_on_error: the documented fail-closed
+    status) and observed routes still pass."""
+    want = SHIPPED[name]
+    stack = make_stack(extra_args=list(want["args"]), envoy_bin=envoy_bin)
+    stack.start_server()
+    config = yaml.safe_load((ROOT / "envoy" / name).read_text())
+    ports = {10000: stack.envoy_port, 50051: stack.grpc_port, 8080: stack.app.port,
+             9901: stack.admin_port}  # fmt: skip
+    path = tmp_path / name
+    path.write_text(to_yaml(_on_ports(config, ports)))
+    with (tmp_path / "envoy.log").open("ab") as log:
+        stack.envoy = processes.start_envoy(path, log, binary=envoy_bin)
+        processes.wait_until(lambda: processes.envoy_ready(stack.admin_port), "envoy", stack.envoy)
+        result = stack.send(24)
+        assert sum(result.statuses.values()) == 24 and result.errors == 0, result
+        assert all(200 <= s < 300 for s in result.statuses), result
+        if want["access"]:
+            stats = wait_for_access_logs(stack.admin_port, 24, flush_interval=0.2)
+            assert stats[ALS_STATS + "logs_dropped"] == 0
+        assert stack.stop_server() == 0
+        enforced = "/admin" if name == "envoy-compose.yaml" else "/api/orders"
+        observed = _status(stack.envoy_port, "/api/orders")
+        if want["request"] or name == "envoy-compose.yaml":
+            assert _status(stack.envoy_port, enforced) == 503
+        if not want["request"]:
+            assert observed == 200
+    entries = [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] != "writer"]
+    kinds = Counter(e["kind"] for e in entries)
+    assert kinds == {k: 24 for k in ("request", "response", "access") if want[k]}, kinds
+    rids = {e["rid"] for e in entries}
+    assert rids == set(result.request_ids)
+    verified = stack.verify()
+    assert verified.returncode == 0 and "VALID" in verified.stdout, verified.stdout

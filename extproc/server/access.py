@@ -511,11 +511,14 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             await context.abort(*status)
         return als_pb2.StreamAccessLogsResponse()
 
-    async def close(self, grace: float) -> None:
-        """Shutdown: let Envoy deliver what it holds for `grace` seconds (on open
-        streams, or on one it opens at its next flush), then end the streams."""
-        await asyncio.sleep(grace)
+    async def close(self, linger: float) -> None:
+        """Shutdown, once no new stream can come: end each stream right after
+        its next batch, a whole flush interval before Envoy sends another (the
+        protocol has no acknowledgement: a batch Envoy writes as the stream ends
+        is lost); after `linger` seconds, end those still silent."""
         self._closing = True
+        if self._streams and linger > 0:
+            await asyncio.wait(list(self._streams), timeout=linger)
         for task in list(self._streams):
             task.cancel()
 
@@ -538,6 +541,8 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 entries = msg.http_logs.log_entry
                 self._admit(len(entries), reporter, budget)
                 await self._log_batch(entries, reporter, node, stream, counter)
+                if self._closing:
+                    return  # drain: end the stream right after a batch (close())
             elif kind == "tcp_logs":
                 n = len(msg.tcp_logs.log_entry)
                 metrics.ACCESS_REFUSED.labels("tcp").inc(n)

@@ -12,7 +12,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+READINESS_SERVICES = ("", EXT_PROC_SERVICE, ACCESS_LOG_SERVICE)
+# The liveness probe's gRPC health service name: SERVING from start to exit,
+# whatever readiness says (fenced, --self-audit-fail-closed, draining): alive is
+# not ready, and a restart would fix none of those.
+LIVENESS_SERVICE = "liveness"
+RSS_CHECK_INTERVAL = 5.0  # seconds between --max-rss-mb checks
 
 
 def _split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -62,6 +68,7 @@ class Running:
     wal: WAL
     audit_log: AuditLog
     publisher: Publisher
+    ext_proc: AuditServicer
     access: AccessLogServicer
     server: grpc.aio.Server
     health_server: grpc.aio.Server | None
@@ -90,6 +97,7 @@ class AuditServer:
         self._health = health.aio.HealthServicer()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fenced_reason: str | None = None
+        self._drain_delay = 0.0
 
     def _retention(self) -> RetentionPolicy | None:
         cfg = self.config
@@ -124,7 +132,10 @@ class AuditServer:
                 escape(self.store.url),
             )
 
-    def stop(self) -> None:
+    def stop(self, *, delay: bool = False) -> None:
+        """Begin the drain; `delay`: first keep taking streams for --drain-delay
+        while NOT_SERVING (SIGTERM: a rollout; SIGINT stops at once)."""
+        self._drain_delay = self.config.drain_delay if delay else 0.0
         self._stop.set()
 
     def _bind(
@@ -244,14 +255,45 @@ class AuditServer:
                     log.warning("heartbeat not logged: %s", e)
             seen = audit_log.size
 
+    def _watch_rss(self) -> asyncio.Task[None] | None:
+        """--max-rss-mb: past it, drain as on SIGTERM (NOT_SERVING, the drain
+        delay, the final checkpoint) and exit 0, for the orchestrator to start a
+        fresh process. A planned restart instead of an OOM kill: grpc.aio leaks
+        native memory per stream (docs/PERFORMANCE.md, "Soak")."""
+        limit = self.config.max_rss_mb
+        if limit <= 0:
+            return None
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(RSS_CHECK_INTERVAL)
+                rss_mb = _rss_mb()
+                if rss_mb > limit:
+                    log.warning(
+                        "resident memory %d MB is above --max-rss-mb %d: draining to restart "
+                        "with a fresh process (gRPC's native memory, docs/PERFORMANCE.md)",
+                        rss_mb,
+                        limit,
+                    )
+                    self.stop(delay=True)
+                    return
+
+        return asyncio.get_running_loop().create_task(watch())
+
     async def _set_health(self, status: int) -> None:
-        for service in ("", EXT_PROC_SERVICE, ACCESS_LOG_SERVICE):
+        """Readiness: the whole server and each ingest service. Liveness
+        (LIVENESS_SERVICE) is not touched: a fenced or draining server is alive."""
+        for service in READINESS_SERVICES:
             await self._health.set(service, status)
 
     async def run(self) -> int:
         """start, serve until SIGTERM/SIGINT (or stop()), drain; the exit status."""
+        quiet_closed_streams(asyncio.get_running_loop())
         running = await self.start()
+        watchers = [t for t in (_memory_trace(), self._watch_rss()) if t is not None]
         await self._stop.wait()
+        for task in watchers:
+            task.cancel()
         return await self.drain(running)
 
     async def start(self) -> Running:
@@ -358,8 +400,8 @@ class AuditServer:
                 start_http_server(m_port, m_host)
             except OSError as e:
                 raise ConfigError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from e
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGTERM, lambda: self.stop(delay=True))
+        loop.add_signal_handler(signal.SIGINT, self.stop)
 
         proof_server = await self._start_proof_api()
         await server.start()
@@ -372,6 +414,7 @@ class AuditServer:
         )
         audit_task = loop.create_task(self_audit.run()) if self_audit is not None else None
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving ext_proc (%s mode) on %s (reporters: %s), log %s, size %d, store %s, wal %s",
             cfg.mode,
@@ -386,6 +429,7 @@ class AuditServer:
             wal,
             audit_log,
             publisher,
+            ext_proc,
             access,
             server,
             health_server,
@@ -397,10 +441,34 @@ class AuditServer:
         )
 
     async def drain(self, r: Running) -> int:
-        """Refuse new work, let in-flight streams finish, then publish everything
-        acknowledged under a final checkpoint, all within --drain-timeout."""
+        """Take the server down without failing a request that was routed to it.
+
+        1. Readiness NOT_SERVING (the kubelet takes the pod out of the Service;
+           callers' proxies drop the endpoint when istiod pushes), liveness stays
+           SERVING.
+        2. --drain-delay: new streams are still taken (on SIGTERM), so a proxy
+           that has not heard yet is not refused.
+        3. Admission ends (new ext_proc streams get UNAVAILABLE; access-log
+           streams are still taken); --access-log-grace later, at least one
+           Envoy flush interval, the outcome of the last admitted request has
+           been sent: each access-log stream is ended right after its next
+           batch. Then the listener closes; in-flight ext_proc streams finish.
+        4. Everything acknowledged is published under a final checkpoint.
+        Steps 3 and 4 share one deadline, --drain-timeout.
+        """
         cfg = self.config
         loop = asyncio.get_running_loop()
+        if r.heartbeat_task is not None:
+            r.heartbeat_task.cancel()
+        if r.audit_task is not None:
+            r.audit_task.cancel()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._drain_delay > 0:
+            log.info(
+                "shutting down: NOT_SERVING, still taking streams for %gs (--drain-delay)",
+                self._drain_delay,
+            )
+            await asyncio.sleep(self._drain_delay)
         log.info("shutting down: draining streams and publishing (up to %.0fs)", cfg.drain_timeout)
         # One deadline for the whole drain: streams, access-log flush, final
         # publication. An unreachable store costs the drain timeout, not a
@@ -410,15 +478,12 @@ class AuditServer:
         def left() -> float:
             return max(0.0, deadline - loop.time())
 
-        if r.heartbeat_task is not None:
-            r.heartbeat_task.cancel()
-        if r.audit_task is not None:
-            r.audit_task.cancel()
-        await self._health.enter_graceful_shutdown()
-        # Access-log streams never end on their own: give Envoy a flush interval
-        # and then some to deliver what it holds (0.2 s in envoyconf, 1 s in what
-        # istiod generates), then end them, so the drain below waits only for
-        # ext_proc streams.
+        # Admission ends now: new ext_proc streams are refused, while the
+        # listener stays up for access-log streams (Envoy opens one lazily, at
+        # its next flush, if it has none). A grace later the outcome of the last
+        # admitted request has been sent; each stream ends after its next batch.
+        r.ext_proc.admitting = False
+        await asyncio.sleep(min(cfg.access_log_grace, left()))
         await r.access.close(min(cfg.access_log_grace, left()))
         await r.server.stop(left())
         r.idle_task.cancel()
@@ -462,6 +527,83 @@ class AuditServer:
         finally:
             r.audit_log.close()
         return status
+
+
+def _rss_mb() -> int:
+    """This process's resident memory in MB (procfs: no syscall beyond a read)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def _memory_trace() -> asyncio.Task[None] | None:
+    """EXTPROC_AUDIT_TRACEMALLOC=FRAMES (a diagnostic, scripts/soak.py
+    --tracemalloc): trace allocations and log, every minute, what grew most
+    since a snapshot two minutes in (after warm-up), with the gc counts."""
+    frames = os.environ.get("EXTPROC_AUDIT_TRACEMALLOC", "")
+    if not frames.isdigit() or int(frames) < 1:
+        return None
+    import gc
+    import tracemalloc
+
+    tracemalloc.start(int(frames))
+
+    async def report() -> None:
+        await asyncio.sleep(120)
+        base = tracemalloc.take_snapshot()
+        while True:
+            await asyncio.sleep(60)
+            top = tracemalloc.take_snapshot().compare_to(base, "traceback")[:8]
+            log.warning(
+                "tracemalloc: traced %.1f MB, gc counts %s, objects %d; "
+                "top growth since warm-up:\n%s",
+                tracemalloc.get_traced_memory()[0] / 1e6,
+                gc.get_count(),
+                len(gc.get_objects()),
+                "\n".join(
+                    f"  {stat.size_diff / 1e3:+.0f} kB {stat.count_diff:+d} blocks "
+                    f"{stat.traceback.format()[-1].strip()}"
+                    for stat in top
+                ),
+            )
+
+    return asyncio.get_running_loop().create_task(report())
+
+
+def _peer_gone(exc: BaseException | None, message: str = "") -> bool:
+    """grpc.aio's error when it sends a stream's final status to a caller that
+    already closed the stream (Envoy ends ext_proc streams itself after the last
+    reply, or on a timeout): the exchange is over, nothing is lost."""
+    text = f"{type(exc).__name__ if exc is not None else ''} {exc or ''} {message}"
+    return "ExecuteBatchError" in text and "SendStatusFromServer" in text
+
+
+class _PeerGoneFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if _peer_gone(exc, record.getMessage()):
+            metrics.STREAMS_CLOSED_BY_PEER.inc()
+            return False
+        return True
+
+
+def quiet_closed_streams(loop: asyncio.AbstractEventLoop) -> None:
+    """Count, do not log with a traceback, the final status of a stream the
+    caller already closed (grpc's logger, and the event loop's handler for an
+    exception no task retrieved); every other error is reported as before."""
+    for name in ("grpc._cython.cygrpc", "grpc.aio", "asyncio"):
+        logging.getLogger(name).addFilter(_PeerGoneFilter())
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _peer_gone(context.get("exception"), str(context.get("message", ""))):
+            metrics.STREAMS_CLOSED_BY_PEER.inc()
+            return
+        if default is None:
+            loop.default_exception_handler(context)
+        else:
+            default(loop, context)
+
+    loop.set_exception_handler(handler)
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -193,6 +193,10 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.mode = mode
         self.reporters = reporters  # no default: who may write is always stated
         self.idle = idle or IdleStreams(0)
+        # False once a drain ends admission: new streams get UNAVAILABLE (Envoy
+        # fails the request closed), while the listener stays up for the
+        # access-log streams' last batches (app.py, AuditServer.drain).
+        self.admitting = True
         self._refusals = RateLimitedLog(log)
         self._denials = RateLimitedLog(log)
         self._drops = RateLimitedLog(log)
@@ -226,6 +230,8 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         # One generator, no nested ones: every suspension of a grpc.aio handler
         # costs (docs/PERFORMANCE.md), so the hot path has exactly one await of
         # its own, the request entry's durability.
+        if not self.admitting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: not taking new streams")
         reporter = await self.identify(context)
         seen = self._last_seen.get(reporter.label)
         self._streams.inc()

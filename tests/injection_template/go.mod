@@ -1,0 +1,3 @@
+module extproc-audit/injection_template
+
+go 1.22
