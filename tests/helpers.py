@@ -118,3 +118,11 @@ def read_lines(store: ObjectStore | str, log_id: str) -> list[bytes]:
 def read_entries(store: ObjectStore | str, log_id: str) -> list[dict[str, Any]]:
     """Every entry of a log, parsed, in seq order."""
     return [entry.parse(line) for line in entry_lines(_store(store), log_id)]
+
+
+def tree_bytes(root: Path) -> bytes:
+    """The bytes of every regular file under `root` (never a FIFO or a link: a
+    hostile store may hold them), in path order."""
+    return b"".join(
+        p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
+    )
