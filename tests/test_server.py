@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.attacks import HOSTILE_STREAMS, UNDECODABLE
 from tests.conftest import AuditStack, read_entries
-from tests.messages import EXT_PROC_METHOD, request_headers, response_headers
+from tests.messages import ALS_METHOD, EXT_PROC_METHOD, request_headers, response_headers
 
 
 @pytest.fixture
@@ -101,16 +101,25 @@ def test_hostile_stream_gets_a_status_and_others_are_unaffected(
     assert len(_exchange(stub, [request_headers(), response_headers()])) == 2
 
 
-def test_undecodable_bytes_end_the_stream_not_the_server(server: AuditStack, stub: Any) -> None:
+@pytest.mark.parametrize("method", [EXT_PROC_METHOD, ALS_METHOD], ids=["ext_proc", "access_log"])
+def test_undecodable_bytes_are_refused_without_a_failure_logged(
+    server: AuditStack, stub: Any, method: str
+) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        raw = channel.stream_stream(
-            EXT_PROC_METHOD, request_serializer=None, response_deserializer=None
-        )
+        kind = channel.stream_unary if method == ALS_METHOD else channel.stream_stream
+        call = kind(method, request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as failure:
-            list(raw(iter([UNDECODABLE]), timeout=10))
-    # grpc.aio cannot deserialize the request: INTERNAL, and the server goes on.
-    assert failure.value.code() == grpc.StatusCode.INTERNAL, failure.value
+            reply = call(iter([UNDECODABLE]), timeout=10)
+            if method == EXT_PROC_METHOD:
+                list(reply)  # the stream's status comes with its end
+    # grpc.aio cannot decode the message: the caller's doing, a status naming it,
+    # no failure of the server logged (with its traceback); the server goes on.
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failure.value
+    assert "protobuf decoding failed" in (failure.value.details() or "")
     assert len(_exchange(stub, [request_headers(), response_headers()])) == 2
+    assert server.stop_server() == 0
+    log = server.server_log()
+    assert "failed" not in log and "Traceback" not in log and "traceback" not in log, log
 
 
 def test_health_serving_then_exit_zero_on_sigterm(server: AuditStack) -> None:
