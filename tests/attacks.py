@@ -31,6 +31,7 @@ from extproc.core.note import Signer
 from extproc.core.redact import stored_hash
 from extproc.core.tlogproof import TlogProof
 from extproc.store.base import ObjectInfo, ObjectStore, ObjectVersion
+from extproc.store.local import LocalStore
 from tests.messages import request_headers, response_headers
 from tests.topology import ALLOWED, APPEND, AUDIT_SERVER_ID, SANITIZE
 
@@ -80,12 +81,12 @@ def empty_entries_message(count: int) -> bytes:
 
 @functools.cache
 def many_headers_request(count: int, rid: str = "many-headers") -> bytes:
-    """A request_headers message with `count` extra headers of 8-byte values
-    (60,000 of them: about 1 MiB less a little, under gRPC's default limit)."""
+    """A request_headers message with `count` extra headers of 4-byte values
+    (60,000 of them: 0.96 MB, under serve's default --max-message-bytes of 1 MiB)."""
     msg = request_headers("/many-headers", rid)
     extra = msg.request_headers.headers.headers
     for i in range(count):
-        extra.append(base_pb2.HeaderValue(key=f"h{i:05d}", raw_value=b"01234567"))
+        extra.append(base_pb2.HeaderValue(key=f"h{i:05d}", raw_value=b"0123"))
     data: bytes = msg.SerializeToString()
     return data
 
@@ -165,11 +166,16 @@ def plant_claims(store: ObjectStore, log_id: str, position: int, count: int) -> 
         store.put_once(layout.claim_key(store.prefix, log_id, position, epoch), b"{}", None)
 
 
-def plant_off_layout(store: ObjectStore, log_id: str, names: list[str] = OFF_LAYOUT) -> list[str]:
-    """Objects with these names under the log; their keys."""
-    keys = [f"{layout.log_prefix(store.prefix, log_id)}{name}" for name in names]
-    for key in keys:
+def plant_off_layout(store: ObjectStore, log_id: str, under: str = "") -> list[str]:
+    """Objects named OFF_LAYOUT under the log (and the folder `under` in it); the
+    keys planted (a file system holds no name of over 255 bytes: not those)."""
+    keys = []
+    for name in OFF_LAYOUT:
+        key = f"{layout.log_prefix(store.prefix, log_id)}{under}{name}"
+        if isinstance(store, LocalStore) and any(len(os.fsencode(p)) > 255 for p in key.split("/")):
+            continue
         store.put_once(key, b"junk", None)
+        keys.append(key)
     return keys
 
 
@@ -335,8 +341,9 @@ def secret_forms(secret: str) -> list[bytes]:
     (padded, unpadded, URL-safe)."""
     data = secret.encode()
     b64 = base64.b64encode(data)
-    return [data, quote(secret, safe="").encode(), b64, b64.rstrip(b"="),
-            base64.urlsafe_b64encode(data).rstrip(b"=")]  # fmt: skip
+    forms = [data, quote(secret, safe="").encode(), b64, b64.rstrip(b"="),
+             base64.urlsafe_b64encode(data).rstrip(b"=")]  # fmt: skip
+    return list(dict.fromkeys(forms))
 
 
 def send_secret(port: int, row: SecretRow) -> int:
