@@ -75,7 +75,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import gzip
 import io
 import json
 import os
@@ -107,6 +106,9 @@ from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.keys import load_signer, write_signer
 from extproc.reader import entry_lines, list_logs
 from extproc.store import open_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the attack inputs
+from tests.attacks import BOMB_EXPANDS_TO, gzip_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
@@ -925,18 +927,7 @@ def run(
 
 # --- 4. a store holding gzip bombs ------------------------------------------------------
 
-BOMB_EXPANDS_TO = 1 << 30  # the review's bomb: 1 MB of gzip, 1 GiB of zeros
 BOMB_RSS_TARGET_MB = 300.0  # issue 16: verify on a store holding a gzip bomb
-
-
-def gzip_bomb(size: int = BOMB_EXPANDS_TO) -> bytes:
-    """`size` bytes of zeros as one gzip member (about size / 1000 bytes)."""
-    out = io.BytesIO()
-    zeros = bytes(1 << 20)
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:
-        for _ in range(size >> 20):
-            f.write(zeros)
-    return out.getvalue()
 
 
 def child_peak(args: list[str]) -> dict[str, Any]:

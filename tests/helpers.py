@@ -8,6 +8,8 @@ the reader every command uses.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -118,3 +120,12 @@ def read_lines(store: ObjectStore | str, log_id: str) -> list[bytes]:
 def read_entries(store: ObjectStore | str, log_id: str) -> list[dict[str, Any]]:
     """Every entry of a log, parsed, in seq order."""
     return [entry.parse(line) for line in entry_lines(_store(store), log_id)]
+
+
+def tree_bytes(root: Path) -> bytes:
+    """The bytes of every regular file under `root`, in path order: never a FIFO,
+    a device or a link, and no linked directory followed (a hostile store holds them)."""
+    paths = [
+        Path(top) / name for top, _, names in os.walk(root, followlinks=False) for name in names
+    ]
+    return b"".join(p.read_bytes() for p in sorted(paths) if stat.S_ISREG(p.lstat().st_mode))

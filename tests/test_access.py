@@ -15,10 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
-from google.protobuf import duration_pb2, timestamp_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,74 +26,16 @@ from extproc.core import entry
 from extproc.core.redact import REDACTED, RedactionPolicy
 from extproc.server.access import AccessCapture, OutcomeMatcher, address_text
 from tests.conftest import AuditStack, all_bundle_bytes, read_entries, run_cli
+from tests.messages import (
+    SERVED_AS,
+    SPIFFE,
+    als_messages,
+    http_entry,
+    request_headers,
+    socket_address,
+)
 from tests.pki import TestCA
 from tests.test_capture import _NAMES, _VALUES, _plain
-
-SPIFFE = "spiffe://cluster.local/ns/shop/sa/frontend"
-SERVED_AS = "spiffe://cluster.local/ns/shop/sa/api"
-
-
-def _addr(host: str, port: int) -> address_pb2.Address:
-    return address_pb2.Address(
-        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
-    )
-
-
-def http_entry(
-    *,
-    path: str = "/orders?page=2&token=tok-S1",
-    request_headers: dict[str, str] | None = None,
-    response_headers: dict[str, str] | None = None,
-    status: int | None = 200,
-    rid: str = "rid-1",
-    referer: str = "",
-    tls: bool = False,
-) -> al.HTTPAccessLogEntry:
-    common = al.AccessLogCommon(
-        downstream_remote_address=_addr("10.0.0.7", 41000),
-        downstream_local_address=_addr("10.0.0.5", 8080),
-        upstream_remote_address=_addr("10.0.0.9", 9000),
-        upstream_cluster="inbound|8080||",
-        route_name="default",
-        start_time=timestamp_pb2.Timestamp(seconds=1_780_000_000, nanos=123_000_000),
-        duration=duration_pb2.Duration(seconds=0, nanos=4_500_000),
-        response_flags=al.ResponseFlags(
-            upstream_connection_failure=True, upstream_retry_limit_exceeded=True
-        ),
-    )
-    if tls:
-        peer = al.TLSProperties.CertificateProperties(
-            subject_alt_name=[al.TLSProperties.CertificateProperties.SubjectAltName(uri=SPIFFE)]
-        )
-        local = al.TLSProperties.CertificateProperties(
-            subject_alt_name=[al.TLSProperties.CertificateProperties.SubjectAltName(uri=SERVED_AS)]
-        )
-        common.tls_properties.CopyFrom(
-            al.TLSProperties(peer_certificate_properties=peer, local_certificate_properties=local)
-        )
-    request = al.HTTPRequestProperties(
-        request_method=base_pb2.POST,
-        scheme="https",
-        authority="api.shop",
-        path=path,
-        request_id=rid,
-        user_agent="curl/8",
-        referer=referer,
-        request_body_bytes=42,
-    )
-    request.request_headers.update(request_headers or {})
-    response = al.HTTPResponseProperties(
-        response_code_details="via_upstream", response_body_bytes=7
-    )
-    if status is not None:
-        response.response_code.CopyFrom(wrappers_pb2.UInt32Value(value=status))
-    response.response_headers.update(response_headers or {})
-    return al.HTTPAccessLogEntry(
-        common_properties=common,
-        protocol_version=al.HTTPAccessLogEntry.HTTP2,
-        request=request,
-        response=response,
-    )
 
 
 def capture(e: al.HTTPAccessLogEntry, policy: RedactionPolicy | None = None) -> dict[str, Any]:
@@ -169,7 +110,7 @@ def test_access_header_bounds_apply() -> None:
 
 def test_missing_status_is_null_and_ipv6_addresses_are_bracketed() -> None:
     e = http_entry(status=None)
-    e.common_properties.downstream_local_address.CopyFrom(_addr("fd00::5", 8080))
+    e.common_properties.downstream_local_address.CopyFrom(socket_address("fd00::5", 8080))
     fields = capture(e)
     assert fields["resp"]["status"] is None
     assert fields["dst"] == "[fd00::5]:8080"
@@ -233,22 +174,6 @@ def test_outcome_window_and_bound_expire_the_oldest() -> None:
 # --- the stream, over real gRPC ------------------------------------------------------------------
 
 
-def _als_messages(
-    batches: list[list[al.HTTPAccessLogEntry]],
-    node: str = "sidecar~10.0.0.5~web-1.shop~shop.svc.cluster.local",
-) -> Iterator[als_pb2.StreamAccessLogsMessage]:
-    ident = als_pb2.StreamAccessLogsMessage.Identifier(
-        node=base_pb2.Node(id=node, cluster="web.shop"), log_name="extproc-audit"
-    )
-    for i, batch in enumerate(batches):
-        msg = als_pb2.StreamAccessLogsMessage(
-            http_logs=als_pb2.StreamAccessLogsMessage.HTTPAccessLogEntries(log_entry=batch)
-        )
-        if i == 0:
-            msg.identifier.CopyFrom(ident)
-        yield msg
-
-
 @pytest.fixture
 def server(make_stack: Any) -> Iterator[AuditStack]:
     stack = make_stack()
@@ -265,7 +190,7 @@ def test_batches_become_access_entries_naming_the_stream(server: AuditStack) -> 
     )
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = als_pb2_grpc.AccessLogServiceStub(channel)
-        stub.StreamAccessLogs(iter([*_als_messages(batches), tcp]), timeout=10)
+        stub.StreamAccessLogs(iter([*als_messages(batches), tcp]), timeout=10)
     assert server.stop_server() == 0
     access = [e for e in read_entries(server.store_url, server.log_id) if e["kind"] == "access"]
     assert [e["rid"] for e in access] == [f"b{b}-{i}" for b in range(4) for i in range(25)]
@@ -291,7 +216,7 @@ def test_undecodable_access_log_bytes_end_that_stream_only(server: AuditStack) -
         with pytest.raises(grpc.RpcError):
             raw(iter([b"\xff\xff\xff garbage"]), timeout=10)
         stub = als_pb2_grpc.AccessLogServiceStub(channel)
-        stub.StreamAccessLogs(_als_messages([[http_entry(rid="after")]]), timeout=10)
+        stub.StreamAccessLogs(als_messages([[http_entry(rid="after")]]), timeout=10)
     assert server.stop_server() == 0
     assert [
         e["rid"] for e in read_entries(server.store_url, server.log_id) if e["kind"] == "access"
@@ -317,14 +242,14 @@ def test_access_log_stream_obeys_the_reporter_rules(make_stack: Any, tmp_path: A
         )
         with grpc.secure_channel(address, creds) as channel:
             stub = als_pb2_grpc.AccessLogServiceStub(channel)
-            stub.StreamAccessLogs(_als_messages([[http_entry(rid=rid)]]), timeout=10)
+            stub.StreamAccessLogs(als_messages([[http_entry(rid=rid)]]), timeout=10)
 
     with pytest.raises(grpc.RpcError) as refused:
         send("spiffe://cluster.local/ns/admin/sa/ceo", "forged")
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with grpc.insecure_channel(address) as plain, pytest.raises(grpc.RpcError):
         als_pb2_grpc.AccessLogServiceStub(plain).StreamAccessLogs(
-            _als_messages([[http_entry(rid="plaintext")]]), timeout=5
+            als_messages([[http_entry(rid="plaintext")]]), timeout=5
         )
     send(SPIFFE, "honest")
     assert stack.stop_server() == 0
@@ -339,15 +264,12 @@ def test_second_outcome_from_another_stream_is_a_conflict_not_a_silent_win(
     forged 200 for another stream's request before the real 500 arrives."""
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-    from tests.test_server import request_headers
-
     sock = tmp_path / "run" / "audit.sock"
     sock.parent.mkdir()
     stack = make_stack(listen=f"unix:{sock}", extra_args=["--allow-reporter", "unix:*"])
     stack.start_server()
-    request = request_headers(path="/payments/42", rid="victim")
-    attrs = request.attributes["envoy.filters.http.ext_proc"]
-    attrs.fields["destination.address"].string_value = "10.0.0.5:8080"  # as http_entry's
+    # The destination as http_entry's: the outcome is matched by it too.
+    request = request_headers("/payments/42", "victim", **{"destination.address": "10.0.0.5:8080"})
     with grpc.insecure_channel(f"unix:{sock}") as channel:
         replies = list(ext_proc_grpc.ExternalProcessorStub(channel).Process(iter([request])))
         assert [r.WhichOneof("response") for r in replies] == ["request_headers"]
@@ -355,7 +277,7 @@ def test_second_outcome_from_another_stream_is_a_conflict_not_a_silent_win(
         with grpc.insecure_channel(f"unix:{sock}") as channel:
             stub = als_pb2_grpc.AccessLogServiceStub(channel)
             stub.StreamAccessLogs(
-                _als_messages([[http_entry(rid="victim", status=status)]]), timeout=10
+                als_messages([[http_entry(rid="victim", status=status)]]), timeout=10
             )
     assert stack.stop_server() == 0
     assert "1 access-log entries are a second outcome of a request" in stack.server_log()
@@ -448,7 +370,7 @@ def test_server_down_shows_in_envoy_drop_counter_and_as_a_gap(make_stack: Any) -
 def test_listener_level_entry_without_a_request_is_marked() -> None:
     e = al.HTTPAccessLogEntry(
         common_properties=al.AccessLogCommon(
-            downstream_remote_address=_addr("10.0.0.7", 41000),
+            downstream_remote_address=socket_address("10.0.0.7", 41000),
             response_flags=al.ResponseFlags(no_route_found=True),
         )
     )

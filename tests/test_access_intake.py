@@ -17,7 +17,6 @@ sent over real gRPC to `serve` with real Envoy in front.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import tempfile
 import threading
@@ -44,26 +43,14 @@ from extproc.server import access
 from extproc.server.access import AccessCapture, AccessLimits, AccessLogServicer, OutcomeMatcher
 from extproc.server.builder import Claims
 from extproc.server.reporters import Reporter
+from tests.attacks import HOSTILE_ENTRIES, empty_entries_message
 from tests.budget import FUZZ, MIB, within_budget
 from tests.conftest import AuditStack, read_entries
 from tests.helpers import run
+from tests.messages import ALS_METHOD
 from tests.test_appender import open_faked_log
 
-ALS_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
-HOSTILE_ENTRIES = 500_000
 SECRET = "secret-S1"  # request data an exception may carry: never logged
-
-
-@functools.cache
-def empty_entries_message(count: int) -> bytes:
-    """The review's message: an identifier and `count` empty HTTP entries (2 bytes each)."""
-    msg = als_pb2.StreamAccessLogsMessage()
-    msg.identifier.node.id = "attacker"
-    entries = msg.http_logs.log_entry
-    for _ in range(count):
-        entries.add()
-    data: bytes = msg.SerializeToString()
-    return data
 
 
 def http_message(count: int, rid: str = "r") -> als_pb2.StreamAccessLogsMessage:

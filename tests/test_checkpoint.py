@@ -29,6 +29,7 @@ from extproc.core.checkpoint import (
 )
 from extproc.core.note import Signer, parse_note, sign_note
 from extproc.errors import ConfigError, VerificationError
+from tests.attacks import NEWLINE_ORIGIN_PREFIX as NEWLINE_ORIGIN
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 EMPTY_ROOT_B64 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # base64(SHA-256(""))
@@ -354,7 +355,15 @@ def test_checkpoint_that_would_not_read_back_never_signed(extensions: tuple[str,
 @pytest.mark.parametrize(
     "argv",
     [
-        ["serve", "--store", "{tmp}/s", "--key", "{tmp}/k", "--origin-prefix", "audit\nforged"],
+        [
+            "serve",
+            "--store",
+            "{tmp}/s",
+            "--key",
+            "{tmp}/k",
+            "--origin-prefix",
+            NEWLINE_ORIGIN,
+        ],
         ["verify", "{tmp}", "--vkey", SIGNER.verifier().to_text(), "--origin-prefix", "a b"],
         ["search", "{tmp}", "--no-verify", "--origin-prefix", "a+b"],
     ],
@@ -374,4 +383,4 @@ def test_malformed_origin_prefix_is_a_usage_error(
 
 def test_malformed_origin_prefix_refused_by_serve_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--origin-prefix"):
-        ServeConfig(str(tmp_path / "s"), tmp_path / "k", origin_prefix="audit\nforged")
+        ServeConfig(str(tmp_path / "s"), tmp_path / "k", origin_prefix=NEWLINE_ORIGIN)

@@ -15,8 +15,6 @@ directory for what only a file system can hold.
 from __future__ import annotations
 
 import asyncio
-import gzip
-import io
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -45,23 +43,24 @@ from extproc.store.base import (
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
 from extproc.store.s3 import S3Store, _read_capped
+from tests.attacks import (
+    OFF_LAYOUT,
+    PLANTED_CLAIMS,
+    gzip_bomb,
+    plant_claims,
+    plant_non_files,
+    plant_off_layout,
+)
 from tests.budget import MIB, within_budget
 from tests.conftest import MotoServer, run_cli
 from tests.helpers import read_entries, run, write_log
 from tests.test_publisher import LOG_ID, PREFIX, open_writer, published
 
-BOMB_BYTES = 1 << 30  # what the review's 1 MB object expanded to
-
 
 @pytest.fixture(scope="module")
 def bomb() -> bytes:
     """1 GiB of zeros as gzip: about 1 MB."""
-    chunk = bytes(1 << 20)
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as f:
-        for _ in range(BOMB_BYTES >> 20):
-            f.write(chunk)
-    return out.getvalue()
+    return gzip_bomb()
 
 
 class CountingStore(MemoryStore):
@@ -253,31 +252,6 @@ def test_s3_read_stops_one_byte_past_the_bound_whatever_content_length_says() ->
         _read_capped("logs/a/claims/x", {"Body": EndlessBody(), "ContentLength": 5000}, 4096)
 
 
-def _plant_non_files(root: Path, log_dir: Path) -> dict[str, str]:
-    """A FIFO, a symlink to /dev/zero, a symlinked directory, a dangling link and a
-    name that is not UTF-8, at keys of the log; key -> what it is."""
-    entries, checkpoints = log_dir / "entries", log_dir / "checkpoints"
-    fifo = entries / f"{40:020d}-{49:020d}.jsonl"
-    os.mkfifo(fifo)
-    zero = checkpoints / f"{10**6:020d}"
-    zero.symlink_to("/dev/zero")
-    outside = log_dir / "claims2"
-    outside.symlink_to("/")
-    dangling = entries / "dangling"
-    dangling.symlink_to(root / "nowhere")
-    odd = os.fsencode(entries) + b"/\xff\xfe\x1b[2J"
-    Path(os.fsdecode(odd)).write_bytes(b"")
-    return {
-        str(p.relative_to(root)): what
-        for p, what in [
-            (fifo, "bundle has no claim"),  # not opened at all
-            (zero, "a symbolic link"),
-            (outside, "not part of the log layout"),
-            (dangling, "not part of the log layout"),
-        ]
-    }
-
-
 def test_fifo_and_symlinks_in_a_local_store_are_foreign_objects_detected(
     tmp_path: Path, signer: Signer
 ) -> None:
@@ -285,7 +259,7 @@ def test_fifo_and_symlinks_in_a_local_store_are_foreign_objects_detected(
     store = LocalStore(root)
     entries = [{"kind": "request", "rid": f"r{i}"} for i in range(12)]
     write_log(store, signer, tmp_path / "wal", LOG_ID, entries, bundle_max_entries=4)
-    planted = _plant_non_files(root, root / "logs" / LOG_ID)
+    planted = plant_non_files(root, root / "logs" / LOG_ID)
     for key in planted:
         if "checkpoints" in key or "entries/0" in key:
             with pytest.raises(ForeignObjectError):
@@ -350,10 +324,7 @@ def _publish_with_planted_claims(tmp_path: Path, signer: Signer, planted: int) -
         await w.publisher.reconcile()
         await w.append(5)
         await w.publisher.publish()
-        for epoch in range(1, planted + 1):
-            store.put_once(
-                layout.claim_key(PREFIX, LOG_ID, w.log.published.size, epoch), b"{}", None
-            )
+        plant_claims(store, LOG_ID, w.log.published.size, planted)
         store.calls.clear()
         await w.append(5)
         await w.publisher.publish(final=True)  # one call: no back-off, whatever was planted
@@ -370,7 +341,7 @@ def test_planted_claims_cost_o1_each_and_never_stop_publication(
     tmp_path: Path, signer: Signer
 ) -> None:
     one = _publish_with_planted_claims(tmp_path, signer, 1)
-    many = _publish_with_planted_claims(tmp_path, signer, 400)
+    many = _publish_with_planted_claims(tmp_path, signer, PLANTED_CLAIMS)
     # The same store calls for 400 planted claims as for one: a collision, one
     # listing, one jump to an epoch above them all.
     assert many.calls == one.calls, (many.calls, one.calls)
@@ -395,8 +366,7 @@ def test_publication_goes_on_in_the_run_loop_after_400_planted_claims(
         task = asyncio.create_task(w.publisher.run())
         await w.append(3)
         await published(w, 3)
-        for epoch in range(1, 401):
-            store.put_once(layout.claim_key(PREFIX, LOG_ID, 3, epoch), b"x", None)
+        plant_claims(store, LOG_ID, 3, PLANTED_CLAIMS)
         await w.append(3)
         await published(w, 7)  # within eventually()'s 10 s; it used to take > 120 s
         w.publisher.stop()
@@ -406,24 +376,12 @@ def test_publication_goes_on_in_the_run_loop_after_400_planted_claims(
     run(scenario)
 
 
-OFF_LAYOUT = [
-    "entries/notes.txt",
-    "x/y/z",
-    "claims/" + "9" * 1000,
-    "checkpoints/\x1b[2J\rVALID",
-    "entries/line\nbreak",
-    "\u202eevil",
-]
-
-
 def test_objects_off_the_layout_are_recorded_once_and_verify_with_warnings(
     tmp_path: Path, signer: Signer
 ) -> None:
     store = CountingStore()
     _log(tmp_path, signer, store)
-    keys = [f"logs/{LOG_ID}/{name}" for name in OFF_LAYOUT]
-    for key in keys:
-        store.put_once(key, b"junk", None)
+    keys = plant_off_layout(store, LOG_ID)
     store.read_keys.clear()
     _log(tmp_path, signer, store)  # the writer starts again: it lists, reads none of them
     assert not set(keys) & set(store.read_keys)

@@ -10,12 +10,10 @@ gRPC on loopback and real Envoy; certificates made by tests/pki.py.
 from __future__ import annotations
 
 import json
-import signal
 import stat
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +35,23 @@ from extproc.server.reporters import (
     peer_ip,
     xfcc_elements,
 )
+from tests.attacks import OWN_ELEMENT, REVIEW_XFCC, SIDECAR_ATTACKS
 from tests.conftest import AuditStack, read_entries, run_cli
+from tests.messages import request_headers, response_headers
 from tests.pki import TestCA
-from tests.test_server import request_headers, response_headers
+from tests.topology import (
+    ALLOWED,
+    APPEND,
+    AUDIT_SERVER_ID,
+    INTRUDER,
+    SANITIZE,
+    XFCC_SERVER_ARGS,
+    audit_sidecar,
+    client_credentials,
+    envoy_client_tls,
+    tls_server_args,
+)
 
-ALLOWED = "spiffe://test.mesh/ns/shop/sa/frontend"
-INTRUDER = "spiffe://test.mesh/ns/admin/sa/ceo"
-AUDIT_SERVER_ID = "spiffe://test.mesh/ns/extproc-audit/sa/extproc-audit"
 UNAUTH_ENV = "EXTPROC_AUDIT_ALLOW_UNAUTHENTICATED"
 
 
@@ -83,7 +91,6 @@ def test_unix_socket_reporter_is_the_socket() -> None:
 
 
 ISTIO = parse_networks(["127.0.0.6/32", "::6/128"], "--trust-xfcc-from")
-OWN_ELEMENT = f'By={AUDIT_SERVER_ID};Hash=ab12;Subject="";URI={ALLOWED}'
 
 
 def test_xfcc_reporter_is_the_element_the_own_proxy_added() -> None:
@@ -103,11 +110,9 @@ def test_sanitize_set_reporter_is_the_only_element() -> None:
 
 
 # The caller's header, as the own proxy forwards it: (the header, --xfcc-mode, reason).
-REVIEW_ATTACK = f'By={AUDIT_SERVER_ID};URI={ALLOWED};x="'
-APPEND, SANITIZE = "APPEND_FORWARD", "SANITIZE_SET"
 AMBIGUOUS_XFCC = {
-    "review_attack_append_forward": (f"{REVIEW_ATTACK},{OWN_ELEMENT}", APPEND, "xfcc_malformed"),
-    "review_attack_sanitize_set": (f"{REVIEW_ATTACK},{OWN_ELEMENT}", SANITIZE, "xfcc_malformed"),
+    "review_attack_append_forward": (f"{REVIEW_XFCC},{OWN_ELEMENT}", APPEND, "xfcc_malformed"),
+    "review_attack_sanitize_set": (f"{REVIEW_XFCC},{OWN_ELEMENT}", SANITIZE, "xfcc_malformed"),
     "quote_swallows_the_own_element": (
         f'URI={ALLOWED};Subject=",{OWN_ELEMENT}', APPEND, "xfcc_malformed"
     ),
@@ -232,7 +237,7 @@ def test_xfcc_quoted_values_keep_separators() -> None:
 
 def test_audited_request_xfcc_without_one_reading_names_nobody() -> None:
     # The capture path (src.principal) reads the same grammar: no guess either.
-    assert xfcc_elements(f"{REVIEW_ATTACK},{OWN_ELEMENT}") == []
+    assert xfcc_elements(f"{REVIEW_XFCC},{OWN_ELEMENT}") == []
 
 
 # --- real gRPC: the hand-made stream of the review, against each listener -----------------------
@@ -243,26 +248,10 @@ def pki(tmp_path: Path) -> TestCA:
     return TestCA(tmp_path / "pki")
 
 
-def _tls_args(pki: TestCA) -> list[str]:
-    server = pki.issue("audit-server", uris=(AUDIT_SERVER_ID,), ips=("127.0.0.1",))
-    return [
-        "--tls-cert", str(server.cert), "--tls-key", str(server.key),
-        "--client-ca", str(pki.cert), "--allow-reporter", "spiffe://test.mesh/ns/shop/*",
-    ]  # fmt: skip
-
-
 def _forged_exchange(channel: grpc.Channel, rid: str) -> list[Any]:
     stub = pb_grpc.ExternalProcessorStub(channel)
     messages = [request_headers(path="/admin/accounts/42", rid=rid), response_headers()]
     return list(stub.Process(iter(messages), timeout=5))
-
-
-def _client_credentials(pki: TestCA, identity: str | None) -> grpc.ChannelCredentials:
-    ca = pki.cert.read_bytes()
-    if identity is None:
-        return grpc.ssl_channel_credentials(ca)
-    issued = pki.issue(identity.rsplit("/", 1)[-1], uris=(identity,))
-    return grpc.ssl_channel_credentials(ca, issued.key.read_bytes(), issued.cert.read_bytes())
 
 
 def _business_entries(stack: AuditStack) -> list[dict[str, Any]]:
@@ -271,7 +260,7 @@ def _business_entries(stack: AuditStack) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def tls_server(make_stack: Any, pki: TestCA) -> Iterator[AuditStack]:
-    stack = make_stack(extra_args=_tls_args(pki))
+    stack = make_stack(extra_args=tls_server_args(pki))
     stack.start_server()
     yield stack
 
@@ -280,7 +269,7 @@ def test_mtls_allowed_reporter_is_logged_with_its_identity(
     tls_server: AuditStack, pki: TestCA
 ) -> None:
     address = f"127.0.0.1:{tls_server.grpc_port}"
-    with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+    with grpc.secure_channel(address, client_credentials(pki, ALLOWED)) as channel:
         replies = _forged_exchange(channel, "allowed-1")
     assert [r.WhichOneof("response") for r in replies] == ["request_headers"]
     assert tls_server.stop_server() == 0
@@ -296,12 +285,12 @@ def test_ext_proc_reporter_shows_as_last_seen(make_stack: Any, pki: TestCA) -> N
     # ext_proc alone (no access log) must be seen too.
     metrics_port = processes.free_port()
     stack = make_stack(
-        extra_args=[*_tls_args(pki), "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+        extra_args=[*tls_server_args(pki), "--metrics-listen", f"127.0.0.1:{metrics_port}"]
     )
     stack.start_server()
     address = f"127.0.0.1:{stack.grpc_port}"
     before = time.time()
-    with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+    with grpc.secure_channel(address, client_credentials(pki, ALLOWED)) as channel:
         _forged_exchange(channel, "seen-1")
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
@@ -313,7 +302,7 @@ def test_ext_proc_reporter_shows_as_last_seen(make_stack: Any, pki: TestCA) -> N
 FORGERS = {
     "plaintext": lambda pki, address: grpc.insecure_channel(address),
     "tls_without_certificate": lambda pki, address: grpc.secure_channel(
-        address, _client_credentials(pki, None)
+        address, client_credentials(pki, None)
     ),
     "certificate_from_another_ca": lambda pki, address: grpc.secure_channel(
         address,
@@ -324,7 +313,7 @@ FORGERS = {
         ),
     ),
     "identity_not_on_the_allow_list": lambda pki, address: grpc.secure_channel(
-        address, _client_credentials(pki, INTRUDER)
+        address, client_credentials(pki, INTRUDER)
     ),
 }
 FORGER_CODES = {
@@ -343,7 +332,7 @@ def test_forged_stream_gets_nothing_into_the_log(
     with FORGERS[forger](pki, address) as channel, pytest.raises(grpc.RpcError) as failure:
         _forged_exchange(channel, f"forged-{forger}")
     assert failure.value.code() == FORGER_CODES[forger]
-    with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+    with grpc.secure_channel(address, client_credentials(pki, ALLOWED)) as channel:
         assert len(_forged_exchange(channel, "honest-after")) == 1  # others unaffected
     assert tls_server.stop_server() == 0
     rids = {e["rid"] for e in _business_entries(tls_server)}
@@ -441,7 +430,7 @@ def test_envoy_over_mtls_gets_every_request_logged_under_its_spiffe_id(
 ) -> None:
     client = pki.issue("frontend", uris=(ALLOWED,))
     stack = make_stack(
-        extra_args=_tls_args(pki),
+        extra_args=tls_server_args(pki),
         envoy_tls=ClientTLS(str(client.cert), str(client.key), str(pki.cert), sni="audit"),
     ).start()
     result = stack.send(30)
@@ -460,7 +449,7 @@ def test_envoy_with_a_disallowed_certificate_is_refused_and_fails_closed(
 ) -> None:
     client = pki.issue("ceo", uris=(INTRUDER,))
     stack = make_stack(
-        extra_args=_tls_args(pki),
+        extra_args=tls_server_args(pki),
         envoy_tls=ClientTLS(str(client.cert), str(client.key), str(pki.cert)),
     ).start()
     result = stack.send(10)
@@ -471,142 +460,12 @@ def test_envoy_with_a_disallowed_certificate_is_refused_and_fails_closed(
     assert _business_entries(stack) == []
 
 
-def _sidecar_config(
-    pki: TestCA, listen_port: int, admin_port: int, audit_port: int, xfcc_mode: str
-) -> dict[str, Any]:
-    """The audit server's own Istio sidecar, as far as reporters are concerned:
-    terminate mTLS, write the peer into XFCC (SANITIZE_SET as the StatefulSet pins
-    it, or Istio's default APPEND_FORWARD), forward from 127.0.0.6."""
-    own = pki.issue("audit-sidecar", uris=(AUDIT_SERVER_ID,), ips=("127.0.0.1",))
-    tls = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-            "DownstreamTlsContext",
-            "require_client_certificate": True,
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(own.cert)},
-                        "private_key": {"filename": str(own.key)},
-                    }
-                ],
-                "validation_context": {"trusted_ca": {"filename": str(pki.cert)}},
-            },
-        },
-    }
-    hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
-        "v3.HttpConnectionManager",
-        "stat_prefix": "inbound_50051",
-        "codec_type": "HTTP2",
-        "forward_client_cert_details": xfcc_mode,
-        "set_current_client_cert_details": {"subject": True, "dns": True, "uri": True},
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "inbound",
-                    "domains": ["*"],
-                    "routes": [
-                        {"match": {"prefix": "/"}, "route": {"cluster": "inbound", "timeout": "0s"}}
-                    ],
-                }
-            ]
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-    }
-    inbound = {
-        "name": "inbound",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        # Istio's inbound clusters forward from 127.0.0.6 (InboundPassthroughBindIpv4).
-        "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}},
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                "HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {
-            "cluster_name": "inbound",
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": Endpoint("127.0.0.1", audit_port).address()}}
-                    ]
-                }
-            ],
-        },
-    }
-    return {
-        "admin": {"address": Endpoint("127.0.0.1", admin_port).address()},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "inbound",
-                    "address": Endpoint("127.0.0.1", listen_port).address(),
-                    "filter_chains": [
-                        {
-                            "transport_socket": tls,
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ],
-            "clusters": [inbound],
-        },
-    }
-
-
-@contextmanager
-def _audit_sidecar(
-    pki: TestCA, tmp_path: Path, audit_port: int, xfcc_mode: str = "SANITIZE_SET"
-) -> Iterator[int]:
-    """The server's own sidecar (real Envoy) in front of `audit_port`; yields its mTLS port."""
-    from extproc.envoyconf import to_yaml
-
-    port, admin = processes.free_port(), processes.free_port()
-    config = tmp_path / f"sidecar-{port}.yaml"
-    config.write_text(to_yaml(_sidecar_config(pki, port, admin, audit_port, xfcc_mode)))
-    with (tmp_path / f"sidecar-{port}.log").open("ab") as log:
-        sidecar = processes.start_envoy(config, log)
-        try:
-            processes.wait_until(lambda: processes.envoy_ready(admin), "audit sidecar", sidecar)
-            yield port
-        finally:
-            processes.stop(sidecar, sig=signal.SIGKILL)
-
-
-XFCC_SERVER_ARGS = [
-    "--trust-xfcc-from", "127.0.0.6/32", "--xfcc-by", AUDIT_SERVER_ID,
-    "--allow-reporter", "spiffe://test.mesh/ns/shop/*",
-]  # fmt: skip
-
-
 @pytest.mark.envoy
 def test_istio_shaped_sidecar_xfcc_names_the_reporting_proxy(
     make_stack: Any, pki: TestCA, tmp_path: Path
 ) -> None:
-    client = pki.issue("frontend", uris=(ALLOWED,))
-    stack = make_stack(
-        extra_args=XFCC_SERVER_ARGS,
-        envoy_tls=ClientTLS(str(client.cert), str(client.key), str(pki.cert)),
-    )
-    with _audit_sidecar(pki, tmp_path, stack.grpc_port) as port:
+    stack = make_stack(extra_args=XFCC_SERVER_ARGS, envoy_tls=envoy_client_tls(pki))
+    with audit_sidecar(pki, tmp_path, stack.grpc_port) as port:
         stack.envoy_ext_proc = Endpoint("127.0.0.1", port)  # the reporting Envoy -> sidecar
         stack.start()
         result = stack.send(20)
@@ -616,19 +475,6 @@ def test_istio_shaped_sidecar_xfcc_names_the_reporting_proxy(
     assert len(entries) == 40
     assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {(AUTH_XFCC, ALLOWED)}
     assert all(e["reporter"]["peer"].startswith("ipv4:127.0.0.6:") for e in entries)
-
-
-WELL_FORMED_FORGERY = f"By={AUDIT_SERVER_ID};URI={ALLOWED}"
-# The review's attack through the server's own sidecar: a caller with a valid
-# certificate for another identity (INTRUDER) sends its own XFCC naming an
-# allowed reporter. (sidecar mode, --xfcc-mode, forged header, refusal reason)
-SIDECAR_ATTACKS = {
-    "review_attack_append_forward": (APPEND, APPEND, REVIEW_ATTACK, "xfcc_malformed"),
-    # The shipped setting: the caller's header is replaced; its own identity is not allowed.
-    "review_attack_sanitize_set": (SANITIZE, SANITIZE, REVIEW_ATTACK, "not_allowed"),
-    # A sidecar left at Istio's default while the server expects SANITIZE_SET.
-    "forged_element_appended": (APPEND, SANITIZE, WELL_FORMED_FORGERY, "xfcc_foreign"),
-}  # fmt: skip
 
 
 @pytest.mark.envoy
@@ -648,9 +494,9 @@ def test_forged_xfcc_through_the_own_sidecar_is_refused(
 ) -> None:
     stack = make_stack(extra_args=[*XFCC_SERVER_ARGS, "--xfcc-mode", server_mode])
     stack.start_server()
-    with _audit_sidecar(pki, tmp_path, stack.grpc_port, sidecar_mode) as port:
+    with audit_sidecar(pki, tmp_path, stack.grpc_port, sidecar_mode) as port:
         address = f"127.0.0.1:{port}"
-        with grpc.secure_channel(address, _client_credentials(pki, INTRUDER)) as channel:
+        with grpc.secure_channel(address, client_credentials(pki, INTRUDER)) as channel:
             stub = pb_grpc.ExternalProcessorStub(channel)
             metadata = [("x-forwarded-client-cert", forged)]
             with pytest.raises(grpc.RpcError) as failure:
@@ -661,7 +507,7 @@ def test_forged_xfcc_through_the_own_sidecar_is_refused(
                 )
         assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
         # The same sidecar and server take an honest reporter.
-        with grpc.secure_channel(address, _client_credentials(pki, ALLOWED)) as channel:
+        with grpc.secure_channel(address, client_credentials(pki, ALLOWED)) as channel:
             assert len(_forged_exchange(channel, "honest")) == 1
     assert stack.stop_server() == 0
     assert f"refused a reporter ({reason})" in stack.server_log()

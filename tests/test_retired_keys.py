@@ -21,9 +21,8 @@ import pytest
 from extproc import cli
 from extproc.auditor import AuditOptions, audit_store, load_state
 from extproc.core import layout
-from extproc.core.checkpoint import Checkpoint, sign_checkpoint
 from extproc.core.keyring import Keyring, TrustedKey
-from extproc.core.merkle import CompactRange, consistency_proof, inclusion_proof, leaf_hash, root_of
+from extproc.core.merkle import CompactRange, consistency_proof, leaf_hash
 from extproc.core.note import Signer
 from extproc.core.state import AuditState, LogState
 from extproc.core.tlogproof import ConsistencyProof, TlogProof, verify_proof
@@ -31,6 +30,7 @@ from extproc.errors import VerificationError
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
 from tests import helpers
+from tests.attacks import backdated_proof, inclusion, signed_checkpoint
 from tests.test_tlogproof import make_entries
 
 OLD = Signer.generate("mesh-audit")
@@ -55,14 +55,11 @@ def _iso(ms: int) -> str:
 
 
 def _checkpoint(size: int, *, time_ms: int | None, signer: Signer = OLD) -> bytes:
-    extensions = () if time_ms is None else (f"time {time_ms}",)
-    cp = Checkpoint(ORIGIN, size, root_of([leaf_hash(e) for e in ENTRIES[:size]]), extensions)
-    return sign_checkpoint(cp, signer)
+    return signed_checkpoint(signer, ORIGIN, ENTRIES[:size], time_ms=time_ms)
 
 
 def _proof(size: int, index: int, note: bytes) -> TlogProof:
-    hashes = inclusion_proof([leaf_hash(e) for e in ENTRIES[:size]], index)
-    return TlogProof(index, tuple(hashes), note, ENTRIES[index])
+    return inclusion(ENTRIES[:size], index, note)
 
 
 def _state(size: int) -> AuditState:
@@ -121,11 +118,8 @@ def test_retired_key_checkpoint_needs_evidence_from_outside_the_signer(
 
 def test_made_up_entry_under_retired_key_refused_even_beside_a_trusted_state() -> None:
     """The attacker's own tree at the trusted size is a fork, not a match."""
-    forged = list(ENTRIES[:9])
-    forged[3] = forged[3].replace(b'"rid":"r3"', b'"rid":"made-up"')
-    leaves = [leaf_hash(e) for e in forged]
-    cp = Checkpoint(ORIGIN, 9, root_of(leaves), (f"time {RETIRED_MS - DAY_MS}",))
-    proof = TlogProof(3, tuple(inclusion_proof(leaves, 3)), sign_checkpoint(cp, OLD), forged[3])
+    proof = backdated_proof(OLD, ORIGIN, RETIRED_MS - DAY_MS, entries=9)
+    assert proof.extra is not None and b'"made-up"' in proof.extra
     with pytest.raises(VerificationError, match="fork"):
         verify_proof(proof, RING, now_ms=NOW_MS, state=_state(9))
     with pytest.raises(VerificationError, match="retired"):

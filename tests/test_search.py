@@ -35,6 +35,7 @@ from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
 from tests import helpers
+from tests.attacks import TERMINAL_ESCAPES
 from tests.conftest import MotoServer
 from tests.helpers import read_lines
 
@@ -436,42 +437,9 @@ def test_docs_duckdb_example_matches_search(
 
 GOOD = {"method": "GET", "path": "/ok", "principal": PRINCIPALS[0], "rid": "rid-x"}
 
-# attack: (the request's fields that differ from GOOD, what its rows show instead)
-ATTACKS: dict[str, tuple[dict[str, str], str]] = {
-    "ansi_escape_in_path": (
-        {"path": "/api/\x1b[2J\x1b[Hall clear\x1b[0m"},
-        "/api/\\x1b[2J\\x1b[Hall clear\\x1b[0m",
-    ),
-    "carriage_return_overwriting_a_column": (
-        {"path": "/admin/drop-db\r2026-11-26T00:00:00.000000Z pod-a"},
-        "/admin/drop-db\\r2026-11-26T00:00:00.000",
-    ),
-    "backspaces_erasing_the_path": (
-        {"path": "/admin/export" + "\b" * 13 + "/health"},
-        "/admin/export\\x08\\x08",
-    ),
-    "bidi_override_in_principal": (
-        {"principal": "spiffe://cluster.local/sa/\u202enimda"},  # shows as .../sa/admin
-        "spiffe://cluster.local/sa/\\u202enimda",
-    ),
-    "zero_width_space_in_principal": (
-        {"principal": "spiffe://cluster.local/sa/ad\u200bmin"},
-        "spiffe://cluster.local/sa/ad\\u200bmin",
-    ),
-    "newline_in_request_id": (
-        {"rid": "rid-x\n2026-11-26T00:00:09.000000Z pod-a 99 request GET /forged"},
-        "rid-x\\n2026-11-26T00:00:09.000000Z pod-a 99 request GET /forged",
-    ),
-    "line_separator_in_request_id": ({"rid": "rid-x\u2028forged"}, "rid-x\\u2028forged"),
-    "tabs_shifting_columns_in_request_id": ({"rid": "rid-x\t\t500"}, "rid-x\\t\\t500"),
-    "osc_title_in_request_id": ({"rid": "\x1b]0;audit OK\x07rid-x"}, "\\x1b]0;audit OK\\x07rid-x"),
-    "conceal_attribute_as_method": ({"method": "\x1b[8m"}, "\\x1b[8m"),
-    "c1_csi_and_del_in_path": ({"path": "/a\x9b2J\x7f"}, "/a\\x9b2J\\x7f"),
-    "invisible_tag_character_in_path": ({"path": "/a\U000e0001b"}, "/a\\U000e0001b"),
-    "backslash_posing_as_an_escape": ({"path": "/a\\x1b[2J"}, "/a\\\\x1b[2J"),
-}
 
-
+# TERMINAL_ESCAPES (tests/attacks.py): the request's fields that differ from GOOD,
+# what its rows show instead.
 def write_entries(
     store: ObjectStore, signer: Signer, wal_dir: Path, log_id: str, *entries: Any
 ) -> None:
@@ -514,7 +482,7 @@ def attack_log(tmp_path: Path, signer: Signer, request: dict[str, str]) -> str:
     return url
 
 
-@pytest.mark.parametrize(("changed", "shown"), ATTACKS.values(), ids=ATTACKS)
+@pytest.mark.parametrize(("changed", "shown"), TERMINAL_ESCAPES.values(), ids=TERMINAL_ESCAPES)
 def test_table_output_escapes(
     capsysbinary: pytest.CaptureFixture[bytes],
     signer: Signer,

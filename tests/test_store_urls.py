@@ -20,25 +20,10 @@ from extproc import cli, processes
 from extproc.core.note import Signer
 from extproc.errors import ConfigError
 from extproc.store import StoreURL, parse_store_url
+from tests.attacks import MISTYPED_STORE_URLS
 from tests.conftest import MotoServer
 
-MISTYPED = {
-    "one slash": "s3:/bucket/mesh",
-    "no slash": "s3:bucket/mesh",
-    "upper-case scheme": "S3://bucket/mesh",
-    "no colon": "s3//bucket/mesh",
-    "scheme as a folder": "s3/bucket/mesh",
-    "https URL": "https://bucket.s3.amazonaws.com/mesh",
-    "other scheme": "gs://bucket/mesh",
-    "file URL, relative": "file://audit/store",
-    "file URL, one slash": "file:/var/audit",
-    "no bucket": "s3://",
-    "not a bucket name": "s3://my bucket/mesh",
-    "space before": " s3://bucket/mesh",
-    "control character": "s3://bucket/mesh\x1b[2K",
-    "empty": "",
-}
-
+MISTYPED = MISTYPED_STORE_URLS
 VKEY = Signer.generate("urls").verifier().to_text()
 
 

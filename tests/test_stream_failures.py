@@ -22,15 +22,17 @@ from extproc.core.redact import RedactionPolicy
 from extproc.server.capture import Capturer
 from extproc.server.reporters import ReporterPolicy
 from extproc.server.servicer import AuditServicer
+from tests.attacks import FORGED_STATUSES
 from tests.conftest import AuditStack, read_entries
-from tests.test_server import request_headers, response_headers, server, stub  # noqa: F401
+from tests.messages import request_headers, response_headers
+from tests.test_server import server, stub  # noqa: F401
 
 
 def test_non_ascii_status_is_stored_as_data_not_an_internal_error(
     stub: Any,  # noqa: F811
     server: AuditStack,  # noqa: F811
 ) -> None:
-    for i, status in enumerate(["²00", "２00", "20x"]):
+    for i, status in enumerate(FORGED_STATUSES):
         replies = list(
             stub.Process(iter([request_headers(rid=f"s{i}"), response_headers(status)]), timeout=10)
         )

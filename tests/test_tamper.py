@@ -15,8 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,154 +23,35 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from extproc.core import layout
-from extproc.core.checkpoint import Checkpoint, sign_checkpoint
-from extproc.core.claim import Claim
-from extproc.core.merkle import CompactRange, leaf_hash, verify_consistency
+from extproc.core.checkpoint import Checkpoint
+from extproc.core.merkle import verify_consistency
 from extproc.core.note import Signer, verify_note
 from extproc.errors import VerificationError
-from extproc.keys import load_signer
 from tests.conftest import S3Server, run_cli, stack_factory
+from tests.tampering import (
+    DELETED,
+    OVERWRITTEN,
+    TAMPERING,
+    Bucket,
+    Pristine,
+    Tamper,
+    checkpoint_sizes,
+    drop_entry,
+    forge_entry,
+    forked,
+    local_bucket,
+    make_pristine,
+    resign_checkpoint,
+    truncated,
+)
 
 pytestmark = [pytest.mark.envoy]
 
 
-@dataclass
-class Pristine:
-    root: Path  # local store directory holding one verified log
-    vkey: str
-    log_id: str
-    signer: Signer
-
-    def keys(self, kind: str) -> list[str]:
-        folder = "entries" if kind == "bundle" else "checkpoints"
-        base = self.root / "logs" / self.log_id / folder
-        return sorted(f"logs/{self.log_id}/{folder}/{p.name}" for p in base.iterdir())
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pristine]:
-    base = tmp_path_factory.mktemp("pristine")
-    with stack_factory(base) as make:
-        stack = make(extra_args=["--bundle-max-entries", "10"]).start()
-        result = stack.send(30, concurrency=2)
-        assert len(result.request_ids) == 30
-        assert stack.stop_server() == 0, stack.server_log()
-        signer = load_signer(stack.key_path)
-        root = Path(stack.store_url)
-        pristine = Pristine(root, signer.verifier().to_text(), stack.log_id, signer)
-        assert len(pristine.keys("bundle")) >= 4
-        yield pristine
-
-
-class Bucket:
-    """The tampering surface: what an attacker with write access can do."""
-
-    def __init__(self, read: Callable[[str], bytes], write: Callable[[str, bytes], None],
-                 delete: Callable[[str], None]) -> None:  # fmt: skip
-        self.read, self.write, self.delete = read, write, delete
-
-
-def _bundle_with(b: Bucket, p: Pristine, needle: bytes) -> str:
-    """A bundle holding request entries (the first may hold only the writer's start)."""
-    return next(k for k in p.keys("bundle") if needle in b.read(k))
-
-
-def _flip_byte(b: Bucket, p: Pristine) -> str:
-    key = _bundle_with(b, p, b'"path":"/')
-    data = bytearray(b.read(key))
-    at = data.index(b'"path":"/') + len('"path":"/')
-    data[at] = ord("X") if data[at] != ord("X") else ord("Y")
-    b.write(key, bytes(data))
-    return "root hash does not match"
-
-
-def _delete_bundle(b: Bucket, p: Pristine) -> str:
-    b.delete(p.keys("bundle")[1])
-    return "are missing"
-
-
-def _resign_checkpoint(b: Bucket, p: Pristine) -> str:
-    key = p.keys("checkpoint")[-1]
-    text = verify_note(b.read(key), p.signer.verifier())
-    b.write(key, sign_checkpoint(Checkpoint.from_text(text), Signer.generate(p.signer.name)))
-    return "checkpoint does not verify"
-
-
-def _swap_bundles(b: Bucket, p: Pristine) -> str:
-    first, second = p.keys("bundle")[1:3]
-    a, c = b.read(first), b.read(second)
-    b.write(first, c)
-    b.write(second, a)
-    return "seq field says"
-
-
-def _drop_entry(b: Bucket, p: Pristine) -> str:
-    key = p.keys("bundle")[2]
-    lines = b.read(key).splitlines(keepends=True)
-    b.write(key, b"".join(lines[:3] + lines[4:]))
-    return "entries, its name says"
-
-
-def _forge_entry(b: Bucket, p: Pristine) -> str:
-    key = _bundle_with(b, p, b'"method":"GET"')
-    data = b.read(key).replace(b'"method":"GET"', b'"method":"PUT"', 1)
-    b.write(key, data)
-    return "root hash does not match"
-
-
-def _stray_object(b: Bucket, p: Pristine) -> str:
-    b.write(f"logs/{p.log_id}/entries/notes.txt", b"nothing to see")
-    return "not part of the log layout"
-
-
-def _checkpoint_renamed(b: Bucket, p: Pristine) -> str:
-    # An old, validly signed checkpoint presented under a larger size.
-    old = p.keys("checkpoint")[0]
-    b.write(layout.checkpoint_key("", p.log_id, 10**6), b.read(old))
-    return "its name says"
-
-
-def _insert_bundle(b: Bucket, p: Pristine) -> str:
-    # A validly named bundle that duplicates entries already in the log.
-    key = p.keys("bundle")[1]
-    name = layout.parse_key("", key)
-    assert name is not None and name.bundle is not None
-    b.write(layout.bundle_key("", p.log_id, name.bundle.first, name.bundle.last + 1), b.read(key))
-    return "bundle is not the one claimed"
-
-
-@dataclass(frozen=True)
-class Attack:
-    run: Callable[[Bucket, Pristine], str]  # returns the finding expected on a plain store
-    # On S3 the original version stays: what the auditor says instead (None: same).
-    on_s3: str | None = None
-    # A foreign object the log does not claim: reported, and the log still verifies.
-    warning: bool = False
-
-
-OVERWRITTEN, DELETED = "object overwritten after publication", "object deleted after publication"
-ATTACKS = {
-    "bundle_byte_changed": Attack(_flip_byte, OVERWRITTEN),
-    "bundle_deleted": Attack(_delete_bundle, DELETED),
-    "checkpoint_signed_by_another_key": Attack(_resign_checkpoint, OVERWRITTEN),
-    "bundles_swapped": Attack(_swap_bundles, OVERWRITTEN),
-    "entry_removed_from_bundle": Attack(_drop_entry, OVERWRITTEN),
-    "entry_rewritten": Attack(_forge_entry, OVERWRITTEN),
-    "foreign_object_under_log": Attack(_stray_object, warning=True),
-    "checkpoint_replayed_under_other_size": Attack(_checkpoint_renamed),
-    "bundle_inserted": Attack(_insert_bundle, warning=True),
-}
-
-
-def _local_bucket(root: Path) -> Bucket:
-    def write(key: str, data: bytes) -> None:
-        path = root / key
-        if path.exists():
-            path.chmod(0o644)  # the local store leaves files read-only; an attacker does not care
-        path.write_bytes(data)
-
-    return Bucket(lambda k: (root / k).read_bytes(), write, lambda k: (root / k).unlink())
+    with stack_factory(tmp_path_factory.mktemp("pristine")) as make:
+        yield make_pristine(make)
 
 
 def _upload(s3api: S3Server, root: Path, *, days: int = 1) -> tuple[str, Any, str]:
@@ -206,11 +86,11 @@ def test_pristine_log_verifies(pristine: Pristine) -> None:
     assert "status: closed" in result.stdout  # SIGTERM left a final checkpoint
 
 
-@pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
-def test_tampering_detected_local(attack: Attack, pristine: Pristine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("attack", TAMPERING.values(), ids=TAMPERING.keys())
+def test_tampering_detected_local(attack: Tamper, pristine: Pristine, tmp_path: Path) -> None:
     root = tmp_path / "store"
     shutil.copytree(pristine.root, root)
-    expected = attack.run(_local_bucket(root), pristine)
+    expected = attack.run(local_bucket(root), pristine)
     result = run_cli("verify", str(root), "--vkey", pristine.vkey)
     if attack.warning:
         assert result.returncode == 0, result.stdout
@@ -223,8 +103,8 @@ def test_tampering_detected_local(attack: Attack, pristine: Pristine, tmp_path: 
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
-def test_tampering_detected_s3(attack: Attack, pristine: Pristine, s3api: S3Server) -> None:
+@pytest.mark.parametrize("attack", TAMPERING.values(), ids=TAMPERING.keys())
+def test_tampering_detected_s3(attack: Tamper, pristine: Pristine, s3api: S3Server) -> None:
     bucket, s3, url = _upload(s3api, pristine.root)
     assert run_cli("verify", url, "--vkey", pristine.vkey).returncode == 0
     expected = attack.run(_s3_bucket(s3, bucket), pristine)
@@ -247,7 +127,7 @@ def test_new_version_over_checkpoint_names_both_versions_s3(
 ) -> None:
     bucket, s3, url = _upload(s3api, pristine.root)
     key = pristine.keys("checkpoint")[-1]
-    _resign_checkpoint(_s3_bucket(s3, bucket), pristine)
+    resign_checkpoint(_s3_bucket(s3, bucket), pristine)
     versions = s3.list_object_versions(Bucket=bucket, Prefix="audit/" + key)["Versions"]
     assert len(versions) == 2
     result = run_cli("verify", url, "--vkey", pristine.vkey)
@@ -374,7 +254,7 @@ def test_deep_verification_parses_every_entry(pristine: Pristine, tmp_path: Path
     assert run_cli("verify", str(pristine.root), "--vkey", pristine.vkey, "--deep").returncode == 0
     root = tmp_path / "store"
     shutil.copytree(pristine.root, root)
-    _forge_entry(_local_bucket(root), pristine)
+    forge_entry(local_bucket(root), pristine)
     result = run_cli("verify", str(root), "--vkey", pristine.vkey, "--deep")
     assert result.returncode == 1
     assert "root hash does not match" in result.stdout
@@ -383,66 +263,14 @@ def test_deep_verification_parses_every_entry(pristine: Pristine, tmp_path: Path
 # --- Across runs: the state file (trust on first use, then incremental) --------
 
 
-def _sizes(p: Pristine) -> list[int]:
-    return [int(k.rsplit("/", 1)[1]) for k in p.keys("checkpoint")]
-
-
-def _truncated(p: Pristine, dest: Path, size: int) -> Path:
-    """The store as it was when the checkpoint at `size` was the latest."""
-
-    def keep(path: Path) -> bool:
-        name = layout.parse_key("", path.relative_to(p.root).as_posix())
-        assert name is not None
-        if name.kind == "checkpoint":
-            return name.size is not None and name.size <= size
-        if name.kind == "claim":
-            return name.size is not None and name.size < size
-        return name.bundle is not None and name.bundle.last < size
-
-    for path in p.root.rglob("*"):
-        if path.is_file() and keep(path):
-            target = dest / path.relative_to(p.root)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
-    return dest
-
-
-def _forked(p: Pristine, dest: Path) -> Path:
-    """Another log of the same size, signed with the real key (the key leaked):
-    the last entry rewritten, its claim and the latest checkpoint redone."""
-    shutil.copytree(p.root, dest)
-    b = _local_bucket(dest)
-    last_bundle = p.keys("bundle")[-1]
-    lines = b.read(last_bundle).splitlines(keepends=True)
-    lines[-1] = lines[-1].replace(b'"stop"', b'"stap"')
-    assert b'"stap"' in lines[-1]
-    b.write(last_bundle, b"".join(lines))
-    leaves = [leaf_hash(line.rstrip(b"\n")) for k in p.keys("bundle")
-              for line in b.read(k).splitlines(keepends=True)]  # fmt: skip
-    tree = CompactRange()
-    tree.extend(leaves)
-    name = layout.parse_key("", last_bundle)
-    assert name is not None and name.bundle is not None
-    claim_key = layout.claim_key("", p.log_id, name.bundle.first)
-    old_claim = Claim.from_bytes(b.read(claim_key))
-    b.write(claim_key, Claim(old_claim.first, old_claim.last, leaves[-1].hex(),
-                             old_claim.writer).to_bytes())  # fmt: skip
-    cp_key = p.keys("checkpoint")[-1]
-    cp = Checkpoint.from_text(verify_note(b.read(cp_key), p.signer.verifier()))
-    assert cp.size == len(leaves)
-    b.write(cp_key, sign_checkpoint(Checkpoint(cp.origin, cp.size, tree.root(), cp.extensions),
-                                    p.signer))  # fmt: skip
-    return dest
-
-
 def _verify_state(url: str, p: Pristine, state: Path, *extra: str) -> Any:
     return run_cli("verify", url, "--vkey", p.vkey, "--state", str(state), *extra)
 
 
 def test_incremental_run_rehashes_only_new_entries(pristine: Pristine, tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    mid = _sizes(pristine)[len(_sizes(pristine)) // 2]
-    old = _truncated(pristine, tmp_path / "old", mid)
+    mid = checkpoint_sizes(pristine)[len(checkpoint_sizes(pristine)) // 2]
+    old = truncated(pristine, tmp_path / "old", mid)
     first = _verify_state(str(old), pristine, state)
     assert first.returncode == 0, first.stdout
     record = json.loads(state.read_text())["logs"][pristine.log_id]
@@ -456,7 +284,7 @@ def test_incremental_run_rehashes_only_new_entries(pristine: Pristine, tmp_path:
     second = _verify_state(str(pristine.root), pristine, state, "--format", "json")
     assert second.returncode == 0, second.stdout
     log = json.loads(second.stdout)["logs"][0]
-    total = _sizes(pristine)[-1]
+    total = checkpoint_sizes(pristine)[-1]
     assert (log["resumed_from"], log["rehashed"], log["entries"]) == (mid, total - mid, total)
     # The RFC 9162 consistency proof mid -> total, as reported, verifies.
     proof = [base64.b64decode(h) for h in log["consistency_proof"]]
@@ -475,7 +303,7 @@ def test_checkpoint_rollback_against_state_detected(pristine: Pristine, tmp_path
     state = tmp_path / "state.json"
     assert _verify_state(str(pristine.root), pristine, state).returncode == 0
     saved = state.read_bytes()
-    older = _truncated(pristine, tmp_path / "older", _sizes(pristine)[-2])
+    older = truncated(pristine, tmp_path / "older", checkpoint_sizes(pristine)[-2])
     result = _verify_state(str(older), pristine, state)
     assert result.returncode == 1, result.stdout
     assert "rollback: latest checkpoint has tree size" in result.stdout
@@ -485,7 +313,7 @@ def test_checkpoint_rollback_against_state_detected(pristine: Pristine, tmp_path
 
 def test_fork_against_state_detected(pristine: Pristine, tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    fork = _forked(pristine, tmp_path / "fork")
+    fork = forked(pristine, tmp_path / "fork")
     assert _verify_state(str(fork), pristine, state).returncode == 0  # self-consistent
     result = _verify_state(str(pristine.root), pristine, state, "--format", "json")
     assert result.returncode == 1, result.stdout
@@ -500,7 +328,7 @@ def test_old_bundle_replaced_after_state_detected(pristine: Pristine, tmp_path: 
     root = tmp_path / "store"
     shutil.copytree(pristine.root, root)
     assert _verify_state(str(root), pristine, state).returncode == 0
-    _drop_entry(_local_bucket(root), pristine)  # below the verified size: not re-read
+    drop_entry(local_bucket(root), pristine)  # below the verified size: not re-read
     result = _verify_state(str(root), pristine, state)
     assert result.returncode == 1, result.stdout
     assert "object changed since the last verified run" in result.stdout
@@ -515,10 +343,12 @@ def test_rollback_and_fork_against_state_detected_s3(
     state = tmp_path / "state.json"
     _, _, url = _upload(s3api, pristine.root)
     assert _verify_state(url, pristine, state).returncode == 0
-    _, _, older = _upload(s3api, _truncated(pristine, tmp_path / "older", _sizes(pristine)[-2]))
+    _, _, older = _upload(
+        s3api, truncated(pristine, tmp_path / "older", checkpoint_sizes(pristine)[-2])
+    )
     assert "rollback:" in _verify_state(older, pristine, state).stdout
-    _, _, forked = _upload(s3api, _forked(pristine, tmp_path / "fork"))
-    result = _verify_state(forked, pristine, state)
+    _, _, fork_url = _upload(s3api, forked(pristine, tmp_path / "fork"))
+    result = _verify_state(fork_url, pristine, state)
     assert result.returncode == 1
     assert "fork: checkpoint at tree size" in result.stdout
 
@@ -544,5 +374,5 @@ def test_json_output_schema(pristine: Pristine) -> None:
     log = doc["logs"][0]
     assert log["status"]["state"] == "closed"
     assert log["latest"]["final"] is True
-    assert log["latest"]["size"] == log["entries"] == _sizes(pristine)[-1]
+    assert log["latest"]["size"] == log["entries"] == checkpoint_sizes(pristine)[-1]
     assert log["findings"] == []

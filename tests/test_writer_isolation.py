@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,9 @@ from extproc.core.verify import ERROR, WARNING, all_ok
 from extproc.errors import ForkError
 from extproc.keys import write_signer
 from extproc.store import open_store
-from extproc.store.base import ObjectInfo, ObjectStore, ObjectVersion
+from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
+from tests.attacks import PLANTED_CLAIMS, Unlisted, plant_claims
 from tests.conftest import MotoServer, read_entries, run_cli
 from tests.helpers import write_log
 
@@ -93,8 +93,7 @@ def test_400_planted_claims_and_names_off_the_layout_do_not_stop_the_mesh(
     time.sleep(0.5)
     nxt = _published_size(stack.store_url, stack.log_id)
     store = open_store(stack.store_url)
-    for epoch in range(1, 401):
-        store.put_once(layout.claim_key(store.prefix, stack.log_id, nxt, epoch), b"{}", None)
+    plant_claims(store, stack.log_id, nxt, PLANTED_CLAIMS)
     odd = ["entries/notes.txt", "x/" + "y" * 200, "checkpoints/\x1b[2J\rVALID"]
     for name in odd:
         store.put_once(f"{layout.log_prefix(store.prefix, stack.log_id)}{name}", b"", None)
@@ -187,30 +186,6 @@ def _keys(store: ObjectStore) -> set[str]:
 
 def _label(signer: Signer) -> str:
     return f"{signer.name}+{signer.key_id.hex()}"
-
-
-class Unlisted:
-    """A store in which some keys are not listed (they are still there to read
-    and to collide with): what a second deployment saw if it started before
-    the first writer's checkpoints were listed, or what a writer without the
-    fresh-WAL check did (it saw the log's objects as foreign and started over)."""
-
-    def __init__(self, store: ObjectStore, hidden: set[str]) -> None:
-        self._store, self._hidden = store, hidden
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
-        return (o for o in self._store.list(prefix, start_after) if o.key not in self._hidden)
-
-    def versioned(self) -> Any:
-        return self if self._store.versioned() is not None else None
-
-    def versions(self, prefix: str, start_after: str = "") -> Iterator[ObjectVersion]:
-        versioned = self._store.versioned()
-        assert versioned is not None
-        return (v for v in versioned.versions(prefix, start_after) if v.key not in self._hidden)
 
 
 def test_writer_under_another_key_with_a_fresh_wal_is_refused(

@@ -38,6 +38,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from extproc import config, metrics
 from extproc.core.redact import RedactionPolicy
@@ -46,7 +47,7 @@ from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import UNKNOWN_REPORTER, Claims, EntryBuilder, HeaderMap
 from extproc.server.reporters import XFCC_HEADER, Reporter, ReporterPolicy, ReporterRefused
-from extproc.server.servicer import AuditServicer, _close_reader
+from extproc.server.servicer import _UNDECODABLE, AuditServicer, _close_reader
 
 log = logging.getLogger(__name__)
 
@@ -487,6 +488,8 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             await self._read(request_iterator, reporter, counter)
         except OverBudgetError as e:
             status = (grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except DecodeError:  # bytes that are not a message: the caller's doing
+            status = (grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE % "StreamAccessLogsMessage")
         except asyncio.CancelledError:
             if not self._closing:
                 raise

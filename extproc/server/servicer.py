@@ -35,6 +35,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from extproc import metrics
 from extproc.core import receipt
@@ -309,6 +310,12 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         except _StreamError as e:
             metrics.STREAM_ERRORS.labels(e.code.name).inc()
             await context.abort(e.code, e.details)
+        except DecodeError:
+            # Bytes that are not a ProcessingRequest (grpc.aio decodes them as it
+            # reads): the caller's doing, not a failure of ours to log.
+            invalid = grpc.StatusCode.INVALID_ARGUMENT
+            metrics.STREAM_ERRORS.labels(invalid.name).inc()
+            await context.abort(invalid, _UNDECODABLE % "ProcessingRequest")
         except ReporterRefused as e:
             metrics.REPORTERS_REFUSED.labels(e.reason).inc()
             self._refusals.warning("refused a report (%s): %s", e.reason, e.message)
@@ -370,6 +377,9 @@ async def _close_reader(request_iterator: AsyncIterator[Any]) -> None:
     aclose = getattr(reader, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+_UNDECODABLE = "message is not a %s (protobuf decoding failed)"
 
 
 class _StreamError(Exception):
