@@ -17,7 +17,12 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 STREAMS = Counter("extproc_audit_streams_total", "ext_proc streams handled, by mode", ["mode"])
-ENTRIES = Counter("extproc_audit_entries_total", "Entries appended to the log, by kind", ["kind"])
+ENTRIES = Counter(
+    "extproc_audit_entries_total",
+    "ext_proc entries appended to the log, by kind (access-log entries: "
+    "extproc_audit_access_entries_total; every entry: extproc_audit_log_entries)",
+    ["kind"],
+)
 DENIED = Counter(
     "extproc_audit_denied_total",
     "Requests denied with 503 because the log could not take their entry (enforce mode)",

@@ -1348,7 +1348,7 @@ def object_names_in_server_log(server: Server, f: Findings) -> None:
 )  # fmt: skip
 def secrets(server: Server, f: Findings) -> None:
     statuses = {n: A.send_secret(server.stack.envoy_port, r) for n, r in A.SECRET_ROWS.items()}
-    f.check(statuses.pop(A.ENVOY_REJECTS) in (400, 500), "Envoy took the fragment")
+    f.check(statuses.pop(A.ENVOY_REJECTS) in (400, 503), "Envoy took the fragment")
     f.check(set(statuses.values()) == {200}, f"statuses {set(statuses.values())}")
     _quiet(server)
     f.afterwards(lambda: _secrets_absent(server, f))
