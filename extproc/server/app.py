@@ -486,8 +486,10 @@ class AuditServer:
         r.ext_proc.admitting = False
         # Streams whose exchange is complete (Envoy half-closes them when its
         # request ends) end with OK now: cancelled at the listener's stop they
-        # would fail their requests, already forwarded, with Envoy's error status.
-        r.ext_proc.release()
+        # could fail their requests, already forwarded, with Envoy's error status.
+        released = r.ext_proc.release()
+        if released:
+            log.info("shutting down: ended %d answered ext_proc streams with OK", released)
         await asyncio.sleep(min(cfg.access_log_grace, left()))
         await r.access.close(min(cfg.access_log_grace, left()))
         await r.server.stop(left())
