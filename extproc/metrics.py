@@ -86,7 +86,8 @@ STREAMS_CLOSED_BY_PEER = Counter(
 )
 STREAMS_RESET = Counter(
     "extproc_audit_streams_reset_total",
-    "ext_proc streams the reporter reset after their reply instead of half-closing them "
+    "Enforce-mode ext_proc streams the reporter reset after their reply instead of "
+    "half-closing them "
     "(an Envoy without ext_proc_graceful_grpc_close: docs/ISTIO.md); a lower bound, gRPC "
     "reports some resets as a half-close",
 )

@@ -356,9 +356,10 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 self._released.discard(task)
                 return  # ended by a drain: OK, the exchange was complete
             if task not in idle.timed_out:
-                if answered:
+                if answered and self.mode == "enforce":
                     # Reset by the reporter after the exchange, instead of its
                     # half-close: counted, it is what the sidecar rate-limits.
+                    # (Envoy's observability_mode always resets: not counted.)
                     metrics.STREAMS_RESET.inc()
                     self._resets.warning(
                         "ext_proc stream of %s reset after its reply instead of a "
