@@ -364,7 +364,7 @@ class AuditServer:
                 max_header_bytes=cfg.max_header_bytes,
             ),
             cfg.mode,
-            ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipt_header else None,
+            ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipts else None,
             reporters=self.reporters,
             idle=idle,
             response_phase=cfg.ext_proc_responses,
