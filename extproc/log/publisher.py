@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc import metrics
+from extproc.config import BUNDLE_MAX_AGE, BUNDLE_MAX_BYTES, BUNDLE_MAX_ENTRIES, RETRY_MAX_DELAY
 from extproc.core import entry, layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES, bundle_bytes
 from extproc.core.bundle import bundle_lines as bundle_lines  # scripts/bench.py reads it here
@@ -69,7 +70,7 @@ from extproc.errors import (
 from extproc.log.appender import AuditLog, Durable
 from extproc.log.foreign import ForeignKeys
 from extproc.log.wal import WAL, TreeState
-from extproc.log.writeonce import FOREIGN, FORK, OURS, WriteOnce, same_bytes
+from extproc.log.writeonce import FOREIGN, FORK, OURS, WriteOnce, backoff_delay, same_bytes
 from extproc.reader import LogReader
 from extproc.store.base import ObjectStore, RetentionPolicy
 
@@ -90,12 +91,12 @@ MAX_OTHER_KEY_READS = 4
 class PublisherConfig:
     log_id: str
     origin: str
-    bundle_max_entries: int = 10_000
-    bundle_max_bytes: int = 16 << 20
-    max_age: float = 0.5  # seconds an entry may wait before its bundle is sealed
+    bundle_max_entries: int = BUNDLE_MAX_ENTRIES
+    bundle_max_bytes: int = BUNDLE_MAX_BYTES
+    max_age: float = BUNDLE_MAX_AGE  # seconds an entry may wait before its bundle is sealed
     gzip: bool = False
     retention: RetentionPolicy | None = None
-    retry_max_delay: float = 30.0
+    retry_max_delay: float = RETRY_MAX_DELAY
 
 
 class Publisher:
@@ -707,7 +708,7 @@ class Publisher:
                     await self.reconcile()
                 except StorageError as e:
                     attempt += 1
-                    delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
+                    delay = backoff_delay(attempt, self.config.retry_max_delay)
                     log.warning("store not reachable at startup, retrying in %.1fs: %s", delay, e)
                     await asyncio.sleep(delay)
             event = self.log.durable_event

@@ -43,6 +43,11 @@ OURS, FORK, FOREIGN = "ours", "fork", "foreign"
 PROBE_WHILE_DENYING = 1.0  # seconds between store retries while requests are refused
 
 
+def backoff_delay(attempt: int, cap: float) -> float:
+    """Seconds before retry `attempt` (from 1): doubling from 0.4 s, at most `cap`."""
+    return min(cap, 0.2 * 2.0 ** min(attempt, 20))
+
+
 def same_bytes(data: bytes) -> Callable[[bytes], str]:
     """A judge for objects whose only right form is these bytes."""
     return lambda existing: OURS if existing == data else FOREIGN
@@ -159,7 +164,7 @@ class WriteOnce:
     async def backoff(self, what: str, attempt: int, error: StorageError) -> None:
         metrics.PUBLISH_ERRORS.inc()
         self.last_error = str(error)
-        delay = min(self._retry_max_delay, 0.2 * 2 ** min(attempt, 20))
+        delay = backoff_delay(attempt, self._retry_max_delay)
         delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
         if self._log.refusing(within=2 * PROBE_WHILE_DENYING):
             # Requests are refused until a write gets through (the backlog is
