@@ -29,7 +29,7 @@ from extproc.core.bundle import bundle_bytes
 from extproc.core.note import Signer
 from extproc.core.verify import ERROR, WARNING, LogReport, all_ok
 from extproc.errors import ForeignObjectError, ObjectTooLargeError
-from extproc.log.publisher import MAX_RECORDED_NAMES
+from extproc.log.foreign import MAX_RECORDED_NAMES
 from extproc.log.selfaudit import OK, SelfAudit
 from extproc.reader import LogReader
 from extproc.search import Filters, StoreSearch

@@ -1,7 +1,7 @@
 """The writer's self-audit: it verifies its own published log with the
 verifier's code and fills from the WAL what the store lost.
 
-Confirmed writes (Publisher._put) make sure each object was stored when it
+Confirmed writes (log/writeonce.py) make sure each object was stored when it
 was written. The self-audit checks what the store holds later, including
 what an earlier run, or an older version of this server, published: on
 start everything after the state it last verified (`audited.json` in the

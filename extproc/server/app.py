@@ -302,47 +302,8 @@ class AuditServer:
         cfg = self.config
         retention = self._retention()
         self._say_worm(retention)
-        wal = WAL(cfg.wal_dir / cfg.log_id)
-        try:
-            recovered = await asyncio.to_thread(wal.recover)
-        except BaseException:
-            wal.close()
-            raise
-        audit_log = AuditLog(wal, recovered, max_backlog_bytes=cfg.max_backlog_bytes)
-        metrics.BACKLOG_BYTES.set_function(lambda: audit_log.backlog_bytes)
-        metrics.BACKLOG_LIMIT.set(cfg.max_backlog_bytes)
-        loop = asyncio.get_running_loop()
-        publisher = Publisher(
-            audit_log,
-            wal,
-            self.store,
-            self.signer,
-            PublisherConfig(
-                log_id=cfg.log_id,
-                origin=layout.origin_for(cfg.origin_prefix, cfg.log_id),
-                bundle_max_entries=cfg.bundle_max_entries,
-                bundle_max_bytes=cfg.bundle_max_bytes,
-                max_age=cfg.bundle_max_age,
-                gzip=cfg.gzip,
-                retention=retention,
-            ),
-            writer_id=self.writer_id,
-            on_fenced=self._fenced,
-        )
-        self_audit = None
-        if cfg.self_audit_interval > 0:
-            self_audit = SelfAudit(
-                publisher, wal, interval=cfg.self_audit_interval, on_result=self._audited
-            )
-        try:
-            # Before serving: a store that holds what this WAL did not write means
-            # another writer on this log id. Refuse to start rather than fork.
-            await publisher.reconcile()
-        except StorageError as e:
-            log.warning("store not reachable at startup (%s); publishing will retry", e)
-        except BaseException:
-            audit_log.close()
-            raise
+        wal, audit_log = await self._open_log()
+        publisher, self_audit = await self._publisher(wal, audit_log, retention)
         audit_log.append_nowait(
             entry.writer_event(
                 "start",
@@ -354,52 +315,9 @@ class AuditServer:
         )
         server = grpc.aio.server(options=cfg.grpc_options())
         idle = IdleStreams(cfg.stream_idle_timeout)
-        outcomes = OutcomeMatcher(cfg.outcome_window)
-        ext_proc = AuditServicer(
-            audit_log,
-            Capturer(
-                cfg.redaction,
-                cfg.response_headers,
-                max_headers=cfg.max_headers,
-                max_header_bytes=cfg.max_header_bytes,
-            ),
-            cfg.mode,
-            ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipt_header else None,
-            reporters=self.reporters,
-            idle=idle,
-            response_phase=cfg.ext_proc_responses,
-            outcomes=outcomes,
-        )
-        pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
-        access = AccessLogServicer(
-            audit_log,
-            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
-            ext_proc,
-            outcomes,
-            AccessLimits(
-                cfg.max_access_log_entries,
-                cfg.max_access_log_rate,
-                cfg.max_reporter_access_log_rate,
-            ),
-        )
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(access, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = self._bind(server, cfg.listen, "--listen", self._credentials)
-        health_server = None
-        if cfg.health_listen and cfg.health_listen != "off":
-            health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
-            self.health_port = self._bind(health_server, cfg.health_listen, "--health-listen", None)
-        self._warn_if_unauthenticated()
-        self._warn_if_no_hash_key()
-        if cfg.metrics_listen and cfg.metrics_listen != "off":
-            from prometheus_client import start_http_server
-
-            m_host, m_port = _split_host_port(cfg.metrics_listen, "--metrics-listen")
-            try:
-                start_http_server(m_port, m_host)
-            except OSError as e:
-                raise ConfigError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from e
+        ext_proc, access = self._servicers(server, audit_log, idle)
+        health_server = self._listen(server)
+        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, lambda: self.stop(delay=True))
         loop.add_signal_handler(signal.SIGINT, self.stop)
 
@@ -439,6 +357,117 @@ class AuditServer:
             heartbeat_task,
             audit_task,
         )
+
+    async def _open_log(self) -> tuple[WAL, AuditLog]:
+        """The WAL, recovered, and the log that appends to it."""
+        cfg = self.config
+        wal = WAL(cfg.wal_dir / cfg.log_id)
+        try:
+            recovered = await asyncio.to_thread(wal.recover)
+        except BaseException:
+            wal.close()
+            raise
+        audit_log = AuditLog(wal, recovered, max_backlog_bytes=cfg.max_backlog_bytes)
+        metrics.BACKLOG_BYTES.set_function(lambda: audit_log.backlog_bytes)
+        metrics.BACKLOG_LIMIT.set(cfg.max_backlog_bytes)
+        return wal, audit_log
+
+    async def _publisher(
+        self, wal: WAL, audit_log: AuditLog, retention: RetentionPolicy | None
+    ) -> tuple[Publisher, SelfAudit | None]:
+        """The publisher, reconciled with the store (if it answers), and its self-audit."""
+        cfg = self.config
+        publisher = Publisher(
+            audit_log,
+            wal,
+            self.store,
+            self.signer,
+            PublisherConfig(
+                log_id=cfg.log_id,
+                origin=layout.origin_for(cfg.origin_prefix, cfg.log_id),
+                bundle_max_entries=cfg.bundle_max_entries,
+                bundle_max_bytes=cfg.bundle_max_bytes,
+                max_age=cfg.bundle_max_age,
+                gzip=cfg.gzip,
+                retention=retention,
+            ),
+            writer_id=self.writer_id,
+            on_fenced=self._fenced,
+        )
+        self_audit = None
+        if cfg.self_audit_interval > 0:
+            self_audit = SelfAudit(
+                publisher, wal, interval=cfg.self_audit_interval, on_result=self._audited
+            )
+        try:
+            # Before serving: a store that holds what this WAL did not write means
+            # another writer on this log id. Refuse to start rather than fork.
+            await publisher.reconcile()
+        except StorageError as e:
+            log.warning("store not reachable at startup (%s); publishing will retry", e)
+        except BaseException:
+            audit_log.close()
+            raise
+        return publisher, self_audit
+
+    def _servicers(
+        self, server: grpc.aio.Server, audit_log: AuditLog, idle: IdleStreams
+    ) -> tuple[AuditServicer, AccessLogServicer]:
+        """ext_proc, the access-log service and health, added to the ingest server."""
+        cfg = self.config
+        outcomes = OutcomeMatcher(cfg.outcome_window)
+        ext_proc = AuditServicer(
+            audit_log,
+            Capturer(
+                cfg.redaction,
+                cfg.response_headers,
+                max_headers=cfg.max_headers,
+                max_header_bytes=cfg.max_header_bytes,
+            ),
+            cfg.mode,
+            ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipts else None,
+            reporters=self.reporters,
+            idle=idle,
+            response_phase=cfg.ext_proc_responses,
+            outcomes=outcomes,
+        )
+        pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
+        access = AccessLogServicer(
+            audit_log,
+            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
+            ext_proc,
+            outcomes,
+            AccessLimits(
+                cfg.max_access_log_entries,
+                cfg.max_access_log_rate,
+                cfg.max_reporter_access_log_rate,
+            ),
+        )
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(access, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        return ext_proc, access
+
+    def _listen(self, server: grpc.aio.Server) -> grpc.aio.Server | None:
+        """Bind the ingest listener, the plaintext health listener (if any) and
+        the metrics endpoint; the health server to start, if any."""
+        cfg = self.config
+        self.port = self._bind(server, cfg.listen, "--listen", self._credentials)
+        health_server = None
+        if cfg.health_listen and cfg.health_listen != "off":
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
+            self.health_port = self._bind(health_server, cfg.health_listen, "--health-listen", None)
+        self._warn_if_unauthenticated()
+        self._warn_if_no_hash_key()
+        if cfg.metrics_listen and cfg.metrics_listen != "off":
+            from prometheus_client import start_http_server
+
+            m_host, m_port = _split_host_port(cfg.metrics_listen, "--metrics-listen")
+            try:
+                start_http_server(m_port, m_host)
+            except OSError as e:
+                raise ConfigError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from e
+        return health_server
 
     async def drain(self, r: Running) -> int:
         """Take the server down without failing a request that was routed to it.
