@@ -3,8 +3,9 @@
 The command line, `serve --workers` children and the tests all build a
 ServeConfig, and every one of them gets the same checks: a bad value is a
 ConfigError (exit 2) before any file, port or store is touched. This module
-imports only the core, so the command line can show defaults without loading
-the server.
+imports only the pure core and trust policy (the reporter options build a
+trust.policy.ReporterPolicy), so the command line can show defaults without
+loading the server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from extproc.core import layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES
@@ -21,16 +21,13 @@ from extproc.core.checkpoint import validate_origin_prefix
 from extproc.core.receipt import DEFAULT_HEADER, validate_header_name
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import ConfigError
-
-if TYPE_CHECKING:
-    from extproc.server.reporters import ReporterPolicy
+from extproc.trust.policy import DESTINATION_CHECKS as DESTINATION_CHECKS  # option choices
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.sources import XFCC_MODES as XFCC_MODES  # option choices
+from extproc.trust.sources import parse_networks
 
 MODES = ("enforce", "observe")
 RETENTION_MODES = ("COMPLIANCE", "GOVERNANCE")
-DESTINATION_CHECKS = ("off", "record", "refuse")  # --reporter-is-destination
-# --xfcc-mode: the own sidecar's forward_client_cert_details (Envoy's names);
-# the first, the default, leaves exactly one element.
-XFCC_MODES = ("SANITIZE_SET", "APPEND_FORWARD")
 
 LISTEN = "0.0.0.0:50051"
 METRICS_LISTEN = "0.0.0.0:9464"
@@ -133,7 +130,7 @@ class ServeConfig:
     response_headers: frozenset[str] | None = RESPONSE_HEADERS  # None: all
     proof_listen: str = "off"  # live proof API address (docs/PROOFS.md); off by default
     receipt_header: str | None = None  # enforce mode: set this response header; None: off
-    # Who may report (server/reporters.py, docs/THREATS.md).
+    # Who may report (trust/policy.py, docs/THREATS.md).
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
@@ -244,8 +241,6 @@ class ServeConfig:
         self.reporter_policy()  # checks the rest of the reporter options
 
     def reporter_policy(self) -> ReporterPolicy:
-        from extproc.server.reporters import ReporterPolicy, parse_networks
-
         transport = (
             "tls"
             if self.tls_cert and self.tls_key and self.client_ca

@@ -16,7 +16,8 @@ with RESOURCE_EXHAUSTED), then room in the backlog for each entry; a large
 message is sequenced in chunks with the event loop free between them, so
 that enforce requests keep flowing (docs/THREATS.md).
 
-The stream is authenticated exactly like ext_proc (server/reporters.py). An
+The stream is authenticated exactly like ext_proc, by the same
+StreamIdentifier (server/identify.py, trust/policy.py). An
 `access` entry of a request that was also held by ext_proc (enforce mode)
 links to that request's entry with `ref` (OutcomeMatcher). TCP access logs
 are refused: counted, not logged (the audit is of HTTP requests).
@@ -46,8 +47,11 @@ from extproc.errors import LogUnavailableError, OverBudgetError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import UNKNOWN_REPORTER, Claims, EntryBuilder, HeaderMap
-from extproc.server.reporters import XFCC_HEADER, Reporter, ReporterPolicy, ReporterRefused
-from extproc.server.servicer import _UNDECODABLE, AuditServicer, _close_reader
+from extproc.server.identify import StreamIdentifier
+from extproc.server.servicer import _UNDECODABLE, _close_reader
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import Reporter, ReporterRefused
+from extproc.trust.xfcc import XFCC_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -433,20 +437,19 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self,
         audit_log: AuditLog,
         capture: AccessCapture,
-        ext_proc: AuditServicer,
+        identify: StreamIdentifier,
         outcomes: OutcomeMatcher,
         limits: AccessLimits = AccessLimits(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = audit_log
         self.capture = capture
-        self.ext_proc = ext_proc  # same reporter rules, same idle bookkeeping
+        self.identify = identify  # the ext_proc servicer's: same reporter rules
         self.outcomes = outcomes
         self.limits = limits
         self._clock = clock
         self._drops = RateLimitedLog(log)
         self._tcp = RateLimitedLog(log)
-        self._refusals = RateLimitedLog(log)
         self._over_budget = RateLimitedLog(log)
         self._errors = RateLimitedLog(log)
         self._entries = metrics.PerReporter(
@@ -477,7 +480,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        reporter = await self.ext_proc.identify(context)
+        reporter = await self.identify(context)
         metrics.ACCESS_STREAMS.inc()
         counter = self._counter(reporter)
         task = asyncio.current_task()
@@ -667,8 +670,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             try:
                 fields = capture(e, claims)
             except ReporterRefused as refused:  # --reporter-is-destination refuse
-                metrics.REPORTERS_REFUSED.labels(refused.reason).inc()
-                self._refusals.warning("refused an access-log entry: %s", refused.message)
+                self.identify.refused(refused, "an access-log entry")
                 continue
             if take is not None and "partial" not in fields:
                 key = (reporter_id, fields["rid"], fields.get("dst", ""))

@@ -44,7 +44,8 @@ from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import Claims
 from extproc.server.capture import Capturer
-from extproc.server.reporters import Reporter, ReporterPolicy, ReporterRefused
+from extproc.server.identify import StreamIdentifier
+from extproc.trust.reporter import ReporterRefused
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         mode: str = "enforce",
         receipts: ReceiptReplies | None = None,
         *,
-        reporters: ReporterPolicy,
+        identify: StreamIdentifier,
         idle: IdleStreams | None = None,
         response_phase: bool = False,
         outcomes: OutcomeRegistry | None = None,
@@ -192,13 +193,15 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.log = audit_log
         self.capturer = capturer
         self.mode = mode
-        self.reporters = reporters  # no default: who may write is always stated
+        # No default: who may write is always stated. The access-log servicer
+        # identifies its streams with the same one (server/identify.py).
+        self.identify = identify
+        self.reporters = identify.policy
         self.idle = idle or IdleStreams(0)
         # False once a drain ends admission: new streams get UNAVAILABLE (Envoy
         # fails the request closed), while the listener stays up for the
         # access-log streams' last batches (app.py, AuditServer.drain).
         self.admitting = True
-        self._refusals = RateLimitedLog(log)
         self._denials = RateLimitedLog(log)
         self._drops = RateLimitedLog(log)
         self._failures = RateLimitedLog(log)
@@ -208,22 +211,6 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         # When each reporter last had a request logged (as the access-log path
         # does): a proxy that stops reporting is an alert, whichever stream it uses.
         self._last_seen = metrics.PerReporter(metrics.REPORTER_LAST_SEEN.labels)
-
-    async def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Reporter:
-        """The stream's reporter; a caller that may not report gets PERMISSION_DENIED
-        before any of its messages is read."""
-        policy = self.reporters
-        try:
-            return policy.identify(
-                context.peer(),
-                context.auth_context() if policy.needs_auth_context else None,
-                context.invocation_metadata() if policy.needs_metadata else (),
-            )
-        except ReporterRefused as e:
-            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
-            self._refusals.warning("refused a reporter (%s): %s", e.reason, e.message)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
-            raise  # not reached: abort raises
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -316,9 +303,8 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             invalid = grpc.StatusCode.INVALID_ARGUMENT
             metrics.STREAM_ERRORS.labels(invalid.name).inc()
             await context.abort(invalid, _UNDECODABLE % "ProcessingRequest")
-        except ReporterRefused as e:
-            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
-            self._refusals.warning("refused a report (%s): %s", e.reason, e.message)
+        except ReporterRefused as e:  # --reporter-is-destination refuse
+            self.identify.refused(e, "a report")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
         except asyncio.CancelledError:
             if task not in idle.timed_out:
