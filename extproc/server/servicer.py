@@ -217,7 +217,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     ) -> AsyncIterator[Any]:
         # One generator, no nested ones: every suspension of a grpc.aio handler
         # costs (docs/PERFORMANCE.md), so the hot path has exactly one await of
-        # its own, the request entry's durability.
+        # its own, the request entry's durability. The rest is in plain calls.
         if not self.admitting:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: not taking new streams")
         reporter = await self.identify(context)
@@ -243,13 +243,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     fields["kind"] = "request"
                     who = fields["reporter"]
                     rid = fields["rid"]
-                    dst = fields.get("dst", "")
                     if self.mode == "enforce":
                         try:
                             request_seq = await self.log.append(fields)
                         except LogUnavailableError as e:
-                            metrics.DENIED.inc()
-                            self._denials.warning("denying request (503): %s", e)
+                            self._denied(e)
                             yield _DENY
                             await _close_reader(request_iterator)
                             return
@@ -260,7 +258,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             return
                     seen.set_to_current_time()
                     if self.outcomes is not None:
-                        self.outcomes.expect(reporter.id, rid, dst, request_seq)
+                        self.outcomes.expect(reporter.id, rid, fields.get("dst", ""), request_seq)
                     yield _CONTINUE_REQUEST
                     if not self.response_phase:
                         # One round trip: ending the stream tells Envoy the
@@ -277,50 +275,20 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             grpc.StatusCode.FAILED_PRECONDITION,
                             "response_headers before request_headers",
                         )
-                    fields = self.capturer.response(msg)
-                    fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
                     done = True
-                    # Not awaited: the request already happened upstream, and
-                    # holding its response back would not undo it. The entry is
-                    # durable with the next group commit (well under 1 ms).
-                    self._append_nowait(fields)
-                    if self.receipts is None:
-                        yield _CONTINUE_RESPONSE
-                    else:
-                        yield self.receipts.reply(request_seq)
+                    yield self._response(msg, request_seq, rid, who)
                     # Nothing else is asked for (bodies and trailers are not
                     # sent), so end the stream now (see above).
                     await _close_reader(request_iterator)
                     return
                 else:
                     raise _unsupported(which)
-        except _StreamError as e:
-            metrics.STREAM_ERRORS.labels(e.code.name).inc()
-            await context.abort(e.code, e.details)
-        except DecodeError:
-            # Bytes that are not a ProcessingRequest (grpc.aio decodes them as it
-            # reads): the caller's doing, not a failure of ours to log.
-            invalid = grpc.StatusCode.INVALID_ARGUMENT
-            metrics.STREAM_ERRORS.labels(invalid.name).inc()
-            await context.abort(invalid, _UNDECODABLE % "ProcessingRequest")
-        except ReporterRefused as e:  # --reporter-is-destination refuse
-            self.identify.refused(e, "a report")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
         except asyncio.CancelledError:
             if task not in idle.timed_out:
                 raise
             # Ended by the idle watchdog: the stream is gone; record the outcome below.
         except Exception as e:
-            # A bug, not the caller's doing: one line (with the traceback, never
-            # the exception text: it could carry request data) per interval,
-            # however many streams hit it.
-            metrics.STREAM_ERRORS.labels("INTERNAL").inc()
-            self._failures.error(
-                "ext_proc stream failed: %s\n%s",
-                type(e).__name__,
-                "".join(traceback.format_tb(e.__traceback__)),
-            )
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
+            await self._abort(context, e)
         finally:
             timed_out = idle.close(task)
             if request_seq is not None and not done and self.response_phase:
@@ -334,6 +302,45 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         "reporter": who,
                     }
                 )
+
+    def _response(self, msg: Any, request_seq: int, rid: str, who: dict[str, Any]) -> Any:
+        """Log the `response` entry of a response_headers message; the reply."""
+        fields = self.capturer.response(msg)
+        fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
+        # Not awaited: the request already happened upstream, and holding its
+        # response back would not undo it. The entry is durable with the next
+        # group commit (well under 1 ms).
+        self._append_nowait(fields)
+        return _CONTINUE_RESPONSE if self.receipts is None else self.receipts.reply(request_seq)
+
+    def _denied(self, e: LogUnavailableError) -> None:
+        metrics.DENIED.inc()
+        self._denials.warning("denying request (503): %s", e)
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> None:
+        """End a failed stream with its gRPC status (abort raises)."""
+        if isinstance(e, ReporterRefused):  # --reporter-is-destination refuse: not a stream error
+            self.identify.refused(e, "a report")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
+            return
+        if isinstance(e, _StreamError):
+            code, details = e.code, e.details
+        elif isinstance(e, DecodeError):
+            # Bytes that are not a ProcessingRequest (grpc.aio decodes them as it
+            # reads): the caller's doing, not a failure of ours to log.
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE % "ProcessingRequest"
+        else:
+            # A bug, not the caller's doing: one line (with the traceback, never
+            # the exception text: it could carry request data) per interval,
+            # however many streams hit it.
+            code, details = grpc.StatusCode.INTERNAL, "internal error in audit server"
+            self._failures.error(
+                "ext_proc stream failed: %s\n%s",
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+        metrics.STREAM_ERRORS.labels(code.name).inc()
+        await context.abort(code, details)
 
     def _append_nowait(self, fields: dict[str, Any]) -> int | None:
         """Append without waiting for the disk; the seq, or None if dropped (counted)."""
