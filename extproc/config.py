@@ -7,7 +7,8 @@ line generates `serve`'s parser and builds the ServeConfig from them
 tests all build a ServeConfig, and every one of them gets the same checks: a
 bad value is a ConfigError (exit 2) before any port or store is opened or
 anything is written (the hash key file is read, to check it). This module
-imports only the core and the options, so the command line can show defaults
+imports only the core, the trust policy (the reporter options build a
+trust.policy.ReporterPolicy) and the options, so the command line can show defaults
 without loading the server.
 """
 
@@ -19,7 +20,6 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from extproc import options
 from extproc.core import layout
@@ -37,17 +37,14 @@ from extproc.core.redact import (
 )
 from extproc.errors import ConfigError
 from extproc.options import FLOAT, INT, LOG_ID, PATH, Convert, int_at_least, option
-
-if TYPE_CHECKING:
-    from extproc.server.reporters import ReporterPolicy
+from extproc.trust.policy import DESTINATION_CHECKS as DESTINATION_CHECKS  # option choices
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.sources import XFCC_MODES as XFCC_MODES  # option choices
+from extproc.trust.sources import parse_networks
 
 # Choices of an option: the first is its default.
 MODES = ("enforce", "observe")
 RETENTION_MODES = ("COMPLIANCE", "GOVERNANCE")
-DESTINATION_CHECKS = ("off", "record", "refuse")  # --reporter-is-destination
-# --xfcc-mode: the own sidecar's forward_client_cert_details (Envoy's names);
-# the first, the default, leaves exactly one element.
-XFCC_MODES = ("SANITIZE_SET", "APPEND_FORWARD")
 
 LISTEN = "0.0.0.0:50051"
 METRICS_LISTEN = "0.0.0.0:9464"
@@ -445,7 +442,7 @@ class ServeConfig:
         metavar="BYTES",
         help="truncate header values longer than this",
     )
-    # Who may report (server/reporters.py, docs/THREATS.md).
+    # Who may report (trust/policy.py, docs/THREATS.md).
     tls_cert: Path | None = option(
         None, group=_REPORTERS, convert=PATH, metavar="FILE", help="server certificate (PEM): mTLS"
     )
@@ -708,8 +705,6 @@ class ServeConfig:
         self.reporter_policy()  # checks the rest of the reporter options
 
     def reporter_policy(self) -> ReporterPolicy:
-        from extproc.server.reporters import ReporterPolicy, parse_networks
-
         transport = (
             "tls"
             if self.tls_cert and self.tls_key and self.client_ca

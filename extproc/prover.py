@@ -71,7 +71,7 @@ def _rid_text(rid: str) -> str:
 @dataclass(frozen=True)
 class EntryReporter:
     """Who reported an entry: its top-level `reporter` object, as the writer
-    records it (extproc.server.reporters).
+    records it (extproc.trust.reporter).
 
     `auth` is how the reporter was identified (`mtls`, `xfcc`, `unix`,
     `unauthenticated`; "?" if the entry's value is not an object with a

@@ -2,6 +2,7 @@
 
 - The core is pure: it imports nothing of ours but the core and the errors,
   and no module that touches files, sockets, processes or the clock.
+- Reporter trust is pure policy the same way (extproc/trust: no gRPC).
 - The auditor's side stands alone: `verify`, `search`, `prove` and
   `check-proof`, each run in a fresh interpreter on a log the real writer
   published, load no module of the writer (extproc.log, extproc.server) nor
@@ -76,6 +77,23 @@ def test_core_imports_only_the_core_and_the_errors(path: Path) -> None:
 def test_core_does_no_io(path: Path) -> None:
     io = [m for m in _imports(path) if any(_within(m, io) for io in IO_MODULES)]
     assert not io, f"extproc/core/{path.name} imports {io}: the core does no I/O"
+
+
+TRUST = sorted((PACKAGE / "trust").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", TRUST, ids=[p.stem for p in TRUST])
+def test_trust_is_pure_policy(path: Path) -> None:
+    imports = _imports(path)
+    outside = [
+        m
+        for m in imports
+        if _within(m, "extproc")
+        and not (_within(m, "extproc.trust") or m in ("extproc", "extproc.errors"))
+    ]
+    io = [m for m in imports if any(_within(m, io) for io in IO_MODULES)]
+    assert not outside, f"extproc/trust/{path.name} imports {outside}"
+    assert not io, f"extproc/trust/{path.name} imports {io}: trust does no I/O"
 
 
 def test_no_module_of_the_package_reaches_the_memory_store() -> None:

@@ -16,7 +16,8 @@ with RESOURCE_EXHAUSTED), then room in the backlog for each entry; a large
 message is sequenced in chunks with the event loop free between them, so
 that enforce requests keep flowing (docs/THREATS.md).
 
-The stream is authenticated exactly like ext_proc (server/reporters.py). An
+The stream is authenticated exactly like ext_proc, by the same
+StreamIdentifier (server/identify.py, trust/policy.py). An
 `access` entry of a request that was also held by ext_proc (enforce mode)
 links to that request's entry with `ref` (OutcomeMatcher). TCP access logs
 are refused: counted, not logged (the audit is of HTTP requests).
@@ -46,8 +47,11 @@ from extproc.errors import LogUnavailableError, OverBudgetError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import UNKNOWN_REPORTER, Claims, EntryBuilder, HeaderMap
-from extproc.server.reporters import XFCC_HEADER, Reporter, ReporterPolicy, ReporterRefused
-from extproc.server.servicer import _UNDECODABLE, AuditServicer, _close_reader
+from extproc.server.identify import StreamIdentifier
+from extproc.server.servicer import _UNDECODABLE, _close_reader
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import Reporter, ReporterRefused
+from extproc.trust.xfcc import XFCC_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -249,63 +253,14 @@ class AccessCapture:
         --reporter-is-destination refuse)."""
         # The hot path of observe mode (one call per request): each protobuf
         # field is read once, a value goes through policy.truncate() only when
-        # it may be too long, and empty header maps cost one len().
+        # it may be too long, and empty header maps cost one len(). `trunc`
+        # names what was cut in the order the fields are built.
         builder = self.builder
         common = e.common_properties
         request = e.request
-        response = e.response
         trunc: list[str] = []
-        logged = request.request_headers
-        extra = []
-        # Request properties Envoy always sends, stored as the headers they are
-        # (unless the logger was told to log that header too: then once).
-        for name, value in (
-            ("user-agent", request.user_agent),
-            ("referer", request.referer),
-            ("x-forwarded-for", request.forwarded_for),
-        ):
-            if value and name not in logged:
-                extra.append((name, value))
-        h = self._headers(logged, extra, "req", trunc)
-        method = request.request_method
-        full_path = request.path
-        req = builder.request_line(
-            _METHODS[method] if method < len(_METHODS) else "",
-            request.scheme,
-            request.authority,
-            full_path,
-            trunc,
-        )
-        req["headers"] = h.stored
-        if h.omitted:
-            req["headers_omitted"] = h.omitted
-        if protocol := _PROTOCOLS.get(e.protocol_version):
-            req["protocol"] = protocol
-        if v := request.request_body_bytes:
-            req["body_bytes"] = v
-        if v := request.original_path:
-            req["original_path"] = builder.bounded(self.policy.url(v), "req.original_path", trunc)
-
-        r = self._headers(response.response_headers, [], "resp", trunc)
-        resp: dict[str, Any] = {}
-        has_status = response.HasField("response_code")
-        if has_status:
-            code = response.response_code.value
-            if 100 <= code <= 999:
-                resp["status"] = code
-            else:
-                builder.status(resp, str(code), trunc)
-        else:
-            resp["status"] = None
-        resp["headers"] = r.stored
-        if r.omitted:
-            resp["headers_omitted"] = r.omitted
-        short = self.policy.short_chars
-        if v := response.response_code_details:
-            resp["details"] = v if len(v) <= short else builder.bounded(v, "resp.details", trunc)
-        if v := response.response_body_bytes:
-            resp["body_bytes"] = v
-
+        req, xfcc = self._request(request, e.protocol_version, trunc)
+        resp = self._response(e.response, trunc)
         has = common.HasField
         tls = common.tls_properties if has("tls_properties") else None
         fields: dict[str, Any] = {
@@ -318,12 +273,13 @@ class AccessCapture:
                 "access_log:downstream_remote_address",
                 _uri_san(tls.peer_certificate_properties) if tls is not None else "",
                 "access_log:peer_certificate",
-                h.raw.get(XFCC_HEADER),
+                xfcc,
                 trunc,
             ),
         }
         if has("downstream_local_address"):
             fields["dst"] = address_text(common.downstream_local_address)
+        short = self.policy.short_chars
         upstream: dict[str, Any] = {}
         if has("upstream_remote_address"):
             upstream["host"] = address_text(common.upstream_remote_address)
@@ -342,23 +298,15 @@ class AccessCapture:
             codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
             if codes:
                 fields["flags"] = ",".join(codes)
-        timing: dict[str, int] = {}
-        if has("start_time"):
-            start = common.start_time
-            timing["start_ms"] = start.seconds * 1000 + start.nanos // 1_000_000
-        if has("duration"):
-            timing["duration_us"] = _micros(common.duration)
-        elif has("time_to_last_downstream_tx_byte"):
-            timing["duration_us"] = _micros(common.time_to_last_downstream_tx_byte)
-        if has("time_to_first_upstream_tx_byte"):
-            # When Envoy started sending the request upstream: in enforce mode,
-            # after its request entry was durable.
-            timing["upstream_tx_us"] = _micros(common.time_to_first_upstream_tx_byte)
-        if timing:
+        if timing := _timing(common):
             fields["timing"] = timing
         if common.intermediate_log_entry:
             fields["partial"] = True
-        if not method and not full_path and not has_status:
+        if (
+            not request.request_method
+            and not request.path
+            and not e.response.HasField("response_code")
+        ):
             # A listener-level access log (istiod adds one for connections no
             # filter chain took): a connection, not an HTTP request.
             fields["no_request"] = True
@@ -372,8 +320,87 @@ class AccessCapture:
             fields["trunc"] = trunc
         return fields
 
+    def _request(
+        self, request: Any, protocol_version: int, trunc: list[str]
+    ) -> tuple[dict[str, Any], str | bytes | None]:
+        """`req` of an access entry, and the request's XFCC header as sent (the
+        source's identity, builder.source)."""
+        builder = self.builder
+        logged = request.request_headers
+        extra = []
+        # Request properties Envoy always sends, stored as the headers they are
+        # (unless the logger was told to log that header too: then once).
+        for name, value in (
+            ("user-agent", request.user_agent),
+            ("referer", request.referer),
+            ("x-forwarded-for", request.forwarded_for),
+        ):
+            if value and name not in logged:
+                extra.append((name, value))
+        h = self._headers(logged, extra, "req", trunc)
+        method = request.request_method
+        req = builder.request_line(
+            _METHODS[method] if method < len(_METHODS) else "",
+            request.scheme,
+            request.authority,
+            request.path,
+            trunc,
+        )
+        req["headers"] = h.stored
+        if h.omitted:
+            req["headers_omitted"] = h.omitted
+        if protocol := _PROTOCOLS.get(protocol_version):
+            req["protocol"] = protocol
+        if v := request.request_body_bytes:
+            req["body_bytes"] = v
+        if v := request.original_path:
+            req["original_path"] = builder.bounded(self.policy.url(v), "req.original_path", trunc)
+        return req, h.raw.get(XFCC_HEADER)
+
+    def _response(self, response: Any, trunc: list[str]) -> dict[str, Any]:
+        """`resp` of an access entry: without a response code (no response
+        was sent), `status: null` and no `status_raw`."""
+        builder = self.builder
+        r = self._headers(response.response_headers, [], "resp", trunc)
+        resp: dict[str, Any] = {}
+        if response.HasField("response_code"):
+            code = response.response_code.value
+            if 100 <= code <= 999:
+                resp["status"] = code
+            else:
+                builder.status(resp, str(code), trunc)
+        else:
+            resp["status"] = None
+        resp["headers"] = r.stored
+        if r.omitted:
+            resp["headers_omitted"] = r.omitted
+        short = self.policy.short_chars
+        if v := response.response_code_details:
+            resp["details"] = v if len(v) <= short else builder.bounded(v, "resp.details", trunc)
+        if v := response.response_body_bytes:
+            resp["body_bytes"] = v
+        return resp
+
 
 _NO_HEADERS = HeaderMap({}, {}, 0, {})
+
+
+def _timing(common: Any) -> dict[str, int]:
+    """`timing`: when the request started, how long it took, and when it went upstream."""
+    has = common.HasField
+    timing: dict[str, int] = {}
+    if has("start_time"):
+        start = common.start_time
+        timing["start_ms"] = start.seconds * 1000 + start.nanos // 1_000_000
+    if has("duration"):
+        timing["duration_us"] = _micros(common.duration)
+    elif has("time_to_last_downstream_tx_byte"):
+        timing["duration_us"] = _micros(common.time_to_last_downstream_tx_byte)
+    if has("time_to_first_upstream_tx_byte"):
+        # When Envoy started sending the request upstream: in enforce mode,
+        # after its request entry was durable.
+        timing["upstream_tx_us"] = _micros(common.time_to_first_upstream_tx_byte)
+    return timing
 
 
 def _micros(duration: Any) -> int:
@@ -433,20 +460,19 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self,
         audit_log: AuditLog,
         capture: AccessCapture,
-        ext_proc: AuditServicer,
+        identify: StreamIdentifier,
         outcomes: OutcomeMatcher,
         limits: AccessLimits = AccessLimits(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = audit_log
         self.capture = capture
-        self.ext_proc = ext_proc  # same reporter rules, same idle bookkeeping
+        self.identify = identify  # the ext_proc servicer's: same reporter rules
         self.outcomes = outcomes
         self.limits = limits
         self._clock = clock
         self._drops = RateLimitedLog(log)
         self._tcp = RateLimitedLog(log)
-        self._refusals = RateLimitedLog(log)
         self._over_budget = RateLimitedLog(log)
         self._errors = RateLimitedLog(log)
         self._entries = metrics.PerReporter(
@@ -477,7 +503,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        reporter = await self.ext_proc.identify(context)
+        reporter = await self.identify(context)
         metrics.ACCESS_STREAMS.inc()
         counter = self._counter(reporter)
         task = asyncio.current_task()
@@ -667,8 +693,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             try:
                 fields = capture(e, claims)
             except ReporterRefused as refused:  # --reporter-is-destination refuse
-                metrics.REPORTERS_REFUSED.labels(refused.reason).inc()
-                self._refusals.warning("refused an access-log entry: %s", refused.message)
+                self.identify.refused(refused, "an access-log entry")
                 continue
             if take is not None and "partial" not in fields:
                 key = (reporter_id, fields["rid"], fields.get("dst", ""))

@@ -37,6 +37,7 @@ from extproc.server.access import (
     OutcomeMatcher,
 )
 from extproc.server.capture import Capturer
+from extproc.server.identify import StreamIdentifier
 from extproc.server.servicer import AuditServicer, IdleStreams, ReceiptReplies
 from extproc.store import RetentionPolicy, open_store
 
@@ -86,6 +87,7 @@ class AuditServer:
         self.config = config
         layout.validate_log_id(config.log_id)
         self.reporters = config.reporter_policy()
+        self.identify = StreamIdentifier(self.reporters)  # both ingest services' streams
         self._credentials = _server_credentials(config)
         self.signer = load_signer(config.key)
         self.store = open_store(config.store)
@@ -426,7 +428,7 @@ class AuditServer:
             ),
             cfg.mode,
             ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipts else None,
-            reporters=self.reporters,
+            identify=self.identify,
             idle=idle,
             response_phase=cfg.ext_proc_responses,
             outcomes=outcomes,
@@ -434,8 +436,8 @@ class AuditServer:
         pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
         access = AccessLogServicer(
             audit_log,
-            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
-            ext_proc,
+            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, self.reporters),
+            self.identify,
             outcomes,
             AccessLimits(
                 cfg.max_access_log_entries,

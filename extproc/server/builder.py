@@ -18,13 +18,9 @@ from typing import Any, NamedTuple
 
 from extproc import config, metrics
 from extproc.core.redact import CLEAR, RedactionPolicy, ascii_lower
-from extproc.server.reporters import (
-    AUTH_NONE,
-    XFCC_HEADER,
-    Reporter,
-    ReporterPolicy,
-    xfcc_elements,
-)
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import AUTH_NONE, Reporter
+from extproc.trust.xfcc import XFCC_HEADER, xfcc_elements
 
 MAX_HEADER_NAME_BYTES = 1024
 REQUEST_ID = "x-request-id"

@@ -44,7 +44,8 @@ from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import Claims
 from extproc.server.capture import Capturer
-from extproc.server.reporters import Reporter, ReporterPolicy, ReporterRefused
+from extproc.server.identify import StreamIdentifier
+from extproc.trust.reporter import ReporterRefused
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         mode: str = "enforce",
         receipts: ReceiptReplies | None = None,
         *,
-        reporters: ReporterPolicy,
+        identify: StreamIdentifier,
         idle: IdleStreams | None = None,
         response_phase: bool = False,
         outcomes: OutcomeRegistry | None = None,
@@ -192,13 +193,15 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.log = audit_log
         self.capturer = capturer
         self.mode = mode
-        self.reporters = reporters  # no default: who may write is always stated
+        # No default: who may write is always stated. The access-log servicer
+        # identifies its streams with the same one (server/identify.py).
+        self.identify = identify
+        self.reporters = identify.policy
         self.idle = idle or IdleStreams(0)
         # False once a drain ends admission: new streams get UNAVAILABLE (Envoy
         # fails the request closed), while the listener stays up for the
         # access-log streams' last batches (app.py, AuditServer.drain).
         self.admitting = True
-        self._refusals = RateLimitedLog(log)
         self._denials = RateLimitedLog(log)
         self._drops = RateLimitedLog(log)
         self._failures = RateLimitedLog(log)
@@ -209,28 +212,12 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         # does): a proxy that stops reporting is an alert, whichever stream it uses.
         self._last_seen = metrics.PerReporter(metrics.REPORTER_LAST_SEEN.labels)
 
-    async def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Reporter:
-        """The stream's reporter; a caller that may not report gets PERMISSION_DENIED
-        before any of its messages is read."""
-        policy = self.reporters
-        try:
-            return policy.identify(
-                context.peer(),
-                context.auth_context() if policy.needs_auth_context else None,
-                context.invocation_metadata() if policy.needs_metadata else (),
-            )
-        except ReporterRefused as e:
-            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
-            self._refusals.warning("refused a reporter (%s): %s", e.reason, e.message)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
-            raise  # not reached: abort raises
-
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         # One generator, no nested ones: every suspension of a grpc.aio handler
         # costs (docs/PERFORMANCE.md), so the hot path has exactly one await of
-        # its own, the request entry's durability.
+        # its own, the request entry's durability. The rest is in plain calls.
         if not self.admitting:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: not taking new streams")
         reporter = await self.identify(context)
@@ -256,13 +243,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     fields["kind"] = "request"
                     who = fields["reporter"]
                     rid = fields["rid"]
-                    dst = fields.get("dst", "")
                     if self.mode == "enforce":
                         try:
                             request_seq = await self.log.append(fields)
                         except LogUnavailableError as e:
-                            metrics.DENIED.inc()
-                            self._denials.warning("denying request (503): %s", e)
+                            self._denied(e)
                             yield _DENY
                             await _close_reader(request_iterator)
                             return
@@ -273,7 +258,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             return
                     seen.set_to_current_time()
                     if self.outcomes is not None:
-                        self.outcomes.expect(reporter.id, rid, dst, request_seq)
+                        self.outcomes.expect(reporter.id, rid, fields.get("dst", ""), request_seq)
                     yield _CONTINUE_REQUEST
                     if not self.response_phase:
                         # One round trip: ending the stream tells Envoy the
@@ -290,51 +275,20 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             grpc.StatusCode.FAILED_PRECONDITION,
                             "response_headers before request_headers",
                         )
-                    fields = self.capturer.response(msg)
-                    fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
                     done = True
-                    # Not awaited: the request already happened upstream, and
-                    # holding its response back would not undo it. The entry is
-                    # durable with the next group commit (well under 1 ms).
-                    self._append_nowait(fields)
-                    if self.receipts is None:
-                        yield _CONTINUE_RESPONSE
-                    else:
-                        yield self.receipts.reply(request_seq)
+                    yield self._response(msg, request_seq, rid, who)
                     # Nothing else is asked for (bodies and trailers are not
                     # sent), so end the stream now (see above).
                     await _close_reader(request_iterator)
                     return
                 else:
                     raise _unsupported(which)
-        except _StreamError as e:
-            metrics.STREAM_ERRORS.labels(e.code.name).inc()
-            await context.abort(e.code, e.details)
-        except DecodeError:
-            # Bytes that are not a ProcessingRequest (grpc.aio decodes them as it
-            # reads): the caller's doing, not a failure of ours to log.
-            invalid = grpc.StatusCode.INVALID_ARGUMENT
-            metrics.STREAM_ERRORS.labels(invalid.name).inc()
-            await context.abort(invalid, _UNDECODABLE % "ProcessingRequest")
-        except ReporterRefused as e:
-            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
-            self._refusals.warning("refused a report (%s): %s", e.reason, e.message)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
         except asyncio.CancelledError:
             if task not in idle.timed_out:
                 raise
             # Ended by the idle watchdog: the stream is gone; record the outcome below.
         except Exception as e:
-            # A bug, not the caller's doing: one line (with the traceback, never
-            # the exception text: it could carry request data) per interval,
-            # however many streams hit it.
-            metrics.STREAM_ERRORS.labels("INTERNAL").inc()
-            self._failures.error(
-                "ext_proc stream failed: %s\n%s",
-                type(e).__name__,
-                "".join(traceback.format_tb(e.__traceback__)),
-            )
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
+            await self._abort(context, e)
         finally:
             timed_out = idle.close(task)
             if request_seq is not None and not done and self.response_phase:
@@ -348,6 +302,45 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         "reporter": who,
                     }
                 )
+
+    def _response(self, msg: Any, request_seq: int, rid: str, who: dict[str, Any]) -> Any:
+        """Log the `response` entry of a response_headers message; the reply."""
+        fields = self.capturer.response(msg)
+        fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
+        # Not awaited: the request already happened upstream, and holding its
+        # response back would not undo it. The entry is durable with the next
+        # group commit (well under 1 ms).
+        self._append_nowait(fields)
+        return _CONTINUE_RESPONSE if self.receipts is None else self.receipts.reply(request_seq)
+
+    def _denied(self, e: LogUnavailableError) -> None:
+        metrics.DENIED.inc()
+        self._denials.warning("denying request (503): %s", e)
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> None:
+        """End a failed stream with its gRPC status (abort raises)."""
+        if isinstance(e, ReporterRefused):  # --reporter-is-destination refuse: not a stream error
+            self.identify.refused(e, "a report")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
+            return
+        if isinstance(e, _StreamError):
+            code, details = e.code, e.details
+        elif isinstance(e, DecodeError):
+            # Bytes that are not a ProcessingRequest (grpc.aio decodes them as it
+            # reads): the caller's doing, not a failure of ours to log.
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE % "ProcessingRequest"
+        else:
+            # A bug, not the caller's doing: one line (with the traceback, never
+            # the exception text: it could carry request data) per interval,
+            # however many streams hit it.
+            code, details = grpc.StatusCode.INTERNAL, "internal error in audit server"
+            self._failures.error(
+                "ext_proc stream failed: %s\n%s",
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+        metrics.STREAM_ERRORS.labels(code.name).inc()
+        await context.abort(code, details)
 
     def _append_nowait(self, fields: dict[str, Any]) -> int | None:
         """Append without waiting for the disk; the seq, or None if dropped (counted)."""
