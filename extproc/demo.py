@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.reader import entry_lines
+from extproc.audit.verify import verify_store
+from extproc.core.findings import all_ok
 from extproc.core.note import Signer
-from extproc.core.verify import all_ok
 from extproc.envoyconf import Endpoint, SocketPath, bootstrap, to_yaml
 from extproc.errors import ConfigError
 from extproc.keys import load_signer, write_signer
-from extproc.reader import entry_lines
 from extproc.store import open_store, parse_store_url
 
 DEMO_LOG_ID = "demo"

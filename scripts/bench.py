@@ -65,7 +65,8 @@ from typing import Any
 import orjson
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.reader import open_logs
+from extproc.audit.verify import verify_store
 from extproc.core import entry as entry_codec
 from extproc.core.merkle import leaf_hash
 from extproc.core.note import Signer
@@ -500,20 +501,17 @@ class Bench:
 
     def count_logged(self, store_url: str) -> LogCount:
         """Entries of the verified published log (all its logs, all workers), by kind."""
-        from extproc.auditor import list_logs
-        from extproc.log.publisher import bundle_lines
-
         store = open_store(store_url)
         reports, general = verify_store(store, self.verifier)
         bad = [str(f) for r in reports for f in r.findings if f.severity == "error"]
         bad += [str(f) for f in general]
         if bad:
             raise SystemExit("published log does not verify:\n" + "\n".join(bad[:10]))
-        logs, _ = list_logs(store)
+        logs, _ = open_logs(store)
         count = LogCount()
-        for objects in logs.values():
-            for key, name in objects.bundles:
-                data = bundle_lines(store.get(key), compressed=name.gzip)
+        for reader in logs.values():
+            for key, name in reader.bundles_in_effect():
+                data = reader.bundle_data(key, name)
                 count.request += data.count(b'"kind":"request"')
                 count.response += data.count(b'"kind":"response"')
                 count.exchange += data.count(b'"kind":"exchange"')

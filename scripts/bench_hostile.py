@@ -99,12 +99,12 @@ from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.reader import entry_lines, list_logs
+from extproc.audit.verify import verify_store
 from extproc.core import entry, layout
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.keys import load_signer, write_signer
-from extproc.reader import entry_lines, list_logs
 from extproc.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the attack inputs

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from extproc.audit.prove import Prover
 from extproc.core.note import Signer
 from extproc.errors import ConfigError
-from extproc.prover import Prover
 from extproc.store import open_store
 from extproc.store.local import LocalStore
 from tests.helpers import write_log

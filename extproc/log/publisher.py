@@ -44,9 +44,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from extproc import metrics
+from extproc.audit.reader import LogReader
 from extproc.core import entry, layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES, bundle_bytes
-from extproc.core.bundle import bundle_lines as bundle_lines  # scripts/bench.py reads it here
 from extproc.core.checkpoint import (
     Checkpoint,
     make_extensions,
@@ -71,7 +71,6 @@ from extproc.errors import (
 )
 from extproc.log.appender import AuditLog, Durable
 from extproc.log.wal import WAL, TreeState
-from extproc.reader import LogReader
 from extproc.store.base import CONFIRMED, DIFFERENT, MISSING, ObjectStore, RetentionPolicy
 
 log = logging.getLogger(__name__)

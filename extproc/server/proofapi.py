@@ -25,15 +25,15 @@ import grpc
 
 from extproc.api import proof_pb2 as pb
 from extproc.api import proof_pb2_grpc as pb_grpc
-from extproc.core.note import Verifier
-from extproc.errors import AuditError, ConfigError, StorageError, VerificationError
-from extproc.prover import (
+from extproc.audit.prove import (
     DEFAULT_CACHE_LEAVES,
     AmbiguousRequestIdError,
     EntryNotFoundError,
     LeafCache,
     Prover,
 )
+from extproc.core.note import Verifier
+from extproc.errors import AuditError, ConfigError, StorageError, VerificationError
 from extproc.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
