@@ -68,6 +68,17 @@ from extproc import processes
 from extproc.audit.reader import open_logs
 from extproc.audit.verify import verify_store
 from extproc.core import entry as entry_codec
+from extproc.core import scan
+from extproc.core.fields import (
+    KIND,
+    KIND_ACCESS,
+    KIND_EXCHANGE,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    REF,
+    RESP,
+    STATUS,
+)
 from extproc.core.merkle import leaf_hash
 from extproc.core.note import Signer
 from extproc.core.redact import RedactionPolicy
@@ -512,20 +523,17 @@ class Bench:
         for reader in logs.values():
             for key, name in reader.bundles_in_effect():
                 data = reader.bundle_data(key, name)
-                count.request += data.count(b'"kind":"request"')
-                count.response += data.count(b'"kind":"response"')
-                count.exchange += data.count(b'"kind":"exchange"')
-                if b'"kind":"access"' not in data:
-                    continue
-                for line in data.splitlines():
-                    if b'"kind":"access"' not in line:
-                        continue
+                count.request += data.count(scan.member(KIND, KIND_REQUEST))
+                count.response += data.count(scan.member(KIND, KIND_RESPONSE))
+                count.exchange += data.count(scan.member(KIND, KIND_EXCHANGE))
+                access = (scan.member(KIND, KIND_ACCESS),)
+                for _, line in scan.lines_holding(data.splitlines(), access, data):
                     entry = orjson.loads(line)
                     count.access += 1
-                    status = entry["resp"].get("status")
+                    status = entry[RESP].get(STATUS)
                     if isinstance(status, int) and 200 <= status < 300:
                         count.access_2xx += 1
-                        count.access_2xx_unref += "ref" not in entry
+                        count.access_2xx_unref += REF not in entry
         return count
 
     def soak(
@@ -653,7 +661,7 @@ def sample_fields() -> dict[str, Any]:
         )
     )
     fields = Capturer(RedactionPolicy()).request(msg)
-    fields["kind"] = "request"
+    fields[KIND] = KIND_REQUEST
     return fields
 
 

@@ -122,7 +122,7 @@ AUTH_UNIX: Final = "unix"
 AUTH_NONE: Final = "unauthenticated"
 
 
-def path(*names: str) -> str:
+def dotted(*names: str) -> str:
     """A field's dotted path, as `trunc` names it (`req.headers.user-agent`)."""
     return ".".join(names)
 

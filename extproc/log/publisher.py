@@ -55,6 +55,17 @@ from extproc.core.checkpoint import (
 )
 from extproc.core.claim import MAX_CLAIM_BYTES, Claim
 from extproc.core.display import escape
+from extproc.core.fields import (
+    COUNT,
+    EPOCH,
+    EVENT_FOREIGN,
+    EVENT_ROTATE,
+    EVENT_STOP,
+    NEW_KEY,
+    OBJECT,
+    OBJECTS,
+    OLD_KEY,
+)
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange
 from extproc.core.note import MAX_NOTE_BYTES, Signer, Verifier, parse_note
@@ -433,7 +444,9 @@ class Publisher:
         )
         await self._append_own(
             entry.writer_event(
-                "rotate", self.writer_id, old_key=old_label, new_key=new_label, epoch=self.epoch
+                EVENT_ROTATE,
+                self.writer_id,
+                {OLD_KEY: old_label, NEW_KEY: new_label, EPOCH: self.epoch},
             )
         )
 
@@ -689,12 +702,12 @@ class Publisher:
             ", ..." if len(keys) > 3 else "",
             self.epoch,
         )
-        details: dict[str, Any] = {"epoch": self.epoch}
+        details: dict[str, Any] = {EPOCH: self.epoch}
         if len(names) == 1:
-            details["object"] = names[0]
+            details[OBJECT] = names[0]
         else:
-            details.update(count=len(names), objects=names[:MAX_RECORDED_NAMES])
-        await self._append_own(entry.writer_event("foreign", self.writer_id, **details))
+            details.update({COUNT: len(names), OBJECTS: names[:MAX_RECORDED_NAMES]})
+        await self._append_own(entry.writer_event(EVENT_FOREIGN, self.writer_id, details))
 
     async def _append_own(self, fields: dict[str, Any]) -> None:
         try:
@@ -902,7 +915,7 @@ class Publisher:
             return
         self._stop_recorded = True
         with contextlib.suppress(LogUnavailableError):  # a refusing log still publishes
-            await self.log.append(entry.writer_event("stop", self.writer_id))
+            await self.log.append(entry.writer_event(EVENT_STOP, self.writer_id))
 
     async def close(self) -> None:
         """Record the clean stop in the log, publish everything under a final checkpoint."""

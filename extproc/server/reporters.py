@@ -36,12 +36,8 @@ from typing import Any
 
 from extproc import config
 from extproc.core import xfcc
+from extproc.core.fields import AUTH, AUTH_MTLS, AUTH_NONE, AUTH_UNIX, AUTH_XFCC, ID, PEER
 from extproc.errors import ConfigError
-
-AUTH_MTLS = "mtls"
-AUTH_XFCC = "xfcc"
-AUTH_UNIX = "unix"
-AUTH_NONE = "unauthenticated"
 
 XFCC_HEADER = "x-forwarded-client-cert"
 # Istio's sidecar forwards inbound connections to the application from these
@@ -86,9 +82,9 @@ class Reporter:
 
     def __post_init__(self) -> None:
         # Built once per stream and shared by its entries (orjson encodes it each time).
-        fields = {"auth": self.auth, "peer": self.peer}
+        fields = {AUTH: self.auth, PEER: self.peer}
         if self.id:
-            fields["id"] = self.id
+            fields[ID] = self.id
         object.__setattr__(self, "fields", fields)
 
     @property

@@ -39,6 +39,18 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from extproc import metrics
 from extproc.core import receipt
+from extproc.core.fields import (
+    DST,
+    KIND,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    OUTCOME,
+    OUTCOME_ABORTED,
+    OUTCOME_TIMEOUT,
+    REF,
+    REPORTER,
+    RID,
+)
 from extproc.errors import LogUnavailableError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
@@ -203,7 +215,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._drops = RateLimitedLog(log)
         self._failures = RateLimitedLog(log)
         self._streams = metrics.STREAMS.labels(mode)
-        self._requests = metrics.ENTRIES.labels("request")
+        self._requests = metrics.ENTRIES.labels(KIND_REQUEST)
         self._entries: dict[str, Any] = {}  # label children, bound once
         # When each reporter last had a request logged (as the access-log path
         # does): a proxy that stops reporting is an alert, whichever stream it uses.
@@ -253,10 +265,10 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             "request_headers received twice on one stream",
                         )
                     fields = self.capturer.request(msg, Claims(reporter, self.reporters))
-                    fields["kind"] = "request"
-                    who = fields["reporter"]
-                    rid = fields["rid"]
-                    dst = fields.get("dst", "")
+                    fields[KIND] = KIND_REQUEST
+                    who = fields[REPORTER]
+                    rid = fields[RID]
+                    dst = fields.get(DST, "")
                     if self.mode == "enforce":
                         try:
                             request_seq = await self.log.append(fields)
@@ -291,7 +303,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             "response_headers before request_headers",
                         )
                     fields = self.capturer.response(msg)
-                    fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
+                    fields.update({KIND: KIND_RESPONSE, REF: request_seq, RID: rid, REPORTER: who})
                     done = True
                     # Not awaited: the request already happened upstream, and
                     # holding its response back would not undo it. The entry is
@@ -341,11 +353,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 # Client gone, upstream reset or no response in time: say so.
                 self._append_nowait(
                     {
-                        "kind": "response",
-                        "ref": request_seq,
-                        "rid": rid,
-                        "outcome": "timeout" if timed_out else "aborted",
-                        "reporter": who,
+                        KIND: KIND_RESPONSE,
+                        REF: request_seq,
+                        RID: rid,
+                        OUTCOME: OUTCOME_TIMEOUT if timed_out else OUTCOME_ABORTED,
+                        REPORTER: who,
                     }
                 )
 
@@ -355,11 +367,12 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             seq = self.log.append_nowait(fields)
         except LogUnavailableError as e:
             metrics.DROPPED.labels("backpressure").inc()
-            self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
+            self._drops.warning("%s entry not logged: %s", fields.get(KIND), e)
             return None
-        counter = self._entries.get(fields["kind"])
+        kind = fields[KIND]
+        counter = self._entries.get(kind)
         if counter is None:
-            counter = self._entries[fields["kind"]] = metrics.ENTRIES.labels(fields["kind"])
+            counter = self._entries[kind] = metrics.ENTRIES.labels(kind)
         counter.inc()
         return seq
 
