@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from extproc.audit.search import Match
-from extproc.audit.verify import AuditResult
 from extproc.core import entry
 from extproc.core.display import escape
 from extproc.core.fields import (
@@ -38,6 +36,10 @@ from extproc.core.fields import (
     nested,
 )
 from extproc.core.findings import Finding, LogReport
+
+if TYPE_CHECKING:  # types only: `search` need not load verify, nor `verify` search
+    from extproc.audit.search import Match
+    from extproc.audit.verify import AuditResult
 
 
 def parse_time_ms(text: str) -> int:
