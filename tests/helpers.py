@@ -1,7 +1,7 @@
 """What many tests need: a log written by the real writer, and every entry of a log.
 
 Logs are written in-process by the writer itself (WAL, audit log, publisher),
-never by a copy of its format; entries are read back through extproc.reader,
+never by a copy of its format; entries are read back through extproc.audit.reader,
 the reader every command uses.
 """
 

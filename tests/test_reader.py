@@ -1,4 +1,4 @@
-"""The store reader (extproc/reader.py): which objects are the log's, and that
+"""The store reader (extproc/audit/reader.py): which objects are the log's, and that
 `verify` and `search` are fed by one function, so they see the same log.
 
 Logs are written by the real writer (tests/helpers.py) on our in-memory store;

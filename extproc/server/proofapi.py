@@ -1,6 +1,6 @@
 """The live proof API (protos/extproc/api/proof.proto) on its own gRPC port.
 
-Answers come from the store, through extproc.prover, exactly as an offline
+Answers come from the store, through extproc.audit.prove, exactly as an offline
 `prove` would make them: only published entries under signed checkpoints are
 provable, and the client verifies everything with the log's verifier key.
 Store reads block, so they run on a small thread pool of this module's own,
