@@ -32,6 +32,7 @@ from extproc.core.note import Signer
 from extproc.store.local import LocalStore
 
 LOG_ID = "bench-0"
+WRITER = "be7c"  # the writer run id: hex, as checkpoints carry it
 DAY = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
 BUNDLE = 10_000
 PATHS = ("/api/orders", "/api/users/42", "/api/cart/items", "/health", "/admin/settings")
@@ -97,11 +98,11 @@ def write_log(store: LocalStore, signer: Signer, entries: int, *, gzip: bool) ->
             probe = str(fields["rid"])
         if len(lines) == BUNDLE or seq == entries - 1:
             first = seq - len(lines) + 1
-            claim = Claim(first, seq, prev, "bench")
+            claim = Claim(first, seq, prev, WRITER)
             store.put_once(layout.claim_key(store.prefix, LOG_ID, first), claim.to_bytes(), None)
             key = layout.bundle_key(store.prefix, LOG_ID, first, seq, gzip=gzip)
             store.put_once(key, bundle_bytes(lines, compress=gzip), None)
-            cp = Checkpoint(origin, seq + 1, tree.root(), make_extensions(0, "bench"))
+            cp = Checkpoint(origin, seq + 1, tree.root(), make_extensions(0, WRITER))
             store.put_once(
                 layout.checkpoint_key(store.prefix, LOG_ID, seq + 1),
                 sign_checkpoint(cp, signer),
