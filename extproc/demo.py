@@ -35,13 +35,25 @@ from pathlib import Path
 from typing import Any
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.reader import entry_lines
+from extproc.audit.verify import verify_store
+from extproc.core.fields import (
+    AUTH,
+    HEADERS,
+    ID,
+    KIND,
+    KIND_ACCESS,
+    KIND_REQUEST,
+    REPORTER,
+    REQ,
+    RID,
+    nested,
+)
+from extproc.core.findings import LogReport, all_ok
 from extproc.core.note import Signer
-from extproc.core.verify import LogReport, all_ok
 from extproc.envoyconf import Endpoint, SocketPath, bootstrap, to_yaml
 from extproc.errors import ConfigError
 from extproc.keys import load_signer, write_signer
-from extproc.reader import entry_lines
 from extproc.store import open_store, parse_store_url
 
 DEMO_LOG_ID = "demo"
@@ -291,13 +303,13 @@ def _run_entries(store_url: str, request_ids: list[str], sample_kind: str) -> Ru
     found = RunEntries()
     for line in entry_lines(open_store(store_url), DEMO_LOG_ID):
         fields: dict[str, Any] = json.loads(line)
-        if fields.get("rid") not in wanted:
+        if fields.get(RID) not in wanted:
             continue
-        kind = str(fields.get("kind"))
+        kind = str(fields.get(KIND))
         found.kinds[kind] += 1
-        reporter = fields.get("reporter") or {}
-        found.reporters[f"{reporter.get('auth')} {reporter.get('id', '')}".strip()] += 1
-        headers = (fields.get("req") or {}).get("headers") or {}
+        reporter = fields.get(REPORTER) or {}
+        found.reporters[f"{reporter.get(AUTH)} {reporter.get(ID, '')}".strip()] += 1
+        headers = nested(fields, REQ, HEADERS) or {}
         if found.sample is None and kind == sample_kind and headers.get("authorization"):
             found.sample = fields
     return found
@@ -356,7 +368,7 @@ def run_demo(
     reports, general = verify_store(store, signer.verifier())
     ok = all_ok(reports, general)
     demo_report = next((r for r in reports if r.log_id == DEMO_LOG_ID), None)
-    sample_kind = "request" if mode == "enforce" else "access"
+    sample_kind = KIND_REQUEST if mode == "enforce" else KIND_ACCESS
     this_run = _run_entries(store_url, traffic.result.request_ids, sample_kind)
     elapsed = time.monotonic() - started
     _print_counts(traffic, requests, elapsed, mode, demo_report, this_run)

@@ -66,7 +66,19 @@ from bench_report import CaseResult, LogCount, print_summary, print_table, targe
 from proc_stats import Background, cpu_seconds, descendants, rss_mb
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.reader import open_logs
+from extproc.audit.verify import verify_store
+from extproc.core import scan
+from extproc.core.fields import (
+    KIND,
+    KIND_ACCESS,
+    KIND_EXCHANGE,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    REF,
+    RESP,
+    STATUS,
+)
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.keys import write_signer
@@ -285,34 +297,28 @@ class Bench:
 
     def count_logged(self, store_url: str) -> LogCount:
         """Entries of the verified published log (all its logs, all workers), by kind."""
-        from extproc.auditor import list_logs
-        from extproc.log.publisher import bundle_lines
-
         store = open_store(store_url)
         reports, general = verify_store(store, self.verifier)
         bad = [str(f) for r in reports for f in r.findings if f.severity == "error"]
         bad += [str(f) for f in general]
         if bad:
             raise SystemExit("published log does not verify:\n" + "\n".join(bad[:10]))
-        logs, _ = list_logs(store)
+        logs, _ = open_logs(store)
         count = LogCount()
-        for objects in logs.values():
-            for key, name in objects.bundles:
-                data = bundle_lines(store.get(key), compressed=name.gzip)
-                count.request += data.count(b'"kind":"request"')
-                count.response += data.count(b'"kind":"response"')
-                count.exchange += data.count(b'"kind":"exchange"')
-                if b'"kind":"access"' not in data:
-                    continue
-                for line in data.splitlines():
-                    if b'"kind":"access"' not in line:
-                        continue
+        for reader in logs.values():
+            for key, name in reader.bundles_in_effect():
+                data = reader.bundle_data(key, name)
+                count.request += data.count(scan.member(KIND, KIND_REQUEST))
+                count.response += data.count(scan.member(KIND, KIND_RESPONSE))
+                count.exchange += data.count(scan.member(KIND, KIND_EXCHANGE))
+                access = (scan.member(KIND, KIND_ACCESS),)
+                for _, line in scan.lines_holding(data.splitlines(), access, data):
                     entry = orjson.loads(line)
                     count.access += 1
-                    status = entry["resp"].get("status")
+                    status = entry[RESP].get(STATUS)
                     if isinstance(status, int) and 200 <= status < 300:
                         count.access_2xx += 1
-                        count.access_2xx_unref += "ref" not in entry
+                        count.access_2xx_unref += REF not in entry
         return count
 
     def soak(

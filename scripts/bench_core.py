@@ -13,6 +13,7 @@ from typing import Any
 from hostile_messages import NORMAL_HEADERS
 
 from extproc.core import entry as entry_codec
+from extproc.core.fields import KIND, KIND_REQUEST
 from extproc.core.merkle import leaf_hash
 from extproc.core.note import Signer
 from extproc.core.redact import RedactionPolicy
@@ -36,7 +37,7 @@ def sample_fields() -> dict[str, Any]:
         )
     )
     fields = Capturer(RedactionPolicy()).request(msg)
-    fields["kind"] = "request"
+    fields[KIND] = KIND_REQUEST
     return fields
 
 

@@ -106,12 +106,12 @@ from proc_stats import cpu_seconds, descendants, rss_mb
 from store_bomb import print_store_bomb, store_bomb, store_bomb_targets
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.reader import entry_lines, list_logs
+from extproc.audit.verify import verify_store
 from extproc.core import entry
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.keys import load_signer, write_signer
-from extproc.reader import entry_lines, list_logs
 from extproc.store import open_store
 
 LOG_ID = "hostile"

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from extproc.audit.reader import list_logs
 from extproc.core import layout
-from extproc.reader import list_logs
 from extproc.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the attack inputs

@@ -19,7 +19,7 @@ from extproc.errors import ConfigError, VerificationError
 from extproc.options import int_at_least
 
 if TYPE_CHECKING:
-    from extproc.prover import Prover
+    from extproc.audit.prove import Prover
 
 
 def add_prove(sub: Subparsers) -> None:
@@ -92,9 +92,9 @@ def add_check_proof(sub: Subparsers) -> None:
 
 
 def run_prove(args: argparse.Namespace) -> int:
+    from extproc.audit.prove import EntryNotFoundError, Prover
     from extproc.core.display import escape
     from extproc.core.tlogproof import FILE_SUFFIX
-    from extproc.prover import EntryNotFoundError, Prover
     from extproc.store import open_store
 
     if args.all and args.request_id is None:
@@ -166,8 +166,8 @@ def run_prove(args: argparse.Namespace) -> int:
 
 def _write_consistency(prover: Prover, args: argparse.Namespace) -> int:
     """prove --consistency-from: a tlog-witness style body, old size to newer checkpoint."""
+    from extproc.audit.prove import EntryNotFoundError
     from extproc.core.tlogproof import ConsistencyProof
-    from extproc.prover import EntryNotFoundError
 
     if args.all:
         raise ConfigError("--all goes with --request-id")

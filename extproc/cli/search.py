@@ -57,15 +57,9 @@ def add_search(sub: Subparsers) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    from extproc.audit.report import table_header, table_row
+    from extproc.audit.search import Filters, StoreSearch, parse_status, parse_time
     from extproc.core.display import escape
-    from extproc.search import (
-        Filters,
-        StoreSearch,
-        parse_status,
-        parse_time,
-        table_header,
-        table_row,
-    )
     from extproc.store import open_store
 
     if args.no_verify == bool(args.vkey or args.keyring):
@@ -117,7 +111,7 @@ def run_search(args: argparse.Namespace) -> int:
     if verifier is None:
         print(f"NOT VERIFIED (--no-verify): {counts}", file=sys.stderr)
         return EXIT_OK
-    from extproc.core.verify import all_ok
+    from extproc.core.findings import all_ok
 
     for finding in stats.general + [f for r in stats.reports for f in r.findings]:
         print(f"  {escape(str(finding))}", file=sys.stderr)  # keys come from the store

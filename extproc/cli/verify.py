@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from extproc.cli.base import EXIT_INVALID, EXIT_OK, Subparsers, typed
 from extproc.cli.readers import add_bundle_bound, add_key_options, keyring, reader_store
 from extproc.errors import ConfigError
 from extproc.options import NON_NEGATIVE, ORIGIN_PREFIX, POSITIVE, int_at_least
-
-if TYPE_CHECKING:
-    from extproc.core.verify import LogReport
 
 
 def add_verify(sub: Subparsers) -> None:
@@ -93,24 +89,26 @@ def run_verify(args: argparse.Namespace) -> int:
     import contextlib
     import json
 
-    from extproc import auditor
+    from extproc.audit.report import parse_time_ms, print_log, result_to_json
+    from extproc.audit.statefile import load_state, save_state
+    from extproc.audit.verify import AuditOptions, audit_store
     from extproc.store import open_store
 
     verifier = keyring(args)
     store = open_store(args.url)
     if args.accept_retention and not args.state:
         raise ConfigError("--accept-retention records the bucket's rule in --state: give --state")
-    options = auditor.AuditOptions(
+    options = AuditOptions(
         origin_prefix=args.origin_prefix,
         deep=args.deep,
         parallel=args.parallel,
-        state=auditor.load_state(args.state) if args.state else None,
+        state=load_state(args.state) if args.state else None,
         full=args.full,
         min_retention_days=args.min_retention_days,
         accept_retention=args.accept_retention,
         gap_threshold_s=args.gap_threshold,
-        since_ms=auditor.parse_time_ms(args.since) if args.since else None,
-        until_ms=auditor.parse_time_ms(args.until) if args.until else None,
+        since_ms=parse_time_ms(args.since) if args.since else None,
+        until_ms=parse_time_ms(args.until) if args.until else None,
         require_authenticated=args.require_authenticated,
         max_bundle_bytes=args.max_bundle_bytes,
     )
@@ -123,11 +121,11 @@ def run_verify(args: argparse.Namespace) -> int:
             task = progress.add_task("verifying entries", total=None)
             options.on_total = lambda total: progress.update(task, total=total)
             options.on_entries = lambda n: progress.advance(task, n)
-        result = auditor.audit_store(store, verifier, options)
+        result = audit_store(store, verifier, options)
     if result.ok and args.state:
-        auditor.save_state(args.state, result.state)
+        save_state(args.state, result.state)
     if args.format == "json":
-        doc = auditor.result_to_json(result, store.url)
+        doc = result_to_json(result, store.url)
         print(json.dumps(doc, indent=1))
         return EXIT_OK if result.ok else EXIT_INVALID
     from extproc.core.display import escape
@@ -135,7 +133,7 @@ def run_verify(args: argparse.Namespace) -> int:
     for finding in result.general:
         print(escape(str(finding)))
     for report in result.reports:
-        _print_log(report, quiet=args.quiet)
+        print_log(report, quiet=args.quiet)
     if not result.logs:
         print(f"no logs found under {store.url}: nothing verifies")
     elif not result.reports:
@@ -149,62 +147,3 @@ def run_verify(args: argparse.Namespace) -> int:
         f"Object Lock retention {retention}"
     )
     return EXIT_OK if result.ok else EXIT_INVALID
-
-
-def _print_log(report: LogReport, *, quiet: bool) -> None:
-    """Human lines for one log's LogReport (kept stable: tests and scripts grep them)."""
-    from datetime import UTC, datetime
-
-    from extproc.core.display import escape
-
-    latest = report.latest
-    signed = f"signed size {latest.size}" if latest else "no valid checkpoint"
-    status = "OK" if report.ok else "INVALID"
-    if not quiet or not report.ok:
-        resumed = (
-            f" ({report.rehashed} new since the verified size {report.resumed_from}"
-            + (", consistency proof checked" if report.consistency_proof is not None else "")
-            + ")"
-            if report.resumed_from
-            else ""
-        )
-        print(
-            f"log {report.log_id}: {status}: {report.entries} entries in "
-            f"{report.bundles} bundles, {report.checkpoints} checkpoints, {signed}{resumed}"
-        )
-        st = report.status
-        if st is not None and st.state != "empty":
-            newest = (
-                datetime.fromtimestamp(st.newest_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                if st.newest_ms is not None
-                else "?"
-            )
-            age = f", age {_duration(st.age_s)}" if st.age_s is not None else ""
-            print(f"  status: {st.state}, newest checkpoint {newest}{age}, "
-                  f"{len(st.writers)} writer runs")  # fmt: skip
-            for gap in st.gaps:
-                print(f"  gap: {gap.kind} for {_duration(gap.seconds)} after writer "
-                      f"{gap.writer or '?'}")  # fmt: skip
-        if len(report.keys) > 1 or report.epoch > 1:
-            print(f"  signed by {escape(', '.join(report.keys))}; epoch {report.epoch}")
-        if report.unauthenticated:
-            print(f"  {report.unauthenticated} entries from unauthenticated reporters "
-                  "(reporter.auth; verify --require-authenticated refuses them)")  # fmt: skip
-    # Findings quote object keys and signed notes: bucket content, so escaped
-    # before it reaches a terminal (core/display.py).
-    for finding in report.findings:
-        print(f"  {escape(str(finding))}")
-        for note in finding.evidence:
-            print("    evidence:")
-            for line in note.rstrip("\n").split("\n"):
-                print(f"      {escape(line)}")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"

@@ -13,6 +13,7 @@ from typing import Any
 
 from extproc import metrics
 from extproc.core import layout
+from extproc.core.fields import COUNT, EPOCH, OBJECT, OBJECTS
 
 # After a collision the writer lists what is ahead of it at most this often;
 # in between, a new plant costs one collision (a put and a read).
@@ -91,9 +92,9 @@ class ForeignKeys:
             name = layout.parse_key(self._prefix, key)
             metrics.FOREIGN_OBJECTS.labels(name.kind if name else "unknown").inc()
         names = [recorded_name(layout.relative(self._prefix, k)) for k in keys]
-        details: dict[str, Any] = {"epoch": epoch}
+        details: dict[str, Any] = {EPOCH: epoch}
         if len(names) == 1:
-            details["object"] = names[0]
+            details[OBJECT] = names[0]
         else:
-            details.update(count=len(names), objects=names[:MAX_RECORDED_NAMES])
+            details.update({COUNT: len(names), OBJECTS: names[:MAX_RECORDED_NAMES]})
         return details, names

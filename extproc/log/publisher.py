@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc import metrics
+from extproc.audit.reader import LogReader
 from extproc.config import BUNDLE_MAX_AGE, BUNDLE_MAX_BYTES, BUNDLE_MAX_ENTRIES, RETRY_MAX_DELAY
 from extproc.core import entry, layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES, bundle_bytes
-from extproc.core.bundle import bundle_lines as bundle_lines  # scripts/bench.py reads it here
 from extproc.core.checkpoint import (
     Checkpoint,
     make_extensions,
@@ -54,6 +54,14 @@ from extproc.core.checkpoint import (
 )
 from extproc.core.claim import MAX_CLAIM_BYTES, Claim
 from extproc.core.display import escape
+from extproc.core.fields import (
+    EPOCH,
+    EVENT_FOREIGN,
+    EVENT_ROTATE,
+    EVENT_STOP,
+    NEW_KEY,
+    OLD_KEY,
+)
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange
 from extproc.core.note import MAX_NOTE_BYTES, Signer, Verifier, parse_note
@@ -71,7 +79,6 @@ from extproc.log.appender import AuditLog, Durable
 from extproc.log.foreign import ForeignKeys
 from extproc.log.wal import WAL, TreeState
 from extproc.log.writeonce import FOREIGN, FORK, OURS, WriteOnce, backoff_delay, same_bytes
-from extproc.reader import LogReader
 from extproc.store.base import ObjectStore, RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -409,7 +416,9 @@ class Publisher:
         )
         await self._append_own(
             entry.writer_event(
-                "rotate", self.writer_id, old_key=old_label, new_key=new_label, epoch=self.epoch
+                EVENT_ROTATE,
+                self.writer_id,
+                {OLD_KEY: old_label, NEW_KEY: new_label, EPOCH: self.epoch},
             )
         )
 
@@ -635,7 +644,7 @@ class Publisher:
             ", ..." if len(keys) > 3 else "",
             self.epoch,
         )
-        await self._append_own(entry.writer_event("foreign", self.writer_id, **details))
+        await self._append_own(entry.writer_event(EVENT_FOREIGN, self.writer_id, details))
 
     async def _append_own(self, fields: dict[str, Any]) -> None:
         try:
@@ -747,7 +756,7 @@ class Publisher:
             return
         self._stop_recorded = True
         with contextlib.suppress(LogUnavailableError):  # a refusing log still publishes
-            await self.log.append(entry.writer_event("stop", self.writer_id))
+            await self.log.append(entry.writer_event(EVENT_STOP, self.writer_id))
 
     async def close(self) -> None:
         """Record the clean stop in the log, publish everything under a final checkpoint."""

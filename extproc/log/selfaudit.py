@@ -32,16 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from extproc import metrics
-from extproc.auditor import log_state_after, verify_log
+from extproc.audit.reader import LogReader
+from extproc.audit.verify import log_state_after, verify_log
 from extproc.core import layout
 from extproc.core.display import escape
+from extproc.core.findings import ERROR, LogReport
 from extproc.core.merkle import leaf_hash
 from extproc.core.state import AuditState, LogState
-from extproc.core.verify import ERROR, LogReport
 from extproc.errors import AuditError, ConfigError, StorageError
 from extproc.log.publisher import Publisher
 from extproc.log.wal import WAL
-from extproc.reader import LogReader
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,43 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from extproc import config, metrics
+from extproc.core.fields import (
+    BODY_BYTES,
+    CLAIMED,
+    CLUSTER,
+    CONFLICT,
+    DETAILS,
+    DST,
+    DST_PRINCIPAL,
+    DURATION_US,
+    FAILURE,
+    FLAGS,
+    HEADERS,
+    HEADERS_OMITTED,
+    HOST,
+    KIND,
+    KIND_ACCESS,
+    LOG,
+    NO_REQUEST,
+    ORIGINAL_PATH,
+    PARTIAL,
+    PROTOCOL,
+    REF,
+    REPORTER,
+    REQ,
+    RESP,
+    RID,
+    ROUTE,
+    SEQ,
+    SRC,
+    START_MS,
+    STATUS,
+    TIMING,
+    TRUNC,
+    UPSTREAM,
+    UPSTREAM_TX_US,
+    dotted,
+)
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import LogUnavailableError, OverBudgetError
 from extproc.log.appender import AuditLog
@@ -56,6 +93,12 @@ from extproc.trust.xfcc import XFCC_HEADER
 log = logging.getLogger(__name__)
 
 ACCESS_LOG_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+# Dotted paths `trunc` names (core/fields.py), joined once.
+_ORIGINAL_PATH = dotted(REQ, ORIGINAL_PATH)
+_DETAILS = dotted(RESP, DETAILS)
+_UPSTREAM_CLUSTER = dotted(UPSTREAM, CLUSTER)
+_UPSTREAM_FAILURE = dotted(UPSTREAM, FAILURE)
+_CLAIMED_DST_PRINCIPAL = dotted(REPORTER, CLAIMED, DST_PRINCIPAL)
 
 _METHODS = tuple(
     "" if v.name == "METHOD_UNSPECIFIED" else v.name
@@ -226,8 +269,8 @@ class AccessCapture:
             reporter,
             self.reporters,
             node=node,
-            cluster=stream.get("cluster", ""),
-            log=stream.get("log", ""),
+            cluster=stream.get(CLUSTER, ""),
+            log=stream.get(LOG, ""),
         )
 
     def _headers(
@@ -264,9 +307,9 @@ class AccessCapture:
         has = common.HasField
         tls = common.tls_properties if has("tls_properties") else None
         fields: dict[str, Any] = {
-            "req": req,
-            "resp": resp,
-            "src": builder.source(
+            REQ: req,
+            RESP: resp,
+            SRC: builder.source(
                 address_text(common.downstream_remote_address)
                 if has("downstream_remote_address")
                 else "",
@@ -278,30 +321,30 @@ class AccessCapture:
             ),
         }
         if has("downstream_local_address"):
-            fields["dst"] = address_text(common.downstream_local_address)
+            fields[DST] = address_text(common.downstream_local_address)
         short = self.policy.short_chars
         upstream: dict[str, Any] = {}
         if has("upstream_remote_address"):
-            upstream["host"] = address_text(common.upstream_remote_address)
+            upstream[HOST] = address_text(common.upstream_remote_address)
         if v := common.upstream_cluster:
-            upstream["cluster"] = (
-                v if len(v) <= short else builder.bounded(v, "upstream.cluster", trunc)
+            upstream[CLUSTER] = (
+                v if len(v) <= short else builder.bounded(v, _UPSTREAM_CLUSTER, trunc)
             )
         if v := common.upstream_transport_failure_reason:
-            upstream["failure"] = builder.bounded(v, "upstream.failure", trunc)
+            upstream[FAILURE] = builder.bounded(v, _UPSTREAM_FAILURE, trunc)
         if upstream:
-            fields["upstream"] = upstream
+            fields[UPSTREAM] = upstream
         if v := common.route_name:
-            fields["route"] = v if len(v) <= short else builder.bounded(v, "route", trunc)
+            fields[ROUTE] = v if len(v) <= short else builder.bounded(v, ROUTE, trunc)
         if has("response_flags"):
             set_flags = common.response_flags.ListFields()
             codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
             if codes:
-                fields["flags"] = ",".join(codes)
+                fields[FLAGS] = ",".join(codes)
         if timing := _timing(common):
-            fields["timing"] = timing
+            fields[TIMING] = timing
         if common.intermediate_log_entry:
-            fields["partial"] = True
+            fields[PARTIAL] = True
         if (
             not request.request_method
             and not request.path
@@ -309,15 +352,15 @@ class AccessCapture:
         ):
             # A listener-level access log (istiod adds one for connections no
             # filter chain took): a connection, not an HTTP request.
-            fields["no_request"] = True
-        fields["rid"] = builder.rid(request.request_id, trunc)
+            fields[NO_REQUEST] = True
+        fields[RID] = builder.rid(request.request_id, trunc)
         local = _uri_san(tls.local_certificate_properties) if tls is not None else ""
-        fields["kind"] = "access"
+        fields[KIND] = KIND_ACCESS
         if len(local) > short:
-            local = builder.bounded(local, "reporter.claimed.dst_principal", trunc)
-        fields["reporter"] = (claims or self._anonymous).field(local)
+            local = builder.bounded(local, _CLAIMED_DST_PRINCIPAL, trunc)
+        fields[REPORTER] = (claims or self._anonymous).field(local)
         if trunc:
-            fields["trunc"] = trunc
+            fields[TRUNC] = trunc
         return fields
 
     def _request(
@@ -337,7 +380,7 @@ class AccessCapture:
         ):
             if value and name not in logged:
                 extra.append((name, value))
-        h = self._headers(logged, extra, "req", trunc)
+        h = self._headers(logged, extra, REQ, trunc)
         method = request.request_method
         req = builder.request_line(
             _METHODS[method] if method < len(_METHODS) else "",
@@ -346,39 +389,39 @@ class AccessCapture:
             request.path,
             trunc,
         )
-        req["headers"] = h.stored
+        req[HEADERS] = h.stored
         if h.omitted:
-            req["headers_omitted"] = h.omitted
+            req[HEADERS_OMITTED] = h.omitted
         if protocol := _PROTOCOLS.get(protocol_version):
-            req["protocol"] = protocol
+            req[PROTOCOL] = protocol
         if v := request.request_body_bytes:
-            req["body_bytes"] = v
+            req[BODY_BYTES] = v
         if v := request.original_path:
-            req["original_path"] = builder.bounded(self.policy.url(v), "req.original_path", trunc)
+            req[ORIGINAL_PATH] = builder.bounded(self.policy.url(v), _ORIGINAL_PATH, trunc)
         return req, h.raw.get(XFCC_HEADER)
 
     def _response(self, response: Any, trunc: list[str]) -> dict[str, Any]:
         """`resp` of an access entry: without a response code (no response
         was sent), `status: null` and no `status_raw`."""
         builder = self.builder
-        r = self._headers(response.response_headers, [], "resp", trunc)
+        r = self._headers(response.response_headers, [], RESP, trunc)
         resp: dict[str, Any] = {}
         if response.HasField("response_code"):
             code = response.response_code.value
             if 100 <= code <= 999:
-                resp["status"] = code
+                resp[STATUS] = code
             else:
                 builder.status(resp, str(code), trunc)
         else:
-            resp["status"] = None
-        resp["headers"] = r.stored
+            resp[STATUS] = None
+        resp[HEADERS] = r.stored
         if r.omitted:
-            resp["headers_omitted"] = r.omitted
+            resp[HEADERS_OMITTED] = r.omitted
         short = self.policy.short_chars
         if v := response.response_code_details:
-            resp["details"] = v if len(v) <= short else builder.bounded(v, "resp.details", trunc)
+            resp[DETAILS] = v if len(v) <= short else builder.bounded(v, _DETAILS, trunc)
         if v := response.response_body_bytes:
-            resp["body_bytes"] = v
+            resp[BODY_BYTES] = v
         return resp
 
 
@@ -391,15 +434,15 @@ def _timing(common: Any) -> dict[str, int]:
     timing: dict[str, int] = {}
     if has("start_time"):
         start = common.start_time
-        timing["start_ms"] = start.seconds * 1000 + start.nanos // 1_000_000
+        timing[START_MS] = start.seconds * 1000 + start.nanos // 1_000_000
     if has("duration"):
-        timing["duration_us"] = _micros(common.duration)
+        timing[DURATION_US] = _micros(common.duration)
     elif has("time_to_last_downstream_tx_byte"):
-        timing["duration_us"] = _micros(common.time_to_last_downstream_tx_byte)
+        timing[DURATION_US] = _micros(common.time_to_last_downstream_tx_byte)
     if has("time_to_first_upstream_tx_byte"):
         # When Envoy started sending the request upstream: in enforce mode,
         # after its request entry was durable.
-        timing["upstream_tx_us"] = _micros(common.time_to_first_upstream_tx_byte)
+        timing[UPSTREAM_TX_US] = _micros(common.time_to_first_upstream_tx_byte)
     return timing
 
 
@@ -562,8 +605,8 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 ident = msg.identifier
                 node = self.capture.policy.truncate(ident.node.id)[0]
                 stream = {
-                    "log": self.capture.policy.truncate(ident.log_name)[0],
-                    "cluster": self.capture.policy.truncate(ident.node.cluster)[0],
+                    LOG: self.capture.policy.truncate(ident.log_name)[0],
+                    CLUSTER: self.capture.policy.truncate(ident.node.cluster)[0],
                 }
             kind = msg.WhichOneof("log_entries")
             if kind == "http_logs":
@@ -695,16 +738,16 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             except ReporterRefused as refused:  # --reporter-is-destination refuse
                 self.identify.refused(refused, "an access-log entry")
                 continue
-            if take is not None and "partial" not in fields:
-                key = (reporter_id, fields["rid"], fields.get("dst", ""))
+            if take is not None and PARTIAL not in fields:
+                key = (reporter_id, fields[RID], fields.get(DST, ""))
                 found = take(*key)
                 if found is not None:
-                    fields["ref"], first = found
+                    fields[REF], first = found
                     if first is not None:
-                        fields["conflict"] = first  # docs/FORMAT.md
+                        fields[CONFLICT] = first  # docs/FORMAT.md
                     matched[first is not None] += 1
                     yield fields
                     if first is None:  # the log has numbered it: the request's first outcome
-                        self.outcomes.taken(*key, fields["ref"], fields["seq"])
+                        self.outcomes.taken(*key, fields[REF], fields[SEQ])
                     continue
             yield fields

@@ -23,6 +23,7 @@ from extproc import __version__, metrics
 from extproc.config import ServeConfig
 from extproc.core import entry, layout
 from extproc.core.display import escape
+from extproc.core.fields import EVENT_HEARTBEAT, EVENT_START, KEY, MODE, VERSION
 from extproc.errors import AuditError, ConfigError, LogUnavailableError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
@@ -252,7 +253,7 @@ class AuditServer:
             await asyncio.sleep(interval)
             if audit_log.size == seen:
                 try:
-                    audit_log.append_nowait(entry.writer_event("heartbeat", self.writer_id))
+                    audit_log.append_nowait(entry.writer_event(EVENT_HEARTBEAT, self.writer_id))
                 except LogUnavailableError as e:  # store down or fenced: the gap is the truth
                     log.warning("heartbeat not logged: %s", e)
             seen = audit_log.size
@@ -308,11 +309,13 @@ class AuditServer:
         publisher, self_audit = await self._publisher(wal, audit_log, retention)
         audit_log.append_nowait(
             entry.writer_event(
-                "start",
+                EVENT_START,
                 self.writer_id,
-                version=__version__,
-                mode=cfg.mode,
-                key=f"{self.signer.name}+{self.signer.key_id.hex()}",
+                {
+                    VERSION: __version__,
+                    MODE: cfg.mode,
+                    KEY: f"{self.signer.name}+{self.signer.key_id.hex()}",
+                },
             )
         )
         server = grpc.aio.server(options=cfg.grpc_options())

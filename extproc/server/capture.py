@@ -13,6 +13,22 @@ from itertools import islice
 from typing import Any
 
 from extproc import attributes, config
+from extproc.core.fields import (
+    CLAIMED,
+    DST,
+    DST_PRINCIPAL,
+    HEADERS,
+    HEADERS_OMITTED,
+    NODE,
+    PROTOCOL,
+    REPORTER,
+    REQ,
+    RESP,
+    RID,
+    SRC,
+    TRUNC,
+    dotted,
+)
 from extproc.core.redact import RedactionPolicy
 from extproc.server.builder import (
     REQUEST_ID,
@@ -32,6 +48,10 @@ _PEER_SAN_FROM = f"attribute:{attributes.PEER_SAN}"
 DEFAULT_RESPONSE_HEADERS = config.RESPONSE_HEADERS
 DEFAULT_MAX_HEADERS = config.MAX_HEADERS
 DEFAULT_MAX_HEADER_BYTES = config.MAX_HEADER_BYTES
+# Dotted paths `trunc` names (core/fields.py), joined once.
+_PROTOCOL = dotted(REQ, PROTOCOL)
+_CLAIMED_DST_PRINCIPAL = dotted(REPORTER, CLAIMED, DST_PRINCIPAL)
+_CLAIMED_NODE = dotted(REPORTER, CLAIMED, NODE)
 
 
 def _attributes(msg: Any) -> dict[str, Any]:
@@ -101,7 +121,7 @@ class Capturer:
         """
         builder = self.builder
         trunc: list[str] = []
-        h = self.headers(msg.request_headers.headers, "req", trunc)
+        h = self.headers(msg.request_headers.headers, REQ, trunc)
         attrs = _attributes(msg)
         pseudo = h.pseudo
         req = builder.request_line(
@@ -111,14 +131,14 @@ class Capturer:
             pseudo.get(":path", ""),
             trunc,
         )
-        req["headers"] = h.stored
+        req[HEADERS] = h.stored
         if h.omitted:
-            req["headers_omitted"] = h.omitted
+            req[HEADERS_OMITTED] = h.omitted
         if isinstance(protocol := attrs.get(attributes.REQUEST_PROTOCOL), str) and protocol:
-            req["protocol"] = builder.bounded(protocol, "req.protocol", trunc)
+            req[PROTOCOL] = builder.bounded(protocol, _PROTOCOL, trunc)
         fields: dict[str, Any] = {
-            "req": req,
-            "src": builder.source(
+            REQ: req,
+            SRC: builder.source(
                 _text(attrs.get(attributes.SOURCE_ADDRESS)),
                 _SOURCE_FROM,
                 _text(attrs.get(attributes.PEER_SAN)),
@@ -129,35 +149,35 @@ class Capturer:
         }
         # request.id is the client's x-request-id on internal traffic.
         rid = _text(attrs.get(attributes.REQUEST_ID)) or h.raw.get(REQUEST_ID) or ""
-        fields["rid"] = builder.rid(
+        fields[RID] = builder.rid(
             rid.decode("utf-8", "replace") if isinstance(rid, bytes) else rid, trunc
         )
         # Plain strings: top-level keys sorting before "prev" hold no objects
         # (the verifier's quick chain check relies on it, see core/verify.py).
         if address := _text(attrs.get(attributes.DESTINATION_ADDRESS)):
-            fields["dst"] = builder.bounded(address, "dst", trunc)
+            fields[DST] = builder.bounded(address, DST, trunc)
         local = _text(attrs.get(attributes.LOCAL_SAN))
         node = _text(attrs.get(attributes.NODE_ID))
-        fields["reporter"] = (claims or Claims(UNKNOWN_REPORTER)).field(
-            builder.bounded(local, "reporter.claimed.dst_principal", trunc),
-            builder.bounded(node, "reporter.claimed.node", trunc),
+        fields[REPORTER] = (claims or Claims(UNKNOWN_REPORTER)).field(
+            builder.bounded(local, _CLAIMED_DST_PRINCIPAL, trunc),
+            builder.bounded(node, _CLAIMED_NODE, trunc),
         )
         if trunc:
-            fields["trunc"] = trunc
+            fields[TRUNC] = trunc
         return fields
 
     def response(self, msg: Any) -> dict[str, Any]:
         """Fields of the response part, from a response_headers message."""
         trunc: list[str] = []
-        h = self.headers(msg.response_headers.headers, "resp", trunc, self.response_headers)
+        h = self.headers(msg.response_headers.headers, RESP, trunc, self.response_headers)
         resp: dict[str, Any] = {}
         self.builder.status(resp, h.pseudo.get(":status", ""), trunc)
-        resp["headers"] = h.stored
+        resp[HEADERS] = h.stored
         if h.omitted:
-            resp["headers_omitted"] = h.omitted
-        fields: dict[str, Any] = {"resp": resp}
+            resp[HEADERS_OMITTED] = h.omitted
+        fields: dict[str, Any] = {RESP: resp}
         if trunc:
-            fields["trunc"] = trunc
+            fields[TRUNC] = trunc
         return fields
 
 

@@ -39,6 +39,18 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from extproc import metrics
 from extproc.core import receipt
+from extproc.core.fields import (
+    DST,
+    KIND,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    OUTCOME,
+    OUTCOME_ABORTED,
+    OUTCOME_TIMEOUT,
+    REF,
+    REPORTER,
+    RID,
+)
 from extproc.errors import LogUnavailableError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
@@ -206,7 +218,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._drops = RateLimitedLog(log)
         self._failures = RateLimitedLog(log)
         self._streams = metrics.STREAMS.labels(mode)
-        self._requests = metrics.ENTRIES.labels("request")
+        self._requests = metrics.ENTRIES.labels(KIND_REQUEST)
         self._entries: dict[str, Any] = {}  # label children, bound once
         # When each reporter last had a request logged (as the access-log path
         # does): a proxy that stops reporting is an alert, whichever stream it uses.
@@ -240,9 +252,9 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             "request_headers received twice on one stream",
                         )
                     fields = self.capturer.request(msg, Claims(reporter, self.reporters))
-                    fields["kind"] = "request"
-                    who = fields["reporter"]
-                    rid = fields["rid"]
+                    fields[KIND] = KIND_REQUEST
+                    who = fields[REPORTER]
+                    rid = fields[RID]
                     if self.mode == "enforce":
                         try:
                             request_seq = await self.log.append(fields)
@@ -258,7 +270,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             return
                     seen.set_to_current_time()
                     if self.outcomes is not None:
-                        self.outcomes.expect(reporter.id, rid, fields.get("dst", ""), request_seq)
+                        self.outcomes.expect(reporter.id, rid, fields.get(DST, ""), request_seq)
                     yield _CONTINUE_REQUEST
                     if not self.response_phase:
                         # One round trip: ending the stream tells Envoy the
@@ -295,18 +307,18 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 # Client gone, upstream reset or no response in time: say so.
                 self._append_nowait(
                     {
-                        "kind": "response",
-                        "ref": request_seq,
-                        "rid": rid,
-                        "outcome": "timeout" if timed_out else "aborted",
-                        "reporter": who,
+                        KIND: KIND_RESPONSE,
+                        REF: request_seq,
+                        RID: rid,
+                        OUTCOME: OUTCOME_TIMEOUT if timed_out else OUTCOME_ABORTED,
+                        REPORTER: who,
                     }
                 )
 
     def _response(self, msg: Any, request_seq: int, rid: str, who: dict[str, Any]) -> Any:
         """Log the `response` entry of a response_headers message; the reply."""
         fields = self.capturer.response(msg)
-        fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
+        fields.update({KIND: KIND_RESPONSE, REF: request_seq, RID: rid, REPORTER: who})
         # Not awaited: the request already happened upstream, and holding its
         # response back would not undo it. The entry is durable with the next
         # group commit (well under 1 ms).
@@ -348,11 +360,12 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             seq = self.log.append_nowait(fields)
         except LogUnavailableError as e:
             metrics.DROPPED.labels("backpressure").inc()
-            self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
+            self._drops.warning("%s entry not logged: %s", fields.get(KIND), e)
             return None
-        counter = self._entries.get(fields["kind"])
+        kind = fields[KIND]
+        counter = self._entries.get(kind)
         if counter is None:
-            counter = self._entries[fields["kind"]] = metrics.ENTRIES.labels(fields["kind"])
+            counter = self._entries[kind] = metrics.ENTRIES.labels(kind)
         counter.inc()
         return seq
 

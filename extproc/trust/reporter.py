@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# How the reporter was authenticated: `reporter.auth` in every entry (docs/FORMAT.md).
-AUTH_MTLS = "mtls"
-AUTH_XFCC = "xfcc"
-AUTH_UNIX = "unix"
-AUTH_NONE = "unauthenticated"
+# How the reporter was authenticated (`reporter.auth` in every entry): the values
+# are the entry format's, defined with its field names.
+from extproc.core.fields import AUTH, AUTH_MTLS, AUTH_NONE, AUTH_UNIX, AUTH_XFCC, ID, PEER
+
+__all__ = ["AUTH_MTLS", "AUTH_NONE", "AUTH_UNIX", "AUTH_XFCC", "Reporter", "ReporterRefused"]
 
 # Refusal reasons: the label of extproc_audit_reporters_refused_total.
 REFUSED_NOT_ALLOWED = "not_allowed"
@@ -39,9 +39,9 @@ class Reporter:
 
     def __post_init__(self) -> None:
         # Built once per stream and shared by its entries (orjson encodes it each time).
-        fields = {"auth": self.auth, "peer": self.peer}
+        fields = {AUTH: self.auth, PEER: self.peer}
         if self.id:
-            fields["id"] = self.id
+            fields[ID] = self.id
         object.__setattr__(self, "fields", fields)
 
     @property
