@@ -52,7 +52,7 @@ from extproc.server.access import (  # noqa: E402
     OutcomeMatcher,
     RateBudget,
 )
-from extproc.server.reporters import Reporter  # noqa: E402
+from extproc.trust.reporter import Reporter  # noqa: E402
 
 KEEP_DURABLE = 12_500
 

@@ -35,13 +35,25 @@ from pathlib import Path
 from typing import Any
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.reader import entry_lines
+from extproc.audit.verify import verify_store
+from extproc.core.fields import (
+    AUTH,
+    HEADERS,
+    ID,
+    KIND,
+    KIND_ACCESS,
+    KIND_REQUEST,
+    REPORTER,
+    REQ,
+    RID,
+    nested,
+)
+from extproc.core.findings import LogReport, all_ok
 from extproc.core.note import Signer
-from extproc.core.verify import all_ok
 from extproc.envoyconf import Endpoint, SocketPath, bootstrap, to_yaml
 from extproc.errors import ConfigError
 from extproc.keys import load_signer, write_signer
-from extproc.reader import entry_lines
 from extproc.store import open_store, parse_store_url
 
 DEMO_LOG_ID = "demo"
@@ -297,13 +309,13 @@ def _run_entries(store_url: str, request_ids: list[str], sample_kind: str) -> Ru
     found = RunEntries()
     for line in entry_lines(open_store(store_url), DEMO_LOG_ID):
         fields: dict[str, Any] = json.loads(line)
-        if fields.get("rid") not in wanted:
+        if fields.get(RID) not in wanted:
             continue
-        kind = str(fields.get("kind"))
+        kind = str(fields.get(KIND))
         found.kinds[kind] += 1
-        reporter = fields.get("reporter") or {}
-        found.reporters[f"{reporter.get('auth')} {reporter.get('id', '')}".strip()] += 1
-        headers = (fields.get("req") or {}).get("headers") or {}
+        reporter = fields.get(REPORTER) or {}
+        found.reporters[f"{reporter.get(AUTH)} {reporter.get(ID, '')}".strip()] += 1
+        headers = nested(fields, REQ, HEADERS) or {}
         if found.sample is None and kind == sample_kind and headers.get("authorization"):
             found.sample = fields
     return found
@@ -344,16 +356,67 @@ def run_demo(
     cwd = Path.cwd()
     workdir = _prepare_workdir(workdir)
     signer = _ensure_key(workdir)
-    vkey = signer.verifier().to_text()
-    if store_url is None:
-        store_url = str(workdir / "store")
-    elif parse_store_url(store_url).is_s3:
-        _check_bucket(store_url)
-    else:
-        local = parse_store_url(store_url).path
-        assert local is not None
-        store_url = str(local.absolute())
+    store_url = _demo_store_url(workdir, store_url)
     wal_dir = _wal_dir(workdir, store_url)
+    if mode == "enforce":
+        how = "ext_proc holds each request until its entry is durable; its outcome follows "
+        how += "by the access-log stream"
+    else:
+        how = "nothing waits; each request is logged after its response, from Envoy's "
+        how += "access-log stream"
+    print(f"demo: {requests} requests through Envoy -> audit server ({mode} mode: {how})")
+    started = time.monotonic()
+    try:
+        traffic = _send_through_envoy(workdir, store_url, wal_dir, mode, requests, concurrency)
+    except _ProcessFailed as failed:
+        raise failed.to_error(cwd) from None
+    store = open_store(store_url)
+    reports, general = verify_store(store, signer.verifier())
+    ok = all_ok(reports, general)
+    demo_report = next((r for r in reports if r.log_id == DEMO_LOG_ID), None)
+    sample_kind = KIND_REQUEST if mode == "enforce" else KIND_ACCESS
+    this_run = _run_entries(store_url, traffic.result.request_ids, sample_kind)
+    elapsed = time.monotonic() - started
+    _print_counts(traffic, requests, elapsed, mode, demo_report, this_run)
+    for finding in general + [f for r in reports for f in r.findings]:
+        print(f"  {finding}")
+    print(f"verification         {'VALID' if ok else 'INVALID'}")
+    print(f"log location         {store.url}")
+    print(f"WAL                  {_shown_path(wal_dir / DEMO_LOG_ID, cwd)}")
+    print(f"verifier key         {signer.verifier().to_text()}")
+    print()
+    _print_how_to_verify(store.url, signer.verifier().to_text(), this_run, mode, workdir, cwd)
+    return 0 if ok else 1
+
+
+def _demo_store_url(workdir: Path, store_url: str | None) -> str:
+    """The store the demo writes: <workdir>/store by default; a bucket is checked
+    (and created with Object Lock if missing); a directory made absolute."""
+    if store_url is None:
+        return str(workdir / "store")
+    if parse_store_url(store_url).is_s3:
+        _check_bucket(store_url)
+        return store_url
+    local = parse_store_url(store_url).path
+    assert local is not None
+    return str(local.absolute())
+
+
+@dataclass
+class _Traffic:
+    """What went through Envoy: the client's view, the app's count, Envoy's stats."""
+
+    result: ClientResult
+    reached_app: int
+    stats: dict[str, int]
+
+
+def _send_through_envoy(
+    workdir: Path, store_url: str, wal_dir: Path, mode: str, requests: int, concurrency: int
+) -> _Traffic:
+    """Start the app, the audit server and Envoy; send the requests through Envoy;
+    stop Envoy and the server (its final checkpoint). _ProcessFailed if one of
+    them did not start or the server did not exit cleanly."""
     metrics_port = processes.free_port()
     envoy_port, admin_port = processes.free_port(), processes.free_port()
     server_args = [
@@ -370,75 +433,66 @@ def run_demo(
         "--mode",
         mode,
     ]
-    if mode == "enforce":
-        how = "ext_proc holds each request until its entry is durable; its outcome follows "
-        how += "by the access-log stream"
-    else:
-        how = "nothing waits; each request is logged after its response, from Envoy's "
-        how += "access-log stream"
-    print(f"demo: {requests} requests through Envoy -> audit server ({mode} mode: {how})")
-    started = time.monotonic()
     server_log_path, envoy_log_path = workdir / "server.log", workdir / "envoy.log"
-    try:
-        with (
-            UpstreamApp() as app,
-            server_log_path.open("wb") as server_log,
-            envoy_log_path.open("wb") as envoy_log,
-            _socket_path(workdir) as socket,
-        ):
-            server_args += ["--listen", f"unix:{socket}"]
-            config = bootstrap(
-                listen=Endpoint("127.0.0.1", envoy_port),
-                ext_proc=SocketPath(str(socket)),
-                upstream=Endpoint("127.0.0.1", app.port),
-                admin=Endpoint("127.0.0.1", admin_port),
-                mode=mode,
-            )
-            envoy_config = workdir / "envoy.yaml"
-            envoy_config.write_text(to_yaml(config))
-            server = processes.start_server(server_args, server_log)
-            envoy = None
+    with (
+        UpstreamApp() as app,
+        server_log_path.open("wb") as server_log,
+        envoy_log_path.open("wb") as envoy_log,
+        _socket_path(workdir) as socket,
+    ):
+        server_args += ["--listen", f"unix:{socket}"]
+        config = bootstrap(
+            listen=Endpoint("127.0.0.1", envoy_port),
+            ext_proc=SocketPath(str(socket)),
+            upstream=Endpoint("127.0.0.1", app.port),
+            admin=Endpoint("127.0.0.1", admin_port),
+            mode=mode,
+        )
+        envoy_config = workdir / "envoy.yaml"
+        envoy_config.write_text(to_yaml(config))
+        server = processes.start_server(server_args, server_log)
+        envoy = None
+        try:
             try:
-                try:
-                    processes.wait_until(
-                        lambda: processes.grpc_serving(f"unix:{socket}"), "", server
-                    )
-                except (RuntimeError, TimeoutError) as e:
-                    reason = "exited" if server.poll() is not None else "did not start"
-                    raise _ProcessFailed(
-                        "the audit server", server_log_path, reason, wal_dir / DEMO_LOG_ID
-                    ) from e
-                envoy = processes.start_envoy(envoy_config, envoy_log)
-                try:
-                    processes.wait_until(lambda: processes.envoy_ready(admin_port), "", envoy)
-                except (RuntimeError, TimeoutError) as e:
-                    reason = "exited" if envoy.poll() is not None else "did not start"
-                    raise _ProcessFailed("envoy", envoy_log_path, reason) from e
-                result = send_requests(envoy_port, requests, concurrency)
-                time.sleep(0.5)  # Envoy flushes its access logs every 0.2 s
-                stats = processes.envoy_stats(admin_port, "http.ingress_http.ext_proc.")
-                stats.update(processes.envoy_stats(admin_port, "access_logs.grpc_access_log."))
-            finally:
-                if envoy is not None:
-                    processes.stop(envoy)
-                server_status = processes.stop(server)
-            if server_status != 0:
+                processes.wait_until(lambda: processes.grpc_serving(f"unix:{socket}"), "", server)
+            except (RuntimeError, TimeoutError) as e:
+                reason = "exited" if server.poll() is not None else "did not start"
                 raise _ProcessFailed(
-                    "the audit server",
-                    server_log_path,
-                    f"exited with status {server_status}",
-                    wal_dir / DEMO_LOG_ID,
-                )
-    except _ProcessFailed as failed:
-        raise failed.to_error(cwd) from None
+                    "the audit server", server_log_path, reason, wal_dir / DEMO_LOG_ID
+                ) from e
+            envoy = processes.start_envoy(envoy_config, envoy_log)
+            try:
+                processes.wait_until(lambda: processes.envoy_ready(admin_port), "", envoy)
+            except (RuntimeError, TimeoutError) as e:
+                reason = "exited" if envoy.poll() is not None else "did not start"
+                raise _ProcessFailed("envoy", envoy_log_path, reason) from e
+            result = send_requests(envoy_port, requests, concurrency)
+            time.sleep(0.5)  # Envoy flushes its access logs every 0.2 s
+            stats = processes.envoy_stats(admin_port, "http.ingress_http.ext_proc.")
+            stats.update(processes.envoy_stats(admin_port, "access_logs.grpc_access_log."))
+        finally:
+            if envoy is not None:
+                processes.stop(envoy)
+            server_status = processes.stop(server)
+        if server_status != 0:
+            raise _ProcessFailed(
+                "the audit server",
+                server_log_path,
+                f"exited with status {server_status}",
+                wal_dir / DEMO_LOG_ID,
+            )
+    return _Traffic(result, app.total, stats)
 
-    store = open_store(store_url)
-    reports, general = verify_store(store, signer.verifier())
-    ok = all_ok(reports, general)
-    demo_report = next((r for r in reports if r.log_id == DEMO_LOG_ID), None)
-    sample_kind = "request" if mode == "enforce" else "access"
-    this_run = _run_entries(store_url, result.request_ids, sample_kind)
-    elapsed = time.monotonic() - started
+
+def _print_counts(
+    traffic: _Traffic,
+    requests: int,
+    elapsed: float,
+    mode: str,
+    demo_report: LogReport | None,
+    this_run: RunEntries,
+) -> None:
+    result, stats = traffic.result, traffic.stats
     ok_responses = sum(n for s, n in result.statuses.items() if 200 <= s < 300)
     print()
     print(
@@ -446,7 +500,7 @@ def run_demo(
         f"{sum(result.statuses.values()) - ok_responses} other, {result.errors} errors)"
         f" in {elapsed:.1f}s"
     )
-    print(f"reached the app      {app.total}")
+    print(f"reached the app      {traffic.reached_app}")
     if demo_report is not None:
         latest = demo_report.latest
         print(f"entries in the log   {demo_report.entries} (every demo run with this store)")
@@ -464,15 +518,13 @@ def run_demo(
     written = stats.get("access_logs.grpc_access_log.logs_written", 0)
     dropped = stats.get("access_logs.grpc_access_log.logs_dropped", 0)
     print(f"envoy access logs    written {written}, dropped {dropped}")
-    for finding in general + [f for r in reports for f in r.findings]:
-        print(f"  {finding}")
-    print(f"verification         {'VALID' if ok else 'INVALID'}")
-    print(f"log location         {store.url}")
-    print(f"WAL                  {_shown_path(wal_dir / DEMO_LOG_ID, cwd)}")
-    print(f"verifier key         {vkey}")
-    print()
+
+
+def _print_how_to_verify(
+    url: str, vkey: str, this_run: RunEntries, mode: str, workdir: Path, cwd: Path
+) -> None:
     cli = command_name(cwd)
-    url, quoted_vkey = shlex.quote(store.url), shlex.quote(vkey)
+    url, quoted_vkey = shlex.quote(url), shlex.quote(vkey)
     print("verify it yourself:")
     print(f"  {cli} verify {url} --vkey {quoted_vkey}")
     sample = this_run.sample
@@ -485,4 +537,3 @@ def run_demo(
         print(f"  {cli} check-proof {proof} --vkey {quoted_vkey}")
         print("\nthat entry (secrets redacted before anything was written):")
         print(json.dumps(sample, indent=2, sort_keys=True)[:2500])
-    return 0 if ok else 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from extproc.server.capture import REQUEST_ATTRIBUTES
+from extproc.attributes import REQUEST_ATTRIBUTES
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_PROC_CLUSTER = "extproc_audit"

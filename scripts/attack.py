@@ -77,12 +77,12 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's extproc and tests/
 
 from extproc import processes
+from extproc.attributes import LOCAL_SAN, PEER_SAN
 from extproc.core import layout
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint
 from extproc.hashkey import write_hash_key
 from extproc.keys import write_signer
-from extproc.server.capture import LOCAL_SAN, PEER_SAN
 from extproc.store import open_store
 from extproc.store.local import LocalStore
 from tests import attacks as A

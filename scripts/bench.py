@@ -47,34 +47,41 @@ benchmark's processes while it ran (other tenants, other test runs), its noise.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+from bench_core import log_core
+from bench_load import FIXED_RATE, ensure_tools, run_hey, run_wrk
+from bench_report import CaseResult, LogCount, print_summary, print_table, targets
+from proc_stats import Background, cpu_seconds, descendants, rss_mb
 
 from extproc import processes
-from extproc.auditor import verify_store
-from extproc.core import entry as entry_codec
-from extproc.core.merkle import leaf_hash
+from extproc.audit.reader import open_logs
+from extproc.audit.verify import verify_store
+from extproc.core import scan
+from extproc.core.fields import (
+    KIND,
+    KIND_ACCESS,
+    KIND_EXCHANGE,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    REF,
+    RESP,
+    STATUS,
+)
 from extproc.core.note import Signer
-from extproc.core.redact import RedactionPolicy
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.keys import write_signer
-from extproc.log.appender import AuditLog
-from extproc.log.wal import WAL, Recovered, TreeState
-from extproc.server.capture import Capturer
 from extproc.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,164 +111,9 @@ SHOWN_STATS = {
     "grpc_entries_flushed",
     "grpc_entries_flush_failed",
 }
-FIXED_RATE = 1000
 # After the load: Envoy flushes its access-log buffer every 0.2 s (envoyconf);
 # give it and the server time to deliver and read the last batches.
 ALS_SETTLE = 1.5
-
-
-# --- load generators ---------------------------------------------------------------------
-
-
-def ensure_tools() -> None:
-    missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
-    if not missing:
-        return
-    print(f"installing {', '.join(missing)} from Debian's packages...", flush=True)
-    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
-    subprocess.run([*apt, "update", "-qq"], check=True)
-    subprocess.run([*apt, "install", "-y", "-qq", *missing], check=True)
-
-
-@dataclass
-class Load:
-    requests: int = 0
-    ok: int = 0  # 2xx
-    rps: float = 0.0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def run_wrk(port: int, seconds: float, connections: int = 16) -> Load:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds:.0f}s",
-            "--latency",
-            f"http://127.0.0.1:{port}/bench",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    load = Load()
-    if m := re.search(r"(\d+) requests in", out):
-        load.requests = int(m.group(1))
-    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    failed = sum(int(g) for g in errors.groups()) if errors else 0
-    load.ok = max(0, load.requests - non_2xx - failed)
-    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
-        load.rps = float(m.group(1))
-    for pct, attr in (("50", "p50_ms"), ("99", "p99_ms")):
-        if m := re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out):
-            setattr(load, attr, _ms(m.group(1), m.group(2)))
-    return load
-
-
-def run_hey(port: int, seconds: float, rate: int = FIXED_RATE, workers: int = 10) -> Load:
-    out = subprocess.run(
-        [
-            "hey",
-            "-z",
-            f"{seconds:.0f}s",
-            "-c",
-            str(workers),
-            "-q",
-            str(rate // workers),
-            f"http://127.0.0.1:{port}/bench",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    load = Load()
-    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
-    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+Get", out, re.M))
-    load.requests = sum(codes.values()) + errors
-    load.ok = sum(n for c, n in codes.items() if 200 <= c < 300)
-    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
-        load.rps = float(m.group(1))
-    for pct, attr in (("50", "p50_ms"), ("99", "p99_ms")):
-        if m := re.search(rf"{pct}% in ([\d.]+) secs", out):
-            setattr(load, attr, float(m.group(1)) * 1000)
-    return load
-
-
-# --- processes -----------------------------------------------------------------------------
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the processes and their reaped children."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
-    return total
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes, recursively (workers, their WAL syncers)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    found = [int(p) for p in text.split()]
-    return found + [d for child in found for d in descendants(child)]
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            continue
-        if m := re.search(r"VmRSS:\s+(\d+) kB", status):
-            total += int(m.group(1))
-    return total / 1024
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(user+nice+system, steal) seconds of the whole machine since boot (/proc/stat)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, steal = (int(fields[i]) for i in (0, 1, 2, 7))
-    return (user + nice + system) / tick, steal / tick
-
-
-class Background:
-    """CPU the machine spent outside this benchmark's processes (other tenants,
-    other test runs) while a case ran: the noise figure of that case."""
-
-    def __init__(self, extra_pids: list[int]) -> None:
-        self.extra_pids = extra_pids  # long-lived helpers of ours (moto)
-
-    def __enter__(self) -> Background:
-        self._start = self._sample()
-        return self
-
-    def _sample(self) -> tuple[float, float, float, float]:
-        busy, steal = machine_cpu()
-        t = os.times()  # this process and its reaped children (Envoy, servers, wrk, hey)
-        ours = t.user + t.system + t.children_user + t.children_system
-        return busy, steal, ours + cpu_seconds(self.extra_pids), time.monotonic()
-
-    def __exit__(self, *exc: object) -> None:
-        busy, steal, ours, now = self._sample()
-        self.other_s = max(0.0, (busy - self._start[0]) - (ours - self._start[2]))
-        self.steal_s = steal - self._start[1]
-        self.wall_s = now - self._start[3]
 
 
 @dataclass
@@ -278,61 +130,6 @@ class Case:
     floors: tuple[str, ...] = ("B",)  # ratios of req/s to these cases
     sink: bool = False  # a no-op access-log sink that writes its counts to {dir}/sink.json
     workers: int = 1
-
-
-@dataclass
-class LogCount:
-    """What one verified published log holds, by kind (writer entries aside)."""
-
-    request: int = 0
-    access: int = 0
-    access_2xx: int = 0
-    access_2xx_unref: int = 0  # a 2xx outcome without a request entry to link to
-    response: int = 0
-    exchange: int = 0
-
-    def add(self, other: LogCount) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-@dataclass
-class CaseResult:
-    id: str
-    name: str
-    round: int = 0
-    floors: tuple[str, ...] = ()
-    saturation: Load = field(default_factory=Load)
-    fixed: Load = field(default_factory=Load)
-    cpu_s: float = 0.0
-    envoy_requests: int = 0  # downstream requests Envoy handled while measured
-    cpu_us_per_request: float | None = None
-    rss_mb: float | None = None
-    sent_ok: int = 0  # 2xx responses the load generators got (warm-up included)
-    logged: int | None = None  # access entries (sink or log); enforce: request entries
-    lost: int | None = None
-    log: LogCount | None = None
-    sink_entries: int | None = None
-    envoy: dict[str, int] = field(default_factory=dict)
-    workers: int = 1
-    lost_by_phase: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    background_cpu_s: float = 0.0  # CPU outside our processes while the case ran
-    steal_s: float = 0.0
-    wall_s: float = 0.0
-
-    @property
-    def background(self) -> float:
-        """Cores busy outside the benchmark's processes, on average."""
-        return self.background_cpu_s / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def als_written(self) -> int | None:
-        return self.envoy.get("logs_written")
-
-    @property
-    def als_dropped(self) -> int:
-        return self.envoy.get("logs_dropped", 0)
 
 
 class Bench:
@@ -500,34 +297,28 @@ class Bench:
 
     def count_logged(self, store_url: str) -> LogCount:
         """Entries of the verified published log (all its logs, all workers), by kind."""
-        from extproc.auditor import list_logs
-        from extproc.log.publisher import bundle_lines
-
         store = open_store(store_url)
         reports, general = verify_store(store, self.verifier)
         bad = [str(f) for r in reports for f in r.findings if f.severity == "error"]
         bad += [str(f) for f in general]
         if bad:
             raise SystemExit("published log does not verify:\n" + "\n".join(bad[:10]))
-        logs, _ = list_logs(store)
+        logs, _ = open_logs(store)
         count = LogCount()
-        for objects in logs.values():
-            for key, name in objects.bundles:
-                data = bundle_lines(store.get(key), compressed=name.gzip)
-                count.request += data.count(b'"kind":"request"')
-                count.response += data.count(b'"kind":"response"')
-                count.exchange += data.count(b'"kind":"exchange"')
-                if b'"kind":"access"' not in data:
-                    continue
-                for line in data.splitlines():
-                    if b'"kind":"access"' not in line:
-                        continue
+        for reader in logs.values():
+            for key, name in reader.bundles_in_effect():
+                data = reader.bundle_data(key, name)
+                count.request += data.count(scan.member(KIND, KIND_REQUEST))
+                count.response += data.count(scan.member(KIND, KIND_RESPONSE))
+                count.exchange += data.count(scan.member(KIND, KIND_EXCHANGE))
+                access = (scan.member(KIND, KIND_ACCESS),)
+                for _, line in scan.lines_holding(data.splitlines(), access, data):
                     entry = orjson.loads(line)
                     count.access += 1
-                    status = entry["resp"].get("status")
+                    status = entry[RESP].get(STATUS)
                     if isinstance(status, int) and 200 <= status < 300:
                         count.access_2xx += 1
-                        count.access_2xx_unref += "ref" not in entry
+                        count.access_2xx_unref += REF not in entry
         return count
 
     def soak(
@@ -625,274 +416,6 @@ class Bench:
         return [*args, "--workers", str(workers)] if workers > 1 else args
 
 
-# --- log core ------------------------------------------------------------------------------
-
-
-def sample_fields() -> dict[str, Any]:
-    from envoy.config.core.v3 import base_pb2
-    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-
-    headers = {
-        ":authority": "orders.shop.svc.cluster.local:8080",
-        ":path": "/api/v1/orders/1234?page=2",
-        ":method": "GET",
-        ":scheme": "https",
-        "user-agent": "python-requests/2.32.3",
-        "accept": "application/json",
-        "authorization": "Bearer eyJhbGciOi.payload.sig",
-        "x-forwarded-proto": "https",
-        "x-request-id": "7e59400f-0006-4cb6-9fab-22160a9ab58f",
-        "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
-        "x-envoy-attempt-count": "1",
-    }
-    msg = pb.ProcessingRequest(
-        request_headers=pb.HttpHeaders(
-            headers=base_pb2.HeaderMap(
-                headers=[
-                    base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()
-                ]
-            )
-        )
-    )
-    fields = Capturer(RedactionPolicy()).request(msg)
-    fields["kind"] = "request"
-    return fields
-
-
-def bench_append(entries: int, sync: bool, directory: Path) -> float:
-    """Entries/s through the appender (seq, prev, encode, leaf hash, WAL) on one core."""
-    template = sample_fields()
-
-    async def run() -> float:
-        wal = WAL(directory, sync=sync)
-        log = AuditLog(wal, Recovered(TreeState()), max_backlog_bytes=1 << 40)
-        started = time.perf_counter()
-        for _ in range(entries):
-            log.append_nowait(dict(template))
-            if log.size - log.durable_size > 4096:
-                await log.wait_durable(log.size - 4097)
-        await log.flush()
-        elapsed = time.perf_counter() - started
-        log.close()
-        return entries / elapsed
-
-    return asyncio.run(run())
-
-
-def bench_verify(entries: int) -> tuple[float, float]:
-    """verify entries/s over one log, and plain SHA-256 entries/s over the same lines."""
-    from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
-    from extproc.core.claim import Claim
-    from extproc.core.layout import BundleName
-    from extproc.core.merkle import CompactRange
-    from extproc.core.verify import LogChecker
-
-    template = sample_fields()
-    lines, prev, tree = [], "", CompactRange()
-    for seq in range(entries):
-        fields = dict(template, v=1, seq=seq, prev=prev, ts="2026-11-26T16:34:36.572195Z")
-        line = entry_codec.encode(fields)
-        leaf = leaf_hash(line)
-        tree.append(leaf)
-        prev = leaf.hex()
-        lines.append(line)
-    signer = Signer.generate("bench")
-    bundle = 10_000
-    chunks = [lines[i : i + bundle] for i in range(0, entries, bundle)]
-    data = [b"\n".join(c) + b"\n" for c in chunks]
-    claims, first = {}, 0
-    for chunk in chunks:
-        last = first + len(chunk) - 1
-        claims[first] = Claim(first, last, leaf_hash(chunk[-1]).hex(), "w").to_bytes()
-        first = last + 1
-    cp = sign_checkpoint(
-        Checkpoint("bench/log", entries, tree.root(), make_extensions(1, "ab")), signer
-    )
-
-    started = time.perf_counter()
-    checker = LogChecker("log", signer.verifier())
-    checker.add_checkpoint("cp", entries, cp)
-    # Every claim first, then the bundles in order (LogChecker's contract).
-    for first, claim in claims.items():
-        checker.add_claim(f"claims/{first}", first, claim)
-    first = 0
-    for chunk, blob in zip(chunks, data, strict=True):
-        name = BundleName(first, first + len(chunk) - 1, False)
-        checker.add_bundle("bundle", name, blob)
-        first += len(chunk)
-    report = checker.finish()
-    verify_rate = entries / (time.perf_counter() - started)
-    assert report.ok and report.entries == entries, report.findings[:3]
-
-    started = time.perf_counter()
-    sha256 = hashlib.sha256
-    for line in lines:
-        sha256(line).digest()
-    sha_rate = entries / (time.perf_counter() - started)
-    return verify_rate, sha_rate
-
-
-# --- report --------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def ratio(result: CaseResult, floor: CaseResult | None) -> float | None:
-    if floor is None or not floor.saturation.rps:
-        return None
-    return result.saturation.rps / floor.saturation.rps
-
-
-def print_table(results: list[CaseResult]) -> None:
-    by_id = {r.id: r for r in results}
-    head = (
-        f"{'case':<46}{'req/s':>8}{'x floor':>14}{'p50@1k':>8}{'p99@1k':>8}"
-        f"{'us/req':>8}{'RSS MB':>8}{'2xx':>9}{'logged':>9}{'lost':>6}{'bg':>6}"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        ratios = " ".join(
-            f"{x:.2f}{f}" for f in r.floors if f != r.id and (x := ratio(r, by_id.get(f)))
-        )
-        print(
-            f"{r.id + ' ' + r.name:<46}{r.saturation.rps:>8.0f}{ratios or '-':>14}"
-            f"{fmt(r.fixed.p50_ms, '.2f'):>8}{fmt(r.fixed.p99_ms, '.2f'):>8}"
-            f"{fmt(r.cpu_us_per_request, '.0f'):>8}{fmt(r.rss_mb, '.0f'):>8}{r.sent_ok:>9}"
-            f"{'-' if r.logged is None else r.logged:>9}{'-' if r.lost is None else r.lost:>6}"
-            f"{r.background:>6.2f}"
-        )
-    print(
-        "(req/s: wrk -t2 -c16 at saturation; x floor: req/s over the named case's; p50/p99 ms:"
-        f" hey at {FIXED_RATE} req/s; us/req: server CPU per request Envoy handled; logged:"
-        " access entries (sink count or verified log), for enforce the request entries;"
-        " lost: see below; bg: cores busy outside the benchmark's processes meanwhile, the"
-        " case's noise)"
-    )
-    for r in results:
-        if r.als_written is not None:
-            logged = r.log.access if r.log is not None else r.sink_entries
-            line = (
-                f"  access log, {r.id}: Envoy wrote {r.als_written}, dropped {r.als_dropped};"
-                f" {'logged' if r.log is not None else 'the sink read'} {logged}"
-            )
-            if r.log is not None:
-                line += f" ({r.log.access_2xx} with a 2xx status; {r.sent_ok} 2xx responses)"
-            print(line)
-        if r.log is not None and r.log.request:
-            print(
-                f"  enforce, {r.id}: {r.log.request} request entries for {r.sent_ok} 2xx "
-                f"responses (lost at saturation {r.lost_by_phase.get('saturation', 0)}, at "
-                f"{FIXED_RATE} req/s {r.lost_by_phase.get('fixed', 0)}); 2xx access entries "
-                f"without a request entry (ref): {r.log.access_2xx_unref}"
-            )
-        for note in r.notes:
-            print(f"  {r.id}: {note}")
-    for r in results:
-        if r.envoy:
-            stats = ", ".join(f"{k}={v}" for k, v in sorted(r.envoy.items()))
-            print(f"  envoy stats, {r.id}: {stats}")
-
-
-def targets(results: list[CaseResult]) -> dict[str, Any]:
-    """The issue's targets, each with its figures and met/missed."""
-    by_id = {r.id: r for r in results}
-    out: dict[str, Any] = {}
-    b, h, f, lg = (by_id.get(k) for k in ("B", "H", "F", "L"))
-    if lg is not None and f is not None:
-        x = ratio(lg, f) or 0.0
-        clean = (
-            lg.lost == 0
-            and lg.als_dropped == 0
-            and lg.log is not None
-            and lg.log.access_2xx >= lg.sent_ok
-        )
-        out["als_audit"] = {"ratio": x, "lost": lg.lost, "met": x >= 0.8 and clean}
-        print(
-            f"  ALS audit >= 0.8x its floor, nothing lost: {x:.2f}x F, lost {lg.lost}, "
-            f"dropped {lg.als_dropped}: {'met' if out['als_audit']['met'] else 'MISSED'}"
-        )
-    if h is not None and b is not None:
-        x = ratio(h, b) or 0.0
-        p99 = h.fixed.p99_ms or 0.0
-        bound = (b.fixed.p99_ms or 0.0) + 2
-        out["hybrid"] = {
-            "ratio": x,
-            "lost": h.lost,
-            "p99_ms": p99,
-            "p99_bound_ms": bound,
-            "met_ratio": x >= 0.75,
-            "met_loss": h.lost == 0,
-            "met_p99": p99 <= bound,
-        }
-        print(
-            f"  hybrid enforce >= 0.75x B: {x:.2f}x: {'met' if x >= 0.75 else 'MISSED'}; "
-            f"request entries lost {h.lost}: {'met' if h.lost == 0 else 'MISSED'}; "
-            f"p99 @{FIXED_RATE} {p99:.2f} ms <= B + 2 = {bound:.2f} ms: "
-            f"{'met' if p99 <= bound else 'MISSED'}"
-        )
-    return out
-
-
-def _span(values: list[float | None], spec: str) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return "-"
-    low, high = format(min(present), spec), format(max(present), spec)
-    return low if low == high else f"{low}-{high}"
-
-
-def print_summary(results: list[CaseResult]) -> None:
-    """Each figure's range over the rounds; ratios are taken within each round."""
-    rounds = sorted({r.round for r in results})
-    by_round = {n: {r.id: r for r in results if r.round == n} for n in rounds}
-    print(f"\nover {len(rounds)} rounds (ratios within each round, then their range):")
-    head = (
-        f"{'case':<46}{'req/s':>14}{'x floor':>22}{'p99@1k':>12}{'us/req':>10}{'lost':>8}{'bg':>11}"
-    )
-    print(head)
-    print("-" * len(head))
-    for cid in dict.fromkeys(r.id for r in results):
-        mine = [r for r in results if r.id == cid]
-        ratios = " ".join(
-            f"{span}{f}"
-            for f in mine[0].floors
-            if (span := _span([ratio(r, by_round[r.round].get(f)) for r in mine], ".2f")) != "-"
-        )
-        lost = [r.lost for r in mine if r.lost is not None]
-        print(
-            f"{cid + ' ' + mine[0].name:<46}"
-            f"{_span([r.saturation.rps for r in mine], '.0f'):>14}{ratios or '-':>22}"
-            f"{_span([r.fixed.p99_ms for r in mine], '.1f'):>12}"
-            f"{_span([r.cpu_us_per_request for r in mine], '.0f'):>10}"
-            f"{(str(sum(lost)) if lost else '-'):>8}"
-            f"{_span([r.background for r in mine], '.2f'):>11}"
-        )
-
-
-def log_core(work: Path, n: int) -> dict[str, float]:
-    """Append and verify throughput in-process, each next to its floor."""
-    print("\nlog core (one core, in-process):")
-    nosync = bench_append(n, False, work / "wal-nosync")
-    synced = bench_append(n, True, work / "wal-sync")
-    verify_rate, sha_rate = bench_verify(n)
-    print(f"  append, no fsync        {nosync:>10,.0f} entries/s")
-    print(f"  append, fsync per batch {synced:>10,.0f} entries/s")
-    print(
-        f"  verify                  {verify_rate:>10,.0f} entries/s "
-        f"({verify_rate / sha_rate:.2f}x of plain SHA-256 over the same lines, "
-        f"{sha_rate:,.0f}/s)"
-    )
-    return {
-        "append_nosync": nosync,
-        "append_sync": synced,
-        "verify": verify_rate,
-        "sha256": sha_rate,
-    }
-
-
 def build_cases(
     bench: Bench, work: Path, s3: str, workers: list[int], two_phase: bool
 ) -> list[Case]:
@@ -969,6 +492,61 @@ def build_cases(
 
 
 def main() -> int:
+    args = _parse_args()
+    seconds = args.seconds or (5 if args.quick else 20)
+    soak = args.soak if args.soak is not None else (0 if args.quick else 180)
+    worker_spec = args.workers if args.workers is not None else ("" if args.quick else "1,2")
+    workers = [int(w) for w in worker_spec.split(",") if w]
+    ensure_tools()
+    print(
+        f"machine: {os.cpu_count()} cores; Envoy --concurrency 1; {seconds:.0f} s per run",
+        flush=True,
+    )
+
+    results: list[CaseResult] = []
+    core: dict[str, float] = {}
+    goals: list[dict[str, Any]] = []
+    soak_result: dict[str, dict[str, float]] | None = None
+    with tempfile.TemporaryDirectory(prefix="extproc-bench-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        bench = Bench(work, seconds, warmup=1 if args.quick else 3)
+        try:
+            s3 = f"s3://bench/run-{int(time.time())}"
+            rounds = 0 if args.soak_only else args.repeat
+            for rnd in range(rounds):
+                done = _run_round(bench, work, s3, rnd, rounds, workers, args)
+                print()
+                print_table(done)
+                print("\ntargets:")
+                goals.append(targets(done))
+                results += done
+            if rounds > 1:
+                print_summary(results)
+            if soak and bench.moto is None:
+                bench.start_moto()
+            if not args.soak_only and not args.no_core:
+                core = log_core(work, 50_000 if args.quick else 200_000)
+            if soak:
+                soak_result = _soaks(bench, soak, s3, noop_close=args.soak_noop_close)
+        finally:
+            bench.close()
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "cases": [asdict(r) for r in results],
+                    "targets": goals,
+                    **core,
+                    "soak": soak_result,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1015,97 +593,62 @@ def main() -> int:
         help="where WALs and local stores go (default: the system's temp dir), e.g. /dev/shm",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
-    seconds = args.seconds or (5 if args.quick else 20)
-    soak = args.soak if args.soak is not None else (0 if args.quick else 180)
-    worker_spec = args.workers if args.workers is not None else ("" if args.quick else "1,2")
-    workers = [int(w) for w in worker_spec.split(",") if w]
-    ensure_tools()
-    print(
-        f"machine: {os.cpu_count()} cores; Envoy --concurrency 1; {seconds:.0f} s per run",
-        flush=True,
-    )
+    return parser.parse_args()
 
-    results: list[CaseResult] = []
-    core: dict[str, float] = {}
-    goals: list[dict[str, Any]] = []
-    soak_result: dict[str, dict[str, float]] | None = None
-    with tempfile.TemporaryDirectory(prefix="extproc-bench-", dir=args.dir) as tmp:
-        work = Path(tmp)
-        bench = Bench(work, seconds, warmup=1 if args.quick else 3)
-        try:
-            s3 = f"s3://bench/run-{int(time.time())}"
-            rounds = 0 if args.soak_only else args.repeat
-            for rnd in range(rounds):
-                cases = build_cases(
-                    bench,
-                    work / f"round-{rnd}",
-                    f"{s3}-r{rnd}",
-                    workers,
-                    two_phase=bool(not args.quick or args.only),
-                )
-                if args.only:
-                    wanted = set(args.only.split(",")) | {"B"}
-                    cases = [
-                        c for c in cases if c.id in wanted or c.id.rstrip("0123456789") in wanted
-                    ]
-                if bench.moto is None and any(c.store.startswith("s3://") for c in cases):
-                    bench.start_moto()
-                done: list[CaseResult] = []
-                for case in cases:
-                    print(
-                        f"running {case.id} {case.name}"
-                        + (f" (round {rnd + 1} of {rounds})" if rounds > 1 else "")
-                        + "...",
-                        flush=True,
-                    )
-                    done.append(bench.run_case(case, rnd))
-                print()
-                print_table(done)
-                print("\ntargets:")
-                goals.append(targets(done))
-                results += done
-            if rounds > 1:
-                print_summary(results)
-            if soak and bench.moto is None:
-                bench.start_moto()
-            if not args.soak_only and not args.no_core:
-                core = log_core(work, 50_000 if args.quick else 200_000)
-            if soak:
-                soak_result = {}
-                soaks = [("B no-op", True, False), ("C audit", False, False)]
-                if args.soak_noop_close:
-                    soaks.insert(1, ("B no-op, server closes", True, True))
-                for label, noop_soak, close in soaks:
-                    print(f"\nsoak: {soak:.0f} s at {FIXED_RATE} req/s on {label}...", flush=True)
-                    result = bench.soak(soak, s3 + "-soak", noop=noop_soak, noop_close=close)
-                    series = ", ".join(
-                        f"{k[len('rss_mb_at_') :]} {v:.0f}"
-                        for k, v in result.items()
-                        if k.startswith("rss")
-                    )
-                    print(
-                        f"  {label} server RSS (MB): {series}; from 60 s to the end "
-                        f"{result['growth'] * 100:+.1f}%, "
-                        f"second half {result['growth_second_half'] * 100:+.1f}%"
-                    )
-                    soak_result[label] = result
-        finally:
-            bench.close()
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "seconds": seconds,
-                    "cases": [asdict(r) for r in results],
-                    "targets": goals,
-                    **core,
-                    "soak": soak_result,
-                },
-                indent=2,
-            )
+
+def _run_round(
+    bench: Bench,
+    work: Path,
+    s3: str,
+    rnd: int,
+    rounds: int,
+    workers: list[int],
+    args: argparse.Namespace,
+) -> list[CaseResult]:
+    """One round of the cases (--only), each on fresh stores."""
+    cases = build_cases(
+        bench,
+        work / f"round-{rnd}",
+        f"{s3}-r{rnd}",
+        workers,
+        two_phase=bool(not args.quick or args.only),
+    )
+    if args.only:
+        wanted = set(args.only.split(",")) | {"B"}
+        cases = [c for c in cases if c.id in wanted or c.id.rstrip("0123456789") in wanted]
+    if bench.moto is None and any(c.store.startswith("s3://") for c in cases):
+        bench.start_moto()
+    done: list[CaseResult] = []
+    for case in cases:
+        print(
+            f"running {case.id} {case.name}"
+            + (f" (round {rnd + 1} of {rounds})" if rounds > 1 else "")
+            + "...",
+            flush=True,
         )
-    return 0
+        done.append(bench.run_case(case, rnd))
+    return done
+
+
+def _soaks(bench: Bench, soak: float, s3: str, *, noop_close: bool) -> dict[str, dict[str, float]]:
+    """The memory soaks: the no-op floor, then the audit server."""
+    soak_result = {}
+    soaks = [("B no-op", True, False), ("C audit", False, False)]
+    if noop_close:
+        soaks.insert(1, ("B no-op, server closes", True, True))
+    for label, noop_soak, close in soaks:
+        print(f"\nsoak: {soak:.0f} s at {FIXED_RATE} req/s on {label}...", flush=True)
+        result = bench.soak(soak, s3 + "-soak", noop=noop_soak, noop_close=close)
+        series = ", ".join(
+            f"{k[len('rss_mb_at_') :]} {v:.0f}" for k, v in result.items() if k.startswith("rss")
+        )
+        print(
+            f"  {label} server RSS (MB): {series}; from 60 s to the end "
+            f"{result['growth'] * 100:+.1f}%, "
+            f"second half {result['growth_second_half'] * 100:+.1f}%"
+        )
+        soak_result[label] = result
+    return soak_result
 
 
 if __name__ == "__main__":

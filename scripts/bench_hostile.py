@@ -74,12 +74,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import io
 import json
-import os
-import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -93,186 +89,32 @@ from typing import Any
 
 import grpc
 import orjson
-from bench import cpu_seconds, descendants, rss_mb  # scripts/bench.py, next to this file
-from envoy.config.core.v3 import base_pb2
-from envoy.service.accesslog.v3 import als_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from bench_load import ensure_tools
+from hostile_messages import (
+    ALS_SIDE_SHAPES,
+    FLOOD_SHAPES,
+    MAX_MESSAGE,
+    SHAPES,
+    SIDE_SHAPES,
+    Client,
+    Shape,
+    message,
+    request_message,
+)
+from hostile_report import ENTRY_LIMIT, machine, print_report, targets
+from proc_stats import cpu_seconds, descendants, rss_mb
+from store_bomb import print_store_bomb, store_bomb, store_bomb_targets
 
 from extproc import processes
-from extproc.auditor import verify_store
-from extproc.core import entry, layout
+from extproc.audit.reader import entry_lines, list_logs
+from extproc.audit.verify import verify_store
+from extproc.core import entry
 from extproc.core.note import Signer
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.keys import load_signer, write_signer
-from extproc.reader import entry_lines, list_logs
 from extproc.store import open_store
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the attack inputs
-from tests.attacks import BOMB_EXPANDS_TO, gzip_bomb
-
-ROOT = Path(__file__).resolve().parents[1]
-METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
-ALS_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
-MAX_MESSAGE = 4 * 1024 * 1024  # serve --max-message-bytes for this benchmark
-ENTRY_LIMIT = 65536  # every entry line must be shorter than this
-CPU_TARGET_MS = 50.0  # per 4 MiB message of 60,000 headers
-P99_TARGET_MS = 100.0  # requests through Envoy while hostile messages arrive
-RSS_TARGET_MB = 500.0  # server RSS while hostile access-log messages arrive
 LOG_ID = "hostile"
-
-NORMAL_HEADERS = {
-    ":authority": "orders.shop.svc.cluster.local:8080",
-    ":path": "/api/v1/orders/1234?page=2",
-    ":method": "GET",
-    ":scheme": "https",
-    "user-agent": "python-requests/2.32.3",
-    "accept": "application/json",
-    "authorization": "Bearer eyJhbGciOi.payload.sig",
-    "x-forwarded-proto": "https",
-    "x-request-id": "7e59400f-0006-4cb6-9fab-22160a9ab58f",
-    "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
-    "x-envoy-attempt-count": "1",
-}
-
-
-# --- messages ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    headers: int  # extra headers after the normal ones
-    value_bytes: int
-    what: str
-    entries: int = 0  # > 0: an access-log message of this many empty HTTP entries instead
-
-    @property
-    def access_log(self) -> bool:
-        return self.entries > 0
-
-
-SHAPES = {
-    "normal": Shape("normal", 0, 0, "11 typical headers"),
-    "12k": Shape("12k", 12_000, 40, "12,000 headers, 40-byte values"),
-    "60k": Shape("60k", 60_000, 57, "60,000 headers, 57-byte values"),
-    "wide": Shape("wide", 2_080, 2_000, "2,080 headers, 2,000-byte values"),
-    "als5k": Shape("als5k", 0, 0, "access log: 5,000 empty entries", entries=5_000),
-    "als500k": Shape("als500k", 0, 0, "access log: 500,000 empty entries", entries=500_000),
-}
-SIDE_SHAPES = ("60k", "wide")  # the 4 MiB ones, sent during phase 2
-ALS_SIDE_SHAPES = ("als500k",)  # the security review's access-log message, phase 2's als phase
-FLOOD_SHAPES = ("als5k",)  # the largest access-log message the budgets admit, the flood phase
-
-
-@functools.cache
-def message(shape: Shape) -> bytes:
-    """The serialized message of this shape (ext_proc or access log)."""
-    return als_message(shape) if shape.access_log else request_message(shape)
-
-
-def als_message(shape: Shape) -> bytes:
-    """A serialized StreamAccessLogsMessage: an identifier and `shape.entries`
-    empty HTTPAccessLogEntry (2 bytes each on the wire)."""
-    msg = als_pb2.StreamAccessLogsMessage()
-    msg.identifier.node.id = "bench-hostile"
-    msg.identifier.log_name = "bench-hostile"
-    entries = msg.http_logs.log_entry
-    for _ in range(shape.entries):
-        entries.add()
-    data: bytes = msg.SerializeToString()
-    if len(data) + 5 > MAX_MESSAGE:
-        raise SystemExit(f"{shape.name}: {len(data)} bytes does not fit {MAX_MESSAGE}")
-    return data
-
-
-def request_message(shape: Shape) -> bytes:
-    """A serialized ProcessingRequest carrying request_headers of this shape."""
-    headers = [
-        base_pb2.HeaderValue(key=k, raw_value=v.encode())
-        for k, v in {**NORMAL_HEADERS, "x-request-id": f"{shape.name}-bench"}.items()
-    ]
-    value = (b"0123456789abcdef" * (shape.value_bytes // 16 + 1))[: shape.value_bytes]
-    headers += [
-        base_pb2.HeaderValue(key=f"h{i:05d}", raw_value=value) for i in range(shape.headers)
-    ]
-    msg = pb.ProcessingRequest(
-        request_headers=pb.HttpHeaders(
-            headers=base_pb2.HeaderMap(headers=headers), end_of_stream=True
-        )
-    )
-    data: bytes = msg.SerializeToString()
-    if len(data) + 5 > MAX_MESSAGE:  # 5: gRPC's length prefix
-        raise SystemExit(f"{shape.name}: {len(data)} bytes does not fit {MAX_MESSAGE}")
-    return data
-
-
-RESPONSE = pb.ProcessingResponse  # for parsing replies
-RESPONSE_HEADERS: bytes = pb.ProcessingRequest(
-    response_headers=pb.HttpHeaders(
-        headers=base_pb2.HeaderMap(
-            headers=[
-                base_pb2.HeaderValue(key=":status", raw_value=b"200"),
-                base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
-            ]
-        ),
-        end_of_stream=True,
-    )
-).SerializeToString()
-
-
-class Client:
-    """Raw ext_proc and access-log streams over one gRPC channel: pre-serialized
-    bytes in, replies checked; each exchange on its own stream."""
-
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", -1)]
-        )
-        self._call = self.channel.stream_stream(
-            METHOD, request_serializer=None, response_deserializer=None
-        )
-        self._als = self.channel.stream_unary(
-            ALS_METHOD, request_serializer=None, response_deserializer=None
-        )
-
-    def send(self, shape: Shape, data: bytes, timeout: float = 60.0) -> tuple[float, str]:
-        """Seconds until the answer, and the gRPC status: an ext_proc exchange
-        (always OK) or one access-log message on its own stream (OK, or
-        RESOURCE_EXHAUSTED when a budget refused it); anything else raises."""
-        if not shape.access_log:
-            return self.exchange(data, timeout), "OK"
-        started = time.perf_counter()
-        try:
-            self._als(iter([data]), timeout=timeout)
-            code = grpc.StatusCode.OK
-        except grpc.RpcError as e:
-            code = e.code()  # type: ignore[attr-defined]  # a grpc.Call
-            if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
-        return time.perf_counter() - started, code.name
-
-    def exchange(self, request: bytes, timeout: float = 60.0) -> float:
-        """Seconds until the request_headers reply; raises if the exchange fails.
-
-        The server either ends the stream after the request reply (the default:
-        the outcome comes by the access-log service) or also answers the
-        response headers (`--ext-proc-responses`); both end with status OK.
-        """
-        started = time.perf_counter()
-        replies = self._call(iter([request, RESPONSE_HEADERS]), timeout=timeout)
-        first = RESPONSE.FromString(next(replies))
-        elapsed = time.perf_counter() - started
-        rest = [RESPONSE.FromString(r).WhichOneof("response") for r in replies]
-        if first.WhichOneof("response") != "request_headers" or rest not in (
-            [],
-            ["response_headers"],
-        ):
-            raise RuntimeError(f"unexpected replies: {first.WhichOneof('response')}, {rest}")
-        return elapsed
-
-    def close(self) -> None:
-        self.channel.close()
-
 
 # --- processes -----------------------------------------------------------------------------
 
@@ -692,165 +534,6 @@ def check_entries(store_url: str, verifier: Any) -> EntryCheck:
     return result
 
 
-# --- report --------------------------------------------------------------------------------
-
-
-def ensure_hey() -> None:
-    if shutil.which("hey") is not None:
-        return
-    print("installing hey from Debian's packages...", flush=True)
-    apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
-    subprocess.run([*apt, "update", "-qq"], check=True)
-    subprocess.run([*apt, "install", "-y", "-qq", "hey"], check=True)
-
-
-def machine() -> dict[str, Any]:
-    envoy = subprocess.run(
-        [processes.envoy_binary(), "--version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        # The server code measured: uncommitted changes under extproc/ count.
-        "extproc_uncommitted": git("status", "--porcelain", "extproc").splitlines(),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "platform": platform.platform(),
-        "envoy": envoy.split("version:")[-1].strip(),
-        "loadavg_at_start": os.getloadavg(),
-    }
-
-
-def fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_report(report: dict[str, Any]) -> None:
-    print("\n1. server CPU per message (one stream each, plain gRPC client)")
-    head = f"{'shape':<8}{'what':<36}{'bytes':>11}{'n':>5}{'CPU ms':>9}{'x normal':>10}"
-    head += f"{'reply ms p50':>14}{'max':>8}{'RSS MB':>8}{'max':>6}  status"
-    print(head)
-    print("-" * len(head))
-    for r in report["cpu"]:
-        print(
-            f"{r['shape']:<8}{r['what']:<36}{r['message_bytes']:>11,}{r['messages']:>5}"
-            f"{r['cpu_ms_per_msg']:>9.2f}{fmt(r['ratio_to_normal'], '.1f'):>10}"
-            f"{r['reply_ms_median']:>14.1f}{r['reply_ms_max']:>8.1f}{r['rss_mb_after']:>8.0f}"
-            f"{r['rss_mb_max']:>6.0f}  {r['status']}"
-        )
-    print(
-        f"(idle server CPU {report['idle_cpu_ms_per_s']:.1f} ms/s, subtracted; server RSS at "
-        f"start {report['rss_mb_at_start']:.0f} MB)"
-    )
-    if report["envoy"]:
-        print(
-            f"\n2. through Envoy at {report['rate']} req/s (hey -c 10), {report['seconds']:.0f} s "
-            f"per phase in {report['rounds']} alternating rounds; hostile: "
-            f"{report['side_rate']:g}/s of {' and '.join(SIDE_SHAPES)}, alternating; als: "
-            f"{report['als_rate']:g}/s of {' and '.join(ALS_SIDE_SHAPES)}; flood: "
-            f"{report['flood_rate']:g}/s of {' and '.join(FLOOD_SHAPES)}"
-        )
-        conf = report.get("envoy_config", {})
-        print(
-            f"(Envoy config from extproc.envoyconf.bootstrap: ext_proc response phase "
-            f"{conf.get('ext_proc_response_phase')}, access-log service "
-            f"{conf.get('access_log_service')})"
-        )
-        head = f"{'phase':<10}{'requests':>9}{'2xx':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-        head += f"{'server CPU s':>13}{'RSS MB':>8}  hostile sent/answered/refused/failed, "
-        head += "reply p50/max ms"
-        print(head)
-        print("-" * len(head))
-        for p in report["envoy"]:
-            lat, side = p["latency"], p["side"]
-            extra = (
-                f"  {side['sent']}/{side['answered']}/{side['refused']}/{side['failed']}, "
-                f"{fmt(side['reply_ms_median'])}/{fmt(side['reply_ms_max'])}"
-                if side
-                else ""
-            )
-            print(
-                f"{p['name']:<10}{lat['requests']:>9}{lat['ok']:>7}{fmt(lat['p50_ms']):>8}"
-                f"{fmt(lat['p99_ms']):>8}{fmt(lat['max_ms']):>8}{p['server_cpu_s']:>13.2f}"
-                f"{p['rss_mb_max']:>8.0f}{extra}"
-            )
-            rounds = ", ".join(fmt(r["p99_ms"]) for r in p["rounds"])
-            print(f"  p99 per round: {rounds} ms; envoy: {p['envoy']}")
-        under_load = report.get("hostile_cpu_ms_per_msg_under_load")
-        print(
-            f"  server CPU per hostile message under load: {fmt(under_load)} ms "
-            "(hostile minus baseline phase)"
-        )
-    e = report["entries"]
-    print(
-        f"\n3. server SERVING at the end: {report['serving_at_end']}; exit status "
-        f"{report['exit_status']}; peak RSS {report['peak_rss_mb']:.0f} MB"
-    )
-    print(
-        f"   entries: {e['lines']} lines, largest {e['max_line_bytes']:,} bytes, "
-        f"{e['over_limit']} of {ENTRY_LIMIT:,} bytes or more; {e['with_headers_omitted']} with "
-        f"req.headers_omitted, {e['shrunk']} shrunk; log verifies: {e['verified']}"
-    )
-    print("\ntargets:")
-    for name, (value, met) in report["targets"].items():
-        print(f"  {name}: {value} -> {'met' if met else 'NOT MET'}")
-
-
-def targets(report: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    out: dict[str, tuple[str, bool]] = {}
-    cpu = {r["shape"]: r for r in report["cpu"]}
-    if "60k" in cpu:
-        ms = cpu["60k"]["cpu_ms_per_msg"]
-        out["server CPU per 60k-header 4 MiB message <= 50 ms"] = (
-            f"{ms:.1f} ms",
-            ms <= CPU_TARGET_MS,
-        )
-    hostile = next((p for p in report["envoy"] if p["name"] == "hostile"), None)
-    if hostile is not None and hostile["latency"]["p99_ms"] is not None:
-        p99 = hostile["latency"]["p99_ms"]
-        out["p99 through Envoy < 100 ms while hostile messages arrive"] = (
-            f"{p99:.1f} ms",
-            p99 < P99_TARGET_MS,
-        )
-    als = next((p for p in report["envoy"] if p["name"] == "als"), None)
-    if als is not None and als["latency"]["p99_ms"] is not None:
-        lat, side = als["latency"], als["side"]
-        p99 = lat["p99_ms"]
-        out["als: p99 through Envoy < 100 ms while 500,000-entry access-log messages arrive"] = (
-            f"{p99:.1f} ms",
-            p99 < P99_TARGET_MS,
-        )
-        failed = {k: v for k, v in als["envoy"].items() if v} | (
-            {"not 2xx": lat["requests"] - lat["ok"]} if lat["ok"] < lat["requests"] else {}
-        )
-        out["als: no enforce request timed out or failed"] = (
-            ", ".join(f"{k} {v}" for k, v in failed.items()) or "none",
-            not failed and lat["requests"] > 0,
-        )
-        out["als: server RSS < 500 MB while they arrive"] = (
-            f"{als['rss_mb_max']:.0f} MB",
-            0 < als["rss_mb_max"] < RSS_TARGET_MB,
-        )
-        out["als: every such message refused or bounded, none failed"] = (
-            f"{side['refused']} of {side['sent']} refused, {side['failed']} failed",
-            side["sent"] > 0 and side["failed"] == 0,
-        )
-    e = report["entries"]
-    out["every entry < 64 KiB"] = (
-        f"largest {e['max_line_bytes']:,} bytes of {e['lines']} lines",
-        e["checked"] and e["lines"] > 0 and e["over_limit"] == 0,
-    )
-    out["published log verifies"] = (str(e["verified"]), e["verified"])
-    out["server SERVING at the end"] = (str(report["serving_at_end"]), report["serving_at_end"])
-    return out
-
-
 def run(
     work: Path,
     *,
@@ -925,92 +608,6 @@ def run(
     return report
 
 
-# --- 4. a store holding gzip bombs ------------------------------------------------------
-
-BOMB_RSS_TARGET_MB = 300.0  # issue 16: verify on a store holding a gzip bomb
-
-
-def child_peak(args: list[str]) -> dict[str, Any]:
-    """Run `extproc-audit ARGS` as a child; its exit status, peak RSS and time."""
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "extproc", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {
-        "exit_status": proc.returncode,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
-        "seconds": time.monotonic() - started,
-    }
-
-
-def store_bomb(store_url: str, vkey: str) -> dict[str, Any]:
-    """verify and search on this run's store with a gzip bomb planted, then with
-    one of the log's own bundles replaced by a 1 GiB file (`store_url` is a
-    local directory; it is changed)."""
-    store = open_store(store_url)
-    logs, _ = list_logs(store)
-    log_id = sorted(logs)[0]
-    bundles = sorted(logs[log_id].bundles, key=lambda b: b[1].first)
-    key, name = bundles[len(bundles) // 2]
-    planted = layout.bundle_key(store.prefix, log_id, name.first, name.last + 1, gzip=True)
-    bomb = gzip_bomb()
-    store.put_once(planted, bomb, None)
-    verify = ["verify", store_url, "--vkey", vkey]
-    search = ["search", store_url, "--vkey", vkey, "--status", "5xx"]
-    cases: list[dict[str, Any]] = [
-        {"case": "unclaimed bomb", "command": "verify", **child_peak(verify)},
-        {"case": "unclaimed bomb", "command": "search", **child_peak(search)},
-    ]
-    # The claim names a range, not its encoding: a .gz of the claimed range is read.
-    store.put_once(
-        layout.bundle_key(store.prefix, log_id, name.first, name.last, gzip=True), bomb, None
-    )
-    cases += [
-        {"case": "bomb at a claimed range", "command": "verify", **child_peak(verify)},
-        {"case": "bomb at a claimed range", "command": "search", **child_peak(search)},
-    ]
-    # A store without versions lets an attacker replace the log's own bundle:
-    # 1 GiB, sparse on disk, at a key a claim names (refused by its size).
-    path = Path(store_url) / key
-    path.chmod(0o644)
-    with path.open("r+b") as f:
-        f.truncate(BOMB_EXPANDS_TO)
-    cases += [
-        {"case": "claimed 1 GiB bundle", "command": "verify", **child_peak(verify)},
-        {"case": "claimed 1 GiB bundle", "command": "search", **child_peak(search)},
-    ]
-    return {"bomb_bytes": len(bomb), "expands_to": BOMB_EXPANDS_TO, "cases": cases}
-
-
-def store_bomb_targets(result: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    peak = max(c["peak_rss_mb"] for c in result["cases"] if c["command"] == "verify")
-    return {
-        f"verify on a store holding a gzip bomb < {BOMB_RSS_TARGET_MB:.0f} MB RSS": (
-            f"peak {peak:.0f} MB",
-            peak < BOMB_RSS_TARGET_MB,
-        )
-    }
-
-
-def print_store_bomb(result: dict[str, Any]) -> None:
-    print(
-        f"\n4. a store holding a gzip bomb ({result['bomb_bytes']:,} bytes expanding to "
-        f"{result['expands_to']:,}): child processes"
-    )
-    head = f"{'case':<25}{'command':<9}{'exit':>5}{'peak RSS MB':>13}{'seconds':>9}"
-    print(head)
-    print("-" * len(head))
-    for c in result["cases"]:
-        print(
-            f"{c['case']:<25}{c['command']:<9}{c['exit_status']:>5}{c['peak_rss_mb']:>13.0f}"
-            f"{c['seconds']:>9.1f}"
-        )
-
-
 def store_bomb_alone(work: Path) -> dict[str, Any]:
     """`--store-bomb`: a short run of normal messages for a log, then section 4."""
     server = Server(work)
@@ -1083,7 +680,7 @@ def main() -> int:
     rounds = args.rounds or (1 if args.quick else 2)
     flood_rate = args.flood_rate if args.flood_rate is not None else (0.0 if args.quick else 4.0)
     if not args.no_envoy:
-        ensure_hey()
+        ensure_tools(("hey",))
     facts = machine()
     print(
         f"machine: {facts['nproc']} cores, Python {facts['python']}, grpcio {facts['grpcio']}, "

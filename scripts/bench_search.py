@@ -21,14 +21,14 @@ from pathlib import Path
 
 import orjson
 
+from extproc.audit.reader import entry_lines
+from extproc.audit.search import Filters, StoreSearch, parse_status, parse_time
 from extproc.core import entry, layout
 from extproc.core.bundle import bundle_bytes
 from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
 from extproc.core.claim import Claim
 from extproc.core.merkle import CompactRange, leaf_hash
 from extproc.core.note import Signer
-from extproc.reader import entry_lines
-from extproc.search import Filters, StoreSearch, parse_status, parse_time
 from extproc.store.local import LocalStore
 
 LOG_ID = "bench-0"

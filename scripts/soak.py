@@ -350,8 +350,8 @@ class Soak:
         status: int,
         envoy_stats: dict[str, int],
     ) -> int:
+        from extproc.audit.reader import entry_lines
         from extproc.core import entry
-        from extproc.reader import entry_lines
 
         kills, sigterms, recycles = counts
         from extproc.store import open_store

@@ -1,7 +1,7 @@
 """What many tests need: a log written by the real writer, and every entry of a log.
 
 Logs are written in-process by the writer itself (WAL, audit log, publisher),
-never by a copy of its format; entries are read back through extproc.reader,
+never by a copy of its format; entries are read back through extproc.audit.reader,
 the reader every command uses.
 """
 
@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from extproc.audit.reader import entry_lines
 from extproc.core import entry, layout
 from extproc.core.note import Signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
 from extproc.log.wal import WAL
-from extproc.reader import entry_lines
 from extproc.store import open_store
 from extproc.store.base import ObjectStore
 

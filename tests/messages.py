@@ -12,7 +12,7 @@ from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2, wrappers_pb2
 
-from extproc.server.capture import ATTR_NAMESPACE
+from extproc.attributes import ATTR_NAMESPACE
 
 EXT_PROC_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 ALS_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"

@@ -42,7 +42,9 @@ from extproc.log.wal import WAL
 from extproc.server import access
 from extproc.server.access import AccessCapture, AccessLimits, AccessLogServicer, OutcomeMatcher
 from extproc.server.builder import Claims
-from extproc.server.reporters import Reporter
+from extproc.server.identify import StreamIdentifier
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import Reporter
 from tests.attacks import HOSTILE_ENTRIES, empty_entries_message
 from tests.budget import FUZZ, MIB, within_budget
 from tests.conftest import AuditStack, read_entries
@@ -87,13 +89,14 @@ class FakeContext:
         raise Aborted(code, details)
 
 
-class Identified:
-    """Stands in for AuditServicer.identify: every stream is this reporter."""
+class Identified(StreamIdentifier):
+    """The servicers' StreamIdentifier, with every stream this reporter."""
 
     def __init__(self, reporter: Reporter) -> None:
+        super().__init__(ReporterPolicy(allow_unauthenticated=True))
         self.reporter = reporter
 
-    async def identify(self, context: Any) -> Reporter:
+    async def __call__(self, context: Any) -> Reporter:
         return self.reporter
 
 
@@ -141,7 +144,7 @@ class Intake:
         self.servicer = AccessLogServicer(
             log,
             self.capture,
-            Identified(who),  # type: ignore[arg-type]
+            Identified(who),
             OutcomeMatcher(),
             limits,
             clock=self.clock,
@@ -152,7 +155,7 @@ class Intake:
     ) -> str:
         """One access-log stream; its gRPC status ("OK" or the code of the abort)."""
         if who is not None:
-            self.servicer.ext_proc = Identified(who)
+            self.servicer.identify = Identified(who)
 
         async def requests() -> AsyncIterator[als_pb2.StreamAccessLogsMessage]:
             for msg in messages:
@@ -163,7 +166,7 @@ class Intake:
         except Aborted as e:
             return e.code.name
         finally:
-            self.servicer.ext_proc = Identified(self.who)
+            self.servicer.identify = Identified(self.who)
         return "OK"
 
 

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import istio_alerts
 import pytest
 import yaml
 
@@ -214,7 +215,7 @@ def test_monitors_scrape_the_audit_servers_under_the_alerts_job() -> None:
     assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
     # A ServiceMonitor's job label is the Service's name: what the alerts select.
     assert "jobLabel" not in monitor["spec"]
-    assert service["metadata"]["name"] == render_istio.JOB
+    assert service["metadata"]["name"] == istio_alerts.JOB
     assert [
         r["alert"] for r in _rules() if f'up{{job="{service["metadata"]["name"]}"}}' in r["expr"]
     ]
@@ -234,7 +235,7 @@ def test_sidecar_pod_monitor_scrapes_the_injected_container_under_the_same_job()
     assert sidecar["spec"]["selector"]["matchLabels"] == {render_istio.OPT_IN_LABEL: "sidecar"}
     (endpoint,) = sidecar["spec"]["podMetricsEndpoints"]
     (relabel,) = endpoint["relabelings"]
-    assert relabel == {"targetLabel": "job", "replacement": render_istio.JOB}
+    assert relabel == {"targetLabel": "job", "replacement": istio_alerts.JOB}
     template = (ROOT / "istio" / "injection" / "istio-operator-audit-template.yaml").read_text()
     assert f"- name: {endpoint['port']}\n" in template
 
@@ -258,10 +259,10 @@ def test_monitoring_kustomization_renders() -> None:
 
 def test_alert_settings_check_themselves() -> None:
     with pytest.raises(ValueError, match="fractions"):
-        render_istio.AlertSettings(backlog_ratio=1.5)
+        istio_alerts.AlertSettings(backlog_ratio=1.5)
     with pytest.raises(ValueError, match="positive"):
-        render_istio.AlertSettings(stall_after=0)
-    quick = render_istio.alert_groups(render_istio.AlertSettings(stall_after=3, for_short="1s"))
+        istio_alerts.AlertSettings(stall_after=0)
+    quick = istio_alerts.alert_groups(istio_alerts.AlertSettings(stall_after=3, for_short="1s"))
     stalled = next(r for g in quick["groups"] for r in g["rules"]
                    if r["alert"] == "ExtprocAuditPublicationStalled")  # fmt: skip
     assert stalled["expr"].endswith("> 3") and stalled["for"] == "1s"

@@ -14,14 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc import auditor
+from extproc.audit import statefile
+from extproc.audit.verify import AuditOptions, AuditResult, audit_store
 from extproc.core import entry, layout
 from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
 from extproc.core.claim import Claim
+from extproc.core.findings import ERROR, WARNING
 from extproc.core.merkle import CompactRange, leaf_hash
 from extproc.core.note import Signer
 from extproc.core.state import AuditState, LogState
-from extproc.core.verify import ERROR, WARNING, log_status
+from extproc.core.status import log_status
 from extproc.errors import ConfigError
 from extproc.store.base import Retention, RetentionPolicy
 from extproc.store.memory import _EPOCH, MemoryStore
@@ -61,12 +63,12 @@ class Writer:
         self.store.put_once(layout.checkpoint_key("", LOG, self.size), note, keep)
 
 
-def _audit(store: MemoryStore, **kwargs: object) -> auditor.AuditResult:
-    options = auditor.AuditOptions(now_ms=10_000_000, **kwargs)  # type: ignore[arg-type]
-    return auditor.audit_store(store, SIGNER.verifier(), options)
+def _audit(store: MemoryStore, **kwargs: object) -> AuditResult:
+    options = AuditOptions(now_ms=10_000_000, **kwargs)  # type: ignore[arg-type]
+    return audit_store(store, SIGNER.verifier(), options)
 
 
-def _messages(result: auditor.AuditResult) -> list[str]:
+def _messages(result: AuditResult) -> list[str]:
     return [f.message for r in result.reports for f in r.findings] + [
         f.message for f in result.general
     ]
@@ -178,10 +180,10 @@ def test_state_file_round_trip_and_atomic_save(tmp_path: Path) -> None:
     state = _audit(store).state
     assert AuditState.from_bytes(state.to_bytes()) == state
     path = tmp_path / "state.json"
-    auditor.save_state(path, state)
-    assert auditor.load_state(path) == state
+    statefile.save_state(path, state)
+    assert statefile.load_state(path) == state
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
-    assert auditor.load_state(tmp_path / "missing.json") == AuditState()
+    assert statefile.load_state(tmp_path / "missing.json") == AuditState()
 
 
 @pytest.mark.parametrize(

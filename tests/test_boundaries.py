@@ -2,10 +2,17 @@
 
 - The core is pure: it imports nothing of ours but the core and the errors,
   and no module that touches files, sockets, processes or the clock.
-- The auditor's side stands alone: `verify`, `search`, `prove` and
+- Reporter trust is pure policy the same way (extproc/trust: no gRPC; of
+  ours it imports only trust, the errors and the entry format's field names).
+- The auditor's side stands alone: its library (extproc/audit/: reader,
+  verify, retention, prove, search) imports nothing of the writer or the
+  server, nor a command module; `verify`, `search`, `prove` and
   `check-proof`, each run in a fresh interpreter on a log the real writer
   published, load no module of the writer (extproc.log, extproc.server) nor
   the writer's configuration, the Envoy config or the demo.
+- The writer and the server may use the auditor's library (the self-audit,
+  reconcile, the proof API), never a command module (the CLI, the report,
+  the state file).
 - The tests' in-memory store is not reachable from a store URL.
 """
 
@@ -20,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from extproc.audit.prove import Prover
 from extproc.core.note import Signer
 from extproc.errors import ConfigError
-from extproc.prover import Prover
 from extproc.store import open_store
 from extproc.store.local import LocalStore
 from tests.helpers import write_log
@@ -51,8 +58,10 @@ def _imports(path: Path) -> list[str]:
             assert node.level == 0, f"{path}: relative import"
             module = node.module or ""
             found.append(module)
-            # `from extproc.core import layout` imports extproc.core.layout.
-            found.extend(f"{module}.{alias.name}" for alias in node.names if module == "extproc")
+            # `from extproc.audit import report` imports extproc.audit.report (a
+            # name that is no module, `extproc.core.fields.RID`, is within its module).
+            if _within(module, "extproc"):
+                found.extend(f"{module}.{alias.name}" for alias in node.names)
     return found
 
 
@@ -67,7 +76,9 @@ CORE = sorted((PACKAGE / "core").glob("*.py"))
 def test_core_imports_only_the_core_and_the_errors(path: Path) -> None:
     ours = [m for m in _imports(path) if _within(m, "extproc")]
     outside = [
-        m for m in ours if not (_within(m, "extproc.core") or m in ("extproc", "extproc.errors"))
+        m
+        for m in ours
+        if not (_within(m, "extproc.core") or _within(m, "extproc.errors") or m == "extproc")
     ]
     assert not outside, f"extproc/core/{path.name} imports {outside}"
 
@@ -76,6 +87,54 @@ def test_core_imports_only_the_core_and_the_errors(path: Path) -> None:
 def test_core_does_no_io(path: Path) -> None:
     io = [m for m in _imports(path) if any(_within(m, io) for io in IO_MODULES)]
     assert not io, f"extproc/core/{path.name} imports {io}: the core does no I/O"
+
+
+TRUST = sorted((PACKAGE / "trust").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", TRUST, ids=[p.stem for p in TRUST])
+def test_trust_is_pure_policy(path: Path) -> None:
+    imports = _imports(path)
+    outside = [
+        m
+        for m in imports
+        if _within(m, "extproc")
+        and m != "extproc"
+        and not any(
+            _within(m, ok) for ok in ("extproc.trust", "extproc.errors", "extproc.core.fields")
+        )
+    ]
+    io = [m for m in imports if any(_within(m, io) for io in IO_MODULES)]
+    assert not outside, f"extproc/trust/{path.name} imports {outside}"
+    assert not io, f"extproc/trust/{path.name} imports {io}: trust does no I/O"
+
+
+# The auditor's package: what programs call, and what only the CLI's commands use.
+AUDIT = PACKAGE / "audit"
+AUDIT_LIBRARY = ("reader", "verify", "retention", "prove", "search")
+AUDIT_COMMANDS = ("report", "statefile")
+COMMAND_MODULES = ("extproc.cli", *(f"extproc.audit.{m}" for m in AUDIT_COMMANDS))
+WRITER_SIDE = sorted([*(PACKAGE / "log").glob("*.py"), *(PACKAGE / "server").glob("*.py")])
+
+
+def test_every_audit_module_is_library_or_command() -> None:
+    modules = {p.stem for p in AUDIT.glob("*.py")} - {"__init__"}
+    assert modules == {*AUDIT_LIBRARY, *AUDIT_COMMANDS}
+
+
+@pytest.mark.parametrize("name", AUDIT_LIBRARY)
+def test_audit_library_imports_no_writer_server_or_command(name: str) -> None:
+    forbidden = (*WRITER_MODULES, *WRITER_ONLY, *COMMAND_MODULES, "extproc.config", "grpc")
+    found = [m for m in _imports(AUDIT / f"{name}.py") if any(_within(m, f) for f in forbidden)]
+    assert not found, f"extproc/audit/{name}.py imports {found}"
+
+
+@pytest.mark.parametrize(
+    "path", WRITER_SIDE, ids=[f"{p.parent.name}/{p.stem}" for p in WRITER_SIDE]
+)
+def test_writer_and_server_import_no_auditor_command(path: Path) -> None:
+    found = [m for m in _imports(path) if any(_within(m, c) for c in COMMAND_MODULES)]
+    assert not found, f"{path.relative_to(ROOT)} imports {found}"
 
 
 def test_no_module_of_the_package_reaches_the_memory_store() -> None:
@@ -164,6 +223,7 @@ def test_reader_command_loads_no_writer_module(
     )
     assert not writer, f"{command} loaded {writer}"
     if command in ("search", "prove", "check-proof"):
-        # verify's own module (state file, retention, JSON) is no store library.
-        assert "extproc.auditor" not in loaded
+        # verify's own modules (a whole store, retention, the state file) are not theirs.
+        verify_own = ("extproc.audit.verify", "extproc.audit.retention", "extproc.audit.statefile")
+        assert not loaded & set(verify_own)
     assert "extproc.store.memory" not in loaded

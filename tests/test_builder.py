@@ -22,12 +22,14 @@ from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.attributes import ATTR_NAMESPACE, LOCAL_SAN
 from extproc.core.redact import DEFAULT_CLEAR_HEADERS, DEFAULT_URL_HEADERS, RedactionPolicy
 from extproc.hashkey import write_hash_key
 from extproc.server.access import AccessCapture
 from extproc.server.builder import MAX_HEADER_NAME_BYTES, Claims, byte_size
-from extproc.server.capture import ATTR_NAMESPACE, LOCAL_SAN, Capturer
-from extproc.server.reporters import AUTH_MTLS, Reporter, ReporterPolicy, ReporterRefused
+from extproc.server.capture import Capturer
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import AUTH_MTLS, Reporter, ReporterRefused
 from tests.conftest import read_entries
 
 HMAC_KEY = b"builder-test-key-0123456789"

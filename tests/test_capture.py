@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.attributes import ATTR_NAMESPACE
 from extproc.core import entry
 from extproc.core.redact import (
     DEFAULT_CLEAR_HEADERS,
@@ -28,7 +29,7 @@ from extproc.core.redact import (
     stored_hash,
 )
 from extproc.errors import ConfigError
-from extproc.server.capture import ATTR_NAMESPACE, DEFAULT_MAX_HEADERS, Capturer, xfcc_uris
+from extproc.server.capture import DEFAULT_MAX_HEADERS, Capturer, xfcc_uris
 
 Header = tuple[str, str | bytes]
 

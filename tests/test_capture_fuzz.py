@@ -20,11 +20,12 @@ from google.protobuf import struct_pb2
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from extproc.attributes import ATTR_NAMESPACE, REQUEST_ATTRIBUTES
 from extproc.core import entry
 from extproc.core.redact import DEFAULT_CLEAR_PARAMS, RedactionPolicy
 from extproc.server.access import AccessCapture
-from extproc.server.capture import ATTR_NAMESPACE, REQUEST_ATTRIBUTES, Capturer
-from extproc.server.reporters import ReporterRefused
+from extproc.server.capture import Capturer
+from extproc.trust.reporter import ReporterRefused
 from tests.budget import FUZZ, MIB, within_budget
 
 POLICY = RedactionPolicy(hmac_key=b"fuzz-key-0123456789abcdef")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from extproc import processes
-from extproc.cli import _build_parser
+from extproc.cli import build_parser
 from extproc.core.note import Signer
 from extproc.demo import command_name
 from tests.conftest import MotoServer, run_cli
@@ -109,6 +109,8 @@ MATRIX = [
          message=BAD_ENDPOINT, id="init-bad-endpoint"),
     # serve: checked before anything is touched (a missing key file is the backstop)
     case("serve", "--key", "{tmp}/missing.key", message="--store is required", id="serve-no-store"),
+    case("serve", "--store", "{tmp}/s", "--allow-unauthenticated",
+         message="--key is required (or EXTPROC_AUDIT_KEY)", id="serve-no-key"),
     case("serve", "--store", "http://x", "--key", "{tmp}/missing.key",
          message="unsupported store URL 'http://x'", id="serve-bad-store"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--wal-dir", "{tmp}/wal",
@@ -133,6 +135,9 @@ MATRIX = [
          message="'1' is not an integer >= 65536", id="verify-bundle-bound-too-small"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--workers", "0",
          message="'0' is not an integer >= 1", id="serve-workers-0"),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--workers", "2",
+         "--listen", "127.0.0.1:0", "--allow-unauthenticated",
+         message="--workers needs a fixed TCP --listen port", id="serve-workers-port-0"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--listen", "garbage",
          message="--listen 'garbage' must be", id="serve-bad-listen"),
     case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--log-id", "bad/id",
@@ -163,6 +168,10 @@ MATRIX = [
              "(set by EXTPROC_AUDIT_TRUST_XFCC_FROM='garbage')"),
         ]
     ),
+    case("serve", "--store", "{tmp}/s", "--key", "{tmp}/missing.key", "--mode", "observe",
+         env={"EXTPROC_AUDIT_RECEIPTS": "1"}, message="--receipts needs --mode enforce (envoy "
+         "ignores replies in observe mode) (set by EXTPROC_AUDIT_RECEIPTS='1')",
+         id="serve-env-receipts"),
     case("serve", "--key", "{tmp}/missing.key", env={"EXTPROC_AUDIT_STORE": "http://x"},
          message="EXTPROC_AUDIT_STORE='http://x': unsupported store URL", id="serve-env-store"),
     # verify: a missing store path is a usage error, not an invalid log
@@ -317,7 +326,7 @@ def test_serve_help_shows_defaults_and_where_they_came_from() -> None:
 
 
 def test_every_option_of_every_command_has_help() -> None:
-    parser = _build_parser()
+    parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     missing = [
         f"{name} {action.option_strings or action.dest}"

@@ -23,7 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc import cli
+from extproc.config import ServeConfig
 from extproc.core.note import Signer
+from extproc.options import options_of
 from tests.budget import FUZZ, MIB, within_budget
 
 VKEY = Signer.generate("fuzz-cli").verifier().to_text()
@@ -31,7 +33,7 @@ BUDGET = {"memory": 16 * MIB, "cpu": 2.0}  # one whole command: parser, config, 
 
 
 def _value_options(command: str) -> list[argparse.Action]:
-    parser = cli._build_parser()
+    parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return [
         a
@@ -41,7 +43,7 @@ def _value_options(command: str) -> list[argparse.Action]:
 
 
 SERVE_OPTIONS = _value_options("serve")
-SERVE_FLAGS = [a for a in cli._SERVE_FLAGS]
+SERVE_FLAGS = [o.name for _, o in options_of(ServeConfig) if o.kind == "flag"]
 
 # Values near the edges of what converters take, and plain garbage.
 EDGES = [
@@ -58,7 +60,6 @@ values = st.one_of(
 
 def _checked_only(args: argparse.Namespace) -> int:
     """serve, stopped once its settings are checked."""
-    cli._env_flags(args, cli._SERVE_FLAGS)
     cli.serve_config(args)
     return 0
 
@@ -107,7 +108,7 @@ def test_serve_option_value_fuzz(workdir: Path, option: argparse.Action, value: 
 @FUZZ
 @given(st.sampled_from([*(a.dest for a in SERVE_OPTIONS), *SERVE_FLAGS]), values)
 def test_serve_environment_value_fuzz(workdir: Path, dest: str, value: str) -> None:
-    variable = cli._env_name(dest)
+    variable = cli.env_name(dest)
     base = {
         "EXTPROC_AUDIT_STORE": str(workdir / "s"),
         "EXTPROC_AUDIT_KEY": str(workdir / "k"),

@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from extproc.auditor import AuditOptions, audit_store, verify_log, verify_store
+from extproc.audit.reader import LogReader
+from extproc.audit.search import Filters, StoreSearch
+from extproc.audit.verify import AuditOptions, audit_store, verify_log, verify_store
 from extproc.core import layout
 from extproc.core.bundle import bundle_bytes
+from extproc.core.findings import ERROR, WARNING, LogReport, all_ok
 from extproc.core.note import Signer
-from extproc.core.verify import ERROR, WARNING, LogReport, all_ok
 from extproc.errors import ForeignObjectError, ObjectTooLargeError
-from extproc.log.publisher import MAX_RECORDED_NAMES
+from extproc.log.foreign import MAX_RECORDED_NAMES
 from extproc.log.selfaudit import OK, SelfAudit
-from extproc.reader import LogReader
-from extproc.search import Filters, StoreSearch
 from extproc.store.base import (
     DEFAULT_READ_LIMIT,
     ObjectInfo,

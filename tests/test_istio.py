@@ -25,6 +25,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import kustomize_subset
 import pytest
 import yaml
 
@@ -196,16 +197,16 @@ def test_observe_overlay_switches_both_sides() -> None:
 
 def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
-    with pytest.raises(render_istio.KustomizeError, match="namePrefix"):
+    with pytest.raises(kustomize_subset.KustomizeError, match="namePrefix"):
         render_istio.build(tmp_path)
-    with pytest.raises(render_istio.KustomizeError, match="list"):
-        render_istio.merge({"a": [1]}, {"a": [2]})
-    with pytest.raises(render_istio.KustomizeError, match="merge key"):
-        render_istio.merge({"env": [{"name": "A"}]}, {"env": [{"value": "x"}]})
-    with pytest.raises(render_istio.KustomizeError, match="directive"):
-        render_istio.merge({"env": []}, {"$patch": "replace"})
+    with pytest.raises(kustomize_subset.KustomizeError, match="list"):
+        kustomize_subset.merge({"a": [1]}, {"a": [2]})
+    with pytest.raises(kustomize_subset.KustomizeError, match="merge key"):
+        kustomize_subset.merge({"env": [{"name": "A"}]}, {"env": [{"value": "x"}]})
+    with pytest.raises(kustomize_subset.KustomizeError, match="directive"):
+        kustomize_subset.merge({"env": []}, {"$patch": "replace"})
     # A component is not a kustomization to build on its own.
-    with pytest.raises(render_istio.KustomizeError, match="expected a Kustomization"):
+    with pytest.raises(kustomize_subset.KustomizeError, match="expected a Kustomization"):
         render_istio.build(COMPONENTS / "native-sidecar")
 
 

@@ -43,12 +43,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import istio_alerts
 import pytest
 import yaml
 
 from extproc import processes
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
-from scripts import render_istio
 from tests.conftest import MotoServer, stack_factory
 from tests.faultproxy import FaultProxy
 
@@ -64,7 +64,7 @@ pytestmark = [
 ]
 
 # The shipped rules, with windows and thresholds of seconds (1 s scrapes and evaluations).
-SETTINGS = render_istio.AlertSettings(
+SETTINGS = istio_alerts.AlertSettings(
     window="10s",
     slow_window="30s",
     stall_after=4,
@@ -86,7 +86,7 @@ class Prometheus:
 
     def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]]) -> None:
         self.port = processes.free_port()
-        (workdir / "rules.yaml").write_text(yaml.safe_dump(render_istio.alert_groups(SETTINGS)))
+        (workdir / "rules.yaml").write_text(yaml.safe_dump(istio_alerts.alert_groups(SETTINGS)))
         config = {
             "global": {
                 "scrape_interval": "1s",
@@ -233,7 +233,7 @@ def mesh(tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> I
             tmp_path,
             [
                 {
-                    "job_name": render_istio.JOB,
+                    "job_name": istio_alerts.JOB,
                     "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
                 },
                 {

@@ -15,12 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc.core import entry, layout
-from extproc.core.checkpoint import Checkpoint, sign_checkpoint
-from extproc.core.note import Signer, parse_note
-from extproc.core.tlogproof import TlogProof
-from extproc.errors import ConfigError, VerificationError
-from extproc.prover import (
+from extproc.audit.prove import (
     MAX_LISTED_MATCHES,
     AmbiguousRequestIdError,
     EntryNotFoundError,
@@ -29,6 +24,11 @@ from extproc.prover import (
     Prover,
     RequestMatch,
 )
+from extproc.core import entry, layout
+from extproc.core.checkpoint import Checkpoint, sign_checkpoint
+from extproc.core.note import Signer, parse_note
+from extproc.core.tlogproof import TlogProof
+from extproc.errors import ConfigError, VerificationError
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore

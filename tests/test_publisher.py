@@ -18,15 +18,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from extproc.auditor import verify_store
+from extproc.audit.verify import verify_store
 from extproc.core import entry, layout
 from extproc.core.bundle import bundle_bytes
 from extproc.core.checkpoint import Checkpoint, make_extensions, open_checkpoint, sign_checkpoint
 from extproc.core.claim import Claim
+from extproc.core.findings import LogReport, all_ok
 from extproc.core.keyring import Keyring, TrustedKey
 from extproc.core.merkle import leaf_hash, root_of
 from extproc.core.note import Signer
-from extproc.core.verify import LogReport, all_ok
 from extproc.errors import ForkError, LogRefusedError, StorageError
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig

@@ -1,4 +1,4 @@
-"""The store reader (extproc/reader.py): which objects are the log's, and that
+"""The store reader (extproc/audit/reader.py): which objects are the log's, and that
 `verify` and `search` are fed by one function, so they see the same log.
 
 Logs are written by the real writer (tests/helpers.py) on our in-memory store;
@@ -11,15 +11,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from extproc.auditor import verify_store
+from extproc.audit.reader import LogReader, entry_lines
+from extproc.audit.search import Filters, StoreSearch
+from extproc.audit.verify import verify_store
 from extproc.core import entry, layout
 from extproc.core.bundle import bundle_bytes
 from extproc.core.claim import Claim
 from extproc.core.keyring import Keyring
 from extproc.core.note import Signer
 from extproc.core.verify import LogChecker
-from extproc.reader import LogReader, entry_lines
-from extproc.search import Filters, StoreSearch
 from extproc.store.base import Retention
 from extproc.store.memory import MemoryStore
 from tests.helpers import ORIGIN_PREFIX, read_lines, write_log

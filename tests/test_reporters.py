@@ -24,17 +24,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from extproc import metrics, processes
 from extproc.envoyconf import ClientTLS, Endpoint
 from extproc.errors import ConfigError
-from extproc.server.reporters import (
-    AUTH_MTLS,
-    AUTH_NONE,
-    AUTH_UNIX,
-    AUTH_XFCC,
-    ReporterPolicy,
-    ReporterRefused,
-    parse_networks,
-    peer_ip,
-    xfcc_elements,
-)
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import AUTH_MTLS, AUTH_NONE, AUTH_UNIX, AUTH_XFCC, ReporterRefused
+from extproc.trust.sources import parse_networks, peer_ip
+from extproc.trust.xfcc import xfcc_elements
 from tests.attacks import OWN_ELEMENT, REVIEW_XFCC, SIDECAR_ATTACKS
 from tests.conftest import AuditStack, read_entries, run_cli
 from tests.messages import request_headers

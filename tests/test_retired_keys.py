@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from extproc import cli
-from extproc.auditor import AuditOptions, audit_store, load_state
+from extproc.audit.statefile import load_state
+from extproc.audit.verify import AuditOptions, audit_store
 from extproc.core import layout
 from extproc.core.keyring import Keyring, TrustedKey
 from extproc.core.merkle import CompactRange, consistency_proof, leaf_hash

@@ -19,17 +19,17 @@ import orjson
 import pytest
 
 from extproc import cli
-from extproc.core.note import Signer
-from extproc.errors import ConfigError
-from extproc.search import (
+from extproc.audit.report import table_row
+from extproc.audit.search import (
     Filters,
     Match,
     StoreSearch,
     _LogScan,
     parse_status,
     parse_time,
-    table_row,
 )
+from extproc.core.note import Signer
+from extproc.errors import ConfigError
 from extproc.store import open_store
 from extproc.store.base import ObjectStore
 from extproc.store.local import LocalStore

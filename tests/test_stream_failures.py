@@ -20,8 +20,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc.core.redact import RedactionPolicy
 from extproc.server.capture import Capturer
-from extproc.server.reporters import ReporterPolicy
+from extproc.server.identify import StreamIdentifier
 from extproc.server.servicer import AuditServicer
+from extproc.trust.policy import ReporterPolicy
 from tests.attacks import FORGED_STATUSES
 from tests.conftest import AuditStack, read_entries
 from tests.messages import request_headers, response_headers
@@ -87,7 +88,7 @@ def test_unexpected_failures_log_one_line_per_interval_without_their_message(
     servicer = AuditServicer(
         None,  # type: ignore[arg-type]
         _BrokenCapturer(RedactionPolicy()),
-        reporters=ReporterPolicy(allow_unauthenticated=True),
+        identify=StreamIdentifier(ReporterPolicy(allow_unauthenticated=True)),
     )
 
     async def one_stream() -> None:

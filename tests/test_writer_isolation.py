@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from extproc import processes
-from extproc.auditor import verify_store
+from extproc.audit.verify import verify_store
 from extproc.core import layout
+from extproc.core.findings import ERROR, WARNING, all_ok
 from extproc.core.keyring import Keyring
 from extproc.core.note import Signer
-from extproc.core.verify import ERROR, WARNING, all_ok
 from extproc.errors import ForkError
 from extproc.keys import write_signer
 from extproc.store import open_store

@@ -1,4 +1,4 @@
-"""x-forwarded-client-cert has one reading or none (extproc/core/xfcc.py).
+"""x-forwarded-client-cert has one reading or none (extproc/trust/xfcc.py).
 
 The review's attack: a caller with a valid mesh certificate sends an XFCC that
 ends in an unbalanced quote, so that a lenient reader swallows the element the
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.core import xfcc
-from extproc.core.xfcc import XfccError
+from extproc.trust import xfcc
+from extproc.trust.xfcc import XfccError
 from tests.budget import FUZZ, KIB, within_budget
 
 OWN_BY = "spiffe://cluster.local/ns/audit/sa/audit"

@@ -2,7 +2,7 @@
 `.jsonl` or gzip of it (`.jsonl.gz`).
 
 Shared, not owned: the writer builds bundles with `bundle_bytes`
-(extproc/log/publisher.py), and every reader (extproc/reader.py,
+(extproc/log/publisher.py), and every reader (extproc/audit/reader.py,
 core/verify.py) takes them apart with `bundle_lines` and `split_lines`.
 
 A bundle is bounded by the format, not by the writer's settings (which a

@@ -12,6 +12,23 @@ from typing import Any
 
 import orjson
 
+from extproc.core.fields import (
+    AUTHORITY,
+    EVENT,
+    HEADERS,
+    KIND,
+    KIND_WRITER,
+    PATH,
+    PREV,
+    QUERY,
+    REQ,
+    RESP,
+    SEQ,
+    TRUNC,
+    WRITER,
+    V,
+    dotted,
+)
 from extproc.errors import ConfigError, VerificationError
 
 FORMAT_VERSION = 1
@@ -41,15 +58,15 @@ def fit(fields: dict[str, Any]) -> dict[str, Any]:
     size = len(encode(fields))
     if size <= _SHRINK_TARGET:
         return fields
-    if "trunc" not in fields:
-        fields["trunc"] = []
-        size += len(b',"trunc":[]')
-    trunc: list[str] = fields["trunc"]
+    if TRUNC not in fields:
+        fields[TRUNC] = []
+        size += len(encode({TRUNC: []})) - 1  # `,"trunc":[]` in place of a brace
+    trunc: list[str] = fields[TRUNC]
     candidates: list[tuple[int, str, dict[str, Any], str]] = []
-    for section in ("req", "resp"):
-        headers = fields.get(section, {}).get("headers", {})
+    for section in (REQ, RESP):
+        headers = fields.get(section, {}).get(HEADERS, {})
         for name, value in headers.items():
-            candidates.append((_encoded_size(value), f"{section}.headers.{name}", headers, name))
+            candidates.append((_encoded_size(value), dotted(section, HEADERS, name), headers, name))
     candidates.sort(key=lambda c: c[0], reverse=True)
     dropped_size = _encoded_size(DROPPED)
     for value_size, path, headers, name in candidates:
@@ -61,18 +78,18 @@ def fit(fields: dict[str, Any]) -> dict[str, Any]:
     if len(encode(fields)) <= _SHRINK_TARGET:
         return fields
     # Still too big: header names or request line fields. Drop all headers.
-    for section in ("req", "resp"):
-        if "headers" in fields.get(section, {}):
-            fields[section]["headers"] = {}
+    for section in (REQ, RESP):
+        if HEADERS in fields.get(section, {}):
+            fields[section][HEADERS] = {}
             # One note for the whole map: per-header notes repeat every (maybe huge) name.
-            per_header = f"{section}.headers."
+            per_header = dotted(section, HEADERS, "")
             trunc[:] = [path for path in trunc if not path.startswith(per_header)]
-            trunc.append(f"{section}.headers")
-    for name in ("path", "query", "authority"):
-        req = fields.get("req", {})
+            trunc.append(dotted(section, HEADERS))
+    for name in (PATH, QUERY, AUTHORITY):
+        req = fields.get(REQ, {})
         if isinstance(req.get(name), str) and len(req[name]) > 1024:
             req[name] = req[name][:1024]
-            trunc.append(f"req.{name}")
+            trunc.append(dotted(REQ, name))
     return fields
 
 
@@ -80,11 +97,12 @@ def _encoded_size(value: Any) -> int:
     return len(orjson.dumps(value, option=_OPTIONS))
 
 
-def writer_event(event: str, writer: str, **details: Any) -> dict[str, Any]:
+def writer_event(event: str, writer: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fields of a `writer` entry: the log records its own start and clean stop,
     so an auditor can tell "no traffic" from "writer down" and a clean shutdown
-    always ends with a new entry under a final checkpoint."""
-    return {"kind": "writer", "event": event, "writer": writer, **details}
+    always ends with a new entry under a final checkpoint. `details`: the
+    event's own fields (docs/FORMAT.md, `writer`)."""
+    return {KIND: KIND_WRITER, EVENT: event, WRITER: writer, **(details or {})}
 
 
 def parse(line: bytes) -> dict[str, Any]:
@@ -95,9 +113,9 @@ def parse(line: bytes) -> dict[str, Any]:
         raise VerificationError(f"entry is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
         raise VerificationError("entry is not a JSON object")
-    if obj.get("v") != FORMAT_VERSION:
-        raise VerificationError(f"entry format version {obj.get('v')!r} is not {FORMAT_VERSION}")
-    if not isinstance(obj.get("seq"), int) or not isinstance(obj.get("prev"), str):
+    if obj.get(V) != FORMAT_VERSION:
+        raise VerificationError(f"entry format version {obj.get(V)!r} is not {FORMAT_VERSION}")
+    if not isinstance(obj.get(SEQ), int) or not isinstance(obj.get(PREV), str):
         raise VerificationError("entry lacks an integer seq or a string prev")
     return obj
 

@@ -27,7 +27,7 @@ ALG_ED25519 = 0x01  # c2sp.org/signed-note: signature type 0x01 is Ed25519
 SIGNATURE_PREFIX = "\u2014 "  # "— ", em dash and space, starts every signature line
 _PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
 _MAX_NOTE_BYTES = 1 << 20
-MAX_NOTE_BYTES = _MAX_NOTE_BYTES  # what a reader takes for a note object (extproc/reader.py)
+MAX_NOTE_BYTES = _MAX_NOTE_BYTES  # what a reader takes for a note (audit/reader.py)
 _MAX_SIGNATURES = 100  # as golang.org/x/mod/sumdb/note
 _KEY_ID_RE = re.compile(r"[0-9a-fA-F]{8}")
 

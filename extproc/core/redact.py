@@ -150,7 +150,8 @@ DEFAULT_URL_HEADERS = frozenset(
 DEFAULT_CLEAR_PARAMS = frozenset(
     {"format", "lang", "limit", "offset", "order", "page", "page_size", "per_page", "sort"}
 )
-QUERY_MODES = ("sensitive", "all", "keep", "drop")
+QUERY_MODES = ("sensitive", "all", "keep", "drop")  # the first: the default
+MAX_VALUE_BYTES = 2048  # a header value stored in clear is cut to this (--max-value-bytes)
 
 # How a header's value is stored (RedactionPolicy._kinds); a name not there is hashed whole.
 CLEAR, URL, AUTH, COOKIE, SET_COOKIE, REFRESH = range(6)
@@ -297,9 +298,9 @@ class RedactionPolicy:
     url_headers: frozenset[str] = DEFAULT_URL_HEADERS
     # Route templates whose `{name}` segments are hashed (--hash-path-template).
     path_templates: tuple[str, ...] = ()
-    query_mode: str = "sensitive"
+    query_mode: str = QUERY_MODES[0]
     hmac_key: bytes | None = field(default=None, repr=False)
-    max_value_bytes: int = 2048
+    max_value_bytes: int = MAX_VALUE_BYTES
     # How each header name is stored (CLEAR, URL, ...); absent: hashed whole.
     _kinds: dict[str, int] = field(init=False, repr=False, compare=False)
     _clear_params: frozenset[str] = field(init=False, repr=False, compare=False)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from extproc.core import b64
 from extproc.core import entry as entry_format
 from extproc.core.checkpoint import Checkpoint, open_checkpoint, open_signed_checkpoint
+from extproc.core.fields import SEQ
 from extproc.core.keyring import Keyring, clock
 from extproc.core.merkle import HASH_SIZE, leaf_hash, verify_consistency, verify_inclusion
 from extproc.core.note import Verifier
@@ -182,8 +183,8 @@ def verify_proof(
     if origin is not None and checkpoint.origin != origin:
         raise VerificationError(f"checkpoint origin {checkpoint.origin!r} is not {origin!r}")
     fields = entry_format.parse(data)
-    if fields["seq"] != proof.index:
-        raise VerificationError(f"entry says seq {fields['seq']}, proof index is {proof.index}")
+    if fields[SEQ] != proof.index:
+        raise VerificationError(f"entry says seq {fields[SEQ]}, proof index is {proof.index}")
     # The stored bytes are hashed as they are: never re-serialised.
     verify_inclusion(
         leaf_hash(data), proof.index, checkpoint.size, proof.hashes, checkpoint.root_hash

@@ -1,9 +1,10 @@
 """Verification of one log from its objects: pure logic, no I/O, no clock.
 
-The reader (extproc/reader.py) lists and fetches objects and feeds them
-here, for `verify` and `search` alike; this module decides what is wrong.
-Tampering never raises: it becomes a Finding that names the log, the object
-and what is wrong, so one run reports every problem it can see.
+The store reader (extproc/audit/reader.py) lists and fetches objects and
+feeds them here, for `verify`, `search` and the writer's self-audit alike;
+LogChecker decides what is wrong. Tampering never raises: it becomes a
+Finding (core/findings.py) that names the log, the object and what is
+wrong, so one run reports every problem it can see.
 """
 
 from __future__ import annotations
@@ -12,17 +13,37 @@ import bisect
 import hashlib
 import itertools
 import re
-from binascii import hexlify
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from extproc.core import entry
+from extproc.core import entry, scan
 from extproc.core.bundle import split_lines
 from extproc.core.checkpoint import Checkpoint
 from extproc.core.claim import Claim, claim_in_effect
 from extproc.core.display import escape
+from extproc.core.fields import (
+    AUTH,
+    AUTH_NONE,
+    CONFLICT,
+    COUNT,
+    EPOCH,
+    EVENT,
+    EVENT_FOREIGN,
+    EVENT_ROTATE,
+    KIND,
+    KIND_WRITER,
+    NEW_KEY,
+    OBJECT,
+    OBJECTS,
+    OLD_KEY,
+    PREV,
+    REF,
+    REPORTER,
+    SEQ,
+    TS,
+)
+from extproc.core.findings import ERROR, WARNING, Finding, LogReport
 from extproc.core.keyring import Keyring, SignedBy, clock
 from extproc.core.layout import BundleName
 from extproc.core.merkle import (
@@ -35,20 +56,19 @@ from extproc.core.merkle import (
 from extproc.core.note import Verifier, parse_note
 from extproc.errors import VerificationError
 
-ERROR = "error"
-WARNING = "warning"
-
 _CLAIM_NAME_RE = re.compile(r"[0-9]{20}(?:\.e([0-9]+))?$")
 # The writer's own records of foreign objects and key changes (docs/FORMAT.md);
 # found with one search per bundle, then confirmed by a full parse.
-_OWN_RECORDS = (b'"event":"foreign"', b'"event":"rotate"')
+_OWN_RECORDS = (scan.member(EVENT, EVENT_FOREIGN), scan.member(EVENT, EVENT_ROTATE))
 # Entries from unauthenticated reporters and outcomes in conflict (docs/FORMAT.md):
 # found the same way, counted and reported after a parse of the lines that hold them.
-_REPORTER_MARKS = (b'"auth":"unauthenticated"', b'"conflict":')
+_REPORTER_MARKS = (scan.member(AUTH, AUTH_NONE), scan.key(CONFLICT))
 # Foreign objects reported one by one per log; the rest in one summary finding
 # (whoever can write the bucket chooses how many there are).
 MAX_FOREIGN_FINDINGS = 100
 _NEVER = 1 << 62  # an epoch no writer reaches
+# What a record keeps of the writer's `foreign` and `rotate` entries (LogReport.records).
+_RECORDED = (SEQ, EVENT, OBJECT, OBJECTS, COUNT, EPOCH, OLD_KEY, NEW_KEY, TS)
 
 
 def note_signer_label(data: bytes) -> str:
@@ -64,109 +84,16 @@ def _claim_signer_label(claim: Claim) -> str:
     return f"{claim.key_name}+{claim.signature[:4].hex()}" if len(claim.signature) > 4 else ""
 
 
-def _quick_chain_mismatches(
-    lines: list[bytes], first: int, prev0: bytes, leaves: list[bytes]
-) -> list[int]:
-    """Offsets of the lines whose top-level `prev` and `seq` a quick check cannot confirm.
-
-    Line i must hold `"prev":"<hex leaf hash of line i-1>"` (`prev0` for the
-    first line) and `"seq":<first + i>`. In the writers' encoding (sorted keys,
-    compact), every top-level key before "prev" holds a plain string, so the
-    first `"prev":"` follows no `{` or `[` but the opening one: it is the
-    top-level key (inside a JSON string a quote is escaped, so `"prev":"`
-    cannot start inside a value). The keys after "seq" are `src` (fixed
-    string fields), `ts` and `v`, so the last `,"seq":` is the top-level one.
-    A line that does not fit (another key order, a nested object first, a
-    wrong value) is returned for the full parse, which decides. A false
-    confirmation needs a writer that put a nested `"seq":<n>` after the
-    top-level one: a writer bug, not a change after signing (that breaks the
-    root). `verify --deep` parses every entry instead.
-    """
-    hexes = hexlify(b"".join(leaves))  # one C call instead of a .hex() per leaf
-    bad = []
-    # Line heads before "prev" repeat (kind, dst, node): check each distinct one once.
-    clean_heads: set[bytes] = set()
-    for i, line in enumerate(lines):
-        prev = hexes[64 * i - 64 : 64 * i] if i else prev0
-        at = line.find(b'"prev":"')
-        if at < 0:
-            bad.append(i)
-            continue
-        head = line[:at]
-        if head not in clean_heads:
-            if head[:1] != b"{" or head.find(b"{", 1) >= 0 or head.find(b"[") >= 0:
-                bad.append(i)
-                continue
-            if len(clean_heads) < 1024:
-                clean_heads.add(head)
-        end = at + 8 + len(prev)
-        if (
-            not line.startswith(prev, at + 8)
-            or line[end : end + 1] != b'"'
-            or not line.startswith(b',"seq":%d,' % (first + i), line.rfind(b',"seq":'))
-        ):
-            bad.append(i)
-    return bad
-
-
-@dataclass(frozen=True)
-class Finding:
-    log_id: str
-    key: str  # the object concerned, "" for the log as a whole
-    message: str
-    severity: str = ERROR
-    # What proves it, for findings that compare two views (fork, rollback):
-    # the signed notes as published, so they can be shown to a third party.
-    evidence: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        where = f"{self.key}: " if self.key else ""
-        log = f"log {self.log_id}: " if self.log_id else ""  # "": the bucket as a whole
-        return f"{self.severity}: {log}{where}{self.message}"
-
-
-@dataclass
-class LogReport:
-    log_id: str
-    entries: int = 0  # entries read, contiguous from seq 0
-    bundles: int = 0
-    checkpoints: int = 0  # valid signed checkpoints
-    latest: Checkpoint | None = None
-    findings: list[Finding] = field(default_factory=list)
-    rehashed: int = 0  # entries hashed by this run (the rest came from the state file)
-    resumed_from: int = 0  # tree size the run resumed at (0: from scratch)
-    valid: list[Checkpoint] = field(default_factory=list)  # every valid checkpoint read
-    latest_note: str = ""  # the latest checkpoint's signed note text
-    status: LogStatus | None = None
-    # Frontier and last leaf hex at the latest checkpoint, if its root matched:
-    # what the state file keeps so that the next run can resume.
-    frontier: tuple[CompactRange, str] | None = None
-    # With a state file: the RFC 9162 consistency proof from the verified size
-    # (resumed_from) to the latest checkpoint, computed from the data and checked.
-    consistency_proof: list[bytes] | None = None
-    keys: list[str] = field(default_factory=list)  # keys that signed valid checkpoints
-    epoch: int = 1  # the writer's latest epoch (claims and checkpoints)
-    # The writer's own records: `writer foreign` and `writer rotate` entries, as read.
-    records: list[dict[str, object]] = field(default_factory=list)
-    # Entries read by this run whose reporter was not authenticated (reporter.auth).
-    unauthenticated: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not any(f.severity == ERROR for f in self.findings)
-
-
 def _entries_holding(
-    lines: list[bytes], first: int, needles: tuple[bytes, ...]
+    data: bytes, lines: list[bytes], first: int, needles: tuple[bytes, ...]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(seq, fields) of each line that holds one of `needles` and parses as an
-    entry (one that does not is reported by the chain checks)."""
-    for offset, line in enumerate(lines):
-        if any(needle in line for needle in needles):
-            try:
-                yield first + offset, entry.parse(line)
-            except VerificationError:
-                continue
+    """(seq, fields) of each line that holds one of `needles` (core/scan.py) and
+    parses as an entry (one that does not is reported by the chain checks)."""
+    for offset, line in scan.lines_holding(lines, needles, data):
+        try:
+            yield first + offset, entry.parse(line)
+        except VerificationError:
+            continue
 
 
 class LogChecker:
@@ -525,14 +452,12 @@ class LogChecker:
         if self.deep:
             suspects: Iterable[int] = range(len(lines))
         else:
-            suspects = _quick_chain_mismatches(lines, first, self._prev.encode(), leaves)
+            suspects = scan.chain_mismatches(lines, first, self._prev.encode(), leaves)
         for offset in suspects:
             prev = leaves[offset - 1].hex() if offset else self._prev
             self._check_entry(key, lines[offset], first + offset, prev)
-        if any(record in lines_data for record in _OWN_RECORDS):
-            self._read_own_records(lines, first)
-        if any(mark in lines_data for mark in _REPORTER_MARKS):
-            self._read_reporter_marks(key, lines, first)
+        self._read_own_records(lines_data, lines, first)
+        self._read_reporter_marks(key, lines_data, lines, first)
         # Extend the tree up to each checkpoint inside this bundle, then check it.
         tree, done = self._tree, 0
         for size in sorted(s for s in self._checkpoints if first < s <= first + len(leaves)):
@@ -548,39 +473,39 @@ class LogChecker:
         self._collect_proof_leaves(first, leaves)
         return True
 
-    def _read_own_records(self, lines: list[bytes], first: int) -> None:
+    def _read_own_records(self, data: bytes, lines: list[bytes], first: int) -> None:
         """The writer's `foreign` and `rotate` entries: what it saw and did, under its
         own signature (a client cannot forge one: it would not be a top-level `writer`
         entry)."""
-        for seq, fields in _entries_holding(lines, first, _OWN_RECORDS):
-            if fields.get("kind") != "writer" or fields.get("event") not in ("foreign", "rotate"):
+        for seq, fields in _entries_holding(data, lines, first, _OWN_RECORDS):
+            event = fields.get(EVENT)
+            if fields.get(KIND) != KIND_WRITER or event not in (EVENT_FOREIGN, EVENT_ROTATE):
                 continue
-            keep = ("seq", "event", "object", "objects", "count", "epoch", "old_key", "new_key")
-            record: dict[str, object] = {k: fields[k] for k in (*keep, "ts") if k in fields}
+            record: dict[str, object] = {k: fields[k] for k in _RECORDED if k in fields}
             self.report.records.append(record)
-            if isinstance(epoch := fields.get("epoch"), int):
+            if isinstance(epoch := fields.get(EPOCH), int):
                 self.report.epoch = max(self.report.epoch, epoch)
-            if fields["event"] != "foreign":
+            if event != EVENT_FOREIGN:
                 continue
             # One object (`object`), or a summary: a sample of names and a count.
-            names = [fields.get("object")]
-            if isinstance(sample := fields.get("objects"), list):
+            names = [fields.get(OBJECT)]
+            if isinstance(sample := fields.get(OBJECTS), list):
                 names += sample
             for name in names:
                 if isinstance(name, str):
                     self._explained.setdefault(name, seq)
-            count = fields.get("count")
+            count = fields.get(COUNT)
             if isinstance(count, int) and not isinstance(count, bool) and count > 0:
                 self._counted.append((seq, count))
 
-    def _read_reporter_marks(self, key: str, lines: list[bytes], first: int) -> None:
+    def _read_reporter_marks(self, key: str, data: bytes, lines: list[bytes], first: int) -> None:
         """Count entries from unauthenticated reporters; warn of every outcome
         stored as a conflict, naming both outcomes and their request."""
-        for seq, fields in _entries_holding(lines, first, _REPORTER_MARKS):
-            reporter = fields.get("reporter")
-            if isinstance(reporter, dict) and reporter.get("auth") == "unauthenticated":
+        for seq, fields in _entries_holding(data, lines, first, _REPORTER_MARKS):
+            reporter = fields.get(REPORTER)
+            if isinstance(reporter, dict) and reporter.get(AUTH) == AUTH_NONE:
                 self.report.unauthenticated += 1
-            conflict, ref = fields.get("conflict"), fields.get("ref")
+            conflict, ref = fields.get(CONFLICT), fields.get(REF)
             if type(conflict) is int and type(ref) is int:
                 self._find(
                     key,
@@ -650,9 +575,9 @@ class LogChecker:
         except VerificationError as e:
             self._find(key, f"entry {seq}: {e}")
             return
-        if fields["seq"] != seq:
-            self._find(key, f"entry {seq}: seq field says {fields['seq']}")
-        if fields["prev"] != prev:
+        if fields[SEQ] != seq:
+            self._find(key, f"entry {seq}: seq field says {fields[SEQ]}")
+        if fields[PREV] != prev:
             self._find(key, f"entry {seq}: prev hash mismatch (hash chain broken)")
 
     def _check_root(self, size: int) -> bool:
@@ -819,139 +744,3 @@ class LogChecker:
                 WARNING,
             )
         return report
-
-
-def all_ok(reports: list[LogReport], general: list[Finding]) -> bool:
-    """Every log verified (there is at least one) and no error outside the logs."""
-    return (
-        bool(reports)
-        and all(r.ok for r in reports)
-        and not any(f.severity == ERROR for f in general)
-    )
-
-
-def check_against_state(
-    log_id: str,
-    prior_size: int,
-    prior_root: bytes,
-    prior_note: str,
-    latest: Checkpoint | None,
-    latest_note: str,
-) -> list[Finding]:
-    """Compare the latest checkpoint with the one a previous run verified.
-
-    A smaller tree is a rollback, the same size with another root a fork;
-    both findings carry the two signed notes. A larger tree is checked by
-    extending the verified frontier (LogChecker.resume), not here.
-    """
-    if latest is None:
-        return []
-    evidence = (prior_note, latest_note)
-    if latest.size < prior_size:
-        return [
-            Finding(
-                log_id,
-                "",
-                f"rollback: latest checkpoint has tree size {latest.size}, smaller than "
-                f"size {prior_size} verified earlier (state file)",
-                ERROR,
-                evidence,
-            )
-        ]
-    if latest.size == prior_size and latest.root_hash != prior_root:
-        return [
-            Finding(
-                log_id,
-                "",
-                f"fork: checkpoint at tree size {prior_size} has another root than the one "
-                "verified earlier (state file): two versions of the log are signed",
-                ERROR,
-                evidence,
-            )
-        ]
-    return []
-
-
-# --- Log status: closed or open, age, and gaps in publication ------------------
-
-
-@dataclass(frozen=True)
-class Gap:
-    """A stretch of time in which the log published nothing.
-
-    kind: `quiet` (one writer run, no checkpoint for longer than the
-    threshold: with the writer's heartbeat entries (`serve
-    --heartbeat-interval`, default 60 s) this means hung or cut off from the
-    store, not idle),
-    `stopped` (the writer shut down cleanly, the next run started later),
-    `crash` (a writer run ended without a final checkpoint; the next run
-    started at most `end_ms`).
-    """
-
-    start_ms: int
-    end_ms: int
-    kind: str
-    writer: str  # the writer run before the gap
-
-    @property
-    def seconds(self) -> float:
-        return (self.end_ms - self.start_ms) / 1000
-
-
-@dataclass
-class LogStatus:
-    state: str  # closed (newest checkpoint is final) | open | empty
-    newest_ms: int | None = None  # `time` of the newest checkpoint
-    age_s: float | None = None  # now - newest_ms
-    writers: list[str] = field(default_factory=list)  # writer runs, in log order
-    gaps: list[Gap] = field(default_factory=list)
-    in_window: bool = True  # the log was active during --since/--until
-
-
-def log_status(
-    checkpoints: list[Checkpoint],
-    now_ms: int,
-    gap_threshold_ms: int,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-) -> LogStatus:
-    """Status of one log from its valid checkpoints (pure: the caller passes the clock).
-
-    Only checkpoints with a `time` line count for times. Gaps are reported
-    when they overlap [since, until]; the log is `in_window` if its span of
-    checkpoint times (up to now while open) overlaps the window.
-    """
-    ordered = sorted(checkpoints, key=lambda c: (c.size, c.timestamp_ms or 0))
-    if not ordered:
-        return LogStatus("empty", in_window=since_ms is None and until_ms is None)
-    newest = ordered[-1]
-    status = LogStatus("closed" if newest.final else "open")
-    timed = [c for c in ordered if c.timestamp_ms is not None]
-    if timed:
-        status.newest_ms = max(c.timestamp_ms or 0 for c in timed)
-        status.age_s = max(0, now_ms - status.newest_ms) / 1000
-    for cp in ordered:
-        if cp.writer and (not status.writers or status.writers[-1] != cp.writer):
-            status.writers.append(cp.writer)
-    for a, b in itertools.pairwise(timed):
-        t0, t1 = a.timestamp_ms or 0, b.timestamp_ms or 0
-        if a.writer != b.writer:
-            kind = "stopped" if a.final else "crash"
-        elif t1 - t0 > gap_threshold_ms:
-            kind = "quiet"
-        else:
-            continue
-        if kind == "stopped" and t1 - t0 <= gap_threshold_ms:
-            continue  # a quick clean restart is not a gap worth reporting
-        status.gaps.append(Gap(t0, t1, kind, a.writer or ""))
-    if timed and status.state == "open" and now_ms - (status.newest_ms or 0) > gap_threshold_ms:
-        # Still open and silent up to now: quiet, hung, or crashed without a final.
-        status.gaps.append(Gap(status.newest_ms or 0, now_ms, "quiet", newest.writer or ""))
-    lo = since_ms if since_ms is not None else -1
-    hi = until_ms if until_ms is not None else 1 << 62
-    status.gaps = [g for g in status.gaps if g.end_ms >= lo and g.start_ms <= hi]
-    if timed:
-        first = min(c.timestamp_ms or 0 for c in timed)
-        last = now_ms if status.state == "open" else status.newest_ms or 0
-        status.in_window = first <= hi and last >= lo
-    return status

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from extproc import metrics
 from extproc.core import entry
+from extproc.core.fields import PREV, SEQ, TS, V
 from extproc.core.merkle import leaf_hash
 from extproc.errors import (
     AuditError,
@@ -182,10 +183,10 @@ class AuditLog:
                 f"backlog over its bound ({self.max_backlog_bytes} bytes not yet published)"
             )
         seq = self._size
-        fields["v"] = entry.FORMAT_VERSION
-        fields["seq"] = seq
-        fields["prev"] = self._prev
-        fields["ts"] = utc_timestamp(self._wall_clock())
+        fields[V] = entry.FORMAT_VERSION
+        fields[SEQ] = seq
+        fields[PREV] = self._prev
+        fields[TS] = utc_timestamp(self._wall_clock())
         line = entry.encode(fields)
         if len(line) > entry.MAX_ENTRY_BYTES:  # rare: shrink, say so in `trunc`
             line = entry.encode(entry.fit(fields))
@@ -260,10 +261,10 @@ class AuditLog:
         added = 0
         try:
             for fields in batch:
-                fields["v"] = version
-                fields["seq"] = seq
-                fields["prev"] = prev
-                fields["ts"] = ts
+                fields[V] = version
+                fields[SEQ] = seq
+                fields[PREV] = prev
+                fields[TS] = ts
                 line = encode(fields)
                 if len(line) > max_bytes:  # rare: shrink, say so in `trunc`
                     line = encode(entry.fit(fields))

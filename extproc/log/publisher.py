@@ -17,7 +17,9 @@ Foreign objects cost O(1) each, whatever their number or names: on a
 collision the writer lists what is ahead of it once (at most every
 RELIST_AFTER seconds), records everything it found in one entry (a count and
 a bounded sample of names), and moves to an epoch above every claim epoch it
-saw, so that it never meets the same plants one round trip at a time.
+saw, so that it never meets the same plants one round trip at a time
+(what it knows of them: log/foreign.py). Every object is put by
+log/writeonce.py: once, confirmed, retried with backoff.
 
 A writer whose WAL has published nothing refuses a log id whose store already
 holds checkpoints of its origin signed by another key (ForkError): that is a
@@ -33,20 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from extproc import metrics
+from extproc.audit.reader import LogReader
+from extproc.config import BUNDLE_MAX_AGE, BUNDLE_MAX_BYTES, BUNDLE_MAX_ENTRIES, RETRY_MAX_DELAY
 from extproc.core import entry, layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES, bundle_bytes
-from extproc.core.bundle import bundle_lines as bundle_lines  # scripts/bench.py reads it here
 from extproc.core.checkpoint import (
     Checkpoint,
     make_extensions,
@@ -55,6 +54,14 @@ from extproc.core.checkpoint import (
 )
 from extproc.core.claim import MAX_CLAIM_BYTES, Claim
 from extproc.core.display import escape
+from extproc.core.fields import (
+    EPOCH,
+    EVENT_FOREIGN,
+    EVENT_ROTATE,
+    EVENT_STOP,
+    NEW_KEY,
+    OLD_KEY,
+)
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange
 from extproc.core.note import MAX_NOTE_BYTES, Signer, Verifier, parse_note
@@ -64,21 +71,18 @@ from extproc.errors import (
     ForeignObjectError,
     ForkError,
     LogUnavailableError,
-    ObjectExistsError,
     ObjectNotFoundError,
     StorageError,
     VerificationError,
 )
 from extproc.log.appender import AuditLog, Durable
+from extproc.log.foreign import ForeignKeys
 from extproc.log.wal import WAL, TreeState
-from extproc.reader import LogReader
-from extproc.store.base import CONFIRMED, DIFFERENT, MISSING, ObjectStore, RetentionPolicy
+from extproc.log.writeonce import FOREIGN, FORK, OURS, WriteOnce, backoff_delay, same_bytes
+from extproc.store.base import ObjectStore, RetentionPolicy
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# What an object found at a key we must write is (see the module docstring).
-OURS, FORK, FOREIGN = "ours", "fork", "foreign"
 # Foreign objects met in one publication round before backing off. Each
 # collision lists what is ahead and steps over all of it, so this bounds only
 # objects planted while the round runs.
@@ -86,45 +90,20 @@ MAX_FOREIGN_PER_ROUND = 8
 # Objects beyond the published size read at startup to tell ours from foreign
 # (each is one read); the rest are foreign without a read.
 MAX_RECONCILE_READS = 64
-# After a collision the writer lists what is ahead of it at most this often;
-# in between, a new plant costs one collision (a put and a read).
-RELIST_AFTER = 30.0
-# Keys of foreign objects kept in memory (each costs the attacker an object):
-# beyond, a plant is met when the writer gets to it, at O(1) each still.
-MAX_KNOWN_FOREIGN = 100_000
-# What one `writer foreign` entry names: a sample, each name cut to a bound
-# (the count says how many there were): an entry stays far under 64 KiB.
-MAX_RECORDED_NAMES = 16
-MAX_RECORDED_NAME_CHARS = 256
 # Other keys' checkpoints read to tell a log this WAL never wrote from plants.
 MAX_OTHER_KEY_READS = 4
-PROBE_WHILE_DENYING = 1.0  # seconds between store retries while requests are refused
 
 
 @dataclass(frozen=True)
 class PublisherConfig:
     log_id: str
     origin: str
-    bundle_max_entries: int = 10_000
-    bundle_max_bytes: int = 16 << 20
-    max_age: float = 0.5  # seconds an entry may wait before its bundle is sealed
+    bundle_max_entries: int = BUNDLE_MAX_ENTRIES
+    bundle_max_bytes: int = BUNDLE_MAX_BYTES
+    max_age: float = BUNDLE_MAX_AGE  # seconds an entry may wait before its bundle is sealed
     gzip: bool = False
     retention: RetentionPolicy | None = None
-    retry_max_delay: float = 30.0
-
-
-def _same_bytes(data: bytes) -> Callable[[bytes], str]:
-    return lambda existing: OURS if existing == data else FOREIGN
-
-
-def recorded_name(relative_key: str) -> str:
-    """An object name as a `writer foreign` entry holds it: any character JSON can
-    carry (a byte that is not UTF-8 in a local name stays as a `\\udcXX` escape), cut to
-    MAX_RECORDED_NAME_CHARS with the original length said."""
-    name = relative_key.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(name) > MAX_RECORDED_NAME_CHARS:
-        name = f"{name[:MAX_RECORDED_NAME_CHARS]}...[{len(name)} chars]"
-    return name
+    retry_max_delay: float = RETRY_MAX_DELAY
 
 
 class Publisher:
@@ -152,7 +131,6 @@ class Publisher:
         self.last_leaf = audit_log.published.last_leaf
         self.epoch = max(1, audit_log.published.epoch)
         self.fenced: str | None = None
-        self.last_error = ""  # the latest store error, for the shutdown message
         self.reconciled = False
         self.reconciled_event = asyncio.Event()  # set with `reconciled`
         self.checkpoints_written = 0
@@ -163,18 +141,20 @@ class Publisher:
         # Keys whose objects are this writer's own: the current one and the one
         # that signed the last published checkpoint (a rotation in progress).
         self._own_keys = self._own_keyring(audit_log.published.key)
-        self._foreign: set[str] = set()  # keys known to hold foreign objects
-        self._foreign_epoch = 0  # the highest claim epoch among them
-        self._listed_at: float | None = None  # monotonic time of the last listing ahead
-        # Keys this writer confirmed since its last checkpoint (all ahead of it):
-        # a listing ahead finds them, and they are not foreign.
-        self._written: set[str] = set()
+        # Every put: once, confirmed; it knows the keys that hold foreign objects
+        # and the keys confirmed since the last checkpoint (all ahead of it: a
+        # listing ahead finds them, and they are not foreign).
+        self._foreign = ForeignKeys(store.prefix, config.log_id)
+        self._writes = WriteOnce(
+            store,
+            audit_log,
+            self._foreign,
+            log_id=config.log_id,
+            retention=config.retention,
+            retry_max_delay=config.retry_max_delay,
+        )
         metrics.EPOCH.set(self.epoch)
         audit_log.wake_when_waiting(config.bundle_max_entries)
-        # Store and state-file calls block: a small pool of our own, not the
-        # loop's default executor, keeps the thread (and malloc arena) count
-        # flat over days of uptime.
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="publish")
 
     def _own_keyring(self, previous: str) -> Keyring:
         current = self.signer.verifier()
@@ -189,8 +169,10 @@ class Publisher:
         """The keys whose objects are this writer's own (current, and the previous one)."""
         return self._own_keys
 
-    def _io(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    @property
+    def last_error(self) -> str:
+        """The latest store error, for the shutdown message."""
+        return self._writes.last_error
 
     # --- where things are -------------------------------------------------------------
 
@@ -236,7 +218,7 @@ class Publisher:
         cfg = self.config
         # The store's view through the one reader: on S3 the original version
         # of each key is what counts (a later version is not ours).
-        reader = await self._io(LogReader.open, self.store, cfg.log_id)
+        reader = await self._writes.io(LogReader.open, self.store, cfg.log_id)
         objects = reader.objects
         checkpoints = {size: key for key, size in objects.checkpoints}
         bundles = [(name, key, objects.sizes.get(key, 0)) for key, name in objects.bundles]
@@ -276,7 +258,7 @@ class Publisher:
             reads += 1
             try:
                 cp, _ = open_signed_checkpoint(
-                    await self._io(reader.read_checkpoint, key), self._own_keys
+                    await self._writes.io(reader.read_checkpoint, key), self._own_keys
                 )
             except VerificationError:
                 found.append(key)
@@ -300,7 +282,7 @@ class Publisher:
                 continue
             reads += 1
             try:
-                verdict, _ = self._judge_claim(await self._io(reader.read_claim, key), first)
+                verdict, _ = self._judge_claim(await self._writes.io(reader.read_claim, key), first)
             except VerificationError:  # over its bound, not a file
                 verdict = FOREIGN
             if verdict == FORK:
@@ -319,7 +301,7 @@ class Publisher:
             if not await self._adopt_bundle(reader, bundle, key, size):
                 found.append(key)
         if found:
-            self._know_foreign(found)
+            self._foreign.know(found)
             await self._record_foreign(found)
         if published:
             await self._check_rotation(checkpoints[published])
@@ -345,7 +327,7 @@ class Publisher:
         for size in sorted(checkpoints, reverse=True)[:MAX_OTHER_KEY_READS]:
             key = checkpoints[size]
             try:
-                data = await self._io(reader.read_checkpoint, key)
+                data = await self._writes.io(reader.read_checkpoint, key)
             except (ObjectNotFoundError, VerificationError):  # gone, over its bound, not a file
                 continue
             try:
@@ -373,7 +355,7 @@ class Publisher:
     async def _adopt_checkpoint(self, size: int) -> None:
         """A checkpoint this writer put before a crash: check it, then record it."""
         key = self._checkpoint_key(size)
-        data = await self._io(self.store.get, key, MAX_NOTE_BYTES)
+        data = await self._writes.io(self.store.get, key, MAX_NOTE_BYTES)
         cp, _ = open_signed_checkpoint(data, self._own_keys)
         pending = self.log.entries(self.bundled, size - self.bundled)
         for d in pending:
@@ -397,7 +379,7 @@ class Publisher:
         if size != len(expected):  # listed size: no read for an object that cannot match
             return False
         try:
-            if await self._io(reader.read, key, len(expected)) != expected:
+            if await self._writes.io(reader.read, key, len(expected)) != expected:
                 return False
         except VerificationError:  # grew past the listed size, not a file
             return False
@@ -415,7 +397,7 @@ class Publisher:
             old_label = f"{old[0]}+{old[1]}" if len(old) == 3 else previous
         else:
             # A WAL from before the key was recorded: ask the last checkpoint.
-            data = await self._io(self.store.get, checkpoint_key, MAX_NOTE_BYTES)
+            data = await self._writes.io(self.store.get, checkpoint_key, MAX_NOTE_BYTES)
             try:
                 open_signed_checkpoint(data, Keyring.of(self.signer.verifier()))
             except VerificationError:
@@ -434,7 +416,9 @@ class Publisher:
         )
         await self._append_own(
             entry.writer_event(
-                "rotate", self.writer_id, old_key=old_label, new_key=new_label, epoch=self.epoch
+                EVENT_ROTATE,
+                self.writer_id,
+                {OLD_KEY: old_label, NEW_KEY: new_label, EPOCH: self.epoch},
             )
         )
 
@@ -486,7 +470,7 @@ class Publisher:
             data = bundle_bytes([d.line for d in batch], compress=self.config.gzip)
             # The claim is ours, so nobody else may write this bundle: anything
             # already there that differs is foreign.
-            await self._put(self._bundle_key(first, last), data, "bundle", _same_bytes(data))
+            await self._writes.put(self._bundle_key(first, last), data, "bundle", same_bytes(data))
             self.tree.extend(d.leaf for d in batch)
             self.last_leaf = batch[-1].leaf
         if self.tree.size > self.log.published.size and not self._blocked_checkpoint():
@@ -546,7 +530,7 @@ class Publisher:
                 adopted.append(entries)
             return verdict
 
-        await self._put(key, claim.to_bytes(), "claim", judge, MAX_CLAIM_BYTES)
+        await self._writes.put(key, claim.to_bytes(), "claim", judge, MAX_CLAIM_BYTES)
         return adopted[0] if adopted else batch
 
     def _judge_claim(self, existing: bytes, first: int) -> tuple[str, list[Durable]]:
@@ -580,7 +564,7 @@ class Publisher:
         )
         data = sign_checkpoint(cp, self.signer)
         key = self._checkpoint_key(size)
-        await self._put(
+        await self._writes.put(
             key,
             data,
             "checkpoint",
@@ -607,19 +591,9 @@ class Publisher:
         state = TreeState(
             self.tree.size, self.tree.hashes, self.last_leaf, self.epoch, self._key_text
         )
-        await self._io(self.wal.save_published, state)
+        await self._writes.io(self.wal.save_published, state)
         self.log.mark_published(state)
-        self._written.clear()  # everything written so far is under this checkpoint
-
-    def _know_foreign(self, keys: list[str]) -> None:
-        """Remember keys that hold foreign objects (up to MAX_KNOWN_FOREIGN)."""
-        for key in keys:
-            if len(self._foreign) >= MAX_KNOWN_FOREIGN:
-                break
-            self._foreign.add(key)
-            name = layout.parse_key(self._prefix, key)
-            if name is not None and name.kind == "claim":
-                self._foreign_epoch = max(self._foreign_epoch, name.epoch)
+        self._writes.written.clear()  # everything written so far is under this checkpoint
 
     async def _step_over(self, key: str) -> None:
         """A foreign object at `key`, which this writer had to write. List what else
@@ -628,13 +602,11 @@ class Publisher:
         to be taken: the plants ahead are stepped over at once, not met one round
         trip at a time."""
         found = [] if key in self._foreign else [key]
-        now = time.monotonic()
-        if self._listed_at is None or now - self._listed_at >= RELIST_AFTER:
-            self._listed_at = now
-            ahead = await self._io(self._keys_ahead)
+        if self._foreign.relist_due(time.monotonic()):
+            ahead = await self._writes.io(self._keys_ahead)
             found += [k for k in ahead if k not in self._foreign and k != key]
-        self._know_foreign(found)
-        self.epoch = self._next_epoch()
+        self._foreign.know(found)
+        self.epoch = self._foreign.next_epoch(self.epoch, self.bundled)
         metrics.EPOCH.set(self.epoch)
         if found:
             await self._record_foreign(found)
@@ -655,31 +627,13 @@ class Publisher:
         keys += [k for k, first in objects.claims if first >= self.bundled]
         keys += [k for k, size in objects.checkpoints if size > self.bundled]
         keys += objects.unknown
-        return [k for k in keys if k not in self._written]
-
-    def _next_epoch(self) -> int:
-        """An epoch above the current one and every claim epoch known to be taken
-        (then no planted claim is where this writer claims next, and its claims
-        are the highest at their positions); if that would pass the layout's
-        largest epoch, the next one whose claim key here is free."""
-        epoch = max(self.epoch, self._foreign_epoch) + 1
-        if epoch <= layout.MAX_EPOCH:
-            return epoch
-        epoch = self.epoch + 1
-        while layout.claim_key(self._prefix, self.config.log_id, self.bundled, epoch) in (
-            self._foreign
-        ):
-            epoch += 1
-        return epoch
+        return [k for k in keys if k not in self._writes.written]
 
     async def _record_foreign(self, keys: list[str]) -> None:
         """Write the foreign objects into the log, under this writer's signature: one
         entry, naming the object (`object`), or, for several, how many (`count`)
         and a bounded sample of their names (`objects`)."""
-        for key in keys:
-            name = layout.parse_key(self._prefix, key)
-            metrics.FOREIGN_OBJECTS.labels(name.kind if name else "unknown").inc()
-        names = [recorded_name(layout.relative(self._prefix, k)) for k in keys]
+        details, names = self._foreign.entry_fields(keys, self.epoch)
         shown = ", ".join(escape(n) for n in names[:3])
         log.error(
             "log %s: %d objects not written by this log's writer (foreign objects) at its "
@@ -690,114 +644,13 @@ class Publisher:
             ", ..." if len(keys) > 3 else "",
             self.epoch,
         )
-        details: dict[str, Any] = {"epoch": self.epoch}
-        if len(names) == 1:
-            details["object"] = names[0]
-        else:
-            details.update(count=len(names), objects=names[:MAX_RECORDED_NAMES])
-        await self._append_own(entry.writer_event("foreign", self.writer_id, **details))
+        await self._append_own(entry.writer_event(EVENT_FOREIGN, self.writer_id, details))
 
     async def _append_own(self, fields: dict[str, Any]) -> None:
         try:
             await self.log.append(fields, own=True)
         except LogUnavailableError as e:
             raise StorageError(f"cannot record {fields.get('event')} in the log: {e}") from e
-
-    async def _put(
-        self,
-        key: str,
-        data: bytes,
-        kind: str,
-        judge: Callable[[bytes], str],
-        limit: int | None = None,
-    ) -> None:
-        """Write once and confirm it, retrying store errors with capped backoff.
-
-        A write counts only once the store shows the object back with our
-        SHA-256: a store that answered 200 and kept nothing (measured) gets
-        the put again, still write-once. An object already at the key is
-        judged: ours (an earlier attempt whose reply was lost), foreign, or
-        another writer's. It is read only up to `limit` bytes (default: the
-        size of ours): anything larger is foreign without being read.
-        """
-        if key in self._foreign:
-            raise ForeignObjectError(key, f"{kind} key already known to be taken")
-        sha256 = hashlib.sha256(data).digest()
-        attempt = 0
-        while True:
-            try:
-                retention = None
-                if self.config.retention is not None:
-                    retention = self.config.retention.until(datetime.now(UTC))
-                await self._io(self.store.put_once, key, data, retention)
-                found = await self._io(self.store.confirm, key, sha256)
-            except ObjectExistsError:
-                found = DIFFERENT
-            except StorageError as e:
-                attempt += 1
-                await self._backoff(key, attempt, e)
-                continue
-            if found is CONFIRMED:
-                metrics.OBJECTS_WRITTEN.labels(kind).inc()
-                metrics.OBJECTS_CONFIRMED.labels(kind).inc()
-                self._written.add(key)
-                return
-            if found is MISSING:
-                # Acknowledged, not stored: write it again from what we hold.
-                metrics.OBJECTS_REPAIRED.labels(kind).inc()
-                attempt += 1
-                await self._backoff(
-                    key,
-                    attempt,
-                    StorageError(f"{key}: the store acknowledged it but has no such object"),
-                )
-                continue
-            try:
-                existing = await self._io(self.store.get, key, limit or len(data))
-            except ObjectNotFoundError:
-                continue  # gone again: write it
-            except VerificationError as e:  # over the bound, not a file: not ours
-                raise ForeignObjectError(key, f"not a {kind} of this log's writer") from e
-            except StorageError as e:
-                attempt += 1
-                await self._backoff(key, attempt, e)
-                continue
-            verdict = judge(existing)
-            if verdict == OURS:
-                # An earlier attempt whose reply was lost: it was written, and read back.
-                log.info("%s already written by an earlier attempt of ours", key)
-                metrics.OBJECTS_WRITTEN.labels(kind).inc()
-                metrics.OBJECTS_CONFIRMED.labels(kind).inc()
-                self._written.add(key)
-                return
-            if verdict == FOREIGN:
-                raise ForeignObjectError(key, f"not a {kind} by this log's key")
-            raise ForkError(
-                f"{key}: another writer's object is where log {self.config.log_id} "
-                "must write; stopping publication (a log id belongs to one writer)"
-            )
-
-    async def _backoff(self, what: str, attempt: int, error: StorageError) -> None:
-        metrics.PUBLISH_ERRORS.inc()
-        self.last_error = str(error)
-        delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
-        delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-        if self.log.refusing(within=2 * PROBE_WHILE_DENYING):
-            # Requests are refused until a write gets through (the backlog is
-            # over its bound, or the disk is full and only publication frees
-            # it): probe every second, so that the refusals end within a second
-            # of the store's return, not after the backoff (up to --retry-max-delay).
-            delay = min(delay, PROBE_WHILE_DENYING)
-        log.warning(
-            "publish %s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, error
-        )
-        # Refusals can begin during a long wait (the bound is reached, the disk
-        # fills): from then on the next probe is at most a second away.
-        until = time.monotonic() + delay
-        while (left := until - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, PROBE_WHILE_DENYING))
-            if self.log.refusing(within=2 * PROBE_WHILE_DENYING):
-                break
 
     # --- repairs (the self-audit, or a restart, found an object missing) ---------------
 
@@ -814,7 +667,7 @@ class Publisher:
         )
         key = layout.claim_key(self._prefix, self.config.log_id, first, epoch)
         data = claim.to_bytes()
-        await self._put(key, data, "claim", _same_bytes(data), MAX_CLAIM_BYTES)
+        await self._writes.put(key, data, "claim", same_bytes(data), MAX_CLAIM_BYTES)
         metrics.OBJECTS_REPAIRED.labels("claim").inc()
         return key
 
@@ -822,7 +675,7 @@ class Publisher:
         """Write the bundle of entries first..last (from the WAL) again; return its key."""
         key = self._bundle_key(first, last)
         data = bundle_bytes(lines, compress=self.config.gzip)
-        await self._put(key, data, "bundle", _same_bytes(data))
+        await self._writes.put(key, data, "bundle", same_bytes(data))
         metrics.OBJECTS_REPAIRED.labels("bundle").inc()
         return key
 
@@ -835,7 +688,7 @@ class Publisher:
             make_extensions(int(self._wall_clock() * 1000), self.writer_id, epoch=self.epoch),
         )
         key = self._checkpoint_key(size)
-        await self._put(
+        await self._writes.put(
             key,
             sign_checkpoint(cp, self.signer),
             "checkpoint",
@@ -864,7 +717,7 @@ class Publisher:
                     await self.reconcile()
                 except StorageError as e:
                     attempt += 1
-                    delay = min(self.config.retry_max_delay, 0.2 * 2 ** min(attempt, 20))
+                    delay = backoff_delay(attempt, self.config.retry_max_delay)
                     log.warning("store not reachable at startup, retrying in %.1fs: %s", delay, e)
                     await asyncio.sleep(delay)
             event = self.log.durable_event
@@ -883,7 +736,7 @@ class Publisher:
                     # The local WAL state could not be saved: the objects are
                     # written once, so trying the publication again is safe.
                     attempt += 1
-                    await self._backoff(f"log {self.config.log_id}", attempt, e)
+                    await self._writes.backoff(f"log {self.config.log_id}", attempt, e)
                 else:
                     attempt = 0
                     if (self.bundled, self.log.published.size) == before:
@@ -903,7 +756,7 @@ class Publisher:
             return
         self._stop_recorded = True
         with contextlib.suppress(LogUnavailableError):  # a refusing log still publishes
-            await self.log.append(entry.writer_event("stop", self.writer_id))
+            await self.log.append(entry.writer_event(EVENT_STOP, self.writer_id))
 
     async def close(self) -> None:
         """Record the clean stop in the log, publish everything under a final checkpoint."""
@@ -918,4 +771,4 @@ class Publisher:
             self._fence(str(e))
             raise
         finally:
-            self._pool.shutdown(wait=False)
+            self._writes.close()

@@ -1,7 +1,7 @@
 """The writer's self-audit: it verifies its own published log with the
 verifier's code and fills from the WAL what the store lost.
 
-Confirmed writes (Publisher._put) make sure each object was stored when it
+Confirmed writes (log/writeonce.py) make sure each object was stored when it
 was written. The self-audit checks what the store holds later, including
 what an earlier run, or an older version of this server, published: on
 start everything after the state it last verified (`audited.json` in the
@@ -32,16 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from extproc import metrics
-from extproc.auditor import log_state_after, verify_log
+from extproc.audit.reader import LogReader
+from extproc.audit.verify import log_state_after, verify_log
 from extproc.core import layout
 from extproc.core.display import escape
+from extproc.core.findings import ERROR, LogReport
 from extproc.core.merkle import leaf_hash
 from extproc.core.state import AuditState, LogState
-from extproc.core.verify import ERROR, LogReport
 from extproc.errors import AuditError, ConfigError, StorageError
 from extproc.log.publisher import Publisher
 from extproc.log.wal import WAL
-from extproc.reader import LogReader
 
 log = logging.getLogger(__name__)
 

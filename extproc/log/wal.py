@@ -32,6 +32,7 @@ from typing import IO
 import orjson
 
 from extproc.core import entry
+from extproc.core.fields import PREV, SEQ
 from extproc.core.merkle import CompactRange, leaf_hash
 from extproc.errors import StorageError, VerificationError, WALCorruptionError
 
@@ -273,9 +274,9 @@ class WAL:
                     expected_prev = prev if prev or seq == 0 else None
                     if seq == published.size and published.size:
                         expected_prev = published.last_leaf
-                    if fields["seq"] != seq:
-                        problem = f"seq {fields['seq']} where {seq} was expected"
-                    elif expected_prev is not None and fields["prev"] != expected_prev.hex():
+                    if fields[SEQ] != seq:
+                        problem = f"seq {fields[SEQ]} where {seq} was expected"
+                    elif expected_prev is not None and fields[PREV] != expected_prev.hex():
                         problem = f"entry {seq} prev hash does not chain"
             if problem is not None:
                 # A crash tears or garbles the tail; it never leaves a whole entry

@@ -16,7 +16,8 @@ with RESOURCE_EXHAUSTED), then room in the backlog for each entry; a large
 message is sequenced in chunks with the event loop free between them, so
 that enforce requests keep flowing (docs/THREATS.md).
 
-The stream is authenticated exactly like ext_proc (server/reporters.py). An
+The stream is authenticated exactly like ext_proc, by the same
+StreamIdentifier (server/identify.py, trust/policy.py). An
 `access` entry of a request that was also held by ext_proc (enforce mode)
 links to that request's entry with `ref` (OutcomeMatcher). TCP access logs
 are refused: counted, not logged (the audit is of HTTP requests).
@@ -41,17 +42,63 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from extproc import config, metrics
+from extproc.core.fields import (
+    BODY_BYTES,
+    CLAIMED,
+    CLUSTER,
+    CONFLICT,
+    DETAILS,
+    DST,
+    DST_PRINCIPAL,
+    DURATION_US,
+    FAILURE,
+    FLAGS,
+    HEADERS,
+    HEADERS_OMITTED,
+    HOST,
+    KIND,
+    KIND_ACCESS,
+    LOG,
+    NO_REQUEST,
+    ORIGINAL_PATH,
+    PARTIAL,
+    PROTOCOL,
+    REF,
+    REPORTER,
+    REQ,
+    RESP,
+    RID,
+    ROUTE,
+    SEQ,
+    SRC,
+    START_MS,
+    STATUS,
+    TIMING,
+    TRUNC,
+    UPSTREAM,
+    UPSTREAM_TX_US,
+    dotted,
+)
 from extproc.core.redact import RedactionPolicy
 from extproc.errors import LogUnavailableError, OverBudgetError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import UNKNOWN_REPORTER, Claims, EntryBuilder, HeaderMap
-from extproc.server.reporters import XFCC_HEADER, Reporter, ReporterPolicy, ReporterRefused
-from extproc.server.servicer import _UNDECODABLE, AuditServicer, _close_reader
+from extproc.server.identify import StreamIdentifier
+from extproc.server.servicer import _UNDECODABLE, _close_reader
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import Reporter, ReporterRefused
+from extproc.trust.xfcc import XFCC_HEADER
 
 log = logging.getLogger(__name__)
 
 ACCESS_LOG_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+# Dotted paths `trunc` names (core/fields.py), joined once.
+_ORIGINAL_PATH = dotted(REQ, ORIGINAL_PATH)
+_DETAILS = dotted(RESP, DETAILS)
+_UPSTREAM_CLUSTER = dotted(UPSTREAM, CLUSTER)
+_UPSTREAM_FAILURE = dotted(UPSTREAM, FAILURE)
+_CLAIMED_DST_PRINCIPAL = dotted(REPORTER, CLAIMED, DST_PRINCIPAL)
 
 _METHODS = tuple(
     "" if v.name == "METHOD_UNSPECIFIED" else v.name
@@ -222,8 +269,8 @@ class AccessCapture:
             reporter,
             self.reporters,
             node=node,
-            cluster=stream.get("cluster", ""),
-            log=stream.get("log", ""),
+            cluster=stream.get(CLUSTER, ""),
+            log=stream.get(LOG, ""),
         )
 
     def _headers(
@@ -249,12 +296,79 @@ class AccessCapture:
         --reporter-is-destination refuse)."""
         # The hot path of observe mode (one call per request): each protobuf
         # field is read once, a value goes through policy.truncate() only when
-        # it may be too long, and empty header maps cost one len().
+        # it may be too long, and empty header maps cost one len(). `trunc`
+        # names what was cut in the order the fields are built.
         builder = self.builder
         common = e.common_properties
         request = e.request
-        response = e.response
         trunc: list[str] = []
+        req, xfcc = self._request(request, e.protocol_version, trunc)
+        resp = self._response(e.response, trunc)
+        has = common.HasField
+        tls = common.tls_properties if has("tls_properties") else None
+        fields: dict[str, Any] = {
+            REQ: req,
+            RESP: resp,
+            SRC: builder.source(
+                address_text(common.downstream_remote_address)
+                if has("downstream_remote_address")
+                else "",
+                "access_log:downstream_remote_address",
+                _uri_san(tls.peer_certificate_properties) if tls is not None else "",
+                "access_log:peer_certificate",
+                xfcc,
+                trunc,
+            ),
+        }
+        if has("downstream_local_address"):
+            fields[DST] = address_text(common.downstream_local_address)
+        short = self.policy.short_chars
+        upstream: dict[str, Any] = {}
+        if has("upstream_remote_address"):
+            upstream[HOST] = address_text(common.upstream_remote_address)
+        if v := common.upstream_cluster:
+            upstream[CLUSTER] = (
+                v if len(v) <= short else builder.bounded(v, _UPSTREAM_CLUSTER, trunc)
+            )
+        if v := common.upstream_transport_failure_reason:
+            upstream[FAILURE] = builder.bounded(v, _UPSTREAM_FAILURE, trunc)
+        if upstream:
+            fields[UPSTREAM] = upstream
+        if v := common.route_name:
+            fields[ROUTE] = v if len(v) <= short else builder.bounded(v, ROUTE, trunc)
+        if has("response_flags"):
+            set_flags = common.response_flags.ListFields()
+            codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
+            if codes:
+                fields[FLAGS] = ",".join(codes)
+        if timing := _timing(common):
+            fields[TIMING] = timing
+        if common.intermediate_log_entry:
+            fields[PARTIAL] = True
+        if (
+            not request.request_method
+            and not request.path
+            and not e.response.HasField("response_code")
+        ):
+            # A listener-level access log (istiod adds one for connections no
+            # filter chain took): a connection, not an HTTP request.
+            fields[NO_REQUEST] = True
+        fields[RID] = builder.rid(request.request_id, trunc)
+        local = _uri_san(tls.local_certificate_properties) if tls is not None else ""
+        fields[KIND] = KIND_ACCESS
+        if len(local) > short:
+            local = builder.bounded(local, _CLAIMED_DST_PRINCIPAL, trunc)
+        fields[REPORTER] = (claims or self._anonymous).field(local)
+        if trunc:
+            fields[TRUNC] = trunc
+        return fields
+
+    def _request(
+        self, request: Any, protocol_version: int, trunc: list[str]
+    ) -> tuple[dict[str, Any], str | bytes | None]:
+        """`req` of an access entry, and the request's XFCC header as sent (the
+        source's identity, builder.source)."""
+        builder = self.builder
         logged = request.request_headers
         extra = []
         # Request properties Envoy always sends, stored as the headers they are
@@ -266,114 +380,70 @@ class AccessCapture:
         ):
             if value and name not in logged:
                 extra.append((name, value))
-        h = self._headers(logged, extra, "req", trunc)
+        h = self._headers(logged, extra, REQ, trunc)
         method = request.request_method
-        full_path = request.path
         req = builder.request_line(
             _METHODS[method] if method < len(_METHODS) else "",
             request.scheme,
             request.authority,
-            full_path,
+            request.path,
             trunc,
         )
-        req["headers"] = h.stored
+        req[HEADERS] = h.stored
         if h.omitted:
-            req["headers_omitted"] = h.omitted
-        if protocol := _PROTOCOLS.get(e.protocol_version):
-            req["protocol"] = protocol
+            req[HEADERS_OMITTED] = h.omitted
+        if protocol := _PROTOCOLS.get(protocol_version):
+            req[PROTOCOL] = protocol
         if v := request.request_body_bytes:
-            req["body_bytes"] = v
+            req[BODY_BYTES] = v
         if v := request.original_path:
-            req["original_path"] = builder.bounded(self.policy.url(v), "req.original_path", trunc)
+            req[ORIGINAL_PATH] = builder.bounded(self.policy.url(v), _ORIGINAL_PATH, trunc)
+        return req, h.raw.get(XFCC_HEADER)
 
-        r = self._headers(response.response_headers, [], "resp", trunc)
+    def _response(self, response: Any, trunc: list[str]) -> dict[str, Any]:
+        """`resp` of an access entry: without a response code (no response
+        was sent), `status: null` and no `status_raw`."""
+        builder = self.builder
+        r = self._headers(response.response_headers, [], RESP, trunc)
         resp: dict[str, Any] = {}
-        has_status = response.HasField("response_code")
-        if has_status:
+        if response.HasField("response_code"):
             code = response.response_code.value
             if 100 <= code <= 999:
-                resp["status"] = code
+                resp[STATUS] = code
             else:
                 builder.status(resp, str(code), trunc)
         else:
-            resp["status"] = None
-        resp["headers"] = r.stored
+            resp[STATUS] = None
+        resp[HEADERS] = r.stored
         if r.omitted:
-            resp["headers_omitted"] = r.omitted
+            resp[HEADERS_OMITTED] = r.omitted
         short = self.policy.short_chars
         if v := response.response_code_details:
-            resp["details"] = v if len(v) <= short else builder.bounded(v, "resp.details", trunc)
+            resp[DETAILS] = v if len(v) <= short else builder.bounded(v, _DETAILS, trunc)
         if v := response.response_body_bytes:
-            resp["body_bytes"] = v
-
-        has = common.HasField
-        tls = common.tls_properties if has("tls_properties") else None
-        fields: dict[str, Any] = {
-            "req": req,
-            "resp": resp,
-            "src": builder.source(
-                address_text(common.downstream_remote_address)
-                if has("downstream_remote_address")
-                else "",
-                "access_log:downstream_remote_address",
-                _uri_san(tls.peer_certificate_properties) if tls is not None else "",
-                "access_log:peer_certificate",
-                h.raw.get(XFCC_HEADER),
-                trunc,
-            ),
-        }
-        if has("downstream_local_address"):
-            fields["dst"] = address_text(common.downstream_local_address)
-        upstream: dict[str, Any] = {}
-        if has("upstream_remote_address"):
-            upstream["host"] = address_text(common.upstream_remote_address)
-        if v := common.upstream_cluster:
-            upstream["cluster"] = (
-                v if len(v) <= short else builder.bounded(v, "upstream.cluster", trunc)
-            )
-        if v := common.upstream_transport_failure_reason:
-            upstream["failure"] = builder.bounded(v, "upstream.failure", trunc)
-        if upstream:
-            fields["upstream"] = upstream
-        if v := common.route_name:
-            fields["route"] = v if len(v) <= short else builder.bounded(v, "route", trunc)
-        if has("response_flags"):
-            set_flags = common.response_flags.ListFields()
-            codes = [_FLAG_CODES.get(fd.name, fd.name) for fd, _ in set_flags]
-            if codes:
-                fields["flags"] = ",".join(codes)
-        timing: dict[str, int] = {}
-        if has("start_time"):
-            start = common.start_time
-            timing["start_ms"] = start.seconds * 1000 + start.nanos // 1_000_000
-        if has("duration"):
-            timing["duration_us"] = _micros(common.duration)
-        elif has("time_to_last_downstream_tx_byte"):
-            timing["duration_us"] = _micros(common.time_to_last_downstream_tx_byte)
-        if has("time_to_first_upstream_tx_byte"):
-            # When Envoy started sending the request upstream: in enforce mode,
-            # after its request entry was durable.
-            timing["upstream_tx_us"] = _micros(common.time_to_first_upstream_tx_byte)
-        if timing:
-            fields["timing"] = timing
-        if common.intermediate_log_entry:
-            fields["partial"] = True
-        if not method and not full_path and not has_status:
-            # A listener-level access log (istiod adds one for connections no
-            # filter chain took): a connection, not an HTTP request.
-            fields["no_request"] = True
-        fields["rid"] = builder.rid(request.request_id, trunc)
-        local = _uri_san(tls.local_certificate_properties) if tls is not None else ""
-        fields["kind"] = "access"
-        if len(local) > short:
-            local = builder.bounded(local, "reporter.claimed.dst_principal", trunc)
-        fields["reporter"] = (claims or self._anonymous).field(local)
-        if trunc:
-            fields["trunc"] = trunc
-        return fields
+            resp[BODY_BYTES] = v
+        return resp
 
 
 _NO_HEADERS = HeaderMap({}, {}, 0, {})
+
+
+def _timing(common: Any) -> dict[str, int]:
+    """`timing`: when the request started, how long it took, and when it went upstream."""
+    has = common.HasField
+    timing: dict[str, int] = {}
+    if has("start_time"):
+        start = common.start_time
+        timing[START_MS] = start.seconds * 1000 + start.nanos // 1_000_000
+    if has("duration"):
+        timing[DURATION_US] = _micros(common.duration)
+    elif has("time_to_last_downstream_tx_byte"):
+        timing[DURATION_US] = _micros(common.time_to_last_downstream_tx_byte)
+    if has("time_to_first_upstream_tx_byte"):
+        # When Envoy started sending the request upstream: in enforce mode,
+        # after its request entry was durable.
+        timing[UPSTREAM_TX_US] = _micros(common.time_to_first_upstream_tx_byte)
+    return timing
 
 
 def _micros(duration: Any) -> int:
@@ -433,20 +503,19 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self,
         audit_log: AuditLog,
         capture: AccessCapture,
-        ext_proc: AuditServicer,
+        identify: StreamIdentifier,
         outcomes: OutcomeMatcher,
         limits: AccessLimits = AccessLimits(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = audit_log
         self.capture = capture
-        self.ext_proc = ext_proc  # same reporter rules, same idle bookkeeping
+        self.identify = identify  # the ext_proc servicer's: same reporter rules
         self.outcomes = outcomes
         self.limits = limits
         self._clock = clock
         self._drops = RateLimitedLog(log)
         self._tcp = RateLimitedLog(log)
-        self._refusals = RateLimitedLog(log)
         self._over_budget = RateLimitedLog(log)
         self._errors = RateLimitedLog(log)
         self._entries = metrics.PerReporter(
@@ -477,7 +546,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        reporter = await self.ext_proc.identify(context)
+        reporter = await self.identify(context)
         metrics.ACCESS_STREAMS.inc()
         counter = self._counter(reporter)
         task = asyncio.current_task()
@@ -536,8 +605,8 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 ident = msg.identifier
                 node = self.capture.policy.truncate(ident.node.id)[0]
                 stream = {
-                    "log": self.capture.policy.truncate(ident.log_name)[0],
-                    "cluster": self.capture.policy.truncate(ident.node.cluster)[0],
+                    LOG: self.capture.policy.truncate(ident.log_name)[0],
+                    CLUSTER: self.capture.policy.truncate(ident.node.cluster)[0],
                 }
             kind = msg.WhichOneof("log_entries")
             if kind == "http_logs":
@@ -667,19 +736,18 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             try:
                 fields = capture(e, claims)
             except ReporterRefused as refused:  # --reporter-is-destination refuse
-                metrics.REPORTERS_REFUSED.labels(refused.reason).inc()
-                self._refusals.warning("refused an access-log entry: %s", refused.message)
+                self.identify.refused(refused, "an access-log entry")
                 continue
-            if take is not None and "partial" not in fields:
-                key = (reporter_id, fields["rid"], fields.get("dst", ""))
+            if take is not None and PARTIAL not in fields:
+                key = (reporter_id, fields[RID], fields.get(DST, ""))
                 found = take(*key)
                 if found is not None:
-                    fields["ref"], first = found
+                    fields[REF], first = found
                     if first is not None:
-                        fields["conflict"] = first  # docs/FORMAT.md
+                        fields[CONFLICT] = first  # docs/FORMAT.md
                     matched[first is not None] += 1
                     yield fields
                     if first is None:  # the log has numbered it: the request's first outcome
-                        self.outcomes.taken(*key, fields["ref"], fields["seq"])
+                        self.outcomes.taken(*key, fields[REF], fields[SEQ])
                     continue
             yield fields

@@ -23,6 +23,7 @@ from extproc import __version__, metrics
 from extproc.config import ServeConfig
 from extproc.core import entry, layout
 from extproc.core.display import escape
+from extproc.core.fields import EVENT_HEARTBEAT, EVENT_START, KEY, MODE, VERSION
 from extproc.errors import AuditError, ConfigError, LogUnavailableError, StorageError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
@@ -37,6 +38,7 @@ from extproc.server.access import (
     OutcomeMatcher,
 )
 from extproc.server.capture import Capturer
+from extproc.server.identify import StreamIdentifier
 from extproc.server.servicer import AuditServicer, IdleStreams, ReceiptReplies
 from extproc.store import RetentionPolicy, open_store
 
@@ -86,6 +88,7 @@ class AuditServer:
         self.config = config
         layout.validate_log_id(config.log_id)
         self.reporters = config.reporter_policy()
+        self.identify = StreamIdentifier(self.reporters)  # both ingest services' streams
         self._credentials = _server_credentials(config)
         self.signer = load_signer(config.key)
         self.store = open_store(config.store)
@@ -250,7 +253,7 @@ class AuditServer:
             await asyncio.sleep(interval)
             if audit_log.size == seen:
                 try:
-                    audit_log.append_nowait(entry.writer_event("heartbeat", self.writer_id))
+                    audit_log.append_nowait(entry.writer_event(EVENT_HEARTBEAT, self.writer_id))
                 except LogUnavailableError as e:  # store down or fenced: the gap is the truth
                     log.warning("heartbeat not logged: %s", e)
             seen = audit_log.size
@@ -302,104 +305,24 @@ class AuditServer:
         cfg = self.config
         retention = self._retention()
         self._say_worm(retention)
-        wal = WAL(cfg.wal_dir / cfg.log_id)
-        try:
-            recovered = await asyncio.to_thread(wal.recover)
-        except BaseException:
-            wal.close()
-            raise
-        audit_log = AuditLog(wal, recovered, max_backlog_bytes=cfg.max_backlog_bytes)
-        metrics.BACKLOG_BYTES.set_function(lambda: audit_log.backlog_bytes)
-        metrics.BACKLOG_LIMIT.set(cfg.max_backlog_bytes)
-        loop = asyncio.get_running_loop()
-        publisher = Publisher(
-            audit_log,
-            wal,
-            self.store,
-            self.signer,
-            PublisherConfig(
-                log_id=cfg.log_id,
-                origin=layout.origin_for(cfg.origin_prefix, cfg.log_id),
-                bundle_max_entries=cfg.bundle_max_entries,
-                bundle_max_bytes=cfg.bundle_max_bytes,
-                max_age=cfg.bundle_max_age,
-                gzip=cfg.gzip,
-                retention=retention,
-            ),
-            writer_id=self.writer_id,
-            on_fenced=self._fenced,
-        )
-        self_audit = None
-        if cfg.self_audit_interval > 0:
-            self_audit = SelfAudit(
-                publisher, wal, interval=cfg.self_audit_interval, on_result=self._audited
-            )
-        try:
-            # Before serving: a store that holds what this WAL did not write means
-            # another writer on this log id. Refuse to start rather than fork.
-            await publisher.reconcile()
-        except StorageError as e:
-            log.warning("store not reachable at startup (%s); publishing will retry", e)
-        except BaseException:
-            audit_log.close()
-            raise
+        wal, audit_log = await self._open_log()
+        publisher, self_audit = await self._publisher(wal, audit_log, retention)
         audit_log.append_nowait(
             entry.writer_event(
-                "start",
+                EVENT_START,
                 self.writer_id,
-                version=__version__,
-                mode=cfg.mode,
-                key=f"{self.signer.name}+{self.signer.key_id.hex()}",
+                {
+                    VERSION: __version__,
+                    MODE: cfg.mode,
+                    KEY: f"{self.signer.name}+{self.signer.key_id.hex()}",
+                },
             )
         )
         server = grpc.aio.server(options=cfg.grpc_options())
         idle = IdleStreams(cfg.stream_idle_timeout)
-        outcomes = OutcomeMatcher(cfg.outcome_window)
-        ext_proc = AuditServicer(
-            audit_log,
-            Capturer(
-                cfg.redaction,
-                cfg.response_headers,
-                max_headers=cfg.max_headers,
-                max_header_bytes=cfg.max_header_bytes,
-            ),
-            cfg.mode,
-            ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipt_header else None,
-            reporters=self.reporters,
-            idle=idle,
-            response_phase=cfg.ext_proc_responses,
-            outcomes=outcomes,
-        )
-        pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
-        access = AccessLogServicer(
-            audit_log,
-            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, ext_proc.reporters),
-            ext_proc,
-            outcomes,
-            AccessLimits(
-                cfg.max_access_log_entries,
-                cfg.max_access_log_rate,
-                cfg.max_reporter_access_log_rate,
-            ),
-        )
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(access, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = self._bind(server, cfg.listen, "--listen", self._credentials)
-        health_server = None
-        if cfg.health_listen and cfg.health_listen != "off":
-            health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
-            self.health_port = self._bind(health_server, cfg.health_listen, "--health-listen", None)
-        self._warn_if_unauthenticated()
-        self._warn_if_no_hash_key()
-        if cfg.metrics_listen and cfg.metrics_listen != "off":
-            from prometheus_client import start_http_server
-
-            m_host, m_port = _split_host_port(cfg.metrics_listen, "--metrics-listen")
-            try:
-                start_http_server(m_port, m_host)
-            except OSError as e:
-                raise ConfigError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from e
+        ext_proc, access = self._servicers(server, audit_log, idle)
+        health_server = self._listen(server)
+        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, lambda: self.stop(delay=True))
         loop.add_signal_handler(signal.SIGINT, self.stop)
 
@@ -439,6 +362,117 @@ class AuditServer:
             heartbeat_task,
             audit_task,
         )
+
+    async def _open_log(self) -> tuple[WAL, AuditLog]:
+        """The WAL, recovered, and the log that appends to it."""
+        cfg = self.config
+        wal = WAL(cfg.wal_dir / cfg.log_id)
+        try:
+            recovered = await asyncio.to_thread(wal.recover)
+        except BaseException:
+            wal.close()
+            raise
+        audit_log = AuditLog(wal, recovered, max_backlog_bytes=cfg.max_backlog_bytes)
+        metrics.BACKLOG_BYTES.set_function(lambda: audit_log.backlog_bytes)
+        metrics.BACKLOG_LIMIT.set(cfg.max_backlog_bytes)
+        return wal, audit_log
+
+    async def _publisher(
+        self, wal: WAL, audit_log: AuditLog, retention: RetentionPolicy | None
+    ) -> tuple[Publisher, SelfAudit | None]:
+        """The publisher, reconciled with the store (if it answers), and its self-audit."""
+        cfg = self.config
+        publisher = Publisher(
+            audit_log,
+            wal,
+            self.store,
+            self.signer,
+            PublisherConfig(
+                log_id=cfg.log_id,
+                origin=layout.origin_for(cfg.origin_prefix, cfg.log_id),
+                bundle_max_entries=cfg.bundle_max_entries,
+                bundle_max_bytes=cfg.bundle_max_bytes,
+                max_age=cfg.bundle_max_age,
+                gzip=cfg.gzip,
+                retention=retention,
+            ),
+            writer_id=self.writer_id,
+            on_fenced=self._fenced,
+        )
+        self_audit = None
+        if cfg.self_audit_interval > 0:
+            self_audit = SelfAudit(
+                publisher, wal, interval=cfg.self_audit_interval, on_result=self._audited
+            )
+        try:
+            # Before serving: a store that holds what this WAL did not write means
+            # another writer on this log id. Refuse to start rather than fork.
+            await publisher.reconcile()
+        except StorageError as e:
+            log.warning("store not reachable at startup (%s); publishing will retry", e)
+        except BaseException:
+            audit_log.close()
+            raise
+        return publisher, self_audit
+
+    def _servicers(
+        self, server: grpc.aio.Server, audit_log: AuditLog, idle: IdleStreams
+    ) -> tuple[AuditServicer, AccessLogServicer]:
+        """ext_proc, the access-log service and health, added to the ingest server."""
+        cfg = self.config
+        outcomes = OutcomeMatcher(cfg.outcome_window)
+        ext_proc = AuditServicer(
+            audit_log,
+            Capturer(
+                cfg.redaction,
+                cfg.response_headers,
+                max_headers=cfg.max_headers,
+                max_header_bytes=cfg.max_header_bytes,
+            ),
+            cfg.mode,
+            ReceiptReplies(cfg.log_id, cfg.receipt_header) if cfg.receipts else None,
+            identify=self.identify,
+            idle=idle,
+            response_phase=cfg.ext_proc_responses,
+            outcomes=outcomes,
+        )
+        pb_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
+        access = AccessLogServicer(
+            audit_log,
+            AccessCapture(cfg.redaction, cfg.max_headers, cfg.max_header_bytes, self.reporters),
+            self.identify,
+            outcomes,
+            AccessLimits(
+                cfg.max_access_log_entries,
+                cfg.max_access_log_rate,
+                cfg.max_reporter_access_log_rate,
+            ),
+        )
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(access, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        return ext_proc, access
+
+    def _listen(self, server: grpc.aio.Server) -> grpc.aio.Server | None:
+        """Bind the ingest listener, the plaintext health listener (if any) and
+        the metrics endpoint; the health server to start, if any."""
+        cfg = self.config
+        self.port = self._bind(server, cfg.listen, "--listen", self._credentials)
+        health_server = None
+        if cfg.health_listen and cfg.health_listen != "off":
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(cfg.reuse_port))])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, health_server)
+            self.health_port = self._bind(health_server, cfg.health_listen, "--health-listen", None)
+        self._warn_if_unauthenticated()
+        self._warn_if_no_hash_key()
+        if cfg.metrics_listen and cfg.metrics_listen != "off":
+            from prometheus_client import start_http_server
+
+            m_host, m_port = _split_host_port(cfg.metrics_listen, "--metrics-listen")
+            try:
+                start_http_server(m_port, m_host)
+            except OSError as e:
+                raise ConfigError(f"cannot serve metrics on {cfg.metrics_listen}: {e}") from e
+        return health_server
 
     async def drain(self, r: Running) -> int:
         """Take the server down without failing a request that was routed to it.

@@ -17,17 +17,45 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from extproc import config, metrics
-from extproc.core.redact import CLEAR, RedactionPolicy, ascii_lower
-from extproc.server.reporters import (
+from extproc.core.fields import (
+    ADDRESS,
     AUTH_NONE,
-    XFCC_HEADER,
-    Reporter,
-    ReporterPolicy,
-    xfcc_elements,
+    AUTHORITY,
+    B64,
+    CLAIMED,
+    CLUSTER,
+    DST_MISMATCH,
+    DST_PRINCIPAL,
+    FRAGMENT,
+    FROM,
+    HEADERS,
+    LOG,
+    METHOD,
+    NODE,
+    PATH,
+    PRINCIPAL,
+    QUERY,
+    REQ,
+    RESP,
+    RID,
+    SAN,
+    SCHEME,
+    SRC,
+    STATUS,
+    STATUS_RAW,
+    dotted,
 )
+from extproc.core.redact import CLEAR, RedactionPolicy, ascii_lower
+from extproc.trust.policy import ReporterPolicy
+from extproc.trust.reporter import Reporter
+from extproc.trust.xfcc import XFCC_HEADER, xfcc_elements
 
 MAX_HEADER_NAME_BYTES = 1024
 REQUEST_ID = "x-request-id"
+# Dotted paths `trunc` names (core/fields.py), joined once.
+_SRC_ADDRESS = dotted(SRC, ADDRESS)
+_SRC_PRINCIPAL = dotted(SRC, PRINCIPAL)
+_STATUS_RAW = dotted(RESP, STATUS_RAW)
 
 
 def byte_size(value: str | bytes) -> int:
@@ -126,17 +154,17 @@ class EntryBuilder:
                 except UnicodeDecodeError:
                     hidden = policy.header_bytes(name, value)
                     if hidden is None:  # allowed in clear: the bytes as sent
-                        stored[name] = {"b64": base64.b64encode(value).decode()}
+                        stored[name] = {B64: base64.b64encode(value).decode()}
                         continue
                     text = hidden
             else:
                 text = value
             stored[name], cut = store(name, text)
-            if cut and (previous is None or f"{section}.headers.{name}" not in trunc):
-                trunc.append(f"{section}.headers.{name}")
+            if cut and (previous is None or dotted(section, HEADERS, name) not in trunc):
+                trunc.append(dotted(section, HEADERS, name))
         omitted = total - seen + skipped
         if omitted:
-            trunc.append(f"{section}.headers.*")
+            trunc.append(dotted(section, HEADERS, "*"))
         # tuple.__new__ is HeaderMap() without its Python-level __new__ (hot path).
         return tuple.__new__(HeaderMap, (pseudo, stored, omitted, raw))
 
@@ -160,20 +188,20 @@ class EntryBuilder:
         if "@" in authority:  # userinfo has no place in :authority; a forger's may
             authority = policy.target("//" + authority)[0][2:]
         req: dict[str, Any] = {
-            "method": method,
-            "scheme": scheme,
-            "authority": authority,
-            "path": path,
+            METHOD: method,
+            SCHEME: scheme,
+            AUTHORITY: authority,
+            PATH: path,
         }
         if query is not None:
-            req["query"] = query
+            req[QUERY] = query
         if fragment is not None:
-            req["fragment"] = fragment
+            req[FRAGMENT] = fragment
         if len(authority) > short or len(path) > short or query is not None or len(method) > short:
             for name, value in req.items():  # rare: something may be too long
-                req[name] = self.bounded(value, f"req.{name}", trunc)
+                req[name] = self.bounded(value, dotted(REQ, name), trunc)
         elif len(scheme) > short:
-            req["scheme"] = self.bounded(scheme, "req.scheme", trunc)
+            req[SCHEME] = self.bounded(scheme, dotted(REQ, SCHEME), trunc)
         return req
 
     def rid(self, rid: str, trunc: list[str]) -> str:
@@ -182,7 +210,7 @@ class EntryBuilder:
             return rid  # the common case
         stored, cut = self.policy.stored_header(REQUEST_ID, rid)
         if cut:
-            trunc.append("rid")
+            trunc.append(RID)
         return stored
 
     def source(
@@ -203,19 +231,19 @@ class EntryBuilder:
         src: dict[str, Any] = {}
         origin: dict[str, str] = {}
         if address:
-            src["address"] = self.bounded(address, "src.address", trunc)
-            origin["address"] = address_from
+            src[ADDRESS] = self.bounded(address, _SRC_ADDRESS, trunc)
+            origin[ADDRESS] = address_from
         if san:
-            src["san"] = src["principal"] = self.bounded(san, "src.principal", trunc)
-            origin["san"] = origin["principal"] = san_from
+            src[SAN] = src[PRINCIPAL] = self.bounded(san, _SRC_PRINCIPAL, trunc)
+            origin[SAN] = origin[PRINCIPAL] = san_from
         elif xfcc:
             text = xfcc.decode("utf-8", "replace") if isinstance(xfcc, bytes) else xfcc
             elements = xfcc_elements(text)
             if uri := (elements[-1].get("uri") if elements else None):
-                src["principal"] = self.bounded(uri, "src.principal", trunc)
-                origin["principal"] = f"header:{XFCC_HEADER}"
+                src[PRINCIPAL] = self.bounded(uri, _SRC_PRINCIPAL, trunc)
+                origin[PRINCIPAL] = f"header:{XFCC_HEADER}"
         if origin:
-            src["from"] = origin
+            src[FROM] = origin
         return src
 
     def status(self, resp: dict[str, Any], text: str, trunc: list[str]) -> None:
@@ -223,11 +251,11 @@ class EntryBuilder:
         (int() also takes "²00" and " 200"). Anything else is kept as data,
         `status: null` with `status_raw`, never an exception."""
         if len(text) == 3 and text.isascii() and text.isdigit() and text[0] != "0":
-            resp["status"] = int(text)
+            resp[STATUS] = int(text)
             return
-        resp["status"] = None
+        resp[STATUS] = None
         if text:
-            resp["status_raw"] = self.bounded(text, "resp.status_raw", trunc)
+            resp[STATUS_RAW] = self.bounded(text, _STATUS_RAW, trunc)
 
 
 class Claims:
@@ -253,7 +281,7 @@ class Claims:
     ) -> None:
         self.reporter = reporter
         self._policy = policy
-        self._base = {k: v for k, v in (("cluster", cluster), ("log", log), ("node", node)) if v}
+        self._base = {k: v for k, v in ((CLUSTER, cluster), (LOG, log), (NODE, node)) if v}
         self._key: tuple[str, str] | None = None
         self._last: dict[str, Any] = {}
         self._mismatch = False
@@ -270,18 +298,18 @@ class Claims:
         fields: dict[str, Any] = dict(reporter.fields)
         claimed = dict(self._base)
         if node:
-            claimed["node"] = node
+            claimed[NODE] = node
         if dst_principal:
-            claimed["dst_principal"] = dst_principal
+            claimed[DST_PRINCIPAL] = dst_principal
         if claimed:
-            fields["claimed"] = claimed
+            fields[CLAIMED] = claimed
         policy = self._policy
         mismatch = policy is not None and not policy.check_destination(
             reporter, dst_principal or None
         )
         if mismatch:
             metrics.DESTINATION_MISMATCHES.inc()
-            fields["dst_mismatch"] = True
+            fields[DST_MISMATCH] = True
         self._key, self._last, self._mismatch = (dst_principal, node), fields, mismatch
         return fields
 

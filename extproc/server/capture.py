@@ -3,7 +3,8 @@
 Runs on the request hot path: the headers are read once, no regexes, no
 copies of values that are not stored. Names, bounds, repeated headers,
 redaction, the request line, the source and the reporter field are built by
-server/builder.py, which the access-log capture uses too.
+server/builder.py, which the access-log capture uses too. The Envoy
+attributes read are those the filter config asks for (extproc/attributes.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,23 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any
 
-from extproc import config
+from extproc import attributes, config
+from extproc.core.fields import (
+    CLAIMED,
+    DST,
+    DST_PRINCIPAL,
+    HEADERS,
+    HEADERS_OMITTED,
+    NODE,
+    PROTOCOL,
+    REPORTER,
+    REQ,
+    RESP,
+    RID,
+    SRC,
+    TRUNC,
+    dotted,
+)
 from extproc.core.redact import RedactionPolicy
 from extproc.server.builder import (
     REQUEST_ID,
@@ -20,41 +37,31 @@ from extproc.server.builder import (
     EntryBuilder,
     HeaderMap,
 )
-from extproc.server.reporters import XFCC_HEADER, xfcc_elements
+from extproc.trust.xfcc import XFCC_HEADER, xfcc_elements
 
-# Envoy attributes we ask for (envoy/*.yaml request_attributes). Never
-# `xds.node`: it is an 80 KB text dump; `xds.node.id` is the CEL field we need.
-# (`source.principal` is not an Envoy attribute: the peer's identity is the
-# URI SAN of its certificate, connection.uri_san_peer_certificate.)
-ATTR_NAMESPACE = "envoy.filters.http.ext_proc"
-REQUEST_ATTRIBUTES = (
-    "request.id",
-    "request.protocol",
-    "source.address",
-    "destination.address",
-    "connection.uri_san_peer_certificate",
-    "connection.uri_san_local_certificate",
-    "xds.node.id",
-)
-PEER_SAN = "connection.uri_san_peer_certificate"
-LOCAL_SAN = "connection.uri_san_local_certificate"
-XFCC = XFCC_HEADER
+# Where each identity came from (`src.from`).
+_SOURCE_FROM = f"attribute:{attributes.SOURCE_ADDRESS}"
+_PEER_SAN_FROM = f"attribute:{attributes.PEER_SAN}"
 # Bounds per header map (extproc/config.py) apply before any decoding or
 # redaction, so the cost of a message is bounded whatever its size
 # (docs/THREATS.md); headers past them are counted, not stored.
 DEFAULT_RESPONSE_HEADERS = config.RESPONSE_HEADERS
 DEFAULT_MAX_HEADERS = config.MAX_HEADERS
 DEFAULT_MAX_HEADER_BYTES = config.MAX_HEADER_BYTES
+# Dotted paths `trunc` names (core/fields.py), joined once.
+_PROTOCOL = dotted(REQ, PROTOCOL)
+_CLAIMED_DST_PRINCIPAL = dotted(REPORTER, CLAIMED, DST_PRINCIPAL)
+_CLAIMED_NODE = dotted(REPORTER, CLAIMED, NODE)
 
 
 def _attributes(msg: Any) -> dict[str, Any]:
     """The attributes we asked for, looked up by name: a message stuffed with
     thousands of others costs no more than one with ours only."""
-    if ATTR_NAMESPACE not in msg.attributes:
+    if attributes.ATTR_NAMESPACE not in msg.attributes:
         return {}
-    fields = msg.attributes[ATTR_NAMESPACE].fields
+    fields = msg.attributes[attributes.ATTR_NAMESPACE].fields
     out: dict[str, Any] = {}
-    for key in REQUEST_ATTRIBUTES:
+    for key in attributes.REQUEST_ATTRIBUTES:
         if key not in fields:
             continue
         value = fields[key]
@@ -114,7 +121,7 @@ class Capturer:
         """
         builder = self.builder
         trunc: list[str] = []
-        h = self.headers(msg.request_headers.headers, "req", trunc)
+        h = self.headers(msg.request_headers.headers, REQ, trunc)
         attrs = _attributes(msg)
         pseudo = h.pseudo
         req = builder.request_line(
@@ -124,53 +131,53 @@ class Capturer:
             pseudo.get(":path", ""),
             trunc,
         )
-        req["headers"] = h.stored
+        req[HEADERS] = h.stored
         if h.omitted:
-            req["headers_omitted"] = h.omitted
-        if isinstance(protocol := attrs.get("request.protocol"), str) and protocol:
-            req["protocol"] = builder.bounded(protocol, "req.protocol", trunc)
+            req[HEADERS_OMITTED] = h.omitted
+        if isinstance(protocol := attrs.get(attributes.REQUEST_PROTOCOL), str) and protocol:
+            req[PROTOCOL] = builder.bounded(protocol, _PROTOCOL, trunc)
         fields: dict[str, Any] = {
-            "req": req,
-            "src": builder.source(
-                _text(attrs.get("source.address")),
-                "attribute:source.address",
-                _text(attrs.get(PEER_SAN)),
-                f"attribute:{PEER_SAN}",
-                h.raw.get(XFCC),
+            REQ: req,
+            SRC: builder.source(
+                _text(attrs.get(attributes.SOURCE_ADDRESS)),
+                _SOURCE_FROM,
+                _text(attrs.get(attributes.PEER_SAN)),
+                _PEER_SAN_FROM,
+                h.raw.get(XFCC_HEADER),
                 trunc,
             ),
         }
         # request.id is the client's x-request-id on internal traffic.
-        rid = _text(attrs.get("request.id")) or h.raw.get(REQUEST_ID) or ""
-        fields["rid"] = builder.rid(
+        rid = _text(attrs.get(attributes.REQUEST_ID)) or h.raw.get(REQUEST_ID) or ""
+        fields[RID] = builder.rid(
             rid.decode("utf-8", "replace") if isinstance(rid, bytes) else rid, trunc
         )
         # Plain strings: top-level keys sorting before "prev" hold no objects
         # (the verifier's quick chain check relies on it, see core/verify.py).
-        if address := _text(attrs.get("destination.address")):
-            fields["dst"] = builder.bounded(address, "dst", trunc)
-        local = _text(attrs.get(LOCAL_SAN))
-        node = _text(attrs.get("xds.node.id"))
-        fields["reporter"] = (claims or Claims(UNKNOWN_REPORTER)).field(
-            builder.bounded(local, "reporter.claimed.dst_principal", trunc),
-            builder.bounded(node, "reporter.claimed.node", trunc),
+        if address := _text(attrs.get(attributes.DESTINATION_ADDRESS)):
+            fields[DST] = builder.bounded(address, DST, trunc)
+        local = _text(attrs.get(attributes.LOCAL_SAN))
+        node = _text(attrs.get(attributes.NODE_ID))
+        fields[REPORTER] = (claims or Claims(UNKNOWN_REPORTER)).field(
+            builder.bounded(local, _CLAIMED_DST_PRINCIPAL, trunc),
+            builder.bounded(node, _CLAIMED_NODE, trunc),
         )
         if trunc:
-            fields["trunc"] = trunc
+            fields[TRUNC] = trunc
         return fields
 
     def response(self, msg: Any) -> dict[str, Any]:
         """Fields of the response part, from a response_headers message."""
         trunc: list[str] = []
-        h = self.headers(msg.response_headers.headers, "resp", trunc, self.response_headers)
+        h = self.headers(msg.response_headers.headers, RESP, trunc, self.response_headers)
         resp: dict[str, Any] = {}
         self.builder.status(resp, h.pseudo.get(":status", ""), trunc)
-        resp["headers"] = h.stored
+        resp[HEADERS] = h.stored
         if h.omitted:
-            resp["headers_omitted"] = h.omitted
-        fields: dict[str, Any] = {"resp": resp}
+            resp[HEADERS_OMITTED] = h.omitted
+        fields: dict[str, Any] = {RESP: resp}
         if trunc:
-            fields["trunc"] = trunc
+            fields[TRUNC] = trunc
         return fields
 
 

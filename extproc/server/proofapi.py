@@ -1,6 +1,6 @@
 """The live proof API (protos/extproc/api/proof.proto) on its own gRPC port.
 
-Answers come from the store, through extproc.prover, exactly as an offline
+Answers come from the store, through extproc.audit.prove, exactly as an offline
 `prove` would make them: only published entries under signed checkpoints are
 provable, and the client verifies everything with the log's verifier key.
 Store reads block, so they run on a small thread pool of this module's own,
@@ -25,15 +25,15 @@ import grpc
 
 from extproc.api import proof_pb2 as pb
 from extproc.api import proof_pb2_grpc as pb_grpc
-from extproc.core.note import Verifier
-from extproc.errors import AuditError, ConfigError, StorageError, VerificationError
-from extproc.prover import (
+from extproc.audit.prove import (
     DEFAULT_CACHE_LEAVES,
     AmbiguousRequestIdError,
     EntryNotFoundError,
     LeafCache,
     Prover,
 )
+from extproc.core.note import Verifier
+from extproc.errors import AuditError, ConfigError, StorageError, VerificationError
 from extproc.store.base import ObjectStore
 
 log = logging.getLogger(__name__)

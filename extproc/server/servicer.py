@@ -41,13 +41,26 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from extproc import metrics
 from extproc.core import receipt
+from extproc.core.fields import (
+    DST,
+    KIND,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    OUTCOME,
+    OUTCOME_ABORTED,
+    OUTCOME_TIMEOUT,
+    REF,
+    REPORTER,
+    RID,
+)
 from extproc.envoyconf import GRACEFUL_CLOSE
 from extproc.errors import LogUnavailableError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
 from extproc.server.builder import Claims
 from extproc.server.capture import Capturer
-from extproc.server.reporters import Reporter, ReporterPolicy, ReporterRefused
+from extproc.server.identify import StreamIdentifier
+from extproc.trust.reporter import ReporterRefused
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +190,7 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         mode: str = "enforce",
         receipts: ReceiptReplies | None = None,
         *,
-        reporters: ReporterPolicy,
+        identify: StreamIdentifier,
         idle: IdleStreams | None = None,
         response_phase: bool = False,
         outcomes: OutcomeRegistry | None = None,
@@ -195,13 +208,15 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.log = audit_log
         self.capturer = capturer
         self.mode = mode
-        self.reporters = reporters  # no default: who may write is always stated
+        # No default: who may write is always stated. The access-log servicer
+        # identifies its streams with the same one (server/identify.py).
+        self.identify = identify
+        self.reporters = identify.policy
         self.idle = idle or IdleStreams(0)
         # False once a drain ends admission: new streams get UNAVAILABLE (Envoy
         # fails the request closed), while the listener stays up for the
         # access-log streams' last batches (app.py, AuditServer.drain).
         self.admitting = True
-        self._refusals = RateLimitedLog(log)
         self._denials = RateLimitedLog(log)
         self._drops = RateLimitedLog(log)
         self._failures = RateLimitedLog(log)
@@ -211,27 +226,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._waiting: set[asyncio.Task[Any] | None] = set()
         self._released: set[asyncio.Task[Any] | None] = set()
         self._streams = metrics.STREAMS.labels(mode)
-        self._requests = metrics.ENTRIES.labels("request")
+        self._requests = metrics.ENTRIES.labels(KIND_REQUEST)
         self._entries: dict[str, Any] = {}  # label children, bound once
         # When each reporter last had a request logged (as the access-log path
         # does): a proxy that stops reporting is an alert, whichever stream it uses.
         self._last_seen = metrics.PerReporter(metrics.REPORTER_LAST_SEEN.labels)
-
-    async def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Reporter:
-        """The stream's reporter; a caller that may not report gets PERMISSION_DENIED
-        before any of its messages is read."""
-        policy = self.reporters
-        try:
-            return policy.identify(
-                context.peer(),
-                context.auth_context() if policy.needs_auth_context else None,
-                context.invocation_metadata() if policy.needs_metadata else (),
-            )
-        except ReporterRefused as e:
-            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
-            self._refusals.warning("refused a reporter (%s): %s", e.reason, e.message)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
-            raise  # not reached: abort raises
 
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -284,16 +283,15 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         )
                     fields = self.capturer.request(msg, Claims(reporter, self.reporters))
                     msg = None  # not held while the stream waits
-                    fields["kind"] = "request"
-                    who = fields["reporter"]
-                    rid = fields["rid"]
-                    dst = fields.get("dst", "")
+                    fields[KIND] = KIND_REQUEST
+                    who = fields[REPORTER]
+                    rid = fields[RID]
+                    dst = fields.get(DST, "")
                     if self.mode == "enforce":
                         try:
                             request_seq = await self.log.append(fields)
                         except LogUnavailableError as e:
-                            metrics.DENIED.inc()
-                            self._denials.warning("denying request (503): %s", e)
+                            self._denied(e)
                             answered = True  # Envoy half-closes after the deny
                             yield _DENY
                             continue
@@ -323,76 +321,51 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         # anyway): its outcome comes by the access-log service.
                         yield _CONTINUE_RESPONSE
                         continue
-                    fields = self.capturer.response(msg)
+                    reply = self._response(msg, request_seq, rid, who)
                     msg = None
-                    fields.update(kind="response", ref=request_seq, rid=rid, reporter=who)
-                    # Not awaited: the request already happened upstream, and
-                    # holding its response back would not undo it. The entry is
-                    # durable with the next group commit (well under 1 ms).
-                    self._append_nowait(fields)
-                    if self.receipts is None:
-                        yield _CONTINUE_RESPONSE
-                    else:
-                        yield self.receipts.reply(request_seq)
+                    yield reply
                     # Nothing else is asked for (bodies and trailers are not sent).
                 else:
                     raise _unsupported(which)
-        except _StreamError as e:
-            metrics.STREAM_ERRORS.labels(e.code.name).inc()
-            await context.abort(e.code, e.details)
-        except DecodeError:
-            # Bytes that are not a ProcessingRequest (grpc.aio decodes them as it
-            # reads): the caller's doing, not a failure of ours to log.
-            invalid = grpc.StatusCode.INVALID_ARGUMENT
-            metrics.STREAM_ERRORS.labels(invalid.name).inc()
-            await context.abort(invalid, _UNDECODABLE % "ProcessingRequest")
-        except ReporterRefused as e:
-            metrics.REPORTERS_REFUSED.labels(e.reason).inc()
-            self._refusals.warning("refused a report (%s): %s", e.reason, e.message)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
         except asyncio.CancelledError:
             self._waiting.discard(task)
             if task in self._released:
                 self._released.discard(task)
                 return  # ended by a drain: OK, the exchange was complete
             if task not in idle.timed_out:
-                if answered and self.mode == "enforce":
-                    # Reset by the reporter after the exchange, instead of its
-                    # half-close: counted, it is what the sidecar rate-limits.
-                    # (Envoy's observability_mode always resets: not counted.)
-                    metrics.STREAMS_RESET.inc()
-                    self._resets.warning(
-                        "ext_proc stream of %s reset after its reply instead of a "
-                        "half-close: set Envoy's runtime %s (docs/ISTIO.md)",
-                        reporter.label,
-                        GRACEFUL_CLOSE,
-                    )
+                if answered:
+                    self._reset_after_reply(reporter.label)
                 raise
             # Ended by the idle watchdog: the stream is gone; record the outcome below.
         except Exception as e:
-            # A bug, not the caller's doing: one line (with the traceback, never
-            # the exception text: it could carry request data) per interval,
-            # however many streams hit it.
-            metrics.STREAM_ERRORS.labels("INTERNAL").inc()
-            self._failures.error(
-                "ext_proc stream failed: %s\n%s",
-                type(e).__name__,
-                "".join(traceback.format_tb(e.__traceback__)),
-            )
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in audit server")
+            await self._abort(context, e)
         finally:
             timed_out = idle.close(task)
             if request_seq is not None and not done and self.response_phase:
                 # Client gone, upstream reset or no response in time: say so.
                 self._append_nowait(
                     {
-                        "kind": "response",
-                        "ref": request_seq,
-                        "rid": rid,
-                        "outcome": "timeout" if timed_out else "aborted",
-                        "reporter": who,
+                        KIND: KIND_RESPONSE,
+                        REF: request_seq,
+                        RID: rid,
+                        OUTCOME: OUTCOME_TIMEOUT if timed_out else OUTCOME_ABORTED,
+                        REPORTER: who,
                     }
                 )
+
+    def _reset_after_reply(self, label: str) -> None:
+        """A stream reset by its reporter after the exchange, instead of its
+        half-close: counted, it is what the sidecar rate-limits. (Envoy's
+        observability_mode always resets: not counted.)"""
+        if self.mode != "enforce":
+            return
+        metrics.STREAMS_RESET.inc()
+        self._resets.warning(
+            "ext_proc stream of %s reset after its reply instead of a "
+            "half-close: set Envoy's runtime %s (docs/ISTIO.md)",
+            label,
+            GRACEFUL_CLOSE,
+        )
 
     def release(self) -> int:
         """End every stream whose exchange is complete now, with OK (a drain:
@@ -406,17 +379,57 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             task.cancel()
         return len(waiting)
 
+    def _response(self, msg: Any, request_seq: int, rid: str, who: dict[str, Any]) -> Any:
+        """Log the `response` entry of a response_headers message; the reply."""
+        fields = self.capturer.response(msg)
+        fields.update({KIND: KIND_RESPONSE, REF: request_seq, RID: rid, REPORTER: who})
+        # Not awaited: the request already happened upstream, and holding its
+        # response back would not undo it. The entry is durable with the next
+        # group commit (well under 1 ms).
+        self._append_nowait(fields)
+        return _CONTINUE_RESPONSE if self.receipts is None else self.receipts.reply(request_seq)
+
+    def _denied(self, e: LogUnavailableError) -> None:
+        metrics.DENIED.inc()
+        self._denials.warning("denying request (503): %s", e)
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], e: Exception) -> None:
+        """End a failed stream with its gRPC status (abort raises)."""
+        if isinstance(e, ReporterRefused):  # --reporter-is-destination refuse: not a stream error
+            self.identify.refused(e, "a report")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
+            return
+        if isinstance(e, _StreamError):
+            code, details = e.code, e.details
+        elif isinstance(e, DecodeError):
+            # Bytes that are not a ProcessingRequest (grpc.aio decodes them as it
+            # reads): the caller's doing, not a failure of ours to log.
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE % "ProcessingRequest"
+        else:
+            # A bug, not the caller's doing: one line (with the traceback, never
+            # the exception text: it could carry request data) per interval,
+            # however many streams hit it.
+            code, details = grpc.StatusCode.INTERNAL, "internal error in audit server"
+            self._failures.error(
+                "ext_proc stream failed: %s\n%s",
+                type(e).__name__,
+                "".join(traceback.format_tb(e.__traceback__)),
+            )
+        metrics.STREAM_ERRORS.labels(code.name).inc()
+        await context.abort(code, details)
+
     def _append_nowait(self, fields: dict[str, Any]) -> int | None:
         """Append without waiting for the disk; the seq, or None if dropped (counted)."""
         try:
             seq = self.log.append_nowait(fields)
         except LogUnavailableError as e:
             metrics.DROPPED.labels("backpressure").inc()
-            self._drops.warning("%s entry not logged: %s", fields.get("kind"), e)
+            self._drops.warning("%s entry not logged: %s", fields.get(KIND), e)
             return None
-        counter = self._entries.get(fields["kind"])
+        kind = fields[KIND]
+        counter = self._entries.get(kind)
         if counter is None:
-            counter = self._entries[fields["kind"]] = metrics.ENTRIES.labels(fields["kind"])
+            counter = self._entries[kind] = metrics.ENTRIES.labels(kind)
         counter.inc()
         return seq
 

@@ -1,7 +1,7 @@
 """Inclusion and consistency proofs built from a log's published objects.
 
 Reads only what the auditor reads (bundles and signed checkpoints in the
-store, through extproc.reader, as `verify` reads them), so a proof can be
+store, through extproc.audit.reader, as `verify` reads them), so a proof can be
 made by anyone with read access, offline from the writer. Proofs come from
 extproc.core.merkle and are checked with its verify_* before they are
 handed out.
@@ -24,13 +24,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from extproc.audit.reader import Bundle, LogReader
 from extproc.core import entry as entry_format
-from extproc.core import layout
+from extproc.core import layout, scan
 from extproc.core.bundle import MAX_BUNDLE_BYTES, split_lines
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
 from extproc.core.display import escape, quote
+from extproc.core.fields import (
+    AUTH,
+    DST_MISMATCH,
+    ID,
+    KIND,
+    PEER,
+    REPORTER,
+    REQUEST_KINDS,
+    RID,
+    TS,
+)
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import (
     LEAF_PREFIX,
@@ -43,15 +53,13 @@ from extproc.core.merkle import (
 from extproc.core.note import Verifier, parse_note
 from extproc.core.tlogproof import TlogProof
 from extproc.errors import ConfigError, NotFoundError, ObjectNotFoundError, VerificationError
-from extproc.reader import Bundle, LogReader
 from extproc.store.base import ObjectStore
 
 DEFAULT_CACHE_LEAVES = 1 << 20  # 32 MiB of leaf hashes
 
-# The entry kinds a request id names (docs/PROOFS.md): the entries that carry
-# a request. A `response` entry repeats its request's rid but is not the
+# A request id names the entries that carry a request (docs/PROOFS.md):
+# REQUEST_KINDS. A `response` entry repeats its request's rid but is not the
 # request, and `writer` entries have rid "".
-REQUEST_KINDS = frozenset({"request", "exchange"})
 MAX_LISTED_MATCHES = 20  # seqs named in an AmbiguousRequestIdError's message
 _MAX_RID_SHOWN = 200  # characters of a request id quoted in a message
 _TOKEN_RE = re.compile(r"[a-z]{1,32}")
@@ -71,7 +79,7 @@ def _rid_text(rid: str) -> str:
 @dataclass(frozen=True)
 class EntryReporter:
     """Who reported an entry: its top-level `reporter` object, as the writer
-    records it (extproc.server.reporters).
+    records it (extproc.trust.reporter).
 
     `auth` is how the reporter was identified (`mtls`, `xfcc`, `unix`,
     `unauthenticated`; "?" if the entry's value is not an object with a
@@ -89,17 +97,17 @@ class EntryReporter:
     @classmethod
     def from_entry(cls, fields: dict[str, Any]) -> EntryReporter | None:
         """The entry's reporter; None for entries written before reporters were recorded."""
-        value = fields.get("reporter")
+        value = fields.get(REPORTER)
         if value is None:
             return None
         if not isinstance(value, dict):
             return cls("?", None, None)
-        auth, rid, peer = value.get("auth"), value.get("id"), value.get("peer")
+        auth, rid, peer = value.get(AUTH), value.get(ID), value.get(PEER)
         return cls(
             auth if isinstance(auth, str) else "?",
             rid if isinstance(rid, str) else None,
             peer if isinstance(peer, str) else None,
-            value.get("dst_mismatch") is True,
+            value.get(DST_MISMATCH) is True,
         )
 
     def describe(self) -> str:
@@ -371,9 +379,8 @@ class Prover:
             raise ConfigError(
                 'empty request id: entries without one have rid ""; name the entry by seq'
             )
-        # The writer encodes `rid` with orjson, so its bytes appear exactly so;
-        # the substring test only skips lines, the parse decides.
-        needle = b'"rid":' + orjson.dumps(rid)
+        # The substring test only skips lines (core/scan.py), the parse decides.
+        needle = (scan.member(RID, rid),)
         sha256 = hashlib.sha256
         kept: list[RequestMatch] = []
         total = 0
@@ -381,16 +388,14 @@ class Prover:
             lines = self._bundle_lines(objects, key, name)
             if self.cache.get(key) is None:
                 self.cache.put(key, [sha256(LEAF_PREFIX + line).digest() for line in lines])
-            for i, line in enumerate(lines):
-                if needle not in line:
-                    continue
+            for i, line in scan.lines_holding(lines, needle):
                 fields = entry_format.parse(line)
-                kind = fields.get("kind")
-                if fields.get("rid") != rid or kind not in REQUEST_KINDS:
+                kind = fields.get(KIND)
+                if fields.get(RID) != rid or kind not in REQUEST_KINDS:
                     continue
                 total += 1
                 if keep is None or len(kept) < keep:
-                    ts = fields.get("ts")
+                    ts = fields.get(TS)
                     kept.append(
                         RequestMatch(
                             name.first + i,

@@ -3,9 +3,10 @@
 Streams: one bundle (read with at most --max-bundle-bytes of lines) per
 fetch in flight, plus a bounded map of request entries waiting for their
 response, so memory does not grow with the log. Matching rules are in
-docs/SEARCH.md. The store is read by extproc.reader, which feeds
+docs/SEARCH.md. The store is read by extproc.audit.reader, which feeds
 extproc.core.verify.LogChecker exactly as it does for `verify`: every
-decision about validity is made there.
+decision about validity is made there. Lines are skipped by the quick byte
+scans of core/scan.py before any parse.
 """
 
 from __future__ import annotations
@@ -13,20 +14,38 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from extproc.core import entry
+from extproc.audit.reader import LogReader, open_logs
+from extproc.core import entry, scan
 from extproc.core.bundle import MAX_BUNDLE_BYTES
-from extproc.core.display import escape
+from extproc.core.fields import (
+    KIND,
+    KIND_ACCESS,
+    KIND_EXCHANGE,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    PATH,
+    PRINCIPAL,
+    REF,
+    REQ,
+    RESP,
+    RID,
+    SEQ,
+    SRC,
+    STATUS,
+    TS,
+    nested,
+)
+from extproc.core.findings import Finding, LogReport
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
-from extproc.core.verify import Finding, LogChecker, LogReport
+from extproc.core.verify import LogChecker
 from extproc.errors import ConfigError
-from extproc.reader import LogReader, open_logs
 from extproc.store.base import ObjectStore
 
 # Request entries kept while their `response` entry has not been read. In
@@ -35,8 +54,6 @@ from extproc.store.base import ObjectStore
 # its response can no longer be matched on request fields (docs/SEARCH.md).
 MAX_PENDING_REQUESTS = 100_000
 
-_TS_KEY = b'"ts":"'
-_TS_LEN = len("2026-11-26T16:34:36.572195Z")  # FORMAT.md: RFC 3339 UTC, microseconds
 _STATUS_RE = re.compile(r"([1-5])xx|([1-5][0-9][0-9])")
 
 
@@ -83,11 +100,11 @@ class Filters:
     def request_ok(self, fields: dict[str, Any]) -> bool:
         """The request-side filters on a request (or exchange) entry's fields."""
         if self.path is not None:
-            path = _get(fields, "req", "path")
+            path = nested(fields, REQ, PATH)
             if not isinstance(path, str) or not fnmatch.fnmatchcase(path, self.path):
                 return False
         if self.principal is not None:
-            principal = _get(fields, "src", "principal")
+            principal = nested(fields, SRC, PRINCIPAL)
             if not isinstance(principal, str) or not fnmatch.fnmatchcase(principal, self.principal):
                 return False
         return True
@@ -95,38 +112,18 @@ class Filters:
     def response_ok(self, fields: dict[str, Any]) -> bool:
         if self.status is None:
             return True
-        return _get(fields, "resp", "status") in self.status
+        return nested(fields, RESP, STATUS) in self.status
 
     def entry_ok(self, fields: dict[str, Any]) -> bool:
         """Filters on the entry's own fields: time and request id."""
-        ts = fields.get("ts")
+        ts = fields.get(TS)
         if not isinstance(ts, str):
             return self.since is None and self.until is None
         if (self.since is not None and ts < self.since) or (
             self.until is not None and ts >= self.until
         ):
             return False
-        return self.request_id is None or fields.get("rid") == self.request_id
-
-
-def _get(fields: dict[str, Any], section: str, name: str) -> Any:
-    part = fields.get(section)
-    return part.get(name) if isinstance(part, dict) else None
-
-
-def _ts_of(line: bytes) -> bytes | None:
-    """The top-level `ts` without parsing: keys are sorted, and only `v`,
-    `version` and `writer` (plain values) sort after `ts`, so the last
-    `"ts":"` is the top-level one (an escaped quote cannot form it)."""
-    at = line.rfind(_TS_KEY)
-    if at < 0:
-        return None
-    value = line[at + len(_TS_KEY) : at + len(_TS_KEY) + _TS_LEN]
-    return (
-        value
-        if line[at + len(_TS_KEY) + _TS_LEN : at + len(_TS_KEY) + _TS_LEN + 1] == b'"'
-        else None
-    )
+        return self.request_id is None or fields.get(RID) == self.request_id
 
 
 @dataclass(frozen=True)
@@ -172,9 +169,7 @@ class _LogScan:
         self.keep_requests = keep_requests
         self.pending: dict[int, _Pending] = {}
         f = filters
-        self._rid_needle = (
-            b'"rid":' + orjson.dumps(f.request_id) if f.request_id is not None else None
-        )
+        self._rid_needle = scan.member(RID, f.request_id) if f.request_id is not None else None
         self._since = f.since.encode() if f.since else None
         self._until = f.until.encode() if f.until else None
 
@@ -189,12 +184,14 @@ class _LogScan:
         filters, keep, pending = self.filters, self.keep_requests, self.pending
         needle = self._rid_needle
         timed = self._since is not None or self._until is not None
-        loads = orjson.loads
-        for line in lines:
-            if needle is not None and needle not in line:
-                continue  # cheap: the rid is not even there (a request and its
-                # response carry the same rid, so no join is lost)
-            if timed and not keep and self.outside_window(_ts_of(line)):
+        loads, ts_of = orjson.loads, scan.top_level_ts
+        # Cheap: lines where the rid is not even there are skipped (a request
+        # and its response carry the same rid, so no join is lost).
+        candidates: Iterable[bytes] = (
+            lines if needle is None else (line for _, line in scan.lines_holding(lines, (needle,)))
+        )
+        for line in candidates:
+            if timed and not keep and self.outside_window(ts_of(line)):
                 continue
             try:
                 fields = loads(line)
@@ -202,19 +199,19 @@ class _LogScan:
                 continue  # not an entry: verification reports it
             if not isinstance(fields, dict):
                 continue
-            kind = fields.get("kind")
-            if kind == "request":
+            kind = fields.get(KIND)
+            if kind == KIND_REQUEST:
                 req_ok = filters.request_ok(fields)
                 if keep:
-                    seq = fields.get("seq")
+                    seq = fields.get(SEQ)
                     if isinstance(seq, int) and req_ok:
                         pending[seq] = _Pending(fields, line)
                         if len(pending) > MAX_PENDING_REQUESTS:
                             del pending[next(iter(pending))]
                 if req_ok and filters.status is None and filters.entry_ok(fields):
                     yield Match(self.log_id, line, fields)
-            elif kind == "response":
-                ref = fields.get("ref")
+            elif kind == KIND_RESPONSE:
+                ref = fields.get(REF)
                 request = pending.pop(ref, None) if keep and isinstance(ref, int) else None
                 if filters.request_side and request is None:
                     continue  # its request did not match, or was forgotten
@@ -223,11 +220,11 @@ class _LogScan:
                     if request is not None and filters.join and filters.status is not None:
                         yield Match(self.log_id, request.line, request.fields, context=True)
                     yield Match(self.log_id, line, fields, req_fields)
-            elif kind in ("exchange", "access"):
+            elif kind in (KIND_EXCHANGE, KIND_ACCESS):
                 # Both halves in one entry: the access-log record (ALS), or an
                 # older observe-mode exchange. An access entry of an enforced
                 # request links its request entry by `ref`.
-                ref = fields.get("ref")
+                ref = fields.get(REF)
                 request = pending.pop(ref, None) if keep and isinstance(ref, int) else None
                 if (
                     filters.request_ok(fields)
@@ -298,111 +295,35 @@ class StoreSearch:
         if self.verifier is not None:
             now_ms = int(time.time() * 1000)  # the clock: evidence for keys with an end date
             checker = LogChecker(reader.log_id, self.verifier, self.origin_prefix, now_ms=now_ms)
-        scan = _LogScan(reader.log_id, self.filters, self.keep_requests)
+        log_scan = _LogScan(reader.log_id, self.filters, self.keep_requests)
         stats = self.stats
         for bundle in reader.check(checker, prefetch=self.prefetch):
             stats.bundles += 1
             if not bundle.in_log:
                 continue  # unreadable, or not the bundle its position's claim names: reported
             lines = bundle.lines
-            if self._skippable(scan, lines):
+            if self._skippable(log_scan, lines):
                 stats.bundles_skipped += 1
                 continue
             stats.entries_scanned += len(lines)
-            for match in scan.scan(lines):
+            for match in log_scan.scan(lines):
                 stats.matches += 1
                 yield match
         if checker is not None:
             stats.reports.append(checker.finish())
 
-    def _skippable(self, scan: _LogScan, lines: list[bytes]) -> bool:
+    def _skippable(self, log_scan: _LogScan, lines: list[bytes]) -> bool:
         """A bundle wholly before `since` or from `until` on, judged by its first
         and last entries' `ts` (never when requests must be remembered: a
         request outside the window may have its response inside it)."""
-        if not lines or scan.keep_requests:
+        if not lines or log_scan.keep_requests:
             return False
         if self.filters.since is None and self.filters.until is None:
             return False
-        first, last = _ts_of(lines[0]), _ts_of(lines[-1])
+        first, last = scan.top_level_ts(lines[0]), scan.top_level_ts(lines[-1])
         if first is None or last is None:
             return False
         f = self.filters
         return (f.since is not None and last < f.since.encode()) or (
             f.until is not None and first >= f.until.encode()
         )
-
-
-def table_header(log_width: int) -> str:
-    return _row(
-        "TS", "LOG", "SEQ", "KIND", "METHOD", "PATH", "STATUS", "PRINCIPAL", "REPORTER", "RID",
-        log_width,
-    )  # fmt: skip
-
-
-def reporter_text(fields: dict[str, Any]) -> str:
-    """Who reported an entry, as `auth:id` (`xfcc:spiffe://...`, `unix:/run/a.sock`),
-    or the bare `auth` when it has no id (`unauthenticated`)."""
-    reporter = fields.get("reporter")
-    if not isinstance(reporter, dict):
-        return ""
-    auth, rid = str(reporter.get("auth", "")), reporter.get("id")
-    if not isinstance(rid, str) or not rid:
-        return auth
-    return rid if rid.startswith(f"{auth}:") else f"{auth}:{rid}"
-
-
-def table_row(match: Match, log_width: int) -> str:
-    """One aligned line; for a response, method, path and principal come from
-    its request entry when it was read. Long values are cut (the table is for
-    reading; --format jsonl prints the evidence).
-
-    Every column is escaped (extproc.core.display.escape): entries hold text
-    chosen by HTTP clients, and no control, format or line-breaking character
-    of theirs reaches the terminal, so one entry is always one visible line."""
-    f = match.fields
-    src = match.request if match.request is not None else f
-    status = _get(f, "resp", "status")
-    kind = str(f.get("kind", ""))
-    path = str(_get(src, "req", "path") or "")
-    if kind == "writer":
-        path = f"[{f.get('event', '')}]"
-    return _row(
-        str(f.get("ts", "")),
-        match.log_id,
-        str(f.get("seq", "")),
-        kind,
-        str(_get(src, "req", "method") or ""),
-        path,
-        "" if status is None else str(status),
-        str(_get(src, "src", "principal") or ""),
-        reporter_text(f),
-        str(f.get("rid", "")),
-        log_width,
-    )
-
-
-def _cut(value: str, width: int) -> str:
-    return value if len(value) <= width else value[: width - 1] + "…"
-
-
-def _row(
-    ts: str,
-    log_id: str,
-    seq: str,
-    kind: str,
-    method: str,
-    path: str,
-    status: str,
-    principal: str,
-    reporter: str,
-    rid: str,
-    log_width: int,
-) -> str:
-    ts, log_id, seq, kind = escape(ts), escape(log_id), escape(seq), escape(kind)
-    method, path, status = escape(method), escape(path), escape(status)
-    principal, reporter, rid = escape(principal), escape(reporter), escape(rid)
-    return (
-        f"{ts:<27} {_cut(log_id, log_width):<{log_width}} {seq:>10} {kind:<8} "
-        f"{_cut(method, 7):<7} {_cut(path, 40):<40} {status:>6} {_cut(principal, 40):<40} "
-        f"{_cut(reporter, 40):<40} {rid}"
-    ).rstrip()

@@ -1,7 +1,8 @@
 """Reading a published log: the one store reader of every command that reads one.
 
-`verify` (auditor.py), `search`, `prove` (prover.py), the live proof API, the
-demo, the tests and the scripts read a store through here:
+`verify` (audit/verify.py), `search` (audit/search.py), `prove`
+(audit/prove.py), the live proof API, the writer's self-audit and reconcile,
+the demo, the tests and the scripts read a store through here:
 
 - `list_logs`: a store's objects grouped by log. On a versioned store (S3;
   Object Lock needs versioning) keys are listed from their versions: an
@@ -38,9 +39,10 @@ from functools import cached_property
 from extproc.core import layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES, bundle_lines, split_lines, stored_bound
 from extproc.core.claim import MAX_CLAIM_BYTES, Claim, claim_in_effect
+from extproc.core.findings import WARNING, Finding
 from extproc.core.keyring import Keyring
 from extproc.core.note import MAX_NOTE_BYTES
-from extproc.core.verify import WARNING, Finding, LogChecker
+from extproc.core.verify import LogChecker
 from extproc.errors import (
     ForeignObjectError,
     ObjectNotFoundError,

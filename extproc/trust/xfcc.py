@@ -23,6 +23,10 @@ with several such SANs: which one would be the identity?), an empty pair or
 element, and more elements or bytes than the bounds. A header it accepts has
 one reading: `render` writes the elements back in Envoy's form and `parse` of
 that gives the same elements (tests/test_xfcc.py). Pure: no I/O.
+
+Trust reads the own sidecar's element with `parse` (trust/sources.py: any
+fault refuses the stream); an audited request's header, recorded as its
+source, is read with `xfcc_elements` (a header in no one's grammar names nobody).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from __future__ import annotations
 import re
 
 from extproc.errors import AuditError
+
+XFCC_HEADER = "x-forwarded-client-cert"
 
 # Envoy's spelling of each key, by its lower-case form (the dict keys of an element).
 KEYS = {
@@ -111,6 +117,16 @@ def parse(value: str, *, max_elements: int = MAX_ELEMENTS) -> list[dict[str, str
         at += 1
         if at == end:
             raise XfccError("ends with a separator (an empty pair or element)")
+
+
+def xfcc_elements(value: str) -> list[dict[str, str]]:
+    """The elements of an audited request's header (lower-case key -> value,
+    oldest first), or none if it is not in Envoy's grammar: what has no one
+    reading names nobody."""
+    try:
+        return parse(value)
+    except XfccError:
+        return []
 
 
 def _quoted_fault(value: str, at: int) -> str:
