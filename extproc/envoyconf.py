@@ -38,6 +38,17 @@ ACCESS_LOG_RESPONSE_HEADERS = (
     "www-authenticate",
 )
 _TYPE = "type.googleapis.com/"
+# Envoy's runtime flag (1.34+, off by default) that makes its ext_proc client
+# end a stream by half-closing it and waiting for the server's status, instead
+# of closing and resetting it (RST_STREAM) at once. Every reporting Envoy needs
+# it: the server waits for that half-close, so that no side resets a stream. A
+# reset per request past 33/s makes the audit server's own sidecar (nghttp2's
+# RST_STREAM budget: 1,000, then 33/s) close the reporter's connection, with
+# the access-log stream on it (docs/THREATS.md, sidecar-reset-limit).
+GRACEFUL_CLOSE = "envoy.reloadable_features.ext_proc_graceful_grpc_close"
+# Envoy runtime of every reporter: bootstrap() below, and Istio's meshConfig
+# (defaultConfig.runtimeValues, scripts/render_istio.py) for the mesh's proxies.
+REPORTER_RUNTIME: dict[str, bool] = {GRACEFUL_CLOSE: True}
 # The HTTP status of a request refused because its entry could not be logged:
 # the server's own deny (ImmediateResponse) and Envoy's status_on_error agree.
 FAIL_CLOSED_STATUS = "ServiceUnavailable"
@@ -306,6 +317,7 @@ def bootstrap(
     return {
         "node": {"id": node_id, "cluster": "extproc-audit"},
         "admin": {"address": {"socket_address": {"address": admin.host, "port_value": admin.port}}},
+        "layered_runtime": layered_runtime(),
         "static_resources": {
             "listeners": [
                 {
@@ -327,6 +339,18 @@ def bootstrap(
             ],
             "clusters": clusters,
         },
+    }
+
+
+def layered_runtime(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Envoy's runtime: a static layer with REPORTER_RUNTIME (or `values`), and
+    the admin layer Envoy has by default (as Istio's bootstrap does)."""
+    static = dict(REPORTER_RUNTIME if values is None else values)
+    return {
+        "layers": [
+            {"name": "static", "static_layer": static},
+            {"name": "admin", "admin_layer": {}},
+        ]
     }
 
 

@@ -68,21 +68,25 @@ def load_signer(path: Path) -> Signer:
         raise ConfigError(f"signing key {path}: {e}") from None
 
 
-def check_key_mode(path: Path, mode: int, owner: int, what: str = "signing key") -> None:
+def check_key_mode(
+    path: Path, mode: int, owner: int, what: str = "signing key", *, uid: int | None = None
+) -> None:
     """Refuse a key anyone but its owner could read or change.
 
     Others: no access at all. Group: never write; read only when the file
     belongs to another user, which is how Kubernetes mounts a Secret for a
     non-root container (root:<fsGroup>, defaultMode 0440) and what the
     process cannot chmod anyway. A key file of our own is 0600 or 0400, like
-    ssh's private keys. docs/DEPLOYMENT.md, "Signing key".
+    ssh's private keys. docs/DEPLOYMENT.md, "Signing key". `uid`: the user
+    that reads it (default: this process; a manifest's check names another).
     """
+    reader = os.getuid() if uid is None else uid
     loose = stat.S_IMODE(mode)
     if mode & stat.S_IRWXO:
         why = "readable or writable by others"
     elif mode & stat.S_IWGRP:
         why = "writable by its group"
-    elif mode & (stat.S_IRGRP | stat.S_IXGRP) and owner == os.getuid():
+    elif mode & (stat.S_IRGRP | stat.S_IXGRP) and owner == reader:
         why = "readable by its group"
     else:
         return

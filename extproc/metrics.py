@@ -84,6 +84,13 @@ STREAMS_CLOSED_BY_PEER = Counter(
     "extproc_audit_streams_closed_by_peer_total",
     "Streams whose final status could not be sent: the caller had already closed them",
 )
+STREAMS_RESET = Counter(
+    "extproc_audit_streams_reset_total",
+    "Enforce-mode ext_proc streams the reporter reset after their reply instead of "
+    "half-closing them "
+    "(an Envoy without ext_proc_graceful_grpc_close: docs/ISTIO.md); a lower bound, gRPC "
+    "reports some resets as a half-close",
+)
 STREAMS_TIMED_OUT = Counter(
     "extproc_audit_streams_timed_out_total",
     "Ingest streams ended because they sent nothing for --stream-idle-timeout seconds",

@@ -264,6 +264,21 @@ def _reporter_alerts(s: AlertSettings) -> list[Alert]:
             "trying to write entries. Enforce mode: that proxy's requests fail.",
         ),
         Alert(
+            name="ExtprocAuditReporterResetsStreams",
+            severity="warning",
+            expr=counted("extproc_audit_streams_reset_total", w),
+            for_=s.for_long,
+            summary="audit server {{ $labels.instance }}: reporters reset their ext_proc "
+            "streams instead of half-closing them",
+            description="A reporting Envoy runs without the runtime flag "
+            "envoy.reloadable_features.ext_proc_graceful_grpc_close (a proxy started before the "
+            "mesh config set it, or an Envoy config of your own): it resets every ext_proc "
+            "stream. Past 1,000 resets, then 33 a second, on one connection, the audit server's "
+            "own sidecar closes that connection: the access-log stream on it is lost with the "
+            "outcomes Envoy held, and enforced requests in flight fail (503). The server's log "
+            "names the reporter.",
+        ),
+        Alert(
             name="ExtprocAuditUnauthenticatedReporter",
             severity="critical",
             expr=counted('extproc_audit_access_entries_total{reporter="unauthenticated"}', w),
@@ -485,6 +500,10 @@ ALERT_CASES = [
                **_server("extproc_audit_self_audit_runs_total", "0+1x3", result="ok")},
               "1m", "2m", {**SERVER, "result": "error"},
               f"log {INST}: self-audit runs end in error"),
+    AlertCase("ExtprocAuditReporterResetsStreams", "a proxy without the runtime flag",
+              _server("extproc_audit_streams_reset_total", "0 0 30+30x15"), "5m", "13m", SERVER,
+              f"audit server {INST}: reporters reset their ext_proc streams instead of "
+              "half-closing them"),
     AlertCase("ExtprocAuditSelfAuditStale", "self-audits stop succeeding after 3 h",
               {**_server("extproc_audit_self_audit_last_success_timestamp_seconds",
                          "0+60x180 10800x400"),
@@ -568,6 +587,7 @@ HEALTHY_SERIES = {
     **_server("extproc_audit_self_audit_last_success_timestamp_seconds", "0+60x30"),
     **_server("process_start_time_seconds", "0x30"),
     **_server("extproc_audit_reporters_refused_total", "3x30", reason="not_allowed"),
+    **_server("extproc_audit_streams_reset_total", "2x30"),
     **_server("extproc_audit_reporter_last_seen_timestamp_seconds", "0+60x30", reporter=REPORTER),
     **_server("extproc_audit_access_entries_total", "0+100x30", reporter=REPORTER,
               namespace="extproc-audit"),

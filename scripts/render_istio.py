@@ -64,6 +64,7 @@ from extproc.envoyconf import (
     ACCESS_LOG_NAME,
     ACCESS_LOG_REQUEST_HEADERS,
     ACCESS_LOG_RESPONSE_HEADERS,
+    REPORTER_RUNTIME,
     Endpoint,
     SocketPath,
     access_log,
@@ -392,17 +393,27 @@ def extension_provider() -> dict[str, Any]:
     }
 
 
+def runtime_values() -> dict[str, str]:
+    """ProxyConfig.runtimeValues: every proxy's Envoy runtime (envoyconf.REPORTER_RUNTIME:
+    its ext_proc streams end with a half-close, never a reset). Strings, as the
+    API takes them; istiod's bootstrap turns "true"/"false" into booleans
+    (pkg/bootstrap/config.go, extractRuntimeFlags, since 1.28 at least)."""
+    return {key: str(value).lower() for key, value in REPORTER_RUNTIME.items()}
+
+
 def mesh_config() -> dict[str, Any]:
-    """The meshConfig fragment: the provider, and Envoy's access-log and ext_proc
+    """The meshConfig fragment: the provider, Envoy's access-log and ext_proc
     counters kept for Prometheus (Istio's bootstrap drops stats it does not
-    include; the alerts in istio/monitoring/ read them)."""
+    include; the alerts in istio/monitoring/ read them), and the proxies'
+    runtime (read at each proxy's start: restart the reporting pods)."""
     return {
         "extensionProviders": [extension_provider()],
         "defaultConfig": {
             "proxyStatsMatcher": {
                 "inclusionPrefixes": list(ALS_STATS_PREFIXES),
                 "inclusionSuffixes": list(EXT_PROC_STATS_SUFFIXES),
-            }
+            },
+            "runtimeValues": runtime_values(),
         },
     }
 

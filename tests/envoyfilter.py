@@ -23,6 +23,8 @@ import copy
 import re
 from typing import Any
 
+import render_istio  # scripts/: the mesh config istiod renders the proxies' bootstrap from
+
 from extproc.envoyconf import Endpoint, ext_proc_cluster
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -150,9 +152,25 @@ def istio_like_bootstrap(
             "metadata": {"ISTIO_VERSION": istio_version},
         },
         "admin": {"address": _address(admin)},
+        "layered_runtime": istiod_runtime(render_istio.mesh_config()),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
     return config, contexts
+
+
+def istiod_runtime(mesh_config: dict[str, Any]) -> dict[str, Any]:
+    """The bootstrap runtime istiod gives every proxy from meshConfig
+    defaultConfig.runtimeValues: a static layer ("true"/"false" turned into
+    booleans, other values kept as strings), then the admin layer
+    (pkg/bootstrap/config.go extractRuntimeFlags, envoy_bootstrap.json)."""
+    values = mesh_config.get("defaultConfig", {}).get("runtimeValues", {})
+    layer = {k: {"true": True, "false": False}.get(v, v) for k, v in values.items()}
+    return {
+        "layers": [
+            {"name": "global config", "static_layer": layer},
+            {"name": "admin", "admin_layer": {}},
+        ]
+    }
 
 
 def _address(ep: Endpoint) -> dict[str, Any]:

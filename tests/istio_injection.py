@@ -75,15 +75,18 @@ def render(
     release: str = NEWEST,
     proxy_gid: int = ISTIO_PROXY_ID,
     annotations: dict[str, str] | None = None,
+    pod_security_context: dict[str, Any] | None = None,
 ) -> str:
     """The template as istiod of `release` renders it for a pod with these
-    annotations, its mesh defaulting native sidecars to `native`."""
+    annotations and this spec.securityContext (None: the pod has none, a nil
+    pointer in the template data), its mesh defaulting native sidecars to `native`."""
     request = {
         "template": template,
         "fields": RELEASES[release]["fields"],
         "annotations": annotations or {},
         "nativeSidecars": native,
         "proxyGID": proxy_gid,
+        "podSecurityContext": pod_security_context,
     }
     result = subprocess.run(
         [_evaluator()], input=json.dumps(request), capture_output=True, text=True,
@@ -134,8 +137,15 @@ def inject(
     """The pod istiod of `release` makes of `app` with `inject.istio.io/templates:
     sidecar,audit`."""
     annotations = app.get("metadata", {}).get("annotations", {})
+    security = app["spec"].get("securityContext")
     patch = yaml.safe_load(
-        render(template, native=native, release=release, annotations=annotations)
+        render(
+            template,
+            native=native,
+            release=release,
+            annotations=annotations,
+            pod_security_context=security,
+        )
     )
     return strategic_merge(sidecar_pod(app, native=native), patch)
 

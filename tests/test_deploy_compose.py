@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ import yaml
 
 from extproc import __version__, processes
 from extproc.envoyconf import EXT_PROC_CLUSTER, EXT_PROC_FILTER, Endpoint, to_yaml
+from extproc.keys import check_key_mode
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,6 +262,24 @@ def test_signing_key_reaches_only_the_server_and_the_verifier_gets_the_public_ke
     verify = _service("verify")["command"]
     assert verify[verify.index("--vkey") + 1] == f"@{vkey_path}"
     assert _mounts("verify")[str(vkey_path.parent)] == (public_volume, "ro")
+
+
+def test_signing_key_keygen_writes_is_one_serve_accepts(tmp_path: Path) -> None:
+    """serve refuses a key others can read (extproc.keys.check_key_mode). keygen
+    writes it 0600 as the user it runs as, into a named volume Docker creates
+    from the image's directory (owned by UID 10001, mode 0700): so keygen and
+    the server must be the same user, the image's USER (no `user:` override),
+    and then the key is the server's own file, which it accepts."""
+    keygen = _service("keygen")["command"]
+    key_dir = str(Path(keygen[keygen.index("--out") + 1]).parent)
+    for name in ("keygen", "audit"):
+        assert "user" not in _service(name), name  # both the image's USER
+    assert key_dir in _image_owned_dirs()  # a new volume there is UID 10001's
+    key = tmp_path / "signing.key"
+    assert run_cli("keygen", "--name", "demo", "--out", str(key)).returncode == 0
+    mode = key.stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
+    check_key_mode(key, mode, owner=int(UID), uid=int(UID))  # the server's own file
 
 
 def _volume_names(service: str) -> set[str]:

@@ -9,6 +9,7 @@ writer may do exactly what the S3 store needs."""
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import os
 import shutil
@@ -38,6 +39,8 @@ from extproc.envoyconf import (
     Endpoint,
     to_yaml,
 )
+from extproc.errors import ConfigError
+from extproc.keys import check_key_mode
 from scripts import render_istio
 from tests import envoyfilter, iam_eval, istio_injection, istio_install
 from tests.conftest import (
@@ -1630,6 +1633,127 @@ def test_injection_template_renders_on_each_supported_release(release: str, nati
         annotations={"sidecar.istio.io/nativeSidecar": str(not native).lower()},
     )  # fmt: skip
     assert ("initContainers" in forced) == (not native)
+
+
+# The signing key of the per-pod topology: readable by the audit container only.
+
+AUDIT_UID = 10001
+# Application pods as users write them: no securityContext, one without an
+# fsGroup, one with an fsGroup of its own.
+POD_SECURITY = {
+    "none": None,
+    "no-fsgroup": {"runAsNonRoot": True, "runAsUser": 2000},
+    "own-fsgroup": {"fsGroup": 2000, "supplementalGroups": [3000]},
+}
+
+
+def _secret_file(pod: dict[str, Any], volume: str) -> tuple[int, int, int]:
+    """(mode, owner, group) of a file of Secret volume `volume`, as the kubelet
+    mounts it: root-owned, `defaultMode`; with a pod fsGroup, group-owned by it
+    and `| 0440` (a read-only volume's ownership mask, pkg/volume/volume_linux.go
+    SetVolumeOwnership; fsGroupChangePolicy does not apply to Secret volumes)."""
+    (secret,) = [v["secret"] for v in pod["spec"]["volumes"] if v["name"] == volume]
+    mode = secret.get("defaultMode", 0o644)
+    fs_group = pod["spec"].get("securityContext", {}).get("fsGroup")
+    if fs_group is None:
+        return stat.S_IFREG | mode, 0, 0
+    return stat.S_IFREG | mode | 0o440, 0, fs_group
+
+
+def _can_read(mode: int, owner: int, group: int, uid: int, groups: set[int]) -> bool:
+    """POSIX permission check of a read (no capabilities: they are dropped)."""
+    if uid == owner:
+        return bool(mode & stat.S_IRUSR)
+    if group in groups:
+        return bool(mode & stat.S_IRGRP)
+    return bool(mode & stat.S_IROTH)
+
+
+def _groups(pod: dict[str, Any], container: dict[str, Any]) -> set[int]:
+    """A container's groups: its runAsGroup, and the pod's fsGroup and
+    supplementalGroups (Kubernetes adds both to every container)."""
+    security = pod["spec"].get("securityContext", {})
+    extra = [security["fsGroup"]] if "fsGroup" in security else []
+    return {
+        container["securityContext"]["runAsGroup"],
+        *extra,
+        *security.get("supplementalGroups", []),
+    }
+
+
+@pytest.mark.parametrize("security", POD_SECURITY.values(), ids=POD_SECURITY)
+@pytest.mark.parametrize("release", SUPPORTED_TAGS)
+def test_signing_key_is_readable_by_the_audit_container_only(
+    release: str, security: dict[str, Any] | None
+) -> None:
+    """`serve` refuses a key others can read (extproc.keys.check_key_mode): the
+    template mounts the Secret 0440 and gives a pod without an fsGroup
+    istio-proxy's group, so the key is root:<fsGroup> 0440 and UID 10001 reads
+    it through that group; a pod's own fsGroup is kept. Go's text/template with
+    each release's template data, a nil securityContext included."""
+    app = copy.deepcopy(_example_app_pod())
+    if security is not None:
+        app["spec"]["securityContext"] = security
+    pod = istio_injection.inject(app, _audit_template(), native=False, release=release)
+    expected_group = (security or {}).get("fsGroup", istio_injection.ISTIO_PROXY_ID)
+    pod_security = pod["spec"]["securityContext"]
+    assert pod_security["fsGroup"] == expected_group
+    added = ("fsGroup", "fsGroupChangePolicy")
+    kept = {k: v for k, v in pod_security.items() if k not in added}
+    assert kept == {k: v for k, v in (security or {}).items() if k != "fsGroup"}
+    if security is None or "fsGroup" not in security:
+        assert pod_security["fsGroupChangePolicy"] == "OnRootMismatch"
+    containers = _containers(pod)
+    audit = containers["extproc-audit"]
+    assert audit["securityContext"]["runAsUser"] == AUDIT_UID
+    key = Path(_sidecar_settings()["EXTPROC_AUDIT_KEY"])
+    assert _mounts(audit)["extproc-audit-key"] == str(key.parent)
+    mounted_by = [n for n, c in containers.items() if "extproc-audit-key" in _mounts(c)]
+    assert mounted_by == ["extproc-audit"]
+    mode, owner, group = _secret_file(pod, "extproc-audit-key")
+    check_key_mode(key, mode, owner, uid=AUDIT_UID)  # what serve checks at start
+    assert _can_read(mode, owner, group, AUDIT_UID, _groups(pod, audit))
+    assert not mode & stat.S_IRWXO  # nobody outside the owner and the pod's group
+
+
+def test_unguarded_security_context_read_fails_on_a_pod_without_one() -> None:
+    """What the template guards against: .Spec.SecurityContext is a nil pointer
+    on a pod without one, and reading a field through it fails the render (istiod's
+    webhook would then reject the pod); `and` stops before it."""
+    unguarded = "spec:\n{{- if not .Spec.SecurityContext.FSGroup }}\n  x: 1\n{{- end }}\n"
+    with pytest.raises(istio_injection.UnsupportedTemplate, match="nil pointer"):
+        istio_injection.render(unguarded, native=False, pod_security_context=None)
+    guarded = unguarded.replace(
+        ".Spec.SecurityContext.FSGroup", "(and .Spec.SecurityContext .Spec.SecurityContext.FSGroup)"
+    )
+    assert "x: 1" in istio_injection.render(guarded, native=False, pod_security_context=None)
+
+
+@pytest.mark.parametrize(
+    ("default_mode", "fs_group", "why"),
+    [(0o444, None, "others"), (0o440, None, "unreadable")],
+    ids=["world-readable (the old template)", "0440 without an fsGroup"],
+)
+def test_key_mount_without_fsgroup_is_refused_or_unreadable(
+    default_mode: int, fs_group: int | None, why: str
+) -> None:
+    """Why the template needs both: without a pod fsGroup the Secret is root:root,
+    so 0444 is what UID 10001 can read and serve refuses, and 0440 it cannot read."""
+    pod = {
+        "spec": {
+            "securityContext": {} if fs_group is None else {"fsGroup": fs_group},
+            "volumes": [{"name": "key", "secret": {"defaultMode": default_mode}}],
+        }
+    }
+    mode, owner, group = _secret_file(pod, "key")
+    container = {"securityContext": {"runAsGroup": istio_injection.ISTIO_PROXY_ID}}
+    readable = _can_read(mode, owner, group, AUDIT_UID, _groups(pod, container))
+    if why == "others":
+        assert readable
+        with pytest.raises(ConfigError, match="readable or writable by others"):
+            check_key_mode(Path("/etc/extproc-audit/signing.key"), mode, owner, uid=AUDIT_UID)
+    else:
+        assert not readable
 
 
 # The ValidatingAdmissionPolicy, its CEL evaluated with cel-python (celpy).

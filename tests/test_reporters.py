@@ -30,7 +30,7 @@ from extproc.trust.sources import parse_networks, peer_ip
 from extproc.trust.xfcc import xfcc_elements
 from tests.attacks import OWN_ELEMENT, REVIEW_XFCC, SIDECAR_ATTACKS
 from tests.conftest import AuditStack, read_entries, run_cli
-from tests.messages import request_headers, response_headers
+from tests.messages import request_headers
 from tests.pki import TestCA
 from tests.topology import (
     ALLOWED,
@@ -243,7 +243,8 @@ def pki(tmp_path: Path) -> TestCA:
 
 def _forged_exchange(channel: grpc.Channel, rid: str) -> list[Any]:
     stub = pb_grpc.ExternalProcessorStub(channel)
-    messages = [request_headers(path="/admin/accounts/42", rid=rid), response_headers()]
+    # Request headers only, as the shipped filter sends (response_header_mode SKIP).
+    messages = [request_headers(path="/admin/accounts/42", rid=rid)]
     return list(stub.Process(iter(messages), timeout=5))
 
 
@@ -458,8 +459,8 @@ def test_istio_shaped_sidecar_xfcc_names_the_reporting_proxy(
     make_stack: Any, pki: TestCA, tmp_path: Path
 ) -> None:
     stack = make_stack(extra_args=XFCC_SERVER_ARGS, envoy_tls=envoy_client_tls(pki))
-    with audit_sidecar(pki, tmp_path, stack.grpc_port) as port:
-        stack.envoy_ext_proc = Endpoint("127.0.0.1", port)  # the reporting Envoy -> sidecar
+    with audit_sidecar(pki, tmp_path, stack.grpc_port) as sidecar:
+        stack.envoy_ext_proc = Endpoint("127.0.0.1", sidecar.port)  # the reporting Envoy -> sidecar
         stack.start()
         result = stack.send(20)
         assert len(result.request_ids) == 20
@@ -468,6 +469,48 @@ def test_istio_shaped_sidecar_xfcc_names_the_reporting_proxy(
     assert len(entries) == 40
     assert {(e["reporter"]["auth"], e["reporter"]["id"]) for e in entries} == {(AUTH_XFCC, ALLOWED)}
     assert all(e["reporter"]["peer"].startswith("ipv4:127.0.0.6:") for e in entries)
+
+
+# What counts a reset of an ext_proc stream: the reporting Envoy (its audit
+# cluster) and the server's own sidecar (its inbound connection manager).
+STREAM_RESETS = (
+    "cluster.extproc_audit.upstream_rq_tx_reset",
+    "cluster.extproc_audit.upstream_rq_rx_reset",
+    "http.inbound_50051.downstream_rq_rx_reset",
+    "http.inbound_50051.downstream_rq_tx_reset",
+)
+
+
+@pytest.mark.envoy
+def test_no_ext_proc_stream_is_reset_through_the_own_sidecar(
+    make_stack: Any, pki: TestCA, tmp_path: Path, envoy_bin: str
+) -> None:
+    """The sidecar-reset-limit attack's cause, on each end of the supported range:
+    a sidecar closes a connection whose peer resets streams past 1,000, then 33/s
+    (nghttp2), with the access-log stream on it. With the shipped runtime
+    (envoyconf.REPORTER_RUNTIME) Envoy half-closes each stream when its request
+    ends and the server then ends it: no stream is reset, on either side."""
+    stack = make_stack(
+        extra_args=XFCC_SERVER_ARGS, envoy_tls=envoy_client_tls(pki), envoy_bin=envoy_bin
+    )
+    with audit_sidecar(pki, tmp_path, stack.grpc_port, binary=envoy_bin) as sidecar:
+        stack.envoy_ext_proc = Endpoint("127.0.0.1", sidecar.port)
+        stack.start()
+        result = stack.send(300, concurrency=8)
+        assert len(result.request_ids) == 300
+        counted = {
+            **processes.envoy_stats(stack.admin_port, "cluster.extproc_audit."),
+            **processes.envoy_stats(sidecar.admin_port, "http.inbound_50051."),
+        }
+        assert counted.get("cluster.extproc_audit.upstream_rq_total", 0) >= 300
+        assert {name: counted.get(name, 0) for name in STREAM_RESETS} == dict.fromkeys(
+            STREAM_RESETS, 0
+        )
+        assert stack.stop_server() == 0
+    entries = _business_entries(stack)
+    requests = {e["rid"] for e in entries if e["kind"] == "request"}
+    outcomes = {e["rid"] for e in entries if e["kind"] == "access" and "ref" in e}
+    assert set(result.request_ids) <= requests & outcomes
 
 
 @pytest.mark.envoy
@@ -487,8 +530,8 @@ def test_forged_xfcc_through_the_own_sidecar_is_refused(
 ) -> None:
     stack = make_stack(extra_args=[*XFCC_SERVER_ARGS, "--xfcc-mode", server_mode])
     stack.start_server()
-    with audit_sidecar(pki, tmp_path, stack.grpc_port, sidecar_mode) as port:
-        address = f"127.0.0.1:{port}"
+    with audit_sidecar(pki, tmp_path, stack.grpc_port, sidecar_mode) as sidecar:
+        address = f"127.0.0.1:{sidecar.port}"
         with grpc.secure_channel(address, client_credentials(pki, INTRUDER)) as channel:
             stub = pb_grpc.ExternalProcessorStub(channel)
             metadata = [("x-forwarded-client-cert", forged)]

@@ -15,6 +15,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extproc import processes
+from extproc.envoyconf import GRACEFUL_CLOSE
 from tests.attacks import HOSTILE_STREAMS, UNDECODABLE
 from tests.conftest import AuditStack, read_entries
 from tests.messages import ALS_METHOD, EXT_PROC_METHOD, request_headers, response_headers
@@ -50,38 +52,103 @@ def test_valid_exchange_is_continued_after_logging(stub: Any, server: AuditStack
     assert entries[1]["resp"]["status"] == 204
 
 
-def test_request_only_stream_ends_after_the_request_entry(make_stack: Any) -> None:
-    # The default: one round trip; ending the stream tells Envoy the processing
-    # is complete, and the outcome comes by the access-log stream.
-    stack = make_stack()
+class _HeldOpen:
+    """A client's request side: the messages, then open until release() (Envoy's
+    half-close comes when its HTTP request ends)."""
+
+    def __init__(self, *messages: pb.ProcessingRequest) -> None:
+        self.messages = messages
+        self.released = threading.Event()
+
+    def __iter__(self) -> Iterator[pb.ProcessingRequest]:
+        yield from self.messages
+        self.released.wait(30)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@pytest.mark.parametrize("phases", ["request", "request+response"])
+def test_answered_stream_is_never_ended_first_so_no_side_resets_it(
+    make_stack: Any, phases: str
+) -> None:
+    """Ending the stream right after the reply makes Envoy (or the server's own
+    sidecar) reset it, and a sidecar closes a connection whose peer resets
+    streams past 33/s, with the access-log stream on it (sidecar-reset-limit):
+    the server waits for Envoy's half-close and only then ends it, with OK."""
+    both = phases == "request+response"
+    stack = make_stack(extra_args=["--ext-proc-responses"] if both else [])
     stack.start_server()
-
-    def messages() -> Iterator[pb.ProcessingRequest]:
-        yield request_headers(rid="one-trip")
-        threading.Event().wait(30)  # Envoy keeps its side open
-
+    requests = [request_headers(rid=f"one-trip-{phases}")]
+    requests += [response_headers()] if both else []
+    client = _HeldOpen(*requests)
     with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
-        call = pb_grpc.ExternalProcessorStub(channel).Process(messages(), timeout=10)
-        replies = list(call)
+        call = pb_grpc.ExternalProcessorStub(channel).Process(iter(client), timeout=10)
+        replies = [next(call) for _ in requests]
+        assert [r.WhichOneof("response") for r in replies] == [
+            r.WhichOneof("request") for r in requests
+        ]
+        ended = threading.Event()
+        call.add_done_callback(lambda _: ended.set())
+        assert not ended.wait(1.0), f"the server ended the stream first: {call.code()}"
+        client.release()  # Envoy's half-close
+        assert list(call) == []
         assert call.code() == grpc.StatusCode.OK
-    assert [r.WhichOneof("response") for r in replies] == ["request_headers"]
     assert stack.stop_server() == 0
     kinds = [e["kind"] for e in read_entries(stack.store_url, stack.log_id)]
-    assert kinds == ["writer", "request", "writer"]
+    assert kinds == ["writer", "request", *(["response"] if both else []), "writer"]
 
 
-def test_server_ends_the_stream_after_the_response_reply(stub: Any) -> None:
-    # The client never half-closes: the server must end the stream with OK on
-    # its own once the exchange is complete (no cancel, see grpc#43360).
-    def messages() -> Iterator[pb.ProcessingRequest]:
-        yield request_headers(rid="ends-1")
-        yield response_headers()
-        threading.Event().wait(30)  # keep the request side open
+def test_drain_ends_answered_streams_with_ok_not_a_failure(make_stack: Any) -> None:
+    """On SIGTERM the streams waiting for Envoy's half-close end with OK when
+    admission ends: cancelled at the listener's stop, Envoy would answer their
+    requests (already forwarded upstream) with its error status."""
+    stack = make_stack(extra_args=["--drain-timeout", "20"])
+    stack.start_server()
+    clients = [_HeldOpen(request_headers(rid=f"held-{i}")) for i in range(5)]
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        calls = [
+            pb_grpc.ExternalProcessorStub(channel).Process(iter(c), timeout=30) for c in clients
+        ]
+        for call in calls:
+            assert next(call).WhichOneof("response") == "request_headers"
+        assert stack.server is not None
+        stack.server.send_signal(signal.SIGTERM)
+        for call in calls:
+            assert list(call) == []
+            assert call.code() == grpc.StatusCode.OK
+        for client in clients:
+            client.release()
+    assert stack.stop_server() == 0
+    drain = stack.server_log().split("shutting down", 1)[1]
+    assert "ended 5 answered ext_proc streams with OK" in drain
+    assert "reset after its reply" not in drain and "failed" not in drain
 
-    call = stub.Process(messages(), timeout=10)
-    replies = list(call)
-    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "response_headers"]
-    assert call.code() == grpc.StatusCode.OK
+
+def test_reset_after_the_reply_is_counted_and_named(make_stack: Any) -> None:
+    """A reporter that resets its streams instead of half-closing them (an Envoy
+    without ext_proc_graceful_grpc_close) is what the own sidecar rate-limits:
+    the server says which reporter, and counts it."""
+    stack = make_stack()
+    stack.start_server()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as channel:
+        # gRPC reports a reset either as a cancel or, depending on which of the
+        # stream's events it sees first, as an end of messages: some are counted
+        # (how many depends on timing: reset until one is, 600 at most).
+        for i in range(600):
+            client = _HeldOpen(request_headers(rid=f"reset-after-reply-{i}"))
+            call = pb_grpc.ExternalProcessorStub(channel).Process(iter(client), timeout=10)
+            assert next(call).WhichOneof("response") == "request_headers"
+            call.cancel()
+            client.release()
+            if i % 30 == 29 and "reset after its reply" in stack.server_log():
+                break
+    processes.wait_until(
+        lambda: "reset after its reply" in stack.server_log(), "the reset logged", stack.server
+    )
+    line = next(x for x in stack.server_log().splitlines() if "reset after its reply" in x)
+    assert "unauthenticated" in line and GRACEFUL_CLOSE in line
+    assert stack.stop_server() == 0
 
 
 @pytest.mark.parametrize(("messages", "code"), HOSTILE_STREAMS.values(), ids=HOSTILE_STREAMS)

@@ -58,6 +58,15 @@ class _Aborted(Exception):
 
 
 class _Context:
+    """grpc.aio's ServicerContext, as far as the servicer uses it: the stream's
+    messages come by read(), then EOF (the client's half-close)."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self._messages = list(messages)
+
+    async def read(self) -> Any:
+        return self._messages.pop(0) if self._messages else grpc.aio.EOF
+
     def peer(self) -> str:
         return "ipv4:127.0.0.1:1"
 
@@ -83,11 +92,13 @@ def test_unexpected_failures_log_one_line_per_interval_without_their_message(
     )
 
     async def one_stream() -> None:
-        async def messages() -> AsyncIterator[pb.ProcessingRequest]:
-            yield request_headers()
+        async def unused() -> AsyncIterator[pb.ProcessingRequest]:
+            raise AssertionError("the servicer reads with context.read()")
+            yield  # an async generator
 
+        context = _Context([request_headers()])
         with pytest.raises(_Aborted) as aborted:
-            async for _ in servicer.Process(messages(), _Context()):  # type: ignore[arg-type]
+            async for _ in servicer.Process(unused(), context):  # type: ignore[arg-type]
                 pass
         assert aborted.value.args == (grpc.StatusCode.INTERNAL,)
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from extproc import processes
-from extproc.envoyconf import ClientTLS, Endpoint, to_yaml
+from extproc.envoyconf import ClientTLS, Endpoint, layered_runtime, to_yaml
 from tests.pki import TestCA
 
 ALLOWED = "spiffe://test.mesh/ns/shop/sa/frontend"  # a reporter on the allow-list
@@ -136,22 +137,37 @@ def sidecar_config(
     }
     return {
         "admin": {"address": Endpoint("127.0.0.1", admin_port).address()},
+        # istiod gives every proxy, this one too, the mesh's runtimeValues
+        # (istio/mesh/, render_istio.runtime_values: envoyconf.REPORTER_RUNTIME).
+        "layered_runtime": layered_runtime(),
         "static_resources": {"listeners": [listener], "clusters": [_inbound_cluster(audit_port)]},
     }
 
 
+@dataclass(frozen=True)
+class Sidecar:
+    port: int  # its mTLS listener, where reporters connect
+    admin_port: int
+
+
 @contextmanager
 def audit_sidecar(
-    pki: TestCA, workdir: Path, audit_port: int, xfcc_mode: str = SANITIZE
-) -> Iterator[int]:
-    """The server's own sidecar (real Envoy) in front of `audit_port`; yields its mTLS port."""
+    pki: TestCA,
+    workdir: Path,
+    audit_port: int,
+    xfcc_mode: str = SANITIZE,
+    *,
+    binary: str | None = None,
+) -> Iterator[Sidecar]:
+    """The server's own sidecar (real Envoy, `binary` or the venv's) in front of
+    `audit_port`."""
     port, admin = processes.free_port(), processes.free_port()
     config = workdir / f"sidecar-{port}.yaml"
     config.write_text(to_yaml(sidecar_config(pki, port, admin, audit_port, xfcc_mode)))
     with (workdir / f"sidecar-{port}.log").open("ab") as log:
-        sidecar = processes.start_envoy(config, log)
+        sidecar = processes.start_envoy(config, log, binary=binary)
         try:
             processes.wait_until(lambda: processes.envoy_ready(admin), "audit sidecar", sidecar)
-            yield port
+            yield Sidecar(port, admin)
         finally:
             processes.stop(sidecar, sig=signal.SIGKILL)

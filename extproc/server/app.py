@@ -483,7 +483,8 @@ class AuditServer:
         2. --drain-delay: new streams are still taken (on SIGTERM), so a proxy
            that has not heard yet is not refused.
         3. Admission ends (new ext_proc streams get UNAVAILABLE; access-log
-           streams are still taken); --access-log-grace later, at least one
+           streams are still taken; answered ext_proc streams, waiting for
+           Envoy's half-close, end with OK); --access-log-grace later, at least one
            Envoy flush interval, the outcome of the last admitted request has
            been sent: each access-log stream is ended right after its next
            batch. Then the listener closes; in-flight ext_proc streams finish.
@@ -517,6 +518,12 @@ class AuditServer:
         # its next flush, if it has none). A grace later the outcome of the last
         # admitted request has been sent; each stream ends after its next batch.
         r.ext_proc.admitting = False
+        # Streams whose exchange is complete (Envoy half-closes them when its
+        # request ends) end with OK now: cancelled at the listener's stop they
+        # could fail their requests, already forwarded, with Envoy's error status.
+        released = r.ext_proc.release()
+        if released:
+            log.info("shutting down: ended %d answered ext_proc streams with OK", released)
         await asyncio.sleep(min(cfg.access_log_grace, left()))
         await r.access.close(min(cfg.access_log_grace, left()))
         await r.server.stop(left())

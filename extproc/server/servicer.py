@@ -3,9 +3,11 @@
 Enforce mode (Envoy waits for each reply): the request entry is appended and
 the CONTINUE reply is sent only once the entry is durable; if the log cannot
 take it, Envoy gets an ImmediateResponse 503 and the request never reaches
-upstream. Then the server ends the stream: Envoy skips the rest of the
-processing, and the request's outcome arrives by the access-log service
+upstream. The request's outcome arrives by the access-log service
 (server/access.py), linked to this entry by `ref`. One round trip per request.
+Then the stream waits for Envoy to half-close it (when the HTTP request ends)
+and ends with OK: no side resets it (see Process and docs/THREATS.md,
+sidecar-reset-limit). A drain ends waiting streams with OK (release()).
 
 With a response phase (`--receipts`, or `--ext-proc-responses` for
 deployments without the access-log service), the server waits for the
@@ -51,6 +53,7 @@ from extproc.core.fields import (
     REPORTER,
     RID,
 )
+from extproc.envoyconf import GRACEFUL_CLOSE
 from extproc.errors import LogUnavailableError
 from extproc.log.appender import AuditLog
 from extproc.ratelog import RateLimitedLog
@@ -217,6 +220,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._denials = RateLimitedLog(log)
         self._drops = RateLimitedLog(log)
         self._failures = RateLimitedLog(log)
+        self._resets = RateLimitedLog(log)
+        # Streams whose exchange is complete, waiting for Envoy's half-close,
+        # and those a drain ended (release()).
+        self._waiting: set[asyncio.Task[Any] | None] = set()
+        self._released: set[asyncio.Task[Any] | None] = set()
         self._streams = metrics.STREAMS.labels(mode)
         self._requests = metrics.ENTRIES.labels(KIND_REQUEST)
         self._entries: dict[str, Any] = {}  # label children, bound once
@@ -228,8 +236,11 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         # One generator, no nested ones: every suspension of a grpc.aio handler
-        # costs (docs/PERFORMANCE.md), so the hot path has exactly one await of
-        # its own, the request entry's durability. The rest is in plain calls.
+        # costs (docs/PERFORMANCE.md), so the hot path has exactly two awaits of
+        # its own, the request entry's durability and the read of Envoy's
+        # half-close. Messages are read with context.read(), not through
+        # `request_iterator` (grpc.aio's generator over the same reads), whose
+        # frame would hold the last message while the stream waits.
         if not self.admitting:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: not taking new streams")
         reporter = await self.identify(context)
@@ -238,31 +249,52 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         request_seq: int | None = None
         rid = ""
         done = False  # the exchange ended as it should: no `aborted` outcome
+        answered = False  # everything asked was answered: only Envoy's half-close is left
+        response_seen = False
         who = reporter.fields
         idle = self.idle
         task = idle.open()
+        read = context.read
         try:
-            async for msg in request_iterator:
+            while True:
+                if answered:
+                    # The exchange is complete. Envoy ends the stream itself
+                    # (half-close when its request ends, with
+                    # ext_proc_graceful_grpc_close; envoyconf.REPORTER_RUNTIME),
+                    # and then we end it with OK: neither side resets it. Ending
+                    # it first makes Envoy (or the server's own sidecar) reset it,
+                    # and a sidecar closes a connection whose peer resets streams
+                    # faster than 33/s (nghttp2's RST_STREAM budget), with the
+                    # access-log stream on it (docs/THREATS.md, sidecar-reset-limit).
+                    if not self.admitting:
+                        return  # draining: end it now (release())
+                    self._waiting.add(task)
+                msg = await read()
+                self._waiting.discard(task)
+                if msg is grpc.aio.EOF:
+                    return
                 idle.touch(task)
                 which = msg.WhichOneof("request")
                 if which == "request_headers":
-                    if request_seq is not None:
+                    if request_seq is not None or answered:
                         raise _StreamError(
                             grpc.StatusCode.INVALID_ARGUMENT,
                             "request_headers received twice on one stream",
                         )
                     fields = self.capturer.request(msg, Claims(reporter, self.reporters))
+                    msg = None  # not held while the stream waits
                     fields[KIND] = KIND_REQUEST
                     who = fields[REPORTER]
                     rid = fields[RID]
+                    dst = fields.get(DST, "")
                     if self.mode == "enforce":
                         try:
                             request_seq = await self.log.append(fields)
                         except LogUnavailableError as e:
                             self._denied(e)
+                            answered = True  # Envoy half-closes after the deny
                             yield _DENY
-                            await _close_reader(request_iterator)
-                            return
+                            continue
                         self._requests.inc()
                     else:
                         request_seq = self._append_nowait(fields)
@@ -270,33 +302,39 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                             return
                     seen.set_to_current_time()
                     if self.outcomes is not None:
-                        self.outcomes.expect(reporter.id, rid, fields.get(DST, ""), request_seq)
+                        self.outcomes.expect(reporter.id, rid, dst, request_seq)
+                    # One round trip: the outcome comes by the access-log
+                    # service, unless the response phase is asked for.
+                    answered = done = not self.response_phase
                     yield _CONTINUE_REQUEST
-                    if not self.response_phase:
-                        # One round trip: ending the stream tells Envoy the
-                        # processing is complete (it skips the response phase);
-                        # the outcome comes by the access-log service. Ending it
-                        # ourselves also spares a cancel, which grpc.aio leaks
-                        # native memory for (grpc#43360, docs/PERFORMANCE.md).
-                        done = True
-                        await _close_reader(request_iterator)
-                        return
                 elif which == "response_headers":
-                    if request_seq is None:
+                    if request_seq is None or response_seen:
                         raise _StreamError(
                             grpc.StatusCode.FAILED_PRECONDITION,
-                            "response_headers before request_headers",
+                            "response_headers before request_headers"
+                            if request_seq is None
+                            else "response_headers received twice on one stream",
                         )
-                    done = True
-                    yield self._response(msg, request_seq, rid, who)
-                    # Nothing else is asked for (bodies and trailers are not
-                    # sent), so end the stream now (see above).
-                    await _close_reader(request_iterator)
-                    return
+                    response_seen = done = answered = True
+                    if not self.response_phase:
+                        # Not asked for (an Envoy that sends response headers
+                        # anyway): its outcome comes by the access-log service.
+                        yield _CONTINUE_RESPONSE
+                        continue
+                    reply = self._response(msg, request_seq, rid, who)
+                    msg = None
+                    yield reply
+                    # Nothing else is asked for (bodies and trailers are not sent).
                 else:
                     raise _unsupported(which)
         except asyncio.CancelledError:
+            self._waiting.discard(task)
+            if task in self._released:
+                self._released.discard(task)
+                return  # ended by a drain: OK, the exchange was complete
             if task not in idle.timed_out:
+                if answered:
+                    self._reset_after_reply(reporter.label)
                 raise
             # Ended by the idle watchdog: the stream is gone; record the outcome below.
         except Exception as e:
@@ -314,6 +352,32 @@ class AuditServicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         REPORTER: who,
                     }
                 )
+
+    def _reset_after_reply(self, label: str) -> None:
+        """A stream reset by its reporter after the exchange, instead of its
+        half-close: counted, it is what the sidecar rate-limits. (Envoy's
+        observability_mode always resets: not counted.)"""
+        if self.mode != "enforce":
+            return
+        metrics.STREAMS_RESET.inc()
+        self._resets.warning(
+            "ext_proc stream of %s reset after its reply instead of a "
+            "half-close: set Envoy's runtime %s (docs/ISTIO.md)",
+            label,
+            GRACEFUL_CLOSE,
+        )
+
+    def release(self) -> int:
+        """End every stream whose exchange is complete now, with OK (a drain:
+        admission has ended). Left to the server's stop they would be
+        cancelled, and Envoy (1.36, measured) answers a request whose ext_proc
+        stream fails with its error status even after forwarding it. The
+        number released."""
+        waiting = [task for task in self._waiting if task is not None]
+        for task in waiting:
+            self._released.add(task)
+            task.cancel()
+        return len(waiting)
 
     def _response(self, msg: Any, request_seq: int, rid: str, who: dict[str, Any]) -> Any:
         """Log the `response` entry of a response_headers message; the reply."""

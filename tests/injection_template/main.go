@@ -10,7 +10,8 @@
 // from the parse tree of Go's own parser.
 //
 // Input (stdin, JSON): {"template": "...", "fields": ["TypeMeta", ...],
-// "annotations": {...}, "nativeSidecars": false, "proxyGID": 1337}.
+// "annotations": {...}, "nativeSidecars": false, "proxyGID": 1337,
+// "podSecurityContext": null or {"fsGroup": 2000, ...}}.
 // Output: the rendered template on stdout; any error on stderr, exit 1.
 //
 // Only sprig's `default` is provided (the one sprig function our template
@@ -34,6 +35,28 @@ type input struct {
 	Annotations    map[string]string `json:"annotations"`
 	NativeSidecars bool              `json:"nativeSidecars"`
 	ProxyGID       int64             `json:"proxyGID"`
+	// The pod's spec.securityContext; null: none (a nil pointer, as in the
+	// pod istiod renders the template for).
+	PodSecurityContext *podSecurityContext `json:"podSecurityContext"`
+}
+
+// The fields of core/v1 PodSecurityContext a template may read, with their Go
+// types: optional ones are pointers, nil when the pod leaves them out, so
+// `.Spec.SecurityContext.FSGroup` on a pod without a securityContext fails
+// here as in istiod ("nil pointer evaluating"), unless guarded.
+type podSecurityContext struct {
+	RunAsUser           *int64  `json:"runAsUser"`
+	RunAsGroup          *int64  `json:"runAsGroup"`
+	RunAsNonRoot        *bool   `json:"runAsNonRoot"`
+	SupplementalGroups  []int64 `json:"supplementalGroups"`
+	FSGroup             *int64  `json:"fsGroup"`
+	FSGroupChangePolicy *string `json:"fsGroupChangePolicy"`
+}
+
+// core/v1 PodSpec, as far as templates read it here.
+type podSpec struct {
+	SecurityContext    *podSecurityContext
+	ServiceAccountName string
 }
 
 type objectMeta struct {
@@ -59,7 +82,7 @@ var fieldTypes = map[string]reflect.Type{
 	"TypeMeta":                 reflect.TypeOf(typeMeta{}),
 	"DeploymentMeta":           reflect.TypeOf(namespacedName{}),
 	"ObjectMeta":               reflect.TypeOf(objectMeta{}),
-	"Spec":                     reflect.TypeOf(map[string]any{}),
+	"Spec":                     reflect.TypeOf(podSpec{}),
 	"ProxyConfig":              reflect.TypeOf(map[string]any{}),
 	"MeshConfig":               reflect.TypeOf(map[string]any{}),
 	"Values":                   reflect.TypeOf(map[string]any{}),
@@ -176,6 +199,7 @@ func run() error {
 		annotations = map[string]string{}
 	}
 	set("ObjectMeta", objectMeta{Annotations: annotations, Labels: map[string]string{}})
+	set("Spec", podSpec{SecurityContext: in.PodSecurityContext})
 	set("NativeSidecars", in.NativeSidecars)
 	set("ProxyGID", in.ProxyGID)
 	set("ProxyUID", int64(1337))
