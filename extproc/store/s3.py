@@ -181,19 +181,28 @@ class S3Store:
         return self
 
     def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
+        self._put(key, data, retention, once=True)
+
+    def put_replace(self, key: str, data: bytes, retention: Retention | None) -> None:
+        self._put(key, data, retention, once=False)
+
+    def _put(self, key: str, data: bytes, retention: Retention | None, *, once: bool) -> None:
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
             "Body": data,
-            "IfNoneMatch": "*",
             "ChecksumAlgorithm": "SHA256",
             "ChecksumSHA256": checksum,
         }
+        if once:
+            args["IfNoneMatch"] = "*"
         if key.endswith(".jsonl"):
             args["ContentType"] = "application/x-ndjson"
         elif key.endswith(".gz"):
             args["ContentType"] = "application/gzip"
+        elif "/tile/" in key:
+            args["ContentType"] = "application/octet-stream"  # c2sp.org/tlog-tiles
         else:
             args["ContentType"] = "text/plain; charset=utf-8"
         if retention is not None:
