@@ -1,0 +1,160 @@
+"""verify --tiles (audit/tilecheck.py): a log checked from its C2SP tlog-tiles.
+
+Logs are written by the real writer (tiles on); each attack changes one thing
+in the store the way an attacker with write access would, and must be found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from extproc.audit.tilecheck import verify_tiles
+from extproc.core import layout
+from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
+from extproc.core.keyring import Keyring
+from extproc.core.layout import ENTRIES_LEVEL, TileName
+from extproc.core.merkle import leaf_hash
+from extproc.core.note import Signer
+from extproc.core.tiles import TileBuilder, entry_bundle_bytes, entry_bundle_entries
+from extproc.store.local import LocalStore
+from extproc.store.memory import MemoryStore
+from tests.helpers import ORIGIN_PREFIX, write_log
+
+LOG = "web"
+
+
+def _log(tmp_path: Path, signer: Signer) -> MemoryStore:
+    """601 entries (2 full entry bundles and a partial one), five checkpoints."""
+    store = MemoryStore("audit", versioned=True)
+    batches = [[{"kind": "request", "rid": f"r{i}-{j}"} for j in range(150)] for i in range(4)]
+    write_log(store, signer, tmp_path / "wal", LOG, *batches, tiles=True, stop=True)
+    return store
+
+
+def _key(store: MemoryStore, tile: TileName) -> str:
+    return layout.tile_key(store.prefix, LOG, tile)
+
+
+def _flip(store: MemoryStore, key: str, at: int = 40) -> None:
+    data = bytearray(store.objects[key])
+    data[at % len(data)] ^= 1
+    store.overwrite(key, bytes(data))
+
+
+def _rewrite_bundle(
+    store: MemoryStore, index: int, change: Callable[[list[bytes]], list[bytes]]
+) -> None:
+    key = _key(store, TileName(ENTRIES_LEVEL, index))
+    store.overwrite(key, entry_bundle_bytes(change(entry_bundle_entries(store.objects[key]))))
+
+
+def _rollback(store: MemoryStore, signer: Signer) -> None:
+    """A later `checkpoint` version at a smaller size (signed by the log's key)."""
+    key = layout.checkpoint_key(store.prefix, LOG, 150)
+    store.overwrite(layout.latest_checkpoint_key(store.prefix, LOG), store.objects[key])
+
+
+def _forged_checkpoint(store: MemoryStore, signer: Signer) -> None:
+    other = Signer.generate("test-audit")
+    latest = layout.latest_checkpoint_key(store.prefix, LOG)
+    real = Checkpoint.from_text(store.objects[latest].split(b"\n\n")[0].decode() + "\n")
+    forged = Checkpoint(real.origin, real.size, real.root_hash, make_extensions(1, "ab"))
+    store.overwrite(latest, sign_checkpoint(forged, other))
+
+
+ATTACKS: dict[str, tuple[Callable[[MemoryStore, Signer], None], str]] = {
+    "entry-changed": (
+        lambda s, _: _flip(s, _key(s, TileName(ENTRIES_LEVEL, 1)), 300),
+        "not the leaf hashes of the entries",
+    ),
+    "entry-removed": (
+        lambda s, _: _rewrite_bundle(s, 0, lambda e: e[:-1]),
+        "holds 255 entries, not 256",
+    ),
+    "entries-reordered": (
+        lambda s, _: _rewrite_bundle(s, 1, lambda e: [e[1], e[0], *e[2:]]),
+        "prev hash mismatch",
+    ),
+    "level-0-tile-changed": (
+        lambda s, _: _flip(s, _key(s, TileName(0, 0))),
+        "not the leaf hashes",
+    ),
+    "partial-tile-changed": (
+        lambda s, _: _flip(s, _key(s, TileName(1, 0, 2))),
+        "not the roots of the tiles below it",
+    ),
+    "partial-entry-bundle-changed": (
+        lambda s, _: _flip(s, _key(s, TileName(ENTRIES_LEVEL, 2, 89)), 500),
+        "not the leaf hashes",
+    ),
+    "tile-deleted": (
+        lambda s, _: s.delete(_key(s, TileName(0, 1))),
+        "missing",
+    ),
+    "checkpoint-rolled-back": (_rollback, "rollback"),
+    "checkpoint-forged": (_forged_checkpoint, "does not verify"),
+}
+
+
+def test_a_published_log_verifies_from_its_tiles(tmp_path: Path, signer: Signer) -> None:
+    store = _log(tmp_path, signer)
+    report = verify_tiles(store, LOG, Keyring.of(signer.verifier()), ORIGIN_PREFIX)
+    assert report.ok, [str(f) for f in report.findings]
+    assert (report.entries, report.bundles) == (601, 3)
+    assert report.checkpoints == 5  # every version of `checkpoint`, each checked
+
+
+@pytest.mark.parametrize(("attack", "finding"), ATTACKS.values(), ids=ATTACKS)
+def test_tampered_tiles_detected(
+    tmp_path: Path,
+    signer: Signer,
+    attack: Callable[[MemoryStore, Signer], None],
+    finding: str,
+) -> None:
+    store = _log(tmp_path, signer)
+    attack(store, signer)
+    report = verify_tiles(store, LOG, Keyring.of(signer.verifier()), ORIGIN_PREFIX)
+    messages = [str(f) for f in report.findings]
+    assert not report.ok
+    assert any(finding in m for m in messages), messages
+
+
+def test_a_log_without_tiles_is_a_finding(tmp_path: Path, signer: Signer) -> None:
+    store = MemoryStore("audit")
+    write_log(store, signer, tmp_path / "wal", LOG, [{"kind": "request"}], tiles=False)
+    report = verify_tiles(store, LOG, Keyring.of(signer.verifier()))
+    assert [f.message for f in report.findings] == [
+        "no checkpoint: not published in tlog-tiles layout (serve --no-tiles, or not yet)"
+    ]
+
+
+@pytest.mark.parametrize("bad", [None, 20000])
+def test_parallel_check_over_tiles_agrees(tmp_path: Path, signer: Signer, bad: int | None) -> None:
+    """Two worker processes over 160 entry bundles: the same verdict as one."""
+    store = LocalStore(tmp_path / "store")
+    size = 160 * 256 + 17
+    builder, prev = TileBuilder(), ""
+    pairs = []
+    for seq in range(size):
+        line = b'{"kind":"request","prev":"%s","seq":%d,"v":1}' % (prev.encode(), seq)
+        leaf = leaf_hash(line)
+        pairs.append((line, leaf))
+        prev = leaf.hex()
+    tiles = builder.extend(pairs) + builder.partials()
+    cp = Checkpoint(f"{ORIGIN_PREFIX}/{LOG}", size, builder.compact_range().root(),
+                    make_extensions(1, "ab"))  # fmt: skip
+    for tile, data in tiles:
+        if bad is not None and tile == TileName(ENTRIES_LEVEL, bad // 256):
+            data = data.replace(b'"seq":%d' % bad, b'"seq":%d' % (bad + 1))
+        store.put_once(layout.tile_key("", LOG, tile), data, None)
+    store.put_once(layout.latest_checkpoint_key("", LOG), sign_checkpoint(cp, signer), None)
+    keyring = Keyring.of(signer.verifier())
+    one = verify_tiles(store, LOG, keyring, processes=1)
+    two = verify_tiles(store, LOG, keyring, processes=2)
+    assert [str(f) for f in one.findings] == [str(f) for f in two.findings]
+    assert one.ok is (bad is None)
+    if bad is not None:
+        assert any(f"entry {bad}: seq field says {bad + 1}" in str(f) for f in two.findings)
