@@ -13,6 +13,12 @@ tiles are what these paths read.) Building it hashes every entry once
   with 2 worker processes: entries/s.
 
     .venv/bin/python scripts/bench_tiles.py [--entries 10000000] [--dir DIR]
+    .venv/bin/python scripts/bench_tiles.py --costs
+
+`--costs` instead publishes with the real writer into an in-memory store, one
+checkpoint per round as `serve` does every --bundle-max-age (0.5 s), at 1,000
+and at 20,000 entries/s (500 and 10,000 entries a round, ~700 bytes each):
+PUTs per entry and bytes stored per entry, by kind of object, both layouts.
 """
 
 from __future__ import annotations
@@ -110,19 +116,72 @@ def _command(args: list[str]) -> tuple[float, int]:
 
 
 VERIFY = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from extproc.audit.tilecheck import verify_tiles
 from extproc.core.keyring import Keyring
 from extproc.keys import load_signer
 from extproc.store.local import LocalStore
 keyring = Keyring.of(load_signer(Path(sys.argv[1]) / "signing.key").verifier())
-started = time.perf_counter()
+before, started = os.times(), time.perf_counter()
 report = verify_tiles(LocalStore(Path(sys.argv[1])), "bench", keyring, processes=int(sys.argv[2]))
-took = time.perf_counter() - started
+took, after = time.perf_counter() - started, os.times()
 assert report.ok, [str(f) for f in report.findings]
-print(f"{report.entries} {took:.3f}")
+cpu = sum(after[:4]) - sum(before[:4])  # user and system, this process and its workers
+print(f"{report.entries} {took:.3f} {cpu:.3f}")
 """
+
+
+def _kind(key: str) -> str:
+    name = layout.parse_key("", key)
+    if name is None or name.kind != "tile" or name.tile is None:
+        return name.kind if name is not None else "?"
+    what = "entry bundle" if name.tile.level == layout.ENTRIES_LEVEL else "hash tile"
+    return f"{what}{' (partial)' if name.tile.partial else ''}"
+
+
+def costs(rounds: int = 40) -> None:
+    """PUTs and bytes per entry of each layout, from the real writer (docs/SEARCH.md)."""
+    from collections import Counter
+
+    from extproc.store.base import Retention
+    from extproc.store.memory import MemoryStore
+    from tests.helpers import write_log
+
+    class Counting(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__("")
+            self.puts: Counter[str] = Counter()
+            self.bytes: Counter[str] = Counter()
+
+        def _count(self, key: str, data: bytes) -> None:
+            self.puts[_kind(key)] += 1
+            self.bytes[_kind(key)] += len(data)
+
+        def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
+            self._count(key, data)
+            super().put_once(key, data, retention)
+
+        def put_replace(self, key: str, data: bytes, retention: Retention | None) -> None:
+            self._count(key, data)
+            super().put_replace(key, data, retention)
+
+    headers = {f"x-header-{i}": "v" * 24 for i in range(12)}
+    print("| entries/s | object | PUTs per entry | bytes per entry |\n|---|---|---|---|")
+    for rate, per_round in ((1_000, 500), (20_000, 10_000)):
+        store = Counting()
+        batches = [
+            [{"kind": "request", "rid": f"{r}-{i}", "req": {"headers": headers}}
+             for i in range(per_round)]
+            for r in range(rounds)
+        ]  # fmt: skip
+        with tempfile.TemporaryDirectory() as wal:
+            write_log(store, Signer.generate("bench"), Path(wal), LOG, *batches, tiles=True,
+                      bundle_max_entries=per_round)  # fmt: skip
+        n = rounds * per_round
+        for kind in sorted(store.puts):
+            print(f"| {rate:,} | {kind} | {store.puts[kind] / n:.5f} | "
+                  f"{store.bytes[kind] / n:.1f} |")  # fmt: skip
 
 
 def main() -> int:
@@ -131,7 +190,11 @@ def main() -> int:
     default_dir = Path(tempfile.gettempdir()) / "extproc-bench-tiles"
     parser.add_argument("--dir", type=Path, default=default_dir)
     parser.add_argument("--seqs", type=int, nargs="*", default=None)
+    parser.add_argument("--costs", action="store_true", help="PUTs and bytes per entry")
     args = parser.parse_args()
+    if args.costs:
+        costs()
+        return 0
     root: Path = args.dir
     root.mkdir(parents=True, exist_ok=True)
     build(root, args.entries)
@@ -148,10 +211,13 @@ def main() -> int:
     for processes in (1, 2):
         run = subprocess.run([sys.executable, "-c", VERIFY, str(root), str(processes)],
                              capture_output=True, text=True, check=True)  # fmt: skip
-        entries, took = run.stdout.split()
+        entries, took, cpu = run.stdout.split()
         rate = int(entries) / float(took)
-        print(f"| verify from tiles, {processes} process(es) | {float(took):.1f} s, "
-              f"{rate:,.0f} entries/s |")  # fmt: skip
+        idle = int(entries) / (float(cpu) / processes)  # if each process had a core
+        print(f"| verify from tiles, {processes} process(es) | {float(took):.1f} s wall, "
+              f"{rate:,.0f} entries/s; {float(cpu):.1f} s CPU: {idle:,.0f} entries/s "
+              "on idle cores |")  # fmt: skip
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 
