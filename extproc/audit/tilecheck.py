@@ -34,14 +34,18 @@ from extproc.core.checkpoint import Checkpoint, open_checkpoint
 from extproc.core.findings import Finding, LogReport
 from extproc.core.keyring import Keyring
 from extproc.core.layout import ENTRIES_LEVEL, TILE_WIDTH, TileName
-from extproc.core.merkle import root_of
+from extproc.core.merkle import CompactRange, root_of
 from extproc.core.note import MAX_NOTE_BYTES
+from extproc.core.state import LogState
 from extproc.core.tiles import (
     MAX_ENTRY_BUNDLE_BYTES,
     MAX_TILE_BYTES,
     TileBuilder,
     check_entry_tile,
+    entry_bundle_entries,
     level_roots,
+    tile_limit,
+    tiles_at,
 )
 from extproc.errors import ObjectNotFoundError, StorageError, VerificationError
 from extproc.store.base import ObjectStore
@@ -146,20 +150,20 @@ def _chunks(store: ObjectStore, log_id: str, full: int, processes: int) -> Itera
 
 def _checkpoint(
     store: ObjectStore, log_id: str, keyring: Keyring, origin_prefix: str | None
-) -> tuple[Checkpoint | None, list[Finding]]:
+) -> tuple[Checkpoint | None, str, list[Finding]]:
     key = layout.latest_checkpoint_key(store.prefix, log_id)
     data = _read(store, key, MAX_NOTE_BYTES)
     if isinstance(data, str):
         why = "not published in tlog-tiles layout (serve --no-tiles, or not yet)"
-        return None, [Finding(log_id, key, f"no checkpoint: {why}")]
+        return None, "", [Finding(log_id, key, f"no checkpoint: {why}")]
     try:
         cp = open_checkpoint(data, keyring)
     except VerificationError as e:
-        return None, [Finding(log_id, key, f"checkpoint does not verify: {e}")]
+        return None, "", [Finding(log_id, key, f"checkpoint does not verify: {e}")]
     wanted = layout.origin_for(origin_prefix, log_id) if origin_prefix else None
     if (wanted and cp.origin != wanted) or not cp.origin.endswith(f"/{log_id}"):
-        return None, [Finding(log_id, key, f"checkpoint names another log ({cp.origin})")]
-    return cp, []
+        return None, "", [Finding(log_id, key, f"checkpoint names another log ({cp.origin})")]
+    return cp, data.decode(), []
 
 
 def verify_tiles(
@@ -169,15 +173,47 @@ def verify_tiles(
     origin_prefix: str | None = None,
     *,
     processes: int | None = None,
+    prior: LogState | None = None,
 ) -> LogReport:
-    """Check one log from its tlog-tiles (module docstring); findings in the report."""
+    """Check one log from its tlog-tiles (module docstring); findings in the
+    report. With `prior` (the state a run verified, `verify --tiles --state`),
+    only what lies past its size is read: the tiles of its size are checked
+    against its frontier, then extended with the new entries."""
     report = LogReport(log_id)
-    cp, report.findings = _checkpoint(store, log_id, keyring, origin_prefix)
+    cp, note, report.findings = _checkpoint(store, log_id, keyring, origin_prefix)
     if cp is None:
         return report
-    report.latest, report.checkpoints = cp, 1
+    report.latest, report.latest_note, report.checkpoints = cp, note, 1
+    report.bundles = -(-cp.size // TILE_WIDTH)  # entry bundles
+    report.entries = cp.size
+    key = layout.latest_checkpoint_key(store.prefix, log_id)
+    if prior is not None and prior.size:
+        problems, tree, last_leaf = _check_from(store, log_id, cp, prior)
+        report.resumed_from, report.rehashed = prior.size, cp.size - prior.size
+    else:
+        problems, tree, last_leaf = _check_all(store, log_id, cp, processes)
+        report.rehashed = cp.size
+    report.findings += [Finding(log_id, "", p) for p in problems]
+    if problems:
+        report.findings.append(Finding(log_id, "", "the tiles do not verify: root not checked"))
+        return report
+    if tree is None or tree.root() != cp.root_hash:
+        report.findings.append(
+            Finding(log_id, key, "root hash from the tiles is not the checkpoint's")
+        )
+        return report
+    report.frontier = (tree, last_leaf)
+    since = prior.size if prior is not None else 0
+    history, report.checkpoints = _check_history(store, log_id, keyring, cp, since)
+    report.findings += history
+    return report
+
+
+def _check_all(
+    store: ObjectStore, log_id: str, cp: Checkpoint, processes: int | None
+) -> tuple[list[str], CompactRange | None, str]:
+    """Every tile, from seq 0: problems, the tree from the tiles, the last leaf (hex)."""
     size, full = cp.size, cp.size // TILE_WIDTH
-    report.bundles = -(-size // TILE_WIDTH)  # entry bundles
     level1: list[bytes] = []
     problems: list[str] = []
     last_leaf = ""  # the first entry's prev is ""
@@ -193,6 +229,7 @@ def verify_tiles(
         problems += tail.problems
         if tail.first_prev != last_leaf:
             problems.append(_broken_between(full))
+        last_leaf = tail.last_leaf
         bundle = _read(
             store, _key(store, log_id, ENTRIES_LEVEL, full, width), MAX_ENTRY_BUNDLE_BYTES
         )
@@ -200,25 +237,79 @@ def verify_tiles(
             partials[TileName(ENTRIES_LEVEL, full, width)] = bundle
             partials[TileName(0, full, width)] = tail.roots[0]
     problems += _check_levels(store, log_id, level1, partials)
-    report.findings += [Finding(log_id, "", p) for p in problems]
-    report.entries = size
     if problems:
-        report.findings.append(Finding(log_id, "", "the tiles do not verify: root not checked"))
-        return report
+        return problems, None, last_leaf
     try:
-        root = TileBuilder.resume(size, partials).compact_range().root()
+        return [], TileBuilder.resume(size, partials).compact_range(), last_leaf
     except VerificationError as e:
-        root, why = b"", str(e)
-    else:
-        why = "root hash from the tiles is not the checkpoint's"
-    if root != cp.root_hash:
-        report.findings.append(
-            Finding(log_id, layout.latest_checkpoint_key(store.prefix, log_id), why)
+        return [str(e)], None, last_leaf
+
+
+def _check_from(
+    store: ObjectStore, log_id: str, cp: Checkpoint, prior: LogState
+) -> tuple[list[str], CompactRange | None, str]:
+    """The tiles past a verified size: the partial tiles of that size give its
+    frontier (and their entries its leaves), then every entry since extends
+    them (checked against its level-0 tile, seq and prev) and every tile the
+    extension completes, and the partial tiles of the new size, must be the
+    stored ones. Reads O(new entries / 256 + log n) objects."""
+    if cp.origin != prior.origin:
+        return [f"checkpoint origin {cp.origin} is not the verified {prior.origin}"], None, ""
+    if cp.size < prior.size:
+        return [f"rollback: tree size {cp.size} below the verified size {prior.size}"], None, ""
+    start = prior.size
+    partials: dict[TileName, bytes] = {}
+    for tile in tiles_at(start):
+        stored = _read(store, layout.tile_key(store.prefix, log_id, tile), tile_limit(tile))
+        if isinstance(stored, str):
+            return [f"{stored} (a tile of the verified size)"], None, ""
+        partials[tile] = stored
+    try:
+        builder = TileBuilder.resume(start, partials)
+    except VerificationError as e:
+        return [f"tiles of the verified size {start}: {e}"], None, ""
+    if builder.compact_range().hashes != prior.frontier:
+        return [f"tiles of the verified size {start} are not the verified tree"], None, ""
+    problems: list[str] = []
+    expected: dict[TileName, bytes] = {}
+    last_leaf = prior.last_leaf
+    old_partial = partials.get(TileName(ENTRIES_LEVEL, start // TILE_WIDTH, start % TILE_WIDTH))
+    old_entries = entry_bundle_entries(old_partial, start % TILE_WIDTH) if old_partial else []
+    for index in range(start // TILE_WIDTH, -(-cp.size // TILE_WIDTH)):
+        width = min(TILE_WIDTH, cp.size - index * TILE_WIDTH)
+        bundle = _read(
+            store, _key(store, log_id, ENTRIES_LEVEL, index, width), MAX_ENTRY_BUNDLE_BYTES
         )
-        return report
-    history, report.checkpoints = _check_history(store, log_id, keyring, cp)
-    report.findings += history
-    return report
+        level0 = _read(store, _key(store, log_id, 0, index, width), MAX_TILE_BYTES)
+        if isinstance(bundle, str) or isinstance(level0, str):
+            problems += [x for x in (bundle, level0) if isinstance(x, str)]
+            break
+        checked = check_entry_tile(index, width, bundle, level0)
+        problems += checked.problems
+        if checked.problems:
+            break
+        entries = entry_bundle_entries(bundle, width)
+        first = index == start // TILE_WIDTH
+        skip = start - index * TILE_WIDTH if first else 0
+        if first and entries[:skip] != old_entries:
+            path = TileName(ENTRIES_LEVEL, index, width).path()
+            problems.append(f"{path}: not the entries verified before")
+        if skip == 0 and checked.first_prev != last_leaf:
+            problems.append(_broken_between(index))
+        joined = checked.leaves
+        leaves = [joined[i : i + 32] for i in range(0, len(joined), 32)]
+        expected.update(builder.extend(zip(entries[skip:], leaves[skip:], strict=True)))
+        last_leaf = leaves[-1].hex()
+    expected.update(p for p in builder.partials() if p[0] not in set(tiles_at(start)))
+    for tile, data in expected.items():
+        if tile.level == ENTRIES_LEVEL:
+            continue  # their leaves were checked against the level-0 tiles, compared here
+        stored = _read(store, layout.tile_key(store.prefix, log_id, tile), MAX_TILE_BYTES)
+        if isinstance(stored, str):
+            problems.append(stored)
+        elif stored != data:
+            problems.append(f"{tile.path()}: not the roots of the tiles below it")
+    return problems, builder.compact_range() if not problems else None, last_leaf
 
 
 def _check_levels(
@@ -248,10 +339,11 @@ def _check_levels(
 
 
 def _check_history(
-    store: ObjectStore, log_id: str, keyring: Keyring, latest: Checkpoint
+    store: ObjectStore, log_id: str, keyring: Keyring, latest: Checkpoint, since: int = 0
 ) -> tuple[list[Finding], int]:
     """Every version of `checkpoint` (a versioned store keeps them): signed,
-    never smaller than the one before, its root the tree's at its size."""
+    never smaller than the one before, its root the tree's at its size (for
+    sizes from `since`, the verified size: below it the tree was checked)."""
     versioned = store.versioned()
     if versioned is None:
         return [], 1
@@ -274,7 +366,9 @@ def _check_history(
                 findings.append(
                     Finding(log_id, key, f"{what}: tree size {cp.size} after {previous} (rollback)")
                 )
-            elif cp.size and (cp.size > latest.size or tree.range_root(0, cp.size) != cp.root_hash):
+            elif cp.size > latest.size or (
+                cp.size >= max(since, 1) and tree.range_root(0, cp.size) != cp.root_hash
+            ):
                 findings.append(
                     Finding(log_id, key, f"{what}: root of size {cp.size} is not this tree's")
                 )

@@ -101,21 +101,46 @@ def add_verify(sub: Subparsers) -> None:
 
 def run_tiles(args: argparse.Namespace) -> int:
     """verify --tiles: each log from its tlog-tiles (extproc.audit.tilecheck)."""
-    from extproc.audit.reader import list_logs
+    import dataclasses
+    import time
+
+    from extproc.audit.reader import LogObjects, list_logs
     from extproc.audit.report import print_log
+    from extproc.audit.statefile import load_state, save_state
     from extproc.audit.tilecheck import verify_tiles
+    from extproc.audit.verify import log_state_after
+    from extproc.core.state import AuditState
     from extproc.store import open_store
 
     store = open_store(args.url)
     trusted = keyring(args)
+    prior = load_state(args.state) if args.state else AuditState()
     logs = sorted(list_logs(store)[0])
     reports = [
-        verify_tiles(store, log_id, trusted, args.origin_prefix, processes=args.processes)
+        verify_tiles(
+            store,
+            log_id,
+            trusted,
+            args.origin_prefix,
+            processes=args.processes,
+            prior=None if args.full else prior.logs.get(log_id),
+        )
         for log_id in logs
     ]
     for report in reports:
         print_log(report, quiet=args.quiet)
     ok = bool(reports) and all(r.ok for r in reports)
+    if ok and args.state:
+        now_ms = int(time.time() * 1000)
+        state = AuditState(dict(prior.logs), prior.retention)
+        for report in reports:
+            advanced = log_state_after(report, LogObjects(), now_ms)
+            if advanced is not None:
+                # Plain verify's fingerprints of the objects below the old size still hold.
+                before = prior.logs.get(report.log_id)
+                objects = before.objects if before is not None else {}
+                state.logs[report.log_id] = dataclasses.replace(advanced, objects=objects)
+        save_state(args.state, state)
     if not reports:
         print(f"no logs found under {store.url}: nothing verifies")
     entries = sum(r.entries for r in reports)

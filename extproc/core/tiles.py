@@ -33,6 +33,11 @@ _LEN = 2  # bytes of an entry's length prefix (big-endian uint16)
 _LEAF_BASE = hashlib.sha256(LEAF_PREFIX)  # copied per entry: SHA-256(0x00 || entry)
 
 
+def tile_limit(tile: TileName) -> int:
+    """The most bytes a tile of this kind may hold (the format's bound)."""
+    return MAX_ENTRY_BUNDLE_BYTES if tile.level == ENTRIES_LEVEL else MAX_TILE_BYTES
+
+
 def tile_hashes(data: bytes, width: int = TILE_WIDTH) -> list[bytes]:
     """The hashes of a hash tile of `width` hashes (VerificationError if its size
     is not exactly that)."""

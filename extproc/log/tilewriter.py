@@ -30,9 +30,9 @@ from extproc import metrics
 from extproc.audit.reader import LogReader
 from extproc.core import layout
 from extproc.core.bundle import split_lines
-from extproc.core.layout import ENTRIES_LEVEL, TileName
+from extproc.core.layout import TileName
 from extproc.core.merkle import CompactRange, leaf_hash
-from extproc.core.tiles import MAX_ENTRY_BUNDLE_BYTES, MAX_TILE_BYTES, TileBuilder, tiles_at
+from extproc.core.tiles import TileBuilder, tile_limit, tiles_at
 from extproc.errors import (
     ForeignObjectError,
     ObjectNotFoundError,
@@ -45,11 +45,6 @@ from extproc.store.base import CONFIRMED, ObjectStore, RetentionPolicy
 log = logging.getLogger(__name__)
 
 LATEST_ATTEMPTS = 3  # puts of `checkpoint` per checkpoint; the next checkpoint tries again
-
-
-def tile_limit(tile: TileName) -> int:
-    """The most bytes a tile of this kind may hold (the format's bound)."""
-    return MAX_ENTRY_BUNDLE_BYTES if tile.level == ENTRIES_LEVEL else MAX_TILE_BYTES
 
 
 class TileWriter:

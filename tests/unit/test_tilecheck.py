@@ -6,12 +6,15 @@ in the store the way an attacker with write access would, and must be found.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from extproc.audit.reader import LogObjects
 from extproc.audit.tilecheck import verify_tiles
+from extproc.audit.verify import log_state_after
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
 from extproc.core.keyring import Keyring
@@ -19,6 +22,7 @@ from extproc.core.layout import ENTRIES_LEVEL, TileName
 from extproc.core.merkle import leaf_hash
 from extproc.core.note import Signer
 from extproc.core.tiles import TileBuilder, entry_bundle_bytes, entry_bundle_entries
+from extproc.store.base import DEFAULT_READ_LIMIT
 from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
 from tests.helpers import ORIGIN_PREFIX, write_log
@@ -158,3 +162,96 @@ def test_parallel_check_over_tiles_agrees(tmp_path: Path, signer: Signer, bad: i
     assert one.ok is (bad is None)
     if bad is not None:
         assert any(f"entry {bad}: seq field says {bad + 1}" in str(f) for f in two.findings)
+
+
+class ReadingStore(MemoryStore):
+    """The store, with every key read."""
+
+    def __init__(self) -> None:
+        super().__init__("audit", versioned=True)
+        self.read: list[str] = []
+
+    def get(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+        self.read.append(key)
+        return super().get(key, limit)
+
+
+def _grow(tmp_path: Path, signer: Signer, store: MemoryStore, rounds: int) -> None:
+    batches = [[{"kind": "request", "rid": f"s{i}-{j}"} for j in range(150)] for i in range(rounds)]
+    write_log(store, signer, tmp_path / "wal", LOG, *batches, tiles=True, stop=True)
+
+
+def test_incremental_verify_reads_only_tiles_past_the_verified_size(
+    tmp_path: Path, signer: Signer
+) -> None:
+    store = ReadingStore()
+    _grow(tmp_path, signer, store, 4)  # 601 entries
+    keyring = Keyring.of(signer.verifier())
+    first = verify_tiles(store, LOG, keyring)
+    prior = log_state_after(first, LogObjects(), 0)
+    assert prior is not None and prior.size == 601
+    _grow(tmp_path, signer, store, 6)  # 1502 entries
+    store.read.clear()
+    report = verify_tiles(store, LOG, keyring, prior=prior)
+    assert report.ok, [str(f) for f in report.findings]
+    assert (report.entries, report.resumed_from, report.rehashed) == (1502, 601, 901)
+    read = {k.removeprefix(f"audit/logs/{LOG}/") for k in store.read}
+    assert not read & {"tile/entries/000", "tile/entries/001", "tile/0/000", "tile/0/001"}
+    assert "tile/entries/002" in read and "tile/0/002.p/89" in read  # the verified size's
+    full = verify_tiles(store, LOG, keyring)
+    assert report.frontier is not None and full.frontier is not None
+    assert report.frontier[0].hashes == full.frontier[0].hashes
+
+
+@pytest.mark.parametrize(
+    ("target", "finding"),
+    [
+        ("tile/0/002.p/89", "not the verified tree"),
+        ("tile/entries/002.p/89", "not the entries verified before"),
+        ("tile/0/003", "not the leaf hashes"),
+    ],
+)
+def test_incremental_verify_detects_tampering_past_or_at_the_verified_size(
+    tmp_path: Path, signer: Signer, target: str, finding: str
+) -> None:
+    store = ReadingStore()
+    _grow(tmp_path, signer, store, 4)
+    keyring = Keyring.of(signer.verifier())
+    prior = log_state_after(verify_tiles(store, LOG, keyring), LogObjects(), 0)
+    _grow(tmp_path, signer, store, 6)
+    _flip(store, f"audit/logs/{LOG}/{target}", 70)
+    report = verify_tiles(store, LOG, keyring, prior=prior)
+    messages = [str(f) for f in report.findings]
+    assert not report.ok and any(finding in m for m in messages), messages
+
+
+def test_incremental_verify_detects_a_rollback(tmp_path: Path, signer: Signer) -> None:
+    store = ReadingStore()
+    _grow(tmp_path, signer, store, 4)
+    keyring = Keyring.of(signer.verifier())
+    prior = log_state_after(verify_tiles(store, LOG, keyring), LogObjects(), 0)
+    assert prior is not None
+    bigger = dataclasses.replace(prior, size=prior.size + 1)
+    report = verify_tiles(store, LOG, keyring, prior=bigger)
+    assert any("rollback" in str(f) for f in report.findings)
+
+
+def test_state_of_verify_tiles_resumes_both_modes(
+    tmp_path: Path, signer: Signer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One state file: `verify --tiles` resumes from it; plain `verify` given a
+    record the tiles run wrote (no fingerprints of our objects) re-reads the
+    log, held to the recorded tree, instead of calling every object inserted."""
+    from extproc.cli import main
+
+    store = LocalStore(tmp_path / "store")
+    batches = [[{"kind": "request", "rid": f"r{i}-{j}"} for j in range(150)] for i in range(2)]
+    write_log(store, signer, tmp_path / "wal", LOG, *batches, tiles=True, stop=True)
+    vkey, state = signer.verifier().to_text(), str(tmp_path / "state.json")
+    common = ["verify", str(tmp_path / "store"), "--vkey", vkey, "--state", state]
+    assert main([*common, "--tiles"]) == 0
+    assert main([*common, "--tiles"]) == 0
+    assert "(0 new since the verified size 301)" in capsys.readouterr().out
+    assert main(common) == 0
+    assert main(common) == 0
+    assert main([*common, "--tiles"]) == 0
