@@ -26,16 +26,18 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+from extproc.audit.reader import LogReader
 from extproc.audit.tiles import TiledTree
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, open_checkpoint
-from extproc.core.findings import Finding, LogReport
+from extproc.core.findings import WARNING, Finding, LogReport
 from extproc.core.keyring import Keyring
 from extproc.core.layout import ENTRIES_LEVEL, TILE_WIDTH, TileName
 from extproc.core.merkle import CompactRange, root_of
-from extproc.core.note import MAX_NOTE_BYTES
+from extproc.core.note import MAX_NOTE_BYTES, Verifier
 from extproc.core.state import LogState
 from extproc.core.tiles import (
     MAX_ENTRY_BUNDLE_BYTES,
@@ -203,8 +205,7 @@ def verify_tiles(
         )
         return report
     report.frontier = (tree, last_leaf)
-    since = prior.size if prior is not None else 0
-    history, report.checkpoints = _check_history(store, log_id, keyring, cp, since)
+    history, report.checkpoints = _check_history(store, log_id, keyring, cp, prior)
     report.findings += history
     return report
 
@@ -339,11 +340,18 @@ def _check_levels(
 
 
 def _check_history(
-    store: ObjectStore, log_id: str, keyring: Keyring, latest: Checkpoint, since: int = 0
+    store: ObjectStore,
+    log_id: str,
+    keyring: Keyring,
+    latest: Checkpoint,
+    prior: LogState | None = None,
 ) -> tuple[list[Finding], int]:
     """Every version of `checkpoint` (a versioned store keeps them): signed,
-    never smaller than the one before, its root the tree's at its size (for
-    sizes from `since`, the verified size: below it the tree was checked)."""
+    never smaller than the one before, its root the tree's at its size. With
+    `prior`, only the versions written since it was verified (and their roots
+    from its size on): one read per new version."""
+    since = prior.size if prior is not None else 0
+    after = _parse_time(prior.verified_at) if prior is not None else None
     versioned = store.versioned()
     if versioned is None:
         return [], 1
@@ -353,6 +361,8 @@ def _check_history(
     previous = 0
     try:
         versions = [v for v in versioned.versions(key) if v.key == key and not v.delete_marker]
+        if after is not None:
+            versions = [v for v in versions if v.last_modified is None or v.last_modified > after]
         for version in versions:
             what = f"version {version.version_id}"
             try:
@@ -377,3 +387,39 @@ def _check_history(
         findings.append(Finding(log_id, key, f"versions not readable: {e}"))
         return findings, 1
     return findings, len(versions)
+
+
+def check_latest(
+    reader: LogReader, trusted: Keyring | Verifier, valid: list[Checkpoint]
+) -> list[Finding]:
+    """Plain verify's look at the tlog-tiles `checkpoint` (its current version,
+    one read): signed by a trusted key for this log, and the checkpoint of
+    record at its size (`checkpoints/<size>`, in `valid`) has the same root.
+    A version no trusted key signed is a warning (standard clients refuse it
+    until the writer's next checkpoint); another root at a size is an error."""
+    key = reader.objects.latest
+    if not key:
+        return []
+    log_id = reader.log_id
+    try:
+        cp = open_checkpoint(reader.store.get(key, MAX_NOTE_BYTES), trusted)
+    except ObjectNotFoundError:
+        return []
+    except VerificationError as e:
+        why = f"not a checkpoint of a trusted key ({e}): standard clients refuse the log"
+        return [Finding(log_id, key, why, WARNING)]
+    if not cp.origin.endswith(f"/{log_id}"):
+        return [Finding(log_id, key, f"checkpoint names another log ({cp.origin})")]
+    roots = {c.size: c.root_hash for c in valid}
+    if cp.size in roots and roots[cp.size] != cp.root_hash:
+        return [Finding(log_id, key, f"another root than the checkpoint of size {cp.size}")]
+    if valid and cp.size > max(roots):
+        return [Finding(log_id, key, f"signed tree size {cp.size} has no checkpoint of record")]
+    return []
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -28,6 +28,7 @@ from extproc.audit.retention import (
     check_retention_rule,
     check_rule_against_objects,
 )
+from extproc.audit.tilecheck import check_latest
 from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.findings import Finding, LogReport, all_ok, check_against_state
@@ -131,6 +132,8 @@ def verify_log(
             if key not in below and not checker.is_foreign(key):
                 check_object_retention(reader, checker, key, min_retention_days, seen)
     report = checker.finish()
+    if report.valid:  # else one finding already says nothing verifies (a wrong --vkey)
+        report.findings.extend(check_latest(reader, verifier, report.valid))
     if prior is not None:
         report.findings.extend(
             check_against_state(

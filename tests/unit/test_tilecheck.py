@@ -14,9 +14,10 @@ import pytest
 
 from extproc.audit.reader import LogObjects
 from extproc.audit.tilecheck import verify_tiles
-from extproc.audit.verify import log_state_after
+from extproc.audit.verify import log_state_after, verify_store
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint, make_extensions, sign_checkpoint
+from extproc.core.findings import ERROR, WARNING, Finding
 from extproc.core.keyring import Keyring
 from extproc.core.layout import ENTRIES_LEVEL, TileName
 from extproc.core.merkle import leaf_hash
@@ -255,3 +256,27 @@ def test_state_of_verify_tiles_resumes_both_modes(
     assert main(common) == 0
     assert main(common) == 0
     assert main([*common, "--tiles"]) == 0
+
+
+def _plain_verify(store: MemoryStore, signer: Signer) -> list[Finding]:
+    reports, general = verify_store(store, signer.verifier(), ORIGIN_PREFIX)
+    return [f for r in reports for f in r.findings] + list(general)
+
+
+def test_plain_verify_checks_the_latest_checkpoint_object(tmp_path: Path, signer: Signer) -> None:
+    store = _log(tmp_path, signer)
+    latest = layout.latest_checkpoint_key(store.prefix, LOG)
+    assert not [f for f in _plain_verify(store, signer) if f.key == latest]
+    _forged_checkpoint(store, signer)  # standard clients would refuse it: a warning
+    found = [f for f in _plain_verify(store, signer) if f.key == latest]
+    assert [(f.severity, "not a checkpoint of a trusted key" in f.message) for f in found] == [
+        (WARNING, True)
+    ]
+    # A trusted signature over another root at a size the log signed: an error.
+    real = Checkpoint.from_text(store.objects[latest].split(b"\n\n")[0].decode() + "\n")
+    forked = Checkpoint(real.origin, 450, b"\x07" * 32, make_extensions(1, "ab"))
+    store.overwrite(latest, sign_checkpoint(forked, signer))
+    found = [f for f in _plain_verify(store, signer) if f.key == latest]
+    assert [(f.severity, f.message) for f in found] == [
+        (ERROR, "another root than the checkpoint of size 450")
+    ]
