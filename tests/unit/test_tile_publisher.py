@@ -14,10 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from extproc.audit.tilecheck import verify_tiles
 from extproc.audit.verify import verify_store
 from extproc.core import layout
 from extproc.core.fields import EVENT, EVENT_FOREIGN, OBJECT
 from extproc.core.findings import all_ok
+from extproc.core.keyring import Keyring
 from extproc.core.merkle import leaf_hash
 from extproc.core.note import Signer
 from extproc.core.tiles import TileBuilder, new_tiles, tiles_at
@@ -119,6 +121,8 @@ def test_log_from_before_tiles_gets_every_tile_at_its_next_start(
     sizes = [s for s in _checkpoint_sizes(store) if s > old_size]
     # Every tile of the tree at the old size (built from the bundles), then as usual.
     assert _tile_objects(store) == _expected_tiles(store, [old_size, *sizes])
+    tiled = verify_tiles(store, LOG, Keyring.of(signer.verifier()), ORIGIN_PREFIX)
+    assert tiled.ok and tiled.entries == sizes[-1], [str(f) for f in tiled.findings]
     _verified(store, signer)
 
 
