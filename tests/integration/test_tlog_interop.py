@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from extproc.audit.tilecheck import verify_tiles
 from extproc.core import layout
+from extproc.core.keyring import Keyring
 from extproc.core.layout import TileName
 from extproc.core.note import Signer
 from extproc.keys import load_signer
@@ -139,6 +141,10 @@ def test_go_client_verifies_an_s3_log_over_http(
     moto.s3().put_bucket_policy(Bucket=bucket, Policy=json.dumps(public_read))
     prefix = f"{moto.endpoint}/{bucket}/audit/prod/logs/web"  # path-style GETs, as a monitor
     _ok(_client(tlogclient, prefix, signer.verifier().to_text(), f"{ORIGIN_PREFIX}/web"), size)
+    # Ours from the same tiles, with every version of `checkpoint` as its history.
+    report = verify_tiles(store, "web", Keyring.of(signer.verifier()), ORIGIN_PREFIX)
+    assert report.ok and report.entries == size, [str(f) for f in report.findings]
+    assert report.checkpoints == 8  # seven rounds and the stop
 
 
 def _flip(path: Path, at: int) -> None:
