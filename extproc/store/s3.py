@@ -180,13 +180,13 @@ class S3Store:
         # version per key, so reading versions is right on every bucket.
         return self
 
-    def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
-        self._put(key, data, retention, once=True)
-
     def put_replace(self, key: str, data: bytes, retention: Retention | None) -> None:
-        self._put(key, data, retention, once=False)
+        self.put_once(key, data, retention, replace=True)
 
-    def _put(self, key: str, data: bytes, retention: Retention | None, *, once: bool) -> None:
+    def put_once(
+        self, key: str, data: bytes, retention: Retention | None, *, replace: bool = False
+    ) -> None:
+        """Create `key` (If-None-Match: *); `replace`: put_replace's plain PUT, a new version."""
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
         args: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -195,7 +195,7 @@ class S3Store:
             "ChecksumAlgorithm": "SHA256",
             "ChecksumSHA256": checksum,
         }
-        if once:
+        if not replace:
             args["IfNoneMatch"] = "*"
         if key.endswith(".jsonl"):
             args["ContentType"] = "application/x-ndjson"
