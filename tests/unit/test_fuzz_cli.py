@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc import cli
+from extproc.cli.base import run
 from extproc.config import ServeConfig
 from extproc.core.note import Signer
 from extproc.options import options_of
@@ -64,8 +65,10 @@ def _checked_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(argv: list[str]) -> tuple[int, str]:
-    """main(argv) in-process: its exit status and stderr."""
+def _run(argv: list[str], parser: argparse.ArgumentParser | None = None) -> tuple[int, str]:
+    """main(argv) in-process: its exit status and stderr. `parser`: main's
+    parser built once (its environment defaults are read when it is built),
+    so that a fuzz example costs the parse and the command, not the build."""
     err = io.StringIO()
     with (
         mock.patch.dict(cli.COMMANDS, serve=_checked_only),
@@ -73,7 +76,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
         contextlib.redirect_stdout(io.TextIOWrapper(io.BytesIO())),  # search writes .buffer
     ):
         try:
-            code = cli.main(argv)
+            code = cli.main(argv) if parser is None else run(parser, cli.COMMANDS, argv)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 2
     return code, err.getvalue()
@@ -94,14 +97,22 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+@pytest.fixture(scope="module")
+def parser() -> argparse.ArgumentParser:
+    """main's parser, for the command-line fuzz tests (the environment does not change)."""
+    return cli.build_parser()
+
+
 @FUZZ
 @given(st.sampled_from(SERVE_OPTIONS), values)
-def test_serve_option_value_fuzz(workdir: Path, option: argparse.Action, value: str) -> None:
+def test_serve_option_value_fuzz(
+    workdir: Path, parser: argparse.ArgumentParser, option: argparse.Action, value: str
+) -> None:
     # --allow-unauthenticated: so that the value fuzzed is what is checked last.
     base = ["serve", "--store", str(workdir / "s"), "--key", str(workdir / "k")]
     base.append("--allow-unauthenticated")
     with within_budget(**BUDGET, allowed=()):
-        code, err = _run([*base, f"{option.option_strings[-1]}={value}"])
+        code, err = _run([*base, f"{option.option_strings[-1]}={value}"], parser)
     _assert_usage_outcome(code, err)
 
 
@@ -134,12 +145,15 @@ READER_OPTIONS = [(command, action) for command in READERS for action in _value_
 @FUZZ
 @given(st.sampled_from(READER_OPTIONS), values)
 def test_reader_option_value_fuzz(
-    workdir: Path, command_option: tuple[str, argparse.Action], value: str
+    workdir: Path,
+    parser: argparse.ArgumentParser,
+    command_option: tuple[str, argparse.Action],
+    value: str,
 ) -> None:
     command, option = command_option
     argv = [*READERS[command](workdir), f"{option.option_strings[-1]}={value}"]
     with within_budget(**BUDGET, allowed=()):
-        code, err = _run(argv)
+        code, err = _run(argv, parser)
     _assert_usage_outcome(code, err)
 
 
