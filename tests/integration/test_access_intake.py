@@ -30,7 +30,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -164,7 +164,7 @@ class Intake:
         try:
             await self.servicer.StreamAccessLogs(requests(), FakeContext())
         except Aborted as e:
-            return e.code.name
+            return str(e.code.name)
         finally:
             self.servicer.identify = Identified(self.who)
         return "OK"
@@ -530,8 +530,8 @@ def test_500k_entry_access_log_message_is_refused_while_enforce_requests_go_on(
     for r in rounds:
         assert r.errors == 0 and 503 not in r.statuses, r.statuses
     for e in errors:
-        assert e is not None and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-        assert "500000 entries refused" in e.details()  # type: ignore[attr-defined]
+        assert e is not None and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "500000 entries refused" in e.details()
     text = _scrape(metrics_port)
     assert _sample(
         text,
@@ -564,12 +564,12 @@ def test_access_log_rate_is_set_by_option_or_environment_and_refused_over_grpc(
         call = channel.stream_unary(ALS_METHOD, request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as refused:
             call(iter([sixty, sixty]), timeout=10)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-        assert "over --max-access-log-rate (100 entries/s" in refused.value.details()  # type: ignore[attr-defined]
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over --max-access-log-rate (100 entries/s" in refused.value.details()
         too_many = http_message(61, "b").SerializeToString()
         with pytest.raises(grpc.RpcError) as refused:
             call(iter([too_many]), timeout=10)
-        assert "over --max-access-log-entries (60)" in refused.value.details()  # type: ignore[attr-defined]
+        assert "over --max-access-log-entries (60)" in refused.value.details()
     assert stack.stop_server() == 0
     access_entries = [
         e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] == "access"

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import istio_alerts
+import kustomize_subset
 import pytest
+import render_istio
 import yaml
-
-from scripts import render_istio
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "istio" / "monitoring"
@@ -204,7 +204,7 @@ def test_rules_read_only_envoy_counters_the_mesh_keeps_and_the_pod_monitor_scrap
 
 
 def test_monitors_scrape_the_audit_servers_under_the_alerts_job() -> None:
-    docs = render_istio.build(ROOT / "istio" / "overlays" / "enforce")
+    docs = kustomize_subset.build(ROOT / "istio" / "overlays" / "enforce")
     service = next(d for d in docs if d["kind"] == "Service")
     monitor = _load("servicemonitor.yaml")
     assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
@@ -241,7 +241,7 @@ def test_sidecar_pod_monitor_scrapes_the_injected_container_under_the_same_job()
 
 
 def test_monitoring_kustomization_renders() -> None:
-    docs = render_istio.build(MONITORING)
+    docs = kustomize_subset.build(MONITORING)
     assert sorted(d["kind"] for d in docs) == [
         "PodMonitor", "PodMonitor", "PrometheusRule", "ServiceMonitor",
     ]  # fmt: skip

@@ -50,7 +50,7 @@ WRITER_ONLY = {"extproc.envoyconf", "extproc.demo", "extproc.metrics", "extproc.
 
 def _imports(path: Path) -> list[str]:
     """Every module `path` imports, anywhere in it (also inside functions)."""
-    found = []
+    found: list[str] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.extend(alias.name for alias in node.names)

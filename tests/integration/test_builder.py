@@ -18,7 +18,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,7 +87,7 @@ def test_both_captures_store_a_header_map_identically(
     # Bounds counted the same way (bytes, before work), names capped in both,
     # the same redaction and truncation: the same map, the same marks.
     policy = RedactionPolicy(hmac_key=HMAC_KEY, max_value_bytes=max_value_bytes)
-    bounds = {"max_headers": max_headers, "max_header_bytes": max_header_bytes}
+    bounds: dict[str, Any] = {"max_headers": max_headers, "max_header_bytes": max_header_bytes}
     e = access_entry(list(headers.items()))
     pairs = [(k, headers[k]) for k in e.request.request_headers]  # in the map's own order
     ext = ext_proc_headers(Capturer(policy, **bounds), pairs)

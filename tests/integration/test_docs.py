@@ -354,7 +354,9 @@ class Lane:
 
     def _run_sql(self, block: Block, text: str) -> None:
         with contextlib.chdir(self.workdir):
-            rows = duckdb.sql(text).fetchall()
+            relation = duckdb.sql(text)
+            assert relation is not None, f"{block.where}: the query returns no rows"
+            rows = relation.fetchall()
         self.ran.append(f"duckdb: {block.where}")
         assert rows, f"{block.where}: the query returns no row on the lane's log"
 
@@ -486,7 +488,9 @@ def test_search_duckdb_example_finds_every_outcome_of_the_demo_log(
     )
     shutil.copytree(demo_log.workdir / "store", tmp_path / "store")
     with contextlib.chdir(tmp_path):
-        rows = duckdb.sql(doclane.substituted(block, {})).fetchall()
+        relation = duckdb.sql(doclane.substituted(block, {}))
+        assert relation is not None, "the query returns no rows"
+        rows = relation.fetchall()
     vkey = load_signer(demo_log.workdir / "signing.key").verifier().to_text()
     search = subprocess.run(
         [sys.executable, "-m", "extproc", "search", str(tmp_path / "store"), "--vkey", vkey,

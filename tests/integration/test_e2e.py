@@ -205,7 +205,7 @@ def test_published_layout_matches_the_contract(make_stack: Any) -> None:
     names = [layout.parse_key("", o.key) for o in store.list("logs/")]
     assert names and all(n is not None and n.log_id == stack.log_id for n in names)
     assert {n.kind for n in names if n} == {"bundle", "checkpoint", "claim"}
-    claims = sorted(n.size for n in names if n and n.kind == "claim")
+    claims = sorted(n.size for n in names if n and n.kind == "claim" and n.size is not None)
     bundles = sorted((n.bundle.first, n.bundle.last) for n in names if n and n.bundle)
     assert bundles[0][0] == 0
     for (_, last), (first, _) in itertools.pairwise(bundles):

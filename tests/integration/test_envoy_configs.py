@@ -129,7 +129,7 @@ def test_sensitive_routes_are_held_and_the_rest_only_logged() -> None:
 # What each shipped config needs from the server, and what it audits: request
 # entries held by ext_proc (all, or only the routes the compose file enforces),
 # response entries (the receipts' second phase), access entries (ALS).
-SHIPPED = {
+SHIPPED: dict[str, dict[str, Any]] = {
     "envoy.yaml": {"args": [], "request": True, "response": False, "access": True},
     "envoy-observe.yaml": {"args": ["--mode", "observe"], "request": False, "response": False,
                            "access": True},

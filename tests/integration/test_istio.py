@@ -23,10 +23,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import istio_names
 import jsonschema
 import kubernetes_validate
 import kustomize_subset
 import pytest
+import render_istio
 import yaml
 
 from extproc import processes
@@ -41,7 +43,6 @@ from extproc.envoyconf import (
 )
 from extproc.errors import ConfigError
 from extproc.keys import check_key_mode
-from scripts import render_istio
 from tests import envoyfilter, iam_eval, istio_injection, istio_install
 from tests.conftest import (
     ALS_STATS,
@@ -66,7 +67,7 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 
 def _rendered(overlay: Path) -> list[dict[str, Any]]:
-    return render_istio.build(overlay)
+    return kustomize_subset.build(overlay)
 
 
 def _audit_template() -> str:
@@ -198,7 +199,7 @@ def test_observe_overlay_switches_both_sides() -> None:
 def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
     with pytest.raises(kustomize_subset.KustomizeError, match="namePrefix"):
-        render_istio.build(tmp_path)
+        kustomize_subset.build(tmp_path)
     with pytest.raises(kustomize_subset.KustomizeError, match="list"):
         kustomize_subset.merge({"a": [1]}, {"a": [2]})
     with pytest.raises(kustomize_subset.KustomizeError, match="merge key"):
@@ -207,7 +208,7 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
         kustomize_subset.merge({"env": []}, {"$patch": "replace"})
     # A component is not a kustomization to build on its own.
     with pytest.raises(kustomize_subset.KustomizeError, match="expected a Kustomization"):
-        render_istio.build(COMPONENTS / "native-sidecar")
+        kustomize_subset.build(COMPONENTS / "native-sidecar")
 
 
 # --- platform variants: kustomize Components added to an overlay ---------------------
@@ -258,7 +259,7 @@ def test_platform_variant_renders_and_validates(
     kubectl kustomize renders it, where kubectl is installed), every document
     validates against its schema, and the overlay's own resources are unchanged
     but for what the component adds."""
-    docs = render_istio.build(_variant(tmp_path, overlay, components))
+    docs = kustomize_subset.build(_variant(tmp_path, overlay, components))
     plain = _rendered(ISTIO / "overlays" / overlay)
     keys = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(keys) == len(set(keys)), "duplicate resources"
@@ -289,7 +290,7 @@ def test_platform_variant_renders_and_validates(
 
 
 def _component(tmp_path: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
-    docs = render_istio.build(_variant(tmp_path, "enforce", name))
+    docs = kustomize_subset.build(_variant(tmp_path, "enforce", name))
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 
@@ -480,7 +481,7 @@ def test_audit_pods_are_spread_and_alive_is_not_ready(tmp_path: Path) -> None:
     # storageClassName: a parameter, set by a component (none by default).
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert "storageClassName" not in claim["spec"]
-    docs = render_istio.build(_variant(tmp_path, "enforce", "storage-class"))
+    docs = kustomize_subset.build(_variant(tmp_path, "enforce", "storage-class"))
     (sts_with,) = [d for d in docs if d["kind"] == "StatefulSet"]
     (claim,) = sts_with["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["storageClassName"] == "gp3"
@@ -508,7 +509,7 @@ def test_destination_rule_lifts_the_default_circuit_breaker() -> None:
     http = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]
     # Envoy's default of 1024 makes observe mode drop at ~200 req/s (DESIGN.md).
     assert http["http2MaxRequests"] > 1024 and http["http1MaxPendingRequests"] > 1024
-    assert rule["spec"]["host"] == render_istio.SERVICE_HOST
+    assert rule["spec"]["host"] == istio_names.SERVICE_HOST
 
 
 # --- EnvoyFilter patches and istiod's access logger on an Istio-shaped Envoy config ----
@@ -537,7 +538,8 @@ def _affinity_filter() -> dict[str, Any]:
 
 
 def _patch(doc: dict[str, Any], apply_to: str) -> dict[str, Any]:
-    (patch,) = [p for p in doc["spec"]["configPatches"] if p["applyTo"] == apply_to]
+    patches: list[dict[str, Any]] = doc["spec"]["configPatches"]
+    (patch,) = [p for p in patches if p["applyTo"] == apply_to]
     return patch
 
 
@@ -574,7 +576,7 @@ def _istio_config(
         listen=Endpoint("127.0.0.1", ports["listen"]),
         app=Endpoint("127.0.0.1", ports["app"]),
         admin=Endpoint("127.0.0.1", ports["admin"]),
-        outbound_clusters={} if local else {render_istio.OUTBOUND_CLUSTER: pods},
+        outbound_clusters={} if local else {istio_names.OUTBOUND_CLUSTER: pods},
         outbound=Endpoint("127.0.0.1", ports["outbound"]) if "outbound" in ports else None,
     )
     docs = [] if overlay is None else [_envoy_filter(overlay)]
@@ -686,8 +688,8 @@ def test_istiod_access_logger_is_the_provider_rendered() -> None:
     assert entry["name"] == "envoy.access_loggers.http_grpc"
     common = entry["typed_config"]["common_config"]
     assert common["grpc_service"]["envoy_grpc"] == {
-        "cluster_name": render_istio.OUTBOUND_CLUSTER,
-        "authority": render_istio.SERVICE_HOST,
+        "cluster_name": istio_names.OUTBOUND_CLUSTER,
+        "authority": istio_names.SERVICE_HOST,
     }
     assert common["log_name"] == ACCESS_LOG_NAME
     assert common["transport_api_version"] == "V3"
@@ -714,7 +716,7 @@ def test_patch_values_are_valid_envoy_protos() -> None:
     )
     from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2  # noqa: F401
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-    from google.protobuf import json_format
+    from google.protobuf import json_format  # type: ignore[import-untyped]
 
     messages: dict[str, Any] = {
         "CLUSTER": cluster_pb2.Cluster,
@@ -747,7 +749,7 @@ def test_envoy_filters_apply_only_to_the_checked_istio_minors(version: str, patc
     config, contexts = envoyfilter.istio_like_bootstrap(
         context="SIDECAR_INBOUND", listen=Endpoint("127.0.0.1", 1), app=Endpoint("127.0.0.1", 2),
         admin=Endpoint("127.0.0.1", 3), istio_version=version,
-        outbound_clusters={render_istio.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", 4)},
+        outbound_clusters={istio_names.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", 4)},
     )  # fmt: skip
     applied = sum(envoyfilter.apply(config, contexts, d)[1] for d in filters[:2])
     assert applied == (2 if patched else 0)
@@ -772,7 +774,7 @@ def test_patch_applier_refuses_unknown_patches() -> None:
 def test_filters_point_at_the_right_cluster_and_mode() -> None:
     for overlay in ("enforce", "receipts", "gateway"):
         grpc = _ext_proc(overlay)["grpc_service"]["envoy_grpc"]
-        assert grpc["cluster_name"] == render_istio.OUTBOUND_CLUSTER
+        assert grpc["cluster_name"] == istio_names.OUTBOUND_CLUSTER
         assert _ext_proc(overlay)["failure_mode_allow"] is False  # fail closed by default
     assert _ext_proc("sidecar")["grpc_service"]["envoy_grpc"]["cluster_name"] == (
         render_istio.LOCAL_CLUSTER
@@ -809,7 +811,7 @@ def test_gateway_filter_keeps_the_audit_cluster_on_a_filtered_gateway() -> None:
     annotations = _envoy_filter("gateway")["metadata"]["annotations"]
     namespace, host = annotations["envoyfilter.istio.io/referenced-services"].split("/")
     cluster = _ext_proc("gateway")["grpc_service"]["envoy_grpc"]["cluster_name"]
-    assert cluster == f"outbound|{render_istio.GRPC_PORT}||{host}"
+    assert cluster == f"outbound|{istio_names.GRPC_PORT}||{host}"
     service = next(d for d in _rendered(ISTIO / "overlays" / "gateway") if d["kind"] == "Service")
     assert (namespace, host.split(".")[0]) == (
         service["metadata"]["namespace"],
@@ -842,8 +844,8 @@ def test_mesh_config_provider_is_rendered_from_envoyconf() -> None:
     assert provider == {
         "name": render_istio.PROVIDER,
         "envoyHttpAls": {
-            "service": render_istio.SERVICE_HOST,
-            "port": render_istio.GRPC_PORT,
+            "service": istio_names.SERVICE_HOST,
+            "port": istio_names.GRPC_PORT,
             "logName": ACCESS_LOG_NAME,
             "additionalRequestHeadersToLog": list(ACCESS_LOG_REQUEST_HEADERS),
             "additionalResponseHeadersToLog": list(ACCESS_LOG_RESPONSE_HEADERS),
@@ -860,7 +862,7 @@ def test_mesh_config_provider_is_rendered_from_envoyconf() -> None:
     assert matcher == {
         "inclusionPrefixes": [
             "access_logs.grpc_access_log",
-            f"cluster.{render_istio.OUTBOUND_CLUSTER};.upstream_cx_connect_fail",
+            f"cluster.{istio_names.OUTBOUND_CLUSTER};.upstream_cx_connect_fail",
         ],
         "inclusionSuffixes": [
             "ext_proc.streams_started", "ext_proc.streams_failed",
@@ -930,7 +932,7 @@ def test_audit_namespace_does_not_audit_itself() -> None:
     for overlay in SHARED_OVERLAYS:
         docs = _rendered(ISTIO / "overlays" / overlay)
         (own,) = [d for d in docs if d["kind"] == "Telemetry" and d["metadata"]["name"] == SELF]
-        assert own["metadata"]["namespace"] == render_istio.NAMESPACE
+        assert own["metadata"]["namespace"] == istio_names.NAMESPACE
         assert "selector" not in own["spec"] and "targetRefs" not in own["spec"]
         assert own["spec"]["accessLogging"] == [
             {"providers": [{"name": render_istio.PROVIDER}], "disabled": True}
@@ -944,7 +946,7 @@ def test_audit_namespace_does_not_audit_itself() -> None:
                 wanted = spec["workloadSelector"]["labels"]
                 assert not wanted.items() <= pod_labels.items(), name
             else:  # targetRefs: a Gateway, in its own namespace
-                assert _envoy_filter(name)["metadata"]["namespace"] != render_istio.NAMESPACE
+                assert _envoy_filter(name)["metadata"]["namespace"] != istio_names.NAMESPACE
 
 
 def test_telemetry_schema_catches_a_typo() -> None:
@@ -961,7 +963,7 @@ def test_affinity_patch_touches_only_the_audit_cluster() -> None:
     config, contexts = envoyfilter.istio_like_bootstrap(
         context="SIDECAR_INBOUND", listen=Endpoint("127.0.0.1", 1), app=Endpoint("127.0.0.1", 2),
         admin=Endpoint("127.0.0.1", 3),
-        outbound_clusters={render_istio.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", 4),
+        outbound_clusters={istio_names.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", 4),
                            other: Endpoint("127.0.0.1", 5)},
     )  # fmt: skip
     patched, applied = envoyfilter.apply(config, contexts, _affinity_filter())
@@ -969,8 +971,8 @@ def test_affinity_patch_touches_only_the_audit_cluster() -> None:
     policies = {
         c["name"]: c.get("load_balancing_policy") for c in patched["static_resources"]["clusters"]
     }
-    assert policies[other] is None and policies[render_istio.OUTBOUND_CLUSTER] is not None
-    (policy,) = policies[render_istio.OUTBOUND_CLUSTER]["policies"]
+    assert policies[other] is None and policies[istio_names.OUTBOUND_CLUSTER] is not None
+    (policy,) = policies[istio_names.OUTBOUND_CLUSTER]["policies"]
     hashing = policy["typed_extension_config"]["typed_config"]["consistent_hashing_lb_config"]
     assert hashing["hash_policy"] == [{"header": {"header_name": "x-forwarded-for"}}]
 
@@ -984,7 +986,7 @@ def _cluster_counter(admin_port: int, metric: str) -> float:
     url = f"http://127.0.0.1:{admin_port}/stats/prometheus"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
-    series = f'{metric}{{cluster_name="{render_istio.OUTBOUND_CLUSTER}"}}'
+    series = f'{metric}{{cluster_name="{istio_names.OUTBOUND_CLUSTER}"}}'
     (value,) = [line.rpartition(" ")[2] for line in text.splitlines() if line.startswith(series)]
     return float(value)
 
@@ -1133,7 +1135,7 @@ def test_consistent_hash_of_a_destination_rule_would_not_pin_a_proxy(tmp_path: P
         config = _istio_config("enforce", ports, telemetry=("SIDECAR_INBOUND",), affinity=False)
         (cluster,) = [
             c for c in config["static_resources"]["clusters"]
-            if c["name"] == render_istio.OUTBOUND_CLUSTER
+            if c["name"] == istio_names.OUTBOUND_CLUSTER
         ]  # fmt: skip
         # What ApplyRingHashLoadBalancer renders for consistentHash.useSourceIp.
         cluster["lb_policy"] = "RING_HASH"
@@ -1256,7 +1258,7 @@ def _server_identity() -> str:
 def test_shared_server_trusts_only_its_own_proxy() -> None:
     settings = _shared_settings()
     # istio-proxy forwards to the pod IP (ORIGINAL_DST), from 127.0.0.6 / ::6.
-    assert settings["EXTPROC_AUDIT_LISTEN"] == f"0.0.0.0:{render_istio.GRPC_PORT}"
+    assert settings["EXTPROC_AUDIT_LISTEN"] == f"0.0.0.0:{istio_names.GRPC_PORT}"
     assert settings["EXTPROC_AUDIT_TRUST_XFCC_FROM"].split(",") == ["127.0.0.6/32", "::6/128"]
     assert settings["EXTPROC_AUDIT_XFCC_BY"] == _server_identity()
     assert settings["EXTPROC_AUDIT_REPORTER_IS_DESTINATION"] in ("record", "refuse")
@@ -1272,7 +1274,7 @@ def test_shared_server_trusts_only_its_own_proxy() -> None:
 
 
 def test_shared_settings_are_accepted_by_the_server() -> None:
-    from extproc.server.app import ServeConfig
+    from extproc.config import ServeConfig
 
     settings = _shared_settings()
     config = ServeConfig(
@@ -1301,7 +1303,7 @@ def test_authorization_policy_admits_only_the_served_methods() -> None:
     assert policy["spec"]["selector"] == _shared("StatefulSet")["spec"]["selector"]
     reporters, metrics = policy["spec"]["rules"]
     (operation,) = [t["operation"] for t in reporters["to"]]
-    assert operation["ports"] == [str(render_istio.GRPC_PORT)]
+    assert operation["ports"] == [str(istio_names.GRPC_PORT)]
     assert operation["methods"] == ["POST"]  # gRPC
     assert operation["paths"] == [
         f"/{ext_proc.full_name}/{ext_proc.methods_by_name['Process'].name}",
@@ -1332,7 +1334,7 @@ def test_authorization_policy_and_server_allow_list_agree() -> None:
 def test_network_policy_trusts_no_label_a_pod_owner_sets() -> None:
     policy = _shared("NetworkPolicy")
     grpc_rule, metrics_rule = policy["spec"]["ingress"]
-    assert [p["port"] for p in grpc_rule["ports"]] == [render_istio.GRPC_PORT]
+    assert [p["port"] for p in grpc_rule["ports"]] == [istio_names.GRPC_PORT]
     for peer in grpc_rule["from"] + metrics_rule["from"]:
         assert "ipBlock" not in peer
         namespaces = peer["namespaceSelector"]
@@ -1347,7 +1349,7 @@ def test_network_policy_trusts_no_label_a_pod_owner_sets() -> None:
 def test_peer_authentication_is_strict_on_the_grpc_port() -> None:
     spec = _shared("PeerAuthentication")["spec"]
     assert spec["mtls"]["mode"] == "STRICT"
-    assert str(render_istio.GRPC_PORT) not in spec.get("portLevelMtls", {})
+    assert str(istio_names.GRPC_PORT) not in spec.get("portLevelMtls", {})
     assert spec["selector"] == _shared("StatefulSet")["spec"]["selector"]
 
 
@@ -2323,7 +2325,10 @@ def test_sidecar_irsa_policy_is_per_namespace() -> None:
     policy = json.loads(
         (ISTIO / "iam" / "writer-policy-sidecar-irsa.json").read_text().replace("NAMESPACE", "shop")
     )
-    decide = lambda key: iam_eval.evaluate([policy], "s3:PutObject", f"{BUCKET}/{key}")  # noqa: E731
+
+    def decide(key: str) -> str:
+        return iam_eval.evaluate([policy], "s3:PutObject", f"{BUCKET}/{key}")
+
     assert decide(f"{S}/entries/x.jsonl") == iam_eval.ALLOW
     assert decide("mesh/logs/shop.other-pod_e2/checkpoints/1") == iam_eval.ALLOW
     assert decide("mesh/logs/bank.web-1/entries/x.jsonl") == iam_eval.IMPLICIT_DENY
@@ -2395,7 +2400,7 @@ def _user_operator(tmp_path: Path, spec: dict[str, Any]) -> Path:
 
 # The installations a user may already have: each of Istio's profiles, and one
 # with a component of its own (an egress gateway the default profile leaves off).
-USER_OPERATORS = {
+USER_OPERATORS: dict[str, dict[str, Any]] = {
     **{p: {"profile": p} for p in ("default", "minimal", "demo", "ambient", "empty")},
     "default+egress": {"components": {"egressGateways": [
         {"name": "istio-egressgateway", "enabled": True}]}},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from extproc.audit.reader import LogReader, entry_lines
 from extproc.audit.search import Filters, StoreSearch
@@ -29,7 +30,7 @@ KEEP = Retention("COMPLIANCE", datetime(2030, 1, 1, tzinfo=UTC))
 HONEST = [(0, 7), (8, 15), (16, 23)]
 
 
-def _store(tmp_path: Path, signer: Signer, **kwargs: bool) -> MemoryStore:
+def _store(tmp_path: Path, signer: Signer, **kwargs: Any) -> MemoryStore:
     """24 request entries in bundles of 8 (0-7, 8-15, 16-23), one checkpoint."""
     store = MemoryStore(versioned=kwargs.pop("versioned", False))
     entries = [{"kind": "request", "rid": f"r{i}"} for i in range(24)]

@@ -15,6 +15,7 @@ import itertools
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,7 +99,7 @@ OLD_CHECKPOINT_CASES = {
     ("time_ms", "held", "refused"), OLD_CHECKPOINT_CASES.values(), ids=OLD_CHECKPOINT_CASES.keys()
 )
 def test_retired_key_checkpoint_needs_evidence_from_outside_the_signer(
-    time_ms: int | None, held: dict[str, object], refused: bool
+    time_ms: int | None, held: dict[str, Any], refused: bool
 ) -> None:
     proof = _proof(9, 3, _checkpoint(9, time_ms=time_ms))
     state = _state(held["state"]) if isinstance(held.get("state"), int) else None

@@ -597,7 +597,7 @@ def test_access_entries_match_on_their_own_request_and_response_fields(tmp_path:
 
     lines: list[bytes] = []
     prev = ""
-    fields_list = [
+    fields_list: list[dict[str, Any]] = [
         {"kind": "request", "rid": "r1", "req": {"path": "/admin/x", "method": "DELETE"}},
         {"kind": "access", "rid": "r1", "ref": 0, "req": {"path": "/admin/x"},
          "resp": {"status": 503}},

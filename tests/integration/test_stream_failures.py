@@ -98,7 +98,7 @@ def test_unexpected_failures_log_one_line_per_interval_without_their_message(
 
         context = _Context([request_headers()])
         with pytest.raises(_Aborted) as aborted:
-            async for _ in servicer.Process(unused(), context):  # type: ignore[arg-type]
+            async for _ in servicer.Process(unused(), context):
                 pass
         assert aborted.value.args == (grpc.StatusCode.INTERNAL,)
 

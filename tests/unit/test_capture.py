@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,7 +135,11 @@ def test_set_cookie_keeps_only_the_cookie_name() -> None:
 
 
 def test_unknown_header_is_hashed_and_clear_header_widens() -> None:
-    headers = [("x-tenant-secret", "tenant-pw"), ("x-tenant-id", "t-1"), ("accept", "*/*")]
+    headers: list[Header] = [
+        ("x-tenant-secret", "tenant-pw"),
+        ("x-tenant-id", "t-1"),
+        ("accept", "*/*"),
+    ]
     fields = capture(headers)
     assert fields["req"]["headers"] == {
         "x-tenant-secret": REDACTED,

@@ -27,10 +27,11 @@ from extproc.cli.base import run
 from extproc.config import ServeConfig
 from extproc.core.note import Signer
 from extproc.options import options_of
-from tests.budget import FUZZ, MIB, within_budget
+from tests.budget import FUZZ, MIB, Budget, within_budget
 
 VKEY = Signer.generate("fuzz-cli").verifier().to_text()
-BUDGET = {"memory": 16 * MIB, "cpu": 2.0}  # one whole command: parser, config, a store listing
+# One whole command: parser, config, a store listing.
+BUDGET: Budget = {"memory": 16 * MIB, "cpu": 2.0}
 
 
 def _value_options(command: str) -> list[argparse.Action]:

@@ -34,7 +34,7 @@ from extproc.core.receipt import Receipt
 from extproc.core.state import AuditState, LogState, RetentionRecord
 from extproc.core.tlogproof import ConsistencyProof, TlogProof, verify_proof
 from extproc.errors import AuditError, VerificationError
-from tests.budget import FUZZ, KIB, MIB, within_budget
+from tests.budget import FUZZ, KIB, MIB, Budget, within_budget
 from tests.integration.test_tlogproof import make_entries
 
 SIGNER = Signer.generate("fuzz.example/log")
@@ -43,7 +43,8 @@ RING = Keyring.of(VERIFIER)
 ORIGIN = "fuzz.example/log/pod-a"
 ENTRIES = make_entries(40)
 LEAVES = [leaf_hash(e) for e in ENTRIES]
-BUDGET = {"memory": 2 * MIB, "cpu": 1.0}  # per input: far above the real cost, far below harm
+# Per input: far above the real cost, far below harm.
+BUDGET: Budget = {"memory": 2 * MIB, "cpu": 1.0}
 
 
 def _tree(leaves: list[bytes]) -> CompactRange:

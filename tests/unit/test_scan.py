@@ -87,7 +87,7 @@ def _entry(seq: int, prev: str, extra: dict[str, Any]) -> dict[str, Any]:
 @FUZZ
 @given(st.dictionaries(st.sampled_from([fields.REQ, fields.SRC, fields.REPORTER]), TRAPS))
 def test_ts_planted_in_a_value_is_not_taken_for_the_entry_ts(planted: dict[str, Any]) -> None:
-    extra = {section: {fields.PATH: value} for section, value in planted.items()}
+    extra: dict[str, Any] = {section: {fields.PATH: value} for section, value in planted.items()}
     extra[fields.KIND] = fields.KIND_REQUEST
     line = entry.encode(_entry(7, "", extra))
     assert scan.top_level_ts(line) == b"2026-11-26T16:34:36.572195Z"
