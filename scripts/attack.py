@@ -29,7 +29,7 @@ The worlds, each set up once and attacked in turn:
   pristine  a clean log written through Envoy, then attacked by whoever holds
             write access to the bucket or a signing key
 
-    .venv/bin/python scripts/attack.py --quick           # CI (tests/test_attack.py): ~45 s
+    .venv/bin/python scripts/attack.py --quick           # CI (test_attack.py): ~45 s
     .venv/bin/python scripts/attack.py --json out.json   # the run in docs/THREATS.md: ~1.5 min
     .venv/bin/python scripts/attack.py --only als-500k,secrets
     .venv/bin/python scripts/attack.py --only unauthenticated-default-serve \\

@@ -10,7 +10,7 @@ edits a doc sees it next to the block:
     <!-- docs-lane: flags-only: needs a cluster -->
     <!-- docs-lane: prose: a proof file, not a command -->
 
-- `run`: its commands run (tests/test_docs.py), in document order with the
+- `run`: its commands run (tests/integration/test_docs.py), in document order with the
   doc's other `run` blocks, in one temporary workdir that holds links to the
   repository's files, as a fresh clone would (`.venv` included). Exit code 0
   is required.

@@ -25,7 +25,7 @@ not the log's (no claim names them: planted, superseded, another writer's)
 are never read, and an object whose name is not in the layout is never read.
 
 Formats come from extproc.core; nothing of the writer (extproc.log,
-extproc.server) is imported here (tests/test_boundaries.py).
+extproc.server) is imported here (tests/integration/test_boundaries.py).
 """
 
 from __future__ import annotations
