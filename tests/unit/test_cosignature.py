@@ -260,23 +260,23 @@ def test_found_cosignatures_expose_an_upper_bound() -> None:
 
 # --- fuzz: untrusted text ------------------------------------------------------
 
-BUDGET = {"memory": 256 * KIB, "cpu": 0.5}
+MEMORY, CPU = 256 * KIB, 0.5
 VALID = add_signatures(NOTE, [W1.cosign(BODY, 100), W2.cosign(BODY, 200)])
 
 
 @FUZZ
 @given(st.text(max_size=300))
 def test_witness_key_parser_fuzz(text: str) -> None:
-    with within_budget(**BUDGET):
+    with within_budget(memory=MEMORY, cpu=CPU):
         WitnessKey.from_text(text)
-    with within_budget(**BUDGET):
+    with within_budget(memory=MEMORY, cpu=CPU):
         Cosigner.from_text("PRIVATE+KEY+" + text)
 
 
 @FUZZ
 @given(st.binary(max_size=4 * KIB))
 def test_cosigned_note_garbage_fuzz(raw: bytes) -> None:
-    with within_budget(**BUDGET):
+    with within_budget(memory=MEMORY, cpu=CPU):
         policy(1).check(raw)
 
 
@@ -286,6 +286,6 @@ def test_any_bit_flip_of_a_cosigned_note_fails(bit: int) -> None:
     mutated = bytearray(VALID)
     mutated[bit // 8] ^= 1 << (bit % 8)
     # What verify checks: the log's signature and a quorum of both witnesses.
-    with within_budget(**BUDGET, allowed=()), pytest.raises(VerificationError):
+    with within_budget(memory=MEMORY, cpu=CPU, allowed=()), pytest.raises(VerificationError):
         open_checkpoint(bytes(mutated), LOG.verifier())
         policy(2, W1, W2).check(bytes(mutated))
