@@ -17,7 +17,7 @@ from extproc.core.checkpoint import Checkpoint, sign_checkpoint
 from extproc.core.cosignature import Cosigner
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import consistency_proof, leaf_hash, root_of
-from extproc.core.note import Signer
+from extproc.core.note import Signer, signature_line
 from extproc.core.witness import WitnessedLogs
 from extproc.witness.server import Witness, WitnessHTTPServer, bind
 from extproc.witness.state import WitnessState
@@ -95,3 +95,16 @@ def running_witness(
         server.server_close()
         thread.join()
         state.close()
+
+
+class Forger:
+    """Cosigns with a key of its own under a witness's name and key id: what someone
+    without the witness's key can do (a forged cosignature)."""
+
+    def __init__(self, victim: Cosigner, n: int) -> None:
+        self.victim = victim
+        self._own = fixed_cosigner(victim.name, n)
+
+    def cosign(self, body: str, timestamp: int) -> str:
+        raw = base64.b64decode(self._own.cosign(body, timestamp).split(" ")[2])
+        return signature_line(self.victim.name, self.victim.key_id, raw[4:])
