@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,3 +109,15 @@ class Forger:
     def cosign(self, body: str, timestamp: int) -> str:
         raw = base64.b64decode(self._own.cosign(body, timestamp).split(" ")[2])
         return signature_line(self.victim.name, self.victim.key_id, raw[4:])
+
+
+def post(url: str, body: bytes, path: str = "/add-checkpoint") -> tuple[int, str, str]:
+    """POST to a witness at `url`: (status, content type, body)."""
+    host_port = url.removeprefix("http://").split("/", 1)[0]
+    conn = http.client.HTTPConnection(host_port, timeout=10)
+    try:
+        conn.request("POST", path, body)
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read().decode()
+    finally:
+        conn.close()

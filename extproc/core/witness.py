@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from extproc.core.checkpoint import Checkpoint
-from extproc.core.cosignature import Cosigner
+from extproc.core.cosignature import Cosigner, WitnessKey
 from extproc.core.display import escape
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import verify_consistency
@@ -159,3 +159,23 @@ def add_checkpoint(
         return _refuse(UNPROCESSABLE, f"consistency proof does not verify: {e}", origin)
     line = cosigner.cosign(text, now_s)
     return Answer(OK, line, origin=origin, latest=Latest(checkpoint.size, checkpoint.root_hash))
+
+
+_URL_SCHEMES = ("http://", "https://")
+MAX_URL_CHARS = 2048
+
+
+def parse_witness(text: str) -> tuple[WitnessKey, str]:
+    """`<witness verifier key>+<submission URL>` (serve --witness): the key and the URL
+    (without a trailing '/'; add-checkpoint is posted to <URL>/add-checkpoint)."""
+    at = max(text.rfind("+" + scheme) for scheme in _URL_SCHEMES)
+    if at < 0:
+        raise ConfigError(
+            f"{escape(text[:100])!r} must be NAME+KEYID+BASE64KEY+URL (an http:// or https:// URL)"
+        )
+    url = text[at + 1 :].rstrip("/")
+    if len(url) > MAX_URL_CHARS or not url.isprintable() or any(c.isspace() for c in url):
+        raise ConfigError(f"witness URL {escape(url[:100])!r} is not a URL")
+    if not url.removeprefix("http://").removeprefix("https://"):
+        raise ConfigError("witness URL names no host")
+    return WitnessKey.from_text(text[:at]), url

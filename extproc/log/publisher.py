@@ -118,6 +118,7 @@ class Publisher:
         writer_id: str,
         wall_clock: Callable[[], float] = time.time,
         on_fenced: Callable[[str], None] | None = None,
+        on_checkpoint: Callable[[Checkpoint, bytes], None] | None = None,
     ) -> None:
         self.log = audit_log
         self.wal = wal
@@ -127,6 +128,7 @@ class Publisher:
         self.writer_id = writer_id
         self._wall_clock = wall_clock
         self._on_fenced = on_fenced
+        self._on_checkpoint = on_checkpoint  # each checkpoint published (witnesses)
         self.tree: CompactRange = audit_log.published.compact_range()
         self.last_leaf = audit_log.published.last_leaf
         self.epoch = max(1, audit_log.published.epoch)
@@ -574,6 +576,8 @@ class Publisher:
         self.checkpoints_written += 1
         metrics.LAST_CHECKPOINT.set(signed_at)
         await self._record_published()
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(cp, data)
 
     def _judge_checkpoint(self, existing: bytes, ours: Checkpoint) -> str:
         try:

@@ -28,22 +28,12 @@ from tests.witnesses import (
     ModelLog,
     fixed_cosigner,
     fixed_signer,
+    post,
     running_witness,
 )
 
 WITNESS = fixed_cosigner("witness.example/w1", 51)
 OVER = MAX_BODY_BYTES + 1
-
-
-def post(url: str, body: bytes, path: str = "/add-checkpoint") -> tuple[int, str, str]:
-    host_port = url.removeprefix("http://").split("/", 1)[0]
-    conn = http.client.HTTPConnection(host_port, timeout=10)
-    try:
-        conn.request("POST", path, body)
-        response = conn.getresponse()
-        return response.status, response.getheader("Content-Type", ""), response.read().decode()
-    finally:
-        conn.close()
 
 
 def start_cli_witness(tmp_path: Path, key: Path) -> tuple[subprocess.Popen[str], str]:
