@@ -19,8 +19,11 @@ writes the note with the valid ones appended to `cosigned/<size>`, once
   result}`); `extproc_audit_witnessed_size` is the tree size of the latest
   checkpoint a quorum cosigned.
 
-Consistency proofs come from a `ProofSource` (serve: the store's published
-entries through audit/prove.py, the proof API's reader).
+Consistency proofs come from the leaf hashes the publisher hands over with
+each checkpoint (`TreeMemory`: the tree at the oldest size a witness was last
+at, and the leaves since, at most `max_leaves`); a witness further behind
+gets its proof from a `ProofSource` (serve: the published entries, read
+through audit/prove.py).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from extproc.core.checkpoint import Checkpoint
 from extproc.core.cosignature import WitnessKey, WitnessPolicy, add_signatures
 from extproc.core.display import escape
 from extproc.core.keyring import Keyring
+from extproc.core.merkle import CompactRange, compact_range_nodes, consistency_ranges, root_of
 from extproc.core.note import parse_note, parse_signature_line
 from extproc.core.tlogproof import ConsistencyProof
 from extproc.core.witness import MAX_BODY_BYTES, SIZE_CONTENT_TYPE
@@ -50,6 +54,7 @@ from extproc.store.base import ObjectStore, RetentionPolicy
 log = logging.getLogger("extproc.witness")
 
 REQUEST_TIMEOUT_S = 10.0  # one add-checkpoint exchange, connect to answer
+MAX_MEMORY_LEAVES = 1 << 20  # leaf hashes kept for proofs (32 MiB); older ones: the store
 MAX_BACKOFF_S = 300.0
 _MAX_ANSWER_BYTES = 64 * 1024  # a few signature lines
 OK, CONFLICT, REFUSED, UNREACHABLE, BAD_COSIGNATURE = (
@@ -78,6 +83,56 @@ class StoreProofs:
 
     def consistency(self, old_size: int, new_size: int) -> Sequence[bytes]:
         return self._prover.consistency(old_size, new_size).hashes
+
+
+class TreeMemory:
+    """The tree at a base size and the leaf hashes after it: consistency proofs
+    from any size at or above the base, computed without reading the store."""
+
+    def __init__(self, max_leaves: int = MAX_MEMORY_LEAVES) -> None:
+        self.max_leaves = max_leaves
+        self._base = CompactRange()
+        self._leaves: list[bytes] = []
+        self._known = False
+
+    @property
+    def end(self) -> int:
+        return self._base.size + len(self._leaves)
+
+    def add(self, previous: CompactRange, leaves: list[bytes]) -> None:
+        """The leaves published after the tree `previous` (a gap starts again from it)."""
+        if not self._known or self.end != previous.size:
+            self._base, self._leaves, self._known = previous.copy(), [], True
+        self._leaves.extend(leaves)  # in place: a proof being computed reads a prefix
+        if len(self._leaves) > self.max_leaves:
+            self.forget_below(self.end - self.max_leaves)
+
+    def forget_below(self, size: int) -> None:
+        """Keep proofs from `size` on only (the witnesses are all at or past it)."""
+        drop = min(size, self.end) - self._base.size
+        if drop <= 0:
+            return
+        base = self._base.copy()
+        base.extend(self._leaves[:drop])
+        self._base, self._leaves = base, self._leaves[drop:]  # new objects: see proof()
+
+    def proof(self, old: int, new: int) -> Callable[[], list[bytes]] | None:
+        """A function that computes the proof from `old` to `new` (run it in a thread:
+        it hashes up to `end - base` leaves); None if the memory does not reach."""
+        base, leaves = self._base, self._leaves  # add() only appends; forget makes new ones
+        if not self._known or not base.size <= old <= new <= base.size + len(leaves):
+            return None
+
+        def compute() -> list[bytes]:
+            at_old = base.copy()
+            at_old.extend(leaves[: old - base.size])
+            nodes = compact_range_nodes(at_old)
+            return [
+                nodes[(lo, hi)] if hi <= old else root_of(leaves[lo - base.size : hi - base.size])
+                for lo, hi in consistency_ranges(old, new)
+            ]
+
+        return compute
 
 
 @dataclass
@@ -116,11 +171,16 @@ class WitnessClient:
         self._clock = clock
         self._pending: tuple[Checkpoint, bytes] | None = None
         self._wake = asyncio.Event()
+        self.memory = TreeMemory()
         self.witnessed_size = 0  # the latest tree size a quorum cosigned
         self.rounds = 0  # checkpoints handled (tests wait on it)
 
-    def submit(self, checkpoint: Checkpoint, note: bytes) -> None:
-        """The newest published checkpoint (only the newest waits to be sent)."""
+    def submit(
+        self, checkpoint: Checkpoint, note: bytes, previous: CompactRange, leaves: list[bytes]
+    ) -> None:
+        """The newest published checkpoint (only the newest waits to be sent), the
+        tree at the one before and the leaf hashes since."""
+        self.memory.add(previous, leaves)
         self._pending = (checkpoint, note)
         self._wake.set()
 
@@ -161,6 +221,8 @@ class WitnessClient:
         if quorum is not None and checkpoint.size >= self.witnessed_size:
             self.witnessed_size = checkpoint.size
             metrics.WITNESSED_SIZE.set(checkpoint.size)
+        known = [e.known for e in self._endpoints if e.known is not None]
+        self.memory.forget_below(min(known, default=checkpoint.size))
         self.rounds += 1
         return lines
 
@@ -172,11 +234,7 @@ class WitnessClient:
             if old > checkpoint.size:
                 return self._count(endpoint, CONFLICT, f"has cosigned size {old}, beyond ours")
             try:
-                hashes = (
-                    await asyncio.to_thread(self.proofs.consistency, old, checkpoint.size)
-                    if 0 < old < checkpoint.size
-                    else ()
-                )
+                hashes = await self._proof(old, checkpoint.size)
                 body = ConsistencyProof(old, tuple(hashes), note).to_text().encode()
                 status, content_type, answer = await asyncio.to_thread(
                     self._post, endpoint.url, body
@@ -201,6 +259,14 @@ class WitnessClient:
             result = CONFLICT if status in (409, 422) else REFUSED
             return self._count(endpoint, result, f"HTTP {status}: {escape(answer[:200])}")
         return self._count(endpoint, CONFLICT, f"{name}: 409 twice (its size moves)")
+
+    async def _proof(self, old: int, new: int) -> Sequence[bytes]:
+        if not 0 < old < new:
+            return ()
+        compute = self.memory.proof(old, new)
+        if compute is not None:
+            return await asyncio.to_thread(compute)
+        return await asyncio.to_thread(self.proofs.consistency, old, new)
 
     def _accept(
         self, endpoint: _Endpoint, checkpoint: Checkpoint, note: bytes, answer: str
