@@ -101,6 +101,16 @@ def test_one_witness_down_publication_goes_on_and_quorum_two_needs_both(
         # Every cosigned checkpoint verifies with w1 alone; a quorum of two is not met.
         code, out = verify(stack, k1, quorum=1)
         assert code == 0, out
+        # prove puts the cosigned note in the proof; check-proof takes the same witnesses.
+        proof = tmp_path / "e0.tlog-proof"
+        made = run_cli("prove", stack.store_url, "--log", LOG_ID, "--seq", "0",
+                       "--out", str(proof), "--vkey", stack.vkey())  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        checked = run_cli("check-proof", str(proof), "--vkey", stack.vkey(), "--witness", k1)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        checked = run_cli("check-proof", str(proof), "--vkey", stack.vkey(), "--witness", k1,
+                          "--witness", k2)  # fmt: skip
+        assert checked.returncode == 1 and "1 of the 2 needed" in checked.stderr, checked.stderr
         code, out = verify(stack, k1, k2, quorum=2)
         assert code == 1 and "1 of the 2 needed" in out, out
         # A wrong witness key is no witness.
