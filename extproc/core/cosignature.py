@@ -51,6 +51,7 @@ from extproc.core.note import (
     check_key_name,
     decode_key_data,
     parse_note,
+    parse_signature_line,
     signature_line,
 )
 from extproc.errors import ConfigError, VerificationError
@@ -60,6 +61,7 @@ HEADER = "cosignature/v1\n"  # c2sp.org/tlog-cosignature: the signed message's f
 MAX_TIMESTAMP = (1 << 63) - 1  # c2sp.org/tlog-cosignature: MUST NOT exceed 2^63 - 1
 _SIGNATURE_BYTES = 8 + 64  # timestamp || Ed25519 signature
 _PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
+_MAX_ANSWER_CHARS = 64 * 1024  # a witness's answer: a few signature lines
 _KEY_ID_RE = re.compile(r"[0-9a-fA-F]{8}")
 
 
@@ -197,6 +199,28 @@ class Cosignature:
     def latest_ms(self) -> int:
         """The latest millisecond the cosignature's second holds (an upper bound)."""
         return self.timestamp * 1000 + 999
+
+
+def witness_answer(answer: str, witness: WitnessKey, body: str) -> list[str]:
+    """The cosignature lines (with newlines) by `witness` on `body` in a witness's 200
+    answer (c2sp.org/tlog-witness: signature lines; others' are skipped). VerificationError
+    if a line is malformed, one by its key does not verify, or there is none by it."""
+    if len(answer) > _MAX_ANSWER_CHARS:
+        raise VerificationError("witness answer too large")
+    lines = answer.split("\n")
+    if lines[-1] != "" or len(lines) > MAX_SIGNATURES + 1:
+        raise VerificationError("witness answer is not signature lines, each ending in a newline")
+    found = []
+    for raw in lines[:-1]:
+        sig = parse_signature_line(raw)
+        if not witness.matches(sig):
+            continue
+        if witness.verify(body, sig) is None:
+            raise VerificationError(f"invalid cosignature by witness {witness.label}")
+        found.append(raw + "\n")
+    if not found:
+        raise VerificationError(f"no cosignature by witness {witness.label} in its answer")
+    return found
 
 
 def add_signatures(note: bytes, lines: Iterable[str]) -> bytes:

@@ -41,11 +41,16 @@ from typing import Protocol
 from extproc import metrics
 from extproc.core import layout
 from extproc.core.checkpoint import Checkpoint
-from extproc.core.cosignature import WitnessKey, WitnessPolicy, add_signatures
+from extproc.core.cosignature import (
+    WitnessKey,
+    WitnessPolicy,
+    add_signatures,
+    witness_answer,
+)
 from extproc.core.display import escape
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange, compact_range_nodes, consistency_ranges, root_of
-from extproc.core.note import parse_note, parse_signature_line
+from extproc.core.note import parse_note
 from extproc.core.tlogproof import ConsistencyProof
 from extproc.core.witness import MAX_BODY_BYTES, SIZE_CONTENT_TYPE
 from extproc.errors import AuditError, ObjectExistsError, VerificationError
@@ -272,18 +277,10 @@ class WitnessClient:
         self, endpoint: _Endpoint, checkpoint: Checkpoint, note: bytes, answer: str
     ) -> list[str]:
         text, _ = parse_note(note)
-        lines: list[str] = []
         try:
-            for raw in answer.splitlines():
-                sig = parse_signature_line(raw)
-                if endpoint.key.matches(sig):  # others' lines are skipped (the spec)
-                    if endpoint.key.verify(text, sig) is None:
-                        raise VerificationError("a cosignature that does not verify")
-                    lines.append(raw + "\n")
+            lines = witness_answer(answer, endpoint.key, text)
         except VerificationError as e:
             return self._count(endpoint, BAD_COSIGNATURE, str(e))
-        if not lines:
-            return self._count(endpoint, BAD_COSIGNATURE, "no cosignature by its key")
         endpoint.known = checkpoint.size
         endpoint.failures = 0
         self._count(endpoint, OK, "")

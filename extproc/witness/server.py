@@ -58,15 +58,15 @@ class Witness:
 
     def answer(self, body: bytes) -> Answer:
         with self._lock:
-            answer = add_checkpoint(
-                body, self.logs, self.state.get, self.cosigner, int(self._clock())
-            )
-            if answer.status == OK and answer.latest is not None:
-                try:
+            try:
+                answer = add_checkpoint(
+                    body, self.logs, self.state.get, self.cosigner, int(self._clock())
+                )
+                if answer.status == OK and answer.latest is not None:
                     self.state.put(answer.origin, answer.latest)
-                except StorageError as e:
-                    log.error("not cosigned: %s", e)  # noqa: TRY400 (one line, no traceback)
-                    return Answer(503, "witness cannot persist its state\n")
+            except StorageError as e:  # a record unreadable or not written: nothing cosigned
+                log.error("not cosigned: %s", e)  # noqa: TRY400 (one line, no traceback)
+                return Answer(503, "witness cannot read or persist its state\n")
         if answer.status == OK:
             size = answer.latest.size if answer.latest else 0
             log.info("cosigned %s at tree size %d", escape(answer.origin), size)

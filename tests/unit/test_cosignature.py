@@ -27,6 +27,7 @@ from extproc.core.cosignature import (
     WitnessPolicy,
     add_signatures,
     cosigner_key_id,
+    witness_answer,
 )
 from extproc.core.keyring import SignedBy, TrustedKey
 from extproc.core.note import Signer, parse_note
@@ -289,3 +290,38 @@ def test_any_bit_flip_of_a_cosigned_note_fails(bit: int) -> None:
     with within_budget(memory=MEMORY, cpu=CPU, allowed=()), pytest.raises(VerificationError):
         open_checkpoint(bytes(mutated), LOG.verifier())
         policy(2, W1, W2).check(bytes(mutated))
+
+
+# --- a witness's answer (c2sp.org/tlog-witness 200 body) ------------------------------
+
+STRANGER = cosigner("stranger.example", 7)
+
+
+def test_witness_answer_keeps_the_witness_lines_only() -> None:
+    answer = STRANGER.cosign(BODY, 1) + W1.cosign(BODY, 2)
+    assert witness_answer(answer, W1.witness_key(), BODY) == [W1.cosign(BODY, 2)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("", "no cosignature by witness"),
+        (STRANGER.cosign(BODY, 1), "no cosignature by witness"),
+        (W1.cosign(BODY, 2).rstrip("\n"), "each ending in a newline"),
+        (_flip_signature_bit(W1.cosign(BODY, 2)), "invalid cosignature"),
+        (W1.cosign(BODY.replace("42", "41"), 2), "invalid cosignature"),
+        ("not a signature line\n", "bad signature line"),
+        (W1.cosign(BODY, 2) * 101, "each ending in a newline"),
+    ],
+    ids=["empty", "others_only", "no_newline", "bit_flip", "other_checkpoint", "garbage", "many"],
+)
+def test_bad_witness_answer_refused(answer: str, why: str) -> None:
+    with pytest.raises(VerificationError, match=why):
+        witness_answer(answer, W1.witness_key(), BODY)
+
+
+@FUZZ
+@given(st.text(max_size=4 * KIB))
+def test_witness_answer_fuzz(answer: str) -> None:
+    with within_budget(memory=MEMORY, cpu=CPU):
+        witness_answer(answer, W1.witness_key(), BODY)

@@ -202,3 +202,20 @@ def test_state_bounds_the_logs_it_keeps(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="its bound"):
         state.put("a/3", Latest(1, bytes(32)))
     state.close()
+
+
+def test_damaged_record_answers_503_and_cosigns_nothing(tmp_path: Path) -> None:
+    from extproc.witness.server import Witness
+
+    log = ModelLog()
+    state = WitnessState(tmp_path)
+    witness = Witness(witnessed(), WITNESS, state, clock=lambda: NOW)
+    assert witness.answer(log.body(0, 3)).status == 200
+    state.close()
+    (record,) = tmp_path.glob("*.json")
+    record.write_bytes(b"{")
+    state = WitnessState(tmp_path)
+    witness = Witness(witnessed(), WITNESS, state, clock=lambda: NOW)
+    answer = witness.answer(log.body(3, 5))
+    assert answer.status == 503 and "\u2014" not in answer.body
+    state.close()
