@@ -90,6 +90,11 @@ class StoreProofs:
         return self._prover.consistency(old_size, new_size).hashes
 
 
+def backoff_delay(failures: int, most: float) -> float:
+    """Seconds a witness is left alone after `failures` in a row: 1, 2, 4 ... `most`."""
+    return min(most, 2.0 ** min(max(failures, 1) - 1, 30))  # no float overflow, ever
+
+
 class TreeMemory:
     """The tree at a base size and the leaf hashes after it: consistency proofs
     from any size at or above the base, computed without reading the store."""
@@ -199,7 +204,7 @@ class WitnessClient:
             checkpoint, note = self._pending
             self._pending = None
             try:
-                await self.cosign(checkpoint, note)
+                await self._round(checkpoint, note)
             except asyncio.CancelledError:
                 if self._pending is None:  # stopped mid-round: flush() sends it again
                     self._pending = (checkpoint, note)
@@ -210,7 +215,13 @@ class WitnessClient:
         if self._pending is not None:
             checkpoint, note = self._pending
             self._pending = None
+            await self._round(checkpoint, note)
+
+    async def _round(self, checkpoint: Checkpoint, note: bytes) -> None:
+        try:
             await self.cosign(checkpoint, note)
+        except Exception:  # a fault in one round must not end the rounds, nor the drain
+            log.exception("witness round for tree size %d failed", checkpoint.size)
 
     async def cosign(self, checkpoint: Checkpoint, note: bytes) -> list[str]:
         """One round: ask every witness not backing off, publish what came back."""
@@ -249,6 +260,7 @@ class WitnessClient:
                 return self._count(endpoint, UNREACHABLE, f"{type(e).__name__}: {e}")
             except AuditError as e:  # no proof from that size (the store, or its bound)
                 endpoint.known = None
+                self._back_off(endpoint)
                 return self._count(endpoint, UNREACHABLE, f"no consistency proof: {e}")
             if status == 409 and content_type.startswith(SIZE_CONTENT_TYPE):
                 size = answer.strip()
@@ -297,7 +309,7 @@ class WitnessClient:
 
     def _back_off(self, endpoint: _Endpoint) -> None:
         endpoint.failures += 1
-        delay = min(self.max_backoff, 2.0 ** (endpoint.failures - 1))
+        delay = backoff_delay(endpoint.failures, self.max_backoff)
         endpoint.retry_at = self._clock() + delay
 
     def _post(self, url: str, body: bytes) -> tuple[int, str, str]:

@@ -22,7 +22,7 @@ from extproc.core.cosignature import Cosigner, WitnessPolicy
 from extproc.core.merkle import CompactRange, consistency_proof
 from extproc.core.note import parse_note
 from extproc.store.memory import MemoryStore
-from extproc.witness.client import WitnessClient
+from extproc.witness.client import WitnessClient, backoff_delay
 from tests.witnesses import ORIGIN, ModelLog, fixed_cosigner, post, running_witness
 
 W1, W2 = fixed_cosigner("w1.example", 81), fixed_cosigner("w2.example", 82)
@@ -144,3 +144,8 @@ def test_checkpoint_beyond_the_witness_is_a_conflict(tmp_path: Path) -> None:
         assert counted("w1.example", "conflict") == before + 1
         assert parse_note(note)[0]  # the log's own checkpoint is untouched
         assert list(store.list("")) == []
+
+
+def test_back_off_doubles_to_its_bound_and_never_overflows() -> None:
+    assert [backoff_delay(n, 300) for n in (1, 2, 3, 9, 10)] == [1, 2, 4, 256, 300]
+    assert backoff_delay(10**6, 300) == 300  # a witness down for years
