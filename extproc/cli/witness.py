@@ -41,8 +41,7 @@ def run_witness_keygen(args: argparse.Namespace) -> int:
 
 
 def add_witness(sub: Subparsers) -> None:
-    from extproc.witness.server import DEFAULT_PORT, MAX_CONNECTIONS
-    from extproc.witness.state import DEFAULT_MAX_LOGS
+    from extproc.core.witness import DEFAULT_MAX_LOGS, DEFAULT_PORT, MAX_CONNECTIONS
 
     p = sub.add_parser(
         "witness",

@@ -35,6 +35,9 @@ from extproc.core.tlogproof import ConsistencyProof
 from extproc.errors import ConfigError, VerificationError
 
 MAX_BODY_BYTES = 64 * 1024  # 63 proof lines and a note with its signatures: a few KiB
+DEFAULT_PORT = 7380  # `extproc-audit witness --listen 127.0.0.1:7380`
+MAX_CONNECTIONS = 64  # served at once; more are closed unanswered
+DEFAULT_MAX_LOGS = 100_000  # records a witness keeps (one per origin it cosigned)
 SIZE_CONTENT_TYPE = "text/x.tlog.size"  # c2sp.org/tlog-witness: the 409 body's type
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 OK, BAD_REQUEST, FORBIDDEN, NOT_FOUND, CONFLICT, UNPROCESSABLE, TOO_LARGE = (

@@ -23,6 +23,7 @@ from extproc.core.cosignature import Cosigner
 from extproc.core.display import escape
 from extproc.core.witness import (
     MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
     OK,
     TEXT_CONTENT_TYPE,
     Answer,
@@ -35,8 +36,6 @@ from extproc.witness.state import WitnessState
 log = logging.getLogger("extproc.witness")
 
 ENDPOINT = "/add-checkpoint"  # c2sp.org/tlog-witness, under the submission prefix
-DEFAULT_PORT = 7380
-MAX_CONNECTIONS = 64
 READ_TIMEOUT_S = 10.0
 
 

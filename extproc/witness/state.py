@@ -22,11 +22,10 @@ from pathlib import Path
 
 from extproc.core import b64
 from extproc.core.merkle import HASH_SIZE
-from extproc.core.witness import Latest
+from extproc.core.witness import DEFAULT_MAX_LOGS, Latest
 from extproc.errors import ConfigError, StorageError
 
 _MAX_RECORD_BYTES = 4096  # an origin line, a size and a hash
-DEFAULT_MAX_LOGS = 100_000  # records a witness keeps (one per origin it cosigned)
 
 
 class WitnessState:
