@@ -40,7 +40,7 @@ memory soak.
 
     python scripts/bench.py --quick          # about 2 minutes
     python scripts/bench.py                  # 20 s runs, E, C with 1 and 2 workers, soak
-    python scripts/bench.py --only B,H,F,L   # some cases (B is always run)
+    python scripts/bench.py --only H,L       # some cases (with their floors, B and A)
     python scripts/bench.py --quick --repeat 3   # three rounds and the range of each figure
     python scripts/bench.py --dir /dev/shm   # WALs and local stores on tmpfs (no disk noise)
     python scripts/bench.py --json out.json  # also write the numbers
@@ -624,7 +624,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=None,
-        help="run only these cases, e.g. 'B,H,F,L' (B is always run: most ratios need it)",
+        help="run only these cases, e.g. 'H,L'; each case's floors, B and the ceiling A "
+        "are always run (the ratios need them)",
     )
     parser.add_argument(
         "--soak-only",
@@ -679,8 +680,13 @@ def _run_round(
         two_phase=bool(not args.quick or args.only),
     )
     if args.only:
-        wanted = set(args.only.split(",")) | {"B"}
-        cases = [c for c in cases if c.id in wanted or c.id.rstrip("0123456789") in wanted]
+        asked = set(args.only.split(","))
+
+        def chosen(case: Case, ids: set[str]) -> bool:
+            return case.id in ids or case.id.rstrip("0123456789") in ids
+
+        wanted = asked | {"A", "B"} | {f for c in cases if chosen(c, asked) for f in c.floors}
+        cases = [c for c in cases if chosen(c, wanted)]
     if bench.moto is None and any(c.store.startswith("s3://") for c in cases):
         bench.start_moto()
     done: list[CaseResult] = []
