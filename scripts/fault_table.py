@@ -4,7 +4,7 @@ Each row runs a real stack (Envoy in enforce mode, the audit server, an
 upstream app) whose server reaches S3 only through tests/faultproxy.py's
 FaultProxy, under steady load through Envoy; the fault stays on for
 --seconds, then the store heals. The same scenario functions as
-tests/test_faults.py, measured instead of asserted.
+tests/integration/test_faults.py, measured instead of asserted.
 
     .venv/bin/python scripts/fault_table.py --seconds 8
     .venv/bin/python scripts/fault_table.py --rows blackhole,fulldisk --s3 localstack

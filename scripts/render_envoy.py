@@ -31,7 +31,7 @@ COMPOSE_HEADER = (
     "# {upstream.host}:{upstream.port}. Admin (stats) on :9901 inside\n"
     "# the compose network (published on the host's loopback only).\n"
 )
-# Compose service names and ports; tests/test_deploy_compose.py checks that
+# Compose service names and ports; tests/integration/test_deploy_compose.py checks that
 # docker-compose.yml agrees with them.
 COMPOSE_EXT_PROC = Endpoint("audit", 50051)
 COMPOSE_UPSTREAM = Endpoint("app", 8080)

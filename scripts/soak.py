@@ -24,7 +24,7 @@ warm-up (MB/min, least squares over the samples past --warmup).
     python scripts/soak.py --minutes 2 --rate 100 --kills 2 --kill-every 30   # a quick look
     python scripts/soak.py --tracemalloc 10                 # also the top allocation growth
 
-`PacedLoad` is the load generator, also used by tests/test_rollout.py.
+`PacedLoad` is the load generator, also used by tests/integration/test_rollout.py.
 """
 
 from __future__ import annotations

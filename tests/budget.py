@@ -23,6 +23,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypedDict
 
 from hypothesis import HealthCheck, settings
 
@@ -40,6 +41,13 @@ MIB = 1 << 20
 
 class BudgetExceeded(AssertionError):
     pass
+
+
+class Budget(TypedDict):
+    """A budget a test names once and spends per input: `within_budget(**BUDGET)`."""
+
+    memory: int
+    cpu: float
 
 
 @contextmanager

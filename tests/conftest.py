@@ -33,7 +33,7 @@ from tests.helpers import read_entries as read_entries  # imported from here by 
 
 # SIGTERM's --drain-delay waits for callers' proxies to drop the endpoint (a
 # rollout); the tests' servers have no such callers: no delay unless a test
-# sets it (tests/test_rollout.py). One place for every `serve` a test starts.
+# sets it (tests/integration/test_rollout.py). One place for every `serve` a test starts.
 os.environ.setdefault("EXTPROC_AUDIT_DRAIN_DELAY", "0")
 
 

@@ -61,7 +61,7 @@ def istio_like_bootstrap(
     """
     name = "virtualInbound" if context == "SIDECAR_INBOUND" else f"0.0.0.0_{listen.port}"
     app_cluster = f"inbound|{app.port}||" if context == "SIDECAR_INBOUND" else "outbound|8000||app"
-    hcm = {
+    hcm: dict[str, Any] = {
         "@type": _TYPE
         + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": f"inbound_0.0.0.0_{app.port}",
@@ -141,10 +141,10 @@ def istio_like_bootstrap(
         )
         contexts[out_name] = "SIDECAR_OUTBOUND"
         clusters.append(_static(out_cluster, listen))
-    for cluster in clusters:
+    for built in clusters:
         # istiod names every cluster's stats "<name>;" (cluster_builder.go), for
         # the cluster_name tag of its bootstrap.
-        cluster["alt_stat_name"] = f"{cluster['name']};"
+        built["alt_stat_name"] = f"{built['name']};"
     config = {
         "node": {
             "id": "sidecar~10.0.0.1~app-0.demo~demo.svc.cluster.local",

@@ -11,7 +11,7 @@ working, as they do in the partial outages it imitates:
 - `reset` (a fraction): forward, then close the connection before the response
 - `blackhole` (a fraction): answer 200 with a plausible ETag, store nothing
 
-Below the proxy, what tests/test_faults.py and scripts/fault_table.py share:
+Below the proxy, what tests/integration/test_faults.py and scripts/fault_table.py share:
 a stack whose server reaches S3 only through the proxy (FaultyS3Stack),
 steady load through Envoy (Load), a small volume under the WAL
 (small_volume), and one function per scenario that returns what it measured.
@@ -169,7 +169,7 @@ class FaultProxy:
 
 # --- driving a real stack through the proxy ------------------------------------------
 #
-# Shared by tests/test_faults.py and scripts/fault_table.py: an AuditStack
+# Shared by tests/integration/test_faults.py and scripts/fault_table.py: an AuditStack
 # (real Envoy, real server, enforce mode) whose server reaches S3 only
 # through a FaultProxy, steady load through Envoy, and what was measured.
 

@@ -10,7 +10,7 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import duration_pb2, timestamp_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, timestamp_pb2, wrappers_pb2  # type: ignore[import-untyped]
 
 from extproc.attributes import ATTR_NAMESPACE
 

@@ -1,5 +1,5 @@
 """Tampering with a published log: what an adversary with write access to the
-bucket does, for tests/test_tamper.py and scripts/attack.py.
+bucket does, for tests/integration/test_tamper.py and scripts/attack.py.
 
 Each attack of TAMPERING changes a copy of a store that holds one verified
 log (a Pristine) and returns the finding `verify` must print; `truncated`

@@ -19,5 +19,5 @@ The commands' own (only extproc.cli imports them):
 - `report.py`: what `verify` and `search` print (text, JSON, the table);
 - `statefile.py`: the `verify --state` file on disk.
 
-tests/test_boundaries.py holds these lines.
+tests/integration/test_boundaries.py holds these lines.
 """

@@ -6,7 +6,7 @@ do not hold what is looked for; a substring search costs a fraction of a JSON
 parse. Every pattern is built here from a field name (core/fields.py) and
 the writers' encoding (core.entry.encode: orjson, sorted keys, compact
 separators, so a member with a scalar value is `"name":` and the value as
-orjson writes it alone; tests/test_scan.py holds this against the encoder).
+orjson writes it alone; tests/unit/test_scan.py holds this against the encoder).
 
 A scan only skips lines or confirms what a parse would: a line it returns
 may hold the bytes inside another value, so the caller parses it and

@@ -6,7 +6,7 @@ byte budgets (counted in bytes, before any decoding or redaction), repeated
 headers (one value, field lines joined with ","), redaction and truncation,
 the request line, the source and its XFCC-derived identity, the response
 status, and the `reporter` field with what the reporter claims about itself.
-So a header both captures carry is stored identically (tests/test_builder.py
+So a header both captures carry is stored identically (tests/integration/test_builder.py
 runs the same requests through real Envoy with both on).
 """
 

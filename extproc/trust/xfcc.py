@@ -22,7 +22,7 @@ unknown or repeated key (Envoy repeats By, URI and DNS only for a certificate
 with several such SANs: which one would be the identity?), an empty pair or
 element, and more elements or bytes than the bounds. A header it accepts has
 one reading: `render` writes the elements back in Envoy's form and `parse` of
-that gives the same elements (tests/test_xfcc.py). Pure: no I/O.
+that gives the same elements (tests/unit/test_xfcc.py). Pure: no I/O.
 
 Trust reads the own sidecar's element with `parse` (trust/sources.py: any
 fault refuses the stream); an audited request's header, recorded as its
