@@ -1,6 +1,6 @@
 """A C2SP client not written here verifies our published logs (issue 19, item 5).
 
-tests/interop/tlogclient is a small Go program over golang.org/x/mod/sumdb/note
+tests/go/tlogclient is a small Go program over golang.org/x/mod/sumdb/note
 and sumdb/tlog (Debian's golang-golang-x-mod-dev, built in GOPATH mode with no
 network): it checks the `checkpoint` signature with the log's verifier key,
 the hash tiles against the checkpoint's root, every entry's hash against the
@@ -38,7 +38,7 @@ from tests.conftest import MotoServer
 from tests.helpers import ORIGIN_PREFIX, write_log
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENT = ROOT / "tests" / "interop" / "tlogclient" / "main.go"
+CLIENT = ROOT / "tests" / "go" / "tlogclient" / "main.go"
 GOPATH = Path("/usr/share/gocode")  # Debian's Go sources: golang-golang-x-mod-dev
 X_MOD = GOPATH / "src" / "golang.org" / "x" / "mod" / "sumdb" / "tlog"
 
