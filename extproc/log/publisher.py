@@ -77,7 +77,7 @@ from extproc.errors import (
 )
 from extproc.log.appender import AuditLog, Durable
 from extproc.log.foreign import ForeignKeys
-from extproc.log.tilewriter import TileWriter
+from extproc.log.tilewriter import TILE_PUTS_IN_FLIGHT, TileWriter
 from extproc.log.wal import WAL, TreeState
 from extproc.log.writeonce import FOREIGN, FORK, OURS, WriteOnce, backoff_delay, same_bytes
 from extproc.store.base import ObjectStore, RetentionPolicy
@@ -158,6 +158,7 @@ class Publisher:
             log_id=config.log_id,
             retention=config.retention,
             retry_max_delay=config.retry_max_delay,
+            threads=TILE_PUTS_IN_FLIGHT if config.tiles else 2,
         )
         # The same log in C2SP tlog-tiles layout, beside ours (log/tilewriter.py).
         self._tiles = TileWriter(store, self._writes, config.log_id, config.retention)

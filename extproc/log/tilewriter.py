@@ -21,6 +21,7 @@ tiles existed) it is rebuilt once from the log's bundles, writing every tile.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -45,6 +46,7 @@ from extproc.store.base import CONFIRMED, ObjectStore, RetentionPolicy
 log = logging.getLogger(__name__)
 
 LATEST_ATTEMPTS = 3  # puts of `checkpoint` per checkpoint; the next checkpoint tries again
+TILE_PUTS_IN_FLIGHT = 8  # tile puts at once (and the publisher's store threads with tiles)
 
 
 class TileWriter:
@@ -147,19 +149,35 @@ class TileWriter:
         return await self._write_unwritten(partials)
 
     async def _write_unwritten(self, partials: Sequence[tuple[TileName, bytes]] = ()) -> list[str]:
-        """Put the full tiles not yet confirmed, then `partials`; the keys found
-        holding foreign objects."""
-        found: list[str] = []
-        for tile, data in [*self._unwritten.items(), *partials]:
+        """Put the full tiles not yet confirmed, then `partials`, TILE_PUTS_IN_FLIGHT
+        at a time (a round at 20,000 entries/s completes ~80 tiles: one at a
+        time, S3's latency would hold publication back); the keys found holding
+        foreign objects. A tile whose put failed otherwise stays unwritten."""
+        slots = asyncio.Semaphore(TILE_PUTS_IN_FLIGHT)
+
+        async def put(tile: TileName, data: bytes) -> str | None:
             key = self._key(tile)
             if key in self._writes.foreign:
-                self._unwritten.pop(tile, None)
+                return None
+            async with slots:
+                try:
+                    await self._writes.put(key, data, "tile", same_bytes(data), tile_limit(tile))
+                except ForeignObjectError:
+                    return key
+            return None
+
+        todo = [*self._unwritten.items(), *partials]
+        results = await asyncio.gather(*(put(t, d) for t, d in todo), return_exceptions=True)
+        found: list[str] = []
+        for (tile, _), result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException):
                 continue
-            try:
-                await self._writes.put(key, data, "tile", same_bytes(data), tile_limit(tile))
-            except ForeignObjectError:
-                found.append(key)
             self._unwritten.pop(tile, None)
+            if result is not None:
+                found.append(result)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         return found
 
     async def publish_latest(self, note: bytes) -> bool:

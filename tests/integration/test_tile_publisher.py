@@ -11,6 +11,8 @@ tests/integration/test_tlog_interop.py reads the same layout independently.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ from extproc.core.keyring import Keyring
 from extproc.core.merkle import leaf_hash
 from extproc.core.note import Signer
 from extproc.core.tiles import TileBuilder, new_tiles, tiles_at
-from extproc.store.base import RetentionPolicy
+from extproc.log.tilewriter import TILE_PUTS_IN_FLIGHT
+from extproc.store.base import Retention, RetentionPolicy
 from extproc.store.memory import MemoryStore
 from tests.helpers import ORIGIN_PREFIX, read_entries, read_lines, write_log
 
@@ -139,3 +142,31 @@ def test_planted_tile_is_recorded_and_publication_goes_on(tmp_path: Path, signer
     stored = _tile_objects(store)
     assert stored.pop(planted) != expected.pop(planted)
     assert stored == expected
+
+
+class SlowStore(MemoryStore):
+    """S3's latency on every put, and how many puts were in flight at most."""
+
+    def __init__(self) -> None:
+        super().__init__("audit", versioned=True)
+        self.in_flight = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        time.sleep(0.02)
+        with self._lock:
+            self.in_flight -= 1
+        super().put_once(key, data, retention)
+
+
+def test_tiles_of_a_busy_round_are_put_in_parallel(tmp_path: Path, signer: Signer) -> None:
+    """10,000 entries a round (20,000/s) complete ~80 tiles: put one at a time,
+    at S3's latency, they would hold publication back by seconds a round."""
+    store = SlowStore()
+    _write(store, signer, tmp_path / "wal", *_batches(1, 10_000), bundle_max_entries=10_000)
+    assert store.most == TILE_PUTS_IN_FLIGHT
+    assert _tile_objects(store) == _expected_tiles(store, _checkpoint_sizes(store))
