@@ -256,6 +256,12 @@ class ServeConfig:
         help="seal a bundle once its oldest entry is this many seconds old",
     )
     gzip: bool = option(False, group=_PUBLISH, kind="flag", help="write bundles as .jsonl.gz")
+    no_tiles: bool = option(
+        False,
+        group=_PUBLISH,
+        kind="flag",
+        help="do not publish the log in C2SP tlog-tiles layout beside the bundles",
+    )
     retention_days: int | None = option(
         None,
         group=_PUBLISH,

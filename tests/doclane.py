@@ -328,6 +328,7 @@ TOOL_FLAGS: dict[str, frozenset[str]] = {
     "curl": frozenset(),
     "grpcurl": frozenset(),
     "promtool": frozenset(),
+    "go": frozenset(),
     "terraform": frozenset(),
     "kind": frozenset(),
     "bash": frozenset(),

@@ -193,8 +193,11 @@ def forked(p: Pristine, dest: Path) -> Path:
     cp_key = p.keys("checkpoint")[-1]
     cp = Checkpoint.from_text(verify_note(b.read(cp_key), p.signer.verifier()))
     assert cp.size == len(leaves)
-    b.write(cp_key, sign_checkpoint(Checkpoint(cp.origin, cp.size, tree.root(), cp.extensions),
-                                    p.signer))  # fmt: skip
+    note = sign_checkpoint(Checkpoint(cp.origin, cp.size, tree.root(), cp.extensions), p.signer)
+    b.write(cp_key, note)
+    latest = layout.latest_checkpoint_key("", p.log_id)  # the tlog-tiles copy, if published
+    if (dest / latest).exists():
+        b.write(latest, note)
     return dest
 
 

@@ -6,7 +6,14 @@ made by anyone with read access, offline from the writer. Proofs come from
 extproc.core.merkle and are checked with its verify_* before they are
 handed out.
 
-Cost: a proof against a checkpoint of size n needs the leaf hashes of all n
+Cost: a log published with tiles (docs/FORMAT.md, "Tiles") proves an entry
+by seq, and any consistency, from O(log n) tiles (audit/tiles.py) and its
+checkpoints' listing, without listing or reading the rest of the log. The
+proof is checked against the signed root before it is handed out; where the
+tiles are missing or do not give that root, the proof is made from the
+entries instead.
+
+From the entries: a proof against a checkpoint of size n needs the leaf hashes of all n
 entries (RFC 9162 proofs hash whole subtrees), so every bundle up to n is
 read once: O(n) reading, 32 bytes of memory per entry. Bundles are streamed
 one at a time; only their leaf hashes are kept, in a bounded LRU cache that
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.audit.reader import Bundle, LogReader
+from extproc.audit.tiles import TiledTree
 from extproc.core import entry as entry_format
 from extproc.core import layout, scan
 from extproc.core.bundle import MAX_BUNDLE_BYTES, split_lines
@@ -268,6 +276,39 @@ class Prover:
             reader.bundles_in_effect(self.keyring),
         )
 
+    def _checkpoints_from(self, size: int) -> _LogObjects | None:
+        """The checkpoints of size `size` and up, listed without the rest of the
+        log (its seq-numbered folders from there; no tiles): what a proof from
+        tiles needs. None if there is none."""
+        reader = LogReader.open(
+            self.store, self.log_id, max(size, 1), max_bundle_bytes=self.max_bundle_bytes
+        )
+        sizes = sorted(n for _, n in reader.objects.checkpoints if n >= size)
+        return _LogObjects(reader, sizes, []) if sizes else None
+
+    def _tiled(self, objects: _LogObjects, size: int) -> TiledTree:
+        return TiledTree(objects.reader.read, self.store.prefix, self.log_id, size)
+
+    def _inclusion_from_tiles(self, seq: int, tree_size: int | None) -> Inclusion | None:
+        """Entry `seq` proven from the tiles (O(log n) reads); None where the log
+        has no tiles that give the signed root (then the entries are read)."""
+        if tree_size is not None and tree_size <= seq:
+            return None  # the entries' path says why
+        objects = self._checkpoints_from(seq + 1)
+        if objects is None:
+            return None
+        cp, note = self._checkpoint(objects, seq + 1, tree_size)
+        tree = self._tiled(objects, cp.size)
+        try:
+            data = tree.entry(seq)
+            hashes = tuple(tree.inclusion_proof(seq))
+            verify_inclusion(
+                hashlib.sha256(LEAF_PREFIX + data).digest(), seq, cp.size, hashes, cp.root_hash
+            )
+        except (VerificationError, ObjectNotFoundError):
+            return None
+        return Inclusion(self.log_id, seq, data, hashes, cp, note)
+
     def _bundle_lines(self, objects: _LogObjects, key: str, name: layout.BundleName) -> list[bytes]:
         lines = split_lines(objects.reader.bundle_data(key, name))
         if len(lines) != name.last - name.first + 1:
@@ -443,6 +484,10 @@ class Prover:
         """
         if (seq is None) == (request_id is None):
             raise ConfigError("name the entry by seq or by request id (one of them)")
+        if seq is not None and seq >= 0:
+            tiled = self._inclusion_from_tiles(seq, tree_size)
+            if tiled is not None:
+                return tiled
         objects = self._objects()
         if request_id is not None:
             matches, total = self._scan_request_id(objects, request_id, MAX_LISTED_MATCHES)
@@ -471,6 +516,9 @@ class Prover:
     def consistency(self, first: int, second: int | None = None) -> Consistency:
         """Proof that the tree of size `first` is a prefix of the tree of size
         `second` (default: the newest valid checkpoint's size)."""
+        tiled = self._consistency_from_tiles(first, second)
+        if tiled is not None:
+            return tiled
         objects = self._objects()
         latest = self._checkpoint(objects, 0, None)[0]
         if second is None:
@@ -500,6 +548,36 @@ class Prover:
             hashes,
             first_cp[1] if first_cp else None,
             second_cp[1] if second_cp else None,
+        )
+
+    def _consistency_from_tiles(self, first: int, second: int | None) -> Consistency | None:
+        """The consistency proof up to the newest checkpoint, from its tiles
+        (O(log n) reads), checked against its signed root (which binds the root
+        of size `first` too); None for another `second`, or where the tiles do
+        not give the signed root."""
+        objects = self._checkpoints_from(max(first, 1))
+        if objects is None:
+            return None
+        latest, note = self._checkpoint(objects, 0, None)
+        if second not in (None, latest.size) or not 0 < first <= latest.size:
+            return None  # the entries' path answers (or says why not)
+        tree = self._tiled(objects, latest.size)
+        try:
+            old_root = tree.range_root(0, first)
+            hashes = tuple(tree.consistency_proof(first))
+            verify_consistency(first, latest.size, old_root, latest.root_hash, hashes)
+        except (VerificationError, ObjectNotFoundError):
+            return None
+        first_cp = self._open(objects, first) if first in objects.checkpoints else None
+        if first_cp is not None and first_cp[0].root_hash != old_root:
+            return None
+        return Consistency(
+            self.log_id,
+            first,
+            latest.size,
+            hashes,
+            first_cp[1] if first_cp else None,
+            note,
         )
 
 

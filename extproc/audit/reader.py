@@ -65,6 +65,11 @@ class LogObjects:
     claims: list[tuple[str, int]] = field(default_factory=list)  # key, first seq
     cosigned: list[tuple[str, int]] = field(default_factory=list)  # key, tree size
     unknown: list[str] = field(default_factory=list)
+    # The tlog-tiles layout beside ours: tiles and entry bundles, and the key of
+    # the latest checkpoint (`checkpoint`, rewritten: every version is kept).
+    tiles: list[tuple[str, layout.TileName]] = field(default_factory=list)
+    latest: str = ""
+    latest_versions: list[ObjectVersion] = field(default_factory=list)
     # Versioned stores: key -> the original (oldest) version, which is what is read.
     originals: dict[str, ObjectVersion] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # key -> size as listed
@@ -87,6 +92,10 @@ def _add(logs: dict[str, LogObjects], stray: list[str], store: ObjectStore, key:
         objects.claims.append((key, name.size))
     elif name.kind == "cosigned" and name.size is not None:
         objects.cosigned.append((key, name.size))
+    elif name.kind == "tile" and name.tile is not None:
+        objects.tiles.append((key, name.tile))
+    elif name.kind == "latest":
+        objects.latest = key
     else:
         objects.unknown.append(key)
     return name.log_id
@@ -140,9 +149,14 @@ def list_logs(
             )
             _forget(objects, key)
             continue
-        objects.originals[key] = real[0]
-        objects.sizes[key] = real[0].size
-        if len(real) > 1:
+        if key == objects.latest:
+            # The one key a log rewrites: each version is a checkpoint of its history.
+            objects.latest_versions = real
+            objects.sizes[key] = real[-1].size
+        else:
+            objects.originals[key] = real[0]
+            objects.sizes[key] = real[0].size
+        if len(real) > 1 and key != objects.latest:
             objects.version_findings.append(
                 Finding(
                     found,
@@ -169,6 +183,9 @@ def _forget(objects: LogObjects, key: str) -> None:
     objects.claims = [c for c in objects.claims if c[0] != key]
     objects.cosigned = [c for c in objects.cosigned if c[0] != key]
     objects.unknown = [u for u in objects.unknown if u != key]
+    objects.tiles = [t for t in objects.tiles if t[0] != key]
+    if objects.latest == key:
+        objects.latest = ""
 
 
 def _vlist(versions: list[ObjectVersion]) -> str:

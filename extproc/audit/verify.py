@@ -28,6 +28,7 @@ from extproc.audit.retention import (
     check_retention_rule,
     check_rule_against_objects,
 )
+from extproc.audit.tilecheck import check_latest
 from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.checkpoint import open_checkpoint
 from extproc.core.cosignature import WitnessPolicy
@@ -137,6 +138,8 @@ def verify_log(
             if key not in below and not checker.is_foreign(key):
                 check_object_retention(reader, checker, key, min_retention_days, seen)
     report = checker.finish()
+    if report.valid:  # else one finding already says nothing verifies (a wrong --vkey)
+        report.findings.extend(check_latest(reader, verifier, report.valid))
     if prior is not None:
         report.findings.extend(
             check_against_state(
@@ -217,7 +220,10 @@ def audit_store(
         general.append(
             Finding(log_id, "", "log verified in the last run has no objects any more (deleted)")
         )
-    priors = {log_id: prior_state.logs.get(log_id) if not options.full else None for log_id in logs}
+    priors = {
+        log_id: prior_state.logs.get(log_id) if not _full(options, prior_state, log_id) else None
+        for log_id in logs
+    }
     if options.on_total is not None:
         total = 0
         for log_id, reader in logs.items():
@@ -249,7 +255,7 @@ def audit_store(
                 )
             )
         old = prior_state.logs.get(log_id)
-        if options.full and old is not None:
+        if old is not None and _full(options, prior_state, log_id):
             # --full re-reads everything but still holds the log to what was verified.
             report.findings.extend(
                 check_against_state(
@@ -286,6 +292,13 @@ def audit_store(
         # log (a tree is cumulative), and an invalid log is always shown.
         shown = [r for r in reports if r.status is None or r.status.in_window or not r.ok]
     return AuditResult(shown, general, state, ok, len(reports), rule)
+
+
+def _full(options: AuditOptions, state: AuditState, log_id: str) -> bool:
+    """Re-read the whole log: --full, or a state record `verify --tiles` wrote (it
+    checked the tree, not our objects, so it has no fingerprints of them)."""
+    prior = state.logs.get(log_id)
+    return options.full or (prior is not None and prior.size > 0 and not prior.objects)
 
 
 def _next_state(

@@ -123,23 +123,30 @@ def root_of(leaves: Sequence[bytes]) -> bytes:
     return cr.root()
 
 
-def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
-    """PATH(index, D[n]) of RFC 9162 2.1.3.1, for the tree over `leaves`."""
-    if not 0 <= index < len(leaves):
-        raise ValueError(f"leaf index {index} outside tree of size {len(leaves)}")
-    proof: list[bytes] = []
-    lo, hi = 0, len(leaves)
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [lo, hi) whose subtree roots make PATH(index, D[size]) of
+    RFC 9162 2.1.3.1, leaf first. Each is a node of the tree: a perfect
+    subtree, or a right edge that is the compact range of its leaves."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf index {index} outside tree of size {size}")
+    ranges: list[tuple[int, int]] = []
+    lo, hi = 0, size
     # Walk down from the root, collecting siblings; reverse to get leaf-first order.
     while hi - lo > 1:
         k = _largest_power_of_two_below(hi - lo)
         if index < lo + k:
-            proof.append(root_of(leaves[lo + k : hi]))
+            ranges.append((lo + k, hi))
             hi = lo + k
         else:
-            proof.append(root_of(leaves[lo : lo + k]))
+            ranges.append((lo, lo + k))
             lo += k
-    proof.reverse()
-    return proof
+    ranges.reverse()
+    return ranges
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """PATH(index, D[n]) of RFC 9162 2.1.3.1, for the tree over `leaves`."""
+    return [root_of(leaves[lo:hi]) for lo, hi in inclusion_ranges(index, len(leaves))]
 
 
 def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:

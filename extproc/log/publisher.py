@@ -77,6 +77,7 @@ from extproc.errors import (
 )
 from extproc.log.appender import AuditLog, Durable
 from extproc.log.foreign import ForeignKeys
+from extproc.log.tilewriter import TILE_PUTS_IN_FLIGHT, TileWriter
 from extproc.log.wal import WAL, TreeState
 from extproc.log.writeonce import FOREIGN, FORK, OURS, WriteOnce, backoff_delay, same_bytes
 from extproc.store.base import ObjectStore, RetentionPolicy
@@ -104,6 +105,7 @@ class PublisherConfig:
     gzip: bool = False
     retention: RetentionPolicy | None = None
     retry_max_delay: float = RETRY_MAX_DELAY
+    tiles: bool = False  # also publish the C2SP tlog-tiles layout (serve: on, --no-tiles)
 
 
 class Publisher:
@@ -156,7 +158,10 @@ class Publisher:
             log_id=config.log_id,
             retention=config.retention,
             retry_max_delay=config.retry_max_delay,
+            threads=TILE_PUTS_IN_FLIGHT if config.tiles else 2,
         )
+        # The same log in C2SP tlog-tiles layout, beside ours (log/tilewriter.py).
+        self._tiles = TileWriter(store, self._writes, config.log_id, config.retention)
         metrics.EPOCH.set(self.epoch)
         audit_log.wake_when_waiting(config.bundle_max_entries)
 
@@ -304,6 +309,8 @@ class Publisher:
             reads += 1
             if not await self._adopt_bundle(reader, bundle, key, size):
                 found.append(key)
+        if cfg.tiles:
+            found += await self._tiles.restore(reader, self.log.published.compact_range())
         if found:
             self._foreign.know(found)
             await self._record_foreign(found)
@@ -568,6 +575,11 @@ class Publisher:
         )
         data = sign_checkpoint(cp, self.signer)
         key = self._checkpoint_key(size)
+        if (tiled := self._tiles.size) is not None:  # the tiles first: the checkpoint needs them
+            pending = self.log.entries(tiled, size - tiled)
+            if found := await self._tiles.write((d.line, d.leaf) for d in pending):
+                self._foreign.know(found)
+                await self._record_foreign(found)
         await self._writes.put(
             key,
             data,
@@ -575,6 +587,7 @@ class Publisher:
             lambda existing: self._judge_checkpoint(existing, cp),
             MAX_NOTE_BYTES,
         )
+        await self._tiles.publish_latest(data)
         self.checkpoints_written += 1
         metrics.LAST_CHECKPOINT.set(signed_at)
         previous, since = self.log.published, []

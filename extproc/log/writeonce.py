@@ -65,6 +65,7 @@ class WriteOnce:
         log_id: str,
         retention: RetentionPolicy | None,
         retry_max_delay: float,
+        threads: int = 2,
     ) -> None:
         self._store = store
         self._log = audit_log
@@ -78,7 +79,7 @@ class WriteOnce:
         # Store and state-file calls block: a small pool of our own, not the
         # loop's default executor, keeps the thread (and malloc arena) count
         # flat over days of uptime.
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="publish")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="publish")
 
     def io(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run a blocking store (or state-file) call on the pool."""

@@ -416,6 +416,7 @@ class AuditServer:
                 max_age=cfg.bundle_max_age,
                 gzip=cfg.gzip,
                 retention=retention,
+                tiles=not cfg.no_tiles,
             ),
             writer_id=self.writer_id,
             on_fenced=self._fenced,

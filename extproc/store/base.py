@@ -77,6 +77,13 @@ class ObjectStore(Protocol):
         """Create `key`; raise ObjectExistsError if anything is already there."""
         ...
 
+    def put_replace(self, key: str, data: bytes, retention: Retention | None) -> None:
+        """Write `key` whether or not it exists: for the one key a log rewrites,
+        the tlog-tiles `checkpoint` (a new version on a versioned store, where
+        Object Lock keeps every earlier one). Atomic: a reader sees the old
+        bytes or the new ones."""
+        ...
+
     def get(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
         """Read `key`; raise ObjectNotFoundError if absent, ObjectTooLargeError
         if it holds more than `limit` bytes (checked before reading where the

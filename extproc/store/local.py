@@ -112,6 +112,12 @@ class LocalStore:
         return None
 
     def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
+        self._put(key, data, once=True)
+
+    def put_replace(self, key: str, data: bytes, retention: Retention | None) -> None:
+        self._put(key, data, once=False)
+
+    def _put(self, key: str, data: bytes, *, once: bool) -> None:
         parts = self._parts(key)
         try:
             dir_fd = self._open_dir(parts[:-1], key, create=True)
@@ -129,8 +135,11 @@ class LocalStore:
                 f.flush()
                 os.fsync(f.fileno())
             try:
-                # link() fails if the name exists (as anything): an atomic create-once.
-                os.link(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                if once:
+                    # link() fails if the name exists (as anything): an atomic create-once.
+                    os.link(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                else:
+                    os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=dir_fd)

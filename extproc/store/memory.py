@@ -66,6 +66,12 @@ class MemoryStore:
             self.retentions[key] = retention
         self._record(key, bytes(data))
 
+    def put_replace(self, key: str, data: bytes, retention: Retention | None) -> None:
+        self.objects[key] = bytes(data)
+        if retention is not None:
+            self.retentions[key] = retention
+        self._record(key, bytes(data))
+
     def overwrite(self, key: str, data: bytes) -> None:
         """An attacker's PutObject over a key: a new version (the old one stays if versioned)."""
         self.objects[key] = bytes(data)

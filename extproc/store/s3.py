@@ -180,20 +180,29 @@ class S3Store:
         # version per key, so reading versions is right on every bucket.
         return self
 
-    def put_once(self, key: str, data: bytes, retention: Retention | None) -> None:
+    def put_replace(self, key: str, data: bytes, retention: Retention | None) -> None:
+        self.put_once(key, data, retention, replace=True)
+
+    def put_once(
+        self, key: str, data: bytes, retention: Retention | None, *, replace: bool = False
+    ) -> None:
+        """Create `key` (If-None-Match: *); `replace`: put_replace's plain PUT, a new version."""
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
             "Body": data,
-            "IfNoneMatch": "*",
             "ChecksumAlgorithm": "SHA256",
             "ChecksumSHA256": checksum,
         }
+        if not replace:
+            args["IfNoneMatch"] = "*"
         if key.endswith(".jsonl"):
             args["ContentType"] = "application/x-ndjson"
         elif key.endswith(".gz"):
             args["ContentType"] = "application/gzip"
+        elif "/tile/" in key:
+            args["ContentType"] = "application/octet-stream"  # c2sp.org/tlog-tiles
         else:
             args["ContentType"] = "text/plain; charset=utf-8"
         if retention is not None:

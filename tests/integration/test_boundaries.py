@@ -111,7 +111,7 @@ def test_trust_is_pure_policy(path: Path) -> None:
 
 # The auditor's package: what programs call, and what only the CLI's commands use.
 AUDIT = PACKAGE / "audit"
-AUDIT_LIBRARY = ("reader", "verify", "retention", "prove", "search")
+AUDIT_LIBRARY = ("reader", "verify", "retention", "prove", "search", "tiles", "tilecheck")
 AUDIT_COMMANDS = ("report", "statefile")
 COMMAND_MODULES = ("extproc.cli", *(f"extproc.audit.{m}" for m in AUDIT_COMMANDS))
 WRITER_SIDE = sorted([*(PACKAGE / "log").glob("*.py"), *(PACKAGE / "server").glob("*.py")])

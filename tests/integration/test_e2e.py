@@ -204,7 +204,8 @@ def test_published_layout_matches_the_contract(make_stack: Any) -> None:
     store = open_store(stack.store_url)
     names = [layout.parse_key("", o.key) for o in store.list("logs/")]
     assert names and all(n is not None and n.log_id == stack.log_id for n in names)
-    assert {n.kind for n in names if n} == {"bundle", "checkpoint", "claim"}
+    # Ours, and the same log in C2SP tlog-tiles layout (`checkpoint`, `tile/...`).
+    assert {n.kind for n in names if n} == {"bundle", "checkpoint", "claim", "latest", "tile"}
     claims = sorted(n.size for n in names if n and n.kind == "claim" and n.size is not None)
     bundles = sorted((n.bundle.first, n.bundle.last) for n in names if n and n.bundle)
     assert bundles[0][0] == 0
