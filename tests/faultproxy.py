@@ -342,10 +342,7 @@ class FaultyS3Stack:
 
     def kill(self) -> None:
         """Stop the processes now (SIGKILL): before a volume under them is unmounted."""
-        for proc in (self.stack.envoy, self.stack.server):
-            if proc is not None:
-                processes.stop(proc, sig=signal.SIGKILL)
-        self.stack.envoy = self.stack.server = None
+        self.stack.kill()
 
     def start_server(self) -> None:
         with server_env(self.proxy.endpoint):

@@ -43,7 +43,7 @@ from extproc.envoyconf import (
 )
 from extproc.errors import ConfigError
 from extproc.keys import check_key_mode
-from tests import envoyfilter, iam_eval, istio_injection, istio_install
+from tests import envoyfilter, iam_eval, istio_injection, istio_install, topology
 from tests.conftest import (
     ALS_STATS,
     envoy_version,
@@ -571,7 +571,7 @@ def _istio_config(
     )
     grpc = ports.get("grpc", [])
     pods = [Endpoint("127.0.0.1", p) for p in (grpc if isinstance(grpc, list) else [grpc])]
-    config, contexts = envoyfilter.istio_like_bootstrap(
+    config, contexts = topology.istio_like_bootstrap(
         context=context,
         listen=Endpoint("127.0.0.1", ports["listen"]),
         app=Endpoint("127.0.0.1", ports["app"]),
@@ -746,7 +746,7 @@ def test_envoy_filters_apply_only_to_the_checked_istio_minors(version: str, patc
     for doc in filters:
         for patch in doc["spec"]["configPatches"]:
             assert patch["match"]["proxy"] == {"proxyVersion": render_istio.PROXY_VERSION}
-    config, contexts = envoyfilter.istio_like_bootstrap(
+    config, contexts = topology.istio_like_bootstrap(
         context="SIDECAR_INBOUND", listen=Endpoint("127.0.0.1", 1), app=Endpoint("127.0.0.1", 2),
         admin=Endpoint("127.0.0.1", 3), istio_version=version,
         outbound_clusters={istio_names.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", 4)},
@@ -759,7 +759,7 @@ def test_envoy_filters_apply_only_to_the_checked_istio_minors(version: str, patc
 def test_patch_applier_refuses_unknown_patches() -> None:
     doc = _envoy_filter("enforce")
     doc["spec"]["configPatches"][0]["patch"]["operation"] = "MERGE"
-    config, contexts = envoyfilter.istio_like_bootstrap(
+    config, contexts = topology.istio_like_bootstrap(
         context="SIDECAR_INBOUND", listen=Endpoint("127.0.0.1", 1), app=Endpoint("127.0.0.1", 2),
         admin=Endpoint("127.0.0.1", 3), outbound_clusters={},
     )  # fmt: skip
@@ -960,7 +960,7 @@ def test_telemetry_schema_catches_a_typo() -> None:
 
 def test_affinity_patch_touches_only_the_audit_cluster() -> None:
     other = "outbound|50051||other.demo.svc.cluster.local"
-    config, contexts = envoyfilter.istio_like_bootstrap(
+    config, contexts = topology.istio_like_bootstrap(
         context="SIDECAR_INBOUND", listen=Endpoint("127.0.0.1", 1), app=Endpoint("127.0.0.1", 2),
         admin=Endpoint("127.0.0.1", 3),
         outbound_clusters={istio_names.OUTBOUND_CLUSTER: Endpoint("127.0.0.1", 4),
@@ -1044,28 +1044,21 @@ def test_istiod_access_log_and_enforce_filter_audit_real_traffic(
                  "admin": proxy.admin_port, "grpc": [p.grpc_port for p in pods]}  # fmt: skip
         config = _istio_config("enforce", ports, telemetry=_telemetry_contexts("enforce"))
         config = _with_istio_stats(config)
-        path = tmp_path / "istio-envoy.yaml"
-        path.write_text(to_yaml(config))
-        with (tmp_path / "envoy.log").open("ab") as log:
-            proxy.envoy = processes.start_envoy(path, log, binary=envoy_bin)
-            processes.wait_until(
-                lambda: processes.envoy_ready(proxy.admin_port), "envoy", proxy.envoy
-            )
-            result = proxy.send(30)
-            assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
-            stats = wait_for_access_logs(proxy.admin_port, 60)
-            exported = _prometheus_stats(proxy.admin_port, "envoy_access_logs_grpc_access_log_")
-            ext_proc_stats = processes.envoy_stats(proxy.admin_port, "http.")
-            ext_proc_exported = _prometheus_stats(proxy.admin_port, "envoy_http_ext_proc_")
-            for pod in pods:
-                assert pod.stop_server(signal.SIGTERM) == 0
-            # Enforce fails closed: with the audit servers gone nothing passes (503,
-            # status_on_error), and the failed connections show.
-            refused = proxy.send(3, concurrency=1)
-            assert refused.statuses == {503: 3}, refused
-            connect_fail = _cluster_counter(
-                proxy.admin_port, "envoy_cluster_upstream_cx_connect_fail"
-            )
+        proxy.envoy_bin = envoy_bin
+        proxy.start_envoy(config)
+        result = proxy.send(30)
+        assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
+        stats = wait_for_access_logs(proxy.admin_port, 60)
+        exported = _prometheus_stats(proxy.admin_port, "envoy_access_logs_grpc_access_log_")
+        ext_proc_stats = processes.envoy_stats(proxy.admin_port, "http.")
+        ext_proc_exported = _prometheus_stats(proxy.admin_port, "envoy_http_ext_proc_")
+        for pod in pods:
+            assert pod.stop_server(signal.SIGTERM) == 0
+        # Enforce fails closed: with the audit servers gone nothing passes (503,
+        # status_on_error), and the failed connections show.
+        refused = proxy.send(3, concurrency=1)
+        assert refused.statuses == {503: 3}, refused
+        connect_fail = _cluster_counter(proxy.admin_port, "envoy_cluster_upstream_cx_connect_fail")
     assert stats[ALS_STATS + "logs_written"] == 60 and stats[ALS_STATS + "logs_dropped"] == 0
     assert exported["envoy_access_logs_grpc_access_log_logs_written"] == 60
     assert exported["envoy_access_logs_grpc_access_log_logs_dropped"] == 0
@@ -1140,18 +1133,12 @@ def test_consistent_hash_of_a_destination_rule_would_not_pin_a_proxy(tmp_path: P
         # What ApplyRingHashLoadBalancer renders for consistentHash.useSourceIp.
         cluster["lb_policy"] = "RING_HASH"
         cluster["ring_hash_lb_config"] = {"minimum_ring_size": 1024}
-        path = tmp_path / "istio-envoy.yaml"
-        path.write_text(to_yaml(config))
-        with (tmp_path / "envoy.log").open("ab") as log:
-            proxy.envoy = processes.start_envoy(path, log)
-            processes.wait_until(
-                lambda: processes.envoy_ready(proxy.admin_port), "envoy", proxy.envoy
-            )
-            result = proxy.send(40)
-            assert result.statuses[200] + result.statuses[201] == 40
-            wait_for_access_logs(proxy.admin_port, 40)
-            for pod in pods:
-                assert pod.stop_server(signal.SIGTERM) == 0
+        proxy.start_envoy(config)
+        result = proxy.send(40)
+        assert result.statuses[200] + result.statuses[201] == 40
+        wait_for_access_logs(proxy.admin_port, 40)
+        for pod in pods:
+            assert pod.stop_server(signal.SIGTERM) == 0
     kinds = {p.log_id: Counter(e["kind"] for e in read_entries(store, p.log_id)) for p in pods}
     assert all(k["request"] > 0 for k in kinds.values()), kinds  # spread per stream
     assert sum(k["request"] for k in kinds.values()) == 40
@@ -1203,20 +1190,15 @@ def test_sidecar_envoyfilter_audits_real_traffic_over_the_socket(
             address = endpoints["lb_endpoints"][0]["endpoint"]["address"]
             assert address == {"pipe": {"path": render_istio.SOCKET_PATH}}
             address["pipe"]["path"] = str(sock)
-            path = tmp_path / "istio-sidecar-envoy.yaml"
-            path.write_text(to_yaml(config))
-            with (tmp_path / "envoy.log").open("ab") as log:
-                stack.envoy = processes.start_envoy(path, log, binary=envoy_bin)
-                processes.wait_until(
-                    lambda: processes.envoy_ready(stack.admin_port), "envoy", stack.envoy
-                )
-                result = stack.send(30)
-                assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
-                stats = wait_for_access_logs(stack.admin_port, 30, flush_interval=0.2)
-                assert stats[ALS_STATS + "logs_dropped"] == 0
-                assert stack.stop_server(signal.SIGTERM) == 0
-                refused = stack.send(3, concurrency=1)
-                assert refused.statuses == {503: 3}, refused
+            stack.envoy_bin = envoy_bin
+            stack.start_envoy(config)
+            result = stack.send(30)
+            assert result.statuses[200] + result.statuses[201] == 30 and result.errors == 0
+            stats = wait_for_access_logs(stack.admin_port, 30, flush_interval=0.2)
+            assert stats[ALS_STATS + "logs_dropped"] == 0
+            assert stack.stop_server(signal.SIGTERM) == 0
+            refused = stack.send(3, concurrency=1)
+            assert refused.statuses == {503: 3}, refused
         entries = [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] != "writer"]
         kinds = Counter(e["kind"] for e in entries)
         assert kinds == {"request": 30, "access": 30}, kinds
@@ -1360,77 +1342,6 @@ def test_kind_e2e_opts_its_namespace_in_as_a_reporter() -> None:
     assert "cluster.local/ns/demo/sa/*" in reporters["from"][0]["source"]["principals"]
 
 
-def _plaintext_sidecar_config(listen_port: int, admin_port: int, audit_port: int) -> dict[str, Any]:
-    """The plaintext filter chain a PERMISSIVE port would add to the audit
-    server's own sidecar: Istio's inbound XFCC settings (APPEND_FORWARD, the
-    default, and Subject/URI/DNS), upstream bound to 127.0.0.6 as Istio's
-    inbound clusters are."""
-    hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
-        "v3.HttpConnectionManager",
-        "stat_prefix": "inbound_50051",
-        "forward_client_cert_details": "APPEND_FORWARD",
-        "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True},
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "inbound",
-                    "domains": ["*"],
-                    "routes": [
-                        {"match": {"prefix": "/"}, "route": {"cluster": "inbound", "timeout": "0s"}}
-                    ],
-                }
-            ]
-        },
-        "http_filters": [
-            {
-                "name": envoyfilter.ROUTER,
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-    }
-    cluster = {
-        "name": "inbound",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}},
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                "HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {
-            "cluster_name": "inbound",
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": Endpoint("127.0.0.1", audit_port).address()}}
-                    ]
-                }
-            ],
-        },
-    }
-    return {
-        "admin": {"address": Endpoint("127.0.0.1", admin_port).address()},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "inbound",
-                    "address": Endpoint("127.0.0.1", listen_port).address(),
-                    "filter_chains": [
-                        {"filters": [{"name": envoyfilter.HCM, "typed_config": hcm}]}
-                    ],
-                }
-            ],
-            "clusters": [cluster],
-        },
-    }
-
-
 @pytest.mark.envoy
 @pytest.mark.slow
 def test_shared_settings_refuse_a_forged_xfcc_through_a_plaintext_chain(
@@ -1449,33 +1360,22 @@ def test_shared_settings_refuse_a_forged_xfcc_through_a_plaintext_chain(
         monkeypatch.setenv(f"EXTPROC_AUDIT_{key}", settings[f"EXTPROC_AUDIT_{key}"])
     gateway = settings["EXTPROC_AUDIT_ALLOW_REPORTER"].split(",")[0]
     forged = f"By={settings['EXTPROC_AUDIT_XFCC_BY']};URI={gateway}"
-    sidecar_port, sidecar_admin = processes.free_port(), processes.free_port()
     with stack_factory(tmp_path) as make:
         stack = make()
         stack.start_server()
-        config = tmp_path / "server-sidecar.yaml"
-        config.write_text(
-            to_yaml(_plaintext_sidecar_config(sidecar_port, sidecar_admin, stack.grpc_port))
-        )
-        with (tmp_path / "sidecar.log").open("ab") as log:
-            sidecar = processes.start_envoy(config, log)
-            try:
-                processes.wait_until(
-                    lambda: processes.envoy_ready(sidecar_admin), "server sidecar", sidecar
-                )
-                message = pb.ProcessingRequest(request_headers=pb.HttpHeaders(end_of_stream=True))
-                with grpc.insecure_channel(f"127.0.0.1:{sidecar_port}") as channel:
-                    stub = pb_grpc.ExternalProcessorStub(channel)
-                    with pytest.raises(grpc.RpcError) as refused:
-                        list(
-                            stub.Process(
-                                iter([message]),
-                                metadata=[("x-forwarded-client-cert", forged)],
-                                timeout=10,
-                            )
+        # Istio's inbound XFCC default (APPEND_FORWARD) on the plaintext chain.
+        with topology.audit_sidecar(None, tmp_path, stack.grpc_port, topology.APPEND) as sidecar:
+            message = pb.ProcessingRequest(request_headers=pb.HttpHeaders(end_of_stream=True))
+            with grpc.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+                stub = pb_grpc.ExternalProcessorStub(channel)
+                with pytest.raises(grpc.RpcError) as refused:
+                    list(
+                        stub.Process(
+                            iter([message]),
+                            metadata=[("x-forwarded-client-cert", forged)],
+                            timeout=10,
                         )
-            finally:
-                processes.stop(sidecar, sig=signal.SIGKILL)
+                    )
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, refused.value
         assert "x-forwarded-client-cert missing" in (refused.value.details() or "")
         assert stack.stop_server(signal.SIGTERM) == 0
