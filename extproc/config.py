@@ -25,6 +25,7 @@ from extproc import options
 from extproc.core import layout
 from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.checkpoint import validate_origin_prefix
+from extproc.core.cosignature import WitnessPolicy
 from extproc.core.receipt import DEFAULT_HEADER, validate_header_name
 from extproc.core.redact import (
     DEFAULT_CLEAR_HEADERS,
@@ -35,6 +36,7 @@ from extproc.core.redact import (
     RedactionPolicy,
     check_header_name,
 )
+from extproc.core.witness import parse_witness
 from extproc.errors import ConfigError
 from extproc.options import FLOAT, INT, LOG_ID, PATH, Convert, int_at_least, option
 from extproc.trust.policy import DESTINATION_CHECKS as DESTINATION_CHECKS  # option choices
@@ -331,6 +333,25 @@ class ServeConfig:
         kind="flag",
         help="report NOT_SERVING on the health service while the self-audit finds a problem "
         "the WAL cannot repair",
+    )
+    witnesses: tuple[str, ...] = option(
+        (),
+        group=_PUBLISH,
+        kind="list",
+        name="witness",
+        metavar="NAME+KEY+URL",
+        help="a C2SP tlog-witness to cosign each checkpoint: its verifier key (type 0x04) and "
+        "its submission URL, e.g. w1.example+1a2b3c4d+BAbc...+https://w1.example/witness; "
+        "cosigned checkpoints go to cosigned/<size> (docs/FORMAT.md); a witness down never "
+        "blocks publication (repeatable)",
+    )
+    witness_quorum: int | None = option(
+        None,
+        group=_PUBLISH,
+        convert=INT,
+        metavar="K",
+        help="how many --witness cosignatures a checkpoint needs to count as witnessed "
+        "(extproc_audit_witnessed_size; default: all of them)",
     )
     response_headers: frozenset[str] | None = option(  # None: all
         RESPONSE_HEADERS,
@@ -656,8 +677,22 @@ class ServeConfig:
                     "--receipts needs --mode enforce (envoy ignores replies in observe mode)"
                 )
         self._validate_reporters()
+        self.witness_policy()
         if self.workers > 1 and (self.listen.endswith(":0") or self.unix_socket is not None):
             raise ConfigError("--workers needs a fixed TCP --listen port (workers share it)")
+
+    def witness_policy(self) -> tuple[WitnessPolicy, tuple[str, ...]] | None:
+        """The witnesses' k-of-n policy and their URLs (None without --witness)."""
+        if not self.witnesses:
+            if self.witness_quorum is not None:
+                raise ConfigError("--witness-quorum needs --witness")
+            return None
+        try:
+            parsed = [parse_witness(text) for text in self.witnesses]
+            policy = WitnessPolicy.of((key for key, _ in parsed), self.witness_quorum)
+        except ConfigError as e:
+            raise ConfigError(f"--witness: {e}") from None
+        return policy, tuple(url for _, url in parsed)
 
     def _redaction_policy(self) -> RedactionPolicy:
         """The default allow-lists, widened and narrowed as the redaction options say."""

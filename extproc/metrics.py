@@ -174,6 +174,16 @@ SELF_AUDIT_RUNS = Counter(
     "failed: a problem the WAL cannot repair, error: the store could not be read)",
     ["result"],
 )
+WITNESS_REQUESTS = Counter(
+    "extproc_audit_witness_requests_total",
+    "add-checkpoint requests to each --witness, by result (ok, conflict: the witness saw "
+    "another tree, refused, unreachable, bad_cosignature)",
+    ["witness", "result"],
+)
+WITNESSED_SIZE = Gauge(
+    "extproc_audit_witnessed_size",
+    "Tree size of the latest checkpoint cosigned by --witness-quorum witnesses, in entries",
+)
 SELF_AUDIT_UNREPAIRED = Gauge(
     "extproc_audit_self_audit_unrepaired",
     "Problems the last self-audit found in the published log and could not repair",

@@ -13,7 +13,7 @@ missing), each case against its own floor:
            access-log sink (benchmarks/noop_als.py) on the same port: the
            floor of the shipped enforce config
     H      audit server, enforce mode (the shipped default: ext_proc request
-           headers only + access log), local store               (x B, x R)
+           headers only + access log), local store               (x R, x B)
     F      Envoy's gRPC access logger only (observe mode) to the no-op sink:
            the access-log floor
     L      audit server, observe mode (access log only), WAL with fsync,
@@ -22,6 +22,11 @@ missing), each case against its own floor:
            and no access log: the enforce mode before the access-log service
            (full runs only)                                      (x B)
     C      as H with the S3 store on a local moto server (full runs: --workers 1,2)
+
+Targets (printed after the table, met or MISSED): H >= 0.9x R and its p99 at
+1,000 req/s within 2 ms of R's, no request entry lost; L >= 0.9x F, nothing
+lost or dropped. Every case also shows its fraction of A, Envoy alone (the
+ceiling).
 
 For each: saturation req/s (wrk -t2 -c16), p50/p99 at 1,000 req/s (hey),
 server CPU per request (one access entry per request; H and C also log a
@@ -35,10 +40,11 @@ memory soak.
 
     python scripts/bench.py --quick          # about 2 minutes
     python scripts/bench.py                  # 20 s runs, E, C with 1 and 2 workers, soak
-    python scripts/bench.py --only B,H,F,L   # some cases (B is always run)
+    python scripts/bench.py --only H,L       # some cases (with their floors, B and A)
     python scripts/bench.py --quick --repeat 3   # three rounds and the range of each figure
     python scripts/bench.py --dir /dev/shm   # WALs and local stores on tmpfs (no disk noise)
     python scripts/bench.py --json out.json  # also write the numbers
+    python scripts/bench.py --quick --only H --profile prof/   # py-spy of each server under load
 
 Each case also reports `bg`: the cores the machine spent outside the
 benchmark's processes while it ran (other tenants, other test runs), its noise.
@@ -47,14 +53,17 @@ benchmark's processes while it ran (other tenants, other test runs), its noise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -133,10 +142,14 @@ class Case:
 
 
 class Bench:
-    def __init__(self, work: Path, seconds: float, warmup: float) -> None:
+    def __init__(
+        self, work: Path, seconds: float, warmup: float, profile: Path | None = None
+    ) -> None:
         self.work = work
         self.seconds = seconds
         self.warmup = warmup
+        # py-spy profiles of each server under each measured load go here.
+        self.profile = profile
         self.key = work / "signing.key"
         signer = Signer.generate("bench")
         write_signer(self.key, signer)
@@ -267,10 +280,12 @@ class Bench:
                 rq0 = processes.envoy_stats(admin_port, REQUESTS_STAT).get(REQUESTS_STAT, 0)
                 if phase in ("saturation", "both"):
                     ok += run_wrk(envoy_port, self.warmup).ok
-                    result.saturation = run_wrk(envoy_port, self.seconds)
+                    with self._profiled(proc, f"{label}-wrk"):
+                        result.saturation = run_wrk(envoy_port, self.seconds)
                     ok += result.saturation.ok
                 if phase in ("fixed", "both"):
-                    result.fixed = run_hey(envoy_port, self.seconds)
+                    with self._profiled(proc, f"{label}-hey"):
+                        result.fixed = run_hey(envoy_port, self.seconds)
                     ok += result.fixed.ok
                 if case.access_logs and server is not None:
                     time.sleep(ALS_SETTLE)
@@ -294,6 +309,49 @@ class Bench:
         if case.sink:
             sink = int(json.loads((case_dir / "sink.json").read_text())["entries"])
         return ok, sink
+
+    @contextlib.contextmanager
+    def _profiled(self, proc: subprocess.Popen[bytes] | None, label: str) -> Iterator[None]:
+        """py-spy on the server (and its workers) while the load runs, with idle
+        (off-CPU) samples and native frames: --profile DIR/<label>.txt, collapsed
+        stacks (scripts/profile_report.py reads them)."""
+        if self.profile is None or proc is None:
+            yield
+            return
+        self.profile.mkdir(parents=True, exist_ok=True)
+        out = self.profile / f"{label}.txt"
+        spy = subprocess.Popen(
+            [
+                self.py_spy(),
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--subprocesses",
+                "--idle",
+                "--native",
+                "--threads",
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            spy.wait(30)
+
+    @staticmethod
+    def py_spy() -> str:
+        found = shutil.which("py-spy")
+        if found is None:
+            raise SystemExit("--profile needs py-spy on PATH (pip install py-spy, any venv)")
+        return found
 
     def count_logged(self, store_url: str) -> LogCount:
         """Entries of the verified published log (all its logs, all workers), by kind."""
@@ -446,7 +504,7 @@ def build_cases(
             "audit enforce (request-only + ALS), local",
             bench.audit_server("enforce", f"{local}-h"),
             store=f"{local}-h",
-            floors=("B", "R"),
+            floors=("R", "B"),
         ),
         Case(
             "F",
@@ -484,7 +542,7 @@ def build_cases(
                 f"audit enforce, S3{'' if w == 1 else f', {w} workers'}",
                 bench.audit_server("enforce", f"{s3}-c{w}", w),
                 store=f"{s3}-c{w}",
-                floors=("B", "R"),
+                floors=("R", "B"),
                 workers=w,
             )
         )
@@ -509,7 +567,7 @@ def main() -> int:
     soak_result: dict[str, dict[str, float]] | None = None
     with tempfile.TemporaryDirectory(prefix="extproc-bench-", dir=args.dir) as tmp:
         work = Path(tmp)
-        bench = Bench(work, seconds, warmup=1 if args.quick else 3)
+        bench = Bench(work, seconds, warmup=1 if args.quick else 3, profile=args.profile)
         try:
             s3 = f"s3://bench/run-{int(time.time())}"
             rounds = 0 if args.soak_only else args.repeat
@@ -566,7 +624,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=None,
-        help="run only these cases, e.g. 'B,H,F,L' (B is always run: most ratios need it)",
+        help="run only these cases, e.g. 'H,L'; each case's floors, B and the ceiling A "
+        "are always run (the ratios need them)",
     )
     parser.add_argument(
         "--soak-only",
@@ -593,6 +652,13 @@ def _parse_args() -> argparse.Namespace:
         help="where WALs and local stores go (default: the system's temp dir), e.g. /dev/shm",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record each server with py-spy (--idle --native) during each measured load "
+        "into this directory (collapsed stacks; needs py-spy on PATH and ptrace)",
+    )
     return parser.parse_args()
 
 
@@ -614,8 +680,13 @@ def _run_round(
         two_phase=bool(not args.quick or args.only),
     )
     if args.only:
-        wanted = set(args.only.split(",")) | {"B"}
-        cases = [c for c in cases if c.id in wanted or c.id.rstrip("0123456789") in wanted]
+        asked = set(args.only.split(","))
+
+        def chosen(case: Case, ids: set[str]) -> bool:
+            return case.id in ids or case.id.rstrip("0123456789") in ids
+
+        wanted = asked | {"A", "B"} | {f for c in cases if chosen(c, asked) for f in c.floors}
+        cases = [c for c in cases if chosen(c, wanted)]
     if bench.moto is None and any(c.store.startswith("s3://") for c in cases):
         bench.start_moto()
     done: list[CaseResult] = []

@@ -489,10 +489,10 @@ def through_envoy(
             processes.stop(envoy)
     for phase in phases.values():
         phase.latency = summarize(samples[phase.name])
-        got = sorted(replies[phase.name])
-        if phase.side is not None and got:
-            phase.side.reply_ms_median = got[len(got) // 2]
-            phase.side.reply_ms_max = got[-1]
+        times = sorted(replies[phase.name])
+        if phase.side is not None and times:
+            phase.side.reply_ms_median = times[len(times) // 2]
+            phase.side.reply_ms_max = times[-1]
     return list(phases.values())
 
 

@@ -141,7 +141,7 @@ class Client:
             self._als(iter([data]), timeout=timeout)
             code = grpc.StatusCode.OK
         except grpc.RpcError as e:
-            code = e.code()  # type: ignore[attr-defined]  # a grpc.Call
+            code = e.code()  # a grpc.Call
             if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise
         return time.perf_counter() - started, code.name

@@ -246,6 +246,51 @@ def _integrity_alerts(s: AlertSettings) -> list[Alert]:
             description=f"The self-audit has not found the published log valid for "
             f"{s.self_audit_max_age} s (or since the process started).",
         ),
+        *_witness_alerts(s),
+    ]
+
+
+def _witness_alerts(s: AlertSettings) -> list[Alert]:
+    """Do the witnesses (serve --witness) cosign what the server publishes?"""
+    requests = "extproc_audit_witness_requests_total"
+    return [
+        Alert(
+            name="ExtprocAuditWitnessConflict",
+            severity="critical",
+            expr=counted(f'{requests}{{result=~"conflict|bad_cosignature"}}', s.window),
+            for_=None,
+            summary="log {{ $labels.instance }}: witness {{ $labels.witness }} answered "
+            "{{ $labels.result }}",
+            description="A witness refused this log's checkpoint because it had cosigned "
+            "another tree for the same origin (a larger size, another root at the same size, "
+            "or a consistency proof it rejects), or it answered with a cosignature that does "
+            "not verify. Someone with the log's signing key showed the witness another "
+            "history: a split view.",
+        ),
+        Alert(
+            name="ExtprocAuditWitnessDown",
+            severity="warning",
+            expr=counted(f'{requests}{{result=~"unreachable|refused"}}', s.window),
+            for_=s.for_long,
+            summary="log {{ $labels.instance }}: witness {{ $labels.witness }} answers "
+            "{{ $labels.result }}",
+            description="A witness has not cosigned for a while: unreachable (backing off, "
+            "up to 5 minutes between tries) or refusing the requests (404: it does not "
+            "witness this origin; 403: not the log's key). Publication goes on; checkpoints "
+            "carry fewer cosignatures.",
+        ),
+        Alert(
+            name="ExtprocAuditUnwitnessed",
+            severity="warning",
+            expr="extproc_audit_published_entries offset 5m > extproc_audit_witnessed_size "
+            f"and on (job, instance) group by (job, instance) ({requests})",
+            for_=s.for_short,
+            summary="log {{ $labels.instance }}: checkpoints of 5 minutes ago are not "
+            "cosigned by a quorum of witnesses",
+            description="The size published five minutes ago is beyond the latest checkpoint "
+            "a quorum of witnesses cosigned (--witness-quorum): an auditor's verify --witness "
+            "fails on the newest checkpoints until they are witnessed.",
+        ),
     ]
 
 
@@ -566,6 +611,24 @@ ALERT_CASES = [
               _proxy("envoy_access_logs_grpc_access_log_logs_written", "0+100x20"),
               "0m", "2m", {"namespace": PROXY["namespace"]},
               "namespace demo: 100% of its access-log entries not logged"),
+    AlertCase("ExtprocAuditWitnessConflict", "a witness saw another tree at minute 3",
+              _server("extproc_audit_witness_requests_total", "0 0 0 1 1", witness="w1.example",
+                      result="conflict"),
+              "2m", "3m", {**SERVER, "witness": "w1.example", "result": "conflict"},
+              f"log {INST}: witness w1.example answered conflict"),
+    AlertCase("ExtprocAuditWitnessDown", "a witness unreachable from minute 2",
+              _server("extproc_audit_witness_requests_total", "0 0 1+1x20", witness="w2.example",
+                      result="unreachable"),
+              "5m", "14m", {**SERVER, "witness": "w2.example", "result": "unreachable"},
+              f"log {INST}: witness w2.example answers unreachable"),
+    AlertCase("ExtprocAuditUnwitnessed", "the quorum is lost at minute 5",
+              {**_server("extproc_audit_published_entries", "0+100x20"),
+               **_server("extproc_audit_witnessed_size", "0+100x5 500x15"),
+               **_server("extproc_audit_witness_requests_total", "0+1x20", witness="w1.example",
+                         result="ok")},
+              "8m", "12m", SERVER,
+              f"log {INST}: checkpoints of 5 minutes ago are not cosigned by a quorum of "
+              "witnesses"),
 ]  # fmt: skip
 
 # A healthy half hour: every metric present and normal (an idle writer whose newest
@@ -586,6 +649,12 @@ HEALTHY_SERIES = {
     **_server("extproc_audit_self_audit_runs_total", "0+1x30", result="ok"),
     **_server("extproc_audit_self_audit_last_success_timestamp_seconds", "0+60x30"),
     **_server("process_start_time_seconds", "0x30"),
+    # Witnessed a round after each checkpoint; one witness answered `unreachable` long ago.
+    **_server("extproc_audit_published_entries", "0+100x30"),
+    **_server("extproc_audit_witnessed_size", "0+100x30"),
+    **_server("extproc_audit_witness_requests_total", "0+1x30", witness="w1.example", result="ok"),
+    **_server("extproc_audit_witness_requests_total", "2x30", witness="w2.example",
+              result="unreachable"),
     **_server("extproc_audit_reporters_refused_total", "3x30", reason="not_allowed"),
     **_server("extproc_audit_streams_reset_total", "2x30"),
     **_server("extproc_audit_reporter_last_seen_timestamp_seconds", "0+60x30", reporter=REPORTER),

@@ -1,5 +1,6 @@
-"""The docs lane's reading of README.md and docs/*.md: code blocks and their
-classification, the commands in them, and the static checks of a command.
+"""The docs lane's reading of README.md, CONTRIBUTING.md and docs/*.md: code
+blocks and their classification, the commands in them, and the static checks
+of a command.
 
 Each fenced code block says how the lane treats it, in an HTML comment right
 before its fence (only blank lines or other comments between), so whoever
@@ -56,7 +57,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+DOCS = (ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md")))
 KINDS = ("run", "flags-only", "prose")
 SHELL = ("bash", "sh", "shell", "console")
 
@@ -340,6 +341,11 @@ TOOL_FLAGS: dict[str, frozenset[str]] = {
     "ls": frozenset(),
     "df": frozenset(),
     "pilot-agent": frozenset(),
+    # the lanes (Makefile): its targets are checked, _check_make
+    "make": frozenset(),
+    # the lint lane's tools, from the venv
+    ".venv/bin/ruff": frozenset({"--check"}),
+    ".venv/bin/mypy": frozenset(),
 }
 # Options of other programs the prose names, with whose they are.
 OTHER_FLAGS = {
@@ -424,6 +430,12 @@ def _check_simple(words: list[str]) -> list[str]:
             for d in kustomized
             if "..." not in d and not (ROOT / d / "kustomization.yaml").exists()
         ]
+    if program == "make":
+        problems += [
+            f"make: the Makefile has no target {w!r}"
+            for w in args
+            if not w.startswith("-") and w not in make_targets()
+        ]
     if program == "docker" and args[:1] == ["compose"]:
         problems += _check_compose(args[1:])
     if program == "docker" and args[:1] == ["run"]:
@@ -431,6 +443,13 @@ def _check_simple(words: list[str]) -> list[str]:
         if image is not None:  # the image's entrypoint is extproc-audit
             problems += _check_ours(args[args.index(image) + 1 :])
     return problems
+
+
+@functools.cache
+def make_targets() -> frozenset[str]:
+    """The targets the top-level Makefile defines."""
+    text = (ROOT / "Makefile").read_text()
+    return frozenset(re.findall(r"^([a-z][\w-]*):(?!=)", text, re.M))
 
 
 def _check_compose(args: list[str]) -> list[str]:

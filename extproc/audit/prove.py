@@ -315,7 +315,7 @@ class Prover:
             return None
         if cp.size != size or not cp.origin.endswith(f"/{self.log_id}"):
             return None
-        return cp, note
+        return cp, _cosigned(objects.reader, size, note) or note
 
     def _checkpoint(
         self, objects: _LogObjects, at_least: int, tree_size: int | None
@@ -501,3 +501,17 @@ class Prover:
             first_cp[1] if first_cp else None,
             second_cp[1] if second_cp else None,
         )
+
+
+def _cosigned(reader: LogReader, size: int, note: bytes) -> bytes | None:
+    """The checkpoint note with the witnesses' cosignatures (`cosigned/<size>`), if
+    published and it is `note` with signature lines added: what check-proof
+    --witness needs. None otherwise (the proof then carries the plain note)."""
+    key = layout.cosigned_key(reader.store.prefix, reader.log_id, size)
+    if key not in {k for k, _ in reader.objects.cosigned}:
+        return None
+    try:
+        cosigned = reader.read_checkpoint(key)
+    except (ObjectNotFoundError, VerificationError):
+        return None
+    return cosigned if cosigned.startswith(note) else None

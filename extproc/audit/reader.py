@@ -63,6 +63,7 @@ class LogObjects:
     checkpoints: list[tuple[str, int]] = field(default_factory=list)  # key, tree size
     bundles: list[Bundle] = field(default_factory=list)
     claims: list[tuple[str, int]] = field(default_factory=list)  # key, first seq
+    cosigned: list[tuple[str, int]] = field(default_factory=list)  # key, tree size
     unknown: list[str] = field(default_factory=list)
     # Versioned stores: key -> the original (oldest) version, which is what is read.
     originals: dict[str, ObjectVersion] = field(default_factory=dict)
@@ -84,6 +85,8 @@ def _add(logs: dict[str, LogObjects], stray: list[str], store: ObjectStore, key:
         objects.bundles.append((key, name.bundle))
     elif name.kind == "claim" and name.size is not None:
         objects.claims.append((key, name.size))
+    elif name.kind == "cosigned" and name.size is not None:
+        objects.cosigned.append((key, name.size))
     else:
         objects.unknown.append(key)
     return name.log_id
@@ -164,6 +167,7 @@ def _forget(objects: LogObjects, key: str) -> None:
     objects.checkpoints = [c for c in objects.checkpoints if c[0] != key]
     objects.bundles = [b for b in objects.bundles if b[0] != key]
     objects.claims = [c for c in objects.claims if c[0] != key]
+    objects.cosigned = [c for c in objects.cosigned if c[0] != key]
     objects.unknown = [u for u in objects.unknown if u != key]
 
 
@@ -350,9 +354,9 @@ class LogReader:
     def feed(self, checker: LogChecker, *, base: int = 0) -> None:
         """Give `checker` everything but the bundles: findings about versions,
         unknown keys, checkpoints (with the store's write time where it knows it)
-        and claims. With `base` (a tree size an earlier run verified), only
-        checkpoints from it on (or the largest there is: the evidence of a
-        rollback) and claims from it on."""
+        claims and cosigned checkpoints. With `base` (a tree size an earlier run
+        verified), only checkpoints from it on (or the largest there is: the
+        evidence of a rollback), and claims and cosigned checkpoints from it on."""
         objects = self.objects
         checker.report.findings.extend(objects.version_findings)
         for key in objects.unknown:
@@ -362,25 +366,30 @@ class LogReader:
             newer = [c for c in checkpoints if c[1] >= base]
             checkpoints = newer or checkpoints[-1:]
         for key, size in checkpoints:
-            try:
-                data = self.read_checkpoint(key)
-            except ObjectNotFoundError:
-                checker.add_gone(key)  # listed, then gone: report it, keep going
-            except VerificationError as e:  # over its bound, not a regular file
-                checker.add_foreign(key, _why(key, e))
-            else:
+            if (data := self._read_small(checker, key, self.read_checkpoint)) is not None:
                 checker.add_checkpoint(key, size, data, self.written_ms(key))
+        for key, size in objects.cosigned:
+            if size < base:
+                continue
+            # A checkpoint note again, with the witnesses' cosignatures.
+            if (data := self._read_small(checker, key, self.read_checkpoint)) is not None:
+                checker.add_cosigned(key, size, data)
         for key, first in objects.claims:
             if first < base:
                 continue
-            try:
-                data = self.read_claim(key)
-            except ObjectNotFoundError:
-                checker.add_gone(key)
-            except VerificationError as e:
-                checker.add_foreign(key, _why(key, e))
-            else:
+            if (data := self._read_small(checker, key, self.read_claim)) is not None:
                 checker.add_claim(key, first, data)
+
+    @staticmethod
+    def _read_small(checker: LogChecker, key: str, read: Callable[[str], bytes]) -> bytes | None:
+        """A note or claim; None (reported) if it is gone, over its bound or not a file."""
+        try:
+            return read(key)
+        except ObjectNotFoundError:
+            checker.add_gone(key)  # listed, then gone: report it, keep going
+        except VerificationError as e:  # over its bound, not a regular file
+            checker.add_foreign(key, _why(key, e))
+        return None
 
     def check(
         self, checker: LogChecker | None, *, base: int = 0, prefetch: int = 0

@@ -30,6 +30,7 @@ from extproc.audit.retention import (
 )
 from extproc.core.bundle import MAX_BUNDLE_BYTES
 from extproc.core.checkpoint import open_checkpoint
+from extproc.core.cosignature import WitnessPolicy
 from extproc.core.findings import Finding, LogReport, all_ok, check_against_state
 from extproc.core.keyring import Keyring
 from extproc.core.note import Verifier
@@ -58,6 +59,7 @@ class AuditOptions:
     require_authenticated: bool = False  # an entry from an unauthenticated reporter is an error
     on_total: Callable[[int], None] | None = None  # entries this run will hash
     on_entries: Callable[[int], None] | None = None  # entries hashed so far (delta)
+    witnesses: WitnessPolicy | None = None  # k of n witnesses must cosign (core/witnessed.py)
     max_bundle_bytes: int = MAX_BUNDLE_BYTES  # a bundle's lines, at most (--max-bundle-bytes)
 
 
@@ -100,18 +102,22 @@ def verify_log(
     compare_objects: bool = True,
     check_retention: bool = True,
     now_ms: int | None = None,
+    witnesses: WitnessPolicy | None = None,
 ) -> LogReport:
     """Verify one log; with `prior`, resume from the tree an earlier run verified.
 
     `compare_objects=False`: objects below the prior size are not held to the
     prior's list (the writer's self-audit lists only what is new);
     `check_retention=False`: no Object Lock checks (one HEAD per object);
-    `now_ms`: the auditor's clock (default: now), evidence for keys with an end date.
+    `now_ms`: the auditor's clock (default: now), evidence for keys with an end date;
+    `witnesses`: the k of n witnesses whose cosignatures the latest checkpoint needs.
     """
     objects = reader.objects
     if now_ms is None:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    checker = LogChecker(reader.log_id, verifier, origin_prefix, deep=deep, now_ms=now_ms)
+    checker = LogChecker(
+        reader.log_id, verifier, origin_prefix, deep=deep, now_ms=now_ms, witnesses=witnesses
+    )
     base = 0
     if prior is not None:
         base = prior.size
@@ -123,7 +129,7 @@ def verify_log(
             on_entries(bundle.name.last - bundle.name.first + 1)
     if check_retention and reader.store.supports_retention:
         below = set(_below(objects, base)) if base else set()
-        keys = [k for k, _ in objects.checkpoints + objects.claims] + [
+        keys = [k for k, _ in objects.checkpoints + objects.claims + objects.cosigned] + [
             k for k, _ in objects.bundles
         ]
         for key in keys:
@@ -231,6 +237,7 @@ def audit_store(
             min_retention_days=rule.min_days,
             seen=seen,
             now_ms=now_ms,
+            witnesses=options.witnesses,
         )
         if options.require_authenticated and report.unauthenticated:
             report.findings.append(

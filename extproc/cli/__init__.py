@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from extproc import __version__
-from extproc.cli import demo, health, init_bucket, keys, prove, search, serve, verify
+from extproc.cli import demo, health, init_bucket, keys, prove, search, serve, verify, witness
 from extproc.cli.base import EXIT_ERROR, EXIT_INVALID, EXIT_OK, Command, Parser, Subparsers, run
 from extproc.cli.serve import serve_config
 from extproc.options import env_name
@@ -41,6 +41,8 @@ _TABLE: tuple[tuple[str, Callable[[Subparsers], None], Command], ...] = (
     ("prove", prove.add_prove, prove.run_prove),
     ("check-proof", prove.add_check_proof, prove.run_check_proof),
     ("search", search.add_search, search.run_search),
+    ("witness", witness.add_witness, witness.run_witness),
+    ("witness-keygen", witness.add_witness_keygen, witness.run_witness_keygen),
 )
 # What main() runs for each command name (tests replace one).
 COMMANDS: dict[str, Command] = {name: command for name, _, command in _TABLE}

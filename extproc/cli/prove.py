@@ -11,9 +11,11 @@ from extproc.cli.base import EXIT_OK, Subparsers, typed
 from extproc.cli.readers import (
     add_bundle_bound,
     add_key_options,
+    add_witness_options,
     keyring,
     optional_keyring,
     reader_store,
+    witness_policy,
 )
 from extproc.errors import ConfigError, VerificationError
 from extproc.options import int_at_least
@@ -69,6 +71,7 @@ def add_check_proof(sub: Subparsers) -> None:
     p = sub.add_parser("check-proof", help="verify a proof file offline")
     p.add_argument("file", type=Path, help="tlog-proof file ('-': stdin)")
     add_key_options(p, required=True, what="trusted key")
+    add_witness_options(p)
     p.add_argument(
         "--entry", type=Path, default=None, metavar="FILE", help="entry bytes, if not in the proof"
     )
@@ -245,6 +248,7 @@ def run_check_proof(args: argparse.Namespace) -> int:
         now_ms=int(time.time() * 1000),
         state=state,
         consistency=consistency,
+        witnesses=witness_policy(args),
     )
     print(
         f"OK: entry {proof.index} is in log {checkpoint.origin} "

@@ -12,6 +12,7 @@ from extproc.errors import ConfigError
 from extproc.options import int_at_least
 
 if TYPE_CHECKING:
+    from extproc.core.cosignature import WitnessPolicy
     from extproc.core.keyring import Keyring
 
 
@@ -90,3 +91,33 @@ def optional_keyring(args: argparse.Namespace) -> Keyring | None:
             raise ConfigError("--vkey got a signing key: give the verifier key (keygen prints it)")
         keys.append(TrustedKey(Verifier.from_text(value)))
     return Keyring(keys) if keys else None
+
+
+def add_witness_options(p: argparse.ArgumentParser) -> None:
+    """--witness and --witness-quorum: the witnesses whose cosignatures a reader requires."""
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=None,
+        metavar="VKEY",
+        help="a witness's verifier key (NAME+KEYID+BASE64 of type 0x04, c2sp.org/tlog-"
+        "cosignature): checkpoints need its cosignature (see --witness-quorum); repeatable",
+    )
+    p.add_argument(
+        "--witness-quorum",
+        type=typed(int_at_least(1)),
+        default=None,
+        metavar="K",
+        help="how many of the --witness keys must cosign (default: all of them)",
+    )
+
+
+def witness_policy(args: argparse.Namespace) -> WitnessPolicy | None:
+    """The k-of-n policy of --witness/--witness-quorum; None without --witness."""
+    from extproc.core.cosignature import WitnessKey, WitnessPolicy
+
+    if not args.witness:
+        if args.witness_quorum is not None:
+            raise ConfigError("--witness-quorum needs --witness keys")
+        return None
+    return WitnessPolicy.of((WitnessKey.from_text(v) for v in args.witness), args.witness_quorum)

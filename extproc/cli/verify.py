@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from extproc.cli.base import EXIT_INVALID, EXIT_OK, Subparsers, typed
-from extproc.cli.readers import add_bundle_bound, add_key_options, keyring, reader_store
+from extproc.cli.readers import (
+    add_bundle_bound,
+    add_key_options,
+    add_witness_options,
+    keyring,
+    reader_store,
+    witness_policy,
+)
 from extproc.errors import ConfigError
 from extproc.options import NON_NEGATIVE, ORIGIN_PREFIX, POSITIVE, int_at_least
 
@@ -16,6 +23,7 @@ def add_verify(sub: Subparsers) -> None:
     p = sub.add_parser("verify", help="verify every log under a store URL")
     p.add_argument("url", type=reader_store, help="s3://bucket/prefix or a directory")
     add_key_options(p, required=True, what="trusted key")
+    add_witness_options(p)
     p.add_argument(
         "--origin-prefix",
         type=typed(ORIGIN_PREFIX),
@@ -111,6 +119,7 @@ def run_verify(args: argparse.Namespace) -> int:
         until_ms=parse_time_ms(args.until) if args.until else None,
         require_authenticated=args.require_authenticated,
         max_bundle_bytes=args.max_bundle_bytes,
+        witnesses=witness_policy(args),
     )
     with contextlib.ExitStack() as stack:
         if args.format == "text" and not args.quiet and sys.stderr.isatty():

@@ -36,13 +36,11 @@ from extproc.errors import ConfigError, VerificationError
 class SignedBy:
     """Evidence from outside the signer that a signature existed by `ms` at the latest.
 
-    Sources today: the auditor's clock (what exists now was signed before
-    now) and the store's write time of an S3 object version (set by S3, not
-    by the writer; verify reads it). Witnesses (c2sp.org/tlog-cosignature, a
-    later issue) plug in here: a cosignature by a witness the auditor trusts
-    carries the time the witness saw the checkpoint, so once it verifies it
-    is one more `SignedBy(timestamp_ms, f"witness {name}")`; nothing else
-    changes.
+    Sources: the auditor's clock (what exists now was signed before now),
+    the store's write time of an S3 object version (set by S3, not by the
+    writer; verify reads it), and a quorum of witness cosignatures
+    (c2sp.org/tlog-cosignature: core/cosignature.py, `WitnessPolicy.quorum_evidence`:
+    the k-th earliest cosignature time of the witnesses the auditor trusts).
     """
 
     ms: int
@@ -120,6 +118,17 @@ class TrustedKey:
             f"signed by key {self.label}, retired {_iso(end)}, and nothing outside the signer "
             f"shows it signed before then ({said}; its own time line is no evidence), nor is "
             "it consistent with a checkpoint the auditor trusts"
+        )
+
+    def cosigned_after_end(self, quorum: SignedBy) -> str | None:
+        """With witnesses required, a key's checkpoint counts only if a quorum
+        cosigned it by the key's end date (`quorum`: when they had); else why not."""
+        end = self.not_after_ms
+        if end is None or quorum.ms <= end:
+            return None
+        return (
+            f"signed by key {self.label}, retired {_iso(end)}, and cosigned by "
+            f"{quorum.source} only at {_iso(quorum.ms)}, after that (backdated)"
         )
 
     def to_text(self) -> str:

@@ -6,6 +6,7 @@ logs/<log id>/checkpoints/<tree size:020d>
 Added by this project (docs/FORMAT.md):
 
 logs/<log id>/claims/<first seq:020d>[.e<epoch>]   which bundle starts at first seq
+logs/<log id>/cosigned/<tree size:020d>            the checkpoint with witness cosignatures
 
 Bundle keys name a range, so two writers cutting different ranges would never
 collide on them; the claim key depends on the start alone, so the second
@@ -65,6 +66,12 @@ def checkpoint_key(prefix: str, log_id: str, size: int) -> str:
     return join(prefix, f"logs/{log_id}/checkpoints/{size:020d}")
 
 
+def cosigned_key(prefix: str, log_id: str, size: int) -> str:
+    """The checkpoint of `size` again, with the cosignatures witnesses returned
+    (c2sp.org/tlog-cosignature): written once, after checkpoints/<size>."""
+    return join(prefix, f"logs/{log_id}/cosigned/{size:020d}")
+
+
 def claim_key(prefix: str, log_id: str, first: int, epoch: int = 1) -> str:
     """Epoch 1 claims keep the original name; a writer that met a foreign object
     at a key it had to write continues in epoch n >= 2 under `.e<n>` names."""
@@ -72,10 +79,10 @@ def claim_key(prefix: str, log_id: str, first: int, epoch: int = 1) -> str:
     return join(prefix, f"logs/{log_id}/claims/{first:020d}{suffix}")
 
 
-def seq_folders(prefix: str, log_id: str) -> tuple[str, str, str]:
+def seq_folders(prefix: str, log_id: str) -> tuple[str, ...]:
     """The folders of a log whose keys start with a zero-padded seq or size."""
     base = log_prefix(prefix, log_id)
-    return base + "checkpoints/", base + "entries/", base + "claims/"
+    return base + "checkpoints/", base + "entries/", base + "claims/", base + "cosigned/"
 
 
 def start_after(folder: str, seq: int) -> str:
@@ -108,9 +115,9 @@ class ObjectName:
     """What a key under `logs/` means: a bundle, a checkpoint, or unknown."""
 
     log_id: str
-    kind: str  # "bundle" | "checkpoint" | "claim" | "unknown"
+    kind: str  # "bundle" | "checkpoint" | "claim" | "cosigned" | "unknown"
     bundle: BundleName | None = None
-    size: int | None = None  # tree size of a checkpoint; first seq of a claim
+    size: int | None = None  # tree size of a checkpoint (or cosigned); first seq of a claim
     epoch: int = 1  # of a claim
 
 
@@ -129,6 +136,8 @@ def parse_key(prefix: str, key: str) -> ObjectName | None:
             return ObjectName(log_id, "bundle", bundle=BundleName(first, last, bool(m.group(3))))
     if folder == "checkpoints" and _CHECKPOINT_RE.fullmatch(name):
         return ObjectName(log_id, "checkpoint", size=int(name))
+    if folder == "cosigned" and _CHECKPOINT_RE.fullmatch(name):
+        return ObjectName(log_id, "cosigned", size=int(name))
     if folder == "claims" and (m := _CLAIM_RE.fullmatch(name)):
         return ObjectName(log_id, "claim", size=int(m.group(1)), epoch=int(m.group(2) or 1))
     return ObjectName(log_id, "unknown")

@@ -29,6 +29,7 @@ _PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
 _MAX_NOTE_BYTES = 1 << 20
 MAX_NOTE_BYTES = _MAX_NOTE_BYTES  # what a reader takes for a note (audit/reader.py)
 _MAX_SIGNATURES = 100  # as golang.org/x/mod/sumdb/note
+MAX_SIGNATURES = _MAX_SIGNATURES  # what a note may carry, cosignatures included
 _KEY_ID_RE = re.compile(r"[0-9a-fA-F]{8}")
 
 
@@ -37,12 +38,12 @@ def key_id(name: str, public_key: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[:4]
 
 
-def _check_key_name(name: str) -> None:
+def check_key_name(name: str) -> None:
     if not name or "+" in name or any(c.isspace() for c in name) or not name.isprintable():
         raise ConfigError(f"invalid key name {name!r}: must be non-empty, without '+' or spaces")
 
 
-def _b64decode(text: str, what: str) -> bytes:
+def decode_key_data(text: str, what: str) -> bytes:
     try:
         return b64.decode(text)
     except (binascii.Error, ValueError) as e:
@@ -62,8 +63,8 @@ class Verifier:
         if len(parts) != 3:
             raise ConfigError("verifier key must look like <name>+<keyid>+<base64 key>")
         name, hex_id, encoded = parts
-        _check_key_name(name)
-        data = _b64decode(encoded, "verifier key")
+        check_key_name(name)
+        data = decode_key_data(encoded, "verifier key")
         if len(data) != 33 or data[0] != ALG_ED25519:
             raise ConfigError("verifier key is not an Ed25519 (type 0x01) key")
         if not _KEY_ID_RE.fullmatch(hex_id):
@@ -90,7 +91,7 @@ class Signer:
     """An Ed25519 note signer held in memory (file keys today, KMS later)."""
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
-        _check_key_name(name)
+        check_key_name(name)
         self.name = name
         self._private_key = private_key
         raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -110,7 +111,7 @@ class Signer:
         if len(parts) != 3:
             raise ConfigError("signing key must look like PRIVATE+KEY+<name>+<keyid>+<base64>")
         name, hex_id, encoded = parts
-        data = _b64decode(encoded, "signing key")
+        data = decode_key_data(encoded, "signing key")
         if len(data) != 33 or data[0] != ALG_ED25519:
             raise ConfigError("signing key is not an Ed25519 (type 0x01) key")
         signer = cls(name, Ed25519PrivateKey.from_private_bytes(data[1:]))
@@ -146,8 +147,7 @@ def sign_note(text: str, signer: Signer) -> str:
     """Return the signed note: text, a blank line, one signature line."""
     _check_note_text(text)
     sig = signer.sign(text.encode())
-    encoded = base64.b64encode(signer.key_id + sig).decode()
-    return f"{text}\n{SIGNATURE_PREFIX}{signer.name} {encoded}\n"
+    return f"{text}\n{signature_line(signer.name, signer.key_id, sig)}"
 
 
 def _check_note_text(text: str) -> None:
@@ -184,17 +184,27 @@ def parse_note(note: str | bytes) -> tuple[str, list[NoteSignature]]:
     if len(lines) > _MAX_SIGNATURES:
         raise VerificationError("malformed signed note: too many signatures")
     for line in lines:
-        if not line.startswith(SIGNATURE_PREFIX):
-            raise VerificationError("malformed signed note: bad signature line")
-        name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
-        try:
-            raw = b64.decode(encoded)
-        except (binascii.Error, ValueError) as e:
-            raise VerificationError("malformed signed note: signature is not base64") from e
-        if not name or len(raw) < 5:
-            raise VerificationError("malformed signed note: signature too short")
-        signatures.append(NoteSignature(name, raw[:4], raw[4:]))
+        signatures.append(parse_signature_line(line))
     return text, signatures
+
+
+def parse_signature_line(line: str) -> NoteSignature:
+    """One signature line, `— <name> <base64(key id || signature)>`, without its newline."""
+    if not line.startswith(SIGNATURE_PREFIX):
+        raise VerificationError("malformed signed note: bad signature line")
+    name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
+    try:
+        raw = b64.decode(encoded)
+    except (binascii.Error, ValueError) as e:
+        raise VerificationError("malformed signed note: signature is not base64") from e
+    if not name or len(raw) < 5:
+        raise VerificationError("malformed signed note: signature too short")
+    return NoteSignature(name, raw[:4], raw[4:])
+
+
+def signature_line(name: str, key_id: bytes, signature: bytes) -> str:
+    """The signature line (with its newline) parse_signature_line reads back."""
+    return f"{SIGNATURE_PREFIX}{name} {base64.b64encode(key_id + signature).decode()}\n"
 
 
 def verify_note(note: str | bytes, verifier: Verifier) -> str:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from extproc.core import b64
 from extproc.core import entry as entry_format
 from extproc.core.checkpoint import Checkpoint, open_checkpoint, open_signed_checkpoint
+from extproc.core.cosignature import WitnessPolicy
 from extproc.core.fields import SEQ
 from extproc.core.keyring import Keyring, clock
 from extproc.core.merkle import HASH_SIZE, leaf_hash, verify_consistency, verify_inclusion
@@ -157,6 +158,7 @@ def verify_proof(
     now_ms: int | None = None,
     state: AuditState | None = None,
     consistency: ConsistencyProof | None = None,
+    witnesses: WitnessPolicy | None = None,
 ) -> Checkpoint:
     """Check that `entry` (default: the proof's extra data) is leaf `proof.index`
     of the tree the checkpoint signed by `verifier` commits to.
@@ -166,8 +168,10 @@ def verify_proof(
     checkpoint's origin. With a keyring, the key must cover the log and be
     trusted at the time it signed (module docstring): `now_ms` is the
     auditor's clock, `state` the auditor's trusted checkpoints, `consistency`
-    a proof from the checkpoint to a newer one. Returns the checkpoint;
-    raises VerificationError.
+    a proof from the checkpoint to a newer one. With `witnesses`, the
+    checkpoint must carry a quorum of their cosignatures, whose time counts as
+    outside time for the key (a retired key's checkpoint: cosigned by its end
+    date). Returns the checkpoint; raises VerificationError.
     """
     data = proof.extra if entry is None else entry
     if data is None:
@@ -176,10 +180,17 @@ def verify_proof(
         raise VerificationError("entry differs from the entry inside the proof")
     if isinstance(verifier, Keyring):
         checkpoint = open_trusted_checkpoint(
-            proof.checkpoint, verifier, now_ms=now_ms, state=state, consistency=consistency
+            proof.checkpoint,
+            verifier,
+            now_ms=now_ms,
+            state=state,
+            consistency=consistency,
+            witnesses=witnesses,
         )
     else:
         checkpoint = open_checkpoint(proof.checkpoint, verifier)
+        if witnesses is not None:
+            witnesses.check(proof.checkpoint)
     if origin is not None and checkpoint.origin != origin:
         raise VerificationError(f"checkpoint origin {checkpoint.origin!r} is not {origin!r}")
     fields = entry_format.parse(data)
@@ -199,9 +210,11 @@ def open_trusted_checkpoint(
     now_ms: int | None = None,
     state: AuditState | None = None,
     consistency: ConsistencyProof | None = None,
+    witnesses: WitnessPolicy | None = None,
 ) -> Checkpoint:
     """The checkpoint of `note` if a key on the keyring signed it, covers its
-    log, and is trusted at the time it signed; raises VerificationError.
+    log, is trusted at the time it signed, and (with `witnesses`) carries a
+    quorum of cosignatures, made by the key's end date; raises VerificationError.
 
     A key past its end date needs evidence from outside the signer: the
     auditor's clock before that date, or a trusted checkpoint this one is
@@ -213,8 +226,17 @@ def open_trusted_checkpoint(
     log_id = checkpoint.origin.rsplit("/", 1)[-1]
     if not key.covers(log_id):
         raise VerificationError(f"checkpoint signed by key {key.label}, not trusted for {log_id}")
+    outside = clock(now_ms)
+    if witnesses is not None:
+        _, cosignatures = witnesses.check(note)
+        quorum = witnesses.quorum_evidence(cosignatures)
+        if quorum is None:  # check() refuses a note without a quorum; said twice
+            raise VerificationError(witnesses.shortfall(cosignatures))
+        if problem := key.cosigned_after_end(quorum):
+            raise VerificationError(f"checkpoint {problem}")
+        outside.append(quorum)
     vouched_by = _vouched_by(checkpoint, keyring, now_ms, state, consistency)
-    if problem := key.window_problem(checkpoint.timestamp_ms, clock(now_ms), vouched_by=vouched_by):
+    if problem := key.window_problem(checkpoint.timestamp_ms, outside, vouched_by=vouched_by):
         raise VerificationError(f"checkpoint {problem}")
     return checkpoint
 

@@ -21,6 +21,7 @@ from extproc.core import entry, scan
 from extproc.core.bundle import split_lines
 from extproc.core.checkpoint import Checkpoint
 from extproc.core.claim import Claim, claim_in_effect
+from extproc.core.cosignature import WitnessPolicy
 from extproc.core.display import escape
 from extproc.core.fields import (
     AUTH,
@@ -44,7 +45,7 @@ from extproc.core.fields import (
     TS,
 )
 from extproc.core.findings import ERROR, WARNING, Finding, LogReport
-from extproc.core.keyring import Keyring, SignedBy, clock
+from extproc.core.keyring import Keyring, SignedBy, TrustedKey, clock
 from extproc.core.layout import BundleName
 from extproc.core.merkle import (
     LEAF_PREFIX,
@@ -54,6 +55,7 @@ from extproc.core.merkle import (
     verify_consistency,
 )
 from extproc.core.note import Verifier, parse_note
+from extproc.core.witnessed import WitnessedLog
 from extproc.errors import VerificationError
 
 _CLAIM_NAME_RE = re.compile(r"[0-9]{20}(?:\.e([0-9]+))?$")
@@ -109,6 +111,7 @@ class LogChecker:
         *,
         deep: bool = False,
         now_ms: int | None = None,
+        witnesses: WitnessPolicy | None = None,
     ) -> None:
         self.log_id = log_id
         self.deep = deep  # parse every entry as JSON, not only where the quick check fails
@@ -116,6 +119,11 @@ class LogChecker:
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.of(keyring)
         self.origin_prefix = origin_prefix
         self.report = LogReport(log_id)
+        # Witness cosignatures (core/witnessed.py); the signer of each checkpoint
+        # read (object key ->) and of each of the log's (tree size -> key, cp, signer).
+        self._witnessed = WitnessedLog(witnesses)
+        self._signed: dict[str, TrustedKey] = {}
+        self._accepted: dict[int, tuple[str, Checkpoint, TrustedKey]] = {}
         self._checkpoints: dict[int, tuple[str, Checkpoint]] = {}
         # Valid signed checkpoints as read (key, checkpoint, signer, note) and claims
         # by first seq (epoch, key, claim, trusted, signer): which are the log's is
@@ -242,14 +250,24 @@ class LogChecker:
         if cp.size != size:
             self._find(key, f"checkpoint says tree size {cp.size}, its name says {size}")
             return
+        self._signed[key] = signer
         self._read_checkpoints.append(
             (key, cp, signer.label, note, signer.retired_without_evidence(outside))
         )
+
+    def add_cosigned(self, key: str, size: int, data: bytes) -> None:
+        """A `cosigned/<size>` object: the checkpoint with witness cosignatures."""
+        why, forged = self._witnessed.add(key, size, data, self.keyring)
+        if forged:
+            self._find(key, why)
+        elif why:
+            self._foreign_object(key, why, note_signer_label(data))
 
     def _accept_checkpoint(
         self, key: str, cp: Checkpoint, signer: str, note: str, unvouched: str | None
     ) -> None:
         report = self.report
+        self._accepted[cp.size] = (key, cp, self._signed[key])
         if signer not in report.keys:
             report.keys.append(signer)
         report.epoch = max(report.epoch, cp.epoch)
@@ -687,7 +705,11 @@ class LogChecker:
     def _check_vouched(self) -> None:
         """A retired key's checkpoint without outside time counts if its root matched
         the entries and a trusted checkpoint at least as large (or the state's
-        tree) matched them too: it is then a prefix of a tree the auditor trusts."""
+        tree) matched them too: it is then a prefix of a tree the auditor trusts. A
+        quorum of witnesses that cosigned it while the key was valid vouches too."""
+        for size in list(self._unvouched):
+            if self._witnessed.in_window(*self._accepted[size][1:]):
+                del self._unvouched[size]
         trusted = [s for s in self._roots_ok if s not in self._unvouched]
         largest = max([self._base, *trusted])
         for size, (key, problem) in sorted(self._unvouched.items()):
@@ -700,6 +722,8 @@ class LogChecker:
         self._settle()
         self._check_consistency()
         self._check_vouched()
+        for key, message in self._witnessed.problems(report.latest, self._accepted):
+            self._find(key, message)
         if self._foreign and not report.checkpoints and not self._trusted_claims:
             # Nothing verifies: the wrong key, not a bucket full of plants. One line.
             self._find(

@@ -118,6 +118,7 @@ class Publisher:
         writer_id: str,
         wall_clock: Callable[[], float] = time.time,
         on_fenced: Callable[[str], None] | None = None,
+        on_checkpoint: Callable[[Checkpoint, bytes, CompactRange, list[bytes]], None] | None = None,
     ) -> None:
         self.log = audit_log
         self.wal = wal
@@ -127,6 +128,9 @@ class Publisher:
         self.writer_id = writer_id
         self._wall_clock = wall_clock
         self._on_fenced = on_fenced
+        # Each checkpoint published, with the tree at the previous one and the leaf
+        # hashes since (the witnesses' consistency proofs, without reading the store).
+        self._on_checkpoint = on_checkpoint
         self.tree: CompactRange = audit_log.published.compact_range()
         self.last_leaf = audit_log.published.last_leaf
         self.epoch = max(1, audit_log.published.epoch)
@@ -573,7 +577,12 @@ class Publisher:
         )
         self.checkpoints_written += 1
         metrics.LAST_CHECKPOINT.set(signed_at)
+        previous, since = self.log.published, []
+        if self._on_checkpoint is not None:  # the leaves go once published: take them now
+            since = [d.leaf for d in self.log.entries(previous.size, size - previous.size)]
         await self._record_published()
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(cp, data, previous.compact_range(), since)
 
     def _judge_checkpoint(self, existing: bytes, ours: Checkpoint) -> str:
         try:

@@ -44,6 +44,7 @@ from extproc.store import RetentionPolicy, open_store
 
 if TYPE_CHECKING:
     from extproc.server.proofapi import ProofServer
+    from extproc.witness.client import WitnessClient
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Running:
     publish_task: asyncio.Task[None]
     heartbeat_task: asyncio.Task[None] | None
     audit_task: asyncio.Task[None] | None
+    witness_task: asyncio.Task[None] | None = None
 
 
 class AuditServer:
@@ -97,6 +99,7 @@ class AuditServer:
         self.health_port = 0
         self.proof_port = 0
         self._stop = asyncio.Event()
+        self.witnesses: WitnessClient | None = None  # serve --witness
         self._health = health.aio.HealthServicer()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fenced_reason: str | None = None
@@ -336,6 +339,8 @@ class AuditServer:
             loop.create_task(self._heartbeat(audit_log)) if cfg.heartbeat_interval > 0 else None
         )
         audit_task = loop.create_task(self_audit.run()) if self_audit is not None else None
+        witnesses = self.witnesses
+        witness_task = loop.create_task(witnesses.run()) if witnesses is not None else None
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -361,6 +366,7 @@ class AuditServer:
             publish_task,
             heartbeat_task,
             audit_task,
+            witness_task,
         )
 
     async def _open_log(self) -> tuple[WAL, AuditLog]:
@@ -382,6 +388,21 @@ class AuditServer:
     ) -> tuple[Publisher, SelfAudit | None]:
         """The publisher, reconciled with the store (if it answers), and its self-audit."""
         cfg = self.config
+        witnessed = cfg.witness_policy()
+        if witnessed is not None:
+            from extproc.core.keyring import Keyring
+            from extproc.witness.client import StoreProofs, WitnessClient
+
+            policy, urls = witnessed
+            own = Keyring.of(self.signer.verifier())
+            self.witnesses = WitnessClient(
+                policy,
+                urls,
+                self.store,
+                cfg.log_id,
+                StoreProofs(self.store, cfg.log_id, own),
+                retention=retention,
+            )
         publisher = Publisher(
             audit_log,
             wal,
@@ -398,6 +419,7 @@ class AuditServer:
             ),
             writer_id=self.writer_id,
             on_fenced=self._fenced,
+            on_checkpoint=self.witnesses.submit if self.witnesses is not None else None,
         )
         self_audit = None
         if cfg.self_audit_interval > 0:
@@ -567,7 +589,18 @@ class AuditServer:
             )
         finally:
             r.audit_log.close()
+        await self._last_witness_round(r, left())
         return status
+
+    async def _last_witness_round(self, r: Running, within: float) -> None:
+        """The witnesses get the final checkpoint, if the drain deadline leaves time."""
+        if r.witness_task is None or self.witnesses is None:
+            return
+        r.witness_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await r.witness_task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.witnesses.flush(), within)
 
 
 def _rss_mb() -> int:

@@ -335,7 +335,7 @@ def test_every_option_of_every_command_has_help() -> None:
         if not (action.help or "").strip()
     ]
     assert missing == []
-    assert len(commands.choices) == 11
+    assert len(commands.choices) == 13
 
 
 # --- the fsync helper ---------------------------------------------------------------------

@@ -13,13 +13,6 @@ MAX_MODULE_LINES = 800
 MAX_FUNCTION_LINES = 120
 # protoc output (scripts/gen_protos.py): not ours to shape.
 GENERATED = {p.relative_to(ROOT).as_posix() for p in (ROOT / "extproc" / "api").glob("*_pb2*.py")}
-# Still over while another branch of issue 18 splits them (module, or
-# module::function). An entry that is no longer over fails too: take it out.
-PENDING: dict[str, str] = {
-    # i16-sidecar adds rows to it in parallel: split by family after that merge
-    # (the lab and the shared helpers; forging and stalling; the rest).
-    "scripts/attack.py": "after i16-sidecar: split by attack family",
-}
 
 
 def _sources() -> list[Path]:
@@ -60,12 +53,9 @@ def _offenders() -> dict[str, int]:
 
 def test_no_module_over_800_lines_and_no_function_over_120() -> None:
     over = _offenders()
-    new = {name: size for name, size in over.items() if name not in PENDING}
-    assert new == {}, "split these by job (lines): " + ", ".join(
-        f"{name} {size}" for name, size in sorted(new.items())
+    assert over == {}, "split these by job (lines): " + ", ".join(
+        f"{name} {size}" for name, size in sorted(over.items())
     )
-    stale = sorted(set(PENDING) - set(over))
-    assert stale == [], f"within the limits now: take them out of PENDING: {stale}"
 
 
 def test_the_size_rule_sees_a_long_method_and_a_long_module() -> None:
