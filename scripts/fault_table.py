@@ -32,7 +32,7 @@ import pytest
 
 from extproc import processes
 from tests import conftest
-from tests.faultproxy import (
+from tests.faultscenarios import (
     FAULT_ROWS,
     DiskMeasured,
     Measured,

@@ -76,7 +76,7 @@ main() {
 
     log "Istio: the cluster's own IstioOperator, then the audit's mesh config and injection template"
     # The install sequence of docs/ISTIO.md ("Install"), run as written there
-    # (tests/integration/test_istio.py checks they agree): the IstioOperator the cluster is
+    # (tests/integration/test_istio_install.py checks they agree): the IstioOperator the cluster is
     # installed with first, then the audit's files, which set no profile and no
     # component, so every component stays as the first file has it. This new
     # cluster's own: the default profile (istiod and the ingress gateway).

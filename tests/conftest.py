@@ -25,10 +25,11 @@ from extproc import processes
 from extproc.core import layout
 from extproc.core.note import Signer
 from extproc.demo import ClientResult, UpstreamApp, send_requests
-from extproc.envoyconf import ClientTLS, Endpoint, SocketPath, bootstrap, to_yaml
+from extproc.envoyconf import ClientTLS, Endpoint, SocketPath, bootstrap
 from extproc.health import check_health
 from extproc.keys import write_signer
 from extproc.store import open_store
+from tests import topology
 from tests.helpers import read_entries as read_entries  # imported from here by the server tests
 
 # SIGTERM's --drain-delay waits for callers' proxies to drop the endpoint (a
@@ -368,7 +369,17 @@ class AuditStack:
             ["--allow-unauthenticated"] if self.allow_unauthenticated and not authenticated else []
         )
 
-    def start_envoy(self) -> None:
+    def start_envoy(self, config: dict[str, Any] | None = None) -> None:
+        """Start this stack's Envoy and wait until it is ready: on `config`, or
+        on the bootstrap built from the stack's settings."""
+        if config is None:
+            config = self.bootstrap()
+        self.envoy = topology.start_envoy(
+            config, self.workdir, self.admin_port, binary=self.envoy_bin
+        )
+
+    def bootstrap(self) -> dict[str, Any]:
+        """The reporting Envoy's bootstrap for this stack's ports and settings."""
         config = bootstrap(
             listen=Endpoint("127.0.0.1", self.envoy_port),
             ext_proc=self.envoy_ext_proc or self._listener_endpoint(),
@@ -383,12 +394,7 @@ class AuditStack:
         )
         if self.envoy_patch is not None:
             self.envoy_patch(config)
-        path = self.workdir / "envoy.yaml"
-        path.write_text(to_yaml(config))
-        log = (self.workdir / "envoy.log").open("ab")
-        self._logs.append(log)
-        self.envoy = processes.start_envoy(path, log, binary=self.envoy_bin)
-        processes.wait_until(lambda: processes.envoy_ready(self.admin_port), "envoy", self.envoy)
+        return config
 
     def _listener_endpoint(self) -> Endpoint | SocketPath:
         if self.listen and self.listen.startswith("unix:"):
@@ -412,11 +418,15 @@ class AuditStack:
     def server_log(self) -> str:
         return (self.workdir / "server.log").read_text(errors="replace")
 
-    def close(self) -> None:
+    def kill(self) -> None:
+        """Stop Envoy and the server now (SIGKILL), as a crash would."""
         for proc in (self.envoy, self.server):
             if proc is not None:
                 processes.stop(proc, sig=signal.SIGKILL)
         self.envoy = self.server = None
+
+    def close(self) -> None:
+        self.kill()
         self.app.__exit__(None, None, None)
         for log in self._logs:
             log.close()

@@ -8,13 +8,10 @@ protobuf merge as istiod does it (pilot/pkg/networking/core/envoyfilter/,
 istio pkg/proto/merge): messages merge field by field, repeated fields are
 appended, scalars replaced.
 
-The bootstrap mimics the parts of an Istio proxy the patches touch: an inbound
-(or gateway) listener whose HCM ends with envoy.filters.http.router, optionally
-an outbound listener in front of it, Istio's cluster names, and each listener's
-patch context recorded beside it (Istio knows it from the listener's direction;
-plain Envoy config has no such field). `apply_telemetry` puts the access
-logger istiod renders for a Telemetry (scripts/render_istio.istiod_http_als)
-where istiod puts it.
+The config is tests/topology.py `istio_like_bootstrap`: the parts of an Istio
+proxy the patches touch, and each listener's patch context recorded beside it.
+`apply_telemetry` puts the access logger istiod renders for a Telemetry
+(scripts/render_istio.istiod_http_als) where istiod puts it.
 """
 
 from __future__ import annotations
@@ -23,170 +20,12 @@ import copy
 import re
 from typing import Any
 
-import render_istio  # scripts/: the mesh config istiod renders the proxies' bootstrap from
-
-from extproc.envoyconf import Endpoint, ext_proc_cluster
-
 HCM = "envoy.filters.network.http_connection_manager"
-APP_HOST = "app.demo.svc.cluster.local"
 ROUTER = "envoy.filters.http.router"
-_TYPE = "type.googleapis.com/"
 
 
 class UnsupportedPatch(Exception):
     """An EnvoyFilter patch this applier does not implement."""
-
-
-def istio_like_bootstrap(
-    *,
-    context: str,
-    listen: Endpoint,
-    app: Endpoint,
-    admin: Endpoint,
-    outbound_clusters: dict[str, Endpoint | list[Endpoint]],
-    outbound: Endpoint | None = None,
-    istio_version: str = "1.28.2",
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """An Envoy bootstrap shaped like an Istio sidecar's inbound listener (or a
-    gateway's), and the patch context of each listener by name.
-
-    outbound_clusters: stand-ins for Istio's outbound|PORT||HOST clusters, as
-    istiod renders them with istio/base/destinationrule.yaml (LEAST_REQUEST,
-    its circuit breakers and HTTP/2 options), one or more endpoints (pods).
-    outbound: also a sidecar outbound listener there (context SIDECAR_OUTBOUND),
-    whose route goes to the inbound listener through outbound|8000||APP_HOST,
-    as a caller's own sidecar would.
-    istio_version: the proxy's ISTIO_VERSION (node metadata), which an
-    EnvoyFilter's match.proxy.proxyVersion is matched against.
-    """
-    name = "virtualInbound" if context == "SIDECAR_INBOUND" else f"0.0.0.0_{listen.port}"
-    app_cluster = f"inbound|{app.port}||" if context == "SIDECAR_INBOUND" else "outbound|8000||app"
-    hcm: dict[str, Any] = {
-        "@type": _TYPE
-        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": f"inbound_0.0.0.0_{app.port}",
-        "route_config": {
-            "name": "inbound|http|8000",
-            "virtual_hosts": [
-                {
-                    "name": "inbound|http|8000",
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": app_cluster, "timeout": "15s"},
-                        }
-                    ],
-                }
-            ],
-        },
-        # Istio's own filters sit before the router; ours must land between.
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.fault",
-                "typed_config": {
-                    "@type": _TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"
-                },
-            },
-            {
-                "name": ROUTER,
-                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
-            },
-        ],
-    }
-    clusters = [_static(app_cluster, app)]
-    for cluster, eps in outbound_clusters.items():
-        pods = eps if isinstance(eps, list) else [eps]
-        rendered = ext_proc_cluster(pods[0], name=cluster)
-        rendered["lb_policy"] = "LEAST_REQUEST"
-        rendered["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
-            {"endpoint": {"address": ep.address()}} for ep in pods
-        ]
-        clusters.append(rendered)
-    listeners = [
-        {
-            "name": name,
-            "address": _address(listen),
-            "filter_chains": [{"filters": [{"name": HCM, "typed_config": hcm}]}],
-        }
-    ]
-    contexts = {name: context}
-    if outbound is not None:
-        out_cluster = f"outbound|8000||{APP_HOST}"
-        out_hcm = copy.deepcopy(hcm)
-        out_hcm["stat_prefix"] = f"outbound_0.0.0.0_{outbound.port}"
-        out_hcm["route_config"] = {
-            "name": "8000",
-            "virtual_hosts": [
-                {
-                    "name": f"{APP_HOST}:8000",
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": out_cluster, "timeout": "15s"},
-                        }
-                    ],
-                }
-            ],
-        }
-        out_hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] == ROUTER]
-        out_name = f"0.0.0.0_{outbound.port}"
-        listeners.append(
-            {
-                "name": out_name,
-                "address": _address(outbound),
-                "filter_chains": [{"filters": [{"name": HCM, "typed_config": out_hcm}]}],
-            }
-        )
-        contexts[out_name] = "SIDECAR_OUTBOUND"
-        clusters.append(_static(out_cluster, listen))
-    for built in clusters:
-        # istiod names every cluster's stats "<name>;" (cluster_builder.go), for
-        # the cluster_name tag of its bootstrap.
-        built["alt_stat_name"] = f"{built['name']};"
-    config = {
-        "node": {
-            "id": "sidecar~10.0.0.1~app-0.demo~demo.svc.cluster.local",
-            "cluster": "app.demo",
-            "metadata": {"ISTIO_VERSION": istio_version},
-        },
-        "admin": {"address": _address(admin)},
-        "layered_runtime": istiod_runtime(render_istio.mesh_config()),
-        "static_resources": {"listeners": listeners, "clusters": clusters},
-    }
-    return config, contexts
-
-
-def istiod_runtime(mesh_config: dict[str, Any]) -> dict[str, Any]:
-    """The bootstrap runtime istiod gives every proxy from meshConfig
-    defaultConfig.runtimeValues: a static layer ("true"/"false" turned into
-    booleans, other values kept as strings), then the admin layer
-    (pkg/bootstrap/config.go extractRuntimeFlags, envoy_bootstrap.json)."""
-    values = mesh_config.get("defaultConfig", {}).get("runtimeValues", {})
-    layer = {k: {"true": True, "false": False}.get(v, v) for k, v in values.items()}
-    return {
-        "layers": [
-            {"name": "global config", "static_layer": layer},
-            {"name": "admin", "admin_layer": {}},
-        ]
-    }
-
-
-def _address(ep: Endpoint) -> dict[str, Any]:
-    return {"socket_address": {"address": ep.host, "port_value": ep.port}}
-
-
-def _static(name: str, ep: Endpoint) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(ep)}}]}],
-        },
-    }
 
 
 def apply(

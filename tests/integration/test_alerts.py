@@ -175,7 +175,7 @@ def test_rules_read_only_envoy_counters_the_mesh_keeps_and_the_pod_monitor_scrap
     """Istio keeps only the stats its matcher includes (the mesh's prefixes and
     suffixes, istio/mesh/); the PodMonitor keeps only the names its relabeling
     allows. Every Envoy counter an alert reads passes both (the names themselves
-    are checked against a real Envoy in tests/integration/test_istio.py)."""
+    are checked against a real Envoy in tests/integration/test_istio_traffic.py)."""
     matcher = render_istio.mesh_config()["defaultConfig"]["proxyStatsMatcher"]
     als = ("logs_written", "logs_dropped", "grpc_entries_flushed", "grpc_entries_flush_failed")
     kept = {

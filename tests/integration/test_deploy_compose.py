@@ -31,8 +31,9 @@ import pytest
 import yaml
 
 from extproc import __version__, processes
-from extproc.envoyconf import EXT_PROC_CLUSTER, EXT_PROC_FILTER, Endpoint, to_yaml
+from extproc.envoyconf import EXT_PROC_CLUSTER, EXT_PROC_FILTER, Endpoint
 from extproc.keys import check_key_mode
+from tests import topology
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -555,21 +556,21 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_build() -> None:
 # ---------------------------------------------------------------- the compose scripts, for real
 
 
-def _loopback_envoy_config(*, listen: int, audit: int, app: int, admin: int) -> str:
+def _loopback_envoy_config(*, listen: int, audit: int, app: int, admin: int) -> dict[str, Any]:
     """envoy/envoy-compose.yaml as it is (routes, filters, access log), with loopback
     ports instead of the compose services' DNS names."""
     config = _envoy_config()
-    config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin)
-    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
-    listener.update(address="127.0.0.1", port_value=listen)
-    ports = {EXT_PROC_CLUSTER: audit, "app": app}
     for cluster in config["static_resources"]["clusters"]:
         cluster["type"] = "STATIC"
-        (lb,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        socket = lb["endpoint"]["address"]["socket_address"]
-        socket.update(address="127.0.0.1", port_value=ports.pop(cluster["name"]))
-    assert not ports, ports
-    return to_yaml(config)
+    (listener,) = config["static_resources"]["listeners"]
+    ports = {
+        listener["address"]["socket_address"]["port_value"]: listen,
+        _cluster_address(EXT_PROC_CLUSTER).port: audit,
+        _cluster_address("app").port: app,
+        config["admin"]["address"]["socket_address"]["port_value"]: admin,
+    }
+    assert len(ports) == 4, ports  # one shipped port each: none is moved for another
+    return topology.on_loopback(config, ports)  # any other address: KeyError
 
 
 @pytest.mark.envoy
@@ -617,14 +618,10 @@ def test_compose_scripts_through_real_envoy_and_server(tmp_path: Path) -> None:
             "audit server health",
             server,
         )
-        (tmp_path / "envoy.yaml").write_text(
-            _loopback_envoy_config(
-                listen=envoy_port, audit=grpc_port, app=app_port, admin=admin_port
-            )
+        config = _loopback_envoy_config(
+            listen=envoy_port, audit=grpc_port, app=app_port, admin=admin_port
         )
-        envoy = processes.start_envoy(tmp_path / "envoy.yaml", logs)
-        procs.append(envoy)
-        processes.wait_until(lambda: processes.envoy_ready(admin_port), "envoy", envoy)
+        procs.append(topology.start_envoy(config, tmp_path, admin_port))
 
         traffic_env = {**_env("traffic"), "TARGET_URL": f"http://127.0.0.1:{envoy_port}",
                        "METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc import processes
 from extproc.envoyconf import Endpoint, bootstrap, to_yaml
 from extproc.processes import envoy_binary
+from tests import topology
 from tests.conftest import ALS_STATS, read_entries, wait_for_access_logs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,22 +139,6 @@ SHIPPED: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _on_ports(config: dict[str, Any], ports: dict[int, int]) -> dict[str, Any]:
-    """A shipped config with its addresses moved to this test's loopback ports
-    (the compose file's service names too); nothing else changes."""
-    if isinstance(config, dict):
-        if "socket_address" in config:
-            address = config["socket_address"]
-            address["address"] = "127.0.0.1"
-            address["port_value"] = ports[address["port_value"]]
-        for value in config.values():
-            _on_ports(value, ports)
-    elif isinstance(config, list):
-        for value in config:
-            _on_ports(value, ports)
-    return config
-
-
 def _status(port: int, path: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -180,24 +164,20 @@ def test_shipped_config_audits_real_traffic(
     config = yaml.safe_load((ROOT / "envoy" / name).read_text())
     ports = {10000: stack.envoy_port, 50051: stack.grpc_port, 8080: stack.app.port,
              9901: stack.admin_port}  # fmt: skip
-    path = tmp_path / name
-    path.write_text(to_yaml(_on_ports(config, ports)))
-    with (tmp_path / "envoy.log").open("ab") as log:
-        stack.envoy = processes.start_envoy(path, log, binary=envoy_bin)
-        processes.wait_until(lambda: processes.envoy_ready(stack.admin_port), "envoy", stack.envoy)
-        result = stack.send(24)
-        assert sum(result.statuses.values()) == 24 and result.errors == 0, result
-        assert all(200 <= s < 300 for s in result.statuses), result
-        if want["access"]:
-            stats = wait_for_access_logs(stack.admin_port, 24, flush_interval=0.2)
-            assert stats[ALS_STATS + "logs_dropped"] == 0
-        assert stack.stop_server() == 0
-        enforced = "/admin" if name == "envoy-compose.yaml" else "/api/orders"
-        observed = _status(stack.envoy_port, "/api/orders")
-        if want["request"] or name == "envoy-compose.yaml":
-            assert _status(stack.envoy_port, enforced) == 503
-        if not want["request"]:
-            assert observed == 200
+    stack.start_envoy(topology.on_loopback(config, ports))
+    result = stack.send(24)
+    assert sum(result.statuses.values()) == 24 and result.errors == 0, result
+    assert all(200 <= s < 300 for s in result.statuses), result
+    if want["access"]:
+        stats = wait_for_access_logs(stack.admin_port, 24, flush_interval=0.2)
+        assert stats[ALS_STATS + "logs_dropped"] == 0
+    assert stack.stop_server() == 0
+    enforced = "/admin" if name == "envoy-compose.yaml" else "/api/orders"
+    observed = _status(stack.envoy_port, "/api/orders")
+    if want["request"] or name == "envoy-compose.yaml":
+        assert _status(stack.envoy_port, enforced) == 503
+    if not want["request"]:
+        assert observed == 200
     entries = [e for e in read_entries(stack.store_url, stack.log_id) if e["kind"] != "writer"]
     kinds = Counter(e["kind"] for e in entries)
     assert kinds == {k: 24 for k in ("request", "response", "access") if want[k]}, kinds

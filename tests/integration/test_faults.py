@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import S3Server
-from tests.faultproxy import (
+from tests.faultscenarios import (
     FAULT_ROWS,
     VOLUME_BYTES,
     VOLUME_KINDS,

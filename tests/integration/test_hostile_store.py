@@ -54,7 +54,7 @@ from tests.attacks import (
 from tests.budget import MIB, within_budget
 from tests.conftest import MotoServer, run_cli
 from tests.helpers import read_entries, run, write_log
-from tests.integration.test_publisher import LOG_ID, PREFIX, open_writer, published
+from tests.publishing import LOG_ID, PREFIX, open_writer, published
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ import pytest
 import yaml
 
 from extproc import processes
-from extproc.envoyconf import Endpoint, bootstrap, to_yaml
+from extproc.envoyconf import Endpoint, bootstrap
 from tests.conftest import MotoServer, stack_factory
 from tests.faultproxy import FaultProxy
 
@@ -224,11 +224,7 @@ def mesh(tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> I
             ],
         )  # fmt: skip
         stack.start_server()
-        envoy_config = tmp_path / "envoy.yaml"
-        envoy_config.write_text(to_yaml(_reporting_envoy_config(stack)))
-        envoy_log = cleanup.enter_context((tmp_path / "envoy.log").open("ab"))
-        stack.envoy = processes.start_envoy(envoy_config, envoy_log)
-        processes.wait_until(lambda: processes.envoy_ready(stack.admin_port), "envoy", stack.envoy)
+        stack.start_envoy(_reporting_envoy_config(stack))
         prometheus = Prometheus(
             tmp_path,
             [

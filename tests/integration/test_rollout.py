@@ -25,7 +25,7 @@ import yaml
 from soak import PacedLoad
 
 from extproc import processes
-from extproc.envoyconf import EXT_PROC_CLUSTER, Endpoint, bootstrap, to_yaml
+from extproc.envoyconf import EXT_PROC_CLUSTER, Endpoint, bootstrap
 from tests.conftest import ALS_STATS, read_entries, run_cli
 from tests.envoyfilter import proto_merge
 
@@ -123,33 +123,30 @@ def _rollout(
     _eds_cluster(config, eds_dir)
     if pinned:
         _affinity(config)
-    path = tmp_path / "envoy.yaml"
-    path.write_text(to_yaml(config))
-    with (tmp_path / "envoy.log").open("ab") as log:
-        proxy.envoy = processes.start_envoy(path, log, binary=envoy_bin)
-        processes.wait_until(lambda: processes.envoy_ready(proxy.admin_port), "envoy", proxy.envoy)
-        processes.wait_until(lambda: _healthy_hosts(proxy.admin_port) == 2, "EDS", proxy.envoy)
-        load = PacedLoad(proxy.envoy_port, rate=150, threads=6).start()
-        try:
-            time.sleep(2.0)
-            # The pod that has the proxy's streams (with the affinity: all of
-            # them) is the one that goes.
-            taken = [_requests_logged(store, p.log_id) for p in pods]
-            going, staying = (0, 1) if taken[0] >= taken[1] else (1, 0)
-            leaving = pods[going].server
-            assert leaving is not None
-            leaving.send_signal(signal.SIGTERM)
-            time.sleep(EDS_LAG)
-            _publish_endpoints(eds_dir, [pods[staying].grpc_port], 2)
-            processes.wait_until(lambda: _healthy_hosts(proxy.admin_port) == 1, "EDS update")
-            status = leaving.wait(30)
-            pods[going].server = None
-            time.sleep(2.0)  # the remaining server alone under load
-        finally:
-            result = load.stop()
-        time.sleep(1.0)  # Envoy's last access-log flush (0.2 s)
-        stats = processes.envoy_stats(proxy.admin_port, ALS_STATS)
-        remaining = pods[staying].stop_server(signal.SIGTERM)
+    proxy.envoy_bin = envoy_bin
+    proxy.start_envoy(config)
+    processes.wait_until(lambda: _healthy_hosts(proxy.admin_port) == 2, "EDS", proxy.envoy)
+    load = PacedLoad(proxy.envoy_port, rate=150, threads=6).start()
+    try:
+        time.sleep(2.0)
+        # The pod that has the proxy's streams (with the affinity: all of
+        # them) is the one that goes.
+        taken = [_requests_logged(store, p.log_id) for p in pods]
+        going, staying = (0, 1) if taken[0] >= taken[1] else (1, 0)
+        leaving = pods[going].server
+        assert leaving is not None
+        leaving.send_signal(signal.SIGTERM)
+        time.sleep(EDS_LAG)
+        _publish_endpoints(eds_dir, [pods[staying].grpc_port], 2)
+        processes.wait_until(lambda: _healthy_hosts(proxy.admin_port) == 1, "EDS update")
+        status = leaving.wait(30)
+        pods[going].server = None
+        time.sleep(2.0)  # the remaining server alone under load
+    finally:
+        result = load.stop()
+    time.sleep(1.0)  # Envoy's last access-log flush (0.2 s)
+    stats = processes.envoy_stats(proxy.admin_port, ALS_STATS)
+    remaining = pods[staying].stop_server(signal.SIGTERM)
     entries = [e for p in pods for e in read_entries(store, p.log_id)]
     return {
         "result": result,

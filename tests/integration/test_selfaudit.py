@@ -24,7 +24,7 @@ from extproc.log.selfaudit import FAILED, OK, REPAIRED, AuditOutcome, SelfAudit
 from extproc.log.wal import AUDITED_FILE, WAL
 from extproc.store.memory import MemoryStore
 from tests.helpers import run
-from tests.integration.test_publisher import LOG_ID, PREFIX, Writer, open_writer, verify
+from tests.publishing import LOG_ID, PREFIX, Writer, open_writer, verify
 
 
 class ListingStore(MemoryStore):
