@@ -194,6 +194,17 @@ def s3api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3
     return server
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (CI's timeout, a developer's kill) tears its
+    # fixtures down as Ctrl-C does: the servers, Envoys and S3 servers the tests
+    # started end with it instead of living on as orphans.
+    signal.signal(signal.SIGTERM, _interrupted)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if MESH_LANE_SKIPS:
         terminalreporter.section("OLDEST-ENVOY LANE SKIPPED", sep="!", red=True, bold=True)
