@@ -6,7 +6,8 @@ through log/writeonce.py: an identical object already there counts as
 written, as tessera does), the partial tiles of the new size, and then the
 log's `checkpoint` object, the one key it rewrites (each version is kept
 under Object Lock). The signed `checkpoints/<size>` of our layout stays the
-checkpoint of record; `checkpoint` follows it.
+checkpoint of record; `checkpoint` follows it, then (serve --witness) the
+same note with the witnesses' cosignatures if it is still the latest there.
 
 A tile key holding something else (a planted object: the spec fixes every
 tile's name, so there is no other key to go to) is recorded as a foreign

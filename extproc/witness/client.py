@@ -5,8 +5,10 @@ never waits). A background task sends the newest one to every witness that
 is not backing off (c2sp.org/tlog-witness add-checkpoint: the size the
 witness last cosigned, a consistency proof from it, the signed note),
 checks each cosignature it gets back against that witness's key, and
-writes the note with the valid ones appended to `cosigned/<size>`, once
-(docs/FORMAT.md, "Witnesses"). Publication never waits for it.
+writes the note with the valid ones appended to `cosigned/<size>`, once,
+and hands it to `on_cosigned` (serve: put at the tlog-tiles `checkpoint` if
+it is still the latest there) (docs/FORMAT.md, "Witnesses"). Publication
+never waits for it.
 
 - 409 with the witness's size (text/x.tlog.size): the request is sent again
   from that size, once; a size larger than ours, another root at our size

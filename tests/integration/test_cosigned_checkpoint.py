@@ -24,6 +24,7 @@ from extproc.core.cosignature import WitnessPolicy
 from extproc.core.keyring import Keyring
 from extproc.core.merkle import CompactRange
 from extproc.core.note import Signer, parse_note
+from extproc.errors import AuditError
 from extproc.keys import load_signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
@@ -33,12 +34,15 @@ from extproc.store.memory import MemoryStore
 from extproc.witness.client import StoreProofs, WitnessClient
 from tests.conftest import run_cli
 from tests.helpers import ORIGIN_PREFIX
+from tests.integration import test_tlog_interop as interop
+from tests.integration.test_cosignature_go import cosigcheck
 from tests.witnesses import fixed_cosigner, running_witness, witnessed
 
 LOG = "web"
 ORIGIN = layout.origin_for(ORIGIN_PREFIX, LOG)
 W1 = fixed_cosigner("w1.example", 91)
 POLICY = WitnessPolicy.of([W1.witness_key()])
+tlogclient = interop.tlogclient  # the Go client, built once per session
 
 
 def _versions(store: MemoryStore) -> list[bytes]:
@@ -127,36 +131,60 @@ def test_late_cosignatures_of_an_older_checkpoint_are_dropped_not_written(
     assert len(messages) == 1 and f"root of size {new.size} is not this tree's" in messages[0]
 
 
-def test_serve_puts_the_cosigned_note_at_the_tiles_checkpoint(
-    make_stack: Any, tmp_path: Path
-) -> None:
-    """serve --witness: the latest `checkpoint` carries the live witness's
-    cosignature and the log's own signature; verify --tiles stays valid."""
+def _serve_witnessed(make_stack: Any, tmp_path: Path) -> tuple[Any, Signer, bytes]:
+    """serve --witness with a live witness until `checkpoint` is cosigned, then
+    stopped: (the stack, the log's signer, the last `checkpoint`)."""
     stack = make_stack(log_id=LOG)
     signer = load_signer(stack.key_path)
     origin = layout.origin_for("extproc-audit", LOG)
+    store = open_store(stack.store_url)
+    key = layout.latest_checkpoint_key(store.prefix, LOG)
+
+    def cosigned() -> bool:
+        try:
+            POLICY.check(store.get(key))
+        except AuditError:
+            return False
+        return True
+
     with running_witness(tmp_path / "w1", W1, witnessed(origin, signer=signer)) as live:
         stack.extra_args = ["--heartbeat-interval", "0.3", "--self-audit-interval", "0",
                             "--witness", f"{W1.witness_key().to_text()}+{live.url}"]  # fmt: skip
-        store = open_store(stack.store_url)
-        key = layout.latest_checkpoint_key(store.prefix, LOG)
-
-        def cosigned() -> bool:
-            try:
-                POLICY.check(store.get(key))
-            except Exception:
-                return False
-            return True
-
         stack.start_server()
         processes.wait_until(cosigned, "a cosigned `checkpoint`", stack.server)
         assert stack.stop_server() == 0
         # The final checkpoint too: the drain's last witness round cosigns it.
         assert cosigned()
-    latest = store.get(key)
-    assert open_checkpoint(latest, signer.verifier()).origin == origin
-    size = open_checkpoint(latest, signer.verifier()).size
-    final = store.get(layout.checkpoint_key(store.prefix, LOG, size))  # the one of record
+    return stack, signer, store.get(key)
+
+
+def test_serve_puts_the_cosigned_note_at_the_tiles_checkpoint(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    """serve --witness: the latest `checkpoint` is the checkpoint of record with
+    the live witness's cosignature appended; verify --tiles stays valid."""
+    stack, signer, latest = _serve_witnessed(make_stack, tmp_path)
+    store = open_store(stack.store_url)
+    cp = open_checkpoint(latest, signer.verifier())
+    assert cp.origin == layout.origin_for("extproc-audit", LOG)
+    final = store.get(layout.checkpoint_key(store.prefix, LOG, cp.size))  # the one of record
     assert latest.startswith(final) and latest != final
     result = run_cli("verify", stack.store_url, "--vkey", stack.vkey(), "--tiles")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_go_clients_read_the_cosigned_checkpoint(
+    tlogclient: Path, make_stack: Any, tmp_path: Path
+) -> None:
+    """Clients not written here: x/mod's tlog client verifies the log from its
+    tiles under the cosigned `checkpoint` (the cosignature skipped as an unknown
+    key's), and x/mod's note with a cosignature/v1 verifier finds w1's."""
+    stack, signer, latest = _serve_witnessed(make_stack, tmp_path)
+    size = open_checkpoint(latest, signer.verifier()).size
+    log_dir = str(Path(stack.store_url) / "logs" / LOG)
+    vkey = signer.verifier().to_text()
+    run = interop._client(tlogclient, log_dir, vkey, layout.origin_for("extproc-audit", LOG))
+    assert run.returncode == 0 and f" size={size} entries={size} " in run.stdout, run.stderr
+    checked = cosigcheck(tmp_path, latest, vkey, W1.witness_key().to_text())
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[1:] == [f"w1.example {POLICY.check(latest)[1][0].timestamp}"]
