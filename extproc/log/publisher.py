@@ -161,7 +161,7 @@ class Publisher:
             threads=TILE_PUTS_IN_FLIGHT if config.tiles else 2,
         )
         # The same log in C2SP tlog-tiles layout, beside ours (log/tilewriter.py).
-        self._tiles = TileWriter(store, self._writes, config.log_id, config.retention)
+        self.tiles = TileWriter(store, self._writes, config.log_id, config.retention)
         metrics.EPOCH.set(self.epoch)
         audit_log.wake_when_waiting(config.bundle_max_entries)
 
@@ -310,7 +310,7 @@ class Publisher:
             if not await self._adopt_bundle(reader, bundle, key, size):
                 found.append(key)
         if cfg.tiles:
-            found += await self._tiles.restore(reader, self.log.published.compact_range())
+            found += await self.tiles.restore(reader, self.log.published.compact_range())
         if found:
             self._foreign.know(found)
             await self._record_foreign(found)
@@ -575,9 +575,9 @@ class Publisher:
         )
         data = sign_checkpoint(cp, self.signer)
         key = self._checkpoint_key(size)
-        if (tiled := self._tiles.size) is not None:  # the tiles first: the checkpoint needs them
+        if (tiled := self.tiles.size) is not None:  # the tiles first: the checkpoint needs them
             pending = self.log.entries(tiled, size - tiled)
-            if found := await self._tiles.write((d.line, d.leaf) for d in pending):
+            if found := await self.tiles.write((d.line, d.leaf) for d in pending):
                 self._foreign.know(found)
                 await self._record_foreign(found)
         await self._writes.put(
@@ -587,7 +587,7 @@ class Publisher:
             lambda existing: self._judge_checkpoint(existing, cp),
             MAX_NOTE_BYTES,
         )
-        await self._tiles.publish_latest(data)
+        await self.tiles.publish_latest(data, size)
         self.checkpoints_written += 1
         metrics.LAST_CHECKPOINT.set(signed_at)
         previous, since = self.log.published, []

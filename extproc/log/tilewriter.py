@@ -6,7 +6,8 @@ through log/writeonce.py: an identical object already there counts as
 written, as tessera does), the partial tiles of the new size, and then the
 log's `checkpoint` object, the one key it rewrites (each version is kept
 under Object Lock). The signed `checkpoints/<size>` of our layout stays the
-checkpoint of record; `checkpoint` follows it.
+checkpoint of record; `checkpoint` follows it, then (serve --witness) the
+same note with the witnesses' cosignatures if it is still the latest there.
 
 A tile key holding something else (a planted object: the spec fixes every
 tile's name, so there is no other key to go to) is recorded as a foreign
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -31,8 +33,10 @@ from extproc import metrics
 from extproc.audit.reader import LogReader
 from extproc.core import layout
 from extproc.core.bundle import split_lines
+from extproc.core.checkpoint import Checkpoint
 from extproc.core.layout import TileName
 from extproc.core.merkle import CompactRange, leaf_hash
+from extproc.core.note import parse_note
 from extproc.core.tiles import TileBuilder, tile_limit, tiles_at
 from extproc.errors import (
     ForeignObjectError,
@@ -66,6 +70,13 @@ class TileWriter:
         self._builder: TileBuilder | None = None  # None until restored (or if it cannot be)
         # Full tiles completed and not yet confirmed in the store, in order.
         self._unwritten: dict[TileName, bytes] = {}
+        # `checkpoint`: the largest tree size tried there, and the log's own note
+        # last confirmed there (None while a write is unconfirmed); both under
+        # the lock, held by the thread that writes it (a cancelled caller's
+        # write still ends before the next one starts).
+        self._latest_lock = threading.Lock()
+        self._latest_size = 0
+        self._latest_base: bytes | None = None
 
     @property
     def size(self) -> int | None:
@@ -180,37 +191,64 @@ class TileWriter:
             raise failed[0]
         return found
 
-    async def publish_latest(self, note: bytes) -> bool:
-        """Put the signed checkpoint at `checkpoint` (a new version of it), and
-        confirm it. A failure is logged and counted, never stops publication:
-        the next checkpoint writes it again."""
+    async def publish_latest(self, note: bytes, size: int) -> bool:
+        """Put the signed checkpoint of tree `size` at `checkpoint` (a new version
+        of it), and confirm it. A failure is logged and counted, never stops
+        publication: the next checkpoint writes it again."""
         if self._builder is None:
             return False
+        return await self._writes.io(self._put_latest, note, size, note)
+
+    async def publish_cosigned(self, signed: bytes, cosigned: bytes) -> bool:
+        """Put `cosigned` (the note `signed` with cosignature lines appended) at
+        `checkpoint`, if `signed` is still the latest checkpoint written there;
+        else it is dropped (a newer one is out: the witnesses get it in turn).
+        Its own thread, not the publisher's pool: the last witness round runs
+        after the publisher closed it."""
+        if self._builder is None or not cosigned.startswith(signed) or cosigned == signed:
+            return False
+        size = Checkpoint.from_text(parse_note(signed)[0]).size
+        return await asyncio.to_thread(self._put_latest, cosigned, size, signed)
+
+    def _put_latest(self, note: bytes, size: int, base: bytes) -> bool:
+        """Write `note` (of tree `size`, `base` the log's own signed note of it)
+        at `checkpoint`, in a thread. One writer at a time, whoever calls (the
+        publisher, the witness client), and never a size below one already
+        tried, nor cosignatures on a note that is no longer the latest: each
+        version of `checkpoint` is kept, and a smaller size after a larger one
+        reads as a rollback (audit/tilecheck.py)."""
         key = layout.latest_checkpoint_key(self._store.prefix, self._log_id)
         sha256 = hashlib.sha256(note).digest()
-        for attempt in range(1, LATEST_ATTEMPTS + 1):
-            try:
-                retention = None
-                if self._retention is not None:
-                    retention = self._retention.until(datetime.now(UTC))
-                await self._writes.io(self._store.put_replace, key, note, retention)
-                if await self._writes.io(self._store.confirm, key, sha256) is CONFIRMED:
-                    metrics.OBJECTS_WRITTEN.labels("latest").inc()
-                    metrics.OBJECTS_CONFIRMED.labels("latest").inc()
-                    return True
-                error = StorageError(f"{key}: not confirmed after the put")
-            except StorageError as e:
-                error = e
-            metrics.PUBLISH_ERRORS.inc()
-            log.warning(
-                "log %s: writing %s failed (attempt %d of %d): %s",
-                self._log_id,
-                key,
-                attempt,
-                LATEST_ATTEMPTS,
-                error,
-            )
-        return False
+        with self._latest_lock:
+            if size < self._latest_size or (note != base and base != self._latest_base):
+                log.info("log %s: %s of tree size %d not written: a newer one is out",
+                         self._log_id, key, size)  # fmt: skip
+                return False
+            self._latest_size, self._latest_base = size, None  # until confirmed
+            for attempt in range(1, LATEST_ATTEMPTS + 1):
+                try:
+                    retention = None
+                    if self._retention is not None:
+                        retention = self._retention.until(datetime.now(UTC))
+                    self._store.put_replace(key, note, retention)
+                    if self._store.confirm(key, sha256) is CONFIRMED:
+                        metrics.OBJECTS_WRITTEN.labels("latest").inc()
+                        metrics.OBJECTS_CONFIRMED.labels("latest").inc()
+                        self._latest_base = base
+                        return True
+                    error = StorageError(f"{key}: not confirmed after the put")
+                except StorageError as e:
+                    error = e
+                metrics.PUBLISH_ERRORS.inc()
+                log.warning(
+                    "log %s: writing %s failed (attempt %d of %d): %s",
+                    self._log_id,
+                    key,
+                    attempt,
+                    LATEST_ATTEMPTS,
+                    error,
+                )
+            return False
 
 
 def _bundle_entries(

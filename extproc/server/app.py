@@ -422,6 +422,8 @@ class AuditServer:
             on_fenced=self._fenced,
             on_checkpoint=self.witnesses.submit if self.witnesses is not None else None,
         )
+        if self.witnesses is not None:  # the tlog-tiles `checkpoint` carries the cosignatures
+            self.witnesses.on_cosigned = publisher.tiles.publish_cosigned
         self_audit = None
         if cfg.self_audit_interval > 0:
             self_audit = SelfAudit(

@@ -5,8 +5,10 @@ never waits). A background task sends the newest one to every witness that
 is not backing off (c2sp.org/tlog-witness add-checkpoint: the size the
 witness last cosigned, a consistency proof from it, the signed note),
 checks each cosignature it gets back against that witness's key, and
-writes the note with the valid ones appended to `cosigned/<size>`, once
-(docs/FORMAT.md, "Witnesses"). Publication never waits for it.
+writes the note with the valid ones appended to `cosigned/<size>`, once,
+and hands it to `on_cosigned` (serve: put at the tlog-tiles `checkpoint` if
+it is still the latest there) (docs/FORMAT.md, "Witnesses"). Publication
+never waits for it.
 
 - 409 with the witness's size (text/x.tlog.size): the request is sent again
   from that size, once; a size larger than ours, another root at our size
@@ -33,7 +35,7 @@ import http.client
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -169,6 +171,7 @@ class WitnessClient:
         timeout: float = REQUEST_TIMEOUT_S,
         max_backoff: float = MAX_BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
+        on_cosigned: Callable[[bytes, bytes], Awaitable[object]] | None = None,
     ) -> None:
         self.policy = policy
         self._endpoints = [_Endpoint(k, u) for k, u in zip(policy.witnesses, urls, strict=True)]
@@ -179,6 +182,9 @@ class WitnessClient:
         self.timeout = timeout
         self.max_backoff = max_backoff
         self._clock = clock
+        # (signed note, cosigned note): serve puts it at the tlog-tiles `checkpoint`
+        # if that note is still the latest there (log/tilewriter.py).
+        self.on_cosigned = on_cosigned
         self._pending: tuple[Checkpoint, bytes] | None = None
         self._wake = asyncio.Event()
         self.memory = TreeMemory()
@@ -231,6 +237,8 @@ class WitnessClient:
         lines = [line for got in answers for line in got]
         if lines:
             await asyncio.to_thread(self._publish, checkpoint.size, note, lines)
+            if self.on_cosigned is not None:
+                await self.on_cosigned(note, add_signatures(note, lines))
         text, _ = parse_note(note)
         _, signatures = parse_note(note + "".join(lines).encode())
         quorum = self.policy.quorum_evidence(self.policy.cosignatures(text, signatures))
