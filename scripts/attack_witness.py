@@ -69,8 +69,9 @@ def witness_split_view(w: Witnessed, f: Findings) -> None:
     f.within("honest log cosigned again in", time.monotonic() - started, RESUME_S, "s")
     conflicts = w.metric(METRIC, witness=LIVE_WITNESS.name, result="conflict")
     f.check(conflicts == 0, f"{conflicts:.0f} of the server's own checkpoints refused")
+    refused = sum(1 for status, _ in answers if status in (409, 422))
     f.note(
-        f"2 of 2 forks refused ({answers[0][0]}: {answers[0][1][:40]}; {answers[1][0]}), "
+        f"{refused} of 2 forks refused ({answers[0][0]}: {answers[0][1][:40]}; {answers[1][0]}), "
         f"kept in the witness's log; the server's own checkpoints refused {conflicts:.0f}"
     )
 
