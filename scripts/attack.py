@@ -28,6 +28,9 @@ The worlds, each set up once and attacked in turn:
             mesh world's other attacks measure
   pristine  a clean log written through Envoy, then attacked by whoever holds
             write access to the bucket or a signing key
+  witness   `serve --witness` with two witnesses, quorum 1: a real witness
+            server (w1) and one down (w2); no Envoy (heartbeats make the
+            checkpoints)
 
     .venv/bin/python scripts/attack.py --quick           # CI (test_attack.py): ~45 s
     .venv/bin/python scripts/attack.py --json out.json   # the run in docs/THREATS.md: ~1.5 min
@@ -63,11 +66,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's extp
 
 # The attacks, one module per family or two: importing one registers its attacks,
 # and a world runs its attacks in the order registered (mesh: forging, stalling,
-# then the store's; pristine: keys, then tampering).
+# then the store's; pristine: keys, then tampering; witness: its own).
 import attack_forging  # noqa: F401
 import attack_keys  # noqa: F401
 import attack_stalling  # noqa: F401
 import attack_store  # noqa: F401
+import attack_witness  # noqa: F401
 from attack_lab import ATTACKS, FAMILIES, ROOT, WEAKENINGS, WORLDS, Attack, Findings, Lab, Row
 
 from extproc import processes

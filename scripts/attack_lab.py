@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import os
 import subprocess
 import sys
@@ -35,8 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this tree's extp
 
 from extproc import processes
 from extproc.attributes import LOCAL_SAN
+from extproc.core import layout
+from extproc.core.keyring import Keyring
+from extproc.core.witness import WitnessedLogs
 from extproc.envoyconf import Endpoint
 from extproc.hashkey import write_hash_key
+from extproc.keys import load_signer
+from extproc.store import open_store
+from extproc.witness.server import WitnessHTTPServer
 from tests import attacks as A
 from tests.conftest import AuditStack, read_entries
 from tests.messages import ALS_METHOD, request_headers
@@ -51,6 +58,7 @@ from tests.topology import (
     envoy_client_tls,
     tls_server_args,
 )
+from tests.witnesses import fixed_cosigner, running_witness
 
 ROOT = Path(__file__).resolve().parents[1]
 # The families, as docs/THREATS.md names its sections.
@@ -58,10 +66,11 @@ FORGING = "Forging entries"
 STALLING = "Stalling or stopping the server"
 HIDING = "Hiding or changing what was published"
 KEYS = "Keys"
+WITNESSES = "Witnesses"
 SECRETS = "Secrets"
 AUDITOR = "The auditor's view"
 MISTAKES = "Mistakes that look like success"
-FAMILIES = (FORGING, STALLING, HIDING, KEYS, SECRETS, AUDITOR, MISTAKES)
+FAMILIES = (FORGING, STALLING, HIDING, KEYS, WITNESSES, SECRETS, AUDITOR, MISTAKES)
 
 # Bounds (issue 16, docs/PERFORMANCE.md): what an attack may cost at most.
 P99_MS = 100.0  # honest requests through Envoy while the attack runs
@@ -457,6 +466,82 @@ def _stop(stack: AuditStack) -> None:
         raise RuntimeError(f"the server exited {status} on SIGTERM")
 
 
+# Two witnesses of the witness world: w1 live, w2 down (nothing listens at its URL).
+LIVE_WITNESS, DOWN_WITNESS = fixed_cosigner("w1.example", 71), fixed_cosigner("w2.example", 72)
+
+
+class _Lines(logging.Handler):
+    """A logger's messages, kept (the witness's log: its refusals are evidence)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@dataclass
+class Witnessed:
+    """A live serve whose checkpoints go to two witnesses, quorum 1."""
+
+    stack: AuditStack
+    metrics_port: int
+    live: WitnessHTTPServer
+    witness_log: list[str]  # the live witness's warnings (its refusals)
+    lab: Lab
+
+    @property
+    def origin(self) -> str:
+        return layout.origin_for("extproc-audit", self.stack.log_id)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric(self.metrics_port, name, **labels)
+
+    def sizes(self, folder: str) -> list[int]:
+        """The tree sizes of the log's `checkpoints` or `cosigned` objects."""
+        store = open_store(self.stack.store_url)
+        base = layout.log_prefix(store.prefix, self.stack.log_id)
+        return sorted(int(o.key.rsplit("/", 1)[1]) for o in store.list(f"{base}{folder}/"))
+
+    def verify(self, store_url: str) -> Child:
+        """verify with the live witness's key, a quorum of 1."""
+        key = LIVE_WITNESS.witness_key().to_text()
+        return run_child("verify", store_url, "--vkey", self.stack.vkey(),
+                         "--witness", key, "--witness-quorum", "1")  # fmt: skip
+
+
+@contextlib.contextmanager
+def witness_world(lab: Lab) -> Iterator[Witnessed]:
+    """serve with --witness w1 (a real witness server, a thread of this script, its
+    own state) and w2 (down), --witness-quorum 1. No Envoy: the writer's heartbeat
+    entries make a checkpoint every 0.3 s."""
+    stack = lab.make(log_id="pod-w")
+    signed_by = Keyring.of(load_signer(stack.key_path).verifier())
+    lines, logger = _Lines(), logging.getLogger("extproc.witness")
+    logger.addHandler(lines)
+    logger.propagate = False  # its refusals are read here, not printed over the table
+    try:
+        logs = WitnessedLogs([("extproc-audit/*", signed_by)])
+        with running_witness(lab.dir("witness-w1"), LIVE_WITNESS, logs) as live:
+            port = processes.free_port()
+            down = (
+                f"{DOWN_WITNESS.witness_key().to_text()}+http://127.0.0.1:{processes.free_port()}"
+            )
+            stack.extra_args = [
+                "--metrics-listen", f"127.0.0.1:{port}", "--heartbeat-interval", "0.3",
+                "--self-audit-interval", "0", "--witness-quorum", "1",
+                "--witness", f"{LIVE_WITNESS.witness_key().to_text()}+{live.url}",
+                "--witness", down, *lab.serve_args("witness"),
+            ]  # fmt: skip
+            stack.start_server()
+            yield Witnessed(stack, port, live, lines.lines, lab)
+            _stop(stack)  # while w1 listens: the final checkpoint is cosigned too
+    finally:
+        logger.removeHandler(lines)
+        logger.propagate = True
+
+
 WORLDS: dict[str, Callable[[Lab], contextlib.AbstractContextManager[Any]]] = {
     "cli": cli_world,
     "direct": direct_world,
@@ -464,6 +549,7 @@ WORLDS: dict[str, Callable[[Lab], contextlib.AbstractContextManager[Any]]] = {
     "mesh": mesh_world,
     "load": partial(mesh_world, name="load"),
     "pristine": pristine_world,
+    "witness": witness_world,
 }
 
 
