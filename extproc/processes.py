@@ -4,6 +4,7 @@ server, ports. Used by the demo, the tests and the benchmarks."""
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import signal
 import socket
@@ -21,8 +22,38 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.errors import ConfigError
 
+# Ports are picked below the kernel's ephemeral range: a port from bind(0) comes
+# from the range every outgoing connection draws its local port from, so a
+# client's connect() could take it before the server it was picked for binds it
+# (seen in CI as "Address already in use"). The OS generator: Hypothesis seeds
+# the global one, which would make every test run pick the same ports.
+_PORTS = secrets.SystemRandom()
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
 
 def free_port() -> int:
+    """A loopback TCP port free now, not handed out before by this process, and
+    outside the ephemeral range where the system can (when it cannot, bind(0))."""
+    high = _ephemeral_low() - 1
+    low = max(1024, high - 12_000)
+    for _ in range(200 if high - low > 1000 else 0):
+        port = _PORTS.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
