@@ -23,7 +23,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def descendants(pid: int) -> list[int]:
-    """Child processes, recursively (workers, their WAL syncers)."""
+    """Child processes, recursively (workers)."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except FileNotFoundError:

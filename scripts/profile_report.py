@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 # One record: process header, thread, frames, count. A command line may span
-# lines (the fdatasync helper's `python -c` script), hence DOTALL.
+# lines (the fdatasync helper's `python -c` script before issue 20), hence DOTALL.
 _RECORD = re.compile(r'process (\d+):"[^"]*";thread \(\d+\): ([^;\n]*)(.*?) (\d+)\n', re.S)
 
 # Frames near the leaf that mean a thread is waiting, not running (grpc's
@@ -53,7 +53,7 @@ _OURS = (
         ("appender.py", "entry.py", "merkle.py"),
     ),
     ("WAL: page-cache write (log/wal)", ("wal.py",)),
-    ("fdatasync helper: request and answer (log/syncer)", ("syncer.py",)),
+    ("WAL syncer: hand-off and answer (log/syncer)", ("syncer.py",)),
     ("publication (log/publisher, store)", ("publisher.py", "/store/", "checkpoint.py")),
     ("metrics (prometheus_client)", ("prometheus_client", "metrics.py")),
     (
@@ -79,7 +79,7 @@ def records(text: str) -> list[tuple[str, list[str], int]]:
 
 def on_loop(thread: str, frames: list[str]) -> bool:
     """A stack of an event loop's thread (the server's, each worker's; not the
-    fdatasync helper's)."""
+    WAL syncer's or the publisher's)."""
     return thread.startswith("MainThread") and any("BaseEventLoop" in f for f in frames)
 
 

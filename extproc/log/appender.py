@@ -1,10 +1,10 @@
 """The appender: assigns seq and prev, encodes, and group-commits to the WAL.
 
 Everything here runs on the event loop thread. A batch is written into the
-page cache inline and made durable by the syncer helper process (fdatasync),
+page cache inline and made durable by the syncer thread (fdatasync),
 one batch at a time: entries that arrive while a batch is being synced form
 the next batch (group commit). The hot path is encode + one SHA-256 + a list
-append; no lock, no thread, no per-request hand-off.
+append; no lock, no per-request hand-off (one to the syncer per commit).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class AuditLog:
         wall_clock: Callable[[], float] = time.time,
         syncer: SyncerFactory = Syncer,
     ) -> None:
-        """`syncer` builds the fdatasync helper from the WAL directory and the callback it
+        """`syncer` builds the fdatasync syncer from the WAL directory and the callback it
         reports to (tests pass a fake)."""
         self._wal = wal
         self._wall_clock = wall_clock

@@ -327,7 +327,7 @@ class WAL:
         """Append entry lines to the page cache, no fsync; return the undo offset.
 
         The group commit calls this on the event loop thread (a memory copy)
-        and leaves the disk wait to the syncer process. On error the partial
+        and leaves the disk wait to the syncer thread. On error the partial
         write is cut off and StorageError raised.
         """
         if self._file is None or self._file_size >= self.segment_bytes:

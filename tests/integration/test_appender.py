@@ -4,8 +4,8 @@ back-pressure, and what a failed disk write or sync does to the chain.
 Async scenarios run under asyncio.run() inside plain test functions. The disk
 is a real WAL; slow or failing disks are fakes of our own interfaces: WAL
 subclasses that fail `write` (a full disk) and a FakeSyncer in place of the
-helper process, which reports each sync done or failed when the test says so.
-tests/integration/test_syncer.py runs the real helper process.
+syncer thread, which reports each sync done or failed when the test says so.
+tests/integration/test_syncer.py runs the real syncer thread.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class UncuttableWAL(CountingWAL):
 
 
 class FakeSyncer(Syncer):
-    """Stands in for the helper process: same interface, no process.
+    """Stands in for the syncer thread: same interface, no thread.
 
     Each sync is recorded. Unless `held`, it is done on the next loop turn
     (failed if its call number is in `fail_calls`); a held sync stays in
@@ -114,7 +114,7 @@ class FakeSyncer(Syncer):
 
 
 def open_log(wal: WAL, **kwargs: Any) -> AuditLog:
-    """An audit log with the real syncer helper process."""
+    """An audit log with the real syncer thread."""
     return AuditLog(wal, wal.recover(), wall_clock=lambda: FIXED_TIME, **kwargs)
 
 
@@ -203,12 +203,12 @@ def test_restarted_log_continues_sequence_and_chain(tmp_path: Path) -> None:
 
 
 def test_unsynced_wal_still_acknowledges_in_order(tmp_path: Path) -> None:
-    # sync=False (benchmarks only): no helper process, same sequencing.
+    # sync=False (benchmarks only): no syncer thread, same sequencing.
     async def scenario() -> list[int]:
         log = open_log(WAL(tmp_path, sync=False))
         seqs = await asyncio.gather(*(log.append(request(i)) for i in range(20)))
         assert log.durable_size == 20
-        assert log._syncer._proc is None
+        assert log._syncer._thread is None
         log.close()
         return list(seqs)
 
@@ -292,7 +292,7 @@ def test_concurrent_appends_are_group_committed(tmp_path: Path) -> None:
 
 
 class CountingSyncer(Syncer):
-    """The real helper process, counting the syncs asked of it."""
+    """The real syncer thread, counting the syncs asked of it."""
 
     syncs = 0
 

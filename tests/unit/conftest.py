@@ -3,9 +3,8 @@ listens on no port (pure code, in-memory stores, files under tmp_path).
 
 Each test runs with the ways out patched to fail at once, naming the test's
 lane: a test that needs a subprocess, the CLI as a process, a gRPC server,
-Envoy or an S3 server belongs in tests/integration/. The writer's fdatasync
-helper (extproc/log/syncer.py) is a process too: tests of the WAL-backed
-writer are integration tests.
+Envoy or an S3 server belongs in tests/integration/. (The writer's fdatasync
+runs in a thread, extproc/log/syncer.py: a WAL under tmp_path is allowed.)
 """
 
 from __future__ import annotations

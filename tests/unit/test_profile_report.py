@@ -89,7 +89,7 @@ PROFILE = "".join(
             ],
             "capture",
         ),
-        (["Syncer._readable (extproc/log/syncer.py:126)", "recv (libc.so.6)"], "fdatasync helper"),
+        (["Syncer._readable (extproc/log/syncer.py:126)", "read (libc.so.6)"], "WAL syncer"),
         (["gc_collect_main (libpython3.11.so.1.0)"], "garbage collection"),
         (
             [GRPC, "take_gil (ceval_gil.h:1)", "pthread_cond_timedwait (libc.so.6)"],
