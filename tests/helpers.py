@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from extproc.audit.reader import entry_lines
 from extproc.core import entry, layout
+from extproc.core.merkle import leaf_hash
 from extproc.core.note import Signer
 from extproc.log.appender import AuditLog
 from extproc.log.publisher import Publisher, PublisherConfig
@@ -129,3 +130,14 @@ def tree_bytes(root: Path) -> bytes:
         Path(top) / name for top, _, names in os.walk(root, followlinks=False) for name in names
     ]
     return b"".join(p.read_bytes() for p in sorted(paths) if stat.S_ISREG(p.lstat().st_mode))
+
+
+def make_entries(count: int) -> list[bytes]:
+    """Entries as the writer encodes them: chained by prev, seq = position."""
+    out: list[bytes] = []
+    prev = ""
+    for seq in range(count):
+        data = entry.encode({"v": 1, "seq": seq, "prev": prev, "kind": "request", "rid": f"r{seq}"})
+        out.append(data)
+        prev = leaf_hash(data).hex()
+    return out

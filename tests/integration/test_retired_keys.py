@@ -33,7 +33,7 @@ from extproc.store.local import LocalStore
 from extproc.store.memory import MemoryStore
 from tests import helpers
 from tests.attacks import backdated_proof, inclusion, signed_checkpoint
-from tests.integration.test_tlogproof import make_entries
+from tests.helpers import make_entries
 
 OLD = Signer.generate("mesh-audit")
 NEW = Signer.generate("mesh-audit-2027")

@@ -14,30 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.core import entry
 from extproc.core.checkpoint import Checkpoint, sign_checkpoint
 from extproc.core.merkle import inclusion_proof, leaf_hash
 from extproc.core.note import Signer
 from extproc.core.tlogproof import HEADER, ProofFormatError, TlogProof, verify_proof
 from extproc.errors import VerificationError
 from tests.conftest import run_cli
+from tests.helpers import make_entries
 from tests.unit.test_merkle import ref_mth, ref_path
 
 ORIGIN = "audit.example/mesh/pod-a"
 SIGNER = Signer.generate("test-audit")
 VERIFIER = SIGNER.verifier()
 PROPERTY = settings(max_examples=150, deadline=None)
-
-
-def make_entries(count: int) -> list[bytes]:
-    """Entries as the writer encodes them: chained by prev, seq = position."""
-    out: list[bytes] = []
-    prev = ""
-    for seq in range(count):
-        data = entry.encode({"v": 1, "seq": seq, "prev": prev, "kind": "request", "rid": f"r{seq}"})
-        out.append(data)
-        prev = leaf_hash(data).hex()
-    return out
 
 
 ENTRIES = make_entries(70)

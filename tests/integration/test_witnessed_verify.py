@@ -23,7 +23,7 @@ from extproc.errors import VerificationError
 from extproc.store.memory import MemoryStore
 from tests import helpers
 from tests.attacks import inclusion, signed_checkpoint
-from tests.integration.test_tlogproof import make_entries
+from tests.helpers import make_entries
 from tests.witnesses import Forger, fixed_cosigner, fixed_signer
 
 LOG_ID = "pod-a"

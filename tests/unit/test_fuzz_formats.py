@@ -35,7 +35,7 @@ from extproc.core.state import AuditState, LogState, RetentionRecord
 from extproc.core.tlogproof import ConsistencyProof, TlogProof, verify_proof
 from extproc.errors import AuditError, VerificationError
 from tests.budget import FUZZ, KIB, MIB, Budget, within_budget
-from tests.integration.test_tlogproof import make_entries
+from tests.helpers import make_entries
 
 SIGNER = Signer.generate("fuzz.example/log")
 VERIFIER = SIGNER.verifier()
