@@ -56,15 +56,21 @@ class Syncer:
         except OSError:
             os.close(dir_fd)
             raise
+        thread = threading.Thread(
+            target=self._run, args=(self._requests, dir_fd, replies), name=THREAD_NAME, daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as e:  # a process at its thread limit
+            for fd in (dir_fd, answers, replies):
+                os.close(fd)
+            raise OSError(errno.EAGAIN, f"cannot start a thread: {e}") from e
         os.set_blocking(answers, False)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(answers, self._readable)
         self._answers = answers
+        self._thread = thread
         self._fd_generation = -1
-        self._thread = threading.Thread(
-            target=self._run, args=(self._requests, dir_fd, replies), name=THREAD_NAME, daemon=True
-        )
-        self._thread.start()
 
     def _run(self, requests: queue.SimpleQueue[int], dir_fd: int, replies: int) -> None:
         """The thread: one fdatasync per request, until _STOP or the pipe closes."""
