@@ -136,16 +136,15 @@ class Syncer:
             self.in_flight = False
             self._on_done(reason)
 
-    def _forget_thread(self) -> threading.Thread | None:
+    def _forget_thread(self) -> None:
         """Stop listening to the thread; it is no longer ours to ask."""
-        thread, self._thread = self._thread, None
+        self._thread = None
         if self._answers >= 0:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._answers)
             os.close(self._answers)  # a thread still syncing finds its answer unwanted
             self._answers = -1
         self._requests = queue.SimpleQueue()
-        return thread
 
     def close(self) -> None:
         """Stop the thread (after the sync in flight, if any) and release its fds."""
