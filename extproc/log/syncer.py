@@ -56,15 +56,21 @@ class Syncer:
         except OSError:
             os.close(dir_fd)
             raise
+        thread = threading.Thread(
+            target=self._run, args=(self._requests, dir_fd, replies), name=THREAD_NAME, daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as e:  # a process at its thread limit
+            for fd in (dir_fd, answers, replies):
+                os.close(fd)
+            raise OSError(errno.EAGAIN, f"cannot start a thread: {e}") from e
         os.set_blocking(answers, False)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(answers, self._readable)
         self._answers = answers
+        self._thread = thread
         self._fd_generation = -1
-        self._thread = threading.Thread(
-            target=self._run, args=(self._requests, dir_fd, replies), name=THREAD_NAME, daemon=True
-        )
-        self._thread.start()
 
     def _run(self, requests: queue.SimpleQueue[int], dir_fd: int, replies: int) -> None:
         """The thread: one fdatasync per request, until _STOP or the pipe closes."""
@@ -130,16 +136,15 @@ class Syncer:
             self.in_flight = False
             self._on_done(reason)
 
-    def _forget_thread(self) -> threading.Thread | None:
+    def _forget_thread(self) -> None:
         """Stop listening to the thread; it is no longer ours to ask."""
-        thread, self._thread = self._thread, None
+        self._thread = None
         if self._answers >= 0:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._answers)
             os.close(self._answers)  # a thread still syncing finds its answer unwanted
             self._answers = -1
         self._requests = queue.SimpleQueue()
-        return thread
 
     def close(self) -> None:
         """Stop the thread (after the sync in flight, if any) and release its fds."""

@@ -273,3 +273,33 @@ def test_a_thread_that_ended_is_replaced_by_the_next_sync(tmp_path: Path) -> Non
 
     run(scenario)
     assert paths(recovered_lines(tmp_path)) == ["/r/0", "/r/1"]
+
+
+def test_a_thread_that_cannot_start_fails_the_batch_and_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process at its thread limit: the batch is denied with a reason, no fd
+    # is left open, and the next batch starts the thread once it can.
+    real_start = threading.Thread.start
+    refuse = True
+
+    def start(self: threading.Thread) -> None:
+        if refuse and self.name == THREAD_NAME:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    async def scenario() -> None:
+        nonlocal refuse
+        with contextlib.closing(open_log(tmp_path)) as log:
+            before = open_fds()
+            with pytest.raises(DurabilityError, match=r"syncer unavailable.*cannot start a thread"):
+                await log.append(request(0))
+            assert open_fds() == before
+            assert (log.size, log.durable_size, log.refusal) == (0, 0, None)
+            refuse = False
+            assert await log.append(request(1)) == 0
+
+    run(scenario)
+    assert paths(recovered_lines(tmp_path)) == ["/r/1"]
