@@ -8,8 +8,12 @@ the reader every command uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import stat
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -141,3 +145,55 @@ def make_entries(count: int) -> list[bytes]:
         out.append(data)
         prev = leaf_hash(data).hex()
     return out
+
+
+GROUP_GRACE_SECONDS = 20.0  # a server's drain (SIGTERM) ends well within it
+
+
+def run_group(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a script that starts servers of its own (scripts/attack.py), in a
+    process group of its own: a timeout or an interrupted test run (Ctrl-C,
+    SIGTERM) ends the whole group, where subprocess.run would SIGKILL only the
+    script and leave its Envoys and servers running, orphaned. Output goes to
+    files, not pipes: a child left holding them cannot hold up the return."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except BaseException:
+            end_group(proc)
+            raise
+        end_group(proc)  # anything the script left behind
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            argv,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
+
+
+def end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to every process of `proc`'s group, SIGKILL to what is left
+    after GROUP_GRACE_SECONDS."""
+    pgid = proc.pid  # start_new_session: the leader's pid is the group's id
+
+    def alive() -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + GROUP_GRACE_SECONDS
+    while proc.poll() is None or alive():
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            proc.wait()
+            break  # the rest are gone or zombies for init to reap: not ours to wait on
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.1)

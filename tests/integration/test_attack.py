@@ -23,6 +23,8 @@ import attack  # noqa: F401  # scripts/attack.py: importing it registers every a
 import pytest
 from attack_lab import ATTACKS, FAMILIES
 
+from tests.helpers import run_group
+
 ROOT = Path(__file__).resolve().parents[2]
 THREATS = ROOT / "docs" / "THREATS.md"
 # The attacks issue 16 lists (1-9 and the minor ones of 10), and the older
@@ -44,12 +46,9 @@ KNOWN_HOLES: set[str] = set()
 
 def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     report = tmp_path / "attack.json"
-    result = subprocess.run(
+    result = run_group(
         [sys.executable, str(ROOT / "scripts" / "attack.py"), *args, "--json", str(report)],
-        capture_output=True,
-        text=True,
         timeout=280,
-        check=False,
     )
     return result, json.loads(report.read_text()) if report.exists() else {}
 
