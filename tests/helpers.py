@@ -2,7 +2,9 @@
 
 Logs are written in-process by the writer itself (WAL, audit log, publisher),
 never by a copy of its format; entries are read back through extproc.audit.reader,
-the reader every command uses.
+the reader every command uses. Also: chained entries without a writer
+(make_entries), and scripts that start servers of their own run in a process
+group of their own (run_group), so that no test leaves them behind.
 """
 
 from __future__ import annotations
